@@ -1,0 +1,45 @@
+# voxfm — set-up, demo, tests. Everything runs inside .venv; `make demo` and `make test` need only Python 3.10+.
+PYTHON ?= python3
+VENV ?= .venv
+CONSTRAINTS ?= constraints.txt
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+OUT ?= out/demo
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/voxfm: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	@# torch first, pinned: otherwise lightning/deepspeed would pull a CUDA build (see README for GPUs)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	@touch $@
+
+install: $(BIN)/voxfm
+
+demo: install
+	rm -rf $(OUT)
+	$(BIN)/python scripts/make_demo_corpus.py $(OUT)/raw
+	$(BIN)/voxfm shard input=$(OUT)/raw/manifest.csv output=$(OUT)/shards
+	$(BIN)/voxfm pretrain experiment=demo data.shards=$(OUT)/shards run_dir=$(OUT)/run
+	$(BIN)/voxfm export checkpoint=$(OUT)/run output=$(OUT)/export
+	$(BIN)/voxfm bench data shards=$(OUT)/shards
+	@echo ""
+	@echo "demo outputs:"
+	@echo "  corpus      $(OUT)/raw/manifest.csv"
+	@echo "  shards      $(OUT)/shards  (index.json, report.json)"
+	@echo "  run         $(OUT)/run     (config.yaml, checkpoints/last.ckpt, metrics/, events.jsonl)"
+	@echo "  export      $(OUT)/export  (backbone.safetensors, backbone.json)"
+
+test: install
+	WANDB_MODE=offline $(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check pretrain models data scripts tests
+
+bench: install
+	$(BIN)/voxfm bench data shards=$(OUT)/shards
+
+clean:
+	rm -rf $(VENV) out *.egg-info

@@ -1,0 +1,1 @@
+"""Reading, preprocessing, sharding and streaming 3D medical volumes. No Lightning here."""

@@ -1,0 +1,39 @@
+"""Random crops of a decoded volume, biased towards the foreground (nnU-Net style oversampling)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pad_to(vol: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
+    """Zero-pad (i.e. background after normalisation) any axis shorter than the crop, centred."""
+    pads = [((max(s - d, 0)) // 2, max(s - d, 0) - (max(s - d, 0)) // 2) for d, s in zip(vol.shape, size)]
+    return np.pad(vol, pads) if any(p for pair in pads for p in pair) else vol
+
+
+def crop_start(shape, size, centre: np.ndarray | None, rng: np.random.Generator) -> list[int]:
+    """Start corner of a crop of `size` in `shape`: around `centre` if given, else uniform."""
+    starts = []
+    for d, s, axis in zip(shape, size, range(3)):
+        hi = d - s
+        if centre is None:
+            starts.append(int(rng.integers(0, hi + 1)))
+        else:
+            starts.append(int(np.clip(centre[axis] - s // 2 + rng.integers(-(s // 4), s // 4 + 1), 0, hi)))
+    return starts
+
+
+def random_crops(vol: np.ndarray, fg_points: list, size: tuple[int, int, int], n: int,
+                 foreground_prob: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """`n` crops [D, H, W] of `vol` [X, Y, Z]; each is centred near a foreground point with
+    probability `foreground_prob` (when the volume has any), else placed uniformly."""
+    pads = [max(s - d, 0) // 2 for d, s in zip(vol.shape, size)]
+    vol = pad_to(vol, size)
+    crops = []
+    for _ in range(n):
+        centre = None
+        if fg_points and rng.random() < foreground_prob:
+            centre = np.asarray(fg_points[rng.integers(len(fg_points))]) + pads
+        x, y, z = crop_start(vol.shape, size, centre, rng)
+        crops.append(vol[x:x + size[0], y:y + size[1], z:z + size[2]])
+    return crops

@@ -1,0 +1,159 @@
+"""`voxfm shard`: raw volumes (folder or manifest.csv) → shard set + index.json + report.json."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data import payload
+from data.preprocess import MODALITIES, PreprocessOptions, preprocess
+from data.shards import REPORT, ShardSetWriter, load_index, write_json_atomic
+from data.volumes import RejectedVolume, is_nifti, load_volume
+
+MANIFEST_COLUMNS = ("path", "modality", "dataset", "subject", "label")
+
+
+@dataclass(frozen=True)
+class InputVolume:
+    path: str
+    modality: str | None = None  # None: inferred from intensities
+    dataset: str = ""
+    subject: str = ""
+    label: str | None = None
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_manifest(path: Path) -> list[InputVolume]:
+    """CSV with a `path` column and optional modality, dataset, subject, label; relative paths are
+    relative to the manifest."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "path" not in rows[0]:
+        optional = ", ".join(MANIFEST_COLUMNS[1:])
+        raise ValueError(f"input={path}: a manifest needs a header with a `path` column (optional: {optional})")
+    unknown = set(rows[0]) - set(MANIFEST_COLUMNS)
+    if unknown:
+        raise ValueError(f"input={path}: unknown manifest columns {sorted(unknown)}; allowed: {list(MANIFEST_COLUMNS)}")
+
+    def resolve(p: str) -> str:
+        return str(p if Path(p).is_absolute() else (path.parent / p).resolve())
+
+    volumes = []
+    for i, row in enumerate(rows, start=2):
+        modality = (row.get("modality") or "").strip().upper() or None
+        if modality == "MRI":
+            modality = "MR"
+        if modality is not None and modality not in MODALITIES:
+            raise ValueError(f"input={path} line {i}: modality={modality!r}; allowed: {list(MODALITIES)}")
+        src = resolve(row["path"].strip())
+        label = (row.get("label") or "").strip()
+        volumes.append(InputVolume(
+            path=src, modality=modality,
+            dataset=(row.get("dataset") or "").strip() or path.stem,
+            subject=(row.get("subject") or "").strip() or _stem(src),
+            label=resolve(label) if label else None,
+        ))
+    return volumes
+
+
+def discover(input_: str) -> list[InputVolume]:
+    """A folder (searched recursively for .nii/.nii.gz) or a .csv manifest → the volumes to shard."""
+    path = Path(input_)
+    if path.is_file() and path.suffix == ".csv":
+        return read_manifest(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and is_nifti(p))
+        return [InputVolume(path=str(p.resolve()), dataset=p.parent.name, subject=_stem(str(p))) for p in files]
+    raise ValueError(f"input={input_}: expected a folder of NIfTI files or a manifest .csv")
+
+
+def file_hash(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sample_key(vol: InputVolume, digest: str) -> str:
+    """WebDataset keys may not contain dots; the hash keeps same-named subjects apart."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{vol.dataset}_{vol.subject}")
+    return f"{name}_{digest[:12]}"
+
+
+def shard_one(vol: InputVolume, opts: PreprocessOptions) -> tuple[dict[str, bytes], dict]:
+    image = load_volume(vol.path, opts.max_voxels)
+    try:
+        label = load_volume(vol.label, opts.max_voxels) if vol.label else None
+    except RejectedVolume as err:
+        raise RejectedVolume(f"label {vol.label}: {err}") from err
+    img, lab, meta = preprocess(image, vol.modality, opts, label)
+    files = {"image.b2": payload.encode(img)}
+    if lab is not None:
+        files["label.b2"] = payload.encode(lab)
+    return files, meta
+
+
+def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 256.0, progress: bool = True) -> dict:
+    """Shard every input or reject it with a reason. Inputs already in `output/index.json` (same
+    source path and content hash) are skipped, so a rerun only does unfinished work."""
+    opts = PreprocessOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in preprocess.items()})
+    if shard_max_mb <= 0:
+        raise ValueError(f"shard_max_mb={shard_max_mb}: expected a positive size in MB")
+    volumes = discover(input)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    index = load_index(out)
+    config = {"preprocess": json.loads(json.dumps(asdict(opts)))}
+    if index["config"] is not None and index["config"] != config:
+        raise ValueError(f"output={output} holds shards made with other settings {index['config']}; "
+                         f"use a new output folder for {config}")
+    index["config"] = config
+    done = {(s["source_path"], s["content_hash"]) for s in index["samples"]}
+    writer = ShardSetWriter(out, index, max_bytes=int(shard_max_mb * 2**20))
+    rejected, skipped, sharded = [], 0, 0
+    for vol in tqdm(volumes, desc="shard", unit="vol", disable=not progress):
+        try:
+            digest = file_hash(vol.path)
+            if (vol.path, digest) in done:
+                skipped += 1
+                continue
+            files, meta = shard_one(vol, opts)
+        except (RejectedVolume, OSError) as err:
+            reason = str(err) if isinstance(err, RejectedVolume) else f"unreadable: {err}"
+            rejected.append({"path": vol.path, "reason": reason})
+            continue
+        meta.update(dataset=vol.dataset, subject=vol.subject, source_path=vol.path, content_hash=digest,
+                    label_path=vol.label)
+        key = sample_key(vol, digest)
+        # The index stays light: foreground points travel only inside the sample.
+        light = {k: v for k, v in meta.items() if k != "foreground_points"}
+        writer.add(key, {**files, "json": json.dumps(meta).encode()}, light)
+        done.add((vol.path, digest))
+        sharded += 1
+    writer.flush()
+    write_json_atomic(out / "index.json", index)
+    report = {
+        "n_inputs": len(volumes),
+        "n_sharded": sharded + skipped,
+        "n_new": sharded,
+        "n_skipped": skipped,
+        "n_rejected": len(rejected),
+        "rejected": rejected,
+        "n_shards": len(index["shards"]),
+    }
+    write_json_atomic(out / REPORT, report)
+    return report

@@ -1,0 +1,134 @@
+"""Per-volume preprocessing: RAS orientation, target spacing, intensity normalisation, foreground.
+
+Orientation and resampling are MONAI's (`Orientation`, `Spacing`); intensity normalisation is only
+*recorded* here and applied when streaming, so shards keep the scanner's values (HU for CT).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Orientation, Spacing
+
+from data.volumes import RejectedVolume, Volume
+
+Modality = Literal["CT", "MR", "PET"]
+MODALITIES: tuple[str, ...] = ("CT", "MR", "PET")
+FOREGROUND_LEVEL = 0.05  # in normalised [0, 1] units: above air/background for CT and MR alike
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    max_voxels: int = 1024**3
+    n_foreground_points: int = 256
+
+    def __post_init__(self):
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise ValueError(f"preprocess.spacing={list(self.spacing)}: expected 3 positive values in mm")
+        if self.ct_window[0] >= self.ct_window[1]:
+            raise ValueError(f"preprocess.ct_window={list(self.ct_window)}: expected [low, high], low < high")
+        if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
+            raise ValueError(f"preprocess.percentiles={list(self.percentiles)}: expected 0 <= low < high <= 100")
+
+
+def resample(data: np.ndarray, affine: np.ndarray, spacing, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reorient to RAS and resample to `spacing` (mm). data: [X, Y, Z] → [X', Y', Z'] in RAS."""
+    img = MetaTensor(torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None], affine=torch.as_tensor(affine))
+    img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
+    img = Spacing(pixdim=tuple(spacing), mode=mode, padding_mode="border" if mode != "nearest" else "zeros")(img)
+    return img.array[0], np.asarray(img.affine, dtype=np.float64)
+
+
+def cast_like(resampled: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Integer sources go back to their own type (better compression, exact HU); floats stay float32."""
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(resampled), info.min, info.max).astype(dtype)
+    return resampled.astype(np.float32)
+
+
+def label_dtype(labels: np.ndarray) -> np.dtype:
+    return np.dtype(np.uint8) if labels.min() >= 0 and labels.max() < 256 else np.dtype(np.int32)
+
+
+def infer_modality(data: np.ndarray) -> str:
+    """CT is the only modality with values far below zero (air ≈ -1000 HU)."""
+    return "CT" if float(data.min()) <= -500 else "MR"
+
+
+def intensity_normalisation(data: np.ndarray, modality: str, opts: PreprocessOptions) -> dict:
+    """How to map this volume to [0, 1]: a fixed HU window for CT, robust percentiles otherwise."""
+    if modality == "CT":
+        low, high = opts.ct_window
+        return {"scheme": "window", "low": float(low), "high": float(high)}
+    flat = data.reshape(-1)
+    if flat.size > 2_000_000:  # percentiles of a strided subsample: same values, a fraction of the time
+        flat = flat[:: flat.size // 1_000_000]
+    low, high = np.percentile(flat, opts.percentiles)
+    if high <= low:
+        high = low + 1.0
+    return {"scheme": "percentile", "percentiles": list(opts.percentiles), "low": float(low), "high": float(high)}
+
+
+def normalise(data: np.ndarray, norm: dict) -> np.ndarray:
+    """Apply a recorded normalisation. Returns float32 in [0, 1]."""
+    scale = 1.0 / (norm["high"] - norm["low"])
+    out = (data.astype(np.float32) - np.float32(norm["low"])) * np.float32(scale)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def foreground_points(normalised: np.ndarray, n: int, rng: np.random.Generator) -> list[list[int]]:
+    """Up to `n` random voxel coordinates [x, y, z] inside the foreground, for foreground-biased crops."""
+    coords = np.argwhere(normalised > FOREGROUND_LEVEL)
+    if len(coords) == 0:
+        return []
+    pick = rng.choice(len(coords), size=min(n, len(coords)), replace=False)
+    return coords[np.sort(pick)].tolist()
+
+
+def axcodes(affine: np.ndarray) -> str:
+    return "".join(nib.aff2axcodes(affine))
+
+
+def voxel_spacing(affine: np.ndarray) -> list[float]:
+    return [round(float(s), 4) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
+
+
+def preprocess(volume: Volume, modality: str | None, opts: PreprocessOptions, label: Volume | None = None):
+    """Volume (+ optional label map on the same grid) → (image, label, metadata) in RAS at target spacing."""
+    modality_inferred = modality is None
+    modality = infer_modality(volume.data) if modality is None else modality
+    image, affine = resample(volume.data, volume.affine, opts.spacing, mode="bilinear")
+    image = cast_like(image, volume.data.dtype)
+    norm = intensity_normalisation(image, modality, opts)
+    rng = np.random.default_rng(0)  # fixed: the same input always gives the same shard
+    meta = {
+        "modality": modality,
+        "modality_inferred": modality_inferred,
+        "orientation": axcodes(affine),
+        "original_orientation": axcodes(volume.affine),
+        "spacing": voxel_spacing(affine),
+        "original_spacing": voxel_spacing(volume.affine),
+        "shape": list(image.shape),
+        "original_shape": list(volume.data.shape),
+        "dtype": str(image.dtype),
+        "affine": np.round(affine, 6).tolist(),
+        "normalisation": norm,
+        "foreground_points": foreground_points(normalise(image, norm), opts.n_foreground_points, rng),
+    }
+    label_out = None
+    if label is not None:
+        if label.data.shape != volume.data.shape or not np.allclose(label.affine, volume.affine, atol=1e-3):
+            raise RejectedVolume(f"label grid {label.data.shape} does not match image grid {volume.data.shape}")
+        resampled, _ = resample(label.data, label.affine, opts.spacing, mode="nearest")
+        label_out = np.rint(resampled).astype(label_dtype(label.data))
+        meta["label_classes"] = [int(v) for v in np.unique(label_out)]
+    return image, label_out, meta

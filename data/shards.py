@@ -1,0 +1,110 @@
+"""Writing a shard set: WebDataset tars of a target size, plus `index.json` kept current per shard.
+
+One sample = `<key>.image.b2` (blosc2 voxels), optional `<key>.label.b2`, and `<key>.json` (metadata).
+A shard is written under a temporary name and renamed when complete, then the index is rewritten
+atomically, so a crash loses at most the shard in progress and a rerun picks up from there.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+INDEX = "index.json"
+REPORT = "report.json"
+SHARD_PATTERN = "shard-{:06d}.tar"
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def load_index(output: Path) -> dict:
+    path = output / INDEX
+    if not path.exists():
+        return {"format": "voxfm-shards/1", "config": None, "shards": [], "samples": []}
+    return json.loads(path.read_text())
+
+
+def shard_urls(shards: str | Path) -> list[str]:
+    """A shard set folder (with index.json) → its tar paths; a brace pattern or URL is passed through."""
+    path = Path(str(shards))
+    if path.is_dir():
+        index = path / INDEX
+        if not index.exists():
+            raise ValueError(f"data.shards={shards}: folder has no {INDEX}; create one with `voxfm shard`")
+        names = [s["name"] for s in json.loads(index.read_text())["shards"]]
+        if not names:
+            raise ValueError(f"data.shards={shards}: the shard set is empty (see its {REPORT})")
+        return [str(path / n) for n in names]
+    return [str(shards)]
+
+
+class ShardSetWriter:
+    """Appends samples to `output/shard-NNNNNN.tar`, starting a new shard past `max_bytes`."""
+
+    def __init__(self, output: Path, index: dict, max_bytes: int):
+        self.output, self.index, self.max_bytes = output, index, max_bytes
+        self._tar = None
+        self._pending: list[dict] = []
+        self._bytes = 0
+
+    def _open(self) -> None:
+        name = SHARD_PATTERN.format(len(self.index["shards"]))
+        self._name = name
+        self._tmp = self.output / f"{name}.tmp"
+        self._tar = tarfile.open(self._tmp, "w")
+
+    def add(self, key: str, files: dict[str, bytes], meta: dict) -> None:
+        """files: extension → bytes (e.g. {"image.b2": ..., "json": ...})."""
+        if self._tar is None:
+            self._open()
+        for ext, payload in files.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(payload)
+            info.mtime = 0  # identical inputs give byte-identical shards
+            self._tar.addfile(info, io.BytesIO(payload))
+            self._bytes += len(payload) + 1024
+        self._pending.append({**meta, "key": key, "shard": self._name})
+        if self._bytes >= self.max_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Close the shard in progress, publish it, and record it in the index."""
+        if self._tar is None:
+            return
+        self._tar.close()
+        os.replace(self._tmp, self.output / self._name)
+        self.index["shards"].append({"name": self._name, "n_samples": len(self._pending), "bytes": self._bytes})
+        self.index["samples"].extend(self._pending)
+        write_json_atomic(self.output / INDEX, self.index)
+        self._tar, self._pending, self._bytes = None, [], 0
+
+
+def describe_shard_set(shards: str | Path) -> dict:
+    """What a downstream user must reproduce: spacing, orientation, normalisation per modality."""
+    path = Path(str(shards))
+    if not (path / INDEX).exists():
+        return {"spacing": None, "orientation": "RAS", "normalisation": None, "modalities": None}
+    index = json.loads((path / INDEX).read_text())
+    pre = index["config"]["preprocess"]
+    modalities: dict[str, int] = {}
+    for s in index["samples"]:
+        modalities[s["modality"]] = modalities.get(s["modality"], 0) + 1
+    robust = {"scheme": "percentile", "percentiles": pre["percentiles"],
+              "note": "per volume: clip to these percentiles of its own voxels, map to [0, 1]"}
+    return {
+        "spacing": pre["spacing"],
+        "orientation": "RAS",
+        "normalisation": {
+            "CT": {"scheme": "window", "low": pre["ct_window"][0], "high": pre["ct_window"][1],
+                   "note": "clip HU to [low, high], map to [0, 1]"},
+            "MR": robust, "PET": robust,
+        },
+        "modalities": modalities,
+    }

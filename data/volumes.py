@@ -1,0 +1,66 @@
+"""Loading NIfTI volumes with the checks that decide whether a file is sharded or rejected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+class RejectedVolume(Exception):
+    """A volume that cannot be sharded; the message is the reason written to report.json."""
+
+
+@dataclass
+class Volume:
+    """A 3D scalar volume in its source voxel grid.
+
+    data: [X, Y, Z] in the file's own axis order; affine: [4, 4] voxel → world (mm).
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    path: str
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.endswith(NIFTI_SUFFIXES)
+
+
+def load_volume(path: str | Path, max_voxels: int) -> Volume:
+    """Read one NIfTI volume; raise `RejectedVolume` with a reason for anything unusable.
+
+    The header is checked before any voxel is read, so an absurd header costs no memory.
+    """
+    path = str(path)
+    try:
+        img = nib.load(path)
+    except Exception as err:  # nibabel raises many types for damaged files
+        raise RejectedVolume(f"unreadable: {type(err).__name__}: {err}") from err
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise RejectedVolume(f"not a 3D volume: shape {shape} (4D and 2D inputs are not supported yet)")
+    n_voxels = int(np.prod(shape, dtype=np.int64))
+    if n_voxels > max_voxels:
+        raise RejectedVolume(f"too large: {shape} = {n_voxels} voxels > preprocess.max_voxels={max_voxels}")
+    if min(shape) < 2:
+        raise RejectedVolume(f"degenerate shape {shape}")
+    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
+        raise RejectedVolume("invalid affine in header (singular or non-finite)")
+    try:
+        data = np.asanyarray(img.dataobj).reshape(shape)
+    except Exception as err:
+        raise RejectedVolume(f"unreadable voxels: {type(err).__name__}: {err}") from err
+    if data.dtype.kind not in "iuf":
+        raise RejectedVolume(f"unsupported voxel type {data.dtype}")
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        raise RejectedVolume("voxels contain NaN or infinity")
+    if data.min() == data.max():
+        raise RejectedVolume(f"constant volume (every voxel = {data.min()})")
+    return Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), path=path)

@@ -1,0 +1,1 @@
+"""Plain single-device PyTorch backbones and heads. No Lightning, no distributed code, no configs."""

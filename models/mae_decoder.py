@@ -1,0 +1,39 @@
+"""Lightweight MAE decoder (He et al. 2022): visible latents + mask tokens → voxels per patch."""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
+from torch import nn
+
+from models.vit import Block, _init_weights
+
+
+class MAEDecoder(nn.Module):
+    def __init__(self, encoder_hidden: int, grid: tuple[int, int, int], patch_voxels: int,
+                 hidden_size: int = 384, num_layers: int = 4, num_heads: int = 12, mlp_ratio: float = 4.0):
+        super().__init__()
+        if hidden_size % 6 or hidden_size % num_heads:
+            raise ValueError(f"decoder hidden_size={hidden_size} must be divisible by 6 and by num_heads={num_heads}")
+        self.proj = nn.Linear(encoder_hidden, hidden_size)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+        self.position_embeddings = build_sincos_position_embedding(list(grid), hidden_size, spatial_dims=3)
+        self.blocks = nn.ModuleList(
+            Block(hidden_size, int(hidden_size * mlp_ratio), num_heads, qkv_bias=True) for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(hidden_size)
+        self.pred = nn.Linear(hidden_size, patch_voxels)
+        self.apply(_init_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, latent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """latent: [B, n_visible, C_enc] for the positions where mask is False; mask: [B, N], True = hidden.
+        Returns predictions [B, N, patch_voxels] for every position."""
+        b, n = mask.shape
+        visible = self.proj(latent)
+        tokens = self.mask_token.to(visible.dtype).expand(b, n, -1).clone()
+        tokens[~mask] = visible.reshape(-1, visible.shape[-1])
+        tokens = tokens + self.position_embeddings
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.pred(self.norm(tokens))

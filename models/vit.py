@@ -1,0 +1,150 @@
+"""3D Vision Transformer whose parameter names map 1:1 onto `monai.networks.nets.ViT`.
+
+Same maths as MONAI's ViT (pre-norm blocks, GELU MLP, fixed sin-cos or learnable position
+embeddings), but attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient
+kernels) and the encoder can run on a subset of tokens, which masked autoencoding needs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
+from torch import nn
+
+
+def _triple(v: int | tuple[int, ...]) -> tuple[int, int, int]:
+    return (v, v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; qkv layout matches MONAI's SABlock ("b h (qkv l d)")."""
+
+    def __init__(self, hidden_size: int, num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden_size, hidden_size * 3, bias=qkv_bias)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, N, C] → [B, N, C]."""
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)  # [B, heads, N, C/heads]
+        return self.out_proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden_size: int, mlp_dim: int):
+        super().__init__()
+        self.linear1 = nn.Linear(hidden_size, mlp_dim)
+        self.linear2 = nn.Linear(mlp_dim, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(F.gelu(self.linear1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (MONAI `TransformerBlock` without the unused cross-attention)."""
+
+    def __init__(self, hidden_size: int, mlp_dim: int, num_heads: int, qkv_bias: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size)
+        self.attn = Attention(hidden_size, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(hidden_size)
+        self.mlp = MLP(hidden_size, mlp_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbedding(nn.Module):
+    """Non-overlapping conv patches + position embedding (MONAI `PatchEmbeddingBlock`, proj "conv")."""
+
+    def __init__(self, in_channels: int, img_size, patch_size, hidden_size: int, pos_embed_type: str):
+        super().__init__()
+        self.grid = tuple(i // p for i, p in zip(img_size, patch_size))
+        self.patch_embeddings = nn.Conv3d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        if pos_embed_type == "sincos":
+            self.position_embeddings = build_sincos_position_embedding(list(self.grid), hidden_size, spatial_dims=3)
+        else:
+            n = self.grid[0] * self.grid[1] * self.grid[2]
+            self.position_embeddings = nn.Parameter(torch.zeros(1, n, hidden_size))
+            nn.init.trunc_normal_(self.position_embeddings, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, C, D, H, W] → tokens [B, N, hidden], N = prod(img_size / patch_size), raster order."""
+        return self.patch_embeddings(x).flatten(2).transpose(1, 2) + self.position_embeddings
+
+
+class ViT(nn.Module):
+    """3D ViT encoder. `forward(x)` returns the normed tokens [B, N, hidden] (MONAI's `ViT(x)[0]`)."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        img_size: int | tuple[int, int, int] = 96,
+        patch_size: int | tuple[int, int, int] = 16,
+        hidden_size: int = 768,
+        mlp_dim: int = 3072,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        pos_embed_type: Literal["sincos", "learnable"] = "sincos",
+        qkv_bias: bool = False,
+    ):
+        super().__init__()
+        img_size, patch_size = _triple(img_size), _triple(patch_size)
+        if any(i % p for i, p in zip(img_size, patch_size)):
+            raise ValueError(f"img_size={list(img_size)} must be divisible by patch_size={list(patch_size)}")
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
+        if pos_embed_type not in ("sincos", "learnable"):
+            raise ValueError(f"pos_embed_type={pos_embed_type!r}; allowed: 'sincos', 'learnable'")
+        if pos_embed_type == "sincos" and hidden_size % 6:
+            raise ValueError(f"hidden_size={hidden_size} must be divisible by 6 for 3D sin-cos position embeddings")
+        self.in_channels, self.img_size, self.patch_size = in_channels, img_size, patch_size
+        self.hidden_size, self.mlp_dim, self.num_layers, self.num_heads = hidden_size, mlp_dim, num_layers, num_heads
+        self.pos_embed_type, self.qkv_bias = pos_embed_type, qkv_bias
+        self.patch_embedding = PatchEmbedding(in_channels, img_size, patch_size, hidden_size, pos_embed_type)
+        self.blocks = nn.ModuleList(Block(hidden_size, mlp_dim, num_heads, qkv_bias) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(hidden_size)
+        self.apply(_init_weights)
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return self.patch_embedding.grid
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, C, D, H, W] → position-embedded tokens [B, N, hidden]."""
+        return self.patch_embedding(x)
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: [B, n, hidden] (any subset of positions) → normed features [B, n, hidden]."""
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(self.embed(x))
+
+    def monai_kwargs(self) -> dict:
+        """Arguments that build the matching `monai.networks.nets.ViT` (see `pretrain/export.py`)."""
+        return {
+            "in_channels": self.in_channels, "img_size": list(self.img_size), "patch_size": list(self.patch_size),
+            "hidden_size": self.hidden_size, "mlp_dim": self.mlp_dim, "num_layers": self.num_layers,
+            "num_heads": self.num_heads, "proj_type": "conv", "pos_embed_type": self.pos_embed_type,
+            "classification": False, "qkv_bias": self.qkv_bias, "spatial_dims": 3,
+        }
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

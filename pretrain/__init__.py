@@ -1,0 +1,1 @@
+"""Objectives, the LightningModule, checkpoint/resume, export and the `voxfm` CLI."""

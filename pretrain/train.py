@@ -1,0 +1,86 @@
+"""`voxfm pretrain`: build data, backbone and objective from the config, train, resume automatically."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from data.shards import describe_shard_set
+from data.stream import CropStream, crop_loader
+from pretrain.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, Throughput
+from pretrain.checkpoints import find_resume_checkpoint
+from pretrain.module import PretrainModule
+
+
+def log_event(run_dir: Path, **event) -> None:
+    """One JSON line per start / resume / end in <run_dir>/events.jsonl: the run's history at a glance."""
+    with open(run_dir / "events.jsonl", "a") as f:
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **event}) + "\n")
+
+
+def build_module(cfg: DictConfig) -> PretrainModule:
+    backbone = instantiate(cfg.model)
+    objective = instantiate(cfg.objective.loss)(
+        encoder_hidden=backbone.hidden_size, in_channels=backbone.in_channels,
+        patch_size=backbone.patch_size, grid=backbone.grid,
+    )
+    return PretrainModule(
+        backbone=backbone, objective=objective, masking=instantiate(cfg.objective.masking),
+        optimizer=instantiate(cfg.optim.optimizer), warmup_steps=cfg.optim.warmup_steps,
+        total_steps=cfg.trainer.max_steps, min_lr_factor=cfg.optim.min_lr_factor, seed=cfg.seed,
+    )
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, config: dict) -> L.Trainer:
+    t = cfg.trainer
+    precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+    loggers = [CSVLogger(save_dir=str(run_dir), name="metrics")]
+    if cfg.logger.wandb is not None:
+        loggers.append(WandbLogger(save_dir=str(run_dir), config=config, **cfg.logger.wandb))
+    checkpoints = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"), filename="step{step:06d}", auto_insert_metric_name=False,
+        every_n_train_steps=t.checkpoint_every_n_steps, save_top_k=-1, save_last=True,
+    )
+    return L.Trainer(
+        max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        precision=precision, gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=t.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
+        logger=loggers, callbacks=[checkpoints, LearningRateMonitor("step"), Throughput(),
+                                   ConfigInCheckpoint(config, describe_shard_set(cfg.data.shards))],
+        plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress_bar, enable_model_summary=True,
+        default_root_dir=str(run_dir), use_distributed_sampler=False,
+    )
+
+
+def run_pretrain(cfg: DictConfig) -> Path:
+    """Train until `trainer.max_steps`; returns the final checkpoint. Same run_dir again = resume."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    resume, resume_step = find_resume_checkpoint(run_dir / "checkpoints")
+    L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
+    module = build_module(cfg)
+    # A resumed run draws fresh crops (seeded by the resume step) rather than replaying the first ones.
+    stream = CropStream(cfg.data.shards, cfg.data.crop_size, cfg.data.crops_per_volume, cfg.data.foreground_prob,
+                        cfg.data.shuffle_buffer, seed=cfg.seed + resume_step)
+    trainer = build_trainer(cfg, run_dir, config)
+    if trainer.is_global_zero:
+        if resume:
+            print(f"voxfm: resuming from {resume} at step {resume_step}", flush=True)
+        log_event(run_dir, event="resume" if resume else "start", step=resume_step,
+                  checkpoint=str(resume) if resume else None)
+    trainer.fit(module, train_dataloaders=crop_loader(stream, cfg.data.batch_size, cfg.data.num_workers),
+                ckpt_path=str(resume) if resume else None)
+    if trainer.is_global_zero:
+        log_event(run_dir, event="end", step=trainer.global_step)
+        print(f"voxfm: finished at step {trainer.global_step}; checkpoints in {run_dir / 'checkpoints'}", flush=True)
+    return run_dir / "checkpoints" / "last.ckpt"
