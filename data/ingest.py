@@ -94,23 +94,26 @@ def sample_key(vol: InputVolume, digest: str) -> str:
     return f"{name}_{digest[:12]}"
 
 
-def shard_one(vol: InputVolume, opts: PreprocessOptions) -> tuple[dict[str, bytes], dict]:
+def shard_one(vol: InputVolume, opts: PreprocessOptions, codec: str) -> tuple[dict[str, bytes], dict]:
     image = load_volume(vol.path, opts.max_voxels)
     try:
         label = load_volume(vol.label, opts.max_voxels) if vol.label else None
     except RejectedVolume as err:
         raise RejectedVolume(f"label {vol.label}: {err}") from err
     img, lab, meta = preprocess(image, vol.modality, opts, label)
-    files = {"image.b2": payload.encode(img)}
+    files = {"image.b2": payload.encode(img, codec)}
     if lab is not None:
-        files["label.b2"] = payload.encode(lab)
+        files["label.b2"] = payload.encode(lab, codec)
     return files, meta
 
 
-def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 256.0, progress: bool = True) -> dict:
+def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 256.0, codec: str = "zstd",
+              progress: bool = True) -> dict:
     """Shard every input or reject it with a reason. Inputs already in `output/index.json` (same
     source path and content hash) are skipped, so a rerun only does unfinished work."""
     opts = PreprocessOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in preprocess.items()})
+    if codec not in payload.CODECS:
+        raise ValueError(f"codec={codec!r}; allowed: {list(payload.CODECS)}")
     if shard_max_mb <= 0:
         raise ValueError(f"shard_max_mb={shard_max_mb}: expected a positive size in MB")
     volumes = discover(input)
@@ -131,7 +134,7 @@ def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 2
             if (vol.path, digest) in done:
                 skipped += 1
                 continue
-            files, meta = shard_one(vol, opts)
+            files, meta = shard_one(vol, opts, codec)
         except (RejectedVolume, OSError) as err:
             reason = str(err) if isinstance(err, RejectedVolume) else f"unreadable: {err}"
             rejected.append({"path": vol.path, "reason": reason})

@@ -41,7 +41,8 @@ class PreprocessOptions:
 
 def resample(data: np.ndarray, affine: np.ndarray, spacing, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """Reorient to RAS and resample to `spacing` (mm). data: [X, Y, Z] → [X', Y', Z'] in RAS."""
-    img = MetaTensor(torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None], affine=torch.as_tensor(affine))
+    voxels = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None]
+    img = MetaTensor(voxels, affine=torch.as_tensor(affine))
     img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
     img = Spacing(pixdim=tuple(spacing), mode=mode, padding_mode="border" if mode != "nearest" else "zeros")(img)
     return img.array[0], np.asarray(img.affine, dtype=np.float64)

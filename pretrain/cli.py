@@ -48,7 +48,8 @@ def _compose(name: str, overrides: list[str]):
 def _shard(cfg) -> None:
     from data.ingest import run_shard
 
-    report = run_shard(cfg.input, cfg.output, OmegaConf.to_container(cfg.preprocess), cfg.shard_max_mb, cfg.progress)
+    report = run_shard(cfg.input, cfg.output, OmegaConf.to_container(cfg.preprocess), cfg.shard_max_mb,
+                       cfg.codec, cfg.progress)
     print(f"sharded {report['n_sharded']}/{report['n_inputs']} volumes ({report['n_skipped']} already done), "
           f"rejected {report['n_rejected']}; {report['n_shards']} shard(s) in {cfg.output}")
     for r in report["rejected"]:

@@ -1,0 +1,81 @@
+import json
+import shutil
+import tarfile
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from data.ingest import discover, run_shard
+
+
+def _folder_with_bad_files(tmp_path, phantom_dir):
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in sorted(phantom_dir.glob("phantom00[0-2]_??.nii.gz")):
+        shutil.copy(p, src / p.name)
+    (src / "broken.nii.gz").write_bytes(b"not a nifti file")
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8, 3), np.float32), np.eye(4)), src / "fmri.nii.gz")
+    return src
+
+
+def test_every_input_is_sharded_or_rejected_with_a_reason(tmp_path, phantom_dir):
+    src = _folder_with_bad_files(tmp_path, phantom_dir)
+    out = tmp_path / "shards"
+    report = run_shard(str(src), str(out), {}, progress=False)
+    assert report["n_inputs"] == 5
+    assert report["n_sharded"] == 3 and report["n_rejected"] == 2
+    assert report["n_inputs"] == report["n_sharded"] + report["n_rejected"]
+    reasons = {r["path"].split("/")[-1]: r["reason"] for r in report["rejected"]}
+    assert reasons["broken.nii.gz"].startswith("unreadable")
+    assert "not a 3D volume" in reasons["fmri.nii.gz"]
+    assert json.loads((out / "report.json").read_text()) == report
+
+    index = json.loads((out / "index.json").read_text())
+    assert len(index["samples"]) == 3
+    for s in index["samples"]:
+        assert s["orientation"] == "RAS" and s["spacing"] == [1.5, 1.5, 1.5]
+        assert s["modality"] in ("CT", "MR") and len(s["content_hash"]) == 64
+    with tarfile.open(out / index["shards"][0]["name"]) as tar:
+        names = tar.getnames()
+    assert sum(n.endswith(".image.b2") for n in names) == 3 and sum(n.endswith(".json") for n in names) == 3
+
+
+def test_rerun_skips_finished_work_and_new_inputs_are_appended(tmp_path, phantom_dir):
+    src = _folder_with_bad_files(tmp_path, phantom_dir)
+    out = tmp_path / "shards"
+    run_shard(str(src), str(out), {}, progress=False)
+    again = run_shard(str(src), str(out), {}, progress=False)
+    assert again["n_skipped"] == 3 and again["n_new"] == 0 and again["n_shards"] == 1
+    shutil.copy(phantom_dir / "phantom003_mr.nii.gz", src / "new.nii.gz")
+    more = run_shard(str(src), str(out), {}, progress=False)
+    assert more["n_new"] == 1 and more["n_sharded"] == 4 and more["n_shards"] == 2
+    assert len(json.loads((out / "index.json").read_text())["samples"]) == 4
+
+
+def test_other_settings_into_the_same_output_are_refused(tmp_path, phantom_dir):
+    src = _folder_with_bad_files(tmp_path, phantom_dir)
+    run_shard(str(src), str(tmp_path / "s"), {}, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        run_shard(str(src), str(tmp_path / "s"), {"spacing": [2.0, 2.0, 2.0]}, progress=False)
+
+
+def test_small_shard_size_splits_into_several_shards(tmp_path, phantom_dir):
+    report = run_shard(str(phantom_dir), str(tmp_path / "s"), {}, shard_max_mb=0.01, progress=False)
+    assert report["n_sharded"] == 12 and report["n_shards"] > 1
+    index = json.loads((tmp_path / "s" / "index.json").read_text())
+    assert sum(s["n_samples"] for s in index["shards"]) == 12
+
+
+def test_manifest_columns_are_read_and_checked(tmp_path, phantom_dir):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,modality,dataset,subject,label\n"
+                        f"{phantom_dir}/phantom001_mr.nii.gz,mri,ds,s1,{phantom_dir}/phantom001_mr_label.nii.gz\n")
+    (vol,) = discover(str(manifest))
+    assert vol.modality == "MR" and vol.dataset == "ds" and vol.subject == "s1" and vol.label.endswith("label.nii.gz")
+    manifest.write_text("path,modality\nx.nii.gz,XR\n")
+    with pytest.raises(ValueError, match="modality='XR'"):
+        discover(str(manifest))
+    manifest.write_text("file\nx.nii.gz\n")
+    with pytest.raises(ValueError, match="`path` column"):
+        discover(str(manifest))

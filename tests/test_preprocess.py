@@ -1,0 +1,86 @@
+import nibabel as nib
+import numpy as np
+import pytest
+
+from data.preprocess import PreprocessOptions, normalise, preprocess
+from data.volumes import RejectedVolume, Volume, load_volume
+
+
+def _world_of_max(data, affine):
+    idx = np.array(np.unravel_index(np.argmax(data), data.shape) + (1,))
+    return (affine @ idx)[:3]
+
+
+def test_lps_volume_becomes_ras_at_target_spacing_and_keeps_world_positions():
+    data = np.zeros((20, 30, 10), np.int16) - 1000
+    data[5, 7, 3] = 2000  # one bright voxel: it must stay at the same world position
+    affine = np.diag([-2.0, -1.0, 3.0, 1.0])  # LPS, 2 x 1 x 3 mm
+    vol = Volume(data=data, affine=affine, path="x.nii")
+    image, label, meta = preprocess(vol, "CT", PreprocessOptions(spacing=(1.0, 1.0, 1.0)))
+    assert meta["orientation"] == "RAS" and meta["original_orientation"] == "LPS"
+    assert meta["spacing"] == [1.0, 1.0, 1.0]
+    assert meta["original_spacing"] == [2.0, 1.0, 3.0]
+    assert image.dtype == np.int16 and label is None
+    assert image.shape == (39, 30, 28)  # (n - 1) * old / new + 1: voxel centres span the same extent
+    np.testing.assert_allclose(_world_of_max(image, np.array(meta["affine"])), _world_of_max(data, affine), atol=1.01)
+
+
+def test_label_is_resampled_nearest_neighbour_on_the_image_grid():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (16, 16, 16)).astype(np.uint8)
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    image = Volume(data=rng.normal(size=(16, 16, 16)).astype(np.float32), affine=affine, path="i")
+    _, out, meta = preprocess(image, "MR", PreprocessOptions(spacing=(1.5, 1.5, 1.5)), Volume(labels, affine, "l"))
+    assert out.dtype == np.uint8
+    assert set(np.unique(out)) <= set(range(5))
+    assert meta["label_classes"] == sorted(np.unique(out).tolist())
+    assert out.shape == tuple(meta["shape"])
+
+
+def test_label_on_another_grid_is_rejected():
+    a = Volume(np.ones((8, 8, 8), np.float32) * np.arange(8), np.eye(4), "i")
+    with pytest.raises(RejectedVolume, match="label grid"):
+        preprocess(a, "MR", PreprocessOptions(), Volume(np.zeros((8, 8, 9), np.uint8), np.eye(4), "l"))
+
+
+def test_normalisation_ct_window_and_mr_percentiles():
+    ct = Volume(np.linspace(-2000, 3000, 4096).reshape(16, 16, 16).astype(np.int16), np.eye(4), "ct")
+    _, _, meta = preprocess(ct, None, PreprocessOptions(spacing=(1.0, 1.0, 1.0)))
+    assert meta["modality"] == "CT" and meta["modality_inferred"]
+    assert meta["normalisation"] == {"scheme": "window", "low": -1000.0, "high": 1000.0}
+    out = normalise(np.array([-3000, -1000, 0, 1000, 5000], np.int16), meta["normalisation"])
+    np.testing.assert_allclose(out, [0, 0, 0.5, 1, 1])
+    mr = Volume(np.arange(4096, dtype=np.float32).reshape(16, 16, 16), np.eye(4), "mr")
+    _, _, meta = preprocess(mr, "MR", PreprocessOptions(spacing=(1.0, 1.0, 1.0), percentiles=(1.0, 99.0)))
+    assert meta["normalisation"]["scheme"] == "percentile"
+    assert meta["normalisation"]["low"] == pytest.approx(np.percentile(np.arange(4096), 1.0), rel=1e-3)
+
+
+def test_foreground_points_lie_in_the_foreground():
+    data = np.zeros((20, 20, 20), np.float32)
+    data[5:10, 5:10, 5:10] = 100.0
+    data[0, 0, 0] = 0.5  # keep percentiles away from a constant image
+    _, _, meta = preprocess(Volume(data, np.eye(4), "x"), "MR", PreprocessOptions(spacing=(1.0, 1.0, 1.0)))
+    pts = np.array(meta["foreground_points"])
+    assert len(pts) == 125
+    assert pts.min() >= 5 and pts.max() <= 9
+
+
+@pytest.mark.parametrize("shape,reason", [((4, 4, 4, 3), "not a 3D volume"), ((4, 4, 4), "constant volume")])
+def test_unusable_volumes_are_rejected_with_reason(tmp_path, shape, reason):
+    path = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), path)
+    with pytest.raises(RejectedVolume, match=reason):
+        load_volume(path, max_voxels=10**9)
+
+
+def test_oversized_header_is_rejected_before_reading(tmp_path):
+    path = tmp_path / "big.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.float32), np.eye(4)), path)
+    with pytest.raises(RejectedVolume, match="too large"):
+        load_volume(path, max_voxels=999)
+
+
+def test_options_fail_fast_naming_the_argument():
+    with pytest.raises(ValueError, match="preprocess.spacing"):
+        PreprocessOptions(spacing=(1.0, 0.0, 1.0))
