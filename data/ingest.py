@@ -107,7 +107,7 @@ def shard_one(vol: InputVolume, opts: PreprocessOptions, codec: str) -> tuple[di
     return files, meta
 
 
-def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 256.0, codec: str = "zstd",
+def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 256.0, codec: str = "lz4hc",
               progress: bool = True) -> dict:
     """Shard every input or reject it with a reason. Inputs already in `output/index.json` (same
     source path and content hash) are skipped, so a rerun only does unfinished work."""
@@ -120,7 +120,7 @@ def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 2
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     index = load_index(out)
-    config = {"preprocess": json.loads(json.dumps(asdict(opts)))}
+    config = {"preprocess": json.loads(json.dumps(asdict(opts))), "codec": codec}
     if index["config"] is not None and index["config"] != config:
         raise ValueError(f"output={output} holds shards made with other settings {index['config']}; "
                          f"use a new output folder for {config}")

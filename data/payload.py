@@ -1,8 +1,9 @@
 """Voxel payload codec: blosc2 with byte shuffle (nnU-Net's choice; see DESIGN.md, "Shard payload").
 
-zstd (default, as decided in DESIGN.md) gives the best ratio; lz4hc decodes about twice as fast at a
-ratio still above .nii.gz — `voxfm bench data` measures both on your own volumes. The codec travels
-inside each frame, so readers never need to know which one a shard set used.
+Default lz4hc: measured here (BENCHMARKS.md) it decodes about twice as fast as zstd, ≥ 8x nibabel's
+.nii.gz, at a ratio still above .nii.gz; zstd gives the best ratio when storage matters more.
+`voxfm bench data` measures both on your own volumes. The codec travels inside each frame, so
+readers never need to know which one a shard set used.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ CODECS: dict[str, dict] = {
 }
 
 
-def encode(arr: np.ndarray, codec: Codec = "zstd") -> bytes:
+def encode(arr: np.ndarray, codec: Codec = "lz4hc") -> bytes:
     """Compress an n-d array (dtype and shape travel inside the frame)."""
     if codec not in CODECS:
         raise ValueError(f"codec={codec!r}; allowed: {list(CODECS)}")

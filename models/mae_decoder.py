@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import nn
 
-from models.vit import Block, _init_weights
+from models.vit import Block, _init_weights, sincos_position_embedding
 
 
 class MAEDecoder(nn.Module):
@@ -17,7 +16,7 @@ class MAEDecoder(nn.Module):
             raise ValueError(f"decoder hidden_size={hidden_size} must be divisible by 6 and by num_heads={num_heads}")
         self.proj = nn.Linear(encoder_hidden, hidden_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
-        self.position_embeddings = build_sincos_position_embedding(list(grid), hidden_size, spatial_dims=3)
+        self.position_embeddings = sincos_position_embedding(grid, hidden_size)
         self.blocks = nn.ModuleList(
             Block(hidden_size, int(hidden_size * mlp_ratio), num_heads, qkv_bias=True) for _ in range(num_layers)
         )

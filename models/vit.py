@@ -7,12 +7,20 @@ kernels) and the encoder can run on a subset of tokens, which masked autoencodin
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import nn
+
+
+def sincos_position_embedding(grid: tuple[int, int, int], hidden_size: int) -> nn.Parameter:
+    """MONAI's fixed 3D sin-cos embedding [1, N, hidden] (frozen); its internal meshgrid warning is noise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return build_sincos_position_embedding(list(grid), hidden_size, spatial_dims=3)
 
 
 def _triple(v: int | tuple[int, ...]) -> tuple[int, int, int]:
@@ -69,7 +77,7 @@ class PatchEmbedding(nn.Module):
         self.grid = tuple(i // p for i, p in zip(img_size, patch_size))
         self.patch_embeddings = nn.Conv3d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
         if pos_embed_type == "sincos":
-            self.position_embeddings = build_sincos_position_embedding(list(self.grid), hidden_size, spatial_dims=3)
+            self.position_embeddings = sincos_position_embedding(self.grid, hidden_size)
         else:
             n = self.grid[0] * self.grid[1] * self.grid[2]
             self.position_embeddings = nn.Parameter(torch.zeros(1, n, hidden_size))

@@ -73,7 +73,7 @@ def _bench(cfg) -> None:
     from pretrain.bench import bench_data, format_data_bench
 
     result = bench_data(cfg.shards, cfg.max_samples, cfg.repeats)
-    print(json.dumps({k: v for k, v in result.items() if k != "volumes"}))
+    print(json.dumps(result))
     print(format_data_bench(result))
 
 

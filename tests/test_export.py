@@ -1,0 +1,84 @@
+"""The export loads with strict=True into MONAI (no voxfm code) and reproduces voxfm's encoder."""
+
+import json
+
+import pytest
+import torch
+from monai.networks.nets import UNETR
+from monai.networks.nets import ViT as MonaiViT
+from safetensors.torch import load_file
+
+from models.vit import ViT
+from pretrain.checkpoints import load_checkpoint
+from pretrain.config import load_config
+from pretrain.export import monai_state_dict, run_export
+from pretrain.train import build_module, run_pretrain
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, shard_dir):
+    run = tmp_path_factory.mktemp("run")
+    cfg = load_config("pretrain", ["experiment=demo", f"data.shards={shard_dir}", f"run_dir={run}",
+                                   "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3",
+                                   "trainer.progress_bar=false", "data.num_workers=0"])
+    run_pretrain(cfg)
+    return run
+
+
+def _voxfm_encoder(ckpt_path):
+    ckpt = load_checkpoint(ckpt_path)
+    from omegaconf import OmegaConf
+
+    module = build_module(OmegaConf.create(ckpt["voxfm_config"]))
+    module.load_state_dict(ckpt["state_dict"])
+    return module.backbone.eval()
+
+
+def test_export_loads_strictly_into_monai_and_matches_voxfm(run_dir, tmp_path):
+    out = run_export(str(run_dir), str(tmp_path / "export"))
+    meta = json.loads((out / "backbone.json").read_text())
+    weights = load_file(str(out / "backbone.safetensors"))
+    assert meta["monai_class"] == "monai.networks.nets.ViT" and meta["step"] == 6
+    assert meta["spacing"] == [1.5, 1.5, 1.5] and meta["orientation"] == "RAS"
+    assert meta["normalisation"]["CT"] == {"scheme": "window", "low": -1000.0, "high": 1000.0,
+                                           "note": "clip HU to [low, high], map to [0, 1]"}
+    assert meta["normalisation"]["MR"]["scheme"] == "percentile"
+    assert meta["patch_size"] == [8, 8, 8] and meta["config"]["model"]["hidden_size"] == 48
+
+    monai = MonaiViT(**meta["monai_kwargs"]).eval()
+    monai.load_state_dict(weights, strict=True)
+    ours = _voxfm_encoder(run_dir / "checkpoints" / "last.ckpt")
+    x = torch.randn(2, 1, 32, 32, 32)
+    with torch.no_grad():
+        diff = (monai(x)[0] - ours(x)).abs().max().item()
+    assert diff < 1e-4
+
+
+
+def test_exported_weights_load_strictly_into_unetr_vit():
+    """UNETR fixes patch 16, 12 layers and learnable position embeddings: such a backbone loads strictly."""
+    backbone = ViT(1, 32, 16, hidden_size=48, mlp_dim=96, num_layers=12, num_heads=4, pos_embed_type="learnable")
+    weights = monai_state_dict(backbone.state_dict(), backbone.hidden_size, backbone.num_layers)
+    unetr = UNETR(in_channels=1, out_channels=3, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96,
+                  num_heads=4, proj_type="conv").eval()
+    unetr.vit.load_state_dict(weights, strict=True)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert (unetr.vit(x)[0] - backbone.eval()(x)).abs().max() < 1e-4
+
+
+def test_channel_inflation_gives_the_same_features_on_a_repeated_input(run_dir, tmp_path):
+    out = run_export(str(run_dir / "checkpoints" / "step000003.ckpt"), str(tmp_path / "x4"), in_channels=4)
+    meta = json.loads((out / "backbone.json").read_text())
+    assert meta["monai_kwargs"]["in_channels"] == 4 and meta["step"] == 3
+    monai4 = MonaiViT(**meta["monai_kwargs"]).eval()
+    monai4.load_state_dict(load_file(str(out / "backbone.safetensors")), strict=True)
+    ours = _voxfm_encoder(run_dir / "checkpoints" / "step000003.ckpt")
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert (monai4(x.repeat(1, 4, 1, 1, 1))[0] - ours(x)).abs().max() < 1e-4
+
+
+def test_export_of_a_missing_checkpoint_says_what_was_expected(tmp_path):
+    with pytest.raises(ValueError, match="expected a .ckpt file or a run_dir"):
+        run_export(str(tmp_path), str(tmp_path / "out"))
