@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sys
 
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from pretrain.config import CONF_DIR, load_config, missing_keys
 
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _compose(command, overrides)
         if cfg is not None:
             COMMANDS[command](cfg)
-    except ValueError as err:
+    except (ValueError, HydraException, OmegaConfBaseException) as err:
         print(f"voxfm {command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -24,9 +24,13 @@ def _step(ckpt) -> int:
     return int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
 
 
-def test_killed_run_resumes_from_its_last_checkpoint_and_ends_at_max_steps(tmp_path, shard_dir):
-    run_dir = tmp_path / "run"
+def test_killed_run_resumes_from_its_last_checkpoint_and_ends_at_max_steps(tmp_path, phantom_dir):
+    run_dir, shard_dir = tmp_path / "run", tmp_path / "shards"
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    shard = subprocess.run([sys.executable, "-m", "pretrain", "shard", f"input={phantom_dir}", f"output={shard_dir}",
+                            "progress=false"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert shard.returncode == 0, shard.stderr[-3000:]
+    assert "sharded 12/12 volumes" in shard.stdout
     proc = subprocess.Popen(_pretrain_cmd(shard_dir, run_dir), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     step20 = run_dir / "checkpoints" / "step000020.ckpt"
