@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def pad_to(vol: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
-    """Zero-pad (i.e. background after normalisation) any axis shorter than the crop, centred."""
+def pad_to(vol: np.ndarray, size: tuple[int, int, int], value: float = 0) -> np.ndarray:
+    """Pad any axis shorter than the crop, centred, with `value` (the background level)."""
     pads = [((max(s - d, 0)) // 2, max(s - d, 0) - (max(s - d, 0)) // 2) for d, s in zip(vol.shape, size)]
-    return np.pad(vol, pads) if any(p for pair in pads for p in pair) else vol
+    return np.pad(vol, pads, constant_values=value) if any(p for pair in pads for p in pair) else vol
 
 
 def crop_start(shape, size, centre: np.ndarray | None, rng: np.random.Generator) -> list[int]:
@@ -24,11 +24,11 @@ def crop_start(shape, size, centre: np.ndarray | None, rng: np.random.Generator)
 
 
 def random_crops(vol: np.ndarray, fg_points: list, size: tuple[int, int, int], n: int,
-                 foreground_prob: float, rng: np.random.Generator) -> list[np.ndarray]:
+                 foreground_prob: float, rng: np.random.Generator, pad_value: float = 0) -> list[np.ndarray]:
     """`n` crops [D, H, W] of `vol` [X, Y, Z]; each is centred near a foreground point with
-    probability `foreground_prob` (when the volume has any), else placed uniformly."""
+    probability `foreground_prob` (when the volume has any), else placed uniformly. Crops are views."""
     pads = [max(s - d, 0) // 2 for d, s in zip(vol.shape, size)]
-    vol = pad_to(vol, size)
+    vol = pad_to(vol, size, pad_value)
     crops = []
     for _ in range(n):
         centre = None

@@ -13,6 +13,8 @@ import os
 import tarfile
 from pathlib import Path
 
+from webdataset.shardlists import expand_urls
+
 INDEX = "index.json"
 REPORT = "report.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
@@ -32,7 +34,9 @@ def load_index(output: Path) -> dict:
 
 
 def shard_urls(shards: str | Path) -> list[str]:
-    """A shard set folder (with index.json) → its tar paths; a brace pattern or URL is passed through."""
+    """A shard set folder (with index.json) → its tar paths; a brace pattern (`shard-{000000..000099}.tar`,
+    local or a URL) → the paths it expands to. Local paths must exist: failing here beats a stream
+    that skips unreadable shards forever."""
     path = Path(str(shards))
     if path.is_dir():
         index = path / INDEX
@@ -42,7 +46,11 @@ def shard_urls(shards: str | Path) -> list[str]:
         if not names:
             raise ValueError(f"data.shards={shards}: the shard set is empty (see its {REPORT})")
         return [str(path / n) for n in names]
-    return [str(shards)]
+    urls = expand_urls(str(shards))
+    missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
+    if missing:
+        raise ValueError(f"data.shards={shards}: {len(missing)} of {len(urls)} shard(s) not found, e.g. {missing[0]}")
+    return urls
 
 
 class ShardSetWriter:

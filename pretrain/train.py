@@ -42,7 +42,8 @@ def build_module(cfg: DictConfig) -> PretrainModule:
 def build_trainer(cfg: DictConfig, run_dir: Path, config: dict) -> L.Trainer:
     t = cfg.trainer
     precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")
-    loggers = [CSVLogger(save_dir=str(run_dir), name="metrics")]
+    # flushed at every logging step, so a killed run loses no metrics it had logged
+    loggers = [CSVLogger(save_dir=str(run_dir), name="metrics", flush_logs_every_n_steps=t.log_every_n_steps)]
     if cfg.logger.wandb is not None:
         loggers.append(WandbLogger(save_dir=str(run_dir), config=config, **cfg.logger.wandb))
     checkpoints = ModelCheckpoint(
@@ -50,7 +51,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict) -> L.Trainer:
         every_n_train_steps=t.checkpoint_every_n_steps, save_top_k=-1, save_last=True,
     )
     return L.Trainer(
-        max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=precision, gradient_clip_val=t.gradient_clip_val,
         accumulate_grad_batches=t.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
         logger=loggers, callbacks=[checkpoints, LearningRateMonitor("step"), Throughput(),
@@ -81,6 +82,8 @@ def run_pretrain(cfg: DictConfig) -> Path:
     trainer.fit(module, train_dataloaders=crop_loader(stream, cfg.data.batch_size, cfg.data.num_workers),
                 ckpt_path=str(resume) if resume else None)
     if trainer.is_global_zero:
-        log_event(run_dir, event="end", step=trainer.global_step)
-        print(f"voxfm: finished at step {trainer.global_step}; checkpoints in {run_dir / 'checkpoints'}", flush=True)
+        # read back from disk: under ddp_spawn this process's trainer never sees the workers' steps
+        final, step = find_resume_checkpoint(run_dir / "checkpoints")
+        log_event(run_dir, event="end", step=step)
+        print(f"voxfm: finished at step {step}; latest checkpoint {final}", flush=True)
     return run_dir / "checkpoints" / "last.ckpt"

@@ -37,6 +37,8 @@ def test_foreground_bias_puts_crops_on_the_foreground():
 def test_volumes_smaller_than_the_crop_are_padded():
     crops = random_crops(np.ones((10, 40, 12), np.float32), [], (32, 32, 32), 2, 0.5, np.random.default_rng(0))
     assert crops[0].shape == (32, 32, 32) and crops[0].sum() == 10 * 32 * 12
+    ct = random_crops(np.zeros((10, 40, 12), np.int16), [], (32, 32, 32), 1, 0.5, np.random.default_rng(0), -1000)
+    assert ct[0].dtype == np.int16 and (ct[0] == -1000).sum() == 32**3 - 10 * 32 * 12
 
 
 def test_bad_options_fail_before_streaming(shard_dir):
@@ -44,3 +46,11 @@ def test_bad_options_fail_before_streaming(shard_dir):
         CropStream(str(shard_dir), 32, foreground_prob=1.5)
     with pytest.raises(ValueError, match="no index.json"):
         CropStream(str(shard_dir.parent), 32)
+    with pytest.raises(ValueError, match="1 of 2 shard"):
+        CropStream(str(shard_dir / "shard-{000000..000001}.tar"), 32)
+
+
+def test_brace_patterns_expand_to_the_shards(shard_dir):
+    stream = CropStream(str(shard_dir / "shard-{000000..000000}.tar"), 32)
+    assert stream.urls == [str(shard_dir / "shard-000000.tar")]
+    assert next(iter(crop_loader(stream, 2, 0)))["image"].shape == (2, 1, 32, 32, 32)

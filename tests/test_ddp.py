@@ -1,0 +1,30 @@
+"""Two-process DDP on CPU (gloo, ddp_spawn): both ranks train, checkpoints and the end step are right."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from tests.conftest import REPO
+
+
+def test_two_rank_ddp_run_reaches_max_steps(tmp_path, shard_dir):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pretrain", "pretrain", "experiment=demo", f"data.shards={shard_dir}",
+           f"run_dir={run_dir}", "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3",
+           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn",
+           "data.num_workers=0", "trainer.progress_bar=false", "trainer.log_every_n_steps=2"]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 6
+    assert {"step000003.ckpt", "step000006.ckpt"} <= {p.name for p in (run_dir / "checkpoints").iterdir()}
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"]) for e in events] == [("start", 0), ("end", 6)]
+    rows = (run_dir / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    steps = {int(r.split(",")[header.index("step")]) for r in rows[1:]}
+    assert steps == {1, 3, 5}  # rank 0 logs every 2nd step, once
