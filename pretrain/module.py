@@ -31,7 +31,7 @@ class PretrainModule(L.LightningModule):
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Masks are drawn here, on the training device, so the objective is a pure function of its batch."""
-        if self.trainer is not None and self.trainer.training:
+        if self.trainer.training:
             image = batch["image"]
             n = self.backbone.grid[0] * self.backbone.grid[1] * self.backbone.grid[2]
             g = mask_generator(image.device, self.seed, self.global_step, self.global_rank)
