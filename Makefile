@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 OUT ?= out/demo
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench gpu-check clean
 
 $(BIN)/voxfm: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ lint: install
 
 bench: install
 	$(BIN)/voxfm bench data shards=$(OUT)/shards
+
+gpu-check: install   # on a GPU machine; TINY=1 rehearses it on CPU
+	OUT=$${OUT:-out/gpu_check} PYTHON=$(abspath $(BIN)/python) bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) out *.egg-info
