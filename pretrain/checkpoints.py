@@ -10,13 +10,15 @@ import torch
 PERIODIC = re.compile(r"step(\d+)\.ckpt")
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """`mmap=True` maps the tensors instead of reading them: cheap when only metadata is needed."""
+    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def _readable_step(path: Path) -> int | None:
+    """The checkpoint's global step, without reading its (possibly GB-sized) tensors; None if damaged."""
     try:
-        return int(load_checkpoint(path)["global_step"])
+        return int(load_checkpoint(path, mmap=True)["global_step"])
     except Exception as err:  # a damaged file: say so and fall back to an older one
         print(f"voxfm: cannot read {path} ({type(err).__name__}: {err}); trying an older checkpoint")
         return None
