@@ -14,6 +14,8 @@ $(BIN)/voxfm: pyproject.toml $(CONSTRAINTS)
 	@# torch first, pinned: otherwise lightning/deepspeed would pull a CUDA build (see README for GPUs)
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	@# nnU-Net's networks without their timm pin (see pyproject.toml, extra "nnunet")
+	$(BIN)/pip install --quiet --no-deps -c $(CONSTRAINTS) "dynamic-network-architectures==0.4.4"
 	@touch $@
 
 install: $(BIN)/voxfm

@@ -1,9 +1,11 @@
-"""Streaming shards into training crops with webdataset.
+"""Streaming shards into training regions with webdataset.
 
 Each data-loader worker on each rank draws shards at random with replacement (`ResampledShards`)
 from a seed that mixes (seed, rank, worker), so the stream is infinite, differs per rank and
 worker, and needs no shared filesystem listing beyond the shard URLs. Workers decode whole
-volumes (blosc2) and cut several crops per volume, because decoding, not cropping, is the cost.
+volumes (blosc2) and cut several **regions** per volume in the stored dtype (int16 for CT), plus
+the volume's normalisation record. Views, normalisation and augmentation happen later, batched on
+the training device (`data/views.py`): a CPU core only decodes and copies.
 """
 
 from __future__ import annotations
@@ -29,18 +31,48 @@ def decode_sample(sample: dict) -> tuple[np.ndarray, dict]:
     return vol, meta
 
 
-class CropStream(IterableDataset):
-    """Infinite stream of {"image": [1, D, H, W] float32, "modality": str} crops."""
+def _triple(size) -> tuple[int, int, int]:
+    return (int(size),) * 3 if isinstance(size, int) else tuple(int(s) for s in size)  # type: ignore[return-value]
 
-    def __init__(self, shards: str, crop_size, crops_per_volume: int = 4, foreground_prob: float = 0.67,
+
+def cut_regions(sample: dict, region_size, n: int, foreground_prob: float, rng: np.random.Generator) -> list[dict]:
+    """One raw webdataset sample → `n` regions {"region": [1, D, H, W] stored dtype, "low", "high", "modality"}.
+
+    Regions are copies (a view would pin the whole decoded volume in the batch's memory)."""
+    meta = json.loads(sample["json"])
+    norm = meta["normalisation"]
+    regions = random_crops(payload.decode(sample["image.b2"]), meta["foreground_points"], _triple(region_size), n,
+                           foreground_prob, rng, pad_value=norm["low"])
+    return [{"region": torch.from_numpy(np.ascontiguousarray(r))[None], "low": float(norm["low"]),
+             "high": float(norm["high"]), "modality": meta["modality"]} for r in regions]
+
+
+def collate_regions(samples: list[dict]) -> dict:
+    """Stack regions; a batch mixing dtypes (int16 CT with float32 MR) is promoted to the widest."""
+    regions = [s["region"] for s in samples]
+    dtype = regions[0].dtype
+    for r in regions[1:]:
+        dtype = torch.promote_types(dtype, r.dtype)
+    return {
+        "region": torch.stack([r.to(dtype) for r in regions]),
+        "low": torch.tensor([s["low"] for s in samples], dtype=torch.float32),
+        "high": torch.tensor([s["high"] for s in samples], dtype=torch.float32),
+        "modality": [s["modality"] for s in samples],
+    }
+
+
+class RegionStream(IterableDataset):
+    """Infinite stream of regions (see `cut_regions`), `regions_per_volume` from each decoded volume."""
+
+    def __init__(self, shards: str, region_size, regions_per_volume: int = 4, foreground_prob: float = 0.67,
                  shuffle_buffer: int = 64, seed: int = 0):
-        if crops_per_volume < 1:
-            raise ValueError(f"data.crops_per_volume={crops_per_volume}: expected >= 1")
+        if regions_per_volume < 1:
+            raise ValueError(f"data.regions_per_volume={regions_per_volume}: expected >= 1")
         if not 0.0 <= foreground_prob <= 1.0:
             raise ValueError(f"data.foreground_prob={foreground_prob}: expected a probability in [0, 1]")
         self.urls = shard_urls(shards)
-        self.crop_size = tuple(crop_size) if not isinstance(crop_size, int) else (crop_size,) * 3
-        self.crops_per_volume, self.foreground_prob = crops_per_volume, foreground_prob
+        self.region_size = _triple(region_size)
+        self.regions_per_volume, self.foreground_prob = regions_per_volume, foreground_prob
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
 
     def _worker_seed(self) -> list[int]:
@@ -48,27 +80,22 @@ class CropStream(IterableDataset):
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         return [self.seed, rank, info.id if info else 0]
 
-    def _crops(self, samples: Iterator[dict]) -> Iterator[dict]:
+    def _regions(self, samples: Iterator[dict]) -> Iterator[dict]:
         rng = np.random.default_rng(self._worker_seed())
         for sample in samples:
-            # Crop the raw voxels, then normalise only the crops: a fraction of the volume's work.
-            meta = json.loads(sample["json"])
-            norm = meta["normalisation"]
-            crops = random_crops(payload.decode(sample["image.b2"]), meta["foreground_points"], self.crop_size,
-                                 self.crops_per_volume, self.foreground_prob, rng, pad_value=norm["low"])
-            for crop in crops:
-                yield {"image": torch.from_numpy(normalise(crop, norm))[None], "modality": meta["modality"]}
+            yield from cut_regions(sample, self.region_size, self.regions_per_volume, self.foreground_prob, rng)
 
     def __iter__(self):
         pipeline = wds.DataPipeline(
             wds.ResampledShards(self.urls, seed=self.seed, deterministic=True),
             wds.tarfile_to_samples(handler=wds.warn_and_continue),
-            self._crops,
+            self._regions,
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, seed=str(self._worker_seed())),
         )
         return iter(pipeline)
 
 
-def crop_loader(stream: CropStream, batch_size: int, num_workers: int) -> DataLoader:
-    return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
+def region_loader(stream: RegionStream, batch_size: int, num_workers: int) -> DataLoader:
+    return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_regions,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
+                      prefetch_factor=4 if num_workers > 0 else None)

@@ -14,6 +14,7 @@ class MAEDecoder(nn.Module):
         super().__init__()
         if hidden_size % 6 or hidden_size % num_heads:
             raise ValueError(f"decoder hidden_size={hidden_size} must be divisible by 6 and by num_heads={num_heads}")
+        self.n_tokens = grid[0] * grid[1] * grid[2]
         self.proj = nn.Linear(encoder_hidden, hidden_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
         self.position_embeddings = sincos_position_embedding(grid, hidden_size)
@@ -25,13 +26,13 @@ class MAEDecoder(nn.Module):
         self.apply(_init_weights)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def forward(self, latent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """latent: [B, n_visible, C_enc] for the positions where mask is False; mask: [B, N], True = hidden.
-        Returns predictions [B, N, patch_voxels] for every position."""
-        b, n = mask.shape
+    def forward(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """latent: [B, n_visible, C_enc] for the token positions ids_keep: [B, n_visible].
+        Returns predictions [B, N, patch_voxels] for every position (scatter: static shapes, no host sync)."""
         visible = self.proj(latent)
-        tokens = self.mask_token.to(visible.dtype).expand(b, n, -1).clone()
-        tokens[~mask] = visible.reshape(-1, visible.shape[-1])
+        b, _, c = visible.shape
+        tokens = self.mask_token.to(visible.dtype).expand(b, self.n_tokens, c)
+        tokens = tokens.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, c), visible)
         tokens = tokens + self.position_embeddings
         for block in self.blocks:
             tokens = block(tokens)

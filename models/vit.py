@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import nn
 
+from models.spec import BackboneSpec
+
 
 def sincos_position_embedding(grid: tuple[int, int, int], hidden_size: int) -> nn.Parameter:
     """MONAI's fixed 3D sin-cos embedding [1, N, hidden] (frozen); its internal meshgrid warning is noise."""
@@ -137,6 +139,14 @@ class ViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode(self.embed(x))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """x → token features averaged over positions [B, hidden]."""
+        return self.forward(x).mean(dim=1)
+
+    @property
+    def spec(self) -> BackboneSpec:
+        return BackboneSpec(self.in_channels, self.hidden_size, self.patch_size, self.grid)
 
     def monai_kwargs(self) -> dict:
         """Arguments that build the matching `monai.networks.nets.ViT` (see `pretrain/export.py`)."""

@@ -1,7 +1,11 @@
-"""`voxfm bench data`: decode speed per core of the shard payload vs nibabel on the same volumes as .nii.gz.
+"""`voxfm bench data`: decode speed per core of the shard payload vs nibabel on the same volumes as .nii.gz,
+and the rate of one CPU data worker.
 
 Each volume of the shard set is decoded from its stored payload, re-encoded with every payload codec,
 and written as .nii.gz with nibabel's defaults; all are timed on one thread, best of `repeats`.
+The worker line times what a data-loader worker does per volume — decode, cut `regions_per_volume`
+regions in the stored dtype — next to the former CPU path that also normalised every crop to float32,
+and turns regions/s into CPU cores per GPU at `GPU_SAMPLES_PER_S` one-view samples/s.
 """
 
 from __future__ import annotations
@@ -17,7 +21,12 @@ import nibabel as nib
 import numpy as np
 
 from data import payload
+from data.crops import random_crops
+from data.preprocess import normalise
 from data.shards import shard_urls
+from data.stream import cut_regions
+
+GPU_SAMPLES_PER_S = 9000  # ViT-B MAE 96³ on one H100: the issue's goal (DESIGN.md)
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -44,7 +53,34 @@ def read_payloads(shards: str, max_samples: int) -> list[tuple[bytes, dict]]:
     return out
 
 
-def bench_data(shards: str, max_samples: int = 16, repeats: int = 3) -> dict:
+def bench_worker(samples: list[tuple[bytes, dict]], region_size, regions_per_volume: int, repeats: int) -> dict:
+    """Regions/s of one worker thread (decode + cut), and of the former decode + cut + normalise-to-float path."""
+    rng = np.random.default_rng(0)
+    raw = [{"json": json.dumps(meta).encode(), "image.b2": frame} for frame, meta in samples]
+    region_size = tuple(region_size)
+
+    def old_path(sample):
+        meta = json.loads(sample["json"])
+        norm = meta["normalisation"]
+        crops = random_crops(payload.decode(sample["image.b2"]), meta["foreground_points"], region_size,
+                             regions_per_volume, 0.67, rng, pad_value=norm["low"])
+        return [normalise(c, norm) for c in crops]
+
+    new_s = sum(_best_time(lambda s=s: cut_regions(s, region_size, regions_per_volume, 0.67, rng), repeats)
+                for s in raw)
+    old_s = sum(_best_time(lambda s=s: old_path(s), repeats) for s in raw)
+    n = len(raw) * regions_per_volume
+    rate = n / new_s
+    shard_bytes = sum(len(frame) for frame, _ in samples)
+    return {"region_size": list(region_size), "regions_per_volume": regions_per_volume,
+            "regions_per_s_per_worker": round(rate, 1), "float_crops_per_s_per_worker": round(n / old_s, 1),
+            "cores_per_gpu": round(GPU_SAMPLES_PER_S / rate, 1),
+            "shard_mb_per_region": round(shard_bytes / n / 1e6, 3),
+            "shard_gb_per_s_per_gpu": round(GPU_SAMPLES_PER_S * shard_bytes / n / 1e9, 2)}
+
+
+def bench_data(shards: str, max_samples: int = 16, repeats: int = 3, region_size=(96, 96, 96),
+               regions_per_volume: int = 16) -> dict:
     """→ {"formats": {name: {"mb_per_s_per_core", "ratio", "speedup"}}, ...} for the payload codecs and nibabel."""
     samples = read_payloads(shards, max_samples)
     if not samples:
@@ -66,6 +102,7 @@ def bench_data(shards: str, max_samples: int = 16, repeats: int = 3) -> dict:
                 nib.save(nib.Nifti1Image(vol, np.asarray(meta["affine"])), nii)
                 seconds["nibabel .nii.gz"] += _best_time(lambda p=nii: np.asanyarray(nib.load(p).dataobj), repeats)
                 stored["nibabel .nii.gz"] += nii.stat().st_size
+        worker = bench_worker(samples, region_size, regions_per_volume, repeats)
     finally:
         blosc2.set_nthreads(previous_threads)
     mb = raw_bytes / 1e6
@@ -73,7 +110,7 @@ def bench_data(shards: str, max_samples: int = 16, repeats: int = 3) -> dict:
     formats = {name: {"mb_per_s_per_core": round(mb / s, 1), "ratio": round(raw_bytes / stored[name], 2),
                       "speedup": round(mb / s / nib_rate, 2)} for name, s in seconds.items()}
     return {"n_volumes": len(samples), "decoded_mb": round(mb, 1), "shard_codec": _shard_codec(shards),
-            "formats": formats}
+            "formats": formats, "worker": worker}
 
 
 def _shard_codec(shards: str) -> str | None:
@@ -87,4 +124,10 @@ def format_data_bench(result: dict) -> str:
              f"  {'format':<18}{'MB/s per core':>14}{'compression':>13}{'vs nibabel':>12}"]
     for name, f in result["formats"].items():
         lines.append(f"  {name:<18}{f['mb_per_s_per_core']:>14}{f['ratio']:>12}x{f['speedup']:>11}x")
+    w = result["worker"]
+    lines += [f"one data worker (1 core), {w['regions_per_volume']} regions of {w['region_size']} per decoded volume:",
+              f"  regions/s per worker (decode + cut, stored dtype): {w['regions_per_s_per_worker']}"
+              f"  (former float32 crop path: {w['float_crops_per_s_per_worker']})",
+              f"  CPU cores per GPU at {GPU_SAMPLES_PER_S} samples/s: {w['cores_per_gpu']}"
+              f"  (shard reads {w['shard_gb_per_s_per_gpu']} GB/s per GPU, {w['shard_mb_per_region']} MB per region)"]
     return "\n".join(lines)

@@ -20,7 +20,7 @@ class Throughput(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         now = time.perf_counter()
         if self._last is not None:
-            samples = batch["image"].shape[0] * trainer.world_size
+            samples = len(batch["modality"]) * trainer.world_size  # regions (a two-view sample counts once)
             pl_module.log("train/samples_per_s", samples / (now - self._last), prog_bar=True, batch_size=1)
         self._last = now
 

@@ -19,7 +19,8 @@ commands:
                                                      train (reruns with the same run_dir resume)
   export    checkpoint=<ckpt|run_dir> output=<dir> [in_channels=N]
                                                      backbone.safetensors + backbone.json for MONAI
-  bench     data shards=<dir>                          decode MB/s of shards vs nibabel .nii.gz
+  bench     data shards=<dir>                          decode MB/s of shards vs nibabel, regions/s per worker
+  bench     model experiment=<name> [steps=N]          voxfm's training step vs MONAI's at the same shapes
 
 Every key of conf/<command>.yaml can be overridden; `voxfm <command> --cfg` prints the composed config.
 experiments: {experiments}
@@ -74,13 +75,35 @@ def _export(cfg) -> None:
 def _bench(cfg) -> None:
     from pretrain.bench import bench_data, format_data_bench
 
-    result = bench_data(cfg.shards, cfg.max_samples, cfg.repeats)
+    result = bench_data(cfg.shards, cfg.max_samples, cfg.repeats, list(cfg.region_size), cfg.regions_per_volume)
     print(json.dumps(result))
     print(format_data_bench(result))
 
 
+BENCH_MODEL_KEYS = ("warmup", "steps")
+
+
+def _bench_model(overrides: list[str]) -> None:
+    """`warmup`/`steps` go to conf/bench_model.yaml; `experiment=` and every other override shape the
+    experiment's pretrain config."""
+    from pretrain.bench_model import bench_model, format_model_bench
+
+    experiments = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
+    if not experiments:
+        raise ValueError("voxfm bench model: missing required setting(s): experiment=... (e.g. experiment=demo)")
+    own = [o for o in overrides if o.split("=", 1)[0] in BENCH_MODEL_KEYS]
+    cfg = _compose("bench_model", own)
+    if cfg is None:
+        return
+    rest = [o for o in overrides if o.split("=", 1)[0] not in BENCH_MODEL_KEYS]
+    pretrain = load_config("pretrain", ["data.shards=unused", "run_dir=unused", *rest])
+    result = bench_model(pretrain, cfg.warmup, cfg.steps)
+    print(json.dumps({"experiment": experiments[-1], **result}))
+    print(format_model_bench(result, experiments[-1]))
+
+
 COMMANDS = {"shard": _shard, "pretrain": _pretrain, "export": _export, "bench": _bench}
-BENCHES = ("data",)
+BENCHES = ("data", "model")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,16 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     command, overrides = argv[0], argv[1:]
+    what = None
     if command not in COMMANDS:
         print(f"voxfm: unknown command {command!r}; choose from {list(COMMANDS)}\n\n{_usage()}", file=sys.stderr)
         return 2
     if command == "bench":
         if not overrides or overrides[0] not in BENCHES:
-            print(f"voxfm bench: say what to benchmark, one of {list(BENCHES)}: `voxfm bench data shards=<dir>`",
-                  file=sys.stderr)
+            print(f"voxfm bench: say what to benchmark, one of {list(BENCHES)}: `voxfm bench data shards=<dir>` or "
+                  "`voxfm bench model experiment=<name>`", file=sys.stderr)
             return 2
-        overrides = overrides[1:]
+        what, overrides = overrides[0], overrides[1:]
     try:
+        if command == "bench" and what == "model":
+            _bench_model(overrides)
+            return 0
         cfg = _compose(command, overrides)
         if cfg is not None:
             COMMANDS[command](cfg)

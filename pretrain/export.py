@@ -53,7 +53,9 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None) -> 
     data = ckpt.get("voxfm_data") or {"spacing": None, "orientation": "RAS", "normalisation": None, "modalities": None}
     model_cfg = config["model"]
     if model_cfg["_target_"] != "models.vit.ViT":
-        raise ValueError(f"checkpoint={ckpt_path}: export supports models.vit.ViT, not {model_cfg['_target_']}")
+        raise ValueError(f"checkpoint={ckpt_path}: export writes ViT backbones; {model_cfg['_target_']} export formats "
+                         "(nnU-Net, MONAI) are not written yet. The checkpoint's `backbone.*` weights already are "
+                         "the ResidualEncoderUNet state_dict that nnU-Net loads by name.")
     from hydra.utils import instantiate
 
     backbone = instantiate(model_cfg)  # only to read the architecture's MONAI kwargs

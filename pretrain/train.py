@@ -14,9 +14,10 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from data.shards import describe_shard_set
-from data.stream import CropStream, crop_loader
+from data.stream import RegionStream, region_loader
 from pretrain.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, Throughput
 from pretrain.checkpoints import find_resume_checkpoint
+from pretrain.images import ReconstructionImages
 from pretrain.module import PretrainModule
 
 
@@ -27,13 +28,16 @@ def log_event(run_dir: Path, **event) -> None:
 
 
 def build_module(cfg: DictConfig) -> PretrainModule:
+    """Backbone from `model`, objective (completed with the backbone's spec) and device stage from `objective`."""
     backbone = instantiate(cfg.model)
-    objective = instantiate(cfg.objective.loss)(
-        encoder_hidden=backbone.hidden_size, in_channels=backbone.in_channels,
-        patch_size=backbone.patch_size, grid=backbone.grid,
-    )
+    objective = instantiate(cfg.objective.loss)(backbone.spec)
+    if not getattr(objective, "trains_decoder", True) and hasattr(backbone, "freeze_decoder"):
+        backbone.freeze_decoder()  # unused by the loss: frozen, so DDP needs no unused-parameter search
+    stage = instantiate(cfg.objective.stage)
+    if cfg.data.region_size is not None:
+        stage.check_region(cfg.data.region_size)
     return PretrainModule(
-        backbone=backbone, objective=objective, masking=instantiate(cfg.objective.masking),
+        backbone=backbone, objective=objective, stage=stage,
         optimizer=instantiate(cfg.optim.optimizer), warmup_steps=cfg.optim.warmup_steps,
         total_steps=cfg.trainer.max_steps, min_lr_factor=cfg.optim.min_lr_factor, seed=cfg.seed,
     )
@@ -44,8 +48,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict) -> L.Trainer:
     precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")
     # flushed at every logging step, so a killed run loses no metrics it had logged
     loggers = [CSVLogger(save_dir=str(run_dir), name="metrics", flush_logs_every_n_steps=t.log_every_n_steps)]
+    wandb = None
     if cfg.logger.wandb is not None:
-        loggers.append(WandbLogger(save_dir=str(run_dir), config=config, **cfg.logger.wandb))
+        wandb = WandbLogger(save_dir=str(run_dir), config=config, **cfg.logger.wandb)
+        loggers.append(wandb)
     checkpoints = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"), filename="step{step:06d}", auto_insert_metric_name=False,
         every_n_train_steps=t.checkpoint_every_n_steps, save_top_k=-1, save_last=True,
@@ -55,7 +61,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict) -> L.Trainer:
         precision=precision, gradient_clip_val=t.gradient_clip_val,
         accumulate_grad_batches=t.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
         logger=loggers, callbacks=[checkpoints, LearningRateMonitor("step"), Throughput(),
-                                   ConfigInCheckpoint(config, describe_shard_set(cfg.data.shards))],
+                                   ConfigInCheckpoint(config, describe_shard_set(cfg.data.shards)),
+                                   ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb)],
         plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress_bar, enable_model_summary=True,
         default_root_dir=str(run_dir), use_distributed_sampler=False,
     )
@@ -70,16 +77,17 @@ def run_pretrain(cfg: DictConfig) -> Path:
     resume, resume_step = find_resume_checkpoint(run_dir / "checkpoints")
     L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
     module = build_module(cfg)
-    # A resumed run draws fresh crops (seeded by the resume step) rather than replaying the first ones.
-    stream = CropStream(cfg.data.shards, cfg.data.crop_size, cfg.data.crops_per_volume, cfg.data.foreground_prob,
-                        cfg.data.shuffle_buffer, seed=cfg.seed + resume_step)
+    # A resumed run draws fresh regions (seeded by the resume step) rather than replaying the first ones.
+    region_size = cfg.data.region_size or module.stage.region_size_needed()
+    stream = RegionStream(cfg.data.shards, region_size, cfg.data.regions_per_volume, cfg.data.foreground_prob,
+                          cfg.data.shuffle_buffer, seed=cfg.seed + resume_step)
     trainer = build_trainer(cfg, run_dir, config)
     if trainer.is_global_zero:
         if resume:
             print(f"voxfm: resuming from {resume} at step {resume_step}", flush=True)
         log_event(run_dir, event="resume" if resume else "start", step=resume_step,
                   checkpoint=str(resume) if resume else None)
-    trainer.fit(module, train_dataloaders=crop_loader(stream, cfg.data.batch_size, cfg.data.num_workers),
+    trainer.fit(module, train_dataloaders=region_loader(stream, cfg.data.batch_size, cfg.data.num_workers),
                 ckpt_path=str(resume) if resume else None)
     if trainer.is_global_zero:
         # read back from disk: under ddp_spawn this process's trainer never sees the workers' steps

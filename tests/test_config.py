@@ -13,21 +13,38 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def test_experiments_listed():
-    assert {"demo", "mae_vit_b"} <= set(EXPERIMENTS)
+    assert {"demo", "mae_vit_b", "mae_primus_m", "mim_resenc_l", "simclr_resenc_l", "mae_contrastive_vit_b",
+            "demo_mim", "demo_simclr", "demo_mae_contrastive"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(experiment):
     cfg = load_config("pretrain", [f"experiment={experiment}", "data.shards=/x", "run_dir=/y"])
     assert missing_keys(cfg) == []
-    module = build_module(cfg)
-    grid = [c // p for c, p in zip(cfg.data.crop_size, module.backbone.patch_size)]
-    assert list(module.backbone.grid) == grid
-    assert module.masking.mask_ratio == cfg.objective.masking.mask_ratio
+    module = build_module(cfg)  # at the experiment's real size
+    stage = module.stage
+    assert stage.crop_size == tuple(cfg.data.crop_size)
+    if cfg.objective.stage.masking is not None:
+        assert stage.masking.mask_ratio == cfg.objective.stage.masking.mask_ratio
+    if hasattr(module.backbone, "grid"):
+        assert list(module.backbone.grid) == [c // p for c, p in zip(cfg.data.crop_size, module.backbone.patch_size)]
     n_params = sum(p.numel() for p in module.backbone.parameters())
+    expected = {  # millions of backbone parameters
+        "mae_vit_b": (85, 90), "mae_contrastive_vit_b": (85, 90), "mae_primus_m": (140, 160),
+        "mim_resenc_l": (100, 105), "simclr_resenc_l": (100, 105),
+    }
+    if experiment in expected:
+        low, high = expected[experiment]
+        assert low * 1e6 < n_params < high * 1e6, n_params
     if experiment == "mae_vit_b":
-        assert 85e6 < n_params < 90e6 and module.backbone.patch_size == (16, 16, 16)
-        assert list(cfg.data.crop_size) == [96, 96, 96] and cfg.objective.masking.mask_ratio == 0.75
+        assert module.backbone.patch_size == (16, 16, 16) and list(cfg.data.crop_size) == [96, 96, 96]
+        assert stage.masking.mask_ratio == 0.75
+    if experiment == "mae_primus_m":
+        assert module.backbone.patch_size == (8, 8, 8) and module.backbone.grid == (20, 20, 20)
+    if "simclr" in experiment or "contrastive" in experiment:
+        assert stage.n_views == 2
+    if experiment.startswith("simclr"):  # the UNet decoder is frozen: no unused trainable parameter under DDP
+        assert not any(p.requires_grad for p in module.backbone.decoder.stages.parameters())
 
 
 @pytest.mark.parametrize("group", ["model", "logger", "objective", "optim", "trainer", "data"])
@@ -36,7 +53,8 @@ def test_every_group_option_composes(group):
         cfg = load_config("pretrain", [f"{group}={option}", "data.shards=/x", "run_dir=/y"])
         assert group in cfg
         if group == "model":
-            assert instantiate(cfg.model, img_size=[32, 32, 32]).grid is not None
+            model = instantiate(cfg.model, img_size=[32, 32, 32]) if "img_size" in cfg.model else instantiate(cfg.model)
+            assert model.spec.feature_dim > 0
 
 
 @pytest.mark.parametrize("name", ["shard", "export", "bench"])
@@ -47,7 +65,7 @@ def test_command_configs_compose_and_name_their_required_keys(name):
 def test_cli_help_and_errors(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert all(c in out for c in ("shard", "pretrain", "export", "bench", "demo", "mae_vit_b"))
+    assert all(c in out for c in ("shard", "pretrain", "export", "bench", "demo", "mae_vit_b", "demo_mim"))
     assert main(["frobnicate"]) == 2
     assert main(["shard", "input=/nowhere"]) == 2
     assert "missing required setting(s): output=..." in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""End to end: shard → pretrain → SIGKILL after the step-20 checkpoint → same command → ends at step 40."""
+"""End to end, for every demo twin: shard → pretrain → SIGKILL after the step-20 checkpoint → same command →
+ends at step 40, and the trained weights have a lower loss than fresh ones on the same batches."""
 
 import json
 import os
@@ -7,31 +8,62 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
+from omegaconf import OmegaConf
 
+from data.stream import RegionStream, region_loader
+from pretrain.checkpoints import load_checkpoint
+from pretrain.module import step_generator
+from pretrain.train import build_module
 from tests.conftest import REPO
 
+DEMOS = {  # experiment → extra overrides (a little more work per step so the kill lands mid-run)
+    "demo": ["model.num_layers=4", "data.batch_size=8"],
+    "demo_mim": [],
+    "demo_simclr": [],
+    "demo_mae_contrastive": ["model.num_layers=4"],
+}
+ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
 
-def _pretrain_cmd(shards, run_dir):
-    return [sys.executable, "-m", "pretrain", "pretrain", "experiment=demo", f"data.shards={shards}",
+
+@pytest.fixture(scope="module")
+def cli_shards(tmp_path_factory, phantom_dir):
+    out = tmp_path_factory.mktemp("cli_shards")
+    shard = subprocess.run([sys.executable, "-m", "pretrain", "shard", f"input={phantom_dir}", f"output={out}",
+                            "progress=false"], cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert shard.returncode == 0, shard.stderr[-3000:]
+    assert "sharded 12/12 volumes" in shard.stdout
+    return out
+
+
+def _pretrain_cmd(experiment, shards, run_dir):
+    return [sys.executable, "-m", "pretrain", "pretrain", f"experiment={experiment}", f"data.shards={shards}",
             f"run_dir={run_dir}", "trainer.max_steps=40", "trainer.checkpoint_every_n_steps=10",
-            "trainer.progress_bar=false", "data.num_workers=0",
-            # a little more work per step so the kill lands mid-run on a fast machine too
-            "model.num_layers=4", "data.batch_size=8"]
+            "trainer.progress_bar=false", "data.num_workers=0", *DEMOS[experiment]]
 
 
 def _step(ckpt) -> int:
     return int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
 
 
-def test_killed_run_resumes_from_its_last_checkpoint_and_ends_at_max_steps(tmp_path, phantom_dir):
-    run_dir, shard_dir = tmp_path / "run", tmp_path / "shards"
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-    shard = subprocess.run([sys.executable, "-m", "pretrain", "shard", f"input={phantom_dir}", f"output={shard_dir}",
-                            "progress=false"], cwd=REPO, env=env, capture_output=True, text=True)
-    assert shard.returncode == 0, shard.stderr[-3000:]
-    assert "sharded 12/12 volumes" in shard.stdout
-    proc = subprocess.Popen(_pretrain_cmd(shard_dir, run_dir), cwd=REPO, env=env,
+def _mean_loss(module, cfg, shards, n_batches=6) -> float:
+    """The objective's loss on fixed batches (fixed regions, views and masks), without gradients."""
+    stream = RegionStream(str(shards), cfg.data.region_size or module.stage.region_size_needed(),
+                          cfg.data.regions_per_volume, cfg.data.foreground_prob, 8, seed=1234)
+    losses = []
+    with torch.no_grad():
+        for i, batch in zip(range(n_batches), region_loader(stream, cfg.data.batch_size, 0)):
+            loss, _ = module.objective(module.stage(batch, step_generator(torch.device("cpu"), 99, i, 0)),
+                                       module.backbone)
+            losses.append(loss.item())
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("experiment", list(DEMOS))
+def test_killed_run_resumes_from_its_last_checkpoint_and_ends_at_max_steps(tmp_path, cli_shards, experiment):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(_pretrain_cmd(experiment, cli_shards, run_dir), cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     step20 = run_dir / "checkpoints" / "step000020.ckpt"
     deadline = time.time() + 300
@@ -44,7 +76,8 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_ends_at_max_steps(tmp_p
     killed_at = _step(newest)
     assert 20 <= killed_at < 40
 
-    second = subprocess.run(_pretrain_cmd(shard_dir, run_dir), cwd=REPO, env=env, capture_output=True, text=True)
+    second = subprocess.run(_pretrain_cmd(experiment, cli_shards, run_dir), cwd=REPO, env=ENV, capture_output=True,
+                            text=True)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"at step {killed_at}" in second.stdout and "voxfm: resuming from" in second.stdout
     assert _step(run_dir / "checkpoints" / "last.ckpt") == 40
@@ -57,3 +90,13 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_ends_at_max_steps(tmp_p
     steps = [int(r.split(",")[header.index("step")]) for r in rows[1:]]
     assert steps and min(steps) >= killed_at and max(steps) == 39
     assert {f"step{s:06d}.ckpt" for s in (10, 20, 30, 40)} <= {p.name for p in (run_dir / "checkpoints").iterdir()}
+
+    # the loss falls: trained weights beat freshly initialised ones on the same fixed batches
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    cfg = OmegaConf.create(ckpt["voxfm_config"])
+    fresh = build_module(cfg)
+    trained = build_module(cfg)
+    trained.load_state_dict(ckpt["state_dict"])
+    before, after = _mean_loss(fresh, cfg, cli_shards), _mean_loss(trained, cfg, cli_shards)
+    print(f"{experiment}: loss on fixed batches {before:.4f} fresh -> {after:.4f} after 40 steps")
+    assert after < before, (experiment, before, after)

@@ -1,24 +1,37 @@
 import numpy as np
 import pytest
+import torch
 
 from data.crops import random_crops
-from data.stream import CropStream, crop_loader
+from data.stream import RegionStream, collate_regions, region_loader
 
 
-def test_loader_yields_normalised_crops_of_the_configured_size(shard_dir):
-    loader = crop_loader(CropStream(str(shard_dir), [32, 32, 32], crops_per_volume=2), batch_size=3, num_workers=0)
+def test_loader_yields_raw_regions_with_their_normalisation(shard_dir):
+    loader = region_loader(RegionStream(str(shard_dir), [32, 32, 32], regions_per_volume=2), batch_size=3,
+                           num_workers=0)
     it = iter(loader)
-    for _ in range(5):  # more crops than volumes: the stream is infinite (resampled)
+    for _ in range(5):  # more regions than volumes: the stream is infinite (resampled)
         batch = next(it)
-        assert batch["image"].shape == (3, 1, 32, 32, 32)
-        assert batch["image"].min() >= 0 and batch["image"].max() <= 1
+        assert batch["region"].shape == (3, 1, 32, 32, 32)
+        assert batch["region"].dtype in (torch.int16, torch.float32)  # stored dtype, not normalised floats
+        assert batch["low"].shape == batch["high"].shape == (3,) and (batch["high"] > batch["low"]).all()
         assert set(batch["modality"]) <= {"CT", "MR"}
 
 
+def test_a_batch_mixing_dtypes_is_promoted_losslessly():
+    ct = {"region": torch.full((1, 2, 2, 2), -1000, dtype=torch.int16), "low": -1000.0, "high": 1000.0,
+          "modality": "CT"}
+    mr = {"region": torch.full((1, 2, 2, 2), 0.5), "low": 0.0, "high": 1.0, "modality": "MR"}
+    assert collate_regions([ct, ct])["region"].dtype == torch.int16
+    mixed = collate_regions([ct, mr])
+    assert mixed["region"].dtype == torch.float32 and mixed["region"][0].min() == -1000
+    assert mixed["low"].tolist() == [-1000.0, 0.0] and mixed["modality"] == ["CT", "MR"]
+
+
 def test_two_workers_draw_different_streams(shard_dir):
-    loader = crop_loader(CropStream(str(shard_dir), 32, crops_per_volume=1, shuffle_buffer=2), 2, num_workers=2)
+    loader = region_loader(RegionStream(str(shard_dir), 32, regions_per_volume=1, shuffle_buffer=2), 2, num_workers=2)
     it = iter(loader)
-    first, second = next(it)["image"], next(it)["image"]  # consecutive batches come from worker 0 then 1
+    first, second = next(it)["region"].float(), next(it)["region"].float()  # from worker 0, then worker 1
     assert not np.allclose(first.numpy(), second.numpy())
 
 
@@ -43,14 +56,16 @@ def test_volumes_smaller_than_the_crop_are_padded():
 
 def test_bad_options_fail_before_streaming(shard_dir):
     with pytest.raises(ValueError, match="data.foreground_prob=1.5"):
-        CropStream(str(shard_dir), 32, foreground_prob=1.5)
+        RegionStream(str(shard_dir), 32, foreground_prob=1.5)
+    with pytest.raises(ValueError, match="data.regions_per_volume=0"):
+        RegionStream(str(shard_dir), 32, regions_per_volume=0)
     with pytest.raises(ValueError, match="no index.json"):
-        CropStream(str(shard_dir.parent), 32)
+        RegionStream(str(shard_dir.parent), 32)
     with pytest.raises(ValueError, match="1 of 2 shard"):
-        CropStream(str(shard_dir / "shard-{000000..000001}.tar"), 32)
+        RegionStream(str(shard_dir / "shard-{000000..000001}.tar"), 32)
 
 
 def test_brace_patterns_expand_to_the_shards(shard_dir):
-    stream = CropStream(str(shard_dir / "shard-{000000..000000}.tar"), 32)
+    stream = RegionStream(str(shard_dir / "shard-{000000..000000}.tar"), 32)
     assert stream.urls == [str(shard_dir / "shard-000000.tar")]
-    assert next(iter(crop_loader(stream, 2, 0)))["image"].shape == (2, 1, 32, 32, 32)
+    assert next(iter(region_loader(stream, 2, 0)))["region"].shape == (2, 1, 32, 32, 32)

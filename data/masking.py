@@ -1,0 +1,43 @@
+"""Per-sample random masks over a grid of patches (ViT tokens) or cubes (CNN masked modelling),
+drawn on the training device with an explicit generator."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _triple(v) -> tuple[int, int, int]:
+    return (int(v),) * 3 if isinstance(v, int) else tuple(int(i) for i in v)  # type: ignore[return-value]
+
+
+class RandomPatchMasking:
+    """Hides round(mask_ratio * N) random cells of `patch_size` voxels of each sample independently.
+
+    Every sample hides the same number of cells so visible tokens stack into [B, n_visible, C]
+    and gather indices have a static shape (no host sync, compile-friendly).
+    """
+
+    def __init__(self, mask_ratio: float = 0.75, patch_size: int | tuple[int, int, int] = 16):
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={mask_ratio}: expected a fraction strictly between 0 and 1")
+        self.mask_ratio, self.patch_size = mask_ratio, _triple(patch_size)
+
+    def grid(self, spatial: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(s % p for s, p in zip(spatial, self.patch_size)):
+            raise ValueError(f"crop {list(spatial)} is not divisible by the masking patch_size {list(self.patch_size)}")
+        return tuple(s // p for s, p in zip(spatial, self.patch_size))  # type: ignore[return-value]
+
+    def n_masked(self, n_patches: int) -> int:
+        n_masked = round(self.mask_ratio * n_patches)
+        if not 0 < n_masked < n_patches:
+            raise ValueError(f"mask_ratio={self.mask_ratio} leaves no visible or no hidden patch of {n_patches}")
+        return n_masked
+
+    def __call__(self, batch_size: int, spatial: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
+        """→ mask [B, N] bool over the raster-ordered grid of `spatial // patch_size`, True = hidden."""
+        g = self.grid(tuple(spatial))
+        n_patches = g[0] * g[1] * g[2]
+        n_masked = self.n_masked(n_patches)
+        noise = torch.rand(batch_size, n_patches, generator=generator, device=generator.device)
+        ranks = noise.argsort(dim=1).argsort(dim=1)  # rank of each patch's noise within its sample
+        return ranks < n_masked

@@ -1,0 +1,132 @@
+"""Views cut on the training device: crop, flip/rotate, normalise, augment and mask whole batches.
+
+CPU workers deliver regions in their stored dtype (`data/stream.py`). Here, per sample and from one
+generator seeded by (seed, step, rank): a crop offset (two offsets whose crops overlap by a set
+fraction, for contrastive learning), flips of each RAS axis and a 90° rotation in one RAS plane.
+All of that is folded into the gather indices of a single indexing op, so a batch of views costs
+one read of its voxels; normalisation and intensity augmentation follow as elementwise ops.
+Axes are the volume's RAS axes ([B, C, X=R, Y=A, Z=S] after `voxfm shard`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from data.augment import IntensityAugment
+from data.masking import RandomPatchMasking
+
+
+def _triple(v) -> tuple[int, int, int]:
+    return (int(v),) * 3 if isinstance(v, int) else tuple(int(i) for i in v)  # type: ignore[return-value]
+
+
+def _randint(n: int, high: int, g: torch.Generator) -> torch.Tensor:
+    """n integers uniform in [0, high] on the generator's device (high is a Python int: no sync)."""
+    return torch.randint(0, high + 1, (n,), generator=g, device=g.device)
+
+
+def crop_views(region: torch.Tensor, offsets: torch.Tensor, size: tuple[int, int, int], flips: torch.Tensor,
+               transpose: torch.Tensor, plane: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """One gather: region [B, C, X, Y, Z] → views [B, C, *size].
+
+    offsets: [B, 3] crop corner; flips: [B, 3] bool, reverse that axis of the view; transpose: [B] bool,
+    swap the two axes of `plane` (size must be equal on them). A transpose followed by a flip is a
+    90° rotation, so (flips, transpose) cover every flip and 90° rotation in that plane.
+    """
+    b, c = region.shape[:2]
+    dev = region.device
+    idx = []
+    for axis in range(3):
+        ar = torch.arange(size[axis], device=dev)
+        ar = torch.where(flips[:, axis, None], size[axis] - 1 - ar, ar)  # [B, s]
+        idx.append(offsets[:, axis, None] + ar)
+    shape = [(b, -1, 1, 1), (b, 1, -1, 1), (b, 1, 1, -1)]
+    grid = [i.view(*s) for i, s in zip(idx, shape)]
+    p, q = plane
+    t = transpose.view(b, 1, 1, 1)
+    grid_p = torch.where(t, idx[p].view(*shape[q]), grid[p])  # output axis q reads input axis p, and vice versa
+    grid_q = torch.where(t, idx[q].view(*shape[p]), grid[q])
+    grid[p], grid[q] = grid_p, grid_q
+    bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
+    out = region[bi, :, grid[0], grid[1], grid[2]]  # [B, *size, C] (advanced indices first)
+    return out.permute(0, 4, 1, 2, 3)
+
+
+class ViewStage:
+    """Batch {"region": [B, 1, *R] stored dtype, "low", "high": [B]} → adds "image" [V*B, 1, *crop] float
+    (views stacked view-major: sample i's views are rows i, B + i, ...), "offsets" [V, B, 3], "n_views",
+    and "mask" [V*B, N] + "n_visible" when a masking is given."""
+
+    def __init__(self, crop_size, n_views: int = 1, overlap: float = 0.5, flip_prob: float = 0.5,
+                 rotate_prob: float = 0.5, rotate_plane: tuple[int, int] | None = (0, 1),
+                 augment: IntensityAugment | None = None, masking: RandomPatchMasking | None = None):
+        self.crop_size = _triple(crop_size)
+        if n_views not in (1, 2):
+            raise ValueError(f"views.n_views={n_views}; allowed: 1 (masked modelling), 2 (contrastive)")
+        if not 0.0 < overlap <= 1.0:
+            raise ValueError(f"views.overlap={overlap}: expected a fraction in (0, 1]")
+        for name, p in (("flip_prob", flip_prob), ("rotate_prob", rotate_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"views.{name}={p}: expected a probability in [0, 1]")
+        if rotate_plane is not None:
+            rotate_plane = tuple(rotate_plane)
+            if len(rotate_plane) != 2 or not set(rotate_plane) <= {0, 1, 2} or rotate_plane[0] == rotate_plane[1]:
+                raise ValueError(f"views.rotate_plane={list(rotate_plane)}: expected two distinct RAS axes of 0, 1, 2")
+            if self.crop_size[rotate_plane[0]] != self.crop_size[rotate_plane[1]]:
+                raise ValueError(f"views.rotate_plane={list(rotate_plane)}: crop {list(self.crop_size)} is not square "
+                                 "in that plane")
+        self.n_views, self.overlap = n_views, overlap
+        self.flip_prob, self.rotate_prob, self.rotate_plane = flip_prob, rotate_prob, rotate_plane
+        self.augment, self.masking = augment, masking
+        if masking is not None:
+            g = masking.grid(self.crop_size)  # fails now, not at the first step
+            masking.n_masked(g[0] * g[1] * g[2])
+
+    @property
+    def shift(self) -> tuple[int, int, int]:
+        """Per-axis distance between two views' corners: shared volume / view volume = overlap."""
+        if self.n_views == 1:
+            return (0, 0, 0)
+        return tuple(round(c * (1.0 - self.overlap ** (1.0 / 3.0))) for c in self.crop_size)  # type: ignore
+
+    def region_size_needed(self) -> tuple[int, int, int]:
+        return tuple(c + s for c, s in zip(self.crop_size, self.shift))  # type: ignore[return-value]
+
+    def check_region(self, region_size) -> None:
+        need, have = self.region_size_needed(), _triple(region_size)
+        if any(h < n for h, n in zip(have, need)):
+            raise ValueError(f"data.region_size={list(have)} is too small: {self.n_views} view(s) of "
+                             f"{list(self.crop_size)} with overlap {self.overlap} need at least {list(need)}")
+
+    def offsets(self, b: int, region: tuple[int, int, int], g: torch.Generator) -> torch.Tensor:
+        """→ [V, B, 3] crop corners inside the region."""
+        shift = torch.tensor(self.shift, device=g.device)
+        slack = [r - c - s for r, c, s in zip(region, self.crop_size, self.shift)]
+        low = torch.stack([_randint(b, s, g) for s in slack], dim=1)  # [B, 3]
+        if self.n_views == 1:
+            return low[None]
+        first_is_low = torch.rand(b, 3, generator=g, device=g.device) < 0.5
+        return torch.stack([torch.where(first_is_low, low, low + shift), torch.where(first_is_low, low + shift, low)])
+
+    def __call__(self, batch: dict, g: torch.Generator) -> dict:
+        region = batch["region"]
+        b = region.shape[0]
+        self.check_region(region.shape[2:])
+        offsets = self.offsets(b, tuple(region.shape[2:]), g)
+        scale = (1.0 / (batch["high"] - batch["low"])).view(b, 1, 1, 1, 1)
+        low = batch["low"].view(b, 1, 1, 1, 1)
+        views = []
+        for v in range(self.n_views):
+            flips = torch.rand(b, 3, generator=g, device=g.device) < self.flip_prob
+            transpose = torch.rand(b, generator=g, device=g.device) < self.rotate_prob
+            if self.rotate_plane is None:
+                transpose = torch.zeros_like(transpose)
+            crop = crop_views(region, offsets[v], self.crop_size, flips, transpose, self.rotate_plane or (0, 1))
+            x = ((crop.float() - low) * scale).clamp_(0.0, 1.0)
+            views.append(self.augment(x, g) if self.augment is not None else x)
+        out = {**batch, "image": torch.cat(views), "offsets": offsets, "n_views": self.n_views}
+        if self.masking is not None:
+            out["mask"] = self.masking(self.n_views * b, self.crop_size, g)
+            n = out["mask"].shape[1]
+            out["n_visible"] = n - self.masking.n_masked(n)  # a Python int: objectives slice without a host sync
+        return out

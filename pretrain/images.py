@@ -1,0 +1,80 @@
+"""Reconstruction pictures for masked objectives: original / masked input / reconstruction, three orthogonal
+middle slices each, a few samples across modalities — every K steps under run_dir/images/ and to W&B."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+
+KINDS = ("original", "masked", "reconstruction")
+MIN_TILE = 96  # pixels: small CPU crops are enlarged (nearest) so a grid stays readable
+
+
+def middle_slices(vol: np.ndarray) -> list[np.ndarray]:
+    """vol: [X, Y, Z] in RAS → axial, coronal, sagittal middle slices, each flipped so up is anterior/superior."""
+    x, y, z = (s // 2 for s in vol.shape)
+    axial, coronal, sagittal = vol[:, :, z], vol[:, y, :], vol[x, :, :]  # [X, Y], [X, Z], [Y, Z]
+    return [np.flipud(s.T) for s in (axial, coronal, sagittal)]
+
+
+def pick_samples(modalities: list[str], n: int) -> list[int]:
+    """Up to n indices, one per modality first (CT, MR, PET alike), then in order."""
+    first: dict[str, int] = {}
+    for i, m in enumerate(modalities):
+        first.setdefault(m, i)
+    picked = list(first.values())[:n]
+    picked += [i for i in range(len(modalities)) if i not in picked][: n - len(picked)]
+    return picked
+
+
+def reconstruction_grid(volumes: dict[str, torch.Tensor], indices: list[int]) -> np.ndarray:
+    """volumes: {"original", "masked", "reconstruction"}: [B, C, D, H, W] → uint8 picture, one row per sample,
+    columns = (original, masked, reconstruction) × (axial, coronal, sagittal)."""
+    rows = []
+    for i in indices:
+        tiles = []
+        for plane in range(3):
+            for kind in KINDS:
+                vol = volumes[kind][i, 0].float().clamp(0, 1).cpu().numpy()
+                tiles.append(middle_slices(vol)[plane])
+        h = max(t.shape[0] for t in tiles)
+        w = max(t.shape[1] for t in tiles)
+        padded = [np.pad(t, ((0, h - t.shape[0] + 2), (0, w - t.shape[1] + 2)), constant_values=1.0) for t in tiles]
+        rows.append(np.concatenate(padded, axis=1))
+    grid = np.concatenate(rows, axis=0)
+    scale = max(1, MIN_TILE // max(rows[0].shape[0], 1))
+    grid = np.kron(grid, np.ones((scale, scale)))
+    return (grid * 255).round().astype(np.uint8)
+
+
+class ReconstructionImages(L.Callback):
+    """Every `every_n_steps` on rank 0, for objectives that have `reconstruct(batch, backbone)`."""
+
+    def __init__(self, folder: Path, every_n_steps: int, wandb_logger=None, n_samples: int = 4):
+        self.folder, self.every_n_steps, self.n_samples = Path(folder), every_n_steps, n_samples
+        self.wandb = wandb_logger
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if not self.every_n_steps or step % self.every_n_steps or not trainer.is_global_zero:
+            return
+        reconstruct = getattr(pl_module.objective, "reconstruct", None)
+        if reconstruct is None:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            volumes = reconstruct(batch, pl_module.backbone)
+        finally:
+            pl_module.train(was_training)
+        picture = reconstruction_grid(volumes, pick_samples(batch["modality"], self.n_samples))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture).save(self.folder / f"step{step:06d}.png")
+        if self.wandb is not None:
+            self.wandb.log_image(key="reconstructions", images=[picture], step=step,
+                                 caption=["rows: samples; columns: original / masked / reconstruction × "
+                                          "axial, coronal, sagittal"])

@@ -1,0 +1,103 @@
+"""Device-side views: overlap on coordinates, replay from the generator, flips/rotations in the RAS frame."""
+
+import pytest
+import torch
+
+from data.augment import IntensityAugment
+from data.masking import RandomPatchMasking
+from data.views import ViewStage, crop_views
+from pretrain.module import step_generator
+
+
+def _g(step=0):
+    return step_generator(torch.device("cpu"), seed=0, step=step, rank=0)
+
+
+def _batch(b=6, size=48, dtype=torch.int16):
+    region = torch.randint(-1000, 1000, (b, 1, size, size, size)).to(dtype)
+    return {"region": region, "low": torch.full((b,), -1000.0), "high": torch.full((b,), 1000.0),
+            "modality": ["CT"] * b}
+
+
+@pytest.mark.parametrize("overlap", [0.25, 0.5, 0.8])
+def test_two_views_overlap_by_the_configured_fraction(overlap):
+    stage = ViewStage(24, n_views=2, overlap=overlap)
+    region = stage.region_size_needed()
+    offsets = stage.offsets(64, region, _g())  # [2, B, 3]
+    shared = (24 - (offsets[0] - offsets[1]).abs()).clamp_min(0).prod(dim=1) / 24**3
+    assert torch.allclose(shared, torch.full_like(shared, overlap), atol=0.04)
+    assert (offsets >= 0).all() and (offsets + 24 <= torch.tensor(region)).all()
+    # both orders occur on each axis: the second view is not always "after" the first
+    assert ((offsets[0] < offsets[1]).any(0) & (offsets[0] > offsets[1]).any(0)).all() or overlap == 1.0
+
+
+def test_same_generator_same_views_and_masks():
+    stage = ViewStage(16, n_views=2, overlap=0.5, augment=IntensityAugment(),
+                      masking=RandomPatchMasking(0.75, patch_size=8))
+    batch = _batch(size=stage.region_size_needed()[0])
+    a, b, c = stage(batch, _g(3)), stage(batch, _g(3)), stage(batch, _g(4))
+    assert a["image"].shape == (12, 1, 16, 16, 16) and a["image"].dtype == torch.float32
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    assert not torch.equal(a["image"], c["image"])
+    assert a["mask"].shape == (12, 8) and (a["mask"].sum(1) == 6).all() and a["n_visible"] == 2
+
+
+def _asymmetric(size=8):
+    """A marker only at the right (high x), anterior (high y), superior (high z) corner, a ramp along x."""
+    v = torch.zeros(1, 1, size, size, size)
+    v += torch.arange(size).view(1, 1, size, 1, 1) / size  # R–L ramp
+    v[..., -2:, -2:, -2:] = 5.0
+    return v
+
+
+def test_flips_and_rotations_act_on_the_ras_axes():
+    v = _asymmetric()
+    off = torch.zeros(1, 3, dtype=torch.long)
+    no = torch.zeros(1, 3, dtype=torch.bool)
+
+    def view(flips=(False, False, False), transpose=False, plane=(0, 1)):
+        return crop_views(v, off, (8, 8, 8), torch.tensor([flips]), torch.tensor([transpose]), plane)
+
+    assert torch.equal(view(), v)
+    flip_r = view((True, False, False))
+    assert torch.equal(flip_r, v.flip(2)) and flip_r[0, 0, 0, 7, 7] == 5.0  # marker moved to the left
+    assert torch.equal(view((False, False, True)), v.flip(4))  # superior ↔ inferior
+    # transpose + flip = a 90° rotation about the S axis: the right-anterior marker goes right-posterior
+    rotated = view((True, False, False), transpose=True)
+    assert torch.equal(rotated, torch.rot90(v, -1, dims=(2, 3)))
+    assert rotated[0, 0, 7, 0, 7] == 5.0 and rotated[0, 0, 7, 7, 7] != 5.0
+    assert torch.equal(view(no[0].tolist(), transpose=True), v.transpose(2, 3))
+    # the ramp along R now runs along A: a rotation in the axial plane leaves S untouched
+    assert torch.equal(view(transpose=True)[0, 0, 0, :, 0], v[0, 0, :, 0, 0])
+    assert torch.equal(view(transpose=True, plane=(1, 2)), v.transpose(3, 4))
+
+
+def test_crop_reads_the_offset_window_and_normalises():
+    stage = ViewStage(8, flip_prob=0.0, rotate_prob=0.0)
+    batch = _batch(b=2, size=12)
+    out = stage(batch, _g())
+    off = out["offsets"][0]
+    for i in range(2):
+        x, y, z = off[i].tolist()
+        raw = batch["region"][i, 0, x:x + 8, y:y + 8, z:z + 8].float()
+        assert torch.allclose(out["image"][i, 0], ((raw + 1000) / 2000).clamp(0, 1))
+
+
+def test_intensity_augmentation_is_per_sample_and_identity_when_off():
+    x = torch.rand(8, 1, 4, 4, 4)
+    assert torch.equal(IntensityAugment(gamma_prob=0, scale_prob=0, noise_prob=0)(x, _g()), x)
+    p = IntensityAugment(gamma_prob=1, scale_prob=1, noise_prob=0).parameters(8, _g())
+    assert p["gamma"].unique().numel() == 8 and ((p["scale"] >= 0.9) & (p["scale"] <= 1.1)).all()
+
+
+def test_bad_view_settings_fail_fast():
+    with pytest.raises(ValueError, match="views.n_views=3"):
+        ViewStage(16, n_views=3)
+    with pytest.raises(ValueError, match="views.overlap=0"):
+        ViewStage(16, n_views=2, overlap=0)
+    with pytest.raises(ValueError, match="not square"):
+        ViewStage([16, 16, 8], rotate_plane=(1, 2))
+    with pytest.raises(ValueError, match="data.region_size=\\[16, 16, 16\\] is too small"):
+        ViewStage(16, n_views=2, overlap=0.5).check_region(16)
+    with pytest.raises(ValueError, match="not divisible by the masking patch_size"):
+        ViewStage(16, masking=RandomPatchMasking(0.5, patch_size=5))
