@@ -100,13 +100,13 @@ class ViewStage:
 
     def offsets(self, b: int, region: tuple[int, int, int], g: torch.Generator) -> torch.Tensor:
         """→ [V, B, 3] crop corners inside the region."""
-        shift = torch.tensor(self.shift, device=g.device)
         slack = [r - c - s for r, c, s in zip(region, self.crop_size, self.shift)]
         low = torch.stack([_randint(b, s, g) for s in slack], dim=1)  # [B, 3]
         if self.n_views == 1:
             return low[None]
+        high = torch.stack([low[:, axis] + s for axis, s in enumerate(self.shift)], dim=1)  # no host-to-device copy
         first_is_low = torch.rand(b, 3, generator=g, device=g.device) < 0.5
-        return torch.stack([torch.where(first_is_low, low, low + shift), torch.where(first_is_low, low + shift, low)])
+        return torch.stack([torch.where(first_is_low, low, high), torch.where(first_is_low, high, low)])
 
     def __call__(self, batch: dict, g: torch.Generator) -> dict:
         region = batch["region"]

@@ -26,8 +26,9 @@ class PretrainModule(L.LightningModule):
 
     def __init__(self, backbone: nn.Module, objective: nn.Module, stage: Callable[[dict, torch.Generator], dict],
                  optimizer: Callable[..., torch.optim.Optimizer], warmup_steps: int, total_steps: int,
-                 min_lr_factor: float = 0.01, seed: int = 0):
+                 min_lr_factor: float = 0.01, seed: int = 0, fused: bool | None = None):
         super().__init__()
+        self.fused = torch.cuda.is_available() if fused is None else fused
         self.backbone, self.objective, self.stage, self.optimizer_factory = backbone, objective, stage, optimizer
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
         self.min_lr_factor, self.seed = min_lr_factor, seed
@@ -54,12 +55,24 @@ class PretrainModule(L.LightningModule):
         no_decay = [p for n, p in named if p.ndim < 2 or "mask_token" in n]
         decay = [p for n, p in named if not (p.ndim < 2 or "mask_token" in n)]
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        extra = {"fused": True} if torch.cuda.is_available() and self._is_adamw() else {}
-        optimizer = self.optimizer_factory(groups, **extra)
+        optimizer = self.optimizer_factory(groups, **({"fused": True} if self._use_fused() else {}))
         schedule = partial(warmup_cosine, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
                            min_factor=self.min_lr_factor)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _is_adamw(self) -> bool:
-        return getattr(self.optimizer_factory, "func", None) in (torch.optim.AdamW, torch.optim.Adam)
+    def _use_fused(self) -> bool:
+        """Fused (Adam)W: one kernel for the whole update. Not with fp16's gradient scaler."""
+        adam = getattr(self.optimizer_factory, "func", None) in (torch.optim.AdamW, torch.optim.Adam)
+        fp16 = self._trainer is not None and str(self.trainer.precision).startswith("16")
+        return self.fused and adam and not fp16
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Lightning refuses to clip for a fused optimiser under mixed precision, because with fp16 the optimiser
+        unscales gradients itself. bf16 has no scaler, so the gradients are already true: clip them directly."""
+        if gradient_clip_val and self._use_fused():
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(f"gradient_clip_algorithm={gradient_clip_algorithm}: fused AdamW clips by norm")
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)

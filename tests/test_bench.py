@@ -1,3 +1,5 @@
+import json
+
 from pretrain.bench import bench_data, format_data_bench
 from pretrain.cli import main
 
@@ -17,3 +19,32 @@ def test_bench_cli_prints_the_table(shard_dir, capsys):
     assert main(["bench", "data", f"shards={shard_dir}", "max_samples=2", "repeats=1"]) == 0
     out = capsys.readouterr().out
     assert "blosc2 lz4hc" in out and "vs nibabel" in out
+
+
+def test_data_bench_reports_regions_per_worker_and_cores_per_gpu(shard_dir):
+    result = bench_data(str(shard_dir), max_samples=2, repeats=1, region_size=[24, 24, 24], regions_per_volume=4)
+    w = result["worker"]
+    assert w["region_size"] == [24, 24, 24] and w["regions_per_volume"] == 4
+    assert w["regions_per_s_per_worker"] > 0 and w["float_crops_per_s_per_worker"] > 0
+    assert w["cores_per_gpu"] == round(9000 / w["regions_per_s_per_worker"], 1)
+    assert "CPU cores per GPU" in format_data_bench(result)
+
+
+def test_model_bench_prints_voxfm_next_to_monai_on_cpu(capsys):
+    for experiment, reference in (("demo", "MONAI MaskedAutoEncoderViT"), ("demo_mim", "MONAI DynUNet")):
+        args = ["bench", "model", f"experiment={experiment}", "warmup=1", "steps=1", "data.batch_size=2"]
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        result = json.loads(out.splitlines()[0])
+        assert result["experiment"] == experiment and result["device"] == "cpu"
+        assert result["reference"]["name"].startswith(reference)
+        for row in (result["voxfm"], result["reference"]):
+            assert row["samples_per_s"] > 0 and row["gflop_per_step"] > 0 and 0 < row["mfu"] < 1
+        assert result["ratio_samples_per_s"] == round(result["voxfm"]["samples_per_s"]
+                                                      / result["reference"]["samples_per_s"], 2)
+        assert "voxfm / MONAI" in out and "samples/s" in out and "MFU" in out
+
+
+def test_model_bench_needs_an_experiment(capsys):
+    assert main(["bench", "model"]) == 2
+    assert "experiment=..." in capsys.readouterr().err

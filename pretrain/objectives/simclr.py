@@ -29,7 +29,8 @@ def nt_xent(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Te
     logits = z @ everything.T / temperature  # [2b, world * 2b]
     rows = torch.arange(n, device=z.device)
     own = rank * n + rows
-    logits = logits.masked_fill(F.one_hot(own, everything.shape[0]).bool(), float("-inf"))  # not oneself
+    columns = torch.arange(everything.shape[0], device=z.device)
+    logits = logits.masked_fill(columns[None, :] == own[:, None], float("-inf"))  # not oneself (no host sync)
     positive = rank * n + (rows + b) % n
     loss = F.cross_entropy(logits, positive)
     accuracy = (logits.argmax(dim=1) == positive).float().mean()
