@@ -4,7 +4,7 @@ and the rate of one CPU data worker.
 Each volume of the shard set is decoded from its stored payload, re-encoded with every payload codec,
 and written as .nii.gz with nibabel's defaults; all are timed on one thread, best of `repeats`.
 The worker line times what a data-loader worker does per volume — decode, cut `regions_per_volume`
-regions in the stored dtype — next to the former CPU path that also normalised every crop to float32,
+regions in the stored dtype, collate them — next to the former CPU path that also normalised every crop to float32,
 and turns regions/s into CPU cores per GPU at `GPU_SAMPLES_PER_S` one-view samples/s.
 """
 
@@ -19,12 +19,14 @@ from pathlib import Path
 import blosc2
 import nibabel as nib
 import numpy as np
+import torch
 
 from data import payload
 from data.crops import random_crops
+from data.loader import ThreadLoader
 from data.preprocess import normalise
 from data.shards import shard_urls
-from data.stream import cut_regions
+from data.stream import RegionStream, collate_regions, cut_regions, region_loader
 
 GPU_SAMPLES_PER_S = 9000  # ViT-B MAE 96³ on one H100: the issue's goal (DESIGN.md)
 
@@ -54,7 +56,8 @@ def read_payloads(shards: str, max_samples: int) -> list[tuple[bytes, dict]]:
 
 
 def bench_worker(samples: list[tuple[bytes, dict]], region_size, regions_per_volume: int, repeats: int) -> dict:
-    """Regions/s of one worker thread (decode + cut), and of the former decode + cut + normalise-to-float path."""
+    """Regions/s of one worker thread (decode, cut, collate into a batch), and of the former path that also
+    normalised every crop to float32."""
     rng = np.random.default_rng(0)
     raw = [{"json": json.dumps(meta).encode(), "image.b2": frame} for frame, meta in samples]
     region_size = tuple(region_size)
@@ -64,10 +67,12 @@ def bench_worker(samples: list[tuple[bytes, dict]], region_size, regions_per_vol
         norm = meta["normalisation"]
         crops = random_crops(payload.decode(sample["image.b2"]), meta["foreground_points"], region_size,
                              regions_per_volume, 0.67, rng, pad_value=norm["low"])
-        return [normalise(c, norm) for c in crops]
+        return torch.stack([torch.from_numpy(normalise(c, norm))[None] for c in crops])
 
-    new_s = sum(_best_time(lambda s=s: cut_regions(s, region_size, regions_per_volume, 0.67, rng), repeats)
-                for s in raw)
+    def new_path(sample):
+        return collate_regions(cut_regions(sample, region_size, regions_per_volume, 0.67, rng))
+
+    new_s = sum(_best_time(lambda s=s: new_path(s), repeats) for s in raw)
     old_s = sum(_best_time(lambda s=s: old_path(s), repeats) for s in raw)
     n = len(raw) * regions_per_volume
     rate = n / new_s
@@ -77,6 +82,20 @@ def bench_worker(samples: list[tuple[bytes, dict]], region_size, regions_per_vol
             "cores_per_gpu": round(GPU_SAMPLES_PER_S / rate, 1),
             "shard_mb_per_region": round(shard_bytes / n / 1e6, 3),
             "shard_gb_per_s_per_gpu": round(GPU_SAMPLES_PER_S * shard_bytes / n / 1e9, 2)}
+
+
+def bench_loader(shards: str, region_size, regions_per_volume: int, loader: str, batch_size: int = 16,
+                 batches: int = 40) -> float:
+    """Regions/s that one data worker (a process or a thread) delivers to the training loop, hand-over included."""
+    stream = RegionStream(shards, region_size, regions_per_volume, shuffle_buffer=2 * regions_per_volume)
+    batches_of = ThreadLoader(stream, batch_size, 1) if loader == "thread" else region_loader(stream, batch_size, 1)
+    it = iter(batches_of)
+    for _ in range(5):
+        next(it)
+    start, n = time.perf_counter(), 0
+    for _ in range(batches):
+        n += next(it)["region"].shape[0]
+    return n / (time.perf_counter() - start)
 
 
 def bench_data(shards: str, max_samples: int = 16, repeats: int = 3, region_size=(96, 96, 96),
@@ -105,6 +124,10 @@ def bench_data(shards: str, max_samples: int = 16, repeats: int = 3, region_size
         worker = bench_worker(samples, region_size, regions_per_volume, repeats)
     finally:
         blosc2.set_nthreads(previous_threads)
+    for loader in ("thread", "process"):
+        rate = bench_loader(shards, region_size, regions_per_volume, loader)
+        worker[f"{loader}_regions_per_s"] = round(rate, 1)
+        worker[f"{loader}_cores_per_gpu"] = round(GPU_SAMPLES_PER_S / rate, 1)
     mb = raw_bytes / 1e6
     nib_rate = mb / seconds["nibabel .nii.gz"]
     formats = {name: {"mb_per_s_per_core": round(mb / s, 1), "ratio": round(raw_bytes / stored[name], 2),
@@ -125,9 +148,16 @@ def format_data_bench(result: dict) -> str:
     for name, f in result["formats"].items():
         lines.append(f"  {name:<18}{f['mb_per_s_per_core']:>14}{f['ratio']:>12}x{f['speedup']:>11}x")
     w = result["worker"]
-    lines += [f"one data worker (1 core), {w['regions_per_volume']} regions of {w['region_size']} per decoded volume:",
-              f"  regions/s per worker (decode + cut, stored dtype): {w['regions_per_s_per_worker']}"
-              f"  (former float32 crop path: {w['float_crops_per_s_per_worker']})",
-              f"  CPU cores per GPU at {GPU_SAMPLES_PER_S} samples/s: {w['cores_per_gpu']}"
-              f"  (shard reads {w['shard_gb_per_s_per_gpu']} GB/s per GPU, {w['shard_mb_per_region']} MB per region)"]
+    lines += [f"one data worker (1 core), {w['regions_per_volume']} regions of {w['region_size']} per decoded volume "
+              f"(shard reads {w['shard_mb_per_region']} MB per region, {w['shard_gb_per_s_per_gpu']} GB/s per GPU):",
+              f"  {'path':<52}{'regions/s':>10}{'cores per GPU':>15}",
+              f"  {'decode + cut + collate, in the worker':<52}{w['regions_per_s_per_worker']:>10}"
+              f"{w['cores_per_gpu']:>15}",
+              f"  {'data.loader=thread (hand-over included)':<52}{w['thread_regions_per_s']:>10}"
+              f"{w['thread_cores_per_gpu']:>15}",
+              f"  {'data.loader=process (shared-memory hand-over)':<52}{w['process_regions_per_s']:>10}"
+              f"{w['process_cores_per_gpu']:>15}",
+              f"  {'former path: float32 crops, in the worker':<52}{w['float_crops_per_s_per_worker']:>10}"
+              f"{round(GPU_SAMPLES_PER_S / w['float_crops_per_s_per_worker'], 1):>15}",
+              f"  (cores per GPU at {GPU_SAMPLES_PER_S} one-view samples/s)"]
     return "\n".join(lines)

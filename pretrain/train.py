@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from data.loader import ThreadLoader
 from data.shards import describe_shard_set
 from data.stream import RegionStream, region_loader
 from pretrain.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, Throughput
@@ -68,6 +69,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict) -> L.Trainer:
     )
 
 
+def build_loader(stream: RegionStream, data: DictConfig):
+    if data.loader == "thread":
+        return ThreadLoader(stream, data.batch_size, data.num_workers)
+    if data.loader == "process":
+        return region_loader(stream, data.batch_size, data.num_workers)
+    raise ValueError(f"data.loader={data.loader!r}; allowed: 'thread', 'process'")
+
+
 def run_pretrain(cfg: DictConfig) -> Path:
     """Train until `trainer.max_steps`; returns the final checkpoint. Same run_dir again = resume."""
     run_dir = Path(cfg.run_dir)
@@ -87,7 +96,7 @@ def run_pretrain(cfg: DictConfig) -> Path:
             print(f"voxfm: resuming from {resume} at step {resume_step}", flush=True)
         log_event(run_dir, event="resume" if resume else "start", step=resume_step,
                   checkpoint=str(resume) if resume else None)
-    trainer.fit(module, train_dataloaders=region_loader(stream, cfg.data.batch_size, cfg.data.num_workers),
+    trainer.fit(module, train_dataloaders=build_loader(stream, cfg.data),
                 ckpt_path=str(resume) if resume else None)
     if trainer.is_global_zero:
         # read back from disk: under ddp_spawn this process's trainer never sees the workers' steps

@@ -27,7 +27,9 @@ def test_data_bench_reports_regions_per_worker_and_cores_per_gpu(shard_dir):
     assert w["region_size"] == [24, 24, 24] and w["regions_per_volume"] == 4
     assert w["regions_per_s_per_worker"] > 0 and w["float_crops_per_s_per_worker"] > 0
     assert w["cores_per_gpu"] == round(9000 / w["regions_per_s_per_worker"], 1)
-    assert "CPU cores per GPU" in format_data_bench(result)
+    assert w["thread_regions_per_s"] > 0 and w["process_regions_per_s"] > 0
+    table = format_data_bench(result)
+    assert "cores per GPU" in table and "data.loader=thread" in table
 
 
 def test_model_bench_prints_voxfm_next_to_monai_on_cpu(capsys):
