@@ -31,7 +31,7 @@ demo: install
 	@echo "demo outputs:"
 	@echo "  corpus      $(OUT)/raw/manifest.csv"
 	@echo "  shards      $(OUT)/shards  (index.json, report.json)"
-	@echo "  run         $(OUT)/run     (config.yaml, checkpoints/last.ckpt, metrics/, events.jsonl)"
+	@echo "  run         $(OUT)/run     (config.yaml, checkpoints/last.ckpt, metrics/, images/, events.jsonl)"
 	@echo "  export      $(OUT)/export  (backbone.safetensors, backbone.json)"
 
 test: install

@@ -78,7 +78,7 @@ class ThreadLoader:
             while True:
                 item = out.get()
                 if isinstance(item, BaseException):
-                    raise RuntimeError("a data-loader thread failed") from item
+                    raise RuntimeError(f"a data-loader thread failed: {type(item).__name__}: {item}") from item
                 yield item
         finally:
             stop.set()

@@ -49,8 +49,10 @@ def resample(data: np.ndarray, affine: np.ndarray, spacing, mode: str) -> tuple[
 
 
 def cast_like(resampled: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Integer sources go back to their own type (better compression, exact HU); floats stay float32."""
+    """Integer sources go back to their own type (better compression, exact HU), in native byte order;
+    floats stay float32."""
     if np.dtype(dtype).kind in "iu":
+        dtype = np.dtype(dtype).newbyteorder("=")
         info = np.iinfo(dtype)
         return np.clip(np.rint(resampled), info.min, info.max).astype(dtype)
     return resampled.astype(np.float32)

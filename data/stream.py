@@ -44,8 +44,11 @@ def cut_regions(sample: dict, region_size, n: int, foreground_prob: float, rng: 
     per worker — the pool of decoded volumes that DESIGN.md asks for."""
     meta = json.loads(sample["json"])
     norm = meta["normalisation"]
-    regions = random_crops(payload.decode(sample["image.b2"]), meta["foreground_points"], _triple(region_size), n,
-                           foreground_prob, rng, pad_value=norm["low"])
+    vol = payload.decode(sample["image.b2"])
+    if not vol.dtype.isnative:  # e.g. big-endian NIfTI sharded before the writer made it native: torch refuses it
+        vol = vol.astype(vol.dtype.newbyteorder("="))
+    regions = random_crops(vol, meta["foreground_points"], _triple(region_size), n, foreground_prob, rng,
+                           pad_value=norm["low"])
     return [{"region": torch.from_numpy(r)[None], "low": float(norm["low"]),
              "high": float(norm["high"]), "modality": meta["modality"]} for r in regions]
 

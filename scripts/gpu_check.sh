@@ -1,32 +1,52 @@
 #!/usr/bin/env bash
 # GPU check: everything that needs the accelerator, in one call, results under $OUT, a table last.
-#   OUT=<dir> bash scripts/gpu_check.sh             # on the GPU: mae_vit_b in bf16, 200 steps, then resume
-#   OUT=<dir> TINY=1 bash scripts/gpu_check.sh      # rehearsal on CPU: demo experiment, a few steps
+#   OUT=<dir> bash scripts/gpu_check.sh             # on the GPU: mae_vit_b bf16 200 steps + resume, bench model
+#   OUT=<dir> TINY=1 bash scripts/gpu_check.sh      # rehearsal on CPU: demo twins, a few steps, tiny shapes
 # Installs nothing: run it where `voxfm` is importable (python -m pretrain). Not yet covered here:
-# DeepSpeed ZeRO-2/3 and torch.compile, which arrive with their own issues.
+# DeepSpeed ZeRO-2/3 and torch.compile, which arrive with their own issue.
 set -euo pipefail
 OUT=${OUT:?set OUT to a writable folder}
 PY=${PYTHON:-python}
 WORK=${WORK:-$(mktemp -d)}
-mkdir -p "$OUT"
+mkdir -p "$OUT/bench"
 if [ "${TINY:-0}" = 1 ]; then
   EXP=(experiment=demo data.num_workers=1); STEPS=20; MORE=30; N=6; SHAPE=48
+  BENCH=("demo" "demo_mim" "demo_simclr" "demo_mae_contrastive")
+  LARGE=("demo:data.batch_size=2")
+  BENCH_ARGS=(warmup=1 steps=2)
 else
   EXP=(experiment=mae_vit_b data.num_workers=12); STEPS=200; MORE=220; N=48; SHAPE=160
+  BENCH=("mae_vit_b" "mae_primus_m" "mim_resenc_l" "simclr_resenc_l" "mae_contrastive_vit_b")
+  # ViT-B MAE 160³ patch 8 at batch 8 (goal ≥ 100 samples/s) and 16 (goal: fits), and 96³ at batch 256
+  LARGE=("mae_vit_b:data.crop_size=[160,160,160] model.patch_size=8 data.batch_size=8"
+         "mae_vit_b:data.crop_size=[160,160,160] model.patch_size=8 data.batch_size=16"
+         "mae_vit_b:data.batch_size=256")
+  BENCH_ARGS=(warmup=3 steps=10)
 fi
 "$PY" -c "
 from data.phantoms import write_phantoms
 write_phantoms('$WORK/raw', n=$N, shape=($SHAPE, $SHAPE, $SHAPE))"
 "$PY" -m pretrain shard input="$WORK/raw" output="$WORK/shards" progress=false | tee "$OUT/shard.txt"
 "$PY" -m pretrain bench data shards="$WORK/shards" | tee "$OUT/bench_data.txt"
+# one process per benchmark: an out-of-memory case is recorded, and the next starts on an empty card
+i=0
+for spec in "${BENCH[@]}" "${LARGE[@]}"; do
+  exp=${spec%%:*}; extra=(); [ "$spec" != "$exp" ] && read -r -a extra <<< "${spec#*:}"
+  i=$((i + 1))
+  "$PY" -m pretrain bench model experiment="$exp" "${BENCH_ARGS[@]}" "${extra[@]}" \
+    > "$OUT/bench/$i-$exp.txt" 2>&1 || echo "{\"experiment\": \"$exp\", \"failed\": true}" >> "$OUT/bench/$i-$exp.txt"
+  echo "$exp ${extra[*]}" > "$OUT/bench/$i-$exp.args"
+  tail -n 5 "$OUT/bench/$i-$exp.txt"
+done
 run() { "$PY" -m pretrain pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run" \
           trainer.log_every_n_steps=10 trainer.checkpoint_every_n_steps=100 trainer.progress_bar=false "$@"; }
 start=$(date +%s); run trainer.max_steps=$STEPS 2>&1 | tail -n 20 > "$OUT/pretrain.txt"; train_s=$(( $(date +%s) - start ))
 run trainer.max_steps=$MORE 2>&1 | tail -n 20 > "$OUT/resume.txt"
 cp "$WORK/run/events.jsonl" "$WORK/run/config.yaml" "$OUT/"
 cp "$WORK"/run/metrics/version_0/metrics.csv "$OUT/metrics.csv"
+cp -r "$WORK/run/images" "$OUT/" 2>/dev/null || true
 "$PY" - "$OUT" "$train_s" <<'PY'
-import csv, json, sys
+import csv, glob, json, sys
 out, train_s = sys.argv[1], int(sys.argv[2])
 rows = [r for r in csv.DictReader(open(f"{out}/metrics.csv")) if r.get("train/samples_per_s")]
 rates = [float(r["train/samples_per_s"]) for r in rows[len(rows) // 2:]]  # second half: warmed up
@@ -42,6 +62,19 @@ table = {
     "resumed at step": resumed[0]["step"] if resumed else None,
     "final step": events[-1]["step"],
 }
-json.dump(table, open(f"{out}/gpu_check.json", "w"), indent=1)
-print("\n".join(f"{k:<32}{v}" for k, v in table.items()))
+benches = []
+for path in sorted(glob.glob(f"{out}/bench/*.txt"), key=lambda p: int(p.split("/")[-1].split("-")[0])):
+    args = open(path[:-4] + ".args").read().strip()
+    lines = [line for line in open(path) if line.startswith("{")]
+    result = json.loads(lines[0]) if lines else {"failed": True}
+    benches.append({"args": args, **result})
+    if result.get("failed"):
+        table[f"bench {args}"] = "FAILED (see bench/)"
+    else:
+        v, r = result["voxfm"], result["reference"]
+        table[f"bench {args}"] = (f"{v['samples_per_s']} samples/s, MFU {v['mfu']:.1%}, {v['peak_gib']} GiB | "
+                                  f"MONAI {r['samples_per_s']} | x{result['ratio_samples_per_s']} samples/s, "
+                                  f"x{result['ratio_tflop_per_s']} TFLOP/s")
+json.dump({"table": table, "benches": benches}, open(f"{out}/gpu_check.json", "w"), indent=1)
+print("\n".join(f"{k:<40}{v}" for k, v in table.items()))
 PY

@@ -84,3 +84,10 @@ def test_oversized_header_is_rejected_before_reading(tmp_path):
 def test_options_fail_fast_naming_the_argument():
     with pytest.raises(ValueError, match="preprocess.spacing"):
         PreprocessOptions(spacing=(1.0, 0.0, 1.0))
+
+
+def test_integer_sources_are_stored_in_native_byte_order():
+    from data.preprocess import cast_like
+
+    out = cast_like(np.array([[[1.4, -2.6]]], np.float32), np.dtype(">i2"))
+    assert out.dtype == np.dtype("int16") and out.dtype.isnative and out.tolist() == [[[1, -3]]]

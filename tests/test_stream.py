@@ -69,3 +69,17 @@ def test_brace_patterns_expand_to_the_shards(shard_dir):
     stream = RegionStream(str(shard_dir / "shard-{000000..000000}.tar"), 32)
     assert stream.urls == [str(shard_dir / "shard-000000.tar")]
     assert next(iter(region_loader(stream, 2, 0)))["region"].shape == (2, 1, 32, 32, 32)
+
+
+def test_big_endian_payloads_become_native_regions():
+    import json
+
+    from data import payload
+    from data.stream import cut_regions
+
+    vol = np.arange(16**3, dtype=">i2").reshape(16, 16, 16)
+    sample = {"json": json.dumps({"normalisation": {"low": 0.0, "high": 4096.0}, "foreground_points": [],
+                                  "modality": "CT"}).encode(), "image.b2": payload.encode(vol)}
+    regions = cut_regions(sample, 8, 2, 0.5, np.random.default_rng(0))
+    assert regions[0]["region"].dtype == torch.int16 and regions[0]["region"].shape == (1, 8, 8, 8)
+    assert regions[0]["region"].min() >= 0 and regions[0]["region"].max() < 16**3
