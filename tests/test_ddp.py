@@ -5,16 +5,20 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import REPO
 
 
-def test_two_rank_ddp_run_reaches_max_steps(tmp_path, shard_dir):
+# ddp_spawn pickles the model, which nnU-Net's blocks forbid (a lambda inside): ResEnc runs use ddp, whose
+# launcher starts the second rank as a subprocess. simclr also gathers its negatives across the two ranks.
+@pytest.mark.parametrize("experiment,strategy", [("demo", "ddp_spawn"), ("demo_simclr", "ddp")])
+def test_two_rank_ddp_run_reaches_max_steps(tmp_path, shard_dir, experiment, strategy):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pretrain", "pretrain", "experiment=demo", f"data.shards={shard_dir}",
+    cmd = [sys.executable, "-m", "pretrain", "pretrain", f"experiment={experiment}", f"data.shards={shard_dir}",
            f"run_dir={run_dir}", "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3",
-           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn",
+           "trainer.accelerator=cpu", "trainer.devices=2", f"trainer.strategy={strategy}",
            "data.num_workers=0", "trainer.progress_bar=false", "trainer.log_every_n_steps=2"]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -82,3 +82,23 @@ def test_channel_inflation_gives_the_same_features_on_a_repeated_input(run_dir, 
 def test_export_of_a_missing_checkpoint_says_what_was_expected(tmp_path):
     with pytest.raises(ValueError, match="expected a .ckpt file or a run_dir"):
         run_export(str(tmp_path), str(tmp_path / "out"))
+
+
+def test_a_mae_contrastive_run_exports_into_monai_and_a_resenc_run_says_why_not(tmp_path, shard_dir):
+    for experiment in ("demo_mae_contrastive", "demo_mim"):
+        run = tmp_path / experiment
+        run_pretrain(load_config("pretrain", [f"experiment={experiment}", f"data.shards={shard_dir}", f"run_dir={run}",
+                                              "trainer.max_steps=2", "trainer.progress_bar=false",
+                                              "trainer.images_every_n_steps=0", "data.num_workers=0"]))
+        if experiment == "demo_mim":
+            with pytest.raises(ValueError, match="ResidualEncoderUNet state_dict"):
+                run_export(str(run), str(tmp_path / "mim_export"))
+            continue
+        out = run_export(str(run), str(tmp_path / "export"))
+        meta = json.loads((out / "backbone.json").read_text())
+        monai = MonaiViT(**meta["monai_kwargs"]).eval()
+        monai.load_state_dict(load_file(str(out / "backbone.safetensors")), strict=True)
+        ours = _voxfm_encoder(run / "checkpoints" / "last.ckpt")
+        x = torch.randn(1, 1, 32, 32, 32)
+        with torch.no_grad():
+            assert (monai(x)[0] - ours(x)).abs().max() < 1e-4

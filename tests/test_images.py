@@ -23,3 +23,32 @@ def test_grid_has_one_row_per_sample_and_nine_tiles_per_row():
     assert grid.dtype == np.uint8
     scale = grid.shape[0] // (2 * 18)
     assert grid.shape == (2 * 18 * scale, 9 * 18 * scale)
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def log_image(self, **kwargs):
+        self.calls.append(kwargs)
+
+
+def test_callback_writes_a_png_and_logs_it_to_wandb(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from pretrain.images import ReconstructionImages
+
+    volumes = {k: torch.rand(2, 1, 8, 8, 8) for k in ("original", "masked", "reconstruction")}
+    objective = SimpleNamespace(reconstruct=lambda batch, backbone: volumes)
+    module = torch.nn.Module()
+    module.objective, module.backbone = objective, None
+    wandb = _Recorder()
+    callback = ReconstructionImages(tmp_path / "images", every_n_steps=5, wandb_logger=wandb)
+    for step in (4, 5):
+        trainer = SimpleNamespace(global_step=step, is_global_zero=True)
+        callback.on_train_batch_end(trainer, module, None, {"modality": ["CT", "MR"]}, 0)
+    assert [p.name for p in (tmp_path / "images").iterdir()] == ["step000005.png"]
+    assert Image.open(tmp_path / "images" / "step000005.png").size[0] > 0
+    assert len(wandb.calls) == 1 and wandb.calls[0]["step"] == 5 and wandb.calls[0]["key"] == "reconstructions"

@@ -105,3 +105,14 @@ def test_mim_run_writes_reconstruction_pictures(mim_run):
 
     picture = Image.open(mim_run / "images" / "step000003.png")
     assert picture.mode == "L" and picture.width > picture.height > 0
+
+
+def test_resenc_l_preset_is_nnunets_residual_encoder_unet():
+    cfg = load_config("pretrain", ["experiment=mim_resenc_l", "data.shards=/x", "run_dir=/y"])
+    from hydra.utils import instantiate
+
+    ours = instantiate(cfg.model)
+    plain = ResidualEncoderUNet(**resenc_kwargs(1, 1, (32, 64, 128, 256, 320, 320), (1, 3, 4, 6, 6, 6),
+                                                (1, 1, 1, 1, 1)))
+    plain.load_state_dict(ours.state_dict(), strict=True)
+    assert ours.total_stride == 32 and cfg.objective.stage.masking.patch_size == 32
