@@ -72,8 +72,9 @@ for path in sorted(glob.glob(f"{out}/bench/*.txt"), key=lambda p: int(p.split("/
         table[f"bench {args}"] = "FAILED (see bench/)"
     else:
         v, r = result["voxfm"], result["reference"]
+        monai = "out of memory" if r.get("out_of_memory") else r["samples_per_s"]
         table[f"bench {args}"] = (f"{v['samples_per_s']} samples/s, MFU {v['mfu']:.1%}, {v['peak_gib']} GiB | "
-                                  f"MONAI {r['samples_per_s']} | x{result['ratio_samples_per_s']} samples/s, "
+                                  f"MONAI {monai} | x{result['ratio_samples_per_s']} samples/s, "
                                   f"x{result['ratio_tflop_per_s']} TFLOP/s")
 json.dump({"table": table, "benches": benches}, open(f"{out}/gpu_check.json", "w"), indent=1)
 print("\n".join(f"{k:<40}{v}" for k, v in table.items()))
