@@ -8,7 +8,14 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-CONF_DIR = Path(os.environ.get("VOXFM_CONF", Path(__file__).resolve().parent.parent / "conf"))
+def _packaged_conf() -> Path:
+    """conf/ is a package (YAML as package data), so a wheel install finds it as well as a source checkout."""
+    import conf
+
+    return Path(conf.__file__).resolve().parent
+
+
+CONF_DIR = Path(os.environ.get("VOXFM_CONF") or _packaged_conf())
 
 
 def load_config(name: str, overrides: list[str]) -> DictConfig:
