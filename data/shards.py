@@ -13,7 +13,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from webdataset.shardlists import expand_urls
+from braceexpand import braceexpand
 
 INDEX = "index.json"
 REPORT = "report.json"
@@ -46,7 +46,7 @@ def shard_urls(shards: str | Path) -> list[str]:
         if not names:
             raise ValueError(f"data.shards={shards}: the shard set is empty (see its {REPORT})")
         return [str(path / n) for n in names]
-    urls = expand_urls(str(shards))
+    urls = [u for part in str(shards).split("::") for u in braceexpand(part)]  # webdataset's URL list syntax
     missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
     if missing:
         raise ValueError(f"data.shards={shards}: {len(missing)} of {len(urls)} shard(s) not found, e.g. {missing[0]}")

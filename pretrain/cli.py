@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 import sys
 
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pretrain.config import CONF_DIR, load_config, missing_keys
@@ -38,7 +40,10 @@ def _compose(name: str, overrides: list[str]):
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ValueError(f"expected key=value overrides, got {bad}")
-    cfg = load_config(name, overrides)
+    try:
+        cfg = load_config(name, overrides)
+    except HydraException as err:
+        raise ValueError(_explain(err, name, overrides)) from None
     if show:
         print(OmegaConf.to_yaml(cfg))
         return None
@@ -46,6 +51,25 @@ def _compose(name: str, overrides: list[str]):
     if missing:
         raise ValueError(f"voxfm {name}: missing required setting(s): " + ", ".join(f"{k}=..." for k in missing))
     return cfg
+
+
+def _explain(err: HydraException, name: str, overrides: list[str]) -> str:
+    """Hydra's message without its search-path dump, plus "did you mean" for a key that does not exist."""
+    text = str(err).split("\nConfig search path:")[0].strip()
+    match = re.search(r"Could not override '([\w.]+)'", text)
+    if match is None:
+        return text
+    key = match.group(1)
+    parent, _, leaf = key.rpartition(".")
+    try:
+        node = OmegaConf.select(load_config(name, [o for o in overrides if not o.startswith(key + "=")]), parent or "")
+    except HydraException:
+        return text
+    if not isinstance(node, DictConfig):
+        return text
+    close = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1)
+    hint = f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+    return f"{key}: unknown key{hint} (to add a new key on purpose: +{key}=...)"
 
 
 def _shard(cfg) -> None:
@@ -60,6 +84,9 @@ def _shard(cfg) -> None:
 
 
 def _pretrain(cfg) -> None:
+    from pretrain.schema import validate_pretrain
+
+    validate_pretrain(OmegaConf.to_container(cfg, resolve=True))  # before torch, Lightning, data or model load
     from pretrain.train import run_pretrain
 
     run_pretrain(cfg)

@@ -8,6 +8,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+
 def _packaged_conf() -> Path:
     """conf/ is a package (YAML as package data), so a wheel install finds it as well as a source checkout."""
     import conf

@@ -20,6 +20,7 @@ from pretrain.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, Throughpu
 from pretrain.checkpoints import find_resume_checkpoint
 from pretrain.images import ReconstructionImages
 from pretrain.module import PretrainModule
+from pretrain.schema import validate_pretrain
 
 
 def log_event(run_dir: Path, **event) -> None:
@@ -79,6 +80,7 @@ def build_loader(stream: RegionStream, data: DictConfig):
 
 def run_pretrain(cfg: DictConfig) -> Path:
     """Train until `trainer.max_steps`; returns the final checkpoint. Same run_dir again = resume."""
+    validate_pretrain(OmegaConf.to_container(cfg, resolve=True))
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)

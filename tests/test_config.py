@@ -73,7 +73,7 @@ def test_cli_help_and_errors(capsys):
     assert main(["pretrain", "experiment=nope", "data.shards=/x", "run_dir=/y"]) == 2
     assert "experiment" in capsys.readouterr().err
     assert main(["pretrain", "experiment=demo", "data.shards=/x", "run_dir=/y", "model.patch_size=7"]) == 2
-    assert "divisible by patch_size" in capsys.readouterr().err
+    assert "must be divisible by model.patch_size=7" in capsys.readouterr().err
 
 
 def test_conf_dir_is_the_repository_conf():

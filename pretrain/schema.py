@@ -1,0 +1,300 @@
+"""Typed schemas of every config group, checked before anything heavy is imported or built.
+
+`voxfm pretrain` validates the composed config against these dataclasses first: an unknown key (with a
+"did you mean"), a wrong type, an out-of-range value, a missing shard set or an impossible combination
+fails in well under 2 seconds — before torch, Lightning, data, model or process group — with one line
+per problem naming the key, the value and what is allowed. Schemas of `_target_` nodes are chosen by
+target through an explicit dict; `tests/test_schema.py` keeps their fields equal to the constructors'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from pretrain.schema_checks import combination_errors
+
+
+def _range(**bounds) -> dict:
+    return {"metadata": bounds}
+
+
+@dataclass
+class DataSchema:
+    shards: str
+    crop_size: list[int]
+    region_size: list[int] | None
+    regions_per_volume: int = field(**_range(ge=1))
+    foreground_prob: float = field(**_range(ge=0.0, le=1.0))
+    shuffle_buffer: int = field(**_range(ge=1))
+    batch_size: int = field(**_range(ge=1))
+    num_workers: int = field(**_range(ge=0))
+    loader: Literal["thread", "process"]
+
+
+@dataclass
+class TrainerSchema:
+    max_steps: int = field(**_range(ge=1))
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"]
+    devices: int | str | list[int]
+    num_nodes: int = field(**_range(ge=1))
+    strategy: str
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "32", "bf16", None]
+    gradient_clip_val: float = field(**_range(ge=0.0))
+    accumulate_grad_batches: int = field(**_range(ge=1))
+    log_every_n_steps: int = field(**_range(ge=1))
+    checkpoint_every_n_steps: int = field(**_range(ge=1))
+    progress_bar: bool
+    images_every_n_steps: int = field(**_range(ge=0))
+
+
+@dataclass
+class OptimSchema:
+    optimizer: Any
+    warmup_steps: int = field(**_range(ge=0))
+    min_lr_factor: float = field(**_range(ge=0.0, le=1.0))
+    fused: bool | None
+
+
+@dataclass
+class WandbSchema:
+    project: str
+    name: str | None
+    group: str | None
+    tags: list[str]
+
+
+@dataclass
+class LoggerSchema:
+    wandb: WandbSchema | None
+
+
+@dataclass
+class ObjectiveSchema:
+    loss: Any
+    stage: Any
+
+
+@dataclass
+class PretrainSchema:
+    data: DataSchema
+    model: Any
+    objective: ObjectiveSchema
+    optim: OptimSchema
+    trainer: TrainerSchema
+    logger: LoggerSchema
+    run_dir: str
+    seed: int
+
+
+@dataclass
+class ViTSchema:
+    in_channels: int = field(**_range(ge=1))
+    img_size: int | list[int]
+    patch_size: int | list[int]
+    hidden_size: int = field(**_range(ge=1))
+    mlp_dim: int = field(**_range(ge=1))
+    num_layers: int = field(**_range(ge=1))
+    num_heads: int = field(**_range(ge=1))
+    pos_embed_type: Literal["sincos", "learnable"]
+    qkv_bias: bool
+
+
+@dataclass
+class ResEncSchema:
+    in_channels: int = field(**_range(ge=1))
+    out_channels: int = field(**_range(ge=1))
+    features_per_stage: list[int]
+    n_blocks_per_stage: list[int]
+    n_conv_per_stage_decoder: list[int]
+    strides: list[int] | None
+    kernel_size: int = field(**_range(ge=1))
+
+
+@dataclass
+class MAESchema:
+    decoder_hidden: int = field(**_range(ge=6))
+    decoder_layers: int = field(**_range(ge=1))
+    decoder_heads: int = field(**_range(ge=1))
+    norm_pix_loss: bool
+
+
+@dataclass
+class MIMSchema:
+    pass
+
+
+@dataclass
+class SimCLRSchema:
+    proj_hidden: int = field(**_range(ge=1))
+    proj_dim: int = field(**_range(ge=1))
+    temperature: float = field(**_range(gt=0.0))
+
+
+@dataclass
+class MAEContrastiveSchema:
+    mae: Any
+    mae_weight: float = field(**_range(ge=0.0))
+    contrastive_weight: float = field(**_range(ge=0.0))
+    proj_hidden: int = field(**_range(ge=1))
+    proj_dim: int = field(**_range(ge=1))
+    temperature: float = field(**_range(gt=0.0))
+
+
+@dataclass
+class ViewStageSchema:
+    crop_size: int | list[int]
+    n_views: Literal[1, 2]
+    overlap: float = field(**_range(gt=0.0, le=1.0))
+    flip_prob: float = field(**_range(ge=0.0, le=1.0))
+    rotate_prob: float = field(**_range(ge=0.0, le=1.0))
+    rotate_plane: list[int] | None
+    augment: Any
+    masking: Any
+
+
+@dataclass
+class AugmentSchema:
+    gamma_prob: float = field(**_range(ge=0.0, le=1.0))
+    gamma_range: list[float]
+    scale_prob: float = field(**_range(ge=0.0, le=1.0))
+    scale_range: list[float]
+    shift_range: list[float]
+    noise_prob: float = field(**_range(ge=0.0, le=1.0))
+    noise_std: float = field(**_range(ge=0.0))
+
+
+@dataclass
+class MaskingSchema:
+    mask_ratio: float = field(**_range(gt=0.0, lt=1.0))
+    patch_size: int | list[int]
+
+
+@dataclass
+class AdamWSchema:
+    lr: float = field(**_range(gt=0.0))
+    betas: list[float]
+    eps: float = field(**_range(gt=0.0))
+    weight_decay: float = field(**_range(ge=0.0))
+    amsgrad: bool
+
+
+TARGETS: dict[str, type] = {
+    "models.vit.ViT": ViTSchema,
+    "models.resenc.ResEncUNet": ResEncSchema,
+    "pretrain.objectives.mae.MAEObjective": MAESchema,
+    "pretrain.objectives.mim.MIMObjective": MIMSchema,
+    "pretrain.objectives.simclr.SimCLRObjective": SimCLRSchema,
+    "pretrain.objectives.mae_contrastive.MAEContrastiveObjective": MAEContrastiveSchema,
+    "data.views.ViewStage": ViewStageSchema,
+    "data.augment.IntensityAugment": AugmentSchema,
+    "data.masking.RandomPatchMasking": MaskingSchema,
+    "torch.optim.AdamW": AdamWSchema,
+    "torch.optim.Adam": AdamWSchema,
+}
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+def _conforms(value, annotation) -> bool:
+    if annotation is Any:
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if origin is list:
+        return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if annotation is type(None) or annotation is None:
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if dataclasses.is_dataclass(annotation):
+        return isinstance(value, dict)
+    return isinstance(value, annotation)
+
+
+def _allowed(annotation) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_allowed(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return f"a list of {_allowed(args[0])}"
+    if annotation is type(None):
+        return "null"
+    if dataclasses.is_dataclass(annotation):
+        return "a mapping"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _range_error(value, bounds: dict) -> str | None:
+    checks = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
+              "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+    failed = [f"{sign} {bounds[k]}" for k, (ok, sign) in checks.items() if k in bounds and not ok(value, bounds[k])]
+    return "expected a value " + " and ".join(failed) if failed else None
+
+
+def check_node(node: dict, schema: type, path: str) -> list[str]:
+    """Problems of one mapping against a schema (recursing into nested schemas and `_target_` nodes)."""
+    errors: list[str] = []
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in node.items():
+        where = f"{path}.{key}" if path else key
+        if key in HYDRA_KEYS:
+            continue
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean {path + '.' if path else ''}{close[0]}?" if close else ""
+            errors.append(f"{where}: unknown key{hint} (allowed: {', '.join(fields)})")
+            continue
+        annotation = hints[key]
+        if not _conforms(value, annotation):
+            errors.append(f"{where}={value!r}: expected {_allowed(annotation)}")
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            problem = _range_error(value, fields[key].metadata)
+            if problem:
+                errors.append(f"{where}={value!r}: {problem}")
+        if isinstance(value, dict):
+            errors += check_value(value, annotation, where)
+    return errors
+
+
+def check_value(value: dict, annotation, path: str) -> list[str]:
+    if "_target_" in value:
+        target = value["_target_"]
+        if target not in TARGETS:
+            return [f"{path}._target_={target!r}: unknown; known targets: {', '.join(sorted(TARGETS))}"]
+        return check_node(value, TARGETS[target], path)
+    nested = [a for a in (annotation, *typing.get_args(annotation)) if dataclasses.is_dataclass(a)]
+    return check_node(value, nested[0], path) if nested else []
+
+
+def validate_pretrain(cfg: dict) -> None:
+    """cfg: the resolved `voxfm pretrain` config as plain containers. Raises ValueError, one line per problem."""
+    errors = check_node(cfg, PretrainSchema, "")
+    missing = [f.name for f in dataclasses.fields(PretrainSchema) if f.name not in cfg]
+    errors += [f"{name}: missing" for name in missing]
+    if not errors:
+        errors = combination_errors(cfg, visible_gpus())
+    if errors:
+        raise ValueError("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+def visible_gpus() -> int:
+    """NVIDIA GPUs this process may use, read without importing torch (driver's /proc entries, CUDA_VISIBLE_DEVICES)."""
+    gpus = len(os.listdir("/proc/driver/nvidia/gpus")) if os.path.isdir("/proc/driver/nvidia/gpus") else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = min(gpus, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
+    return gpus

@@ -1,0 +1,67 @@
+"""Configuration checked before launch: each kind of mistake fails fast, naming the key, value and what is allowed."""
+
+import dataclasses
+import importlib
+import inspect
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from pretrain.cli import main
+from pretrain.config import CONF_DIR, load_config
+from pretrain.schema import TARGETS, validate_pretrain
+from tests.conftest import REPO
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_schemas_name_exactly_the_constructor_arguments(target):
+    module, name = target.rsplit(".", 1)
+    params = set(inspect.signature(getattr(importlib.import_module(module), name)).parameters) - {"self", "spec"}
+    fields = {f.name for f in dataclasses.fields(TARGETS[target])}
+    if target.startswith("torch.optim"):
+        assert fields <= params
+    else:
+        assert fields == params
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_is_valid(experiment, shard_dir):
+    cfg = load_config("pretrain", [f"experiment={experiment}", f"data.shards={shard_dir}", "run_dir=/y"])
+    validate_pretrain(OmegaConf.to_container(cfg, resolve=True))
+
+
+BAD = [  # (overrides, text the one-line error must contain)
+    (["trainer.max_steps=ten"], "trainer.max_steps='ten': expected int"),
+    (["trainer.max_stepz=10"], "trainer.max_stepz: unknown key; did you mean trainer.max_steps?"),
+    (["+model.hiden_size=3"], "model.hiden_size: unknown key; did you mean model.hidden_size?"),
+    (["data.foreground_prob=1.5"], "data.foreground_prob=1.5: expected a value <= 1.0"),
+    (["objective.stage.masking.mask_ratio=0"], "objective.stage.masking.mask_ratio=0: expected a value > 0.0"),
+    (["data.loader=fork"], "data.loader='fork': expected one of 'thread', 'process'"),
+    (["data.shards=/nowhere/at/all"], "data.shards=/nowhere/at/all: 1 of 1 shard(s) not found"),
+    (["model.patch_size=7"], "must be divisible by model.patch_size=7"),
+    (["trainer.devices=4096"], "trainer.devices=4096: only"),
+    (["trainer.strategy=fsdp"], "trainer.strategy='fsdp'; allowed:"),
+    (["objective.stage.n_views=1"], "objective.stage.n_views=1: SimCLRObjective needs 2"),
+    (["trainer.strategy=ddp_spawn"], "ResEnc blocks cannot be pickled"),
+    (["data.region_size=[32,32,32]"], "data.region_size=[32, 32, 32]: too small for 2 view(s)"),
+    (["model=nope"], "Available options in 'model'"),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", BAD)
+def test_a_bad_setting_fails_with_one_line_naming_it(overrides, expected, shard_dir, capsys):
+    experiment = "demo_simclr" if any(k in overrides[0] for k in ("n_views", "ddp_spawn", "region_size")) else "demo"
+    assert main(["pretrain", f"experiment={experiment}", f"data.shards={shard_dir}", "run_dir=/y", *overrides]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_validation_happens_before_torch_or_lightning_is_imported(shard_dir):
+    args = ["pretrain", "experiment=demo", f"data.shards={shard_dir}", "run_dir=/y", "trainer.max_steps=ten"]
+    code = (f"import sys; from pretrain.cli import main; rc = main({args!r}); "
+            "print(rc, 'torch' in sys.modules, 'lightning' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.stdout.split() == ["2", "False", "False"], out.stdout + out.stderr
