@@ -10,6 +10,8 @@ import lightning as L
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from pretrain.errors import CheckpointWriteError
+
 
 class Throughput(L.Callback):
     """Logs samples/s over all ranks, measured batch start to batch start (includes data wait)."""
@@ -37,12 +39,46 @@ class ConfigInCheckpoint(L.Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes `<path>.tmp` then renames: a crash mid-write never leaves a truncated checkpoint."""
+    """Writes `<path>.tmp` then renames: a crash or a full disk mid-write never leaves a truncated checkpoint,
+    and the previous one stays what resume finds."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         path = Path(path)
-        fs = get_filesystem(path)
-        fs.makedirs(str(path.parent), exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        try:
+            get_filesystem(path).makedirs(str(path.parent), exist_ok=True)
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+            tmp.unlink(missing_ok=True)
+            kept = sorted(p.name for p in path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {path} ({type(err).__name__}: {err}). Earlier checkpoints are intact "
+                f"({', '.join(kept) or 'none yet'}): free space or fix permissions, then rerun to resume") from err
+
+
+class FinalCheckpoint(L.Callback):
+    """The run's last step is always on disk as `stepNNNNNN.ckpt` + `last.ckpt`, also when `max_steps` is not a
+    multiple of `checkpoint_every_n_steps` (periodic saves alone would leave up to that many steps unsaved)."""
+
+    def __init__(self, checkpoint_dir: Path):
+        self.checkpoint_dir = Path(checkpoint_dir)
+
+    def _last_step(self) -> int | None:
+        from pretrain.checkpoints import load_checkpoint
+
+        last = self.checkpoint_dir / "last.ckpt"
+        try:
+            return int(load_checkpoint(last, mmap=True)["global_step"]) if last.exists() else None
+        except Exception:
+            return None
+
+    def on_train_end(self, trainer, pl_module):
+        step = trainer.global_step
+        periodic = self.checkpoint_dir / f"step{step:06d}.ckpt"
+        # decided on rank 0 and shared: every rank must join a (possibly collective) save, or none
+        todo = trainer.strategy.broadcast((not periodic.exists(), self._last_step() != step))
+        if todo[0]:
+            trainer.save_checkpoint(periodic, weights_only=False)
+        if todo[1]:
+            trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt", weights_only=False)

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pretrain.config import CONF_DIR, load_config, missing_keys
+from pretrain.errors import PREEMPTED_EXIT_CODE, CheckpointWriteError, Preempted
 
 USAGE = """usage: voxfm <command> [key=value ...]
 
@@ -129,6 +130,8 @@ def _bench_model(overrides: list[str]) -> None:
     print(format_model_bench(result, experiments[-1]))
 
 
+# documented in README.md ("Exit codes"); 75 = preempted (pretrain/errors.py)
+EXIT_CODES = {"bad configuration": 2, "diverged": 3, "checkpoint not written": 4}
 COMMANDS = {"shard": _shard, "pretrain": _pretrain, "export": _export, "bench": _bench}
 BENCHES = ("data", "model")
 
@@ -158,5 +161,14 @@ def main(argv: list[str] | None = None) -> int:
             COMMANDS[command](cfg)
     except (ValueError, HydraException, OmegaConfBaseException) as err:
         print(f"voxfm {command}: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_CODES["bad configuration"]
+    except Preempted as stop:
+        print(f"voxfm {command}: {stop}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    except FloatingPointError as err:
+        print(f"voxfm {command}: training diverged: {err}", file=sys.stderr)
+        return EXIT_CODES["diverged"]
+    except CheckpointWriteError as err:
+        print(f"voxfm {command}: error: {err}", file=sys.stderr)
+        return EXIT_CODES["checkpoint not written"]
     return 0

@@ -26,8 +26,11 @@ class PretrainModule(L.LightningModule):
 
     def __init__(self, backbone: nn.Module, objective: nn.Module, stage: Callable[[dict, torch.Generator], dict],
                  optimizer: Callable[..., torch.optim.Optimizer], warmup_steps: int, total_steps: int,
-                 min_lr_factor: float = 0.01, seed: int = 0, fused: bool | None = None):
+                 min_lr_factor: float = 0.01, seed: int = 0, fused: bool | None = None,
+                 max_nonfinite_steps: int = 10):
         super().__init__()
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.skipped_steps, self._skipped_in_a_row, self._loss_finite = 0, 0, None
         self.fused = torch.cuda.is_available() if fused is None else fused
         self.backbone, self.objective, self.stage, self.optimizer_factory = backbone, objective, stage, optimizer
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
@@ -43,10 +46,34 @@ class PretrainModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, logs = self.objective(batch, self.backbone)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step}")
+        self._loss_finite = torch.isfinite(loss.detach())
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """A non-finite loss on any rank: every rank drops its gradients, so the step updates nothing (AdamW skips
+        parameters without a gradient). Every rank ran backward, so DDP's collectives stay matched."""
+        finite = self._loss_finite is None or bool(self._loss_finite)
+        if not self.trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            self._skipped_in_a_row = 0
+            return
+        self.skipped_steps += 1
+        self._skipped_in_a_row += 1
+        optimizer.zero_grad(set_to_none=True)
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
+        if self._skipped_in_a_row >= self.max_nonfinite_steps:
+            saved = self.trainer.checkpoint_callback
+            last = (saved.best_model_path or saved.last_model_path) if saved is not None else ""  # newest periodic
+            last = last or "none yet"
+            raise FloatingPointError(f"non-finite loss at {self._skipped_in_a_row} consecutive steps, the last at "
+                                     f"step {self.global_step} (trainer.max_nonfinite_steps="
+                                     f"{self.max_nonfinite_steps}); last good checkpoint: {last}")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["voxfm_skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_steps = int(checkpoint.get("voxfm_skipped_steps", 0))
 
     def configure_optimizers(self):
         """AdamW without weight decay on norms, biases, tokens and embeddings (ndim < 2 or mask tokens),

@@ -51,6 +51,7 @@ class TrainerSchema:
     checkpoint_every_n_steps: int = field(**_range(ge=1))
     progress_bar: bool
     images_every_n_steps: int = field(**_range(ge=0))
+    max_nonfinite_steps: int = field(**_range(ge=1))
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -11,41 +12,44 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from data.loader import ThreadLoader
 from data.shards import describe_shard_set
 from data.stream import RegionStream, region_loader
-from pretrain.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, Throughput
+from pretrain.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, FinalCheckpoint, Throughput
 from pretrain.checkpoints import find_resume_checkpoint
 from pretrain.images import ReconstructionImages
 from pretrain.module import PretrainModule
+from pretrain.preemption import Preemption
 from pretrain.schema import validate_pretrain
 
 
 def log_event(run_dir: Path, **event) -> None:
-    """One JSON line per start / resume / end in <run_dir>/events.jsonl: the run's history at a glance."""
+    """One JSON line per start / resume / preempted / end in <run_dir>/events.jsonl: the run's history at a glance."""
     with open(run_dir / "events.jsonl", "a") as f:
         f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **event}) + "\n")
 
 
 def build_module(cfg: DictConfig) -> PretrainModule:
     """Backbone from `model`, objective (completed with the backbone's spec) and device stage from `objective`."""
+    stage = instantiate(cfg.objective.stage)  # first: cheap, and its checks fail before a model is built
+    if cfg.data.region_size is not None:
+        stage.check_region(cfg.data.region_size)
     backbone = instantiate(cfg.model)
     objective = instantiate(cfg.objective.loss)(backbone.spec)
     if not getattr(objective, "trains_decoder", True) and hasattr(backbone, "freeze_decoder"):
         backbone.freeze_decoder()  # unused by the loss: frozen, so DDP needs no unused-parameter search
-    stage = instantiate(cfg.objective.stage)
-    if cfg.data.region_size is not None:
-        stage.check_region(cfg.data.region_size)
     return PretrainModule(
         backbone=backbone, objective=objective, stage=stage,
         optimizer=instantiate(cfg.optim.optimizer), warmup_steps=cfg.optim.warmup_steps,
         total_steps=cfg.trainer.max_steps, min_lr_factor=cfg.optim.min_lr_factor, seed=cfg.seed, fused=cfg.optim.fused,
+        max_nonfinite_steps=cfg.trainer.max_nonfinite_steps,
     )
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, config: dict) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Preemption | None = None) -> L.Trainer:
     t = cfg.trainer
     precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")
     # flushed at every logging step, so a killed run loses no metrics it had logged
@@ -58,14 +62,19 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict) -> L.Trainer:
         dirpath=str(run_dir / "checkpoints"), filename="step{step:06d}", auto_insert_metric_name=False,
         every_n_train_steps=t.checkpoint_every_n_steps, save_top_k=-1, save_last=True,
     )
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # voxfm's Preemption callback checkpoints and requeues, not Lightning's
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=precision, gradient_clip_val=t.gradient_clip_val,
         accumulate_grad_batches=t.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
         logger=loggers, callbacks=[checkpoints, LearningRateMonitor("step"), Throughput(),
                                    ConfigInCheckpoint(config, describe_shard_set(cfg.data.shards)),
-                                   ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb)],
-        plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress_bar, enable_model_summary=True,
+                                   ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb),
+                                   *([preemption] if preemption is not None else []),
+                                   FinalCheckpoint(run_dir / "checkpoints")],
+        plugins=plugins, enable_progress_bar=t.progress_bar, enable_model_summary=True,
         default_root_dir=str(run_dir), use_distributed_sampler=False,
     )
 
@@ -92,7 +101,8 @@ def run_pretrain(cfg: DictConfig) -> Path:
     region_size = cfg.data.region_size or module.stage.region_size_needed()
     stream = RegionStream(cfg.data.shards, region_size, cfg.data.regions_per_volume, cfg.data.foreground_prob,
                           cfg.data.shuffle_buffer, seed=cfg.seed + resume_step)
-    trainer = build_trainer(cfg, run_dir, config)
+    preemption = Preemption(run_dir / "checkpoints", on_event=partial(log_event, run_dir))  # picklable: ddp_spawn
+    trainer = build_trainer(cfg, run_dir, config, preemption)
     if trainer.is_global_zero:
         if resume:
             print(f"voxfm: resuming from {resume} at step {resume_step}", flush=True)
@@ -100,6 +110,8 @@ def run_pretrain(cfg: DictConfig) -> Path:
                   checkpoint=str(resume) if resume else None)
     trainer.fit(module, train_dataloaders=build_loader(stream, cfg.data),
                 ckpt_path=str(resume) if resume else None)
+    if preemption.result is not None:
+        raise preemption.result
     if trainer.is_global_zero:
         # read back from disk: under ddp_spawn this process's trainer never sees the workers' steps
         final, step = find_resume_checkpoint(run_dir / "checkpoints")

@@ -1,0 +1,76 @@
+"""Preemption: SIGTERM or SIGUSR1 → a checkpoint at the next step boundary, a clean exit, a SLURM requeue.
+
+Exit code `pretrain.errors.PREEMPTED_EXIT_CODE` (75, EX_TEMPFAIL: "try again") tells a launcher that the run stopped on
+purpose with its state on disk: the same command resumes from that step. The ranks agree on the stop
+through one boolean all-reduce per step, so all of them save the same step (collective for DeepSpeed too).
+Lightning's own handling is replaced: it raises at the next step without a checkpoint, and its SLURM
+auto-requeue (switched off in `build_trainer`) would write a second, differently named checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import lightning as L
+
+from pretrain.errors import Preempted
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def requeue_slurm_job() -> str | None:
+    """`scontrol requeue` this job (array task aware); returns what happened, None outside SLURM."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job is None:
+        return None
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if shutil.which("scontrol") is None:
+        return f"SLURM job {job}: scontrol not found, not requeued"
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if result.returncode == 0:
+        return f"SLURM job {job} requeued"
+    return f"requeue of {job} failed: {result.stderr.strip()}"
+
+
+class Preemption(L.Callback):
+    def __init__(self, checkpoint_dir: Path, on_event=None):
+        self.checkpoint_dir, self.on_event = Path(checkpoint_dir), on_event
+        self.received: int | None = None
+        self.result: Preempted | None = None
+        self._previous: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        self.received = signum
+
+    def on_train_start(self, trainer, pl_module):
+        # after Lightning registered its handlers, so these replace them for the training loop
+        if threading.current_thread() is threading.main_thread():
+            for signum in SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handler)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        if not stop:
+            return
+        step = trainer.global_step
+        path = self.checkpoint_dir / f"step{step:06d}.ckpt"
+        trainer.save_checkpoint(path, weights_only=False)
+        signum = self.received if self.received is not None else signal.SIGTERM
+        self.result = Preempted(step, signum, path)
+        trainer.should_stop = True
+        if trainer.is_global_zero:
+            requeue = requeue_slurm_job()
+            if self.on_event is not None:
+                self.on_event(event="preempted", step=step, signal=signal.Signals(signum).name,
+                              checkpoint=str(path), requeue=requeue)
+
+    def on_train_end(self, trainer, pl_module):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
