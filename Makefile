@@ -34,6 +34,9 @@ demo: install
 	@echo "  run         $(OUT)/run     (config.yaml, checkpoints/last.ckpt, metrics/, images/, events.jsonl)"
 	@echo "  export      $(OUT)/export  (backbone.safetensors, backbone.json)"
 
+# DeepSpeed JIT-builds its ops on first use (~1 min each): cached inside the environment, paid once per install
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
+
 test: install
 	WANDB_MODE=offline $(BIN)/python -m pytest -q tests
 

@@ -1,18 +1,74 @@
-"""Finding and safely reading checkpoints (plain tensors and containers only: no arbitrary unpickling)."""
+"""Finding and safely reading checkpoints (plain tensors and containers only: no arbitrary unpickling).
+
+A checkpoint is a file (single process, DDP) or a DeepSpeed folder `<name>.ckpt/` holding `checkpoint/*.pt`
+and, written last, `latest`: a folder without it is incomplete. DeepSpeed's own loaders ask for
+`weights_only=False`; `deepspeed_weights_only()` forces `weights_only=True` with only DeepSpeed's three
+plain data classes allowed, for resuming and for consolidation alike.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 PERIODIC = re.compile(r"step(\d+)\.ckpt")
+DEEPSPEED_MODEL_STATES = ("checkpoint/mp_rank_00_model_states.pt",
+                          "checkpoint/zero_pp_rank_0_mp_rank_00_model_states.pt")
+DEEPSPEED_SAFE_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum",
+                          "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                          "deepspeed.utils.tensor_fragment.fragment_address")
+
+
+def is_deepspeed_checkpoint(path: str | Path) -> bool:
+    return Path(path).is_dir()
 
 
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
-    """`mmap=True` maps the tensors instead of reading them: cheap when only metadata is needed."""
+    """`mmap=True` maps the tensors instead of reading them: cheap when only metadata is needed. For a DeepSpeed
+    folder: its client state (global step, voxfm config, ...) from the model-states file."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "latest").is_file():
+            raise ValueError(f"{path}: incomplete DeepSpeed checkpoint (no `latest` file)")
+        # ZeRO-1/2 write mp_rank_00_model_states.pt; ZeRO-3 one per rank, zero_pp_rank_0_... holding the client state
+        states = [path / f for f in DEEPSPEED_MODEL_STATES if (path / f).is_file()]
+        if not states:
+            raise ValueError(f"{path}: no model-states file in this DeepSpeed checkpoint")
+        path = states[0]
     return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+
+
+@contextmanager
+def deepspeed_weights_only():
+    classes = [getattr(importlib.import_module(m), n) for m, n in (g.rsplit(".", 1) for g in DEEPSPEED_SAFE_GLOBALS)]
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(classes):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
+def consolidate_deepspeed(path: str | Path) -> dict:
+    """A DeepSpeed ZeRO-1/2/3 folder → its client state with `state_dict` = the fp32 weights of every rank."""
+    if torch.cuda.is_available() is False:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    with deepspeed_weights_only():
+        state = get_fp32_state_dict_from_zero_checkpoint(str(path))
+    checkpoint["state_dict"] = {k.removeprefix("_forward_module."): v for k, v in state.items()}
+    return checkpoint
 
 
 def _readable_step(path: Path) -> int | None:

@@ -13,17 +13,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from pretrain.checkpoints import load_checkpoint
+from pretrain.checkpoints import consolidate_deepspeed, find_resume_checkpoint, is_deepspeed_checkpoint, load_checkpoint
 
 BACKBONE_PREFIX = "backbone."
 
 
 def resolve_checkpoint(checkpoint: str) -> Path:
+    """A .ckpt file, a DeepSpeed checkpoint folder, or a run_dir (its newest readable checkpoint)."""
     path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise ValueError(f"checkpoint={checkpoint}: no checkpoint there (expected a .ckpt file or a run_dir)")
+    if (path / "checkpoints").is_dir():
+        path, _ = find_resume_checkpoint(path / "checkpoints")
+    if path is None or not (path.is_file() or (path / "latest").is_file()):
+        raise ValueError(f"checkpoint={checkpoint}: no checkpoint there (expected a .ckpt file or folder, or a "
+                         "run_dir)")
     return path
 
 
@@ -46,7 +48,8 @@ def inflate_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 def run_export(checkpoint: str, output: str, in_channels: int | None = None) -> Path:
     ckpt_path = resolve_checkpoint(checkpoint)
-    ckpt = load_checkpoint(ckpt_path)
+    # a DeepSpeed folder is consolidated from every rank's shard into the same fp32 weights a DDP run has
+    ckpt = consolidate_deepspeed(ckpt_path) if is_deepspeed_checkpoint(ckpt_path) else load_checkpoint(ckpt_path)
     config = ckpt.get("voxfm_config")
     if config is None:
         raise ValueError(f"checkpoint={ckpt_path} was not written by voxfm pretrain (no voxfm_config)")

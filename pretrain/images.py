@@ -59,8 +59,9 @@ class ReconstructionImages(L.Callback):
         self.wandb = wandb_logger
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        """Every rank reconstructs (under ZeRO-3 a forward pass gathers parameters from all of them); rank 0 writes."""
         step = trainer.global_step
-        if not self.every_n_steps or step % self.every_n_steps or not trainer.is_global_zero:
+        if not self.every_n_steps or step % self.every_n_steps:
             return
         reconstruct = getattr(pl_module.objective, "reconstruct", None)
         if reconstruct is None:
@@ -71,6 +72,8 @@ class ReconstructionImages(L.Callback):
             volumes = reconstruct(batch, pl_module.backbone)
         finally:
             pl_module.train(was_training)
+        if not trainer.is_global_zero:
+            return
         picture = reconstruction_grid(volumes, pick_samples(batch["modality"], self.n_samples))
         self.folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(picture).save(self.folder / f"step{step:06d}.png")

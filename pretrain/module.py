@@ -57,6 +57,9 @@ class PretrainModule(L.LightningModule):
         if not self.trainer.strategy.reduce_boolean_decision(not finite, all=False):
             self._skipped_in_a_row = 0
             return
+        if type(self.trainer.strategy).__name__.endswith("DeepSpeedStrategy"):  # its optimiser keeps its own grads
+            raise FloatingPointError(f"non-finite loss at step {self.global_step}: DeepSpeed cannot skip a step "
+                                     "here; rerun to resume from the newest checkpoint")
         self.skipped_steps += 1
         self._skipped_in_a_row += 1
         optimizer.zero_grad(set_to_none=True)

@@ -43,7 +43,6 @@ class TrainerSchema:
     accelerator: Literal["auto", "cpu", "gpu", "cuda"]
     devices: int | str | list[int]
     num_nodes: int = field(**_range(ge=1))
-    strategy: str
     precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "32", "bf16", None]
     gradient_clip_val: float = field(**_range(ge=0.0))
     accumulate_grad_batches: int = field(**_range(ge=1))
@@ -52,6 +51,13 @@ class TrainerSchema:
     progress_bar: bool
     images_every_n_steps: int = field(**_range(ge=0))
     max_nonfinite_steps: int = field(**_range(ge=1))
+
+
+@dataclass
+class StrategySchema:
+    name: Literal["auto", "ddp", "ddp_spawn", "deepspeed"]
+    stage: int = field(**_range(ge=1, le=3))
+    offload_optimizer: bool
 
 
 @dataclass
@@ -88,6 +94,7 @@ class PretrainSchema:
     objective: ObjectiveSchema
     optim: OptimSchema
     trainer: TrainerSchema
+    strategy: StrategySchema
     logger: LoggerSchema
     run_dir: str
     seed: int

@@ -12,7 +12,6 @@ VIT, RESENC = "models.vit.ViT", "models.resenc.ResEncUNet"
 MAE_CONTRASTIVE = "pretrain.objectives.mae_contrastive.MAEContrastiveObjective"
 MAE_LIKE = ("pretrain.objectives.mae.MAEObjective", MAE_CONTRASTIVE)
 TWO_VIEWS = ("pretrain.objectives.simclr.SimCLRObjective", MAE_CONTRASTIVE)
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "ddp_notebook")
 
 
 def _triple(v) -> list[int]:
@@ -73,19 +72,24 @@ def _objective_errors(cfg: dict) -> list[str]:
     return errors
 
 
-def _device_errors(trainer: dict, model: dict, gpus: int) -> list[str]:
+def _device_errors(trainer: dict, strategy: dict, model: dict, gpus: int) -> list[str]:
     errors = []
-    accelerator, devices, strategy = trainer["accelerator"], trainer["devices"], trainer["strategy"]
+    accelerator, devices, name = trainer["accelerator"], trainer["devices"], strategy["name"]
     if accelerator in ("gpu", "cuda") and gpus == 0:
         errors.append(f"trainer.accelerator={accelerator}: no GPU is visible to this process")
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)
     available = gpus if on_gpu else (os.cpu_count() or 1)
     if isinstance(devices, int) and devices > available:
         errors.append(f"trainer.devices={devices}: only {available} {'GPU' if on_gpu else 'CPU core'}(s) available")
-    if strategy not in STRATEGIES:
-        errors.append(f"trainer.strategy={strategy!r}; allowed: {', '.join(STRATEGIES)}")
-    if strategy == "ddp_spawn" and model["_target_"] == RESENC:
-        errors.append("trainer.strategy=ddp_spawn: nnU-Net's ResEnc blocks cannot be pickled; use ddp")
+    if name == "ddp_spawn" and model["_target_"] == RESENC:
+        errors.append("strategy=ddp_spawn: nnU-Net's ResEnc blocks cannot be pickled; use strategy=ddp")
+    if name == "deepspeed" and strategy.get("offload_optimizer") and strategy.get("stage", 2) < 2:
+        errors.append(f"strategy.offload_optimizer=true: needs ZeRO stage 2 or 3, got stage {strategy['stage']}")
+    if name != "deepspeed" and set(strategy) - {"name"}:
+        errors.append(f"strategy={name}: {sorted(set(strategy) - {'name'})} apply to DeepSpeed only")
+    if name == "deepspeed" and trainer["precision"] == "16-mixed":
+        errors.append("trainer.precision=16-mixed with DeepSpeed: use bf16-mixed (voxfm does not configure fp16 "
+                      "loss scaling)")
     return errors
 
 
@@ -101,4 +105,5 @@ def _shard_errors(shards: str) -> list[str]:
 
 def combination_errors(cfg: dict, gpus: int) -> list[str]:
     return (_model_errors(cfg["model"], _triple(cfg["data"]["crop_size"])) + _objective_errors(cfg)
-            + _device_errors(cfg["trainer"], cfg["model"], gpus) + _shard_errors(cfg["data"]["shards"]))
+            + _device_errors(cfg["trainer"], cfg["strategy"], cfg["model"], gpus)
+            + _shard_errors(cfg["data"]["shards"]))

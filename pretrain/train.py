@@ -24,6 +24,7 @@ from pretrain.images import ReconstructionImages
 from pretrain.module import PretrainModule
 from pretrain.preemption import Preemption
 from pretrain.schema import validate_pretrain
+from pretrain.strategy import build_strategy
 
 
 def log_event(run_dir: Path, **event) -> None:
@@ -65,8 +66,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # voxfm's Preemption callback checkpoints and requeues, not Lightning's
         plugins.append(SLURMEnvironment(auto_requeue=False))
+    on_gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
     return L.Trainer(
-        max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=build_strategy(OmegaConf.to_container(cfg.strategy), on_gpu),
         precision=precision, gradient_clip_val=t.gradient_clip_val,
         accumulate_grad_batches=t.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
         logger=loggers, callbacks=[checkpoints, LearningRateMonitor("step"), Throughput(),

@@ -47,7 +47,7 @@ def test_experiment_composes_and_instantiates(experiment):
         assert not any(p.requires_grad for p in module.backbone.decoder.stages.parameters())
 
 
-@pytest.mark.parametrize("group", ["model", "logger", "objective", "optim", "trainer", "data"])
+@pytest.mark.parametrize("group", ["model", "logger", "objective", "optim", "trainer", "strategy", "data"])
 def test_every_group_option_composes(group):
     for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
         cfg = load_config("pretrain", [f"{group}={option}", "data.shards=/x", "run_dir=/y"])

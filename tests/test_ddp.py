@@ -18,7 +18,7 @@ def test_two_rank_ddp_run_reaches_max_steps(tmp_path, shard_dir, experiment, str
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "pretrain", "pretrain", f"experiment={experiment}", f"data.shards={shard_dir}",
            f"run_dir={run_dir}", "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3",
-           "trainer.accelerator=cpu", "trainer.devices=2", f"trainer.strategy={strategy}",
+           "trainer.accelerator=cpu", "trainer.devices=2", f"strategy={strategy}",
            "data.num_workers=0", "trainer.progress_bar=false", "trainer.log_every_n_steps=2"]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

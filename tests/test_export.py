@@ -80,7 +80,7 @@ def test_channel_inflation_gives_the_same_features_on_a_repeated_input(run_dir, 
 
 
 def test_export_of_a_missing_checkpoint_says_what_was_expected(tmp_path):
-    with pytest.raises(ValueError, match="expected a .ckpt file or a run_dir"):
+    with pytest.raises(ValueError, match="expected a .ckpt file or folder, or a run_dir"):
         run_export(str(tmp_path), str(tmp_path / "out"))
 
 

@@ -1,0 +1,68 @@
+"""DeepSpeed ZeRO-2/3 on CPU, 2 processes: train, checkpoint folders, SIGKILL, resume to max_steps, export.
+
+The export (voxfm's weights-only consolidation) equals Lightning's own consolidation of the last checkpoint
+and loads strictly into MONAI's ViT.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from monai.networks.nets import ViT as MonaiViT
+from safetensors.torch import load_file
+
+from pretrain.checkpoints import find_resume_checkpoint, load_checkpoint
+from tests.conftest import REPO
+
+ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu",
+       "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".venv" / "torch_extensions"))}
+
+
+def _cmd(stage, shards, run_dir):
+    return [sys.executable, "-m", "pretrain", "pretrain", "experiment=demo", f"strategy=deepspeed_zero{stage}",
+            f"data.shards={shards}", f"run_dir={run_dir}", "trainer.accelerator=cpu", "trainer.devices=2",
+            "trainer.max_steps=8", "trainer.checkpoint_every_n_steps=2", "trainer.progress_bar=false",
+            "trainer.images_every_n_steps=4", "data.num_workers=0", "model.num_layers=4"]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_trains_resumes_after_a_kill_and_exports(tmp_path, shard_dir, stage):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(stage, shard_dir, run_dir), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 600
+    while find_resume_checkpoint(run_dir / "checkpoints")[1] < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # both ranks
+    proc.wait()
+    killed_at = find_resume_checkpoint(run_dir / "checkpoints")[1]
+    assert 2 <= killed_at < 8, proc.stderr.read()[-3000:]
+    assert (run_dir / "checkpoints" / f"step{killed_at:06d}.ckpt" / "latest").is_file()  # a folder per checkpoint
+
+    second = subprocess.run(_cmd(stage, shard_dir, run_dir), cwd=REPO, env=ENV, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"at step {killed_at}" in second.stdout
+    assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 8
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events][-2:] == ["resume", "end"] and events[-1]["step"] == 8
+
+    export = subprocess.run([sys.executable, "-m", "pretrain", "export", f"checkpoint={run_dir}",
+                             f"output={tmp_path / 'export'}"], cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert export.returncode == 0, export.stderr[-3000:]
+    meta = json.loads((tmp_path / "export" / "backbone.json").read_text())
+    weights = load_file(str(tmp_path / "export" / "backbone.safetensors"))
+    assert meta["step"] == 8
+    MonaiViT(**meta["monai_kwargs"]).load_state_dict(weights, strict=True)
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    lightning = convert_zero_checkpoint_to_fp32_state_dict(run_dir / "checkpoints" / "last.ckpt", tmp_path / "fp32.pt")
+    reference = {k[len("backbone."):]: v for k, v in lightning["state_dict"].items() if k.startswith("backbone.")}
+    assert reference and all(torch.equal(weights[k], v.float()) for k, v in reference.items())
