@@ -30,6 +30,7 @@ class PretrainModule(L.LightningModule):
                  max_nonfinite_steps: int = 10):
         super().__init__()
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.lr_scale = 1.0
         self.skipped_steps, self._skipped_in_a_row, self._loss_finite = 0, 0, None
         self.fused = torch.cuda.is_available() if fused is None else fused
         self.backbone, self.objective, self.stage, self.optimizer_factory = backbone, objective, stage, optimizer
@@ -85,7 +86,10 @@ class PretrainModule(L.LightningModule):
         no_decay = [p for n, p in named if p.ndim < 2 or "mask_token" in n]
         decay = [p for n, p in named if not (p.ndim < 2 or "mask_token" in n)]
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = self.optimizer_factory(groups, **({"fused": True} if self._use_fused() else {}))
+        extra = {"fused": True} if self._use_fused() else {}
+        if self.lr_scale != 1.0:  # optim.lr_scaling, set by run_pretrain once the world size is known
+            extra["lr"] = self.optimizer_factory.keywords["lr"] * self.lr_scale
+        optimizer = self.optimizer_factory(groups, **extra)
         schedule = partial(warmup_cosine, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
                            min_factor=self.min_lr_factor)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -66,6 +66,8 @@ class OptimSchema:
     warmup_steps: int = field(**_range(ge=0))
     min_lr_factor: float = field(**_range(ge=0.0, le=1.0))
     fused: bool | None
+    lr_scaling: Literal["none", "linear", "sqrt"]
+    reference_batch: int = field(**_range(ge=1))
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -23,6 +24,7 @@ from pretrain.checkpoints import find_resume_checkpoint
 from pretrain.images import ReconstructionImages
 from pretrain.module import PretrainModule
 from pretrain.preemption import Preemption
+from pretrain.schedule import lr_scale
 from pretrain.schema import validate_pretrain
 from pretrain.strategy import build_strategy
 
@@ -82,6 +84,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
     )
 
 
+def launcher_rank() -> int:
+    """This process's global rank as torchrun or SLURM announce it (0 for a single process or Lightning's launcher)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
+
+
 def build_loader(stream: RegionStream, data: DictConfig):
     if data.loader == "thread":
         return ThreadLoader(stream, data.batch_size, data.num_workers)
@@ -96,7 +103,8 @@ def run_pretrain(cfg: DictConfig) -> Path:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if launcher_rank() == 0:  # torchrun / SLURM start every rank here; one writes
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     resume, resume_step = find_resume_checkpoint(run_dir / "checkpoints")
     L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
     module = build_module(cfg)
@@ -106,11 +114,17 @@ def run_pretrain(cfg: DictConfig) -> Path:
                           cfg.data.shuffle_buffer, seed=cfg.seed + resume_step)
     preemption = Preemption(run_dir / "checkpoints", on_event=partial(log_event, run_dir))  # picklable: ddp_spawn
     trainer = build_trainer(cfg, run_dir, config, preemption)
+    global_batch = cfg.data.batch_size * trainer.world_size * cfg.trainer.accumulate_grad_batches
+    module.lr_scale = lr_scale(cfg.optim.lr_scaling, global_batch, cfg.optim.reference_batch)
+    lr = float(cfg.optim.optimizer.lr) * module.lr_scale
     if trainer.is_global_zero:
         if resume:
             print(f"voxfm: resuming from {resume} at step {resume_step}", flush=True)
+        print(f"voxfm: {trainer.world_size} rank(s), global batch {global_batch} regions, peak lr {lr:.3g} "
+              f"(optim.lr_scaling={cfg.optim.lr_scaling})", flush=True)
         log_event(run_dir, event="resume" if resume else "start", step=resume_step,
-                  checkpoint=str(resume) if resume else None)
+                  checkpoint=str(resume) if resume else None, world_size=trainer.world_size,
+                  global_batch=global_batch, lr=lr)
     trainer.fit(module, train_dataloaders=build_loader(stream, cfg.data),
                 ckpt_path=str(resume) if resume else None)
     if preemption.result is not None:
