@@ -33,15 +33,17 @@ def _cmd(stage, shards, run_dir):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_trains_resumes_after_a_kill_and_exports(tmp_path, shard_dir, stage):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(stage, shard_dir, run_dir), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = open(tmp_path / "first.log", "w")  # a file, not a pipe nobody reads: a full pipe would stall a rank
+    proc = subprocess.Popen(_cmd(stage, shard_dir, run_dir), cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     deadline = time.time() + 600
     while find_resume_checkpoint(run_dir / "checkpoints")[1] < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # both ranks
     proc.wait()
+    log.close()
     killed_at = find_resume_checkpoint(run_dir / "checkpoints")[1]
-    assert 2 <= killed_at < 8, proc.stderr.read()[-3000:]
+    assert 2 <= killed_at < 8, (tmp_path / "first.log").read_text()[-3000:]
     assert (run_dir / "checkpoints" / f"step{killed_at:06d}.ckpt" / "latest").is_file()  # a folder per checkpoint
 
     second = subprocess.run(_cmd(stage, shard_dir, run_dir), cwd=REPO, env=ENV, capture_output=True, text=True,

@@ -32,14 +32,17 @@ def _cmd(shard_dir, run_dir, max_steps):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_signal_checkpoints_exits_75_and_the_rerun_continues(tmp_path, shard_dir, signum):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(shard_dir, run_dir, 100000), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    log = open(tmp_path / "run.log", "w")  # a file: a pipe nobody reads while polling could fill and stall the run
+    proc = subprocess.Popen(_cmd(shard_dir, run_dir, 100000), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=log)
     first = run_dir / "checkpoints" / "step000005.ckpt"
     deadline = time.time() + 300
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signum)
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    log.close()
+    err = (tmp_path / "run.log").read_text()
     assert proc.returncode == 75, err[-2000:]
     event = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
     assert event["event"] == "preempted" and event["signal"] == signal.Signals(signum).name

@@ -30,6 +30,8 @@ def _free_port() -> int:
 def _two_nodes(shard_dir, run_dir, max_steps):
     port = _free_port()
     procs = []
+    paths = [run_dir.parent / f"node{node}-{max_steps}.log" for node in (0, 1)]
+    logs = [open(path, "w") for path in paths]
     for node in (0, 1):
         env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "PYTHON": sys.executable,
                "NNODES": "2", "NODE_RANK": str(node), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
@@ -38,8 +40,11 @@ def _two_nodes(shard_dir, run_dir, max_steps):
             ["bash", str(REPO / "scripts" / "torchrun.sh"), "experiment=demo", f"data.shards={shard_dir}",
              f"run_dir={run_dir}", "trainer.accelerator=cpu", f"trainer.max_steps={max_steps}",
              "trainer.checkpoint_every_n_steps=2", "trainer.log_every_n_steps=1", "trainer.progress_bar=false",
-             "data.num_workers=0"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
+             "data.num_workers=0"], cwd=REPO, env=env, stdout=logs[node], stderr=subprocess.STDOUT))
+    for p, log in zip(procs, logs):  # output goes to files: a full pipe would block one node inside a collective
+        p.wait(timeout=600)
+        log.close()
+    outputs = [log.read_text() for log in paths]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
     return outputs
 
