@@ -51,6 +51,9 @@ class TrainerSchema:
     progress_bar: bool
     images_every_n_steps: int = field(**_range(ge=0))
     max_nonfinite_steps: int = field(**_range(ge=1))
+    compile: bool
+    activation_checkpointing: bool
+    peak_tflops: float | None = field(**_range(gt=0.0))
 
 
 @dataclass

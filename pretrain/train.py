@@ -21,8 +21,10 @@ from data.shards import describe_shard_set
 from data.stream import RegionStream, region_loader
 from pretrain.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, FinalCheckpoint, Throughput
 from pretrain.checkpoints import find_resume_checkpoint
+from pretrain.efficiency import Efficiency
 from pretrain.images import ReconstructionImages
 from pretrain.module import PretrainModule
+from pretrain.parallelize import parallelize
 from pretrain.preemption import Preemption
 from pretrain.schedule import lr_scale
 from pretrain.schema import validate_pretrain
@@ -44,6 +46,7 @@ def build_module(cfg: DictConfig) -> PretrainModule:
     objective = instantiate(cfg.objective.loss)(backbone.spec)
     if not getattr(objective, "trains_decoder", True) and hasattr(backbone, "freeze_decoder"):
         backbone.freeze_decoder()  # unused by the loss: frozen, so DDP needs no unused-parameter search
+    parallelize(backbone, cfg.trainer.activation_checkpointing, cfg.trainer.compile)
     return PretrainModule(
         backbone=backbone, objective=objective, stage=stage,
         optimizer=instantiate(cfg.optim.optimizer), warmup_steps=cfg.optim.warmup_steps,
@@ -78,7 +81,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
                                    ConfigInCheckpoint(config, describe_shard_set(cfg.data.shards)),
                                    ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb),
                                    *([preemption] if preemption is not None else []),
-                                   FinalCheckpoint(run_dir / "checkpoints")],
+                                   FinalCheckpoint(run_dir / "checkpoints"), Efficiency(t.peak_tflops)],
         plugins=plugins, enable_progress_bar=t.progress_bar, enable_model_summary=True,
         default_root_dir=str(run_dir), use_distributed_sampler=False,
     )

@@ -91,6 +91,7 @@ def test_a_nan_step_is_skipped_without_updating_weights_and_counted(tmp_path, sh
     header = rows[0].split(",")
     skipped = [r.split(",")[header.index("train/skipped_steps")] for r in rows[1:]]
     assert "1.0" in skipped
+    assert {"train/mfu", "train/data_wait"} <= set(header)  # efficiency is logged with every step
     assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["voxfm_skipped_steps"] == 1
 
 
