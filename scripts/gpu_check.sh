@@ -40,6 +40,14 @@ for spec in "${BENCH[@]}" "${LARGE[@]}"; do
   echo "$exp ${extra[*]}" > "$OUT/bench/$i-$exp.args"
   tail -n 5 "$OUT/bench/$i-$exp.txt"
 done
+# DeepSpeed ZeRO-2/3 (bf16 on the GPU) and torch.compile: a short run each, samples/s from their metrics
+for variant in "strategy=deepspeed_zero2" "strategy=deepspeed_zero3" "trainer.compile=true"; do
+  name=$(echo "$variant" | tr -c 'a-z0-9_\n' '_')
+  "$PY" -m pretrain pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_$name" $variant \
+    trainer.max_steps=$STEPS trainer.log_every_n_steps=10 trainer.checkpoint_every_n_steps=$STEPS \
+    trainer.progress_bar=false > "$OUT/variant_$name.txt" 2>&1 && echo "$variant: ok" || echo "$variant: FAILED"
+  cp "$WORK/run_$name/metrics/version_0/metrics.csv" "$OUT/metrics_$name.csv" 2>/dev/null || true
+done
 run() { "$PY" -m pretrain pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run" \
           trainer.log_every_n_steps=10 trainer.checkpoint_every_n_steps=100 trainer.progress_bar=false "$@"; }
 start=$(date +%s); run trainer.max_steps=$STEPS 2>&1 | tail -n 20 > "$OUT/pretrain.txt"; train_s=$(( $(date +%s) - start ))
@@ -78,6 +86,13 @@ for path in sorted(glob.glob(f"{out}/bench/*.txt"), key=lambda p: int(p.split("/
         table[f"bench {args}"] = (f"{v['samples_per_s']} samples/s, MFU {v['mfu']:.1%}, {v['peak_gib']} GiB | "
                                   f"MONAI {monai} | x{result['ratio_samples_per_s']} samples/s, "
                                   f"x{result['ratio_tflop_per_s']} TFLOP/s")
+for path in sorted(glob.glob(f"{out}/metrics_*.csv")):
+    rows = [r for r in csv.DictReader(open(path)) if r.get("train/samples_per_s")]
+    half = [float(r["train/samples_per_s"]) for r in rows[len(rows) // 2:]]
+    mfu = [float(r["train/mfu"]) for r in rows[len(rows) // 2:] if r.get("train/mfu")]
+    name = path.split("metrics_")[-1][:-4]
+    table[f"run {name}"] = (f"{sorted(half)[len(half) // 2]:.1f} samples/s, MFU {sorted(mfu)[len(mfu) // 2]:.1%}"
+                            if half and mfu else "no metrics (see variant_*.txt)")
 json.dump({"table": table, "benches": benches}, open(f"{out}/gpu_check.json", "w"), indent=1)
 print("\n".join(f"{k:<40}{v}" for k, v in table.items()))
 PY

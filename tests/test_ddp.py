@@ -32,3 +32,21 @@ def test_two_rank_ddp_run_reaches_max_steps(tmp_path, shard_dir, experiment, str
     header = rows[0].split(",")
     steps = {int(r.split(",")[header.index("step")]) for r in rows[1:]}
     assert steps == {1, 3, 5}  # rank 0 logs every 2nd step, once
+
+
+
+def test_a_two_rank_ddp_checkpoint_resumes_on_one_process(tmp_path, shard_dir):
+    """World size 2 → 1: a DDP checkpoint holds the whole model and optimiser, so any world size resumes it."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    base = [sys.executable, "-m", "pretrain", "pretrain", "experiment=demo", f"data.shards={shard_dir}",
+            f"run_dir={run_dir}", "trainer.checkpoint_every_n_steps=2", "data.num_workers=0",
+            "trainer.progress_bar=false", "trainer.accelerator=cpu"]
+    two = subprocess.run([*base, "trainer.max_steps=4", "trainer.devices=2", "strategy=ddp_spawn"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([*base, "trainer.max_steps=6", "trainer.devices=1"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "at step 4" in one.stdout and "1 rank(s)" in one.stdout
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 6
