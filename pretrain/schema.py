@@ -61,6 +61,7 @@ class StrategySchema:
     name: Literal["auto", "ddp", "ddp_spawn", "deepspeed"]
     stage: int = field(**_range(ge=1, le=3))
     offload_optimizer: bool
+    universal_checkpoint: bool
 
 
 @dataclass

@@ -53,8 +53,9 @@ class CPUDeepSpeedStrategy(VoxfmDeepSpeedStrategy):
         DDPStrategy.setup_environment(self)
 
 
-def build_strategy(strategy: dict, on_gpu: bool):
-    """strategy: the `strategy` config group → what `L.Trainer(strategy=...)` takes."""
+def build_strategy(strategy: dict, on_gpu: bool, load_universal: bool = False):
+    """strategy: the `strategy` config group → what `L.Trainer(strategy=...)` takes. `load_universal`: the resume
+    checkpoint is a universal one (any world size)."""
     name = strategy["name"]
     if name != "deepspeed":
         return name
@@ -62,4 +63,38 @@ def build_strategy(strategy: dict, on_gpu: bool):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed is imported, here and in every rank
     kwargs = {"stage": strategy["stage"], "offload_optimizer": strategy["offload_optimizer"],
               "logging_batch_size_per_gpu": 1}
-    return VoxfmDeepSpeedStrategy(**kwargs) if on_gpu else CPUDeepSpeedStrategy(**kwargs)
+    built = VoxfmDeepSpeedStrategy(**kwargs) if on_gpu else CPUDeepSpeedStrategy(**kwargs)
+    if load_universal:
+        built.config["checkpoint"] = {"load_universal": True}
+    return built
+
+
+def universal_checkpoint(path: Path, convert: bool, timeout_s: float = 3600) -> Path:
+    """DeepSpeed folder → `<folder>.universal`, DeepSpeed's world-size-independent format, converted once
+    (`ds_to_universal --inject_missing_state`, weights-only reads). `convert=False` ranks wait for the one that
+    converts. Resume from it with `load_universal` (see `build_strategy`)."""
+    import argparse
+    import time
+
+    out = path.with_name(path.name + ".universal")
+    if (out / "latest").is_file():
+        return out
+    if not convert:
+        deadline = time.time() + timeout_s
+        while not (out / "latest").is_file():
+            if time.time() > deadline:
+                raise TimeoutError(f"waited {timeout_s:.0f} s for rank 0 to write {out}")
+            time.sleep(1)
+        return out
+    import deepspeed.checkpoint.ds_to_universal as ds_to_universal
+
+    tmp = path.with_name(path.name + ".universal.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    args = argparse.Namespace(input_folder=str(path / "checkpoint"), output_folder=str(tmp / "checkpoint"),
+                              num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
+                              inject_missing_state=True)
+    with deepspeed_weights_only():
+        ds_to_universal.main(args)
+    (tmp / "latest").write_text("checkpoint")
+    os.replace(tmp, out)
+    return out

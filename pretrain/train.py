@@ -20,7 +20,7 @@ from data.loader import ThreadLoader
 from data.shards import describe_shard_set
 from data.stream import RegionStream, region_loader
 from pretrain.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, FinalCheckpoint, Throughput
-from pretrain.checkpoints import find_resume_checkpoint
+from pretrain.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint
 from pretrain.efficiency import Efficiency
 from pretrain.images import ReconstructionImages
 from pretrain.module import PretrainModule
@@ -28,7 +28,7 @@ from pretrain.parallelize import parallelize
 from pretrain.preemption import Preemption
 from pretrain.schedule import lr_scale
 from pretrain.schema import validate_pretrain
-from pretrain.strategy import build_strategy
+from pretrain.strategy import build_strategy, universal_checkpoint
 
 
 def log_event(run_dir: Path, **event) -> None:
@@ -55,7 +55,8 @@ def build_module(cfg: DictConfig) -> PretrainModule:
     )
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Preemption | None = None) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Preemption | None = None,
+                  load_universal: bool = False) -> L.Trainer:
     t = cfg.trainer
     precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")
     # flushed at every logging step, so a killed run loses no metrics it had logged
@@ -74,7 +75,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
     on_gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
     return L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=build_strategy(OmegaConf.to_container(cfg.strategy), on_gpu),
+        strategy=build_strategy(OmegaConf.to_container(cfg.strategy), on_gpu, load_universal),
         precision=precision, gradient_clip_val=t.gradient_clip_val,
         accumulate_grad_batches=t.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
         logger=loggers, callbacks=[checkpoints, LearningRateMonitor("step"), Throughput(),
@@ -115,8 +116,11 @@ def run_pretrain(cfg: DictConfig) -> Path:
     region_size = cfg.data.region_size or module.stage.region_size_needed()
     stream = RegionStream(cfg.data.shards, region_size, cfg.data.regions_per_volume, cfg.data.foreground_prob,
                           cfg.data.shuffle_buffer, seed=cfg.seed + resume_step)
+    universal = bool(resume and is_deepspeed_checkpoint(resume) and cfg.strategy.get("universal_checkpoint"))
+    if universal:  # another world size can resume a DeepSpeed run through DeepSpeed's universal format
+        resume = universal_checkpoint(resume, convert=launcher_rank() == 0)
     preemption = Preemption(run_dir / "checkpoints", on_event=partial(log_event, run_dir))  # picklable: ddp_spawn
-    trainer = build_trainer(cfg, run_dir, config, preemption)
+    trainer = build_trainer(cfg, run_dir, config, preemption, load_universal=universal)
     global_batch = cfg.data.batch_size * trainer.world_size * cfg.trainer.accumulate_grad_batches
     module.lr_scale = lr_scale(cfg.optim.lr_scaling, global_batch, cfg.optim.reference_batch)
     lr = float(cfg.optim.optimizer.lr) * module.lr_scale

@@ -68,3 +68,19 @@ def test_zero_trains_resumes_after_a_kill_and_exports(tmp_path, shard_dir, stage
     lightning = convert_zero_checkpoint_to_fp32_state_dict(run_dir / "checkpoints" / "last.ckpt", tmp_path / "fp32.pt")
     reference = {k[len("backbone."):]: v for k, v in lightning["state_dict"].items() if k.startswith("backbone.")}
     assert reference and all(torch.equal(weights[k], v.float()) for k, v in reference.items())
+
+    # world size 2 -> 1 through DeepSpeed's universal checkpoint: one process resumes the 2-rank step-8 folder
+    (run_dir / "checkpoints" / "last.ckpt").rename(run_dir / "checkpoints" / "last-2ranks.ckpt")
+    # one more step on one process: its weights continue from step 8 (one step away), not from a fresh start
+    one = subprocess.run([*_cmd(stage, shard_dir, run_dir), "trainer.devices=1", "strategy.universal_checkpoint=true",
+                          "trainer.max_steps=9"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "step000008.ckpt.universal at step 8" in one.stdout and "1 rank(s)" in one.stdout
+    from pretrain.checkpoints import consolidate_deepspeed
+
+    def distance(a, b):
+        return sum((a[k].float() - b[k].float()).pow(2).sum() for k in b if k.startswith("backbone.")).sqrt()
+
+    nine, eight, six = (consolidate_deepspeed(run_dir / "checkpoints" / f"step00000{s}.ckpt")["state_dict"]
+                        for s in (9, 8, 6))
+    assert distance(nine, eight) < 0.5 * distance(nine, six)
