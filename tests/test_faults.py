@@ -123,3 +123,29 @@ def test_a_full_disk_keeps_the_earlier_checkpoint_and_says_so(tmp_path, shard_di
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
     assert find_resume_checkpoint(run_dir / "checkpoints")[1] == 2
     assert load_checkpoint(run_dir / "checkpoints" / "step000002.ckpt", mmap=True)["global_step"] == 2
+
+
+def test_under_slurm_sigusr1_checkpoints_and_requeues_the_job(tmp_path, shard_dir):
+    """SLURM simulated: its environment (one task) and a stand-in `scontrol` that records what it is asked."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol.calls"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "voxfm", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
+             "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    run_dir = tmp_path / "run"
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen(_cmd(shard_dir, run_dir, 100000), cwd=REPO, env={**ENV, **slurm},
+                            stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / "step000005.ckpt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    proc.wait(timeout=120)
+    log.close()
+    assert proc.returncode == 75, (tmp_path / "run.log").read_text()[-2000:]
+    assert calls.read_text().split() == ["requeue", "4242"]  # once, by voxfm (Lightning's auto-requeue is off)
+    event = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
+    assert event["event"] == "preempted" and event["requeue"] == "SLURM job 4242 requeued"
+    assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))  # no second, Lightning-named checkpoint
