@@ -69,15 +69,27 @@ def read_manifest(path: Path) -> list[InputVolume]:
     return volumes
 
 
-def discover(input_: str) -> list[InputVolume]:
-    """A folder (searched recursively for .nii/.nii.gz) or a .csv manifest → the volumes to shard."""
+def discover(input_: str) -> tuple[list[InputVolume], list[str]]:
+    """A folder (searched recursively for .nii/.nii.gz) or a .csv manifest → (the volumes to shard, the files
+    of the folder that are not an image type voxfm reads: reported as ignored, never silently dropped)."""
     path = Path(input_)
     if path.is_file() and path.suffix == ".csv":
-        return read_manifest(path)
+        return read_manifest(path), []
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and is_nifti(p))
-        return [InputVolume(path=str(p.resolve()), dataset=p.parent.name, subject=_stem(str(p))) for p in files]
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        volumes = [InputVolume(path=str(p.resolve()), dataset=p.parent.name, subject=_stem(str(p)))
+                   for p in files if is_nifti(p)]
+        return volumes, [str(p.resolve()) for p in files if not is_nifti(p)]
     raise ValueError(f"input={input_}: expected a folder of NIfTI files or a manifest .csv")
+
+
+def reason_counts(rejected: list[dict]) -> dict[str, int]:
+    """Rejections per kind: the reason up to its first colon ("unreadable", "implausible spacing", ...)."""
+    counts: dict[str, int] = {}
+    for r in rejected:
+        kind = r["reason"].split(":")[0].split(" (")[0].strip()
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def file_hash(path: str) -> str:
@@ -95,9 +107,9 @@ def sample_key(vol: InputVolume, digest: str) -> str:
 
 
 def shard_one(vol: InputVolume, opts: PreprocessOptions, codec: str) -> tuple[dict[str, bytes], dict]:
-    image = load_volume(vol.path, opts.max_voxels)
+    image = load_volume(vol.path, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy)
     try:
-        label = load_volume(vol.label, opts.max_voxels) if vol.label else None
+        label = load_volume(vol.label, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy) if vol.label else None
     except RejectedVolume as err:
         raise RejectedVolume(f"label {vol.label}: {err}") from err
     img, lab, meta = preprocess(image, vol.modality, opts, label)
@@ -116,7 +128,7 @@ def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 2
         raise ValueError(f"codec={codec!r}; allowed: {list(payload.CODECS)}")
     if shard_max_mb <= 0:
         raise ValueError(f"shard_max_mb={shard_max_mb}: expected a positive size in MB")
-    volumes = discover(input)
+    volumes, ignored = discover(input)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     index = load_index(out)
@@ -155,7 +167,10 @@ def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 2
         "n_new": sharded,
         "n_skipped": skipped,
         "n_rejected": len(rejected),
+        "rejected_by_reason": reason_counts(rejected),
         "rejected": rejected,
+        "n_ignored": len(ignored),
+        "ignored": ignored,
         "n_shards": len(index["shards"]),
     }
     write_json_atomic(out / REPORT, report)

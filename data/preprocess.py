@@ -29,12 +29,19 @@ class PreprocessOptions:
     percentiles: tuple[float, float] = (0.5, 99.5)
     max_voxels: int = 1024**3
     n_foreground_points: int = 256
+    spacing_bounds: tuple[float, float] = (0.1, 10.0)
+    max_anisotropy: float = 10.0
 
     def __post_init__(self):
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
             raise ValueError(f"preprocess.spacing={list(self.spacing)}: expected 3 positive values in mm")
         if self.ct_window[0] >= self.ct_window[1]:
             raise ValueError(f"preprocess.ct_window={list(self.ct_window)}: expected [low, high], low < high")
+        if not 0 < self.spacing_bounds[0] < self.spacing_bounds[1]:
+            raise ValueError(f"preprocess.spacing_bounds={list(self.spacing_bounds)}: expected [low, high] mm, "
+                             "0 < low < high")
+        if self.max_anisotropy < 1:
+            raise ValueError(f"preprocess.max_anisotropy={self.max_anisotropy}: expected >= 1")
         if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
             raise ValueError(f"preprocess.percentiles={list(self.percentiles)}: expected 0 <= low < high <= 100")
 

@@ -31,10 +31,23 @@ def is_nifti(path: Path) -> bool:
     return path.name.endswith(NIFTI_SUFFIXES)
 
 
-def load_volume(path: str | Path, max_voxels: int) -> Volume:
+def check_spacing(affine: np.ndarray, bounds: tuple[float, float], max_anisotropy: float) -> None:
+    """Reject a voxel grid no scanner makes (e.g. 53 mm slices): resampling it would invent a huge, empty grid."""
+    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    shown = [round(float(s), 3) for s in spacing]
+    if spacing.min() < bounds[0] or spacing.max() > bounds[1]:
+        raise RejectedVolume(f"implausible spacing: {shown} mm is outside preprocess.spacing_bounds={list(bounds)}")
+    if spacing.max() / spacing.min() > max_anisotropy:
+        raise RejectedVolume(f"implausible spacing: {shown} mm is more anisotropic than "
+                             f"preprocess.max_anisotropy={max_anisotropy}")
+
+
+def load_volume(path: str | Path, max_voxels: int, spacing_bounds: tuple[float, float] = (0.1, 10.0),
+                max_anisotropy: float = 10.0) -> Volume:
     """Read one NIfTI volume; raise `RejectedVolume` with a reason for anything unusable.
 
-    The header is checked before any voxel is read, so an absurd header costs no memory.
+    The header (shape, size, affine, spacing) is checked before any voxel is read, so an absurd header costs
+    no memory.
     """
     path = str(path)
     try:
@@ -53,6 +66,7 @@ def load_volume(path: str | Path, max_voxels: int) -> Volume:
         raise RejectedVolume(f"degenerate shape {shape}")
     if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
         raise RejectedVolume("invalid affine in header (singular or non-finite)")
+    check_spacing(img.affine, spacing_bounds, max_anisotropy)
     try:
         data = np.asanyarray(img.dataobj).reshape(shape)
     except Exception as err:

@@ -71,7 +71,8 @@ def test_manifest_columns_are_read_and_checked(tmp_path, phantom_dir):
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"path,modality,dataset,subject,label\n"
                         f"{phantom_dir}/phantom001_mr.nii.gz,mri,ds,s1,{phantom_dir}/phantom001_mr_label.nii.gz\n")
-    (vol,) = discover(str(manifest))
+    (vol,), ignored = discover(str(manifest))
+    assert ignored == []
     assert vol.modality == "MR" and vol.dataset == "ds" and vol.subject == "s1" and vol.label.endswith("label.nii.gz")
     manifest.write_text("path,modality\nx.nii.gz,XR\n")
     with pytest.raises(ValueError, match="modality='XR'"):
@@ -79,3 +80,31 @@ def test_manifest_columns_are_read_and_checked(tmp_path, phantom_dir):
     manifest.write_text("file\nx.nii.gz\n")
     with pytest.raises(ValueError, match="`path` column"):
         discover(str(manifest))
+
+
+def test_implausible_spacing_is_rejected_from_the_header_and_every_file_is_accounted_for(tmp_path, phantom_dir):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(phantom_dir / "phantom000_ct.nii.gz", src / "good.nii.gz")
+    data = np.random.default_rng(0).normal(size=(32, 32, 8)).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([0.9, 0.9, 53.0, 1.0])), src / "thick_slices.nii.gz")  # 53 mm slices
+    nib.save(nib.Nifti1Image(data, np.diag([0.4, 0.4, 6.0, 1.0])), src / "anisotropic.nii.gz")  # 15:1
+    (src / "notes.txt").write_text("not an image")
+    (src / "sub").mkdir()
+    (src / "sub" / "scan.dcm").write_bytes(b"DICM")
+    report = run_shard(str(src), str(tmp_path / "out"), {}, progress=False)
+    assert report["n_inputs"] == 3 == report["n_sharded"] + report["n_rejected"] and report["n_sharded"] == 1
+    reasons = {r["path"].split("/")[-1]: r["reason"] for r in report["rejected"]}
+    assert reasons["thick_slices.nii.gz"] == ("implausible spacing: [0.9, 0.9, 53.0] mm is outside "
+                                              "preprocess.spacing_bounds=[0.1, 10.0]")
+    assert reasons["anisotropic.nii.gz"] == ("implausible spacing: [0.4, 0.4, 6.0] mm is more anisotropic than "
+                                             "preprocess.max_anisotropy=10.0")
+    assert report["rejected_by_reason"] == {"implausible spacing": 2}
+    assert report["n_ignored"] == 2 and sorted(p.split("/")[-1] for p in report["ignored"]) == ["notes.txt", "scan.dcm"]
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["ignored"] == report["ignored"]
+
+
+def test_bad_spacing_settings_fail_fast(tmp_path, phantom_dir):
+    with pytest.raises(ValueError, match="preprocess.spacing_bounds=\\[5.0, 1.0\\]"):
+        run_shard(str(phantom_dir), str(tmp_path / "o"), {"spacing_bounds": [5.0, 1.0]}, progress=False)
