@@ -14,7 +14,7 @@ from tqdm import tqdm
 from data import payload
 from data.preprocess import MODALITIES, PreprocessOptions, preprocess
 from data.shards import REPORT, ShardSetWriter, load_index, write_json_atomic
-from data.volumes import RejectedVolume, is_nifti, load_volume
+from data.volumes import RejectedVolume, is_nifti, load_volume, n_frames
 
 MANIFEST_COLUMNS = ("path", "modality", "dataset", "subject", "label")
 
@@ -106,8 +106,17 @@ def sample_key(vol: InputVolume, digest: str) -> str:
     return f"{name}_{digest[:12]}"
 
 
-def shard_one(vol: InputVolume, opts: PreprocessOptions, codec: str) -> tuple[dict[str, bytes], dict]:
-    image = load_volume(vol.path, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy)
+def frames_to_shard(path: str, mode: str) -> list[int | None]:
+    """None: the file as one 3D volume (a 4D one is then rejected with its reason); else the frame indices."""
+    count = n_frames(path)
+    if count == 1 or mode == "reject":
+        return [None]
+    return [0] if mode == "first" else list(range(count))
+
+
+def shard_one(vol: InputVolume, opts: PreprocessOptions, codec: str,
+              frame: int | None = None) -> tuple[dict[str, bytes], dict]:
+    image = load_volume(vol.path, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy, frame)
     try:
         label = load_volume(vol.label, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy) if vol.label else None
     except RejectedVolume as err:
@@ -139,32 +148,36 @@ def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 2
     index["config"] = config
     done = {(s["source_path"], s["content_hash"]) for s in index["samples"]}
     writer = ShardSetWriter(out, index, max_bytes=int(shard_max_mb * 2**20))
-    rejected, skipped, sharded = [], 0, 0
+    rejected, skipped, sharded, n_samples = [], 0, 0, 0
     for vol in tqdm(volumes, desc="shard", unit="vol", disable=not progress):
         try:
             digest = file_hash(vol.path)
             if (vol.path, digest) in done:
                 skipped += 1
                 continue
-            files, meta = shard_one(vol, opts, codec)
+            # every frame of an input is prepared before any is written: an input lands whole or not at all
+            samples = [(frame, *shard_one(vol, opts, codec, frame)) for frame in frames_to_shard(vol.path, opts.frames)]
         except (RejectedVolume, OSError) as err:
             reason = str(err) if isinstance(err, RejectedVolume) else f"unreadable: {err}"
             rejected.append({"path": vol.path, "reason": reason})
             continue
-        meta.update(dataset=vol.dataset, subject=vol.subject, source_path=vol.path, content_hash=digest,
-                    label_path=vol.label)
-        key = sample_key(vol, digest)
-        # The index stays light: foreground points travel only inside the sample.
-        light = {k: v for k, v in meta.items() if k != "foreground_points"}
-        writer.add(key, {**files, "json": json.dumps(meta).encode()}, light)
+        for frame, files, meta in samples:
+            meta.update(dataset=vol.dataset, subject=vol.subject, source_path=vol.path, content_hash=digest,
+                        label_path=vol.label, frame=frame)
+            key = sample_key(vol, digest) + ("" if frame is None else f"_f{frame:04d}")
+            # The index stays light: foreground points travel only inside the sample.
+            light = {k: v for k, v in meta.items() if k != "foreground_points"}
+            writer.add(key, {**files, "json": json.dumps(meta).encode()}, light)
         done.add((vol.path, digest))
         sharded += 1
+        n_samples += len(samples)
     writer.flush()
     write_json_atomic(out / "index.json", index)
     report = {
         "n_inputs": len(volumes),
         "n_sharded": sharded + skipped,
         "n_new": sharded,
+        "n_new_samples": n_samples,  # more than n_new when preprocess.frames=all splits 4D series
         "n_skipped": skipped,
         "n_rejected": len(rejected),
         "rejected_by_reason": reason_counts(rejected),

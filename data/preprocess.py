@@ -19,6 +19,7 @@ from data.volumes import RejectedVolume, Volume
 
 Modality = Literal["CT", "MR", "PET"]
 MODALITIES: tuple[str, ...] = ("CT", "MR", "PET")
+FRAMES = ("reject", "first", "all")  # what to do with a 4D series
 FOREGROUND_LEVEL = 0.05  # in normalised [0, 1] units: above air/background for CT and MR alike
 
 
@@ -31,6 +32,7 @@ class PreprocessOptions:
     n_foreground_points: int = 256
     spacing_bounds: tuple[float, float] = (0.1, 10.0)
     max_anisotropy: float = 10.0
+    frames: str = "reject"
 
     def __post_init__(self):
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
@@ -40,6 +42,8 @@ class PreprocessOptions:
         if not 0 < self.spacing_bounds[0] < self.spacing_bounds[1]:
             raise ValueError(f"preprocess.spacing_bounds={list(self.spacing_bounds)}: expected [low, high] mm, "
                              "0 < low < high")
+        if self.frames not in FRAMES:
+            raise ValueError(f"preprocess.frames={self.frames!r}; allowed: {', '.join(FRAMES)}")
         if self.max_anisotropy < 1:
             raise ValueError(f"preprocess.max_anisotropy={self.max_anisotropy}: expected >= 1")
         if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:

@@ -42,8 +42,17 @@ def check_spacing(affine: np.ndarray, bounds: tuple[float, float], max_anisotrop
                              f"preprocess.max_anisotropy={max_anisotropy}")
 
 
+def n_frames(path: str | Path) -> int:
+    """Frames of a 4D NIfTI (from its header), 1 for anything else; unreadable files are left to `load_volume`."""
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception:
+        return 1
+    return int(shape[3]) if len(shape) == 4 else 1
+
+
 def load_volume(path: str | Path, max_voxels: int, spacing_bounds: tuple[float, float] = (0.1, 10.0),
-                max_anisotropy: float = 10.0) -> Volume:
+                max_anisotropy: float = 10.0, frame: int | None = None) -> Volume:
     """Read one NIfTI volume; raise `RejectedVolume` with a reason for anything unusable.
 
     The header (shape, size, affine, spacing) is checked before any voxel is read, so an absurd header costs
@@ -56,9 +65,15 @@ def load_volume(path: str | Path, max_voxels: int, spacing_bounds: tuple[float, 
         raise RejectedVolume(f"unreadable: {type(err).__name__}: {err}") from err
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
+        shape, frame = shape[:3], None
+    if len(shape) == 4 and frame is not None:
+        if not 0 <= frame < shape[3]:
+            raise RejectedVolume(f"frame {frame} of a 4D volume with {shape[3]} frames")
         shape = shape[:3]
+    elif len(shape) == 4:
+        raise RejectedVolume(f"not a 3D volume: shape {shape} (a 4D series: preprocess.frames=first or all shards it)")
     if len(shape) != 3:
-        raise RejectedVolume(f"not a 3D volume: shape {shape} (4D and 2D inputs are not supported yet)")
+        raise RejectedVolume(f"not a 3D volume: shape {shape}")
     n_voxels = int(np.prod(shape, dtype=np.int64))
     if n_voxels > max_voxels:
         raise RejectedVolume(f"too large: {shape} = {n_voxels} voxels > preprocess.max_voxels={max_voxels}")
@@ -68,7 +83,8 @@ def load_volume(path: str | Path, max_voxels: int, spacing_bounds: tuple[float, 
         raise RejectedVolume("invalid affine in header (singular or non-finite)")
     check_spacing(img.affine, spacing_bounds, max_anisotropy)
     try:
-        data = np.asanyarray(img.dataobj).reshape(shape)
+        # a 4D frame is sliced from the proxy: only that frame's voxels are read
+        data = np.asanyarray(img.dataobj[..., frame] if frame is not None else img.dataobj).reshape(shape)
     except Exception as err:
         raise RejectedVolume(f"unreadable voxels: {type(err).__name__}: {err}") from err
     if data.dtype.kind not in "iuf":

@@ -108,3 +108,26 @@ def test_implausible_spacing_is_rejected_from_the_header_and_every_file_is_accou
 def test_bad_spacing_settings_fail_fast(tmp_path, phantom_dir):
     with pytest.raises(ValueError, match="preprocess.spacing_bounds=\\[5.0, 1.0\\]"):
         run_shard(str(phantom_dir), str(tmp_path / "o"), {"spacing_bounds": [5.0, 1.0]}, progress=False)
+
+
+@pytest.mark.parametrize("mode,expected", [("reject", 0), ("first", 1), ("all", 3)])
+def test_4d_series_follow_preprocess_frames(tmp_path, mode, expected):
+    src = tmp_path / "in"
+    src.mkdir()
+    series = np.random.default_rng(0).normal(100, 20, size=(20, 20, 12, 3)).astype(np.float32)
+    series[..., 2] += 500  # frames differ, so each sample must hold its own frame
+    nib.save(nib.Nifti1Image(series, np.diag([2.0, 2.0, 2.0, 1.0])), src / "fmri.nii.gz")
+    out = tmp_path / "out"
+    report = run_shard(str(src), str(out), {"frames": mode, "spacing": [2.0, 2.0, 2.0]}, progress=False)
+    assert report["n_inputs"] == 1 == report["n_sharded"] + report["n_rejected"]
+    samples = json.loads((out / "index.json").read_text())["samples"] if report["n_sharded"] else []
+    assert len(samples) == expected == report["n_new_samples"]
+    if mode == "reject":
+        assert "preprocess.frames=first or all" in report["rejected"][0]["reason"]
+        return
+    assert [s["frame"] for s in samples] == list(range(expected))
+    from data import payload
+
+    with tarfile.open(out / samples[-1]["shard"]) as tar:
+        frame = payload.decode(tar.extractfile(f"{samples[-1]['key']}.image.b2").read())
+    assert abs(float(frame.mean()) - float(series[..., expected - 1].mean())) < 1.0
