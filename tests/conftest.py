@@ -1,4 +1,6 @@
 import os
+import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,18 @@ def real_data() -> Path:
     if not path:
         pytest.skip("VOXFM_REAL_DATA is not set")
     return Path(path)
+
+
+def free_port() -> int:
+    """A free port below the ephemeral range, for MASTER_PORT of multi-process tests. Lightning's own pick is an
+    ephemeral port, and a rank that retries connecting before rank 0 listens can, when its retry's own source port
+    equals the target, connect to itself (TCP self-connect) and hang the run."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    for port in random.Random().sample(range(20000, min(low, 32000)), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")

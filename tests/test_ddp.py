@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 
 # ddp_spawn pickles the model, which nnU-Net's blocks forbid (a lambda inside): ResEnc runs use ddp, whose
@@ -20,7 +20,7 @@ def test_two_rank_ddp_run_reaches_max_steps(tmp_path, shard_dir, experiment, str
            f"run_dir={run_dir}", "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3",
            "trainer.accelerator=cpu", "trainer.devices=2", f"strategy={strategy}",
            "data.num_workers=0", "trainer.progress_bar=false", "trainer.log_every_n_steps=2"]
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "MASTER_PORT": str(free_port())}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -38,7 +38,7 @@ def test_two_rank_ddp_run_reaches_max_steps(tmp_path, shard_dir, experiment, str
 def test_a_two_rank_ddp_checkpoint_resumes_on_one_process(tmp_path, shard_dir):
     """World size 2 → 1: a DDP checkpoint holds the whole model and optimiser, so any world size resumes it."""
     run_dir = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "MASTER_PORT": str(free_port())}
     base = [sys.executable, "-m", "pretrain", "pretrain", "experiment=demo", f"data.shards={shard_dir}",
             f"run_dir={run_dir}", "trainer.checkpoint_every_n_steps=2", "data.num_workers=0",
             "trainer.progress_bar=false", "trainer.accelerator=cpu"]

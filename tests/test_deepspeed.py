@@ -17,7 +17,7 @@ from monai.networks.nets import ViT as MonaiViT
 from safetensors.torch import load_file
 
 from pretrain.checkpoints import find_resume_checkpoint, load_checkpoint
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu",
        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".venv" / "torch_extensions"))}
@@ -33,6 +33,7 @@ def _cmd(stage, shards, run_dir):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_trains_resumes_after_a_kill_and_exports(tmp_path, shard_dir, stage):
     run_dir = tmp_path / "run"
+    ENV["MASTER_PORT"] = str(free_port())  # see tests/conftest.py: not Lightning's ephemeral pick
     log = open(tmp_path / "first.log", "w")  # a file, not a pipe nobody reads: a full pipe would stall a rank
     proc = subprocess.Popen(_cmd(stage, shard_dir, run_dir), cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -3,32 +3,16 @@ rank 0 alone writes events and metrics."""
 
 import json
 import os
-import random
-import socket
 import subprocess
 import sys
 
 import torch
 
-from tests.conftest import REPO
-
-
-def _free_port() -> int:
-    """A free port below the ephemeral range: node 1's agent retries connecting before node 0 listens, and a
-    retry whose own ephemeral source port equals the target connects to itself (TCP self-connect), hanging both."""
-    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-    for port in random.Random().sample(range(20000, min(low, 32000)), 200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
+from tests.conftest import REPO, free_port
 
 
 def _two_nodes(shard_dir, run_dir, max_steps):
-    port = _free_port()
+    port = free_port()
     procs = []
     paths = [run_dir.parent / f"node{node}-{max_steps}.log" for node in (0, 1)]
     logs = [open(path, "w") for path in paths]
