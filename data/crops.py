@@ -5,6 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 
+def triple(v) -> tuple[int, int, int]:
+    """An int or three ints (a size or a patch) → three ints."""
+    return (int(v),) * 3 if isinstance(v, int) else tuple(int(i) for i in v)  # type: ignore[return-value]
+
+
+def view_shift(crop_size, n_views: int, overlap: float) -> tuple[int, int, int]:
+    """Per-axis distance between the corners of two views whose shared volume / view volume = overlap."""
+    if n_views == 1:
+        return (0, 0, 0)
+    return tuple(round(c * (1.0 - overlap ** (1.0 / 3.0))) for c in triple(crop_size))  # type: ignore[return-value]
+
+
 def pad_to(vol: np.ndarray, size: tuple[int, int, int], value: float = 0) -> np.ndarray:
     """Pad any axis shorter than the crop, centred, with `value` (the background level)."""
     pads = [((max(s - d, 0)) // 2, max(s - d, 0) - (max(s - d, 0)) // 2) for d, s in zip(vol.shape, size)]

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _triple(v) -> tuple[int, int, int]:
-    return (int(v),) * 3 if isinstance(v, int) else tuple(int(i) for i in v)  # type: ignore[return-value]
+from data.crops import triple
 
 
 class RandomPatchMasking:
@@ -20,7 +18,7 @@ class RandomPatchMasking:
     def __init__(self, mask_ratio: float = 0.75, patch_size: int | tuple[int, int, int] = 16):
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={mask_ratio}: expected a fraction strictly between 0 and 1")
-        self.mask_ratio, self.patch_size = mask_ratio, _triple(patch_size)
+        self.mask_ratio, self.patch_size = mask_ratio, triple(patch_size)
 
     def grid(self, spatial: tuple[int, int, int]) -> tuple[int, int, int]:
         if any(s % p for s, p in zip(spatial, self.patch_size)):

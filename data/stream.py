@@ -19,7 +19,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from data import payload
-from data.crops import random_crops
+from data.crops import random_crops, triple
 from data.preprocess import normalise
 from data.shards import shard_urls
 
@@ -29,10 +29,6 @@ def decode_sample(sample: dict) -> tuple[np.ndarray, dict]:
     meta = json.loads(sample["json"])
     vol = normalise(payload.decode(sample["image.b2"]), meta["normalisation"])
     return vol, meta
-
-
-def _triple(size) -> tuple[int, int, int]:
-    return (int(size),) * 3 if isinstance(size, int) else tuple(int(s) for s in size)  # type: ignore[return-value]
 
 
 def cut_regions(sample: dict, region_size, n: int, foreground_prob: float, rng: np.random.Generator) -> list[dict]:
@@ -47,7 +43,7 @@ def cut_regions(sample: dict, region_size, n: int, foreground_prob: float, rng: 
     vol = payload.decode(sample["image.b2"])
     if not vol.dtype.isnative:  # e.g. big-endian NIfTI sharded before the writer made it native: torch refuses it
         vol = vol.astype(vol.dtype.newbyteorder("="))
-    regions = random_crops(vol, meta["foreground_points"], _triple(region_size), n, foreground_prob, rng,
+    regions = random_crops(vol, meta["foreground_points"], triple(region_size), n, foreground_prob, rng,
                            pad_value=norm["low"])
     return [{"region": torch.from_numpy(r)[None], "low": float(norm["low"]),
              "high": float(norm["high"]), "modality": meta["modality"]} for r in regions]
@@ -77,7 +73,7 @@ class RegionStream(IterableDataset):
         if not 0.0 <= foreground_prob <= 1.0:
             raise ValueError(f"data.foreground_prob={foreground_prob}: expected a probability in [0, 1]")
         self.urls = shard_urls(shards)
-        self.region_size = _triple(region_size)
+        self.region_size = triple(region_size)
         self.regions_per_volume, self.foreground_prob = regions_per_volume, foreground_prob
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
 

@@ -13,11 +13,8 @@ from __future__ import annotations
 import torch
 
 from data.augment import IntensityAugment
+from data.crops import triple, view_shift
 from data.masking import RandomPatchMasking
-
-
-def _triple(v) -> tuple[int, int, int]:
-    return (int(v),) * 3 if isinstance(v, int) else tuple(int(i) for i in v)  # type: ignore[return-value]
 
 
 def _randint(n: int, high: int, g: torch.Generator) -> torch.Tensor:
@@ -60,7 +57,7 @@ class ViewStage:
     def __init__(self, crop_size, n_views: int = 1, overlap: float = 0.5, flip_prob: float = 0.5,
                  rotate_prob: float = 0.5, rotate_plane: tuple[int, int] | None = (0, 1),
                  augment: IntensityAugment | None = None, masking: RandomPatchMasking | None = None):
-        self.crop_size = _triple(crop_size)
+        self.crop_size = triple(crop_size)
         if n_views not in (1, 2):
             raise ValueError(f"views.n_views={n_views}; allowed: 1 (masked modelling), 2 (contrastive)")
         if not 0.0 < overlap <= 1.0:
@@ -85,15 +82,13 @@ class ViewStage:
     @property
     def shift(self) -> tuple[int, int, int]:
         """Per-axis distance between two views' corners: shared volume / view volume = overlap."""
-        if self.n_views == 1:
-            return (0, 0, 0)
-        return tuple(round(c * (1.0 - self.overlap ** (1.0 / 3.0))) for c in self.crop_size)  # type: ignore
+        return view_shift(self.crop_size, self.n_views, self.overlap)
 
     def region_size_needed(self) -> tuple[int, int, int]:
         return tuple(c + s for c, s in zip(self.crop_size, self.shift))  # type: ignore[return-value]
 
     def check_region(self, region_size) -> None:
-        need, have = self.region_size_needed(), _triple(region_size)
+        need, have = self.region_size_needed(), triple(region_size)
         if any(h < n for h, n in zip(have, need)):
             raise ValueError(f"data.region_size={list(have)} is too small: {self.n_views} view(s) of "
                              f"{list(self.crop_size)} with overlap {self.overlap} need at least {list(need)}")

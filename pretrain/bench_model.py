@@ -15,18 +15,11 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from pretrain.efficiency import measured_peak_tflops
 from pretrain.module import step_generator
 from pretrain.objectives.mae import patchify
 from pretrain.objectives.mim import cube_visibility
 from pretrain.train import build_module
-
-
-def matmul_ceiling(device: torch.device, dtype: torch.dtype) -> float:
-    """TFLOP/s of a large square matmul: the card's (or CPU's) practical ceiling."""
-    n = 8192 if device.type == "cuda" else 1024
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    seconds = _time(lambda: a @ b, warmup=2, steps=10 if device.type == "cuda" else 5, device=device)
-    return 2 * n**3 / seconds / 1e12
 
 
 def _sync(device: torch.device) -> None:
@@ -166,12 +159,11 @@ def _measure(step, views: int, device: torch.device, warmup: int, steps: int, ce
 
 def bench_model(cfg, warmup: int = 2, steps: int = 5) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
-    ceiling = matmul_ceiling(device, dtype)
+    ceiling = measured_peak_tflops(device)
     step, views, module = voxfm_step(cfg, device, autocast)
     ours = _measure(step, views, device, warmup, steps, ceiling)
     ours["stage_ms"] = round(_time(step.stage_only, warmup, steps, device) * 1e3, 2)

@@ -7,6 +7,7 @@ from functools import partial
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 
 from pretrain.schedule import warmup_cosine
@@ -58,7 +59,7 @@ class PretrainModule(L.LightningModule):
         if not self.trainer.strategy.reduce_boolean_decision(not finite, all=False):
             self._skipped_in_a_row = 0
             return
-        if type(self.trainer.strategy).__name__.endswith("DeepSpeedStrategy"):  # its optimiser keeps its own grads
+        if isinstance(self.trainer.strategy, DeepSpeedStrategy):  # its optimiser keeps its own gradients
             raise FloatingPointError(f"non-finite loss at step {self.global_step}: DeepSpeed cannot skip a step "
                                      "here; rerun to resume from the newest checkpoint")
         self.skipped_steps += 1

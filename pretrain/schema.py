@@ -3,8 +3,8 @@
 `voxfm pretrain` validates the composed config against these dataclasses first: an unknown key (with a
 "did you mean"), a wrong type, an out-of-range value, a missing shard set or an impossible combination
 fails in well under 2 seconds — before torch, Lightning, data, model or process group — with one line
-per problem naming the key, the value and what is allowed. Schemas of `_target_` nodes are chosen by
-target through an explicit dict; `tests/test_schema.py` keeps their fields equal to the constructors'.
+per problem naming the key, the value and what is allowed. Schemas of `_target_` nodes are in
+`pretrain/schema_targets.py`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from pretrain.schema_checks import combination_errors
-
-
-def _range(**bounds) -> dict:
-    return {"metadata": bounds}
+from pretrain.schema_targets import TARGETS, bounded
 
 
 @dataclass
@@ -29,37 +26,37 @@ class DataSchema:
     shards: str
     crop_size: list[int]
     region_size: list[int] | None
-    regions_per_volume: int = field(**_range(ge=1))
-    foreground_prob: float = field(**_range(ge=0.0, le=1.0))
-    shuffle_buffer: int = field(**_range(ge=1))
-    batch_size: int = field(**_range(ge=1))
-    num_workers: int = field(**_range(ge=0))
+    regions_per_volume: int = field(**bounded(ge=1))
+    foreground_prob: float = field(**bounded(ge=0.0, le=1.0))
+    shuffle_buffer: int = field(**bounded(ge=1))
+    batch_size: int = field(**bounded(ge=1))
+    num_workers: int = field(**bounded(ge=0))
     loader: Literal["thread", "process"]
 
 
 @dataclass
 class TrainerSchema:
-    max_steps: int = field(**_range(ge=1))
+    max_steps: int = field(**bounded(ge=1))
     accelerator: Literal["auto", "cpu", "gpu", "cuda"]
     devices: int | str | list[int]
-    num_nodes: int = field(**_range(ge=1))
+    num_nodes: int = field(**bounded(ge=1))
     precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "32", "bf16", None]
-    gradient_clip_val: float = field(**_range(ge=0.0))
-    accumulate_grad_batches: int = field(**_range(ge=1))
-    log_every_n_steps: int = field(**_range(ge=1))
-    checkpoint_every_n_steps: int = field(**_range(ge=1))
+    gradient_clip_val: float = field(**bounded(ge=0.0))
+    accumulate_grad_batches: int = field(**bounded(ge=1))
+    log_every_n_steps: int = field(**bounded(ge=1))
+    checkpoint_every_n_steps: int = field(**bounded(ge=1))
     progress_bar: bool
-    images_every_n_steps: int = field(**_range(ge=0))
-    max_nonfinite_steps: int = field(**_range(ge=1))
+    images_every_n_steps: int = field(**bounded(ge=0))
+    max_nonfinite_steps: int = field(**bounded(ge=1))
     compile: bool
     activation_checkpointing: bool
-    peak_tflops: float | None = field(**_range(gt=0.0))
+    peak_tflops: float | None = field(**bounded(gt=0.0))
 
 
 @dataclass
 class StrategySchema:
     name: Literal["auto", "ddp", "ddp_spawn", "deepspeed"]
-    stage: int = field(**_range(ge=1, le=3))
+    stage: int = field(**bounded(ge=1, le=3))
     offload_optimizer: bool
     universal_checkpoint: bool
 
@@ -67,11 +64,11 @@ class StrategySchema:
 @dataclass
 class OptimSchema:
     optimizer: Any
-    warmup_steps: int = field(**_range(ge=0))
-    min_lr_factor: float = field(**_range(ge=0.0, le=1.0))
+    warmup_steps: int = field(**bounded(ge=0))
+    min_lr_factor: float = field(**bounded(ge=0.0, le=1.0))
     fused: bool | None
     lr_scaling: Literal["none", "linear", "sqrt"]
-    reference_batch: int = field(**_range(ge=1))
+    reference_batch: int = field(**bounded(ge=1))
 
 
 @dataclass
@@ -106,111 +103,6 @@ class PretrainSchema:
     seed: int
 
 
-@dataclass
-class ViTSchema:
-    in_channels: int = field(**_range(ge=1))
-    img_size: int | list[int]
-    patch_size: int | list[int]
-    hidden_size: int = field(**_range(ge=1))
-    mlp_dim: int = field(**_range(ge=1))
-    num_layers: int = field(**_range(ge=1))
-    num_heads: int = field(**_range(ge=1))
-    pos_embed_type: Literal["sincos", "learnable"]
-    qkv_bias: bool
-
-
-@dataclass
-class ResEncSchema:
-    in_channels: int = field(**_range(ge=1))
-    out_channels: int = field(**_range(ge=1))
-    features_per_stage: list[int]
-    n_blocks_per_stage: list[int]
-    n_conv_per_stage_decoder: list[int]
-    strides: list[int] | None
-    kernel_size: int = field(**_range(ge=1))
-
-
-@dataclass
-class MAESchema:
-    decoder_hidden: int = field(**_range(ge=6))
-    decoder_layers: int = field(**_range(ge=1))
-    decoder_heads: int = field(**_range(ge=1))
-    norm_pix_loss: bool
-
-
-@dataclass
-class MIMSchema:
-    pass
-
-
-@dataclass
-class SimCLRSchema:
-    proj_hidden: int = field(**_range(ge=1))
-    proj_dim: int = field(**_range(ge=1))
-    temperature: float = field(**_range(gt=0.0))
-
-
-@dataclass
-class MAEContrastiveSchema:
-    mae: Any
-    mae_weight: float = field(**_range(ge=0.0))
-    contrastive_weight: float = field(**_range(ge=0.0))
-    proj_hidden: int = field(**_range(ge=1))
-    proj_dim: int = field(**_range(ge=1))
-    temperature: float = field(**_range(gt=0.0))
-
-
-@dataclass
-class ViewStageSchema:
-    crop_size: int | list[int]
-    n_views: Literal[1, 2]
-    overlap: float = field(**_range(gt=0.0, le=1.0))
-    flip_prob: float = field(**_range(ge=0.0, le=1.0))
-    rotate_prob: float = field(**_range(ge=0.0, le=1.0))
-    rotate_plane: list[int] | None
-    augment: Any
-    masking: Any
-
-
-@dataclass
-class AugmentSchema:
-    gamma_prob: float = field(**_range(ge=0.0, le=1.0))
-    gamma_range: list[float]
-    scale_prob: float = field(**_range(ge=0.0, le=1.0))
-    scale_range: list[float]
-    shift_range: list[float]
-    noise_prob: float = field(**_range(ge=0.0, le=1.0))
-    noise_std: float = field(**_range(ge=0.0))
-
-
-@dataclass
-class MaskingSchema:
-    mask_ratio: float = field(**_range(gt=0.0, lt=1.0))
-    patch_size: int | list[int]
-
-
-@dataclass
-class AdamWSchema:
-    lr: float = field(**_range(gt=0.0))
-    betas: list[float]
-    eps: float = field(**_range(gt=0.0))
-    weight_decay: float = field(**_range(ge=0.0))
-    amsgrad: bool
-
-
-TARGETS: dict[str, type] = {
-    "models.vit.ViT": ViTSchema,
-    "models.resenc.ResEncUNet": ResEncSchema,
-    "pretrain.objectives.mae.MAEObjective": MAESchema,
-    "pretrain.objectives.mim.MIMObjective": MIMSchema,
-    "pretrain.objectives.simclr.SimCLRObjective": SimCLRSchema,
-    "pretrain.objectives.mae_contrastive.MAEContrastiveObjective": MAEContrastiveSchema,
-    "data.views.ViewStage": ViewStageSchema,
-    "data.augment.IntensityAugment": AugmentSchema,
-    "data.masking.RandomPatchMasking": MaskingSchema,
-    "torch.optim.AdamW": AdamWSchema,
-    "torch.optim.Adam": AdamWSchema,
-}
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 

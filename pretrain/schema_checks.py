@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import os
 
+from data.crops import view_shift
+
 VIT, RESENC = "models.vit.ViT", "models.resenc.ResEncUNet"
 MAE_CONTRASTIVE = "pretrain.objectives.mae_contrastive.MAEContrastiveObjective"
 MAE_LIKE = ("pretrain.objectives.mae.MAEObjective", MAE_CONTRASTIVE)
@@ -64,7 +66,7 @@ def _objective_errors(cfg: dict) -> list[str]:
         errors.append(f"objective.stage.crop_size={stage['crop_size']}: must equal data.crop_size")
     region = cfg["data"]["region_size"]
     if region is not None:
-        shift = [round(c * (1 - overlap ** (1 / 3))) if n_views == 2 else 0 for c in crop]
+        shift = view_shift(crop, n_views, overlap)
         need = [c + s for c, s in zip(crop, shift)]
         if any(r < n for r, n in zip(_triple(region), need)):
             errors.append(f"data.region_size={region}: too small for {n_views} view(s) of {crop}; "

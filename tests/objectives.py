@@ -26,6 +26,18 @@ def smooth_regions(b: int, size: int, seed: int = 0) -> dict:
             "modality": ["MR"] * b}
 
 
+TINY_RESENC = {"features_per_stage": (8, 16, 32), "n_blocks_per_stage": (1, 1, 1), "n_conv_per_stage_decoder": (1, 1)}
+
+
+def move_zero_initialised_norms(net: torch.nn.Module) -> None:
+    """nnU-Net zero-initialises the last norm of each residual branch, which blocks the branch's gradient until that
+    norm has moved off zero: move it, as one optimiser step would."""
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if ".norm" in name and not p.any():
+                p.fill_(0.1)
+
+
 def staged(stage: ViewStage, regions: dict, step: int = 0) -> dict:
     return stage(regions, step_generator(torch.device("cpu"), seed=0, step=step, rank=0))
 

@@ -9,14 +9,19 @@ from pretrain.checkpoints import load_checkpoint
 from pretrain.config import load_config
 from pretrain.objectives.mim import MIMObjective, cube_visibility
 from pretrain.train import run_pretrain
-from tests.objectives import assert_gradients_reach, overfit, smooth_regions, staged
-
-TINY = {"features_per_stage": (8, 16, 32), "n_blocks_per_stage": (1, 1, 1), "n_conv_per_stage_decoder": (1, 1)}
+from tests.objectives import (
+    TINY_RESENC,
+    assert_gradients_reach,
+    move_zero_initialised_norms,
+    overfit,
+    smooth_regions,
+    staged,
+)
 
 
 def _setup():
     torch.manual_seed(0)
-    net = ResEncUNet(**TINY)
+    net = ResEncUNet(**TINY_RESENC)
     obj = MIMObjective(net.spec)
     stage = ViewStage(16, masking=RandomPatchMasking(0.5, patch_size=4))
     return net, obj, stage, smooth_regions(2, 16)
@@ -35,12 +40,7 @@ def test_objective_is_deterministic_and_trains_every_part():
     loss, logs = obj(staged(stage, regions, step=3), net)
     again, _ = obj(staged(stage, regions, step=3), net)
     assert torch.equal(loss, again) and set(logs) == {"loss", "visible_loss"}
-    # nnU-Net zero-initialises the last norm of each residual branch, which blocks the branch's gradient
-    # until that norm has moved off zero: move it, as one optimiser step would
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if ".norm" in name and not p.any():
-                p.fill_(0.1)
+    move_zero_initialised_norms(net)
     loss, _ = obj(staged(stage, regions, step=3), net)
     assert_gradients_reach(loss, net, obj)
 

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from pretrain.cli import main
 from pretrain.config import CONF_DIR, load_config
-from pretrain.schema import TARGETS, validate_pretrain
+from pretrain.schema import TARGETS, PretrainSchema, check_node, validate_pretrain
+from pretrain.schema_checks import combination_errors
 from tests.conftest import REPO
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -31,7 +32,10 @@ def test_schemas_name_exactly_the_constructor_arguments(target):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_is_valid(experiment, shard_dir):
     cfg = load_config("pretrain", [f"experiment={experiment}", f"data.shards={shard_dir}", "run_dir=/y"])
-    validate_pretrain(OmegaConf.to_container(cfg, resolve=True))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert check_node(resolved, PretrainSchema, "") == []
+    assert combination_errors(resolved, gpus=0) == []
+    validate_pretrain(resolved)
 
 
 BAD = [  # (overrides, text the one-line error must contain)

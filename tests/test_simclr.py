@@ -12,14 +12,19 @@ from data.views import ViewStage
 from models.resenc import ResEncUNet
 from models.vit import ViT
 from pretrain.objectives.simclr import SimCLRObjective, nt_xent
-from tests.objectives import assert_gradients_reach, overfit, smooth_regions, staged
-
-TINY = {"features_per_stage": (8, 16, 32), "n_blocks_per_stage": (1, 1, 1), "n_conv_per_stage_decoder": (1, 1)}
+from tests.objectives import (
+    TINY_RESENC,
+    assert_gradients_reach,
+    move_zero_initialised_norms,
+    overfit,
+    smooth_regions,
+    staged,
+)
 
 
 def _backbone(kind: str):
     torch.manual_seed(0)
-    return ResEncUNet(**TINY) if kind == "resenc" else ViT(1, 16, 4, 48, 96, 2, 4)
+    return ResEncUNet(**TINY_RESENC) if kind == "resenc" else ViT(1, 16, 4, 48, 96, 2, 4)
 
 
 def _setup(kind="resenc", b=4):
@@ -52,10 +57,7 @@ def test_objective_is_deterministic_and_trains_encoder_and_head(kind):
     assert torch.equal(loss, again) and set(logs) == {"loss", "contrastive_acc"}
     assert 0 < loss.item() < 2 * math.log(7)
     if kind == "resenc":
-        with torch.no_grad():  # nnU-Net's zero-initialised residual norms block gradients until they move
-            for name, p in backbone.named_parameters():
-                if ".norm" in name and not p.any():
-                    p.fill_(0.1)
+        move_zero_initialised_norms(backbone)
         loss, _ = obj(staged(stage, regions, step=2), backbone)
         assert_gradients_reach(loss, backbone.encoder, obj)  # the decoder is not part of a contrastive loss
     else:
