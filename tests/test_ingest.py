@@ -118,7 +118,7 @@ def test_4d_series_follow_preprocess_frames(tmp_path, mode, expected):
     series[..., 2] += 500  # frames differ, so each sample must hold its own frame
     nib.save(nib.Nifti1Image(series, np.diag([2.0, 2.0, 2.0, 1.0])), src / "fmri.nii.gz")
     out = tmp_path / "out"
-    report = run_shard(str(src), str(out), {"frames": mode, "spacing": [2.0, 2.0, 2.0]}, progress=False)
+    report = run_shard(str(src), str(out), {"frames": mode, "spacing": [2.0, 2.0, 2.0], "min_shape": 8}, progress=False)
     assert report["n_inputs"] == 1 == report["n_sharded"] + report["n_rejected"]
     samples = json.loads((out / "index.json").read_text())["samples"] if report["n_sharded"] else []
     assert len(samples) == expected == report["n_new_samples"]

@@ -2,8 +2,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from data.preprocess import PreprocessOptions, normalise, preprocess
+from data.preprocess import PreprocessOptions, normalise, preprocess, uncrop
 from data.volumes import RejectedVolume, Volume, load_volume
+
+TINY = {"foreground_crop": False, "min_shape": 1}  # keep the whole of a test volume smaller than real scans
 
 
 def _world_of_max(data, affine):
@@ -16,12 +18,12 @@ def test_lps_volume_becomes_ras_at_target_spacing_and_keeps_world_positions():
     data[5, 7, 3] = 2000  # one bright voxel: it must stay at the same world position
     affine = np.diag([-2.0, -1.0, 3.0, 1.0])  # LPS, 2 x 1 x 3 mm
     vol = Volume(data=data, affine=affine, path="x.nii")
-    image, label, meta = preprocess(vol, "CT", PreprocessOptions(spacing=(1.0, 1.0, 1.0)))
+    image, label, meta = preprocess(vol, "CT", PreprocessOptions(spacing=(1.0, 1.0, 1.0), foreground_crop=False))
     assert meta["orientation"] == "RAS" and meta["original_orientation"] == "LPS"
     assert meta["spacing"] == [1.0, 1.0, 1.0]
     assert meta["original_spacing"] == [2.0, 1.0, 3.0]
     assert image.dtype == np.int16 and label is None
-    assert image.shape == (39, 30, 28)  # (n - 1) * old / new + 1: voxel centres span the same extent
+    assert image.shape == (40, 30, 30)  # n * old / new: the voxels cover the same extent
     np.testing.assert_allclose(_world_of_max(image, np.array(meta["affine"])), _world_of_max(data, affine), atol=1.01)
 
 
@@ -30,7 +32,7 @@ def test_label_is_resampled_nearest_neighbour_on_the_image_grid():
     labels = rng.integers(0, 5, (16, 16, 16)).astype(np.uint8)
     affine = np.diag([1.0, 1.0, 2.0, 1.0])
     image = Volume(data=rng.normal(size=(16, 16, 16)).astype(np.float32), affine=affine, path="i")
-    _, out, meta = preprocess(image, "MR", PreprocessOptions(spacing=(1.5, 1.5, 1.5)), Volume(labels, affine, "l"))
+    _, out, meta = preprocess(image, "MR", PreprocessOptions(spacing=(1.5, 1.5, 1.5), **TINY), Volume(labels, affine, "l"))
     assert out.dtype == np.uint8
     assert set(np.unique(out)) <= set(range(5))
     assert meta["label_classes"] == sorted(np.unique(out).tolist())
@@ -45,13 +47,13 @@ def test_label_on_another_grid_is_rejected():
 
 def test_normalisation_ct_window_and_mr_percentiles():
     ct = Volume(np.linspace(-2000, 3000, 4096).reshape(16, 16, 16).astype(np.int16), np.eye(4), "ct")
-    _, _, meta = preprocess(ct, None, PreprocessOptions(spacing=(1.0, 1.0, 1.0)))
+    _, _, meta = preprocess(ct, None, PreprocessOptions(spacing=(1.0, 1.0, 1.0), **TINY))
     assert meta["modality"] == "CT" and meta["modality_inferred"]
     assert meta["normalisation"] == {"scheme": "window", "low": -1000.0, "high": 1000.0}
     out = normalise(np.array([-3000, -1000, 0, 1000, 5000], np.int16), meta["normalisation"])
     np.testing.assert_allclose(out, [0, 0, 0.5, 1, 1])
     mr = Volume(np.arange(4096, dtype=np.float32).reshape(16, 16, 16), np.eye(4), "mr")
-    _, _, meta = preprocess(mr, "MR", PreprocessOptions(spacing=(1.0, 1.0, 1.0), percentiles=(1.0, 99.0)))
+    _, _, meta = preprocess(mr, "MR", PreprocessOptions(spacing=(1.0, 1.0, 1.0), percentiles=(1.0, 99.0), **TINY))
     assert meta["normalisation"]["scheme"] == "percentile"
     assert meta["normalisation"]["low"] == pytest.approx(np.percentile(np.arange(4096), 1.0), rel=1e-3)
 
@@ -60,10 +62,37 @@ def test_foreground_points_lie_in_the_foreground():
     data = np.zeros((20, 20, 20), np.float32)
     data[5:10, 5:10, 5:10] = 100.0
     data[0, 0, 0] = 0.5  # keep percentiles away from a constant image
-    _, _, meta = preprocess(Volume(data, np.eye(4), "x"), "MR", PreprocessOptions(spacing=(1.0, 1.0, 1.0)))
+    image, _, meta = preprocess(Volume(data, np.eye(4), "x"), "MR", PreprocessOptions(spacing=(1.0, 1.0, 1.0)))
     pts = np.array(meta["foreground_points"])
-    assert len(pts) == 125
-    assert pts.min() >= 5 and pts.max() <= 9
+    assert len(pts) > 0 and all(image[tuple(p)] == 100.0 for p in pts)
+
+
+def test_foreground_crop_keeps_the_body_with_its_margin_and_can_be_undone():
+    rng = np.random.default_rng(0)
+    data = rng.normal(-1000, 5, (60, 50, 40)).astype(np.int16)  # air
+    data[20:30, 10:25, 5:15] = 40  # a body
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+    opts = PreprocessOptions(spacing=(1.0, 1.0, 1.0), crop_margin_mm=4.0)
+    full, _, full_meta = preprocess(Volume(data, affine, "ct"), "CT", PreprocessOptions(spacing=(1.0,) * 3,
+                                                                                          foreground_crop=False))
+    image, _, meta = preprocess(Volume(data, affine, "ct"), "CT", opts)
+    assert image.size < full.size / 5 and (image == 40).sum() == (full == 40).sum()  # all of the body is kept
+    assert meta["crop"]["uncropped_shape"] == list(full.shape) and full_meta["crop"] is None
+    body = np.argwhere(image == 40)
+    assert body.min(axis=0).min() >= 4 and (np.array(image.shape) - 1 - body.max(axis=0)).min() >= 4  # margins
+    restored = uncrop(image, meta, fill=-1000)
+    np.testing.assert_array_equal(restored[full == 40], 40)
+    assert restored.shape == full.shape
+    # the cropped grid keeps world positions: its affine is the full affine shifted by the crop offset
+    corner = np.array(meta["crop"]["offset"] + [1])
+    np.testing.assert_allclose(np.array(meta["affine"])[:, 3], np.array(full_meta["affine"]) @ corner, atol=1e-6)
+
+
+def test_too_small_after_foreground_crop_is_rejected():
+    data = np.zeros((40, 40, 40), np.float32)
+    data[20:23, 20:23, 20:23] = 50.0  # a 3-voxel speck
+    with pytest.raises(RejectedVolume, match="too small after foreground crop"):
+        preprocess(Volume(data, np.eye(4), "x"), "MR", PreprocessOptions(spacing=(1.0,) * 3, crop_margin_mm=2.0))
 
 
 @pytest.mark.parametrize("shape,reason", [((4, 4, 4, 3), "not a 3D volume"), ((4, 4, 4), "constant volume")])
