@@ -1,86 +1,36 @@
-"""`voxfm shard`: raw volumes (folder or manifest.csv) → shard set + index.json + report.json."""
+"""`voxfm shard`: raw volumes (folder or manifest.csv) → shard set + index.json + report.json.
+
+Work runs in `workers` processes, one subject (all its volumes) per task; results are written in a fixed
+order, and a shard only ends between subjects, so a subject's volumes share a shard. A shard is
+published (renamed) before the index names it: killed at any moment, a rerun redoes only inputs the
+index does not hold (by content hash), and every good volume ends in the shards exactly once.
+"""
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
-import re
-from dataclasses import asdict, dataclass
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from multiprocessing import get_context
 from pathlib import Path
 
 from tqdm import tqdm
 
 from data import payload
-from data.preprocess import MODALITIES, PreprocessOptions, preprocess
+from data.inputs import InputVolume, discover, file_hash, group_series, sample_key, scan_dicom_file
+from data.preprocess import PreprocessOptions, preprocess
 from data.shards import REPORT, ShardSetWriter, load_index, write_json_atomic
-from data.volumes import RejectedVolume, is_nifti, load_volume, n_frames
+from data.volumes import RejectedVolume, Volume, check_spacing, check_voxels, load_volume, n_frames
 
-MANIFEST_COLUMNS = ("path", "modality", "dataset", "subject", "label")
-
-
-@dataclass(frozen=True)
-class InputVolume:
-    path: str
-    modality: str | None = None  # None: inferred from intensities
-    dataset: str = ""
-    subject: str = ""
-    label: str | None = None
+Unit = list[tuple[InputVolume, str]]  # one subject's inputs with their content hashes
 
 
-def _stem(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def read_manifest(path: Path) -> list[InputVolume]:
-    """CSV with a `path` column and optional modality, dataset, subject, label; relative paths are
-    relative to the manifest."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "path" not in rows[0]:
-        optional = ", ".join(MANIFEST_COLUMNS[1:])
-        raise ValueError(f"input={path}: a manifest needs a header with a `path` column (optional: {optional})")
-    unknown = set(rows[0]) - set(MANIFEST_COLUMNS)
-    if unknown:
-        raise ValueError(f"input={path}: unknown manifest columns {sorted(unknown)}; allowed: {list(MANIFEST_COLUMNS)}")
-
-    def resolve(p: str) -> str:
-        return str(p if Path(p).is_absolute() else (path.parent / p).resolve())
-
-    volumes = []
-    for i, row in enumerate(rows, start=2):
-        modality = (row.get("modality") or "").strip().upper() or None
-        if modality == "MRI":
-            modality = "MR"
-        if modality is not None and modality not in MODALITIES:
-            raise ValueError(f"input={path} line {i}: modality={modality!r}; allowed: {list(MODALITIES)}")
-        src = resolve(row["path"].strip())
-        label = (row.get("label") or "").strip()
-        volumes.append(InputVolume(
-            path=src, modality=modality,
-            dataset=(row.get("dataset") or "").strip() or path.stem,
-            subject=(row.get("subject") or "").strip() or _stem(src),
-            label=resolve(label) if label else None,
-        ))
-    return volumes
-
-
-def discover(input_: str) -> tuple[list[InputVolume], list[str]]:
-    """A folder (searched recursively for .nii/.nii.gz) or a .csv manifest → (the volumes to shard, the files
-    of the folder that are not an image type voxfm reads: reported as ignored, never silently dropped)."""
-    path = Path(input_)
-    if path.is_file() and path.suffix == ".csv":
-        return read_manifest(path), []
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        volumes = [InputVolume(path=str(p.resolve()), dataset=p.parent.name, subject=_stem(str(p)))
-                   for p in files if is_nifti(p)]
-        return volumes, [str(p.resolve()) for p in files if not is_nifti(p)]
-    raise ValueError(f"input={input_}: expected a folder of NIfTI files or a manifest .csv")
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def reason_counts(rejected: list[dict]) -> dict[str, int]:
@@ -92,31 +42,28 @@ def reason_counts(rejected: list[dict]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def file_hash(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sample_key(vol: InputVolume, digest: str) -> str:
-    """WebDataset keys may not contain dots; the hash keeps same-named subjects apart."""
-    name = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{vol.dataset}_{vol.subject}")
-    return f"{name}_{digest[:12]}"
-
-
-def frames_to_shard(path: str, mode: str) -> list[int | None]:
-    """None: the file as one 3D volume (a 4D one is then rejected with its reason); else the frame indices."""
-    count = n_frames(path)
+def frames_to_shard(vol: InputVolume, mode: str) -> list[int | None]:
+    """None: the input as one 3D volume (a 4D one is then rejected with its reason); else the frame indices."""
+    count = 1 if vol.files else n_frames(vol.path)
     if count == 1 or mode == "reject":
         return [None]
     return [0] if mode == "first" else list(range(count))
 
 
+def read_input(vol: InputVolume, opts: PreprocessOptions, frame: int | None) -> Volume:
+    if not vol.files:
+        return load_volume(vol.path, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy, frame)
+    from data.dicom import load_series
+
+    volume = load_series(list(vol.files), opts.max_voxels)
+    check_spacing(volume.affine, opts.spacing_bounds, opts.max_anisotropy)
+    check_voxels(volume.data)
+    return volume
+
+
 def shard_one(vol: InputVolume, opts: PreprocessOptions, codec: str,
               frame: int | None = None) -> tuple[dict[str, bytes], dict]:
-    image = load_volume(vol.path, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy, frame)
+    image = read_input(vol, opts, frame)
     try:
         label = load_volume(vol.label, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy) if vol.label else None
     except RejectedVolume as err:
@@ -128,16 +75,105 @@ def shard_one(vol: InputVolume, opts: PreprocessOptions, codec: str,
     return files, meta
 
 
+def process_unit(unit: Unit, opts: PreprocessOptions, codec: str) -> list[tuple[InputVolume, str, list | str]]:
+    """One subject → per input: its samples [(key, files, meta)] or its rejection reason. Runs in a worker."""
+    out = []
+    for vol, digest in unit:
+        try:
+            # every frame of an input is prepared before any is written: an input lands whole or not at all
+            samples = []
+            for frame in frames_to_shard(vol, opts.frames):
+                files, meta = shard_one(vol, opts, codec, frame)
+                meta.update(dataset=vol.dataset, subject=vol.subject, source_path=vol.path, content_hash=digest,
+                            label_path=vol.label, frame=frame, series_uid=vol.series_uid, n_files=len(vol.files) or 1)
+                key = sample_key(vol, digest) + ("" if frame is None else f"_f{frame:04d}")
+                samples.append((key, files, meta))
+            out.append((vol, digest, samples))
+        except (RejectedVolume, OSError) as err:
+            out.append((vol, digest, str(err) if isinstance(err, RejectedVolume) else f"unreadable: {err}"))
+    return out
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker: `workers` is the parallelism
+
+
+def _ordered(pool: ProcessPoolExecutor | None, fn: Callable, items: Iterable, window: int) -> Iterator:
+    """fn over items in order, at most `window` in flight (bounded memory); in this process without a pool."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _hash_or_reason(path: str) -> tuple[str, str | None]:
+    try:
+        return file_hash(path), None
+    except OSError as err:
+        return "", f"unreadable: {err}"
+
+
+def _scan(found, pool, progress: bool) -> tuple[list[tuple[InputVolume, str]], list[dict], list[str]]:
+    """Hash every input (and read DICOM headers): (inputs with hashes, rejections, DICOM files without images)."""
+    inputs, rejected, scanned = [], [], []
+    n = len(found.nifti) + len(found.dicom_files)
+    with tqdm(total=n, desc="scan", unit="file", disable=not progress or n == 0) as bar:
+        hashes = _ordered(pool, _hash_or_reason, [v.path for v in found.nifti], 64)
+        for vol, (digest, reason) in zip(found.nifti, hashes):
+            if reason is None:
+                inputs.append((vol, digest))
+            else:
+                rejected.append({"path": vol.path, "reason": reason})
+            bar.update()
+        paths = [f for f, _ in found.dicom_files]
+        for (file, template), (header, digest, reason) in zip(found.dicom_files,
+                                                              _ordered(pool, scan_dicom_file, paths, 64)):
+            if reason is not None:
+                rejected.append({"path": file, "reason": reason})
+            else:
+                scanned.append((file, template, header, digest))
+            bar.update()
+    series, no_image = group_series(scanned)
+    return inputs + series, rejected, no_image
+
+
+def _plan(inputs, index: dict) -> tuple[list[Unit], int, list[dict]]:
+    """Drop inputs already sharded (same hash and path) and duplicates (same hash, another path: rejected
+    with the path kept); group the rest by subject."""
+    done = {s["content_hash"]: s["source_path"] for s in index["samples"]}
+    units: dict[tuple[str, str], Unit] = {}
+    skipped, duplicates = 0, []
+    for vol, digest in inputs:
+        if done.get(digest) == vol.path:
+            skipped += 1
+        elif digest in done:
+            duplicates.append({"path": vol.path, "reason": f"duplicate: same content as {done[digest]}"})
+        else:
+            done[digest] = vol.path
+            units.setdefault((vol.dataset, vol.subject), []).append((vol, digest))
+    return [units[k] for k in sorted(units)], skipped, duplicates
+
+
 def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 256.0, codec: str = "lz4hc",
-              progress: bool = True) -> dict:
-    """Shard every input or reject it with a reason. Inputs already in `output/index.json` (same
-    source path and content hash) are skipped, so a rerun only does unfinished work."""
+              progress: bool = True, workers: int = 0) -> dict:
+    """Shard every input or reject it with a reason; `workers=0` uses every core."""
     opts = PreprocessOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in preprocess.items()})
     if codec not in payload.CODECS:
         raise ValueError(f"codec={codec!r}; allowed: {list(payload.CODECS)}")
     if shard_max_mb <= 0:
         raise ValueError(f"shard_max_mb={shard_max_mb}: expected a positive size in MB")
-    volumes, ignored = discover(input)
+    if workers < 0:
+        raise ValueError(f"workers={workers}: expected >= 1, or 0 for every core")
+    start = time.perf_counter()
+    found = discover(input)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     index = load_index(out)
@@ -146,35 +182,41 @@ def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 2
         raise ValueError(f"output={output} holds shards made with other settings {index['config']}; "
                          f"use a new output folder for {config}")
     index["config"] = config
-    done = {(s["source_path"], s["content_hash"]) for s in index["samples"]}
-    writer = ShardSetWriter(out, index, max_bytes=int(shard_max_mb * 2**20))
-    rejected, skipped, sharded, n_samples = [], 0, 0, 0
-    for vol in tqdm(volumes, desc="shard", unit="vol", disable=not progress):
-        try:
-            digest = file_hash(vol.path)
-            if (vol.path, digest) in done:
-                skipped += 1
-                continue
-            # every frame of an input is prepared before any is written: an input lands whole or not at all
-            samples = [(frame, *shard_one(vol, opts, codec, frame)) for frame in frames_to_shard(vol.path, opts.frames)]
-        except (RejectedVolume, OSError) as err:
-            reason = str(err) if isinstance(err, RejectedVolume) else f"unreadable: {err}"
-            rejected.append({"path": vol.path, "reason": reason})
-            continue
-        for frame, files, meta in samples:
-            meta.update(dataset=vol.dataset, subject=vol.subject, source_path=vol.path, content_hash=digest,
-                        label_path=vol.label, frame=frame)
-            key = sample_key(vol, digest) + ("" if frame is None else f"_f{frame:04d}")
-            # The index stays light: foreground points travel only inside the sample.
-            light = {k: v for k, v in meta.items() if k != "foreground_points"}
-            writer.add(key, {**files, "json": json.dumps(meta).encode()}, light)
-        done.add((vol.path, digest))
-        sharded += 1
-        n_samples += len(samples)
-    writer.flush()
+    n_workers = workers or available_cores()
+    pool = (ProcessPoolExecutor(n_workers, mp_context=get_context("fork"), initializer=_init_worker)
+            if n_workers > 1 else None)
+    try:
+        inputs, rejected, no_image = _scan(found, pool, progress)
+        n_inputs = len(inputs) + len(rejected)  # + files rejected while scanning (damaged DICOM)
+        units, skipped, duplicates = _plan(inputs, index)
+        rejected += duplicates
+        writer = ShardSetWriter(out, index, max_bytes=int(shard_max_mb * 2**20))
+        sharded = n_samples = 0
+        work = sum(len(u) for u in units)
+        with tqdm(total=work, desc="shard", unit="vol", disable=not progress or work == 0) as bar:
+            task = _Task(opts, codec)
+            for results in _ordered(pool, task, units, window=2 * n_workers):
+                for vol, _, outcome in results:
+                    if isinstance(outcome, str):
+                        rejected.append({"path": vol.path, "reason": outcome})
+                        continue
+                    for key, files, meta in outcome:
+                        # the index stays light: foreground points travel only inside the sample
+                        light = {k: v for k, v in meta.items() if k != "foreground_points"}
+                        writer.add(key, {**files, "json": json.dumps(meta).encode()}, light)
+                    sharded += 1
+                    n_samples += len(outcome)
+                writer.end_group()
+                bar.update(len(results))
+        writer.flush()
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     write_json_atomic(out / "index.json", index)
+    ignored = found.ignored + no_image
+    seconds = time.perf_counter() - start
     report = {
-        "n_inputs": len(volumes),
+        "n_inputs": n_inputs,
         "n_sharded": sharded + skipped,
         "n_new": sharded,
         "n_new_samples": n_samples,  # more than n_new when preprocess.frames=all splits 4D series
@@ -185,6 +227,18 @@ def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 2
         "n_ignored": len(ignored),
         "ignored": ignored,
         "n_shards": len(index["shards"]),
+        "workers": n_workers,
+        "seconds": round(seconds, 2),
     }
     write_json_atomic(out / REPORT, report)
     return report
+
+
+class _Task:
+    """Picklable `process_unit` with its settings bound (for the worker pool)."""
+
+    def __init__(self, opts: PreprocessOptions, codec: str):
+        self.opts, self.codec = opts, codec
+
+    def __call__(self, unit: Unit):
+        return process_unit(unit, self.opts, self.codec)

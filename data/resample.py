@@ -29,14 +29,16 @@ def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def rescale(data: np.ndarray, affine: np.ndarray, spacing, label: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Resample [X, Y, Z] to `spacing` mm along its own axes: trilinear for images, nearest for label maps.
     Returns float32 voxels and their affine."""
-    scale = spacing_of(affine) / np.asarray(spacing, dtype=np.float64)
+    # rounded: a spacing read from DICOM text or a NIfTI float32 header gives the same grid
+    scale = np.round(spacing_of(affine) / np.asarray(spacing, dtype=np.float64), 6)
     if np.allclose(scale, 1.0):
         return data.astype(np.float32), np.asarray(affine, dtype=np.float64)
     # NIfTI voxels come in Fortran order: interpolate their C-ordered transpose instead of copying them
     transposed = not data.flags.c_contiguous and data.flags.f_contiguous
     src = data.T if transposed else np.ascontiguousarray(data)
     voxels = torch.from_numpy(src.astype(np.float32, copy=False))[None, None]
-    factors = tuple(float(s) for s in (scale[::-1] if transposed else scale))
+    # torch sizes the output floor(n · factor): the nudge keeps 40 · 0.8 at 32 where float error says 31.99…
+    factors = tuple(float(s) * (1 + 1e-9) for s in (scale[::-1] if transposed else scale))
     # "nearest-exact" maps output voxel centres like the trilinear mode, so labels stay on the image grid
     kwargs = {"mode": "nearest-exact"} if label else {"mode": "trilinear", "align_corners": False}
     out = F.interpolate(voxels, scale_factor=factors, recompute_scale_factor=False, **kwargs)[0, 0].numpy()

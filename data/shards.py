@@ -54,7 +54,8 @@ def shard_urls(shards: str | Path) -> list[str]:
 
 
 class ShardSetWriter:
-    """Appends samples to `output/shard-NNNNNN.tar`, starting a new shard past `max_bytes`."""
+    """Appends samples to `output/shard-NNNNNN.tar`, starting a new shard past `max_bytes` at the end of a
+    group (a subject), so a group never straddles two shards."""
 
     def __init__(self, output: Path, index: dict, max_bytes: int):
         self.output, self.index, self.max_bytes = output, index, max_bytes
@@ -79,6 +80,9 @@ class ShardSetWriter:
             self._tar.addfile(info, io.BytesIO(payload))
             self._bytes += len(payload) + 1024
         self._pending.append({**meta, "key": key, "shard": self._name})
+
+    def end_group(self) -> None:
+        """A subject's samples are all added: the shard may end here once it passed `max_bytes`."""
         if self._bytes >= self.max_bytes:
             self.flush()
 

@@ -1,4 +1,4 @@
-"""Loading NIfTI volumes with the checks that decide whether a file is sharded or rejected."""
+"""Loading NIfTI volumes with the checks that decide whether a file is sharded or rejected (DICOM: data/dicom.py)."""
 
 from __future__ import annotations
 
@@ -87,10 +87,15 @@ def load_volume(path: str | Path, max_voxels: int, spacing_bounds: tuple[float, 
         data = np.asanyarray(img.dataobj[..., frame] if frame is not None else img.dataobj).reshape(shape)
     except Exception as err:
         raise RejectedVolume(f"unreadable voxels: {type(err).__name__}: {err}") from err
+    check_voxels(data)
+    return Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), path=path)
+
+
+def check_voxels(data: np.ndarray) -> None:
+    """Reject voxels no model should see: non-numeric, NaN/Inf, or one constant value."""
     if data.dtype.kind not in "iuf":
         raise RejectedVolume(f"unsupported voxel type {data.dtype}")
     if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
         raise RejectedVolume("voxels contain NaN or infinity")
     if data.min() == data.max():
         raise RejectedVolume(f"constant volume (every voxel = {data.min()})")
-    return Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), path=path)

@@ -17,7 +17,8 @@ from pretrain.errors import PREEMPTED_EXIT_CODE, CheckpointWriteError, Preempted
 USAGE = """usage: voxfm <command> [key=value ...]
 
 commands:
-  shard     input=<dir|manifest.csv> output=<dir>       raw NIfTI volumes -> WebDataset shards
+  shard     input=<dir|manifest.csv> output=<dir> [workers=N]
+                                                     NIfTI volumes, DICOM series -> WebDataset shards
   pretrain  experiment=<name> data.shards=<dir> run_dir=<dir>
                                                      train (reruns with the same run_dir resume)
   export    checkpoint=<ckpt|run_dir> output=<dir> [in_channels=N]
@@ -77,11 +78,14 @@ def _shard(cfg) -> None:
     from data.ingest import run_shard
 
     report = run_shard(cfg.input, cfg.output, OmegaConf.to_container(cfg.preprocess), cfg.shard_max_mb,
-                       cfg.codec, cfg.progress)
-    print(f"sharded {report['n_sharded']}/{report['n_inputs']} volumes ({report['n_skipped']} already done), "
-          f"rejected {report['n_rejected']}; {report['n_shards']} shard(s) in {cfg.output}")
+                       cfg.codec, cfg.progress, cfg.workers)
+    print(f"sharded {report['n_sharded']}/{report['n_inputs']} inputs ({report['n_skipped']} already done), "
+          f"rejected {report['n_rejected']}, ignored {report['n_ignored']} other file(s); {report['n_shards']} "
+          f"shard(s) in {cfg.output} ({report['seconds']} s, {report['workers']} worker(s))")
     for r in report["rejected"]:
         print(f"  rejected {r['path']}: {r['reason']}")
+    if report["n_ignored"]:
+        print(f"  ignored (not an image voxfm reads): {report['n_ignored']}, listed in {cfg.output}/report.json")
 
 
 def _pretrain(cfg) -> None:

@@ -6,7 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from data.ingest import discover, run_shard
+from data.ingest import run_shard
+from data.inputs import discover
 
 
 def _folder_with_bad_files(tmp_path, phantom_dir):
@@ -71,8 +72,9 @@ def test_manifest_columns_are_read_and_checked(tmp_path, phantom_dir):
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"path,modality,dataset,subject,label\n"
                         f"{phantom_dir}/phantom001_mr.nii.gz,mri,ds,s1,{phantom_dir}/phantom001_mr_label.nii.gz\n")
-    (vol,), ignored = discover(str(manifest))
-    assert ignored == []
+    found = discover(str(manifest))
+    (vol,) = found.nifti
+    assert found.ignored == [] and found.dicom_files == []
     assert vol.modality == "MR" and vol.dataset == "ds" and vol.subject == "s1" and vol.label.endswith("label.nii.gz")
     manifest.write_text("path,modality\nx.nii.gz,XR\n")
     with pytest.raises(ValueError, match="modality='XR'"):

@@ -32,7 +32,8 @@ def test_label_is_resampled_nearest_neighbour_on_the_image_grid():
     labels = rng.integers(0, 5, (16, 16, 16)).astype(np.uint8)
     affine = np.diag([1.0, 1.0, 2.0, 1.0])
     image = Volume(data=rng.normal(size=(16, 16, 16)).astype(np.float32), affine=affine, path="i")
-    _, out, meta = preprocess(image, "MR", PreprocessOptions(spacing=(1.5, 1.5, 1.5), **TINY), Volume(labels, affine, "l"))
+    opts = PreprocessOptions(spacing=(1.5, 1.5, 1.5), **TINY)
+    _, out, meta = preprocess(image, "MR", opts, Volume(labels, affine, "l"))
     assert out.dtype == np.uint8
     assert set(np.unique(out)) <= set(range(5))
     assert meta["label_classes"] == sorted(np.unique(out).tolist())
