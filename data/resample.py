@@ -36,7 +36,7 @@ def rescale(data: np.ndarray, affine: np.ndarray, spacing, label: bool = False) 
     # NIfTI voxels come in Fortran order: interpolate their C-ordered transpose instead of copying them
     transposed = not data.flags.c_contiguous and data.flags.f_contiguous
     src = data.T if transposed else np.ascontiguousarray(data)
-    voxels = torch.from_numpy(src.astype(np.float32, copy=False))[None, None]
+    voxels = torch.from_numpy(src.astype(np.float32, copy=not src.flags.writeable))[None, None]  # memmaps are read-only
     # torch sizes the output floor(n · factor): the nudge keeps 40 · 0.8 at 32 where float error says 31.99…
     factors = tuple(float(s) * (1 + 1e-9) for s in (scale[::-1] if transposed else scale))
     # "nearest-exact" maps output voxel centres like the trilinear mode, so labels stay on the image grid
