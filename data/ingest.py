@@ -95,9 +95,9 @@ def process_unit(unit: Unit, opts: PreprocessOptions, codec: str) -> list[tuple[
 
 
 def _init_worker() -> None:
-    import torch
+    import blosc2
 
-    torch.set_num_threads(1)  # one core per worker: `workers` is the parallelism
+    blosc2.set_nthreads(1)  # one core per worker: `workers` is the parallelism
 
 
 def _ordered(pool: ProcessPoolExecutor | None, fn: Callable, items: Iterable, window: int) -> Iterator:

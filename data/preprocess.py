@@ -62,7 +62,8 @@ def cast_like(resampled: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if np.dtype(dtype).kind in "iu":
         dtype = np.dtype(dtype).newbyteorder("=")
         info = np.iinfo(dtype)
-        return np.clip(np.rint(resampled), info.min, info.max).astype(dtype)
+        rounded = np.rint(resampled, out=resampled) if resampled.dtype == np.float32 else np.rint(resampled)
+        return np.clip(rounded, info.min, info.max, out=rounded).astype(dtype)
     return resampled.astype(np.float32)
 
 
@@ -167,7 +168,7 @@ def preprocess(volume: Volume, modality: str | None, opts: PreprocessOptions, la
     if not mask.any():
         raise RejectedVolume(f"no foreground: no voxel above {FOREGROUND_LEVEL} of the normalised range {norm}")
     box, affine, crop = crop_to_foreground(image, affine, mask, opts)
-    image = image[box]
+    image = np.ascontiguousarray(image[box])  # C order for the codec: one copy, of the kept voxels only
     if min(image.shape) < opts.min_shape:
         where = "after foreground crop" if crop else "after resampling"
         raise RejectedVolume(f"too small {where}: {list(image.shape)} voxels, an edge < preprocess.min_shape="

@@ -25,6 +25,7 @@ commands:
                                                      backbone.safetensors + backbone.json for MONAI
   bench     data shards=<dir>                          decode MB/s of shards vs nibabel, regions/s per worker
   bench     model experiment=<name> [steps=N]          voxfm's training step vs MONAI's at the same shapes
+  bench     ingest input=<dir|manifest.csv>            voxfm shard's per-volume work vs MONAI's load/orient/resample
 
 Every key of conf/<command>.yaml can be overridden; `voxfm <command> --cfg` prints the composed config.
 experiments: {experiments}
@@ -104,6 +105,14 @@ def _export(cfg) -> None:
     print(f"exported {out / 'backbone.safetensors'} and {out / 'backbone.json'}")
 
 
+def _bench_ingest(cfg) -> None:
+    from pretrain.bench_ingest import bench_ingest, format_ingest_bench
+
+    result = bench_ingest(cfg.input, cfg.max_volumes, cfg.repeats, list(cfg.spacing))
+    print(json.dumps(result))
+    print(format_ingest_bench(result))
+
+
 def _bench(cfg) -> None:
     from pretrain.bench import bench_data, format_data_bench
 
@@ -137,7 +146,7 @@ def _bench_model(overrides: list[str]) -> None:
 # documented in README.md ("Exit codes"); 75 = preempted (pretrain/errors.py)
 EXIT_CODES = {"bad configuration": 2, "diverged": 3, "checkpoint not written": 4}
 COMMANDS = {"shard": _shard, "pretrain": _pretrain, "export": _export, "bench": _bench}
-BENCHES = ("data", "model")
+BENCHES = ("data", "model", "ingest")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,17 +161,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if command == "bench":
         if not overrides or overrides[0] not in BENCHES:
-            print(f"voxfm bench: say what to benchmark, one of {list(BENCHES)}: `voxfm bench data shards=<dir>` or "
-                  "`voxfm bench model experiment=<name>`", file=sys.stderr)
+            print(f"voxfm bench: say what to benchmark, one of {list(BENCHES)}: `voxfm bench data shards=<dir>`, "
+                  "`voxfm bench model experiment=<name>` or `voxfm bench ingest input=<dir>`", file=sys.stderr)
             return 2
         what, overrides = overrides[0], overrides[1:]
     try:
         if command == "bench" and what == "model":
             _bench_model(overrides)
             return 0
-        cfg = _compose(command, overrides)
+        cfg = _compose("bench_ingest" if what == "ingest" else command, overrides)
         if cfg is not None:
-            COMMANDS[command](cfg)
+            (_bench_ingest if what == "ingest" else COMMANDS[command])(cfg)
     except (ValueError, HydraException, OmegaConfBaseException) as err:
         print(f"voxfm {command}: error: {err}", file=sys.stderr)
         return EXIT_CODES["bad configuration"]

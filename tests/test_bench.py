@@ -50,3 +50,15 @@ def test_model_bench_prints_voxfm_next_to_monai_on_cpu(capsys):
 def test_model_bench_needs_an_experiment(capsys):
     assert main(["bench", "model"]) == 2
     assert "experiment=..." in capsys.readouterr().err
+
+
+def test_ingest_bench_times_voxfm_and_monai_on_the_same_files(phantom_dir, capsys):
+    assert main(["bench", "ingest", f"input={phantom_dir}", "max_volumes=3", "repeats=1"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.splitlines()[0])
+    assert result["volumes"] == 3 and len(result["per_volume"]) == 3
+    assert all(r["voxfm_s"] > 0 and r["monai_s"] > 0 for r in result["per_volume"])
+    ratio = sum(r["monai_s"] for r in result["per_volume"]) / sum(r["voxfm_s"] for r in result["per_volume"])
+    assert abs(result["speedup"] - ratio) < 0.05  # the summary is the per-volume figures' ratio
+    assert result["storage_vs_nii_gz"] > 1.0  # the payload stays smaller than .nii.gz of the same arrays
+    assert "MONAI LoadImage → Orientation → Spacing" in out
