@@ -33,7 +33,7 @@ def cli_shards(tmp_path_factory, phantom_dir):
     shard = subprocess.run([sys.executable, "-m", "pretrain", "shard", f"input={phantom_dir}", f"output={out}",
                             "progress=false"], cwd=REPO, env=ENV, capture_output=True, text=True)
     assert shard.returncode == 0, shard.stderr[-3000:]
-    assert "sharded 12/12 volumes" in shard.stdout
+    assert "sharded 12/12 inputs" in shard.stdout
     return out
 
 
