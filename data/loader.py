@@ -41,7 +41,7 @@ class ThreadLoader:
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
 
     def _batches(self, worker: int) -> Iterator[dict]:
-        regions = self.stream.worker_stream(worker)
+        regions = self.stream.worker_stream(worker, max(self.num_threads, 1))
         while True:
             batch = collate_regions([next(regions) for _ in range(self.batch_size)])
             if self.pin_memory:

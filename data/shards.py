@@ -33,10 +33,27 @@ def load_index(output: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _remote_index(url: str) -> list[str]:
+    """`http(s)://host/set/` → the shard URLs its index.json names."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + INDEX, timeout=30) as response:
+            names = [s["name"] for s in json.loads(response.read())["shards"]]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"data.shards={url}: cannot read {url + INDEX} ({type(err).__name__}: {err})") from err
+    if not names:
+        raise ValueError(f"data.shards={url}: the shard set is empty")
+    return [url + n for n in names]
+
+
 def shard_urls(shards: str | Path) -> list[str]:
-    """A shard set folder (with index.json) → its tar paths; a brace pattern (`shard-{000000..000099}.tar`,
-    local or a URL) → the paths it expands to. Local paths must exist: failing here beats a stream
-    that skips unreadable shards forever."""
+    """A shard set folder (with index.json) → its tar paths; `http(s)://.../` (ending in a slash) → the shards
+    its index.json names; a brace pattern (`shard-{000000..000099}.tar`, local, a URL or a `pipe:` command)
+    → what it expands to. Local paths must exist: failing here beats a stream that skips unreadable
+    shards forever."""
+    if str(shards).startswith(("http://", "https://")) and str(shards).endswith("/"):
+        return _remote_index(str(shards))
     path = Path(str(shards))
     if path.is_dir():
         index = path / INDEX
@@ -47,7 +64,7 @@ def shard_urls(shards: str | Path) -> list[str]:
             raise ValueError(f"data.shards={shards}: the shard set is empty (see its {REPORT})")
         return [str(path / n) for n in names]
     urls = [u for part in str(shards).split("::") for u in braceexpand(part)]  # webdataset's URL list syntax
-    missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
+    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
     if missing:
         raise ValueError(f"data.shards={shards}: {len(missing)} of {len(urls)} shard(s) not found, e.g. {missing[0]}")
     return urls

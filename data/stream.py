@@ -2,7 +2,9 @@
 
 Each data-loader worker on each rank draws shards at random with replacement (`ResampledShards`)
 from a seed that mixes (seed, rank, worker), so the stream is infinite, differs per rank and
-worker, and needs no shared filesystem listing beyond the shard URLs. Workers decode whole
+worker, and needs no shared filesystem listing beyond the shard URLs; or, with `resampled=False`,
+reads exact passes split by (rank, worker). Several shard sets mix by weight (`data/sources.py`).
+A truncated shard or a damaged sample is skipped with a warning and counted, never fatal. Workers decode whole
 volumes (blosc2) and cut several **regions** per volume in the stored dtype (int16 for CT), plus
 the volume's normalisation record. Views, normalisation and augmentation happen later, batched on
 the training device (`data/views.py`): a CPU core only decodes and copies.
@@ -11,6 +13,7 @@ the training device (`data/views.py`): a CPU core only decodes and copies.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -21,7 +24,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from data import payload
 from data.crops import random_crops, triple
 from data.preprocess import normalise
-from data.shards import shard_urls
+from data.sources import epoch_samples, mix, parse_sources, resampled_samples
+
+log = logging.getLogger("voxfm.data")
+MAX_SKIPPED_IN_A_ROW = 1000  # nothing but damaged data this long: the shard set itself is unusable
 
 
 def decode_sample(sample: dict) -> tuple[np.ndarray, dict]:
@@ -50,7 +56,8 @@ def cut_regions(sample: dict, region_size, n: int, foreground_prob: float, rng: 
 
 
 def collate_regions(samples: list[dict]) -> dict:
-    """Stack regions; a batch mixing dtypes (int16 CT with float32 MR) is promoted to the widest."""
+    """Stack regions; a batch mixing dtypes (int16 CT with float32 MR) is promoted to the widest. A batch comes
+    from one worker: it carries that worker's count of skipped damaged data and each region's source."""
     regions = [s["region"] for s in samples]
     dtype = regions[0].dtype
     for r in regions[1:]:
@@ -60,46 +67,90 @@ def collate_regions(samples: list[dict]) -> dict:
         "low": torch.tensor([s["low"] for s in samples], dtype=torch.float32),
         "high": torch.tensor([s["high"] for s in samples], dtype=torch.float32),
         "modality": [s["modality"] for s in samples],
+        "source": torch.tensor([s.get("source", 0) for s in samples], dtype=torch.long),
+        "worker": samples[0].get("worker", 0),
+        "skipped": max(s.get("skipped", 0) for s in samples),
     }
+
+
+class SkipCounter:
+    """Counts damaged shards/samples a worker skipped; gives up only when nothing readable comes at all."""
+
+    def __init__(self):
+        self.count, self.in_a_row = 0, 0
+
+    def skip(self, err: BaseException) -> bool:
+        self.count += 1
+        self.in_a_row += 1
+        log.warning("voxfm: skipped damaged data (%d so far in this worker): %s: %s", self.count,
+                    type(err).__name__, err)
+        if self.in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise RuntimeError(f"{self.in_a_row} damaged shards/samples in a row and nothing readable: check the "
+                               f"shard set (last error: {type(err).__name__}: {err})") from err
+        return True  # webdataset: continue with the next sample
+
+    def ok(self) -> None:
+        self.in_a_row = 0
 
 
 class RegionStream(IterableDataset):
     """Infinite stream of regions (see `cut_regions`), `regions_per_volume` from each decoded volume."""
 
-    def __init__(self, shards: str, region_size, regions_per_volume: int = 4, foreground_prob: float = 0.67,
-                 shuffle_buffer: int = 64, seed: int = 0):
+    def __init__(self, shards: str | None, region_size, regions_per_volume: int = 4, foreground_prob: float = 0.67,
+                 shuffle_buffer: int = 64, seed: int = 0, sources: list[dict] | None = None, resampled: bool = True):
         if regions_per_volume < 1:
             raise ValueError(f"data.regions_per_volume={regions_per_volume}: expected >= 1")
         if not 0.0 <= foreground_prob <= 1.0:
             raise ValueError(f"data.foreground_prob={foreground_prob}: expected a probability in [0, 1]")
-        self.urls = shard_urls(shards)
+        self.sources = parse_sources(shards, sources)
+        self.urls = [u for s in self.sources for u in s.urls]
         self.region_size = triple(region_size)
         self.regions_per_volume, self.foreground_prob = regions_per_volume, foreground_prob
-        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+        self.shuffle_buffer, self.seed, self.resampled = shuffle_buffer, seed, resampled
 
-    def _worker_key(self, worker: int) -> list[int]:
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        return [self.seed, rank, worker]
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        if torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
 
-    def _regions(self, samples: Iterator[dict], rng: np.random.Generator) -> Iterator[dict]:
-        for sample in samples:
-            yield from cut_regions(sample, self.region_size, self.regions_per_volume, self.foreground_prob, rng)
+    def _regions(self, samples: Iterator[tuple[int, dict]], rng: np.random.Generator, skips: SkipCounter,
+                 worker: int) -> Iterator[dict]:
+        for source, sample in samples:
+            try:
+                regions = cut_regions(sample, self.region_size, self.regions_per_volume, self.foreground_prob, rng)
+            except Exception as err:  # a damaged payload or metadata: skip the sample, never the run
+                skips.skip(RuntimeError(f"sample {sample.get('__key__')} of {sample.get('__url__')}: "
+                                        f"{type(err).__name__}: {err}"))
+                continue
+            skips.ok()
+            for r in regions:
+                yield {**r, "source": source, "worker": worker, "skipped": skips.count}
 
-    def worker_stream(self, worker: int) -> Iterator[dict]:
+    def samples(self, worker: int, n_workers: int = 1, skips: SkipCounter | None = None
+                ) -> Iterator[tuple[int, dict]]:
+        """(source index, raw sample) for data worker `worker` of `n_workers` on this rank."""
+        rank, world = self._rank_world()
+        skips = skips or SkipCounter()
+        slot, n_slots = rank * n_workers + worker, world * n_workers
+        worker_seed = (self.seed * 1_000_003 + rank) * 1_009 + worker
+        streams = [resampled_samples(s.urls, self.seed, worker_seed + 7919 * i, skips.skip) if self.resampled
+                   else epoch_samples(s.urls, self.seed + 7919 * i, slot, n_slots, skips.skip)
+                   for i, s in enumerate(self.sources)]
+        return mix(streams, [s.weight for s in self.sources], np.random.default_rng([self.seed, rank, worker, 1]))
+
+    def worker_stream(self, worker: int, n_workers: int = 1) -> Iterator[dict]:
         """The infinite region stream of data worker `worker` (a loader process or thread) on this rank."""
-        key = self._worker_key(worker)
-        shard_seed = (key[0] * 1_000_003 + key[1]) * 1_009 + key[2]
-        pipeline = wds.DataPipeline(
-            wds.ResampledShards(self.urls, seed=self.seed, worker_seed=lambda: shard_seed, deterministic=True),
-            wds.tarfile_to_samples(handler=wds.warn_and_continue),
-            lambda samples: self._regions(samples, np.random.default_rng(key)),
-            wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, seed=str(key)),
-        )
-        return iter(pipeline)
+        rank, _ = self._rank_world()
+        key = [self.seed, rank, worker]
+        skips = SkipCounter()
+        regions = self._regions(self.samples(worker, n_workers, skips), np.random.default_rng(key), skips, worker)
+        shuffle = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, seed=str(key))
+        return iter(shuffle(regions))
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        return self.worker_stream(info.id if info else 0)
+        return self.worker_stream(info.id if info else 0, info.num_workers if info else 1)
 
 
 def region_loader(stream: RegionStream, batch_size: int, num_workers: int) -> DataLoader:

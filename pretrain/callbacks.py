@@ -1,4 +1,4 @@
-"""Callbacks: throughput logging, the run config inside every checkpoint, atomic checkpoint writes."""
+"""Callbacks: throughput and data logging, the run config inside every checkpoint, atomic checkpoint writes."""
 
 from __future__ import annotations
 
@@ -25,6 +25,38 @@ class Throughput(L.Callback):
             samples = len(batch["modality"]) * trainer.world_size  # regions (a two-view sample counts once)
             pl_module.log("train/samples_per_s", samples / (now - self._last), prog_bar=True, batch_size=1)
         self._last = now
+
+
+class DataStats(L.Callback):
+    """Logs the damaged data skipped so far (`data/skipped_samples`, this rank) and, with several sources, the
+    realised share of regions from each (`data/mix/<name>`); prints the skipped count at the end."""
+
+    def __init__(self, source_names: list[str]):
+        self.names = source_names
+        self.counts = [0] * len(source_names)
+        self.skipped: dict[int, int] = {}
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if "source" not in batch:
+            return
+        for i in batch["source"].tolist():
+            self.counts[i] += 1
+        worker = int(batch["worker"])
+        self.skipped[worker] = max(self.skipped.get(worker, 0), int(batch["skipped"]))
+        pl_module.log("data/skipped_samples", float(self.total_skipped), batch_size=1)
+        if len(self.names) > 1:
+            total = sum(self.counts)
+            for name, count in zip(self.names, self.counts):
+                pl_module.log(f"data/mix/{name}", count / total, batch_size=1)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.total_skipped:
+            print(f"voxfm: rank {trainer.global_rank} skipped {self.total_skipped} damaged shard read(s) or "
+                  "sample(s) (warnings above; data/skipped_samples in the metrics)", flush=True)
 
 
 class ConfigInCheckpoint(L.Callback):

@@ -19,6 +19,7 @@ USAGE = """usage: voxfm <command> [key=value ...]
 commands:
   shard     input=<dir|manifest.csv> output=<dir> [workers=N]
                                                      NIfTI volumes, DICOM series -> WebDataset shards
+  inspect   shards=<dir> [output=<dir>]                counts, spacing/shape distributions, rejections, a montage PNG
   pretrain  experiment=<name> data.shards=<dir> run_dir=<dir>
                                                      train (reruns with the same run_dir resume)
   export    checkpoint=<ckpt|run_dir> output=<dir> [in_channels=N]
@@ -105,6 +106,14 @@ def _export(cfg) -> None:
     print(f"exported {out / 'backbone.safetensors'} and {out / 'backbone.json'}")
 
 
+def _inspect(cfg) -> None:
+    from data.inspect import format_summary, inspect_shards
+
+    summary = inspect_shards(cfg.shards, cfg.output, cfg.n_samples, cfg.seed)
+    print(format_summary(summary))
+    print(f"wrote {summary['montage']} and summary.json beside it")
+
+
 def _bench_ingest(cfg) -> None:
     from pretrain.bench_ingest import bench_ingest, format_ingest_bench
 
@@ -145,7 +154,7 @@ def _bench_model(overrides: list[str]) -> None:
 
 # documented in README.md ("Exit codes"); 75 = preempted (pretrain/errors.py)
 EXIT_CODES = {"bad configuration": 2, "diverged": 3, "checkpoint not written": 4}
-COMMANDS = {"shard": _shard, "pretrain": _pretrain, "export": _export, "bench": _bench}
+COMMANDS = {"shard": _shard, "pretrain": _pretrain, "export": _export, "bench": _bench, "inspect": _inspect}
 BENCHES = ("data", "model", "ingest")
 
 

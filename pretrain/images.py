@@ -10,15 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data.montage import middle_slices
+
 KINDS = ("original", "masked", "reconstruction")
 MIN_TILE = 96  # pixels: small CPU crops are enlarged (nearest) so a grid stays readable
-
-
-def middle_slices(vol: np.ndarray) -> list[np.ndarray]:
-    """vol: [X, Y, Z] in RAS → axial, coronal, sagittal middle slices, each flipped so up is anterior/superior."""
-    x, y, z = (s // 2 for s in vol.shape)
-    axial, coronal, sagittal = vol[:, :, z], vol[:, y, :], vol[x, :, :]  # [X, Y], [X, Z], [Y, Z]
-    return [np.flipud(s.T) for s in (axial, coronal, sagittal)]
 
 
 def pick_samples(modalities: list[str], n: int) -> list[int]:

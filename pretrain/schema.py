@@ -23,7 +23,9 @@ from pretrain.schema_targets import TARGETS, bounded
 
 @dataclass
 class DataSchema:
-    shards: str
+    shards: str | None
+    sources: list[dict] | None
+    resampled: bool
     crop_size: list[int]
     region_size: list[int] | None
     regions_per_volume: int = field(**bounded(ge=1))

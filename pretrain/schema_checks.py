@@ -95,11 +95,11 @@ def _device_errors(trainer: dict, strategy: dict, model: dict, gpus: int) -> lis
     return errors
 
 
-def _shard_errors(shards: str) -> list[str]:
-    from data.shards import shard_urls
+def _shard_errors(data: dict) -> list[str]:
+    from data.sources import parse_sources
 
     try:
-        shard_urls(shards)
+        parse_sources(data["shards"], data["sources"])
     except ValueError as err:
         return [str(err)]
     return []
@@ -108,4 +108,4 @@ def _shard_errors(shards: str) -> list[str]:
 def combination_errors(cfg: dict, gpus: int) -> list[str]:
     return (_model_errors(cfg["model"], _triple(cfg["data"]["crop_size"])) + _objective_errors(cfg)
             + _device_errors(cfg["trainer"], cfg["strategy"], cfg["model"], gpus)
-            + _shard_errors(cfg["data"]["shards"]))
+            + _shard_errors(cfg["data"]))

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from data.loader import ThreadLoader
 from data.shards import describe_shard_set
 from data.stream import RegionStream, region_loader
-from pretrain.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, FinalCheckpoint, Throughput
+from pretrain.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, DataStats, FinalCheckpoint, Throughput
 from pretrain.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint
 from pretrain.efficiency import Efficiency
 from pretrain.images import ReconstructionImages
@@ -35,6 +35,17 @@ def log_event(run_dir: Path, **event) -> None:
     """One JSON line per start / resume / preempted / end in <run_dir>/events.jsonl: the run's history at a glance."""
     with open(run_dir / "events.jsonl", "a") as f:
         f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **event}) + "\n")
+
+
+def first_shard_set(data: DictConfig) -> str:
+    return data.shards or data.sources[0].shards
+
+
+def source_names(data: DictConfig) -> list[str]:
+    from data.sources import parse_sources
+
+    sources = OmegaConf.to_container(data.sources) if data.sources else None
+    return [s.name for s in parse_sources(data.shards, sources)]
 
 
 def build_module(cfg: DictConfig) -> PretrainModule:
@@ -79,7 +90,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
         precision=precision, gradient_clip_val=t.gradient_clip_val,
         accumulate_grad_batches=t.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
         logger=loggers, callbacks=[checkpoints, LearningRateMonitor("step"), Throughput(),
-                                   ConfigInCheckpoint(config, describe_shard_set(cfg.data.shards)),
+                                   ConfigInCheckpoint(config, describe_shard_set(first_shard_set(cfg.data))),
+                                   DataStats(source_names(cfg.data)),
                                    ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb),
                                    *([preemption] if preemption is not None else []),
                                    FinalCheckpoint(run_dir / "checkpoints"), Efficiency(t.peak_tflops)],
@@ -115,7 +127,9 @@ def run_pretrain(cfg: DictConfig) -> Path:
     # A resumed run draws fresh regions (seeded by the resume step) rather than replaying the first ones.
     region_size = cfg.data.region_size or module.stage.region_size_needed()
     stream = RegionStream(cfg.data.shards, region_size, cfg.data.regions_per_volume, cfg.data.foreground_prob,
-                          cfg.data.shuffle_buffer, seed=cfg.seed + resume_step)
+                          cfg.data.shuffle_buffer, seed=cfg.seed + resume_step,
+                          sources=OmegaConf.to_container(cfg.data.sources) if cfg.data.sources else None,
+                          resampled=cfg.data.resampled)
     universal = bool(resume and is_deepspeed_checkpoint(resume) and cfg.strategy.get("universal_checkpoint"))
     if universal:  # another world size can resume a DeepSpeed run through DeepSpeed's universal format
         resume = universal_checkpoint(resume, convert=launcher_rank() == 0)

@@ -27,7 +27,7 @@ def test_each_thread_has_its_own_seeded_stream(shard_dir):
 def test_a_failing_thread_surfaces_in_the_training_loop(shard_dir):
     stream = RegionStream(str(shard_dir), 24)
 
-    def broken(worker):
+    def broken(worker, n_workers):
         raise OSError("disk gone")
         yield
 

@@ -1,0 +1,99 @@
+"""`voxfm inspect shards=<dir>`: what a shard set holds, and a picture of some of it.
+
+Writes `summary.json` (counts per modality and dataset, spacing and shape distributions, voxels and
+bytes, the rejections and ignored files of its report.json) and `montage.png` (random samples: three
+orthogonal middle slices each, captioned with key, modality, shape and spacing).
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from data import payload
+from data.montage import montage
+from data.preprocess import normalise
+from data.shards import INDEX, REPORT
+
+
+def _distribution(values: list[list[float]]) -> dict:
+    """Per axis: min, median, max."""
+    arr = np.asarray(values, dtype=np.float64)
+    return {k: [round(float(v), 3) for v in f(arr, axis=0)] for k, f in
+            (("min", np.min), ("median", np.median), ("max", np.max))}
+
+
+def summarise(index: dict, report: dict | None) -> dict:
+    samples = index["samples"]
+    if not samples:
+        raise ValueError("the shard set holds no samples (see its report.json)")
+    return {
+        "n_samples": len(samples),
+        "n_shards": len(index["shards"]),
+        "bytes": int(sum(s["bytes"] for s in index["shards"])),
+        "voxels": int(sum(int(np.prod(s["shape"], dtype=np.int64)) for s in samples)),
+        "by_modality": dict(Counter(s["modality"] for s in samples).most_common()),
+        "by_dataset": dict(Counter(s.get("dataset", "") for s in samples).most_common()),
+        "spacing": _distribution([s["spacing"] for s in samples]),
+        "original_spacing": _distribution([s["original_spacing"] for s in samples]),
+        "shape": _distribution([s["shape"] for s in samples]),
+        "original_orientation": dict(Counter(s["original_orientation"] for s in samples).most_common()),
+        "with_label": sum(1 for s in samples if s.get("label_path")),
+        "rejected_by_reason": (report or {}).get("rejected_by_reason"),
+        "n_rejected": (report or {}).get("n_rejected"),
+        "n_ignored": (report or {}).get("n_ignored"),
+        "preprocess": (index.get("config") or {}).get("preprocess"),
+    }
+
+
+def _read(folder: Path, picked: list[dict]) -> list[tuple[dict, np.ndarray]]:
+    out = []
+    for shard in sorted({s["shard"] for s in picked}):
+        with tarfile.open(folder / shard) as tar:
+            for s in (s for s in picked if s["shard"] == shard):
+                meta = json.loads(tar.extractfile(f"{s['key']}.json").read())
+                out.append((meta | {"key": s["key"]}, payload.decode(tar.extractfile(f"{s['key']}.image.b2").read())))
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    gb = summary["bytes"] / 1e9
+    lines = [f"{summary['n_samples']} samples in {summary['n_shards']} shard(s), {gb:.3f} GB, "
+             f"{summary['voxels'] / 1e9:.3f} G voxels",
+             f"modalities: {summary['by_modality']}", f"datasets: {summary['by_dataset']}",
+             f"spacing (mm) min/median/max: {summary['spacing']['min']} / {summary['spacing']['median']} / "
+             f"{summary['spacing']['max']}",
+             f"shape (voxels) min/median/max: {summary['shape']['min']} / {summary['shape']['median']} / "
+             f"{summary['shape']['max']}",
+             f"original orientations: {summary['original_orientation']}"]
+    if summary["rejected_by_reason"] is not None:
+        lines.append(f"rejected {summary['n_rejected']}, ignored {summary['n_ignored']} file(s)")
+        lines += [f"  {count:>6}  {reason}" for reason, count in summary["rejected_by_reason"].items()]
+    return "\n".join(lines)
+
+
+def inspect_shards(shards: str, output: str | None, n_samples: int = 8, seed: int = 0) -> dict:
+    folder = Path(shards)
+    if not (folder / INDEX).exists():
+        raise ValueError(f"shards={shards}: no {INDEX} here; inspect a folder made by `voxfm shard`")
+    if n_samples < 1:
+        raise ValueError(f"n_samples={n_samples}: expected >= 1")
+    index = json.loads((folder / INDEX).read_text())
+    report = json.loads((folder / REPORT).read_text()) if (folder / REPORT).exists() else None
+    summary = summarise(index, report)
+    out = Path(output) if output else folder / "inspect"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    picked = [index["samples"][i] for i in sorted(rng.choice(len(index["samples"]),
+                                                             min(n_samples, len(index["samples"])), replace=False))]
+    rows = [(f"{m['key'][:40]}  {m['modality']}  {m['shape']}  {m['spacing']} mm", normalise(vol, m["normalisation"]))
+            for m, vol in _read(folder, picked)]
+    montage(rows).save(out / "montage.png")
+    summary["montage"] = str(out / "montage.png")
+    summary["montage_samples"] = [m["key"] for m in picked]
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

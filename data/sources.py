@@ -1,0 +1,88 @@
+"""Where training samples come from: one or several shard sets, mixed by weight, resampled or in exact passes.
+
+- `data.shards`: one shard set (a folder with index.json, a brace pattern, an `http(s)://` URL or a
+  `pipe:` command such as `pipe:aws s3 cp s3://bucket/shard-000001.tar -`).
+- `data.sources=[{shards: ..., weight: 0.7, name: ct}, ...]`: several, drawn in proportion to `weight`.
+- `data.resampled=true` (default): each worker draws shards at random with replacement, forever.
+  `false`: passes over the data; in each pass every sample is read by exactly one (rank, worker) slot —
+  whole shards per slot when there are at least as many shards as slots, else every slot reads
+  every shard and keeps every n-th sample.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from data.shards import shard_urls
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    urls: list[str]
+    weight: float
+
+
+def _name(shards: str) -> str:
+    return Path(str(shards).split("::")[0].rstrip("/")).name.split("{")[0].rstrip("-_.") or "shards"
+
+
+def parse_sources(shards: str | None, sources: list[dict] | None) -> list[Source]:
+    """`data.shards` or `data.sources` (exactly one) → sources with their URLs and normalised weights."""
+    if bool(shards) == bool(sources):
+        raise ValueError("set exactly one of data.shards=<shard set> or data.sources=[{shards: ..., weight: ...}, ...]")
+    if shards:
+        return [Source(_name(shards), shard_urls(shards), 1.0)]
+    parsed = []
+    for i, src in enumerate(sources):
+        unknown = set(src) - {"shards", "weight", "name"}
+        if unknown or "shards" not in src:
+            raise ValueError(f"data.sources[{i}]={dict(src)}: expected keys shards (required), weight, name")
+        weight = float(src.get("weight", 1.0))
+        if not weight > 0:
+            raise ValueError(f"data.sources[{i}].weight={weight}: expected > 0")
+        parsed.append(Source(str(src.get("name") or _name(src["shards"])), shard_urls(src["shards"]), weight))
+    names = [s.name for s in parsed]
+    if len(set(names)) != len(names):
+        raise ValueError(f"data.sources: names {names} repeat; give each source its own `name`")
+    total = sum(s.weight for s in parsed)
+    return [Source(s.name, s.urls, s.weight / total) for s in parsed]
+
+
+def resampled_samples(urls: list[str], seed: int, worker_seed: int, handler: Callable) -> Iterator[dict]:
+    """Endless: shards drawn at random with replacement, samples in shard order."""
+    return iter(wds.DataPipeline(
+        wds.ResampledShards(urls, seed=seed, worker_seed=lambda: worker_seed, deterministic=True),
+        wds.tarfile_to_samples(handler=handler),
+    ))
+
+
+def epoch_samples(urls: list[str], seed: int, slot: int, n_slots: int, handler: Callable,
+                  passes: int | None = None) -> Iterator[dict]:
+    """Passes (endless by default); pass p reads the shards in an order every slot agrees on (seed, p), and
+    this slot gets exactly its share of the pass's samples."""
+    for p in itertools.count() if passes is None else range(passes):
+        order = [urls[i] for i in np.random.default_rng([seed, p]).permutation(len(urls))]
+        if len(order) >= n_slots:
+            yield from wds.DataPipeline(wds.SimpleShardList(order[slot::n_slots]),
+                                        wds.tarfile_to_samples(handler=handler))
+        else:
+            samples = wds.DataPipeline(wds.SimpleShardList(order), wds.tarfile_to_samples(handler=handler))
+            yield from itertools.islice(samples, slot, None, n_slots)
+
+
+def mix(streams: list[Iterator], weights: list[float], rng: np.random.Generator) -> Iterator[tuple[int, dict]]:
+    """(source index, sample), each draw from source i with probability weights[i]."""
+    if len(streams) == 1:
+        for sample in streams[0]:
+            yield 0, sample
+        return
+    while True:
+        i = int(rng.choice(len(streams), p=weights))
+        yield i, next(streams[i])
