@@ -28,12 +28,14 @@ class Throughput(L.Callback):
 
 
 class DataStats(L.Callback):
-    """Logs the damaged data skipped so far (`data/skipped_samples`, this rank) and, with several sources, the
-    realised share of regions from each (`data/mix/<name>`); prints the skipped count at the end."""
+    """Logs the damaged data skipped so far (`data/skipped_samples`, this rank), the realised share of regions per
+    modality (`data/modality/<CT|MR|PET>`) and, with several sources, per source (`data/mix/<name>`); prints the
+    skipped count at the end."""
 
     def __init__(self, source_names: list[str]):
         self.names = source_names
         self.counts = [0] * len(source_names)
+        self.modalities: dict[str, int] = {}
         self.skipped: dict[int, int] = {}
 
     @property
@@ -45,9 +47,13 @@ class DataStats(L.Callback):
             return
         for i in batch["source"].tolist():
             self.counts[i] += 1
+        for m in batch["modality"]:
+            self.modalities[m] = self.modalities.get(m, 0) + 1
         worker = int(batch["worker"])
         self.skipped[worker] = max(self.skipped.get(worker, 0), int(batch["skipped"]))
         pl_module.log("data/skipped_samples", float(self.total_skipped), batch_size=1)
+        for m, count in self.modalities.items():
+            pl_module.log(f"data/modality/{m}", count / sum(self.modalities.values()), batch_size=1)
         if len(self.names) > 1:
             total = sum(self.counts)
             for name, count in zip(self.names, self.counts):

@@ -24,7 +24,7 @@ commands:
                                                      train (reruns with the same run_dir resume)
   export    checkpoint=<ckpt|run_dir> output=<dir> [in_channels=N]
                                                      backbone.safetensors + backbone.json for MONAI
-  bench     data shards=<dir>                          decode MB/s of shards vs nibabel, regions/s per worker
+  bench     data shards=<dir> [experiment=<name>]      decode MB/s of shards vs nibabel, regions/s per worker
   bench     model experiment=<name> [steps=N]          voxfm's training step vs MONAI's at the same shapes
   bench     ingest input=<dir|manifest.csv>            voxfm shard's per-volume work vs MONAI's load/orient/resample
 
@@ -122,11 +122,24 @@ def _bench_ingest(cfg) -> None:
     print(format_ingest_bench(result))
 
 
-def _bench(cfg) -> None:
+def _bench_data(overrides: list[str]) -> None:
+    """`experiment=<name>` (optional) takes the region size and regions per volume from that experiment; the other
+    overrides go to conf/bench.yaml."""
     from pretrain.bench import bench_data, format_data_bench
 
-    result = bench_data(cfg.shards, cfg.max_samples, cfg.repeats, list(cfg.region_size), cfg.regions_per_volume)
-    print(json.dumps(result))
+    experiments = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
+    cfg = _compose("bench", [o for o in overrides if not o.startswith("experiment=")])
+    if cfg is None:
+        return
+    region_size, per_volume = list(cfg.region_size), cfg.regions_per_volume
+    if experiments:  # the regions that experiment's workers cut
+        from hydra.utils import instantiate
+
+        exp = load_config("pretrain", [f"experiment={experiments[-1]}", f"data.shards={cfg.shards}", "run_dir=unused"])
+        region_size = list(exp.data.region_size or instantiate(exp.objective.stage).region_size_needed())
+        per_volume = exp.data.regions_per_volume
+    result = bench_data(cfg.shards, cfg.max_samples, cfg.repeats, region_size, per_volume)
+    print(json.dumps({"experiment": experiments[-1] if experiments else None, **result}))
     print(format_data_bench(result))
 
 
@@ -154,7 +167,7 @@ def _bench_model(overrides: list[str]) -> None:
 
 # documented in README.md ("Exit codes"); 75 = preempted (pretrain/errors.py)
 EXIT_CODES = {"bad configuration": 2, "diverged": 3, "checkpoint not written": 4}
-COMMANDS = {"shard": _shard, "pretrain": _pretrain, "export": _export, "bench": _bench, "inspect": _inspect}
+COMMANDS = {"shard": _shard, "pretrain": _pretrain, "export": _export, "bench": _bench_ingest, "inspect": _inspect}
 BENCHES = ("data", "model", "ingest")
 
 
@@ -175,12 +188,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         what, overrides = overrides[0], overrides[1:]
     try:
-        if command == "bench" and what == "model":
-            _bench_model(overrides)
+        if command == "bench" and what in ("model", "data"):
+            (_bench_model if what == "model" else _bench_data)(overrides)
             return 0
         cfg = _compose("bench_ingest" if what == "ingest" else command, overrides)
         if cfg is not None:
-            (_bench_ingest if what == "ingest" else COMMANDS[command])(cfg)
+            COMMANDS[command](cfg)
     except (ValueError, HydraException, OmegaConfBaseException) as err:
         print(f"voxfm {command}: error: {err}", file=sys.stderr)
         return EXIT_CODES["bad configuration"]

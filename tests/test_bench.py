@@ -62,3 +62,16 @@ def test_ingest_bench_times_voxfm_and_monai_on_the_same_files(phantom_dir, capsy
     assert abs(result["speedup"] - ratio) < 0.05  # the summary is the per-volume figures' ratio
     assert result["storage_vs_nii_gz"] > 1.0  # the payload stays smaller than .nii.gz of the same arrays
     assert "MONAI LoadImage → Orientation → Spacing" in out
+
+
+def test_data_bench_takes_the_regions_an_experiment_cuts(shard_dir, capsys):
+    from hydra.utils import instantiate
+
+    from pretrain.config import load_config
+
+    assert main(["bench", "data", f"shards={shard_dir}", "experiment=demo_simclr", "repeats=1", "max_samples=2"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[0])
+    exp = load_config("pretrain", ["experiment=demo_simclr", f"data.shards={shard_dir}", "run_dir=x"])
+    needed = list(instantiate(exp.objective.stage).region_size_needed())
+    assert result["experiment"] == "demo_simclr" and result["worker"]["region_size"] == needed
+    assert result["worker"]["regions_per_volume"] == exp.data.regions_per_volume

@@ -112,11 +112,13 @@ def test_damaged_samples_and_truncated_shards_are_skipped_and_counted(shard_dir,
     assert collate_regions(got[-4:])["skipped"] == got[-1]["skipped"]
 
 
-def test_pretraining_over_a_damaged_shard_completes_and_reports_the_skips(shard_dir, tmp_path, capsys):
+def test_pretraining_on_two_sources_one_damaged_completes_and_reports_skips_and_mix(shard_dir, tmp_path, capsys):
     from pretrain.cli import main
 
     run = tmp_path / "run"
-    assert main(["pretrain", "experiment=demo", f"data.shards={_damage(shard_dir, tmp_path)}", f"run_dir={run}",
+    damaged = _damage(shard_dir, tmp_path)
+    sources = f"[{{shards:'{damaged}',weight:0.5,name:damaged}},{{shards:'{shard_dir}',name:clean}}]"
+    assert main(["pretrain", "experiment=demo", f"data.sources={sources}", f"run_dir={run}",
                  "trainer.max_steps=6", "data.regions_per_volume=1", "data.shuffle_buffer=1", "data.num_workers=1",
                  "trainer.log_every_n_steps=1", "trainer.progress_bar=false"]) == 0
     assert "damaged shard read(s) or sample(s)" in capsys.readouterr().out
@@ -124,3 +126,8 @@ def test_pretraining_over_a_damaged_shard_completes_and_reports_the_skips(shard_
     column = rows[0].split(",").index("data/skipped_samples")
     skipped = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
     assert skipped and max(skipped) >= 1
+    header = rows[0].split(",")
+    assert "data/modality/CT" in header and "data/modality/MR" in header  # the realised mix by modality
+    mix = [float(r.split(",")[header.index("data/mix/damaged")]) for r in rows[1:]
+           if r.split(",")[header.index("data/mix/damaged")]]
+    assert mix and 0 < mix[-1] < 1 and "data/mix/clean" in header  # ... and by source
