@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
@@ -27,6 +28,10 @@ from data.shards import REPORT, ShardSetWriter, load_index, write_json_atomic
 from data.volumes import RejectedVolume, Volume, check_spacing, check_voxels, load_volume, n_frames
 
 Unit = list[tuple[InputVolume, str]]  # one subject's inputs with their content hashes
+
+
+class WorkerDied(RuntimeError):
+    """A worker process vanished (killed for memory, most likely); finished shards are kept."""
 
 
 def available_cores() -> int:
@@ -106,12 +111,20 @@ def _ordered(pool: ProcessPoolExecutor | None, fn: Callable, items: Iterable, wi
         yield from map(fn, items)
         return
     pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    try:
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) >= window:
+                yield pending[0][1].result()
+                pending.popleft()
+        while pending:
+            yield pending[0][1].result()
+            pending.popleft()
+    except BrokenProcessPool as err:
+        item = pending[0][0] if pending else None
+        what = ", ".join(v.path for v, _ in item[:3]) if isinstance(item, list) else item
+        raise WorkerDied(f"a worker process died (killed for lack of memory?) while working on {what}; finished "
+                         "shards are kept: rerun the same command to continue, with fewer workers=") from err
 
 
 def _hash_or_reason(path: str) -> tuple[str, str | None]:

@@ -77,10 +77,14 @@ def _explain(err: HydraException, name: str, overrides: list[str]) -> str:
 
 
 def _shard(cfg) -> None:
-    from data.ingest import run_shard
+    from data.ingest import WorkerDied, run_shard
 
-    report = run_shard(cfg.input, cfg.output, OmegaConf.to_container(cfg.preprocess), cfg.shard_max_mb,
-                       cfg.codec, cfg.progress, cfg.workers)
+    try:
+        report = run_shard(cfg.input, cfg.output, OmegaConf.to_container(cfg.preprocess), cfg.shard_max_mb,
+                           cfg.codec, cfg.progress, cfg.workers)
+    except WorkerDied as err:
+        print(f"voxfm shard: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(f"sharded {report['n_sharded']}/{report['n_inputs']} inputs ({report['n_skipped']} already done), "
           f"rejected {report['n_rejected']}, ignored {report['n_ignored']} other file(s); {report['n_shards']} "
           f"shard(s) in {cfg.output} ({report['seconds']} s, {report['workers']} worker(s))")
