@@ -123,8 +123,10 @@ def describe_shard_set(shards: str | Path) -> dict:
     index = json.loads((path / INDEX).read_text())
     pre = index["config"]["preprocess"]
     modalities: dict[str, int] = {}
+    datasets: dict[str, int] = {}
     for s in index["samples"]:
         modalities[s["modality"]] = modalities.get(s["modality"], 0) + 1
+        datasets[s.get("dataset", "")] = datasets.get(s.get("dataset", ""), 0) + 1
     robust = {"scheme": "percentile", "percentiles": pre["percentiles"],
               "note": "per volume: clip to these percentiles of its own voxels, map to [0, 1]"}
     return {
@@ -136,4 +138,5 @@ def describe_shard_set(shards: str | Path) -> dict:
             "MR": robust, "PET": robust,
         },
         "modalities": modalities,
+        "datasets": datasets,
     }

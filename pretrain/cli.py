@@ -22,7 +22,7 @@ commands:
   inspect   shards=<dir> [output=<dir>]                counts, spacing/shape distributions, rejections, a montage PNG
   pretrain  experiment=<name> data.shards=<dir> run_dir=<dir>
                                                      train (reruns with the same run_dir resume)
-  export    checkpoint=<ckpt|run_dir> output=<dir> [in_channels=N]
+  export    checkpoint=<ckpt|run_dir> output=<dir> [format=monai|nnunet|full] [in_channels=N]
                                                      backbone.safetensors + backbone.json for MONAI
   bench     data shards=<dir> [experiment=<name>]      decode MB/s of shards vs nibabel, regions/s per worker
   bench     model experiment=<name> [steps=N]          voxfm's training step vs MONAI's at the same shapes
@@ -106,8 +106,8 @@ def _pretrain(cfg) -> None:
 def _export(cfg) -> None:
     from pretrain.export import run_export
 
-    out = run_export(cfg.checkpoint, cfg.output, cfg.in_channels)
-    print(f"exported {out / 'backbone.safetensors'} and {out / 'backbone.json'}")
+    out = run_export(cfg.checkpoint, cfg.output, cfg.in_channels, cfg.format)
+    print(f"exported ({cfg.format}) to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
 
 
 def _inspect(cfg) -> None:

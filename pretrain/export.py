@@ -1,8 +1,10 @@
-"""`voxfm export`: checkpoint → backbone.safetensors + backbone.json that load into MONAI without voxfm.
+"""`voxfm export`: checkpoint → weights that load without voxfm, plus a model card (README.md).
 
-The weights load with `strict=True` into `monai.networks.nets.ViT(**json["monai_kwargs"])` and into
-`UNETR(...).vit`. MONAI's transformer blocks own a `norm_cross_attn` LayerNorm that is unused without
-cross-attention; it is written with its identity initialisation so the key sets match exactly.
+format=monai (default): `backbone.safetensors` + `backbone.json`; a ViT loads with strict=True into
+`monai.networks.nets.ViT(**kwargs)` and `UNETR(...).vit`, a ResEnc into nnU-Net's `ResidualEncoderUNet`.
+format=nnunet (ResEnc): `nnunet_pretrained.pth` for `nnUNetv2_train ... -pretrained_weights`, in nnU-Net's
+axis order, and `nnunet_plans_fragment.json`. format=full: every weight of the pretraining module
+(backbone + objective heads) + config + step, for `voxfm pretrain init_from=<export>`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,21 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from data.crops import triple
 from pretrain.checkpoints import consolidate_deepspeed, find_resume_checkpoint, is_deepspeed_checkpoint, load_checkpoint
+from pretrain.export_formats import (
+    clone_state,
+    nnunet_plans_fragment,
+    resenc_monai,
+    to_nnunet_axes,
+    vit_monai,
+)
+from pretrain.model_card import write_model_card
 
 BACKBONE_PREFIX = "backbone."
+FORMATS = ("monai", "nnunet", "full")
+ARCHITECTURES = {"models.vit.ViT": "vit", "models.resenc.ResEncUNet": "resenc"}
+NO_DATA = {"spacing": None, "orientation": "RAS", "normalisation": None, "modalities": None, "datasets": None}
 
 
 def resolve_checkpoint(checkpoint: str) -> Path:
@@ -29,65 +43,63 @@ def resolve_checkpoint(checkpoint: str) -> Path:
     return path
 
 
-def monai_state_dict(state: dict[str, torch.Tensor], hidden_size: int, num_layers: int) -> dict[str, torch.Tensor]:
-    """voxfm ViT weights (names already MONAI's) + MONAI's unused cross-attention norms."""
-    out = {k: v.detach().float().contiguous() for k, v in state.items()}
-    for i in range(num_layers):
-        out[f"blocks.{i}.norm_cross_attn.weight"] = torch.ones(hidden_size)
-        out[f"blocks.{i}.norm_cross_attn.bias"] = torch.zeros(hidden_size)
-    return out
+def _common_meta(ckpt: dict, ckpt_path: Path, config: dict, data: dict) -> dict:
+    return {
+        "spacing": data["spacing"], "orientation": data["orientation"],
+        "axis_order": "[C, X, Y, Z] with X → Right, Y → Anterior, Z → Superior (RAS, numpy/nibabel order)",
+        "normalisation": data["normalisation"], "pretraining_modalities": data["modalities"],
+        "pretraining_datasets": data.get("datasets"), "step": int(ckpt["global_step"]),
+        "objective": config["objective"]["loss"]["_target_"].rsplit(".", 1)[-1], "checkpoint": str(ckpt_path),
+        "config": config,
+    }
 
 
-def inflate_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """[C_out, 1, p, p, p] → [C_out, N, p, p, p], split evenly so an N-times repeated input gives the
-    same response as the single-channel backbone."""
-    if weight.shape[1] != 1:
-        raise ValueError(f"in_channels={in_channels}: inflation needs a 1-channel backbone, got {weight.shape[1]}")
-    return weight.repeat(1, in_channels, 1, 1, 1) / in_channels
-
-
-def run_export(checkpoint: str, output: str, in_channels: int | None = None) -> Path:
+def run_export(checkpoint: str, output: str, in_channels: int | None = None, format: str = "monai") -> Path:
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r}; allowed: {', '.join(FORMATS)}")
+    if in_channels is not None and in_channels < 1:
+        raise ValueError(f"in_channels={in_channels}: expected >= 1")
     ckpt_path = resolve_checkpoint(checkpoint)
     # a DeepSpeed folder is consolidated from every rank's shard into the same fp32 weights a DDP run has
     ckpt = consolidate_deepspeed(ckpt_path) if is_deepspeed_checkpoint(ckpt_path) else load_checkpoint(ckpt_path)
     config = ckpt.get("voxfm_config")
     if config is None:
         raise ValueError(f"checkpoint={ckpt_path} was not written by voxfm pretrain (no voxfm_config)")
-    data = ckpt.get("voxfm_data") or {"spacing": None, "orientation": "RAS", "normalisation": None, "modalities": None}
-    model_cfg = config["model"]
-    if model_cfg["_target_"] != "models.vit.ViT":
-        raise ValueError(f"checkpoint={ckpt_path}: export writes ViT backbones; {model_cfg['_target_']} export formats "
-                         "(nnU-Net, MONAI) are not written yet. The checkpoint's `backbone.*` weights already are "
-                         "the ResidualEncoderUNet state_dict that nnU-Net loads by name.")
-    from hydra.utils import instantiate
-
-    backbone = instantiate(model_cfg)  # only to read the architecture's MONAI kwargs
-    state = {k[len(BACKBONE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(BACKBONE_PREFIX)}
-    weights = monai_state_dict(state, backbone.hidden_size, backbone.num_layers)
-    kwargs = backbone.monai_kwargs()
-    if in_channels is not None and in_channels != kwargs["in_channels"]:
-        key = "patch_embedding.patch_embeddings.weight"
-        weights[key] = inflate_channels(weights[key], in_channels).contiguous()
-        kwargs["in_channels"] = in_channels
+    data = {**NO_DATA, **(ckpt.get("voxfm_data") or {})}
+    architecture = ARCHITECTURES.get(config["model"]["_target_"])
+    if architecture is None:
+        raise ValueError(f"checkpoint={ckpt_path}: no export for model {config['model']['_target_']}")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(weights, str(out / "backbone.safetensors"))
-    meta = {
-        "format": "voxfm-backbone/1",
-        "architecture": "vit",
-        "monai_class": "monai.networks.nets.ViT",
-        "monai_kwargs": kwargs,
-        "patch_size": kwargs["patch_size"],
-        "img_size": kwargs["img_size"],
-        "channel_inflation": None if in_channels in (None, 1) else {"from": 1, "to": in_channels},
-        "spacing": data["spacing"],
-        "orientation": data["orientation"],
-        "normalisation": data["normalisation"],
-        "pretraining_modalities": data["modalities"],
-        "step": int(ckpt["global_step"]),
-        "checkpoint": str(ckpt_path),
-        "config": config,
-        "usage": "ViT(**monai_kwargs).load_state_dict(safetensors.torch.load_file('backbone.safetensors'))",
-    }
+    meta = {"format": f"voxfm-{format}/1", **_common_meta(ckpt, ckpt_path, config, data)}
+    if format == "full":
+        if in_channels is not None:
+            raise ValueError("in_channels: format=full keeps the pretraining module as it is; inflate in "
+                             "format=monai or nnunet")
+        save_file(clone_state(ckpt["state_dict"]), str(out / "model.safetensors"))
+        meta["architecture"] = architecture
+        (out / "full.json").write_text(json.dumps(meta, indent=1))
+        write_model_card(out, meta, format)
+        return out
+    from hydra.utils import instantiate
+
+    backbone = instantiate(config["model"])  # only to read the architecture's kwargs
+    state = {k[len(BACKBONE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(BACKBONE_PREFIX)}
+    weights, arch = (vit_monai if architecture == "vit" else resenc_monai)(state, backbone, in_channels)
+    meta.update(arch, channel_inflation=None if in_channels in (None, 1) else {"from": 1, "to": in_channels})
+    if format == "nnunet":
+        if architecture != "resenc":
+            raise ValueError("format=nnunet needs a ResEnc backbone (nnU-Net's ResidualEncoderUNet); export a ViT "
+                             "with format=monai (UNETR)")
+        weights, kwargs = to_nnunet_axes(weights, arch["kwargs"])
+        torch.save({"network_weights": weights, "voxfm": {k: v for k, v in meta.items() if k != "config"}},
+                   out / "nnunet_pretrained.pth")
+        fragment = nnunet_plans_fragment(kwargs, list(triple(config["data"]["crop_size"])), data["spacing"],
+                                         data["normalisation"], data["modalities"])
+        (out / "nnunet_plans_fragment.json").write_text(json.dumps(fragment, indent=1))
+        meta["nnunet_kwargs"] = kwargs
+    else:
+        save_file(weights, str(out / "backbone.safetensors"))
     (out / "backbone.json").write_text(json.dumps(meta, indent=1))
+    write_model_card(out, meta, format)
     return out

@@ -4,15 +4,16 @@ import json
 
 import pytest
 import torch
+from exports import model_card_snippet, voxfm_encoder
 from monai.networks.nets import UNETR
 from monai.networks.nets import ViT as MonaiViT
 from safetensors.torch import load_file
 
 from models.vit import ViT
-from pretrain.checkpoints import load_checkpoint
 from pretrain.config import load_config
-from pretrain.export import monai_state_dict, run_export
-from pretrain.train import build_module, run_pretrain
+from pretrain.export import run_export
+from pretrain.export_formats import vit_monai
+from pretrain.train import run_pretrain
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +24,6 @@ def run_dir(tmp_path_factory, shard_dir):
                                    "trainer.progress_bar=false", "data.num_workers=0"])
     run_pretrain(cfg)
     return run
-
-
-def _voxfm_encoder(ckpt_path):
-    ckpt = load_checkpoint(ckpt_path)
-    from omegaconf import OmegaConf
-
-    module = build_module(OmegaConf.create(ckpt["voxfm_config"]))
-    module.load_state_dict(ckpt["state_dict"])
-    return module.backbone.eval()
 
 
 def test_export_loads_strictly_into_monai_and_matches_voxfm(run_dir, tmp_path):
@@ -47,7 +39,7 @@ def test_export_loads_strictly_into_monai_and_matches_voxfm(run_dir, tmp_path):
 
     monai = MonaiViT(**meta["monai_kwargs"]).eval()
     monai.load_state_dict(weights, strict=True)
-    ours = _voxfm_encoder(run_dir / "checkpoints" / "last.ckpt")
+    ours = voxfm_encoder(run_dir / "checkpoints" / "last.ckpt")
     x = torch.randn(2, 1, 32, 32, 32)
     with torch.no_grad():
         diff = (monai(x)[0] - ours(x)).abs().max().item()
@@ -58,7 +50,7 @@ def test_export_loads_strictly_into_monai_and_matches_voxfm(run_dir, tmp_path):
 def test_exported_weights_load_strictly_into_unetr_vit():
     """UNETR fixes patch 16, 12 layers and learnable position embeddings: such a backbone loads strictly."""
     backbone = ViT(1, 32, 16, hidden_size=48, mlp_dim=96, num_layers=12, num_heads=4, pos_embed_type="learnable")
-    weights = monai_state_dict(backbone.state_dict(), backbone.hidden_size, backbone.num_layers)
+    weights, _ = vit_monai(backbone.state_dict(), backbone, None)
     unetr = UNETR(in_channels=1, out_channels=3, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96,
                   num_heads=4, proj_type="conv").eval()
     unetr.vit.load_state_dict(weights, strict=True)
@@ -73,7 +65,7 @@ def test_channel_inflation_gives_the_same_features_on_a_repeated_input(run_dir, 
     assert meta["monai_kwargs"]["in_channels"] == 4 and meta["step"] == 3
     monai4 = MonaiViT(**meta["monai_kwargs"]).eval()
     monai4.load_state_dict(load_file(str(out / "backbone.safetensors")), strict=True)
-    ours = _voxfm_encoder(run_dir / "checkpoints" / "step000003.ckpt")
+    ours = voxfm_encoder(run_dir / "checkpoints" / "step000003.ckpt")
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         assert (monai4(x.repeat(1, 4, 1, 1, 1))[0] - ours(x)).abs().max() < 1e-4
@@ -84,21 +76,33 @@ def test_export_of_a_missing_checkpoint_says_what_was_expected(tmp_path):
         run_export(str(tmp_path), str(tmp_path / "out"))
 
 
-def test_a_mae_contrastive_run_exports_into_monai_and_a_resenc_run_says_why_not(tmp_path, shard_dir):
-    for experiment in ("demo_mae_contrastive", "demo_mim"):
-        run = tmp_path / experiment
-        run_pretrain(load_config("pretrain", [f"experiment={experiment}", f"data.shards={shard_dir}", f"run_dir={run}",
-                                              "trainer.max_steps=2", "trainer.progress_bar=false",
-                                              "trainer.images_every_n_steps=0", "data.num_workers=0"]))
-        if experiment == "demo_mim":
-            with pytest.raises(ValueError, match="ResidualEncoderUNet state_dict"):
-                run_export(str(run), str(tmp_path / "mim_export"))
-            continue
-        out = run_export(str(run), str(tmp_path / "export"))
-        meta = json.loads((out / "backbone.json").read_text())
-        monai = MonaiViT(**meta["monai_kwargs"]).eval()
-        monai.load_state_dict(load_file(str(out / "backbone.safetensors")), strict=True)
-        ours = _voxfm_encoder(run / "checkpoints" / "last.ckpt")
-        x = torch.randn(1, 1, 32, 32, 32)
-        with torch.no_grad():
-            assert (monai(x)[0] - ours(x)).abs().max() < 1e-4
+def test_a_mae_contrastive_run_exports_into_monai(tmp_path, shard_dir):
+    run = tmp_path / "run"
+    run_pretrain(load_config("pretrain", ["experiment=demo_mae_contrastive", f"data.shards={shard_dir}",
+                                          f"run_dir={run}", "trainer.max_steps=2", "trainer.progress_bar=false",
+                                          "trainer.images_every_n_steps=0", "data.num_workers=0"]))
+    out = run_export(str(run), str(tmp_path / "export"))
+    meta = json.loads((out / "backbone.json").read_text())
+    monai = MonaiViT(**meta["monai_kwargs"]).eval()
+    monai.load_state_dict(load_file(str(out / "backbone.safetensors")), strict=True)
+    ours = voxfm_encoder(run / "checkpoints" / "last.ckpt")
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert (monai(x)[0] - ours(x)).abs().max() < 1e-4
+
+
+def test_the_model_cards_loading_snippet_runs_verbatim(run_dir, tmp_path, monkeypatch):
+    out = run_export(str(run_dir), str(tmp_path / "export"))
+    card = (out / "README.md").read_text()
+    for words in ("spacing: [1.5, 1.5, 1.5] mm", "orientation: RAS", "axis order of the tensor: [C, X, Y, Z]",
+                  "CT: {\"scheme\": \"window\"", "modalities (volumes): {", "Intended use"):
+        assert words in card, words
+    snippet = model_card_snippet(out)
+    assert len(snippet.splitlines()) == 5
+    monkeypatch.chdir(out)
+    scope: dict = {}
+    exec(snippet, scope)  # noqa: S102 - the README's own lines, as a user would paste them
+    ours = voxfm_encoder(run_dir / "checkpoints" / "last.ckpt")
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert (scope["net"].eval()(x)[0] - ours(x)).abs().max() < 1e-4

@@ -1,0 +1,96 @@
+"""The weights and architecture description of each export format.
+
+- ViT → MONAI `ViT` (and `UNETR(...).vit`), names already MONAI's, plus MONAI's unused cross-attention norms.
+- ResEnc → nnU-Net's `ResidualEncoderUNet` from dynamic_network_architectures, built from JSON kwargs
+  (classes as dotted names, resolved with `pydoc.locate` as nnU-Net's plans do).
+- nnU-Net: the same ResEnc weights in nnU-Net's axis order. voxfm's tensors are [C, X, Y, Z] in RAS;
+  nnU-Net (NibabelIOWithReorient or SimpleITKIO) hands the network [C, Z, Y, X]. Transposing every
+  kernel's spatial axes (and reversing kernel sizes, strides, spacing and patch size) makes nnU-Net's
+  network compute exactly voxfm's function on its own axis order, so no pretrained feature is lost to
+  an axis mix-up.
+"""
+
+from __future__ import annotations
+
+import torch
+
+RESENC_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
+
+
+def clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fp32, contiguous, no shared storage (ResEnc's aliased keys share tensors; safetensors refuses that)."""
+    return {k: v.detach().float().clone().contiguous() for k, v in state.items()}
+
+
+def inflate_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """[C_out, 1, k, k, k] → [C_out, N, k, k, k], split evenly so an N-times repeated input gives the
+    same response as the single-channel backbone."""
+    if weight.shape[1] != 1:
+        raise ValueError(f"in_channels={in_channels}: inflation needs a 1-channel backbone, got {weight.shape[1]}")
+    return (weight.repeat(1, in_channels, 1, 1, 1) / in_channels).contiguous()
+
+
+def vit_monai(state: dict[str, torch.Tensor], backbone, in_channels: int | None) -> tuple[dict, dict]:
+    weights = clone_state(state)
+    hidden = backbone.hidden_size
+    for i in range(backbone.num_layers):
+        weights[f"blocks.{i}.norm_cross_attn.weight"] = torch.ones(hidden)
+        weights[f"blocks.{i}.norm_cross_attn.bias"] = torch.zeros(hidden)
+    kwargs = backbone.monai_kwargs()
+    if in_channels is not None and in_channels != kwargs["in_channels"]:
+        key = "patch_embedding.patch_embeddings.weight"
+        weights[key] = inflate_channels(weights[key], in_channels)
+        kwargs["in_channels"] = in_channels
+    return weights, {"architecture": "vit", "class": "monai.networks.nets.ViT", "kwargs": kwargs,
+                     "kwargs_requires_import": [], "monai_class": "monai.networks.nets.ViT", "monai_kwargs": kwargs,
+                     "patch_size": kwargs["patch_size"], "img_size": kwargs["img_size"]}
+
+
+def _dotted(value):
+    return f"{value.__module__}.{value.__qualname__}" if isinstance(value, type) else value
+
+
+def resenc_kwargs_json(preset: dict) -> dict:
+    return {k: _dotted(v) for k, v in preset.items()}
+
+
+def resenc_monai(state: dict[str, torch.Tensor], backbone, in_channels: int | None) -> tuple[dict, dict]:
+    weights = clone_state(state)
+    kwargs = resenc_kwargs_json(backbone.preset)
+    if in_channels is not None and in_channels != kwargs["input_channels"]:
+        stem = [k for k, v in weights.items() if ".stem.convs.0." in k and k.endswith("weight") and v.ndim == 5]
+        for key in stem:  # the stem conv and its aliases (all_modules.0, decoder.encoder.*)
+            weights[key] = inflate_channels(weights[key], in_channels)
+        kwargs["input_channels"] = in_channels
+    return weights, {"architecture": "resenc", "class": RESENC_CLASS, "kwargs": kwargs,
+                     "kwargs_requires_import": REQUIRES_IMPORT, "total_stride": backbone.total_stride}
+
+
+def to_nnunet_axes(weights: dict[str, torch.Tensor], kwargs: dict) -> tuple[dict, dict]:
+    """[.., X, Y, Z] kernels → [.., Z, Y, X], and the per-axis kwargs reversed."""
+    out = {k: (v.permute(0, 1, 4, 3, 2).contiguous() if v.ndim == 5 else v) for k, v in weights.items()}
+    kwargs = dict(kwargs)
+    for key in ("kernel_sizes", "strides"):
+        kwargs[key] = [list(reversed(s)) for s in kwargs[key]]
+    return out, kwargs
+
+
+def nnunet_plans_fragment(kwargs: dict, patch_size, spacing, normalisation: dict | None, modalities) -> dict:
+    """What to merge into nnU-Net's plans (a configuration inheriting 3d_fullres) and dataset.json."""
+    arch = {k: v for k, v in kwargs.items() if k not in ("input_channels", "num_classes", "deep_supervision")}
+    schemes = {"CT": "CTNormalization", "MR": "ZScoreNormalization", "PET": "ZScoreNormalization"}
+    return {
+        "dataset_json": {"overwrite_image_reader_writer": "NibabelIOWithReorient"},
+        "plans": {"configurations": {"3d_fullres_voxfm": {
+            "inherits_from": "3d_fullres",
+            "patch_size": list(reversed(patch_size)),
+            "spacing": list(reversed(spacing)) if spacing else None,
+            "architecture": {"network_class_name": RESENC_CLASS, "arch_kwargs": arch,
+                             "_kw_requires_import": REQUIRES_IMPORT},
+        }}},
+        "normalization_schemes_by_modality": {m: schemes[m] for m in (modalities or {"CT": 0, "MR": 0})},
+        "voxfm_normalisation": normalisation,
+        "axis_order": "nnU-Net's [C, Z, Y, X] of the RAS-reoriented image; these weights are transposed for it",
+        "input_channels": kwargs["input_channels"],
+    }

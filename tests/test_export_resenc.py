@@ -1,0 +1,93 @@
+"""ResEnc exports: nnU-Net's ResidualEncoderUNet (strict), nnU-Net's own loaders in its axis order, channel
+inflation, the full module for further pretraining, and load failures that name every bad key."""
+
+import json
+
+import pytest
+import torch
+from exports import model_card_snippet, voxfm_encoder
+from safetensors.torch import load_file
+
+from pretrain.config import load_config
+from pretrain.export import run_export
+from pretrain.train import run_pretrain
+from pretrain.weights import load_strict
+
+
+@pytest.fixture(scope="module")
+def mim_run(tmp_path_factory, shard_dir):
+    run = tmp_path_factory.mktemp("mim")
+    run_pretrain(load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={run}",
+                                          "trainer.max_steps=2", "trainer.progress_bar=false",
+                                          "trainer.images_every_n_steps=0", "data.num_workers=0"]))
+    return run
+
+
+def _run_snippet(folder, monkeypatch):
+    monkeypatch.chdir(folder)
+    scope: dict = {}
+    exec(model_card_snippet(folder), scope)  # noqa: S102 - the README's own lines
+    return scope["net"].eval()
+
+
+@pytest.mark.parametrize("in_channels", [None, 3])
+def test_resenc_exports_into_nnunets_class_and_inflates_its_stem(mim_run, tmp_path, monkeypatch, in_channels):
+    out = run_export(str(mim_run), str(tmp_path / "export"), in_channels=in_channels)
+    meta = json.loads((out / "backbone.json").read_text())
+    assert meta["class"] == "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    assert meta["kwargs"]["input_channels"] == (in_channels or 1) and meta["kwargs"]["conv_op"].endswith("Conv3d")
+    net = _run_snippet(out, monkeypatch)  # strict load, no voxfm code
+    ours = voxfm_encoder(mim_run / "checkpoints" / "last.ckpt")
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        got = net(x.repeat(1, in_channels or 1, 1, 1, 1))
+        assert (got - ours(x)).abs().max() < 1e-5  # N identical channels = the 1-channel model
+
+
+def test_nnunet_format_loads_through_nnunets_own_functions_in_its_axis_order(mim_run, tmp_path, monkeypatch):
+    pytest.importorskip("nnunetv2")
+    out = run_export(str(mim_run), str(tmp_path / "nn"), format="nnunet")
+    fragment = json.loads((out / "nnunet_plans_fragment.json").read_text())
+    assert fragment["dataset_json"] == {"overwrite_image_reader_writer": "NibabelIOWithReorient"}
+    config = fragment["plans"]["configurations"]["3d_fullres_voxfm"]
+    assert config["spacing"] == [1.5, 1.5, 1.5] and config["inherits_from"] == "3d_fullres"
+    assert "nnUNetv2_train <ID> 3d_fullres_voxfm <fold> -pretrained_weights" in (out / "README.md").read_text()
+    _run_snippet(out, monkeypatch)  # nnU-Net's get_network_from_plans + load_pretrained_weights (3 classes)
+
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    arch = config["architecture"]
+    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                 input_channels=1, output_channels=1, deep_supervision=False).eval()
+    net.load_state_dict(torch.load(out / "nnunet_pretrained.pth", weights_only=False)["network_weights"])
+    ours = voxfm_encoder(mim_run / "checkpoints" / "last.ckpt")
+    x = torch.randn(1, 1, 16, 20, 24)  # [C, X, Y, Z]: nnU-Net sees [C, Z, Y, X]
+    with torch.no_grad():
+        assert (net(x.permute(0, 1, 4, 3, 2)) - ours(x).permute(0, 1, 4, 3, 2)).abs().max() < 1e-5
+
+
+def test_full_format_keeps_every_weight_of_the_pretraining_module(mim_run, tmp_path, monkeypatch):
+    out = run_export(str(mim_run), str(tmp_path / "full"), format="full")
+    meta = json.loads((out / "full.json").read_text())
+    weights = load_file(str(out / "model.safetensors"))
+    ckpt = torch.load(mim_run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert set(weights) == set(ckpt["state_dict"]) and meta["step"] == ckpt["global_step"] == 2
+    assert meta["config"]["model"]["_target_"] == "models.resenc.ResEncUNet"
+    monkeypatch.chdir(out)
+    exec(model_card_snippet(out), {})  # noqa: S102
+
+
+def test_a_failed_load_names_missing_unexpected_and_mismatched_keys(mim_run, tmp_path):
+    from models.resenc import ResEncUNet
+
+    out = run_export(str(mim_run), str(tmp_path / "export"))
+    state = load_file(str(out / "backbone.safetensors"))
+    state["extra.weight"] = torch.zeros(1)
+    del state["encoder.stem.convs.0.conv.bias"]
+    wider = ResEncUNet(1, 1, features_per_stage=(8, 16, 48), n_blocks_per_stage=(1, 1, 1),
+                       n_conv_per_stage_decoder=(1, 1))
+    with pytest.raises(ValueError) as err:
+        load_strict(wider, state, "backbone.safetensors")
+    text = str(err.value)
+    assert "missing keys (" in text and "encoder.stem.convs.0.conv.bias" in text
+    assert "unexpected keys (1): extra.weight" in text and "shape-mismatch keys" in text and "file (32," in text
