@@ -103,6 +103,7 @@ class PretrainSchema:
     logger: LoggerSchema
     run_dir: str
     seed: int
+    init_from: str | None
 
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}

@@ -23,6 +23,7 @@ from pretrain.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, DataStats
 from pretrain.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint
 from pretrain.efficiency import Efficiency
 from pretrain.images import ReconstructionImages
+from pretrain.init_from import ContinueFromStep, init_module
 from pretrain.module import PretrainModule
 from pretrain.parallelize import parallelize
 from pretrain.preemption import Preemption
@@ -122,8 +123,10 @@ def run_pretrain(cfg: DictConfig) -> Path:
     if launcher_rank() == 0:  # torchrun / SLURM start every rank here; one writes
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     resume, resume_step = find_resume_checkpoint(run_dir / "checkpoints")
-    L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
     module = build_module(cfg)
+    if cfg.init_from and resume is None:  # a new run seeded by a format=full export: its weights and step
+        resume_step = init_module(module, cfg.init_from, cfg.trainer.max_steps)
+    L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
     # A resumed run draws fresh regions (seeded by the resume step) rather than replaying the first ones.
     region_size = cfg.data.region_size or module.stage.region_size_needed()
     stream = RegionStream(cfg.data.shards, region_size, cfg.data.regions_per_volume, cfg.data.foreground_prob,
@@ -135,16 +138,21 @@ def run_pretrain(cfg: DictConfig) -> Path:
         resume = universal_checkpoint(resume, convert=launcher_rank() == 0)
     preemption = Preemption(run_dir / "checkpoints", on_event=partial(log_event, run_dir))  # picklable: ddp_spawn
     trainer = build_trainer(cfg, run_dir, config, preemption, load_universal=universal)
+    if cfg.init_from and resume is None:
+        trainer.callbacks.append(ContinueFromStep(resume_step))
     global_batch = cfg.data.batch_size * trainer.world_size * cfg.trainer.accumulate_grad_batches
     module.lr_scale = lr_scale(cfg.optim.lr_scaling, global_batch, cfg.optim.reference_batch)
     lr = float(cfg.optim.optimizer.lr) * module.lr_scale
     if trainer.is_global_zero:
         if resume:
             print(f"voxfm: resuming from {resume} at step {resume_step}", flush=True)
+        elif cfg.init_from:
+            print(f"voxfm: starting from {cfg.init_from} at step {resume_step} (its weights, a fresh optimiser)",
+                  flush=True)
         print(f"voxfm: {trainer.world_size} rank(s), global batch {global_batch} regions, peak lr {lr:.3g} "
               f"(optim.lr_scaling={cfg.optim.lr_scaling})", flush=True)
         log_event(run_dir, event="resume" if resume else "start", step=resume_step,
-                  checkpoint=str(resume) if resume else None, world_size=trainer.world_size,
+                  checkpoint=str(resume) if resume else cfg.init_from, world_size=trainer.world_size,
                   global_batch=global_batch, lr=lr)
     trainer.fit(module, train_dataloaders=build_loader(stream, cfg.data),
                 ckpt_path=str(resume) if resume else None)

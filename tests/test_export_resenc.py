@@ -91,3 +91,44 @@ def test_a_failed_load_names_missing_unexpected_and_mismatched_keys(mim_run, tmp
     text = str(err.value)
     assert "missing keys (" in text and "encoder.stem.convs.0.conv.bias" in text
     assert "unexpected keys (1): extra.weight" in text and "shape-mismatch keys" in text and "file (32," in text
+
+
+def test_a_full_export_continues_pretraining_from_its_step_with_its_weights(mim_run, tmp_path, shard_dir):
+    from safetensors.torch import load_file as load
+
+    from pretrain.init_from import init_module
+    from pretrain.train import build_module
+
+    out = run_export(str(mim_run), str(tmp_path / "full"), format="full")
+    cfg = load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'new'}",
+                                   f"init_from={out}", "trainer.max_steps=5", "trainer.progress_bar=false",
+                                   "trainer.images_every_n_steps=0", "data.num_workers=0",
+                                   "trainer.log_every_n_steps=1"])
+    module = build_module(cfg)
+    assert init_module(module, str(out), 5) == 2
+    exported = load(str(out / "model.safetensors"))
+    assert all(torch.equal(v, exported[k]) for k, v in module.state_dict().items())  # the exported weights
+    with pytest.raises(ValueError, match="set trainer.max_steps above it"):
+        init_module(module, str(out), 2)
+
+    run_pretrain(cfg)
+    ckpt = torch.load(tmp_path / "new" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 5  # steps 3, 4, 5 after the exported 2
+    rows = (tmp_path / "new" / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
+    steps = [int(r.split(",")[rows[0].split(",").index("step")]) for r in rows[1:]]
+    assert min(steps) >= 2 and max(steps) >= 4
+    lr = [float(r.split(",")[rows[0].split(",").index("lr-AdamW/pg1")]) for r in rows[1:]
+          if r.split(",")[rows[0].split(",").index("lr-AdamW/pg1")]]
+    assert lr[0] == pytest.approx(3e-3 * 3 / 10)  # the warm-up schedule at step 2, not at step 0
+    events = [json.loads(line) for line in (tmp_path / "new" / "events.jsonl").read_text().splitlines()]
+    assert events[0]["event"] == "start" and events[0]["step"] == 2 and events[0]["checkpoint"] == str(out)
+
+
+def test_init_from_a_mismatched_model_names_the_bad_keys(mim_run, tmp_path, shard_dir):
+    from pretrain.init_from import init_module
+    from pretrain.train import build_module
+
+    out = run_export(str(mim_run), str(tmp_path / "full"), format="full")
+    cfg = load_config("pretrain", ["experiment=demo", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'x'}"])
+    with pytest.raises(ValueError, match="does not fit PretrainModule:\n  missing keys"):
+        init_module(build_module(cfg), str(out), 10)
