@@ -22,6 +22,8 @@ commands:
   inspect   shards=<dir> [output=<dir>]                counts, spacing/shape distributions, rejections, a montage PNG
   pretrain  experiment=<name> data.shards=<dir> run_dir=<dir>
                                                      train (reruns with the same run_dir resume)
+  finetune  experiment=<name> backbone=<export|none> data.shards=<dir> run_dir=<dir> [compare_scratch=true]
+                                                     segmentation fine-tune, Dice per class on held-out volumes
   export    checkpoint=<ckpt|run_dir> output=<dir> [format=monai|nnunet|full] [in_channels=N]
                                                      backbone.safetensors + backbone.json for MONAI
   bench     data shards=<dir> [experiment=<name>]      decode MB/s of shards vs nibabel, regions/s per worker
@@ -35,6 +37,7 @@ experiments: {experiments}
 
 def _usage() -> str:
     experiments = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+    experiments += sorted(p.stem for p in (CONF_DIR / "finetune_experiment").glob("*.yaml"))
     return USAGE.format(experiments=", ".join(experiments))
 
 
@@ -110,6 +113,14 @@ def _export(cfg) -> None:
     print(f"exported ({cfg.format}) to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
 
 
+def _finetune(cfg) -> None:
+    from pretrain.finetune import results_table, run_finetune
+
+    results = run_finetune(cfg)
+    print(results_table(results))
+    print(f"wrote {cfg.run_dir}/results.json and results.md")
+
+
 def _inspect(cfg) -> None:
     from data.inspect import format_summary, inspect_shards
 
@@ -171,7 +182,8 @@ def _bench_model(overrides: list[str]) -> None:
 
 # documented in README.md ("Exit codes"); 75 = preempted (pretrain/errors.py)
 EXIT_CODES = {"bad configuration": 2, "diverged": 3, "checkpoint not written": 4}
-COMMANDS = {"shard": _shard, "pretrain": _pretrain, "export": _export, "bench": _bench_ingest, "inspect": _inspect}
+COMMANDS = {"shard": _shard, "pretrain": _pretrain, "export": _export, "bench": _bench_ingest, "inspect": _inspect,
+            "finetune": _finetune}
 BENCHES = ("data", "model", "ingest")
 
 
@@ -195,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         if command == "bench" and what in ("model", "data"):
             (_bench_model if what == "model" else _bench_data)(overrides)
             return 0
+        if command == "finetune":  # its experiments live in conf/finetune_experiment/
+            overrides = [f"finetune_{o}" if o.startswith("experiment=") else o for o in overrides]
         cfg = _compose("bench_ingest" if what == "ingest" else command, overrides)
         if cfg is not None:
             COMMANDS[command](cfg)

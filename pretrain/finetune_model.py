@@ -1,0 +1,64 @@
+"""Segmentation networks for fine-tuning, from a `voxfm export` (format=monai) or from random initialisation.
+
+- ViT export → MONAI `UNETR` with the exported ViT as its encoder (`UNETR.vit`, strict load).
+- ResEnc export → the full ResEnc UNet (nnU-Net's `ResidualEncoderUNet`): encoder and decoder from the
+  export, a new segmentation head (`decoder.seg_layers`) for this task's classes.
+- `backbone: none` → the same network from random initialisation (the scratch arm).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from pretrain.weights import load_strict
+
+SEG_HEAD = "decoder.seg_layers."
+
+
+def read_export(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    path = Path(folder)
+    if not (path / "backbone.json").is_file() or not (path / "backbone.safetensors").is_file():
+        raise ValueError(f"backbone={folder}: expected a `voxfm export` folder (backbone.json + backbone.safetensors), "
+                         "or backbone=none")
+    return json.loads((path / "backbone.json").read_text()), load_file(str(path / "backbone.safetensors"))
+
+
+def build_segmenter(architecture: str, kwargs: dict, n_classes: int, crop_size, unetr: dict) -> torch.nn.Module:
+    """architecture "vit": UNETR around a ViT of `kwargs` (MONAI ViT kwargs); "resenc": ResEncUNet kwargs."""
+    if architecture == "vit":
+        from monai.networks.nets import UNETR
+
+        if list(kwargs["patch_size"]) != [16, 16, 16]:
+            raise ValueError(f"UNETR needs a patch-16 ViT; this backbone has patch {kwargs['patch_size']}")
+        return UNETR(in_channels=kwargs["in_channels"], out_channels=n_classes, img_size=tuple(crop_size),
+                     hidden_size=kwargs["hidden_size"], mlp_dim=kwargs["mlp_dim"], num_heads=kwargs["num_heads"],
+                     proj_type="conv", **unetr)
+    from models.resenc import ResEncUNet
+
+    return ResEncUNet(in_channels=kwargs["input_channels"], out_channels=n_classes,
+                      features_per_stage=kwargs["features_per_stage"], n_blocks_per_stage=kwargs["n_blocks_per_stage"],
+                      n_conv_per_stage_decoder=kwargs["n_conv_per_stage_decoder"],
+                      strides=[s[0] for s in kwargs["strides"]], kernel_size=kwargs["kernel_sizes"][0][0])
+
+
+def segmenter_from_export(folder: str, n_classes: int, crop_size, unetr: dict) -> tuple[torch.nn.Module, dict]:
+    """The segmentation network with the export's weights in its encoder (and decoder, for ResEnc)."""
+    meta, weights = read_export(folder)
+    net = build_segmenter(meta["architecture"], meta["kwargs"], n_classes, crop_size, unetr)
+    if meta["architecture"] == "vit":
+        load_strict(net.vit, weights, f"backbone={folder}")
+    else:
+        own = net.state_dict()
+        # the pretraining head (reconstruction) is replaced by this task's segmentation layers
+        weights = {k: (own[k] if k.startswith(SEG_HEAD) else v) for k, v in weights.items()}
+        load_strict(net, weights, f"backbone={folder}")
+    return net, meta
+
+
+def encoder_parameters(net: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What `freeze_encoder=true` freezes: UNETR's ViT, or the ResEnc encoder."""
+    return list(net.vit.parameters()) if hasattr(net, "vit") else list(net.encoder.parameters())

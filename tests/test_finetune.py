@@ -1,0 +1,113 @@
+"""voxfm finetune: scratch and pretrained arms, Dice per class on held-out subjects, resume, few-shot, UNETR."""
+
+import json
+
+import pytest
+import torch
+
+from data.ingest import run_shard
+from pretrain.cli import main
+from pretrain.config import load_config
+from pretrain.export import run_export
+from pretrain.train import run_pretrain
+
+FAST = ["steps=6", "trainer.progress_bar=false", "trainer.checkpoint_every_n_steps=3", "data.batch_size=1",
+        "data.crop_size=[16,16,16]", "sw_batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, phantom_dir):
+    """The six phantoms with their label maps (0 background, 1 body, 2 organ, 3 lesion), one subject each."""
+    out = tmp_path_factory.mktemp("labelled")
+    rows = ["path,label,subject"] + [f"{p},{str(p).replace('.nii.gz', '_label.nii.gz')},{p.name[:10]}"
+                                     for p in sorted(phantom_dir.glob("phantom*_??.nii.gz"))]
+    (out / "m.csv").write_text("\n".join(rows) + "\n")
+    assert run_shard(str(out / "m.csv"), str(out / "shards"), {}, progress=False)["n_sharded"] == 6
+    return out / "shards"
+
+
+@pytest.fixture(scope="module")
+def resenc_export(tmp_path_factory, shard_dir):
+    run = tmp_path_factory.mktemp("mim")
+    run_pretrain(load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={run}",
+                                          "trainer.max_steps=2", "trainer.progress_bar=false",
+                                          "trainer.images_every_n_steps=0", "data.num_workers=0"]))
+    return run_export(str(run), str(run / "export"))
+
+
+def test_scratch_finetune_scores_held_out_subjects_per_class(labelled, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["finetune", "experiment=demo_finetune", "backbone=none", f"data.shards={labelled}",
+                 f"run_dir={run}", "data.val_fraction=0.34", *FAST]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["label_values"] == [0, 1, 2, 3] and results["split"] == "by subject: 4 train, 2 validation"
+    arm = results["arms"]["scratch"]
+    assert arm["steps"] == 6 and len(arm["per_class"]) == 3 and 0 <= arm["mean_dice"] <= 1
+    assert "| scratch |" in (run / "results.md").read_text() and "| scratch |" in capsys.readouterr().out
+
+
+def test_compare_scratch_trains_both_arms_alike_and_a_rerun_resumes(labelled, resenc_export, tmp_path):
+    run = tmp_path / "run"
+    args = ["finetune", "experiment=demo_finetune", f"backbone={resenc_export}", f"data.shards={labelled}",
+            f"run_dir={run}", "compare_scratch=true", "data.n_train=3", *FAST]
+    assert main(args) == 0
+    first = json.loads((run / "results.json").read_text())
+    assert set(first["arms"]) == {"pretrained", "scratch"} and first["n_train"] == 3
+    assert first["arms"]["pretrained"]["steps"] == first["arms"]["scratch"]["steps"] == 6
+    assert first["arms"]["pretrained"]["mean_dice"] != first["arms"]["scratch"]["mean_dice"]  # different starts
+    assert main(args) == 0  # a rerun finds both arms finished: resumes at step 6 and scores the same weights
+    again = json.loads((run / "results.json").read_text())
+    for arm in ("pretrained", "scratch"):
+        assert again["arms"][arm]["resumed_from"] == 6
+        assert again["arms"][arm]["per_class"] == first["arms"][arm]["per_class"]
+
+
+def test_resenc_finetune_starts_from_the_export_with_a_new_head(resenc_export):
+    from safetensors.torch import load_file
+
+    from pretrain.finetune_model import segmenter_from_export
+
+    net, meta = segmenter_from_export(str(resenc_export), n_classes=5, crop_size=[16] * 3, unetr={})
+    exported = load_file(str(resenc_export / "backbone.safetensors"))
+    own = net.state_dict()
+    heads = [k for k in own if k.startswith("decoder.seg_layers.") and k.endswith("weight")]
+    assert heads and all(own[k].shape[0] == 5 for k in heads)
+    assert all(torch.equal(own[k], v) for k, v in exported.items() if not k.startswith("decoder.seg_layers."))
+
+
+def test_unetr_takes_a_vit_export_as_its_encoder_and_freezing_leaves_it_untrained(tmp_path):
+    from safetensors.torch import save_file
+
+    from models.vit import ViT
+    from pretrain.export_formats import vit_monai
+    from pretrain.finetune import SegmentationModule
+    from pretrain.finetune_model import encoder_parameters, segmenter_from_export
+
+    vit = ViT(1, 32, 16, hidden_size=48, mlp_dim=96, num_layers=12, num_heads=4, pos_embed_type="learnable")
+    weights, meta = vit_monai(vit.state_dict(), vit, None)
+    save_file(weights, str(tmp_path / "backbone.safetensors"))
+    (tmp_path / "backbone.json").write_text(json.dumps(meta))
+    net, _ = segmenter_from_export(str(tmp_path), n_classes=3, crop_size=[32] * 3, unetr={"feature_size": 8})
+    assert all(torch.equal(net.vit.state_dict()[k], v) for k, v in weights.items())
+    assert net(torch.randn(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
+    module = SegmentationModule(net, lr=1e-3, weight_decay=0.0, freeze_encoder=True)
+    trained = {id(p) for g in module.configure_optimizers().param_groups for p in g["params"]}
+    assert not trained & {id(p) for p in encoder_parameters(net)} and trained
+
+
+def test_finetune_on_the_real_labelled_scans_writes_the_comparison(real_data, resenc_export, tmp_path):
+    """CT head + mask, MRI T1 + 116-region atlas, MRI T1 + 7 tissue classes: one subject each."""
+    tasks = {"ct": ("ct_head_invesalius", "CT"), "aal": ("mri_t1_colin27_ch2", "MR"),
+             "kmeans": ("mri_t1_itk_kmeans", "MR")}
+    labels = {"ct": "ct_head_invesalius_label", "aal": "mri_t1_colin27_ch2_aal_label",
+              "kmeans": "mri_t1_itk_kmeans_label"}
+    for task, (name, modality) in tasks.items():
+        (tmp_path / f"{task}.csv").write_text(f"path,modality,label\n{real_data / (name + '.nii.gz')},{modality},"
+                                              f"{real_data / (labels[task] + '.nii.gz')}\n")
+        run_shard(str(tmp_path / f"{task}.csv"), str(tmp_path / task), {}, progress=False)
+        run = tmp_path / f"run_{task}"
+        assert main(["finetune", "experiment=demo_finetune", f"backbone={resenc_export}",
+                     f"data.shards={tmp_path / task}", f"run_dir={run}", "compare_scratch=true", *FAST]) == 0
+        results = json.loads((run / "results.json").read_text())
+        assert results["split"].startswith("one subject") and set(results["arms"]) == {"pretrained", "scratch"}
+        assert len(results["label_values"]) > 2 and "| pretrained |" in (run / "results.md").read_text()
