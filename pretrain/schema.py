@@ -93,6 +93,24 @@ class ObjectiveSchema:
 
 
 @dataclass
+class ProbeSchema:
+    shards: str
+    every_n_steps: int = field(**bounded(ge=1))
+    steps: int = field(**bounded(ge=1))
+    n_train: int | None = field(**bounded(ge=1))
+    crop_size: list[int]
+    batch_size: int = field(**bounded(ge=1))
+    lr: float = field(**bounded(gt=0.0))
+    val_fraction: float = field(**bounded(gt=0.0, lt=1.0))
+    seed: int
+
+
+@dataclass
+class CallbacksSchema:
+    probe: ProbeSchema | None
+
+
+@dataclass
 class PretrainSchema:
     data: DataSchema
     model: Any
@@ -104,6 +122,7 @@ class PretrainSchema:
     run_dir: str
     seed: int
     init_from: str | None
+    callbacks: CallbacksSchema
 
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}

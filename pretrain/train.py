@@ -49,6 +49,15 @@ def source_names(data: DictConfig) -> list[str]:
     return [s.name for s in parse_sources(data.shards, sources)]
 
 
+def probe_callback(cfg: DictConfig) -> list:
+    probe = cfg.get("callbacks", {}).get("probe")
+    if not probe:
+        return []
+    from pretrain.probe import Probe
+
+    return [Probe(**OmegaConf.to_container(probe))]
+
+
 def build_module(cfg: DictConfig) -> PretrainModule:
     """Backbone from `model`, objective (completed with the backbone's spec) and device stage from `objective`."""
     stage = instantiate(cfg.objective.stage)  # first: cheap, and its checks fail before a model is built
@@ -95,7 +104,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
                                    DataStats(source_names(cfg.data)),
                                    ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb),
                                    *([preemption] if preemption is not None else []),
-                                   FinalCheckpoint(run_dir / "checkpoints"), Efficiency(t.peak_tflops)],
+                                   FinalCheckpoint(run_dir / "checkpoints"), Efficiency(t.peak_tflops),
+                                   *probe_callback(cfg)],
         plugins=plugins, enable_progress_bar=t.progress_bar, enable_model_summary=True,
         default_root_dir=str(run_dir), use_distributed_sampler=False,
     )
@@ -123,10 +133,11 @@ def run_pretrain(cfg: DictConfig) -> Path:
     if launcher_rank() == 0:  # torchrun / SLURM start every rank here; one writes
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     resume, resume_step = find_resume_checkpoint(run_dir / "checkpoints")
+    L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
     module = build_module(cfg)
     if cfg.init_from and resume is None:  # a new run seeded by a format=full export: its weights and step
         resume_step = init_module(module, cfg.init_from, cfg.trainer.max_steps)
-    L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
+        L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
     # A resumed run draws fresh regions (seeded by the resume step) rather than replaying the first ones.
     region_size = cfg.data.region_size or module.stage.region_size_needed()
     stream = RegionStream(cfg.data.shards, region_size, cfg.data.regions_per_volume, cfg.data.foreground_prob,

@@ -111,3 +111,24 @@ def test_finetune_on_the_real_labelled_scans_writes_the_comparison(real_data, re
         results = json.loads((run / "results.json").read_text())
         assert results["split"].startswith("one subject") and set(results["arms"]) == {"pretrained", "scratch"}
         assert len(results["label_values"]) > 2 and "| pretrained |" in (run / "results.md").read_text()
+
+
+def test_the_probe_logs_downstream_dice_without_changing_the_pretraining_run(labelled, shard_dir, tmp_path, capsys):
+    def pretrain(run, *extra):
+        run_pretrain(load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={run}",
+                                              "trainer.max_steps=4", "trainer.progress_bar=false",
+                                              "trainer.images_every_n_steps=0", "data.num_workers=0",
+                                              "trainer.log_every_n_steps=1", *extra]))
+        return torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+    probe = (f"+callbacks.probe={{shards:'{labelled}',every_n_steps:2,steps:3,crop_size:[16,16,16],n_train:2,"
+             "batch_size:1}")
+    with_probe = pretrain(tmp_path / "probe", probe.replace("+callbacks", "callbacks"))
+    out = capsys.readouterr().out
+    assert "voxfm: probe at step 2: mean Dice" in out and out.count("voxfm: probe at step") == 2  # steps 2 and 4
+    rows = (tmp_path / "probe" / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
+    column = rows[0].split(",").index("probe/mean_dice")
+    dice = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
+    assert dice and all(0 <= d <= 1 for d in dice)
+    without = pretrain(tmp_path / "plain")
+    assert all(torch.equal(with_probe[k], without[k]) for k in without)  # the probe works on a copy

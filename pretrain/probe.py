@@ -1,0 +1,81 @@
+"""`callbacks.probe`: pick checkpoints by downstream value, not by loss.
+
+Every `every_n_steps` (on rank 0) the current backbone is copied into a segmentation network (the full
+ResEnc UNet with a new head, or UNETR around a patch-16 ViT), fine-tuned for `steps` on `n_train` labelled
+volumes, and scored with Dice on held-out ones (`voxfm finetune`'s data split, loss and evaluation). The
+mean Dice is logged as `probe/mean_dice`. Training state is untouched: the probe works on a copy, under its
+own random generator.
+"""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from monai.losses import DiceCELoss
+from torch.utils.data import DataLoader
+
+from data.crops import triple
+from pretrain.finetune import evaluate
+from pretrain.finetune_data import CropStream, label_values, read_labelled, split, to_labelled
+from pretrain.finetune_model import SEG_HEAD, build_segmenter
+from pretrain.weights import load_strict
+
+
+class Probe(L.Callback):
+    def __init__(self, shards: str, every_n_steps: int = 1000, steps: int = 50, n_train: int | None = 2,
+                 crop_size=(32, 32, 32), batch_size: int = 2, lr: float = 1e-3, val_fraction: float = 0.5,
+                 seed: int = 0):
+        if every_n_steps < 1 or steps < 1:
+            raise ValueError(f"callbacks.probe: every_n_steps={every_n_steps}, steps={steps}: expected >= 1")
+        samples = read_labelled(shards)
+        self.values = label_values(samples)
+        train, val, self.split = split(samples, val_fraction, seed, n_train)
+        self.train, self.val = to_labelled(train, self.values), to_labelled(val, self.values)
+        self.every, self.steps, self.crop = every_n_steps, steps, triple(crop_size)
+        self.batch_size, self.lr, self.seed = batch_size, lr, seed
+
+    def _segmenter(self, backbone: torch.nn.Module) -> torch.nn.Module:
+        n = len(self.values)
+        if hasattr(backbone, "preset"):
+            from pretrain.export_formats import resenc_kwargs_json
+
+            net = build_segmenter("resenc", resenc_kwargs_json(backbone.preset), n, self.crop, {})
+            own = net.state_dict()  # the backbone's weights, this task's new segmentation head
+            load_strict(net, {k: own[k] if k.startswith(SEG_HEAD) else v for k, v in backbone.state_dict().items()},
+                        "probe")
+            return net
+        from pretrain.export_formats import vit_monai
+
+        weights, meta = vit_monai(backbone.state_dict(), backbone, None)
+        net = build_segmenter("vit", meta["kwargs"], n, self.crop, {"feature_size": 16})
+        net.vit.load_state_dict(weights, strict=True)
+        return net
+
+    def run(self, backbone: torch.nn.Module) -> dict:
+        start = time.perf_counter()
+        device = next(backbone.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            net = self._segmenter(backbone).to(device).train()
+            optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=self.lr)
+            loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+            batches = iter(DataLoader(CropStream(self.train, self.crop, seed=self.seed), batch_size=self.batch_size))
+            for _ in range(self.steps):
+                image, label = next(batches)
+                loss = loss_fn(net(image.to(device)), label.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            scores = evaluate(net, self.val, len(self.values), self.crop, 4, 0.25)
+        return {**scores, "seconds": time.perf_counter() - start}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step % self.every or not trainer.is_global_zero:
+            return
+        result = self.run(pl_module.backbone)
+        pl_module.log("probe/mean_dice", result["mean_dice"], batch_size=1, rank_zero_only=True)
+        print(f"voxfm: probe at step {step}: mean Dice {result['mean_dice']:.4f} ({result['seconds']:.1f} s, "
+              f"{self.steps} steps on {len(self.train)} volume(s), {self.split})", flush=True)
