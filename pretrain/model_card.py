@@ -37,8 +37,8 @@ NNUNET_STEPS = """1. Add `"overwrite_image_reader_writer": "NibabelIOWithReorien
 
 def _normalisation_lines(norm: dict | None) -> list[str]:
     if not norm:
-        return ["- not recorded (checkpoint without shard-set metadata)"]
-    return [f"- {m}: {json.dumps({k: v for k, v in n.items() if k != 'note'})} — {n.get('note', '')}"
+        return ["  - not recorded (checkpoint without shard-set metadata)"]
+    return [f"  - {m}: {json.dumps({k: v for k, v in n.items() if k != 'note'})} — {n.get('note', '')}"
             for m, n in norm.items()]
 
 
