@@ -67,8 +67,9 @@ def evaluate(net: torch.nn.Module, volumes, n_classes: int, crop_size, sw_batch_
         pred = torch.nn.functional.one_hot(logits.argmax(1), n_classes).permute(0, 4, 1, 2, 3)
         truth = torch.nn.functional.one_hot(torch.from_numpy(vol.label)[None].to(device), n_classes)
         metric(pred.float(), truth.permute(0, 4, 1, 2, 3).float())
-    per_volume = metric.aggregate().cpu().numpy()  # [volumes, classes - 1]
-    per_class = np.nanmean(per_volume, axis=0) if len(per_volume) else np.array([])
+    per_volume = metric.aggregate().cpu().numpy()  # [volumes, classes - 1], NaN where a class is absent
+    scored = np.isfinite(per_volume).sum(axis=0)
+    per_class = np.where(scored > 0, np.nansum(per_volume, axis=0) / np.maximum(scored, 1), np.nan)
     return {"mean_dice": float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan"),
             "per_class": [None if not np.isfinite(d) else round(float(d), 4) for d in per_class]}
 

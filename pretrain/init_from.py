@@ -51,7 +51,9 @@ class ContinueFromStep(L.Callback):
         for config in trainer.lr_scheduler_configs:
             scheduler = config.scheduler
             scheduler.last_epoch = self.step
-            lrs = scheduler.get_lr() if hasattr(scheduler, "lr_lambdas") else scheduler.get_last_lr()
+            if not hasattr(scheduler, "lr_lambdas"):
+                raise ValueError(f"init_from: cannot move a {type(scheduler).__name__} to step {self.step}")
+            lrs = [base * schedule(self.step) for base, schedule in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
             for group, lr in zip(scheduler.optimizer.param_groups, lrs):
                 group["lr"] = lr
             scheduler._last_lr = list(lrs)
