@@ -132,3 +132,19 @@ def test_the_probe_logs_downstream_dice_without_changing_the_pretraining_run(lab
     assert dice and all(0 <= d <= 1 for d in dice)
     without = pretrain(tmp_path / "plain")
     assert all(torch.equal(with_probe[k], without[k]) for k in without)  # the probe works on a copy
+
+
+def test_either_network_builds_from_random_initialisation(tmp_path):
+    from omegaconf import OmegaConf
+
+    from pretrain.finetune import _network
+
+    base = load_config("finetune", ["backbone=none", "data.shards=x", f"run_dir={tmp_path}"])
+    net, architecture = _network(base, "scratch", 4, [32] * 3)
+    assert architecture == "resenc" and net(torch.randn(1, 1, 32, 32, 32)).shape == (1, 4, 32, 32, 32)
+    OmegaConf.set_struct(base, False)
+    base.model = {"_target_": "models.vit.ViT", "in_channels": 1, "img_size": 32, "patch_size": 16,
+                  "hidden_size": 48, "mlp_dim": 96, "num_layers": 12, "num_heads": 4, "pos_embed_type": "learnable"}
+    net, architecture = _network(base, "scratch", 4, [32] * 3)
+    assert architecture == "vit" and type(net).__name__ == "UNETR"
+    assert net(torch.randn(1, 1, 32, 32, 32)).shape == (1, 4, 32, 32, 32)
