@@ -26,15 +26,16 @@ demo: install
 	rm -rf $(OUT)
 	$(BIN)/python scripts/make_demo_corpus.py $(OUT)/raw
 	$(BIN)/voxfm shard input=$(OUT)/raw/manifest.csv output=$(OUT)/shards
+	$(BIN)/voxfm inspect shards=$(OUT)/shards n_samples=4
 	$(BIN)/voxfm pretrain experiment=demo data.shards=$(OUT)/shards run_dir=$(OUT)/run
 	$(BIN)/voxfm export checkpoint=$(OUT)/run output=$(OUT)/export
 	$(BIN)/voxfm bench data shards=$(OUT)/shards
 	@echo ""
 	@echo "demo outputs:"
 	@echo "  corpus      $(OUT)/raw/manifest.csv"
-	@echo "  shards      $(OUT)/shards  (index.json, report.json)"
+	@echo "  shards      $(OUT)/shards  (index.json, report.json, inspect/summary.json, inspect/montage.png)"
 	@echo "  run         $(OUT)/run     (config.yaml, checkpoints/last.ckpt, metrics/, images/, events.jsonl)"
-	@echo "  export      $(OUT)/export  (backbone.safetensors, backbone.json)"
+	@echo "  export      $(OUT)/export  (backbone.safetensors, backbone.json, README.md model card)"
 
 # DeepSpeed JIT-builds its ops on first use (~1 min each): cached inside the environment, paid once per install
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
