@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.volumes import RejectedVolume, Volume
+from data.volumes import RejectedVolume, Volume, check_spacing, check_voxels
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 MAX_TILT_DEGREES = 0.5  # slices stepping off their own normal by more than this: a tilted gantry
@@ -106,8 +106,10 @@ def _rescaled(stack: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> 
     return (stack.astype(np.float32) * slopes.astype(np.float32) + intercepts.astype(np.float32))
 
 
-def load_series(paths: list[str], max_voxels: int) -> Volume:
-    """The files of one series → Volume [columns, rows, slices] with its RAS affine."""
+def load_series(paths: list[str], max_voxels: int, spacing_bounds: tuple[float, float] = (0.1, 10.0),
+                max_anisotropy: float = 10.0) -> Volume:
+    """The files of one series → Volume [columns, rows, slices] with its RAS affine; the same checks as
+    `load_volume` (geometry and spacing from the headers before any pixel is decoded, then the voxels)."""
     import pydicom
 
     # pixel data is deferred: read only once every header check has passed
@@ -126,6 +128,12 @@ def load_series(paths: list[str], max_voxels: int) -> Volume:
     order = np.argsort(positions @ normal, kind="stable")
     paths, datasets, positions = [paths[i] for i in order], [datasets[i] for i in order], positions[order]
     step = _check_slices(positions, normal)
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * spacing[1]
+    lps[:3, 1] = col_dir * spacing[0]
+    lps[:3, 2] = step
+    lps[:3, 3] = positions[0]
+    check_spacing(lps, spacing_bounds, max_anisotropy)
     # pixel_array[r, c]: c runs along the row direction, r along the column direction → voxels [c, r, slice],
     # in Fortran order like NIfTI voxels, so both take the same (bit-identical) resampling path
     first = _pixels(datasets[0], paths[0])
@@ -134,9 +142,6 @@ def load_series(paths: list[str], max_voxels: int) -> Volume:
         stack[:, :, k] = first.T if k == 0 else _pixels(ds, p).T
     slopes = np.array([float(ds.get("RescaleSlope", 1) or 1) for ds in datasets])
     intercepts = np.array([float(ds.get("RescaleIntercept", 0) or 0) for ds in datasets])
-    lps = np.eye(4)
-    lps[:3, 0] = row_dir * spacing[1]
-    lps[:3, 1] = col_dir * spacing[0]
-    lps[:3, 2] = step
-    lps[:3, 3] = positions[0]
-    return Volume(data=_rescaled(stack, slopes, intercepts), affine=LPS_TO_RAS @ lps, path=str(Path(paths[0]).parent))
+    data = _rescaled(stack, slopes, intercepts)
+    check_voxels(data)
+    return Volume(data=data, affine=LPS_TO_RAS @ lps, path=str(Path(paths[0]).parent))

@@ -25,7 +25,7 @@ from data import payload
 from data.inputs import InputVolume, discover, file_hash, group_series, sample_key, scan_dicom_file
 from data.preprocess import PreprocessOptions, preprocess
 from data.shards import REPORT, ShardSetWriter, load_index, write_json_atomic
-from data.volumes import RejectedVolume, Volume, check_spacing, check_voxels, load_volume, n_frames
+from data.volumes import RejectedVolume, Volume, load_volume, n_frames
 
 Unit = list[tuple[InputVolume, str]]  # one subject's inputs with their content hashes
 
@@ -60,10 +60,7 @@ def read_input(vol: InputVolume, opts: PreprocessOptions, frame: int | None) -> 
         return load_volume(vol.path, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy, frame)
     from data.dicom import load_series
 
-    volume = load_series(list(vol.files), opts.max_voxels)
-    check_spacing(volume.affine, opts.spacing_bounds, opts.max_anisotropy)
-    check_voxels(volume.data)
-    return volume
+    return load_series(list(vol.files), opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy)
 
 
 def shard_one(vol: InputVolume, opts: PreprocessOptions, codec: str,
@@ -248,7 +245,8 @@ def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 2
 
 
 class _Task:
-    """Picklable `process_unit` with its settings bound (for the worker pool)."""
+    """Picklable `process_unit` with its settings bound (for the worker pool). Unlike a `partial`, it looks the
+    function up inside the worker, so only the settings travel (and a test can replace the function)."""
 
     def __init__(self, opts: PreprocessOptions, codec: str):
         self.opts, self.codec = opts, codec

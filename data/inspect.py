@@ -8,7 +8,6 @@ orthogonal middle slices each, captioned with key, modality, shape and spacing).
 from __future__ import annotations
 
 import json
-import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from data import payload
 from data.montage import montage
 from data.preprocess import normalise
-from data.shards import INDEX, REPORT
+from data.shards import INDEX, REPORT, read_samples
 
 
 def _distribution(values: list[list[float]]) -> dict:
@@ -51,13 +50,8 @@ def summarise(index: dict, report: dict | None) -> dict:
 
 
 def _read(folder: Path, picked: list[dict]) -> list[tuple[dict, np.ndarray]]:
-    out = []
-    for shard in sorted({s["shard"] for s in picked}):
-        with tarfile.open(folder / shard) as tar:
-            for s in (s for s in picked if s["shard"] == shard):
-                meta = json.loads(tar.extractfile(f"{s['key']}.json").read())
-                out.append((meta | {"key": s["key"]}, payload.decode(tar.extractfile(f"{s['key']}.image.b2").read())))
-    return out
+    return [(json.loads(parts["json"]) | {"key": s["key"]}, payload.decode(parts["image.b2"]))
+            for s, parts in read_samples(folder, picked, ("json", "image.b2"))]
 
 
 def format_summary(summary: dict) -> str:

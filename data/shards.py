@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from braceexpand import braceexpand
@@ -68,6 +69,17 @@ def shard_urls(shards: str | Path) -> list[str]:
     if missing:
         raise ValueError(f"data.shards={shards}: {len(missing)} of {len(urls)} shard(s) not found, e.g. {missing[0]}")
     return urls
+
+
+def read_samples(folder: Path, samples: list[dict], parts: tuple[str, ...]) -> Iterator[tuple[dict, dict]]:
+    """(index entry, {part: bytes, or None where the sample has no such part}) for the given index entries of a
+    local shard set, opening each shard once."""
+    for shard in sorted({s["shard"] for s in samples}):
+        with tarfile.open(folder / shard) as tar:
+            names = set(tar.getnames())
+            for s in (s for s in samples if s["shard"] == shard):
+                yield s, {p: tar.extractfile(f"{s['key']}.{p}").read() if f"{s['key']}.{p}" in names else None
+                          for p in parts}
 
 
 class ShardSetWriter:

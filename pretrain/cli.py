@@ -129,9 +129,18 @@ def _inspect(cfg) -> None:
     print(f"wrote {summary['montage']} and summary.json beside it")
 
 
-def _bench_ingest(cfg) -> None:
+def _experiment(overrides: list[str]) -> tuple[str | None, list[str]]:
+    """(the last `experiment=` value or None, the other overrides)."""
+    named = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
+    return (named[-1] if named else None), [o for o in overrides if not o.startswith("experiment=")]
+
+
+def _bench_ingest(overrides: list[str]) -> None:
     from pretrain.bench_ingest import bench_ingest, format_ingest_bench
 
+    cfg = _compose("bench_ingest", overrides)
+    if cfg is None:
+        return
     result = bench_ingest(cfg.input, cfg.max_volumes, cfg.repeats, list(cfg.spacing))
     print(json.dumps(result))
     print(format_ingest_bench(result))
@@ -142,19 +151,19 @@ def _bench_data(overrides: list[str]) -> None:
     overrides go to conf/bench.yaml."""
     from pretrain.bench import bench_data, format_data_bench
 
-    experiments = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
-    cfg = _compose("bench", [o for o in overrides if not o.startswith("experiment=")])
+    experiment, overrides = _experiment(overrides)
+    cfg = _compose("bench", overrides)
     if cfg is None:
         return
     region_size, per_volume = list(cfg.region_size), cfg.regions_per_volume
-    if experiments:  # the regions that experiment's workers cut
+    if experiment:  # the regions that experiment's workers cut
         from hydra.utils import instantiate
 
-        exp = load_config("pretrain", [f"experiment={experiments[-1]}", f"data.shards={cfg.shards}", "run_dir=unused"])
+        exp = load_config("pretrain", [f"experiment={experiment}", f"data.shards={cfg.shards}", "run_dir=unused"])
         region_size = list(exp.data.region_size or instantiate(exp.objective.stage).region_size_needed())
         per_volume = exp.data.regions_per_volume
     result = bench_data(cfg.shards, cfg.max_samples, cfg.repeats, region_size, per_volume)
-    print(json.dumps({"experiment": experiments[-1] if experiments else None, **result}))
+    print(json.dumps({"experiment": experiment, **result}))
     print(format_data_bench(result))
 
 
@@ -166,8 +175,8 @@ def _bench_model(overrides: list[str]) -> None:
     experiment's pretrain config."""
     from pretrain.bench_model import bench_model, format_model_bench
 
-    experiments = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
-    if not experiments:
+    experiment, _ = _experiment(overrides)
+    if experiment is None:
         raise ValueError("voxfm bench model: missing required setting(s): experiment=... (e.g. experiment=demo)")
     own = [o for o in overrides if o.split("=", 1)[0] in BENCH_MODEL_KEYS]
     cfg = _compose("bench_model", own)
@@ -176,15 +185,15 @@ def _bench_model(overrides: list[str]) -> None:
     rest = [o for o in overrides if o.split("=", 1)[0] not in BENCH_MODEL_KEYS]
     pretrain = load_config("pretrain", ["data.shards=unused", "run_dir=unused", *rest])
     result = bench_model(pretrain, cfg.warmup, cfg.steps)
-    print(json.dumps({"experiment": experiments[-1], **result}))
-    print(format_model_bench(result, experiments[-1]))
+    print(json.dumps({"experiment": experiment, **result}))
+    print(format_model_bench(result, experiment))
 
 
 # documented in README.md ("Exit codes"); 75 = preempted (pretrain/errors.py)
 EXIT_CODES = {"bad configuration": 2, "diverged": 3, "checkpoint not written": 4}
-COMMANDS = {"shard": _shard, "pretrain": _pretrain, "export": _export, "bench": _bench_ingest, "inspect": _inspect,
-            "finetune": _finetune}
-BENCHES = ("data", "model", "ingest")
+COMMANDS = {"shard": _shard, "pretrain": _pretrain, "export": _export, "bench": None, "inspect": _inspect,
+            "finetune": _finetune}  # bench: one of BENCHES, each composing its own config
+BENCHES = {"data": _bench_data, "model": _bench_model, "ingest": _bench_ingest}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,12 +213,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         what, overrides = overrides[0], overrides[1:]
     try:
-        if command == "bench" and what in ("model", "data"):
-            (_bench_model if what == "model" else _bench_data)(overrides)
+        if command == "bench":
+            BENCHES[what](overrides)
             return 0
         if command == "finetune":  # its experiments live in conf/finetune_experiment/
             overrides = [f"finetune_{o}" if o.startswith("experiment=") else o for o in overrides]
-        cfg = _compose("bench_ingest" if what == "ingest" else command, overrides)
+        cfg = _compose(command, overrides)
         if cfg is not None:
             COMMANDS[command](cfg)
     except (ValueError, HydraException, OmegaConfBaseException) as err:

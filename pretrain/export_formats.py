@@ -67,6 +67,12 @@ def resenc_monai(state: dict[str, torch.Tensor], backbone, in_channels: int | No
                      "kwargs_requires_import": REQUIRES_IMPORT, "total_stride": backbone.total_stride}
 
 
+def backbone_weights(backbone, in_channels: int | None = None) -> tuple[dict, dict]:
+    """A built voxfm backbone → (its weights as exported, its description: architecture, class, kwargs...)."""
+    export = resenc_monai if hasattr(backbone, "preset") else vit_monai
+    return export(backbone.state_dict(), backbone, in_channels)
+
+
 def to_nnunet_axes(weights: dict[str, torch.Tensor], kwargs: dict) -> tuple[dict, dict]:
     """[.., X, Y, Z] kernels → [.., Z, Y, X], and the per-axis kwargs reversed."""
     out = {k: (v.permute(0, 1, 4, 3, 2).contiguous() if v.ndim == 5 else v) for k, v in weights.items()}

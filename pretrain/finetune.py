@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from data.crops import triple
 from pretrain.callbacks import AtomicCheckpointIO
 from pretrain.checkpoints import find_resume_checkpoint
+from pretrain.export_formats import backbone_weights
 from pretrain.finetune_data import CropStream, label_values, read_labelled, split, to_labelled
 from pretrain.finetune_model import build_segmenter, encoder_parameters, read_export, segmenter_from_export
 
@@ -98,12 +99,8 @@ def _network(cfg: DictConfig, arm: str, n_classes: int, crop_size) -> tuple[torc
         return build_segmenter(meta["architecture"], meta["kwargs"], n_classes, crop_size, unetr), meta["architecture"]
     from hydra.utils import instantiate
 
-    from pretrain.export_formats import resenc_kwargs_json
-
-    model = instantiate(cfg.model)
-    if hasattr(model, "preset"):
-        return build_segmenter("resenc", resenc_kwargs_json(model.preset), n_classes, crop_size, unetr), "resenc"
-    return build_segmenter("vit", model.monai_kwargs(), n_classes, crop_size, unetr), "vit"
+    _, meta = backbone_weights(instantiate(cfg.model))  # the architecture and kwargs an export would carry
+    return build_segmenter(meta["architecture"], meta["kwargs"], n_classes, crop_size, unetr), meta["architecture"]
 
 
 def run_arm(cfg: DictConfig, arm: str, train, val, n_classes: int, run_dir: Path) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from torch.utils.data import IterableDataset
 from data import payload
 from data.crops import crop_start, pad_to, triple
 from data.preprocess import normalise
+from data.shards import read_samples
 
 
 @dataclass
@@ -34,22 +34,15 @@ class Labelled:
 def read_labelled(shards: str) -> list[tuple[dict, np.ndarray, np.ndarray]]:
     """(metadata, normalised image, raw label) of every sample with a label map, in index order."""
     folder = Path(shards)
-    index = json.loads((folder / "index.json").read_text()) if (folder / "index.json").exists() else None
-    if index is None:
+    if not (folder / "index.json").exists():
         raise ValueError(f"data.shards={shards}: no index.json; make the shard set with `voxfm shard` from a "
                          "manifest with a `label` column")
+    labelled = [s for s in json.loads((folder / "index.json").read_text())["samples"] if s.get("label_path")]
     out = []
-    for shard in index["shards"]:
-        with tarfile.open(folder / shard["name"]) as tar:
-            names = set(tar.getnames())
-            for s in (s for s in index["samples"] if s["shard"] == shard["name"]):
-                if f"{s['key']}.label.b2" not in names:
-                    continue
-                meta = json.loads(tar.extractfile(f"{s['key']}.json").read())
-                image = normalise(payload.decode(tar.extractfile(f"{s['key']}.image.b2").read()),
-                                  meta["normalisation"])
-                label = payload.decode(tar.extractfile(f"{s['key']}.label.b2").read())
-                out.append((meta | {"key": s["key"]}, image, label))
+    for s, parts in read_samples(folder, labelled, ("json", "image.b2", "label.b2")):
+        meta = json.loads(parts["json"])
+        image = normalise(payload.decode(parts["image.b2"]), meta["normalisation"])
+        out.append((meta | {"key": s["key"]}, image, payload.decode(parts["label.b2"])))
     if not out:
         raise ValueError(f"data.shards={shards}: no sample has a label map (shard a manifest with a `label` column)")
     return out

@@ -45,18 +45,23 @@ def build_segmenter(architecture: str, kwargs: dict, n_classes: int, crop_size, 
                       strides=[s[0] for s in kwargs["strides"]], kernel_size=kwargs["kernel_sizes"][0][0])
 
 
-def segmenter_from_export(folder: str, n_classes: int, crop_size, unetr: dict) -> tuple[torch.nn.Module, dict]:
-    """The segmentation network with the export's weights in its encoder (and decoder, for ResEnc)."""
-    meta, weights = read_export(folder)
+def segmenter_with_weights(meta: dict, weights: dict[str, torch.Tensor], n_classes: int, crop_size, unetr: dict,
+                           what: str) -> torch.nn.Module:
+    """The segmentation network of an exported backbone (`meta`: architecture and kwargs) with its weights in the
+    encoder (and, for ResEnc, the decoder)."""
     net = build_segmenter(meta["architecture"], meta["kwargs"], n_classes, crop_size, unetr)
     if meta["architecture"] == "vit":
-        load_strict(net.vit, weights, f"backbone={folder}")
+        load_strict(net.vit, weights, what)
     else:
         own = net.state_dict()
         # the pretraining head (reconstruction) is replaced by this task's segmentation layers
-        weights = {k: (own[k] if k.startswith(SEG_HEAD) else v) for k, v in weights.items()}
-        load_strict(net, weights, f"backbone={folder}")
-    return net, meta
+        load_strict(net, {k: (own[k] if k.startswith(SEG_HEAD) else v) for k, v in weights.items()}, what)
+    return net
+
+
+def segmenter_from_export(folder: str, n_classes: int, crop_size, unetr: dict) -> tuple[torch.nn.Module, dict]:
+    meta, weights = read_export(folder)
+    return segmenter_with_weights(meta, weights, n_classes, crop_size, unetr, f"backbone={folder}"), meta
 
 
 def encoder_parameters(net: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -17,10 +17,10 @@ from monai.losses import DiceCELoss
 from torch.utils.data import DataLoader
 
 from data.crops import triple
+from pretrain.export_formats import backbone_weights
 from pretrain.finetune import evaluate
 from pretrain.finetune_data import CropStream, label_values, read_labelled, split, to_labelled
-from pretrain.finetune_model import SEG_HEAD, build_segmenter
-from pretrain.weights import load_strict
+from pretrain.finetune_model import segmenter_with_weights
 
 
 class Probe(L.Callback):
@@ -37,21 +37,8 @@ class Probe(L.Callback):
         self.batch_size, self.lr, self.seed = batch_size, lr, seed
 
     def _segmenter(self, backbone: torch.nn.Module) -> torch.nn.Module:
-        n = len(self.values)
-        if hasattr(backbone, "preset"):
-            from pretrain.export_formats import resenc_kwargs_json
-
-            net = build_segmenter("resenc", resenc_kwargs_json(backbone.preset), n, self.crop, {})
-            own = net.state_dict()  # the backbone's weights, this task's new segmentation head
-            load_strict(net, {k: own[k] if k.startswith(SEG_HEAD) else v for k, v in backbone.state_dict().items()},
-                        "probe")
-            return net
-        from pretrain.export_formats import vit_monai
-
-        weights, meta = vit_monai(backbone.state_dict(), backbone, None)
-        net = build_segmenter("vit", meta["kwargs"], n, self.crop, {"feature_size": 16})
-        net.vit.load_state_dict(weights, strict=True)
-        return net
+        weights, meta = backbone_weights(backbone)
+        return segmenter_with_weights(meta, weights, len(self.values), self.crop, {"feature_size": 16}, "probe")
 
     def run(self, backbone: torch.nn.Module) -> dict:
         start = time.perf_counter()

@@ -9,13 +9,13 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_series import write_series
 
 from data import payload
 from data.dicom import load_series
 from data.ingest import run_shard
 from data.phantoms import phantom
 from data.volumes import RejectedVolume
+from tests.dicom_series import write_series
 
 
 def _shard_voxels(out, sample):

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from exports import model_card_snippet, voxfm_encoder
 from monai.networks.nets import UNETR
 from monai.networks.nets import ViT as MonaiViT
 from safetensors.torch import load_file
@@ -14,6 +13,7 @@ from pretrain.config import load_config
 from pretrain.export import run_export
 from pretrain.export_formats import vit_monai
 from pretrain.train import run_pretrain
+from tests.exports import model_card_snippet, voxfm_encoder
 
 
 @pytest.fixture(scope="module")

@@ -5,22 +5,13 @@ import json
 
 import pytest
 import torch
-from exports import model_card_snippet, voxfm_encoder
 from safetensors.torch import load_file
 
 from pretrain.config import load_config
 from pretrain.export import run_export
 from pretrain.train import run_pretrain
 from pretrain.weights import load_strict
-
-
-@pytest.fixture(scope="module")
-def mim_run(tmp_path_factory, shard_dir):
-    run = tmp_path_factory.mktemp("mim")
-    run_pretrain(load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={run}",
-                                          "trainer.max_steps=2", "trainer.progress_bar=false",
-                                          "trainer.images_every_n_steps=0", "data.num_workers=0"]))
-    return run
+from tests.exports import model_card_snippet, voxfm_encoder
 
 
 def _run_snippet(folder, monkeypatch):

@@ -27,12 +27,8 @@ def labelled(tmp_path_factory, phantom_dir):
 
 
 @pytest.fixture(scope="module")
-def resenc_export(tmp_path_factory, shard_dir):
-    run = tmp_path_factory.mktemp("mim")
-    run_pretrain(load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={run}",
-                                          "trainer.max_steps=2", "trainer.progress_bar=false",
-                                          "trainer.images_every_n_steps=0", "data.num_workers=0"]))
-    return run_export(str(run), str(run / "export"))
+def resenc_export(tmp_path_factory, mim_run):
+    return run_export(str(mim_run), str(tmp_path_factory.mktemp("resenc_export")))
 
 
 def test_scratch_finetune_scores_held_out_subjects_per_class(labelled, tmp_path, capsys):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from dicom_series import write_series
 
 from data import payload
 from data.phantoms import phantom, write_phantoms
+from tests.dicom_series import write_series
 
 
 def _tree_rss(pid: int) -> int:
