@@ -165,8 +165,14 @@ def run_pretrain(cfg: DictConfig) -> Path:
         log_event(run_dir, event="resume" if resume else "start", step=resume_step,
                   checkpoint=str(resume) if resume else cfg.init_from, world_size=trainer.world_size,
                   global_batch=global_batch, lr=lr)
-    trainer.fit(module, train_dataloaders=build_loader(stream, cfg.data),
-                ckpt_path=str(resume) if resume else None)
+    try:
+        trainer.fit(module, train_dataloaders=build_loader(stream, cfg.data),
+                    ckpt_path=str(resume) if resume else None)
+    finally:
+        # a process group left for interpreter exit can abort the process ("terminate called without an active
+        # exception", seen once on a torchrun rank after its run had finished): shut it down here
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     if preemption.result is not None:
         raise preemption.result
     if trainer.is_global_zero:
