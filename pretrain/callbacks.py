@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -120,3 +121,17 @@ class FinalCheckpoint(L.Callback):
             trainer.save_checkpoint(periodic, weights_only=False)
         if todo[1]:
             trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt", weights_only=False)
+
+
+def shut_down_process_group() -> None:
+    """A process group left to interpreter exit can abort the process after a finished run ("terminate called
+    without an active exception", SIGABRT: seen on a torchrun rank and on a ddp_spawn child): shut it down first."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+class ShutDownProcessGroup(L.Callback):
+    """At the end of `fit`, in every rank: ddp_spawn's children never return to voxfm's own code to do it."""
+
+    def teardown(self, trainer, pl_module, stage):
+        shut_down_process_group()

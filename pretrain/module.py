@@ -40,10 +40,12 @@ class PretrainModule(L.LightningModule):
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Views, augmentation and masks are drawn here, on the training device, so the objective is a pure
-        function of its batch."""
+        function of its batch. The stage makes float images from int16 regions after Lightning's own input
+        conversion, so that conversion runs again on its output: DeepSpeed bf16 keeps bf16 weights and takes
+        bf16 inputs (under autocast, the DDP case, the conversion changes nothing)."""
         if self.trainer.training:
             g = step_generator(batch["region"].device, self.seed, self.global_step, self.global_rank)
-            batch = self.stage(batch, g)
+            batch = self.trainer.precision_plugin.convert_input(self.stage(batch, g))
         return batch
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

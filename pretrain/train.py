@@ -19,7 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from data.loader import ThreadLoader
 from data.shards import describe_shard_set
 from data.stream import RegionStream, region_loader
-from pretrain.callbacks import AtomicCheckpointIO, ConfigInCheckpoint, DataStats, FinalCheckpoint, Throughput
+from pretrain.callbacks import (
+    AtomicCheckpointIO,
+    ConfigInCheckpoint,
+    DataStats,
+    FinalCheckpoint,
+    ShutDownProcessGroup,
+    Throughput,
+    shut_down_process_group,
+)
 from pretrain.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint
 from pretrain.efficiency import Efficiency
 from pretrain.images import ReconstructionImages
@@ -105,7 +113,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
                                    ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb),
                                    *([preemption] if preemption is not None else []),
                                    FinalCheckpoint(run_dir / "checkpoints"), Efficiency(t.peak_tflops),
-                                   *probe_callback(cfg)],
+                                   *probe_callback(cfg), ShutDownProcessGroup()],
         plugins=plugins, enable_progress_bar=t.progress_bar, enable_model_summary=True,
         default_root_dir=str(run_dir), use_distributed_sampler=False,
     )
@@ -168,11 +176,8 @@ def run_pretrain(cfg: DictConfig) -> Path:
     try:
         trainer.fit(module, train_dataloaders=build_loader(stream, cfg.data),
                     ckpt_path=str(resume) if resume else None)
-    finally:
-        # a process group left for interpreter exit can abort the process ("terminate called without an active
-        # exception", seen once on a torchrun rank after its run had finished): shut it down here
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    finally:  # also when fit raised (ShutDownProcessGroup covers a finished fit in every rank)
+        shut_down_process_group()
     if preemption.result is not None:
         raise preemption.result
     if trainer.is_global_zero:

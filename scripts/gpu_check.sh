@@ -2,21 +2,25 @@
 # GPU check: everything that needs the accelerator, in one call, results under $OUT, a table last.
 #   OUT=<dir> bash scripts/gpu_check.sh             # on the GPU: mae_vit_b bf16 200 steps + resume, bench model
 #   OUT=<dir> TINY=1 bash scripts/gpu_check.sh      # rehearsal on CPU: demo twins, a few steps, tiny shapes
-# Installs nothing: run it where `voxfm` is importable (python -m pretrain). Covers the bench models, DeepSpeed
-# ZeRO-2/3, torch.compile, a fine-tune (finetune_resenc, pretrained vs scratch) and pretraining + resume.
-set -euo pipefail
+#   BUDGET=<s>                                      # stop starting steps after this many seconds (default: none)
+# Installs nothing: run it where `voxfm` is importable (python -m pretrain); scripts/gpu_lease.sh installs the
+# wheels on the lent machine first. Steps run most important first, each under the time left, so a short lease
+# still gets pretraining + resume and DESIGN.md's workloads: then the bench models, DeepSpeed ZeRO-2/3,
+# torch.compile, a fine-tune (pretrained vs scratch) and the data bench. steps.txt says how each step ended.
+set -uo pipefail
 OUT=${OUT:?set OUT to a writable folder}
 PY=${PYTHON:-python}
 WORK=${WORK:-$(mktemp -d)}
+END=$(( $(date +%s) + ${BUDGET:-1000000} ))
 mkdir -p "$OUT/bench"
 if [ "${TINY:-0}" = 1 ]; then
-  EXP=(experiment=demo data.num_workers=1); STEPS=20; MORE=30; N=6; SHAPE=48
+  EXP=(experiment=demo data.num_workers=1); STEPS=20; MORE=30; VSTEPS=10; N=6; SHAPE=48
   FT_PRE=(experiment=demo_mim data.num_workers=1); FT=(experiment=demo_finetune); FT_STEPS=10
   BENCH=("demo" "demo_mim" "demo_simclr" "demo_mae_contrastive")
   LARGE=("demo:data.batch_size=2")
   BENCH_ARGS=(warmup=1 steps=2)
 else
-  EXP=(experiment=mae_vit_b data.num_workers=12); STEPS=200; MORE=220; N=48; SHAPE=160
+  EXP=(experiment=mae_vit_b data.num_workers=12); STEPS=200; MORE=220; VSTEPS=60; N=32; SHAPE=160
   FT_PRE=(experiment=mim_resenc_l data.num_workers=12); FT=(experiment=finetune_resenc); FT_STEPS=50
   BENCH=("mae_vit_b" "mae_primus_m" "mim_resenc_l" "simclr_resenc_l" "mae_contrastive_vit_b")
   # DESIGN.md's workloads: ViT-B MAE 96³ at batch 1024 (goal ≥ 9,000 samples/s), 160³ patch 8 at batch 8
@@ -27,94 +31,80 @@ else
          "mim_resenc_l:data.crop_size=[128,128,128] data.batch_size=4")
   BENCH_ARGS=(warmup=3 steps=10)
 fi
-"$PY" -c "
-from data.phantoms import write_phantoms
-write_phantoms('$WORK/raw', n=$N, shape=($SHAPE, $SHAPE, $SHAPE))"
-"$PY" -m pretrain shard input="$WORK/raw" output="$WORK/shards" progress=false | tee "$OUT/shard.txt"
-"$PY" -m pretrain bench data shards="$WORK/shards" | tee "$OUT/bench_data.txt"
-# one process per benchmark: an out-of-memory case is recorded, and the next starts on an empty card
+
+# T NEED NAME CMD...: CMD under the time left, output to $OUT/NAME.txt, its ending to steps.txt;
+# not started (exit 125) with under NEED seconds left
+T() {
+  local need=$1 name=$2; shift 2
+  local left=$(( END - $(date +%s) ))
+  if [ "$left" -lt "$need" ]; then echo "$name: not started (${left} s left)" | tee -a "$OUT/steps.txt"; return 125; fi
+  local start; start=$(date +%s)
+  timeout -k 10 "$left" "$@" >> "$OUT/$name.txt" 2>&1
+  local rc=$?
+  echo "$name: $([ $rc = 0 ] && echo ok || echo "FAILED (exit $rc)") in $(( $(date +%s) - start )) s" \
+    | tee -a "$OUT/steps.txt"
+  return $rc
+}
+
+# bench SPEC...: `voxfm bench model` per "experiment[:overrides]", one process each: an out-of-memory case is
+# recorded, and the next starts on an empty card
 i=0
-for spec in "${BENCH[@]}" "${LARGE[@]}"; do
-  exp=${spec%%:*}; extra=(); [ "$spec" != "$exp" ] && read -r -a extra <<< "${spec#*:}"
-  i=$((i + 1))
-  "$PY" -m pretrain bench model experiment="$exp" "${BENCH_ARGS[@]}" "${extra[@]}" \
-    > "$OUT/bench/$i-$exp.txt" 2>&1 || echo "{\"experiment\": \"$exp\", \"failed\": true}" >> "$OUT/bench/$i-$exp.txt"
-  echo "$exp ${extra[*]}" > "$OUT/bench/$i-$exp.args"
-  tail -n 5 "$OUT/bench/$i-$exp.txt"
-done
+bench() {
+  for spec in "$@"; do
+    exp=${spec%%:*}; extra=(); [ "$spec" != "$exp" ] && read -r -a extra <<< "${spec#*:}"
+    i=$((i + 1))
+    echo "$exp ${extra[*]}" > "$OUT/bench/$i-$exp.args"
+    T 40 "bench/$i-$exp" "$PY" -m pretrain bench model experiment="$exp" "${BENCH_ARGS[@]}" "${extra[@]}"
+    case $? in 0) ;; 125) echo '{"not_started": true}' >> "$OUT/bench/$i-$exp.txt" ;;
+      *) echo '{"failed": true}' >> "$OUT/bench/$i-$exp.txt" ;; esac
+  done
+}
+
+# phantoms sharded on half the cores while DESIGN.md's workloads (synthetic batches) run on the GPU
+( "$PY" -c "
+from data.phantoms import write_phantoms
+write_phantoms('$WORK/raw', n=$N, shape=($SHAPE, $SHAPE, $SHAPE))" \
+  && T 30 shard "$PY" -m pretrain shard input="$WORK/raw" output="$WORK/shards" progress=false \
+       workers=$(( ($(nproc) + 1) / 2 )) ) &
+sharding=$!
+bench "${LARGE[@]}"
+wait $sharding || { echo "sharding the phantoms failed: see shard.txt"; "$PY" "$(dirname "$0")/gpu_table.py" "$OUT"; exit 1; }
+
+# pretraining and its resume
+pretrain_run() { T "$1" "$2" "$PY" -m pretrain pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run" \
+  trainer.log_every_n_steps=10 trainer.checkpoint_every_n_steps=100 trainer.progress_bar=false "${@:3}"; }
+start=$(date +%s)
+pretrain_run 60 pretrain trainer.max_steps=$STEPS && echo $(( $(date +%s) - start )) > "$OUT/train_s.txt" \
+  && pretrain_run 30 resume trainer.max_steps=$MORE
+cp "$WORK/run/events.jsonl" "$WORK/run/config.yaml" "$OUT/" 2>/dev/null
+cp "$WORK/run/metrics/version_0/metrics.csv" "$OUT/metrics.csv" 2>/dev/null
+cp -r "$WORK/run/images" "$OUT/" 2>/dev/null
+
 # DeepSpeed ZeRO-2/3 (bf16 on the GPU) and torch.compile: a short run each, samples/s from their metrics
 for variant in "strategy=deepspeed_zero2" "strategy=deepspeed_zero3" "trainer.compile=true"; do
   name=$(echo "$variant" | tr -c 'a-z0-9_\n' '_')
-  "$PY" -m pretrain pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_$name" $variant \
-    trainer.max_steps=$STEPS trainer.log_every_n_steps=10 trainer.checkpoint_every_n_steps=$STEPS \
-    trainer.progress_bar=false > "$OUT/variant_$name.txt" 2>&1 && echo "$variant: ok" || echo "$variant: FAILED"
-  cp "$WORK/run_$name/metrics/version_0/metrics.csv" "$OUT/metrics_$name.csv" 2>/dev/null || true
+  T 60 "variant_$name" "$PY" -m pretrain pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_$name" \
+    $variant trainer.max_steps=$VSTEPS trainer.log_every_n_steps=5 trainer.checkpoint_every_n_steps=$VSTEPS \
+    trainer.progress_bar=false
+  cp "$WORK/run_$name/metrics/version_0/metrics.csv" "$OUT/metrics_$name.csv" 2>/dev/null
 done
+
+bench "${BENCH[@]}"
+
 # fine-tuning (bf16 on the GPU): a ResEnc pretrained a few steps, exported, then pretrained vs scratch on the
 # labelled phantoms (finetune_resenc: the full ResEnc-L UNet, 160³)
-"$PY" -m pretrain pretrain "${FT_PRE[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_ft" trainer.max_steps=$FT_STEPS \
-  trainer.progress_bar=false trainer.images_every_n_steps=0 > "$OUT/finetune_pretrain.txt" 2>&1 \
-  && "$PY" -m pretrain export checkpoint="$WORK/run_ft" output="$WORK/ft_export" >> "$OUT/finetune_pretrain.txt" 2>&1 \
-  && "$PY" -c "
+"$PY" -c "
 import glob
 rows = ['path,label'] + [f'{p},{p.replace(\".nii.gz\", \"_label.nii.gz\")}' for p in sorted(glob.glob('$WORK/raw/*.nii.gz'))
                          if '_label' not in p]
-open('$WORK/labelled.csv', 'w').write('\\n'.join(rows) + '\\n')" \
-  && "$PY" -m pretrain shard input="$WORK/labelled.csv" output="$WORK/labelled" progress=false >> "$OUT/finetune_pretrain.txt" \
-  && "$PY" -m pretrain finetune "${FT[@]}" backbone="$WORK/ft_export" data.shards="$WORK/labelled" \
-       run_dir="$WORK/finetune" compare_scratch=true steps=$FT_STEPS trainer.progress_bar=false > "$OUT/finetune.txt" 2>&1 \
-  && cp "$WORK/finetune/results.json" "$WORK/finetune/results.md" "$OUT/" && echo "finetune: ok" || echo "finetune: FAILED"
-run() { "$PY" -m pretrain pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run" \
-          trainer.log_every_n_steps=10 trainer.checkpoint_every_n_steps=100 trainer.progress_bar=false "$@"; }
-start=$(date +%s); run trainer.max_steps=$STEPS 2>&1 | tail -n 20 > "$OUT/pretrain.txt"; train_s=$(( $(date +%s) - start ))
-run trainer.max_steps=$MORE 2>&1 | tail -n 20 > "$OUT/resume.txt"
-cp "$WORK/run/events.jsonl" "$WORK/run/config.yaml" "$OUT/"
-cp "$WORK"/run/metrics/version_0/metrics.csv "$OUT/metrics.csv"
-cp -r "$WORK/run/images" "$OUT/" 2>/dev/null || true
-"$PY" - "$OUT" "$train_s" <<'PY'
-import csv, glob, json, sys
-out, train_s = sys.argv[1], int(sys.argv[2])
-rows = [r for r in csv.DictReader(open(f"{out}/metrics.csv")) if r.get("train/samples_per_s")]
-rates = [float(r["train/samples_per_s"]) for r in rows[len(rows) // 2:]]  # second half: warmed up
-events = [json.loads(line) for line in open(f"{out}/events.jsonl")]
-import torch
-device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-resumed = [e for e in events if e["event"] == "resume"]
-table = {
-    "device": device,
-    "steps, first run": events[1]["step"] if len(events) > 1 else None,
-    "samples/s (median, 2nd half)": round(sorted(rates)[len(rates) // 2], 1) if rates else None,
-    "wall s, first run": train_s,
-    "resumed at step": resumed[0]["step"] if resumed else None,
-    "final step": events[-1]["step"],
-}
-benches = []
-for path in sorted(glob.glob(f"{out}/bench/*.txt"), key=lambda p: int(p.split("/")[-1].split("-")[0])):
-    args = open(path[:-4] + ".args").read().strip()
-    lines = [line for line in open(path) if line.startswith("{")]
-    result = json.loads(lines[0]) if lines else {"failed": True}
-    benches.append({"args": args, **result})
-    if result.get("failed"):
-        table[f"bench {args}"] = "FAILED (see bench/)"
-    else:
-        v, r = result["voxfm"], result["reference"]
-        monai = "out of memory" if r.get("out_of_memory") else r["samples_per_s"]
-        table[f"bench {args}"] = (f"{v['samples_per_s']} samples/s, MFU {v['mfu']:.1%}, {v['peak_gib']} GiB | "
-                                  f"MONAI {monai} | x{result['ratio_samples_per_s']} samples/s, "
-                                  f"x{result['ratio_tflop_per_s']} TFLOP/s")
-for path in sorted(glob.glob(f"{out}/metrics_*.csv")):
-    rows = [r for r in csv.DictReader(open(path)) if r.get("train/samples_per_s")]
-    half = [float(r["train/samples_per_s"]) for r in rows[len(rows) // 2:]]
-    mfu = [float(r["train/mfu"]) for r in rows[len(rows) // 2:] if r.get("train/mfu")]
-    name = path.split("metrics_")[-1][:-4]
-    table[f"run {name}"] = (f"{sorted(half)[len(half) // 2]:.1f} samples/s, MFU {sorted(mfu)[len(mfu) // 2]:.1%}"
-                            if half and mfu else "no metrics (see variant_*.txt)")
-try:
-    ft = json.load(open(f"{out}/results.json"))
-    table["finetune (mean Dice)"] = ", ".join(f"{arm} {r['mean_dice']:.3f} in {r['wall_s']} s"
-                                              for arm, r in ft["arms"].items())
-except (OSError, ValueError, KeyError):
-    table["finetune (mean Dice)"] = "FAILED (see finetune*.txt)"
-json.dump({"table": table, "benches": benches}, open(f"{out}/gpu_check.json", "w"), indent=1)
-print("\n".join(f"{k:<40}{v}" for k, v in table.items()))
-PY
+open('$WORK/labelled.csv', 'w').write('\\n'.join(rows) + '\\n')"
+T 90 finetune_pretrain "$PY" -m pretrain pretrain "${FT_PRE[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_ft" \
+    trainer.max_steps=$FT_STEPS trainer.progress_bar=false trainer.images_every_n_steps=0 \
+  && T 60 finetune_pretrain "$PY" -m pretrain export checkpoint="$WORK/run_ft" output="$WORK/ft_export" \
+  && T 60 finetune_pretrain "$PY" -m pretrain shard input="$WORK/labelled.csv" output="$WORK/labelled" progress=false \
+  && T 60 finetune "$PY" -m pretrain finetune "${FT[@]}" backbone="$WORK/ft_export" data.shards="$WORK/labelled" \
+       run_dir="$WORK/finetune" compare_scratch=true steps=$FT_STEPS trainer.progress_bar=false \
+  && cp "$WORK/finetune/results.json" "$WORK/finetune/results.md" "$OUT/"
+
+T 20 bench_data "$PY" -m pretrain bench data shards="$WORK/shards"
+"$PY" "$(dirname "$0")/gpu_table.py" "$OUT"

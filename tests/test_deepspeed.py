@@ -85,3 +85,21 @@ def test_zero_trains_resumes_after_a_kill_and_exports(tmp_path, shard_dir, stage
     nine, eight, six = (consolidate_deepspeed(run_dir / "checkpoints" / f"step00000{s}.ckpt")["state_dict"]
                         for s in (9, 8, 6))
     assert distance(nine, eight) < 0.5 * distance(nine, six)
+
+
+def test_zero_bf16_feeds_the_stage_images_to_bf16_weights(tmp_path, shard_dir):
+    """DeepSpeed bf16 keeps bf16 weights: the float images the device stage makes must reach them as bf16 (they
+    once stayed float32 and the first step failed: 'Input type (float) and bias type (c10::BFloat16)')."""
+    run_dir = tmp_path / "run"
+    env = {**ENV, "MASTER_PORT": str(free_port())}
+    cmd = [*_cmd(2, shard_dir, run_dir), "trainer.devices=1", "trainer.max_steps=2", "trainer.precision=bf16-mixed",
+           "trainer.images_every_n_steps=1", "model.num_layers=2", "trainer.log_every_n_steps=1"]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 2
+    rows = (run_dir / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    column = header.index("train/loss")
+    losses = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    assert len(list((run_dir / "images").glob("*.png"))) == 2

@@ -1,0 +1,99 @@
+"""The GPU check's table from what scripts/gpu_check.sh left in OUT; a part that did not run (failed, out of
+time) says so instead of stopping the table. Writes OUT/gpu_check.json and prints the table.
+
+  python scripts/gpu_table.py OUT
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import sys
+from pathlib import Path
+
+
+def median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
+
+
+def second_half(path: Path, key: str) -> list[float]:
+    """Values of `key` over the second half of a metrics.csv (warmed up)."""
+    if not path.exists():
+        return []
+    rows = [r for r in csv.DictReader(path.open()) if r.get("train/samples_per_s")]
+    return [float(r[key]) for r in rows[len(rows) // 2:] if r.get(key)]
+
+
+def pretraining(out: Path) -> dict:
+    events_file = out / "events.jsonl"
+    if not events_file.exists():
+        return {"pretrain + resume": "did not run (see steps.txt, pretrain.txt)"}
+    events = [json.loads(line) for line in events_file.open()]
+    ends = [e["step"] for e in events if e["event"] == "end"]
+    resumed = [e["step"] for e in events if e["event"] == "resume"]
+    rate, mfu = median(second_half(out / "metrics.csv", "train/samples_per_s")), \
+        median(second_half(out / "metrics.csv", "train/mfu"))
+    return {"pretrain: samples/s, MFU (median, 2nd half)": f"{rate and round(rate, 1)}, {mfu and f'{mfu:.1%}'}",
+            "pretrain: wall s, first run": (out / "train_s.txt").read_text().strip()
+            if (out / "train_s.txt").exists() else None,
+            "pretrain: end steps, resumed at": f"{ends}, {resumed}"}
+
+
+def benches(out: Path) -> tuple[dict, list]:
+    table, results = {}, []
+    for path in sorted(glob.glob(f"{out}/bench/*.txt"), key=lambda p: int(Path(p).name.split("-")[0])):
+        args = Path(path[:-4] + ".args").read_text().strip() if Path(path[:-4] + ".args").exists() else path
+        lines = [line for line in open(path) if line.startswith("{")]
+        result = json.loads(lines[0]) if lines else {"failed": True}
+        results.append({"args": args, **result})
+        if result.get("not_started"):
+            table[f"bench {args}"] = "not started (out of time)"
+            continue
+        if result.get("failed") or "voxfm" not in result:
+            table[f"bench {args}"] = "FAILED (see bench/)"
+            continue
+        v, r = result["voxfm"], result["reference"]
+        monai = "out of memory" if r.get("out_of_memory") else r["samples_per_s"]
+        table[f"bench {args}"] = (f"{v['samples_per_s']} samples/s, MFU {v['mfu']:.1%}, {v['peak_gib']} GiB | "
+                                  f"reference {monai} | x{result['ratio_samples_per_s']} samples/s, "
+                                  f"x{result['ratio_tflop_per_s']} TFLOP/s")
+    return table, results
+
+
+def variants(out: Path) -> dict:
+    table = {}
+    for path in sorted(out.glob("metrics_*.csv")):
+        rate, mfu = median(second_half(path, "train/samples_per_s")), median(second_half(path, "train/mfu"))
+        name = path.stem.removeprefix("metrics_")
+        table[f"run {name}"] = (f"{rate:.1f} samples/s, MFU {mfu:.1%}" if rate and mfu
+                                else "no metrics (see variant_*.txt)")
+    return table
+
+
+def finetune(out: Path) -> dict:
+    try:
+        arms = json.loads((out / "results.json").read_text())["arms"]
+        return {"finetune (mean Dice)": ", ".join(f"{arm} {r['mean_dice']:.3f} in {r['wall_s']} s"
+                                                  for arm, r in arms.items())}
+    except (OSError, ValueError, KeyError):
+        return {"finetune (mean Dice)": "did not finish (see finetune*.txt)"}
+
+
+def main(out: Path) -> None:
+    import torch
+
+    table = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+    table.update(pretraining(out))
+    bench_table, bench_results = benches(out)
+    table.update(bench_table)
+    table.update(variants(out))
+    table.update(finetune(out))
+    if (out / "steps.txt").exists():
+        table["steps"] = "; ".join(line.strip() for line in (out / "steps.txt").open())
+    (out / "gpu_check.json").write_text(json.dumps({"table": table, "benches": bench_results}, indent=1))
+    print("\n".join(f"{k:<44}{v}" for k, v in table.items()))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
