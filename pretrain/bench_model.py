@@ -157,7 +157,25 @@ def _measure(step, views: int, device: torch.device, warmup: int, steps: int, ce
             "peak_gib": None if peak is None else round(peak, 2)}
 
 
-def bench_model(cfg, warmup: int = 2, steps: int = 5) -> dict:
+def profile_table(step, device: torch.device, rows: int, steps: int = 3) -> str:
+    """The `rows` operators that take the most time over `steps` calls of `step` (device time on CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    step()  # warm
+    _sync(device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return f"profile of voxfm's step, {steps} steps, by {key}:\n" + \
+        prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+
+
+def bench_model(cfg, warmup: int = 2, steps: int = 5, profile: int = 0) -> dict:
+    """→ the figures of voxfm's step and of the reference; `profile` > 0 adds that many operator rows of a
+    profile of voxfm's step as text under "profile"."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def autocast():
@@ -175,6 +193,12 @@ def bench_model(cfg, warmup: int = 2, steps: int = 5) -> dict:
     except torch.cuda.OutOfMemoryError:
         ref_name = "MONAI DynUNet" if reference is monai_dynunet_step else "MONAI MaskedAutoEncoderViT"
         theirs, note = None, "out of memory"
+    table = None
+    if profile > 0:  # last, on a fresh step: a profiler session leaves FlopCounterMode counting nothing after it
+        ref_step = None  # the reference's memory back before a second voxfm step is built
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        table = profile_table(voxfm_step(cfg, device, autocast)[0], device, profile)
     ratio = (lambda key: None) if theirs is None else (lambda key: round(ours[key] / theirs[key], 2))
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -183,6 +207,7 @@ def bench_model(cfg, warmup: int = 2, steps: int = 5) -> dict:
         "crop": list(cfg.data.crop_size), "voxfm": ours,
         "reference": {"name": ref_name, "note": note, "out_of_memory": theirs is None, **(theirs or {})},
         "ratio_samples_per_s": ratio("samples_per_s"), "ratio_tflop_per_s": ratio("tflop_per_s"),
+        **({"profile": table} if table else {}),
     }
 
 

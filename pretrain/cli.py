@@ -167,7 +167,7 @@ def _bench_data(overrides: list[str]) -> None:
     print(format_data_bench(result))
 
 
-BENCH_MODEL_KEYS = ("warmup", "steps")
+BENCH_MODEL_KEYS = ("warmup", "steps", "profile")
 
 
 def _bench_model(overrides: list[str]) -> None:
@@ -184,9 +184,12 @@ def _bench_model(overrides: list[str]) -> None:
         return
     rest = [o for o in overrides if o.split("=", 1)[0] not in BENCH_MODEL_KEYS]
     pretrain = load_config("pretrain", ["data.shards=unused", "run_dir=unused", *rest])
-    result = bench_model(pretrain, cfg.warmup, cfg.steps)
+    result = bench_model(pretrain, cfg.warmup, cfg.steps, cfg.profile)
+    table = result.pop("profile", None)
     print(json.dumps({"experiment": experiment, **result}))
     print(format_model_bench(result, experiment))
+    if table:
+        print(table)
 
 
 # documented in README.md ("Exit codes"); 75 = preempted (pretrain/errors.py)

@@ -17,7 +17,7 @@ if [ "${TINY:-0}" = 1 ]; then
   EXP=(experiment=demo data.num_workers=1); STEPS=20; MORE=30; VSTEPS=10; N=6; SHAPE=48
   FT_PRE=(experiment=demo_mim data.num_workers=1); FT=(experiment=demo_finetune); FT_STEPS=10
   BENCH=("demo" "demo_mim" "demo_simclr" "demo_mae_contrastive")
-  LARGE=("demo:data.batch_size=2")
+  LARGE=("demo:data.batch_size=2 profile=10")
   BENCH_ARGS=(warmup=1 steps=2)
 else
   EXP=(experiment=mae_vit_b data.num_workers=12); STEPS=200; MORE=220; VSTEPS=60; N=32; SHAPE=160
@@ -25,7 +25,7 @@ else
   BENCH=("mae_vit_b" "mae_primus_m" "mim_resenc_l" "simclr_resenc_l" "mae_contrastive_vit_b")
   # DESIGN.md's workloads: ViT-B MAE 96³ at batch 1024 (goal ≥ 9,000 samples/s), 160³ patch 8 at batch 8
   # (goal ≥ 100 samples/s) and 16 (goal: fits), ResEnc MIM 128³ at batch 4 (goal ≥ 1.4x DynUNet at equal FLOPs)
-  LARGE=("mae_vit_b:data.batch_size=1024"
+  LARGE=("mae_vit_b:data.batch_size=1024 profile=30"  # + where its time goes (15% MFU on the H200)
          "mae_vit_b:data.crop_size=[160,160,160] model.patch_size=8 data.batch_size=8"
          "mae_vit_b:data.crop_size=[160,160,160] model.patch_size=8 data.batch_size=16"
          "mim_resenc_l:data.crop_size=[128,128,128] data.batch_size=4")
@@ -60,11 +60,15 @@ bench() {
   done
 }
 
-# phantoms sharded on half the cores while DESIGN.md's workloads (synthetic batches) run on the GPU
+# phantoms (images.csv: the images; labelled.csv: images + labels, for fine-tuning) sharded on half the cores
+# while DESIGN.md's workloads (synthetic batches) run on the GPU
 ( "$PY" -c "
 from data.phantoms import write_phantoms
-write_phantoms('$WORK/raw', n=$N, shape=($SHAPE, $SHAPE, $SHAPE))" \
-  && T 30 shard "$PY" -m pretrain shard input="$WORK/raw" output="$WORK/shards" progress=false \
+images = [str(p) for p in write_phantoms('$WORK/raw', n=$N, shape=($SHAPE, $SHAPE, $SHAPE))]
+open('$WORK/images.csv', 'w').write('\\n'.join(['path', *images]) + '\\n')
+labelled = [f'{p},{p.replace(\".nii.gz\", \"_label.nii.gz\")}' for p in images]
+open('$WORK/labelled.csv', 'w').write('\\n'.join(['path,label', *labelled]) + '\\n')" \
+  && T 30 shard "$PY" -m pretrain shard input="$WORK/images.csv" output="$WORK/shards" progress=false \
        workers=$(( ($(nproc) + 1) / 2 )) ) &
 sharding=$!
 bench "${LARGE[@]}"
@@ -93,11 +97,6 @@ bench "${BENCH[@]}"
 
 # fine-tuning (bf16 on the GPU): a ResEnc pretrained a few steps, exported, then pretrained vs scratch on the
 # labelled phantoms (finetune_resenc: the full ResEnc-L UNet, 160³)
-"$PY" -c "
-import glob
-rows = ['path,label'] + [f'{p},{p.replace(\".nii.gz\", \"_label.nii.gz\")}' for p in sorted(glob.glob('$WORK/raw/*.nii.gz'))
-                         if '_label' not in p]
-open('$WORK/labelled.csv', 'w').write('\\n'.join(rows) + '\\n')"
 T 90 finetune_pretrain "$PY" -m pretrain pretrain "${FT_PRE[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_ft" \
     trainer.max_steps=$FT_STEPS trainer.progress_bar=false trainer.images_every_n_steps=0 \
   && T 60 finetune_pretrain "$PY" -m pretrain export checkpoint="$WORK/run_ft" output="$WORK/ft_export" \

@@ -47,6 +47,16 @@ def test_model_bench_prints_voxfm_next_to_monai_on_cpu(capsys):
         assert "voxfm / MONAI" in out and "samples/s" in out and "MFU" in out
 
 
+def test_model_bench_profiles_the_step_on_request(capsys):
+    """profile=N: N operator rows after the table, out of the JSON line; the matmuls of the ViT are among them."""
+    assert main(["bench", "model", "experiment=demo", "warmup=1", "steps=1", "data.batch_size=2", "profile=5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "profile" not in json.loads(lines[0])
+    start = next(i for i, line in enumerate(lines) if line.startswith("profile of voxfm's step"))
+    rows = [line for line in lines[start:] if line.strip().startswith("aten::")]
+    assert len(rows) == 5 and any("aten::mm" in r or "aten::addmm" in r for r in rows)
+
+
 def test_model_bench_needs_an_experiment(capsys):
     assert main(["bench", "model"]) == 2
     assert "experiment=..." in capsys.readouterr().err
