@@ -89,6 +89,18 @@ class PatchEmbedding(nn.Module):
         """x: [B, C, D, H, W] → tokens [B, N, hidden], N = prod(img_size / patch_size), raster order."""
         return self.patch_embeddings(x).flatten(2).transpose(1, 2) + self.position_embeddings
 
+    def at(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """x: [B, C, D, H, W], ids: [B, n] raster positions → the tokens `forward(x)` has there, [B, n, hidden],
+        at n/N of its cost: only those patches are cut out (one copy) and embedded (the conv as a matmul)."""
+        b, c = x.shape[:2]
+        (g0, g1, g2), (p0, p1, p2) = self.grid, self.patch_embeddings.kernel_size
+        grid = x.reshape(b, c, g0, p0, g1, p1, g2, p2).permute(0, 2, 4, 6, 1, 3, 5, 7)  # a view
+        rows = torch.arange(b, device=x.device).unsqueeze(1)
+        patches = grid[rows, ids // (g1 * g2), ids // g2 % g1, ids % g2].reshape(b, ids.shape[1], -1)
+        conv = self.patch_embeddings
+        tokens = F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+        return tokens + self.position_embeddings[0][ids]
+
 
 class ViT(nn.Module):
     """3D ViT encoder. `forward(x)` returns the normed tokens [B, N, hidden] (MONAI's `ViT(x)[0]`)."""
@@ -127,9 +139,10 @@ class ViT(nn.Module):
     def grid(self) -> tuple[int, int, int]:
         return self.patch_embedding.grid
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, D, H, W] → position-embedded tokens [B, N, hidden]."""
-        return self.patch_embedding(x)
+    def embed(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, C, D, H, W] → position-embedded tokens [B, N, hidden]; with ids [B, n] only those positions,
+        [B, n, hidden] (masked autoencoding: the visible patches alone are embedded)."""
+        return self.patch_embedding(x) if ids is None else self.patch_embedding.at(x, ids)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: [B, n, hidden] (any subset of positions) → normed features [B, n, hidden]."""

@@ -43,3 +43,25 @@ def test_sincos_position_embedding_is_fixed():
 def test_bad_arguments_fail_fast(kw, match):
     with pytest.raises(ValueError, match=match):
         tiny(**kw)
+
+
+@pytest.mark.parametrize("channels,pos", [(1, "sincos"), (2, "learnable")])
+def test_embedding_only_some_positions_equals_embedding_all_then_picking(channels, pos):
+    """MAE embeds only the visible patches (the conv as a matmul on them): same tokens, same weight gradients."""
+    torch.manual_seed(0)
+    model = ViT(in_channels=channels, img_size=(32, 48, 16), patch_size=(8, 16, 4), hidden_size=48, mlp_dim=96,
+                num_layers=1, num_heads=4, pos_embed_type=pos)
+    x = torch.randn(3, channels, 32, 48, 16)
+    n = model.grid[0] * model.grid[1] * model.grid[2]
+    ids = torch.stack([torch.randperm(n)[:7].sort().values for _ in range(3)])
+    every = model.embed(x)
+    picked = every.gather(1, ids.unsqueeze(-1).expand(-1, -1, 48))
+    some = model.embed(x, ids)
+    assert some.shape == (3, 7, 48) and (some - picked).abs().max() < 1e-5
+    grads = []
+    for tokens in (picked, some):
+        model.zero_grad()
+        tokens.pow(2).sum().backward(retain_graph=True)
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "patch_embedding.patch_embeddings.weight" in grads[1]
+    assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-4, rtol=1e-4) for k in grads[0])

@@ -58,10 +58,8 @@ class MAEObjective(nn.Module):
 
     def encode_visible(self, batch: dict, backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """→ latent [B, n_visible, C] of the visible tokens and their positions ids_keep [B, n_visible]."""
-        tokens = backbone.embed(batch["image"])  # [B, N, C]
         ids_keep = visible_ids(batch["mask"], n_visible_of(batch))
-        visible = tokens.gather(1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
-        return backbone.encode(visible), ids_keep
+        return backbone.encode(backbone.embed(batch["image"], ids_keep)), ids_keep  # only visible patches embedded
 
     def _target(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         target = patchify(x.float(), self.patch_size)
