@@ -71,13 +71,23 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class PatchConv(nn.Conv3d):
+    """The patch conv (kernel = stride = patch), which also embeds patches already cut out: [M, C·p0·p1·p2]
+    → [M, hidden], the same maths as a matmul. One module either way, so DeepSpeed ZeRO-3 gathers its weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return F.linear(x, self.weight.reshape(self.out_channels, -1), self.bias)
+        return super().forward(x)
+
+
 class PatchEmbedding(nn.Module):
     """Non-overlapping conv patches + position embedding (MONAI `PatchEmbeddingBlock`, proj "conv")."""
 
     def __init__(self, in_channels: int, img_size, patch_size, hidden_size: int, pos_embed_type: str):
         super().__init__()
         self.grid = tuple(i // p for i, p in zip(img_size, patch_size))
-        self.patch_embeddings = nn.Conv3d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        self.patch_embeddings = PatchConv(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
         if pos_embed_type == "sincos":
             self.position_embeddings = sincos_position_embedding(self.grid, hidden_size)
         else:
@@ -85,20 +95,19 @@ class PatchEmbedding(nn.Module):
             self.position_embeddings = nn.Parameter(torch.zeros(1, n, hidden_size))
             nn.init.trunc_normal_(self.position_embeddings, std=0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, D, H, W] → tokens [B, N, hidden], N = prod(img_size / patch_size), raster order."""
-        return self.patch_embeddings(x).flatten(2).transpose(1, 2) + self.position_embeddings
-
-    def at(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, D, H, W], ids: [B, n] raster positions → the tokens `forward(x)` has there, [B, n, hidden],
-        at n/N of its cost: only those patches are cut out (one copy) and embedded (the conv as a matmul)."""
+    def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, C, D, H, W] → tokens [B, N, hidden], N = prod(img_size / patch_size), raster order; with
+        ids [B, n] (raster positions) only those tokens, [B, n, hidden], at n/N of the cost: just those patches
+        are cut out (one copy) and embedded as a matmul. Both go through the modules' own forwards, so DeepSpeed
+        ZeRO-3 gathers their parameters."""
+        if ids is None:
+            return self.patch_embeddings(x).flatten(2).transpose(1, 2) + self.position_embeddings
         b, c = x.shape[:2]
         (g0, g1, g2), (p0, p1, p2) = self.grid, self.patch_embeddings.kernel_size
         grid = x.reshape(b, c, g0, p0, g1, p1, g2, p2).permute(0, 2, 4, 6, 1, 3, 5, 7)  # a view
         rows = torch.arange(b, device=x.device).unsqueeze(1)
-        patches = grid[rows, ids // (g1 * g2), ids // g2 % g1, ids % g2].reshape(b, ids.shape[1], -1)
-        conv = self.patch_embeddings
-        tokens = F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+        patches = grid[rows, ids // (g1 * g2), ids // g2 % g1, ids % g2]  # [B, n, C, p0, p1, p2]
+        tokens = self.patch_embeddings(patches.reshape(b * ids.shape[1], -1)).reshape(b, ids.shape[1], -1)
         return tokens + self.position_embeddings[0][ids]
 
 
@@ -142,7 +151,7 @@ class ViT(nn.Module):
     def embed(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, C, D, H, W] → position-embedded tokens [B, N, hidden]; with ids [B, n] only those positions,
         [B, n, hidden] (masked autoencoding: the visible patches alone are embedded)."""
-        return self.patch_embedding(x) if ids is None else self.patch_embedding.at(x, ids)
+        return self.patch_embedding(x, ids)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: [B, n, hidden] (any subset of positions) → normed features [B, n, hidden]."""
