@@ -5,8 +5,8 @@
 #   BUDGET=<s>                                      # stop starting steps after this many seconds (default: none)
 # Installs nothing: run it where `voxfm` is importable (python -m pretrain); scripts/gpu_lease.sh installs the
 # wheels on the lent machine first. Steps run most important first, each under the time left, so a short lease
-# still gets pretraining + resume and DESIGN.md's workloads: then the bench models, DeepSpeed ZeRO-2/3,
-# torch.compile, a fine-tune (pretrained vs scratch) and the data bench. steps.txt says how each step ended.
+# still gets DESIGN.md's workloads and pretraining + resume: then DeepSpeed ZeRO-2/3, torch.compile, a fine-tune
+# (pretrained vs scratch), the other bench models and the data bench. steps.txt says how each step ended.
 set -uo pipefail
 OUT=${OUT:?set OUT to a writable folder}
 PY=${PYTHON:-python}
@@ -93,8 +93,6 @@ for variant in "strategy=deepspeed_zero2" "strategy=deepspeed_zero3" "trainer.co
   cp "$WORK/run_$name/metrics/version_0/metrics.csv" "$OUT/metrics_$name.csv" 2>/dev/null
 done
 
-bench "${BENCH[@]}"
-
 # fine-tuning (bf16 on the GPU): a ResEnc pretrained a few steps, exported, then pretrained vs scratch on the
 # labelled phantoms (finetune_resenc: the full ResEnc-L UNet, 160³)
 T 90 finetune_pretrain "$PY" -m pretrain pretrain "${FT_PRE[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_ft" \
@@ -105,5 +103,6 @@ T 90 finetune_pretrain "$PY" -m pretrain pretrain "${FT_PRE[@]}" data.shards="$W
        run_dir="$WORK/finetune" compare_scratch=true steps=$FT_STEPS trainer.progress_bar=false \
   && cp "$WORK/finetune/results.json" "$WORK/finetune/results.md" "$OUT/"
 
+bench "${BENCH[@]}"
 T 20 bench_data "$PY" -m pretrain bench data shards="$WORK/shards"
 "$PY" "$(dirname "$0")/gpu_table.py" "$OUT"
