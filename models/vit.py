@@ -106,7 +106,7 @@ class PatchEmbedding(nn.Module):
         (g0, g1, g2), (p0, p1, p2) = self.grid, self.patch_embeddings.kernel_size
         grid = x.reshape(b, c, g0, p0, g1, p1, g2, p2).permute(0, 2, 4, 6, 1, 3, 5, 7)  # a view
         rows = torch.arange(b, device=x.device).unsqueeze(1)
-        patches = grid[rows, ids // (g1 * g2), ids // g2 % g1, ids % g2]  # [B, n, C, p0, p1, p2]
+        patches = grid[(rows, *torch.unravel_index(ids, self.grid))]  # [B, n, C, p0, p1, p2]
         tokens = self.patch_embeddings(patches.reshape(b * ids.shape[1], -1)).reshape(b, ids.shape[1], -1)
         return tokens + self.position_embeddings[0][ids]
 
