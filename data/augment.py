@@ -2,7 +2,8 @@
 
 Each sample draws its own parameters from the caller's generator; a transform that is not applied
 to a sample gets its identity parameters, so the whole batch is one chain of elementwise ops
-(no per-sample branches, no host sync). Spatial flips and rotations are folded into the crop's
+(no per-sample branches, no host sync) that compiles; Gaussian noise is drawn and added only for the samples
+that get it (a full-volume draw for every sample was most of the stage's memory traffic). Spatial flips and rotations are folded into the crop's
 gather indices instead (`data/views.py`): they cost nothing there.
 """
 
@@ -41,13 +42,39 @@ class IntensityAugment:
         scaled = apply(self.scale_prob)
         scale = torch.where(scaled, _draw(n, g, *self.scale_range), 1.0)
         shift = torch.where(scaled, _draw(n, g, *self.shift_range), 0.0)
-        noise = torch.where(apply(self.noise_prob), torch.full((n,), self.noise_std, device=g.device), 0.0)
-        return {"gamma": gamma, "scale": scale, "shift": shift, "noise_std": noise}
+        return {"gamma": gamma, "scale": scale, "shift": shift}
+
+    def noise(self, shape: tuple[int, ...], g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Gaussian noise for the samples that get it, drawn for those alone: (rows [k] long, values
+        [k, *shape[1:]] already scaled by noise_std) on g's device, or None when no sample does. Which samples is
+        decided on the host, from a CPU generator seeded by g's seed (so still a function of (seed, step, rank)):
+        k is then a Python int, known without reading a device tensor."""
+        if self.noise_prob <= 0 or self.noise_std <= 0:
+            return None
+        host = torch.Generator().manual_seed(g.initial_seed() + 0x5EED)
+        rows = (torch.rand(shape[0], generator=host) < self.noise_prob).nonzero().flatten()
+        if rows.numel() == 0:
+            return None
+        if g.device.type == "cuda":  # a pinned, asynchronous copy: a pageable one waits for the queue
+            rows = rows.pin_memory()
+        rows = rows.to(g.device, non_blocking=True)
+        values = torch.randn((rows.shape[0], *shape[1:]), generator=g, device=g.device).mul_(self.noise_std)
+        return rows, values
+
+    @staticmethod
+    def apply(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """x: [B, C, D, H, W] float in [0, 1], p from `parameters` → x ** gamma * scale + shift. Pure: compiles."""
+        p = {k: v.view(-1, 1, 1, 1, 1).to(x.dtype) for k, v in p.items()}
+        return x.clamp_min(0.0).pow(p["gamma"]) * p["scale"] + p["shift"]
+
+    @staticmethod
+    def add_noise(x: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """Adds `noise` from `noise()` to its rows of x, in place: only those samples are read and written."""
+        if noise is not None:
+            rows, values = noise
+            x.index_add_(0, rows, values.to(x.dtype))
+        return x
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """x: [B, C, D, H, W] float in [0, 1] → augmented x (same shape)."""
-        p = {k: v.view(-1, 1, 1, 1, 1).to(x.dtype) for k, v in self.parameters(x.shape[0], g).items()}
-        x = x.clamp_min(0.0).pow(p["gamma"]) * p["scale"] + p["shift"]
-        if self.noise_prob > 0 and self.noise_std > 0:
-            x = x + p["noise_std"] * torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype)
-        return x
+        return self.add_noise(self.apply(x, self.parameters(x.shape[0], g)), self.noise(tuple(x.shape), g))

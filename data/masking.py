@@ -31,11 +31,17 @@ class RandomPatchMasking:
             raise ValueError(f"mask_ratio={self.mask_ratio} leaves no visible or no hidden patch of {n_patches}")
         return n_masked
 
+    def noise(self, batch_size: int, spatial: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
+        """The random draw behind a mask: [B, N] uniform numbers (eager: compiled code takes no generator)."""
+        g = self.grid(tuple(spatial))
+        return torch.rand(batch_size, g[0] * g[1] * g[2], generator=generator, device=generator.device)
+
+    def from_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """noise: [B, N] → mask [B, N] bool, True = hidden: the n_masked cells of lowest noise in each row.
+        A pure function of its input, so it compiles with the rest of the stage."""
+        ranks = noise.argsort(dim=1).argsort(dim=1)  # rank of each patch's noise within its sample
+        return ranks < self.n_masked(noise.shape[1])
+
     def __call__(self, batch_size: int, spatial: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
         """→ mask [B, N] bool over the raster-ordered grid of `spatial // patch_size`, True = hidden."""
-        g = self.grid(tuple(spatial))
-        n_patches = g[0] * g[1] * g[2]
-        n_masked = self.n_masked(n_patches)
-        noise = torch.rand(batch_size, n_patches, generator=generator, device=generator.device)
-        ranks = noise.argsort(dim=1).argsort(dim=1)  # rank of each patch's noise within its sample
-        return ranks < n_masked
+        return self.from_noise(self.noise(batch_size, spatial, generator))

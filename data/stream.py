@@ -57,7 +57,8 @@ def cut_regions(sample: dict, region_size, n: int, foreground_prob: float, rng: 
 
 def collate_regions(samples: list[dict]) -> dict:
     """Stack regions; a batch mixing dtypes (int16 CT with float32 MR) is promoted to the widest. A batch comes
-    from one worker: it carries that worker's count of skipped damaged data and each region's source."""
+    from one worker: it carries that worker's count of skipped damaged data and each region's source, as Python
+    values: bookkeeping that stays on the host, so counting it never reads a device tensor."""
     regions = [s["region"] for s in samples]
     dtype = regions[0].dtype
     for r in regions[1:]:
@@ -67,7 +68,7 @@ def collate_regions(samples: list[dict]) -> dict:
         "low": torch.tensor([s["low"] for s in samples], dtype=torch.float32),
         "high": torch.tensor([s["high"] for s in samples], dtype=torch.float32),
         "modality": [s["modality"] for s in samples],
-        "source": torch.tensor([s.get("source", 0) for s in samples], dtype=torch.long),
+        "source": [s.get("source", 0) for s in samples],  # [B] source indices
         "worker": samples[0].get("worker", 0),
         "skipped": max(s.get("skipped", 0) for s in samples),
     }

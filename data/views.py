@@ -24,14 +24,14 @@ def _randint(n: int, high: int, g: torch.Generator) -> torch.Tensor:
 
 def crop_views(region: torch.Tensor, offsets: torch.Tensor, size: tuple[int, int, int], flips: torch.Tensor,
                transpose: torch.Tensor, plane: tuple[int, int] = (0, 1)) -> torch.Tensor:
-    """One gather: region [B, C, X, Y, Z] → views [B, C, *size].
+    """One gather: region [R, C, X, Y, Z] → views [B, C, *size], view i cut from region i % R (B = V·R: every
+    view of a batch in one read).
 
     offsets: [B, 3] crop corner; flips: [B, 3] bool, reverse that axis of the view; transpose: [B] bool,
     swap the two axes of `plane` (size must be equal on them). A transpose followed by a flip is a
     90° rotation, so (flips, transpose) cover every flip and 90° rotation in that plane.
     """
-    b, c = region.shape[:2]
-    dev = region.device
+    b, dev = offsets.shape[0], region.device
     idx = []
     for axis in range(3):
         ar = torch.arange(size[axis], device=dev)
@@ -44,7 +44,7 @@ def crop_views(region: torch.Tensor, offsets: torch.Tensor, size: tuple[int, int
     grid_p = torch.where(t, idx[p].view(*shape[q]), grid[p])  # output axis q reads input axis p, and vice versa
     grid_q = torch.where(t, idx[q].view(*shape[p]), grid[q])
     grid[p], grid[q] = grid_p, grid_q
-    bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
+    bi = (torch.arange(b, device=dev) % region.shape[0]).view(b, 1, 1, 1)
     out = region[bi, :, grid[0], grid[1], grid[2]]  # [B, *size, C] (advanced indices first)
     return out.permute(0, 4, 1, 2, 3)
 
@@ -103,25 +103,46 @@ class ViewStage:
         first_is_low = torch.rand(b, 3, generator=g, device=g.device) < 0.5
         return torch.stack([torch.where(first_is_low, low, high), torch.where(first_is_low, high, low)])
 
-    def __call__(self, batch: dict, g: torch.Generator) -> dict:
-        region = batch["region"]
-        b = region.shape[0]
-        self.check_region(region.shape[2:])
-        offsets = self.offsets(b, tuple(region.shape[2:]), g)
-        scale = (1.0 / (batch["high"] - batch["low"])).view(b, 1, 1, 1, 1)
-        low = batch["low"].view(b, 1, 1, 1, 1)
-        views = []
-        for v in range(self.n_views):
-            flips = torch.rand(b, 3, generator=g, device=g.device) < self.flip_prob
-            transpose = torch.rand(b, generator=g, device=g.device) < self.rotate_prob
-            if self.rotate_plane is None:
-                transpose = torch.zeros_like(transpose)
-            crop = crop_views(region, offsets[v], self.crop_size, flips, transpose, self.rotate_plane or (0, 1))
-            x = ((crop.float() - low) * scale).clamp_(0.0, 1.0)
-            views.append(self.augment(x, g) if self.augment is not None else x)
-        out = {**batch, "image": torch.cat(views), "offsets": offsets, "n_views": self.n_views}
+    def draw(self, b: int, region: tuple[int, int, int], g: torch.Generator) -> dict:
+        """Every random number of a batch of `b` regions, in one eager pass over the generator (compiled code
+        takes no generator): offsets [V, B, 3], flips [V·B, 3], transpose [V·B], intensity parameters [V·B],
+        mask noise [V·B, N], and the Gaussian noise of the samples that get it (applied eagerly, see `__call__`)."""
+        vb = self.n_views * b
+        draws = {"offsets": self.offsets(b, region, g),
+                 "flips": torch.rand(vb, 3, generator=g, device=g.device) < self.flip_prob,
+                 "transpose": torch.rand(vb, generator=g, device=g.device) < self.rotate_prob}
+        if self.rotate_plane is None:
+            draws["transpose"] = torch.zeros_like(draws["transpose"])
+        if self.augment is not None:
+            draws["intensity"] = self.augment.parameters(vb, g)
+            draws["noise"] = self.augment.noise((vb, 1, *self.crop_size), g)
         if self.masking is not None:
-            out["mask"] = self.masking(self.n_views * b, self.crop_size, g)
+            draws["mask_noise"] = self.masking.noise(vb, self.crop_size, g)
+        return draws
+
+    def apply(self, region: torch.Tensor, low: torch.Tensor, high: torch.Tensor, draws: dict) -> dict:
+        """The deterministic part, a pure function of its tensors (compiled as one graph under trainer.compile):
+        region [B, C, *R] stored dtype, low/high [B] → {"image": [V·B, C, *crop] float, "mask": [V·B, N]}."""
+        offsets = draws["offsets"].flatten(0, 1)  # [V·B, 3], view-major like the images
+        crop = crop_views(region, offsets, self.crop_size, draws["flips"], draws["transpose"],
+                          self.rotate_plane or (0, 1))
+        low, high = low.repeat(self.n_views).view(-1, 1, 1, 1, 1), high.repeat(self.n_views).view(-1, 1, 1, 1, 1)
+        x = ((crop.float() - low) / (high - low)).clamp(0.0, 1.0)
+        out = {"image": x if self.augment is None else self.augment.apply(x, draws["intensity"])}
+        if self.masking is not None:
+            out["mask"] = self.masking.from_noise(draws["mask_noise"])
+        return out
+
+    def __call__(self, batch: dict, g: torch.Generator, apply=None) -> dict:
+        """batch → batch with views; `apply` replaces `self.apply` (the training module passes its compiled one)."""
+        region = batch["region"]
+        self.check_region(region.shape[2:])
+        draws = self.draw(region.shape[0], tuple(region.shape[2:]), g)
+        out = {**batch, **(apply or self.apply)(region, batch["low"], batch["high"], draws)}
+        if self.augment is not None:
+            out["image"] = self.augment.add_noise(out["image"], draws["noise"])
+        out["offsets"], out["n_views"] = draws["offsets"], self.n_views
+        if self.masking is not None:
             n = out["mask"].shape[1]
             out["n_visible"] = n - self.masking.n_masked(n)  # a Python int: objectives slice without a host sync
         return out

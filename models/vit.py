@@ -46,6 +46,18 @@ class Attention(nn.Module):
         return self.out_proj(x.transpose(1, 2).reshape(b, n, c))
 
 
+class LayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` that keeps the activation dtype under autocast. CUDA autocast runs layer_norm in fp32, which
+    would cast a bf16 residual stream to fp32 before every norm and back before every Linear; the kernel
+    accumulates its statistics in fp32 either way. Same parameters, same maths in fp32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            weight = None if self.weight is None else self.weight.to(x.dtype)
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
+
+
 class MLP(nn.Module):
     def __init__(self, hidden_size: int, mlp_dim: int):
         super().__init__()
@@ -61,9 +73,9 @@ class Block(nn.Module):
 
     def __init__(self, hidden_size: int, mlp_dim: int, num_heads: int, qkv_bias: bool = False):
         super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size)
+        self.norm1 = LayerNorm(hidden_size)
         self.attn = Attention(hidden_size, num_heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(hidden_size)
+        self.norm2 = LayerNorm(hidden_size)
         self.mlp = MLP(hidden_size, mlp_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,16 +111,18 @@ class PatchEmbedding(nn.Module):
         """x: [B, C, D, H, W] → tokens [B, N, hidden], N = prod(img_size / patch_size), raster order; with
         ids [B, n] (raster positions) only those tokens, [B, n, hidden], at n/N of the cost: just those patches
         are cut out (one copy) and embedded as a matmul. Both go through the modules' own forwards, so DeepSpeed
-        ZeRO-3 gathers their parameters."""
+        ZeRO-3 gathers their parameters. The (fp32) position embedding is cast to the tokens' dtype: added as
+        it is, it would promote a bf16 autocast residual stream to fp32 for every block that follows."""
         if ids is None:
-            return self.patch_embeddings(x).flatten(2).transpose(1, 2) + self.position_embeddings
+            tokens = self.patch_embeddings(x).flatten(2).transpose(1, 2)
+            return tokens + self.position_embeddings.to(tokens.dtype)
         b, c = x.shape[:2]
         (g0, g1, g2), (p0, p1, p2) = self.grid, self.patch_embeddings.kernel_size
         grid = x.reshape(b, c, g0, p0, g1, p1, g2, p2).permute(0, 2, 4, 6, 1, 3, 5, 7)  # a view
         rows = torch.arange(b, device=x.device).unsqueeze(1)
         patches = grid[(rows, *torch.unravel_index(ids, self.grid))]  # [B, n, C, p0, p1, p2]
         tokens = self.patch_embeddings(patches.reshape(b * ids.shape[1], -1)).reshape(b, ids.shape[1], -1)
-        return tokens + self.position_embeddings[0][ids]
+        return tokens + self.position_embeddings[0].to(tokens.dtype)[ids]
 
 
 class ViT(nn.Module):
@@ -141,7 +155,7 @@ class ViT(nn.Module):
         self.pos_embed_type, self.qkv_bias = pos_embed_type, qkv_bias
         self.patch_embedding = PatchEmbedding(in_channels, img_size, patch_size, hidden_size, pos_embed_type)
         self.blocks = nn.ModuleList(Block(hidden_size, mlp_dim, num_heads, qkv_bias) for _ in range(num_layers))
-        self.norm = nn.LayerNorm(hidden_size)
+        self.norm = LayerNorm(hidden_size)
         self.apply(_init_weights)
 
     @property

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import blosc2
@@ -27,17 +26,13 @@ from data.loader import ThreadLoader
 from data.preprocess import normalise
 from data.shards import shard_urls
 from data.stream import RegionStream, collate_regions, cut_regions, region_loader
+from pretrain.bench_timing import time_call
 
 GPU_SAMPLES_PER_S = 9000  # ViT-B MAE 96³ on one H100: the goal (DESIGN.md)
 
 
 def _best_time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return time_call(fn, "cpu", steps=repeats, reduce="best")
 
 
 def read_payloads(shards: str, max_samples: int) -> list[tuple[bytes, dict]]:
@@ -90,12 +85,9 @@ def bench_loader(shards: str, region_size, regions_per_volume: int, loader: str,
     stream = RegionStream(shards, region_size, regions_per_volume, shuffle_buffer=2 * regions_per_volume)
     batches_of = ThreadLoader(stream, batch_size, 1) if loader == "thread" else region_loader(stream, batch_size, 1)
     it = iter(batches_of)
-    for _ in range(5):
-        next(it)
-    start, n = time.perf_counter(), 0
-    for _ in range(batches):
-        n += next(it)["region"].shape[0]
-    return n / (time.perf_counter() - start)
+    sizes: list[int] = []
+    seconds = time_call(lambda: sizes.append(next(it)["region"].shape[0]), "cpu", warmup=5, steps=batches)
+    return sum(sizes[5:]) / (seconds * batches)
 
 
 def bench_data(shards: str, max_samples: int = 16, repeats: int = 3, region_size=(96, 96, 96),

@@ -1,47 +1,42 @@
-"""`voxfm bench model experiment=<name>`: voxfm's full training step next to MONAI's reference at the same shapes.
+"""`voxfm bench model experiment=<name>`: voxfm's training step, eager and compiled, next to MONAI's reference at
+the same shapes, in one process.
 
-One process, one precision (bf16 autocast on CUDA, fp32 on CPU). Both steps are forward + backward +
-AdamW step; voxfm's includes its device stage (views, augmentation, masks). References: MONAI's
-`MaskedAutoEncoderViT` with the same hidden-patch MSE for ViT objectives, `DynUNet` with residual blocks
-(same widths, depth and strides) with a hidden-voxel MSE for CNN objectives. FLOPs are counted with
-`FlopCounterMode` on one step; MFU is against a matmul ceiling measured on the spot.
+One precision (bf16 autocast on CUDA, fp32 on CPU). voxfm's step is the training module's own pieces: the device
+stage (`module.views`: crop, augmentation, masks), objective + backbone (`module.loss`), backward and AdamW; the
+compiled column builds the module with `trainer.compile=true`, the eager one with false. The reference steps are in
+`pretrain/bench_reference.py`. Time is device time (`pretrain/bench_timing.py`: CUDA events, perf_counter on CPU),
+the mean over `steps` calls after `warmup`; compilation happens in the warm-up and is reported on its own. FLOPs
+are counted with `FlopCounterMode` on one step run eagerly; MFU is against a matmul ceiling measured on the spot.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
+import copy
+import gc
 
 import torch
+from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from pretrain.bench_reference import reference_step
+from pretrain.bench_timing import sync, time_call, timer_name
 from pretrain.efficiency import measured_peak_tflops
 from pretrain.module import step_generator
-from pretrain.objectives.mae import patchify
-from pretrain.objectives.mim import cube_visibility
 from pretrain.train import build_module
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+COLUMNS = ("eager", "compiled")
 
 
-def _time(fn, warmup: int, steps: int, device: torch.device) -> float:
-    """Seconds per call, after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / steps
+def _sig(x: float, digits: int = 4) -> float:
+    """Rounded to `digits` significant digits: CPU twins run at thousandths of a TFLOP/s."""
+    return float(f"{x:.{digits}g}")
 
 
 def _flops(fn) -> int:
+    """FLOPs of one call, compiled regions run eagerly: inductor's kernels are invisible to the counter."""
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, torch.compiler.set_stance("force_eager"):
         fn()
     return counter.get_total_flops()
 
@@ -56,178 +51,154 @@ def _regions(cfg, module, device: torch.device) -> dict:
             "high": torch.full((b,), 1000.0, device=device), "modality": ["CT"] * b}
 
 
-def voxfm_step(cfg, device: torch.device, autocast):
-    """→ (step function, views per step, the module)."""
+def voxfm_step(cfg, device: torch.device, autocast, compile: bool):
+    """→ (step, stage-only call, views per step, module) with `trainer.compile=compile`. Each call is a new
+    training step (its own generator, as in training) and not a logging step."""
+    cfg = copy.deepcopy(cfg)
+    OmegaConf.update(cfg, "trainer.compile", compile)
     module = build_module(cfg).to(device)
     optimizer = module.configure_optimizers()["optimizer"]
     regions = _regions(cfg, module, device)
+    counter = iter(range(1 << 62))
+
+    def views():
+        batch = module.views(regions, step_generator(device, cfg.seed, next(counter), 0))
+        return {**batch, "log_step": False}
 
     def step():
-        batch = module.stage(regions, step_generator(device, 0, 0, 0))
+        batch = views()
         with autocast():
-            loss, _ = module.objective(batch, module.backbone)
+            loss, _ = module.loss(batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def stage_only():
-        module.stage(regions, step_generator(device, 0, 0, 0))
-
-    step.stage_only = stage_only
-    views = cfg.data.batch_size * module.stage.n_views
-    return step, views, module
-
-
-def _adamw(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
-    extra = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(model.parameters(), lr=float(cfg.optim.optimizer.lr), **extra)
-
-
-def monai_mae_step(cfg, module, device: torch.device, autocast, views: int):
-    from monai.networks.nets import MaskedAutoEncoderViT
-
-    vit, stage = module.backbone, module.stage
-    decoder = module.objective.mae.decoder if hasattr(module.objective, "mae") else module.objective.decoder
-    model = MaskedAutoEncoderViT(
-        in_channels=vit.in_channels, img_size=vit.img_size, patch_size=vit.patch_size, hidden_size=vit.hidden_size,
-        mlp_dim=vit.mlp_dim, num_layers=vit.num_layers, num_heads=vit.num_heads,
-        masking_ratio=stage.masking.mask_ratio, decoder_hidden_size=decoder.proj.out_features,
-        decoder_mlp_dim=decoder.blocks[0].mlp.linear1.out_features, decoder_num_layers=len(decoder.blocks),
-        decoder_num_heads=decoder.blocks[0].attn.num_heads, qkv_bias=vit.qkv_bias,
-    ).to(device)
-    x = torch.rand(views, vit.in_channels, *vit.img_size, device=device)
-    note = ""
-    try:  # MONAI 1.6.1's MAE mixes dtypes in an index_put under bf16 autocast
-        with autocast():
-            model(x[:1])
-    except RuntimeError:
-        model, x, autocast, note = model.to(torch.bfloat16), x.to(torch.bfloat16), contextlib.nullcontext, \
-            "bf16 weights: MONAI's MAE fails under autocast"
-    optimizer = _adamw(model, cfg, device)
-
-    def step():
-        with autocast():
-            pred, mask = model(x)
-            target = patchify(x.float(), vit.patch_size)
-            target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
-            loss = ((pred.float() - target).pow(2).mean(-1) * mask).sum() / mask.sum()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step, "MONAI MaskedAutoEncoderViT", note
-
-
-def monai_dynunet_step(cfg, module, device: torch.device, autocast, views: int):
-    from monai.networks.nets import DynUNet
-
-    net = module.backbone
-    strides = net.stage_strides
-    model = DynUNet(spatial_dims=3, in_channels=net.in_channels, out_channels=net.out_channels,
-                    kernel_size=[3] * len(strides), strides=strides, upsample_kernel_size=strides[1:],
-                    filters=list(net.preset["features_per_stage"]), res_block=True).to(device)
-    optimizer = _adamw(model, cfg, device)
-    crop = module.stage.crop_size
-    x = torch.rand(views, net.in_channels, *crop, device=device)
-    cube = net.total_stride
-    mask = torch.rand(views, (crop[0] // cube) * (crop[1] // cube) * (crop[2] // cube), device=device) < 0.6
-    visible = cube_visibility(mask, crop)
-
-    def step():
-        with autocast():
-            pred = model(x * visible)
-            loss = ((pred.float() - x).pow(2) * (1 - visible)).sum() / (1 - visible).sum()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step, "MONAI DynUNet (res_block, same widths)", "masked-voxel MSE at the same view count"
+    return step, views, cfg.data.batch_size * module.stage.n_views, module
 
 
 def _measure(step, views: int, device: torch.device, warmup: int, steps: int, ceiling: float) -> dict:
+    """Peak memory is that of the timed steps: compilation and its autotuning stay out of it."""
+    gc.collect()  # a compiled module holds itself through its compiled functions: freed only by the collector
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):  # first: a compiled step compiles here, outside the timing
+        step()
     flops = _flops(step)
-    seconds = _time(step, warmup, steps, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = time_call(step, device, warmup=1, steps=steps)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     tflops = flops / seconds / 1e12
-    return {"samples_per_s": round(views / seconds, 2), "gflop_per_step": round(flops / 1e9, 2),
-            "tflop_per_s": round(tflops, 3), "mfu": round(tflops / ceiling, 4),
+    return {"samples_per_s": _sig(views / seconds), "step_ms": _sig(seconds * 1e3),
+            "gflop_per_step": _sig(flops / 1e9), "tflop_per_s": _sig(tflops), "mfu": _sig(tflops / ceiling),
             "peak_gib": None if peak is None else round(peak, 2)}
 
 
-def profile_table(step, device: torch.device, rows: int, steps: int = 3) -> str:
+def measure_voxfm(cfg, device: torch.device, autocast, compile: bool, warmup: int, steps: int,
+                  ceiling: float) -> tuple[dict, int]:
+    """→ (the figures of voxfm's step, views per step); a compiled step warms up at least twice, so a
+    recompilation on the second call (new generator, optimiser state) stays out of the timing too."""
+    step, views_only, views, module = voxfm_step(cfg, device, autocast, compile)
+    row = _measure(step, views, device, max(warmup, 2) if compile else warmup, steps, ceiling)
+    row["stage_ms"] = round(time_call(views_only, device, warmup=1, steps=steps) * 1e3, 2)
+    row["compile_s"] = round(sum(module.compiled.compile_seconds.values()), 1) if compile else None
+    return row, views
+
+
+def profile_table(step, device: torch.device, rows: int, steps: int = 3, warmup: int = 2) -> str:
     """The `rows` operators that take the most time over `steps` calls of `step` (device time on CUDA)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    step()  # warm
-    _sync(device)
+    for _ in range(warmup):  # compiled: compilation stays out of the profile
+        step()
+    sync(device)
     with profile(activities=activities) as prof:
         for _ in range(steps):
             step()
-        _sync(device)
+        sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return f"profile of voxfm's step, {steps} steps, by {key}:\n" + \
+    return f"{steps} steps, by {key}:\n" + \
         prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
 
 
-def bench_model(cfg, warmup: int = 2, steps: int = 5, profile: int = 0) -> dict:
-    """→ the figures of voxfm's step and of the reference; `profile` > 0 adds that many operator rows of a
-    profile of voxfm's step as text under "profile"."""
+def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
+    return None if a is None or b is None or not b[key] else round(a[key] / b[key], 2)
+
+
+def bench_model(cfg, warmup: int = 2, steps: int = 5, profile: int = 0, compile: bool = True) -> dict:
+    """→ the figures of voxfm's step, eager and (with `compile`) compiled, and of MONAI's reference;
+    `profile` > 0 adds that many operator rows of a profile of voxfm's step (compiled if measured) under
+    "profile"."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     ceiling = measured_peak_tflops(device)
-    step, views, module = voxfm_step(cfg, device, autocast)
-    ours = _measure(step, views, device, warmup, steps, ceiling)
-    ours["stage_ms"] = round(_time(step.stage_only, warmup, steps, device) * 1e3, 2)
-    reference = monai_dynunet_step if hasattr(module.backbone, "stage_strides") else monai_mae_step
-    try:  # MONAI running out of memory where voxfm fits is a result, not a crash
-        ref_step, ref_name, note = reference(cfg, module, device, autocast, views)
-        del module, step
-        theirs = _measure(ref_step, views, device, warmup, steps, ceiling)
-    except torch.cuda.OutOfMemoryError:
-        ref_name = "MONAI DynUNet" if reference is monai_dynunet_step else "MONAI MaskedAutoEncoderViT"
-        theirs, note = None, "out of memory"
+    rows: dict[str, dict | None] = dict.fromkeys(COLUMNS)
+    for column in COLUMNS if compile else COLUMNS[:1]:  # one module at a time on the device
+        rows[column], views = measure_voxfm(cfg, device, autocast, column == "compiled", warmup, steps, ceiling)
+    module = build_module(cfg)  # eager, on the host: the reference reads its shapes
+    ref_step, ref_name, note = reference_step(module, float(cfg.optim.optimizer.lr), device, autocast, views)
+    theirs = None
+    if ref_step is not None:
+        try:
+            theirs = _measure(ref_step, views, device, warmup, steps, ceiling)
+        except torch.cuda.OutOfMemoryError:
+            note = "out of memory"
     table = None
     if profile > 0:  # last, on a fresh step: a profiler session leaves FlopCounterMode counting nothing after it
-        ref_step = None  # the reference's memory back before a second voxfm step is built
+        ref_step = None  # the reference's memory back before another voxfm step is built
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        table = profile_table(voxfm_step(cfg, device, autocast)[0], device, profile)
-    ratio = (lambda key: None) if theirs is None else (lambda key: round(ours[key] / theirs[key], 2))
+        column = "compiled" if compile else "eager"
+        table = f"profile of voxfm's {column} step, " + \
+            profile_table(voxfm_step(cfg, device, autocast, compile)[0], device, profile)
+    best = rows["compiled"] or rows["eager"]
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": "bf16-mixed" if device.type == "cuda" else "fp32",
-        "matmul_ceiling_tflop_per_s": round(ceiling, 2), "views_per_step": views,
-        "crop": list(cfg.data.crop_size), "voxfm": ours,
+        "precision": "bf16-mixed" if device.type == "cuda" else "fp32", "timer": timer_name(device),
+        "warmup": warmup, "steps": steps,
+        "matmul_ceiling_tflop_per_s": _sig(ceiling, 3), "views_per_step": views,
+        "crop": list(cfg.data.crop_size), **rows,
         "reference": {"name": ref_name, "note": note, "out_of_memory": theirs is None, **(theirs or {})},
-        "ratio_samples_per_s": ratio("samples_per_s"), "ratio_tflop_per_s": ratio("tflop_per_s"),
+        "compiled_vs_eager": _ratio(rows["compiled"], rows["eager"], "samples_per_s"),
+        "vs_reference": {c: _ratio(rows[c], theirs, "samples_per_s") for c in COLUMNS},
+        "ratio_samples_per_s": _ratio(best, theirs, "samples_per_s"),
+        "ratio_tflop_per_s": _ratio(best, theirs, "tflop_per_s"),
         **({"profile": table} if table else {}),
     }
+
+
+def _row(name: str, row: dict | None, note: str = "") -> str:
+    if row is None:
+        return f"  {name:<40}{note:>11}"
+    peak = "-" if row.get("peak_gib") is None else row["peak_gib"]
+    stage = row.get("stage_ms", "-")
+    compiled = "-" if row.get("compile_s") is None else row["compile_s"]
+    return (f"  {name:<40}{row['samples_per_s']:>11}{row['step_ms']:>9}{row['gflop_per_step']:>12}"
+            f"{row['tflop_per_s']:>10}{row['mfu']:>8.1%}{peak:>10}{stage:>10}{compiled:>11}")
 
 
 def format_model_bench(result: dict, experiment: str) -> str:
     r = result["reference"]
     lines = [f"{experiment}: {result['views_per_step']} views of {result['crop']} per step, {result['device']}, "
-             f"{result['precision']}, matmul ceiling {result['matmul_ceiling_tflop_per_s']} TFLOP/s",
-             f"  {'':<40}{'samples/s':>11}{'GFLOP/step':>12}{'TFLOP/s':>10}{'MFU':>8}{'peak GiB':>10}"]
-    for name, row in (("voxfm", result["voxfm"]), (r["name"], r)):
-        if row.get("out_of_memory"):
-            lines.append(f"  {name:<40}{'out of memory':>11}")
-            continue
-        peak = "-" if row["peak_gib"] is None else row["peak_gib"]
-        lines.append(f"  {name:<40}{row['samples_per_s']:>11}{row['gflop_per_step']:>12}{row['tflop_per_s']:>10}"
-                     f"{row['mfu']:>8.1%}{peak:>10}")
-    if r.get("out_of_memory"):
+             f"{result['precision']}, matmul ceiling {result['matmul_ceiling_tflop_per_s']} TFLOP/s; "
+             f"{result['timer']}, mean of {result['steps']} steps after {result['warmup']} warm-up",
+             f"  {'':<40}{'samples/s':>11}{'step ms':>9}{'GFLOP/step':>12}{'TFLOP/s':>10}{'MFU':>8}{'peak GiB':>10}"
+             f"{'stage ms':>10}{'compile s':>11}",
+             _row("voxfm eager", result["eager"]),
+             _row("voxfm compiled (trainer.compile=true)", result["compiled"], "not run (compile=false)"),
+             _row(r["name"], None if r["out_of_memory"] else r, "out of memory")]
+    if result["compiled_vs_eager"] is not None:
+        lines.append(f"  compiled / eager: {result['compiled_vs_eager']}x samples/s")
+    if r["out_of_memory"]:
         lines.append("  voxfm / MONAI: MONAI ran out of memory at these shapes")
     else:
-        lines.append(f"  voxfm / MONAI: {result['ratio_samples_per_s']}x samples/s, {result['ratio_tflop_per_s']}x "
-                     "TFLOP/s" + (f"  ({r['note']})" if r["note"] else ""))
-    lines.append(f"  voxfm's step includes its device stage (views, augmentation, masks): "
-                 f"{result['voxfm']['stage_ms']} ms; MONAI's starts from ready tensors")
+        vs = ", ".join(f"{c} {x}x" for c, x in result["vs_reference"].items() if x is not None)
+        lines.append(f"  voxfm / MONAI samples/s: {vs}; TFLOP/s {result['ratio_tflop_per_s']}x"
+                     + (f"  ({r['note']})" if r["note"] else ""))
+    lines.append("  voxfm's step includes its device stage (views, augmentation, masks: 'stage ms'); MONAI's starts "
+                 "from ready tensors")
     return "\n".join(lines)

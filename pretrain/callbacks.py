@@ -1,4 +1,5 @@
-"""Callbacks: throughput and data logging, the run config inside every checkpoint, atomic checkpoint writes."""
+"""Callbacks: throughput, data logging and the progress bar (at logging steps), the run config inside every
+checkpoint, atomic checkpoint writes."""
 
 from __future__ import annotations
 
@@ -9,29 +10,53 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from pretrain.errors import CheckpointWriteError
+from pretrain.logging_steps import is_logging_step
 
 
 class Throughput(L.Callback):
-    """Logs samples/s over all ranks, measured batch start to batch start (includes data wait)."""
+    """Logs samples/s over all ranks at logging steps: the regions of the steps since the previous logging step over
+    the host time between their batch starts (includes data wait). A float logged every step would cost a
+    host-to-device copy each time; Lightning writes only logging steps anyway."""
 
     def __init__(self):
-        self._last = None
+        self._since, self._samples = None, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         now = time.perf_counter()
-        if self._last is not None:
-            samples = len(batch["modality"]) * trainer.world_size  # regions (a two-view sample counts once)
-            pl_module.log("train/samples_per_s", samples / (now - self._last), prog_bar=True, batch_size=1)
-        self._last = now
+        if self._since is not None and is_logging_step(trainer):
+            pl_module.log("train/samples_per_s", self._samples / (now - self._since), batch_size=1)
+            self._since, self._samples = now, 0
+        elif self._since is None:
+            self._since = now
+        self._samples += len(batch["modality"]) * trainer.world_size  # regions (a two-view sample counts once)
+
+
+class ProgressBar(TQDMProgressBar):
+    """TQDM refreshed at logging steps only, showing the `train/` metrics. Lightning turns every `prog_bar=True`
+    metric into a Python number after *every* step (a host sync each, logging step or not), so voxfm logs none with
+    `prog_bar` and the bar reads the logged values itself when it refreshes. batch_idx counts micro-batches, so
+    the refresh rate is log_every_n_steps x accumulate_grad_batches: the last micro-batch of each logging step."""
+
+    def __init__(self, log_every_n_steps: int, accumulate_grad_batches: int = 1):
+        super().__init__(refresh_rate=log_every_n_steps * accumulate_grad_batches)
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        shown = super().get_metrics(trainer, pl_module)
+        for name, value in trainer.callback_metrics.items():
+            if name.startswith("train/"):
+                shown[name.removeprefix("train/")] = float(value)
+        return shown
 
 
 class DataStats(L.Callback):
     """Logs the damaged data skipped so far (`data/skipped_samples`, this rank), the realised share of regions per
     modality (`data/modality/<CT|MR|PET>`) and, with several sources, per source (`data/mix/<name>`); prints the
-    skipped count at the end."""
+    skipped count at the end. Counts every step from the batch's Python bookkeeping (`collate_regions`: source,
+    modality, worker, skipped), logs at logging steps only."""
 
     def __init__(self, source_names: list[str]):
         self.names = source_names
@@ -46,12 +71,14 @@ class DataStats(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if "source" not in batch:
             return
-        for i in batch["source"].tolist():
+        for i in batch["source"]:
             self.counts[i] += 1
         for m in batch["modality"]:
             self.modalities[m] = self.modalities.get(m, 0) + 1
-        worker = int(batch["worker"])
-        self.skipped[worker] = max(self.skipped.get(worker, 0), int(batch["skipped"]))
+        worker = batch["worker"]
+        self.skipped[worker] = max(self.skipped.get(worker, 0), batch["skipped"])
+        if not is_logging_step(trainer):
+            return
         pl_module.log("data/skipped_samples", float(self.total_skipped), batch_size=1)
         for m, count in self.modalities.items():
             pl_module.log(f"data/modality/{m}", count / sum(self.modalities.values()), batch_size=1)

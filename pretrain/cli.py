@@ -27,7 +27,8 @@ commands:
   export    checkpoint=<ckpt|run_dir> output=<dir> [format=monai|nnunet|full] [in_channels=N]
                                                      backbone.safetensors + backbone.json for MONAI
   bench     data shards=<dir> [experiment=<name>]      decode MB/s of shards vs nibabel, regions/s per worker
-  bench     model experiment=<name> [steps=N]          voxfm's training step vs MONAI's at the same shapes
+  bench     model experiment=<name> [steps=N]          voxfm's training step, eager and compiled, vs MONAI's
+  bench     attention [scale=F]                        SDPA forward + backward per backend at the ViT shapes
   bench     ingest input=<dir|manifest.csv>            voxfm shard's per-volume work vs MONAI's load/orient/resample
 
 Every key of conf/<command>.yaml can be overridden; `voxfm <command> --cfg` prints the composed config.
@@ -167,7 +168,7 @@ def _bench_data(overrides: list[str]) -> None:
     print(format_data_bench(result))
 
 
-BENCH_MODEL_KEYS = ("warmup", "steps", "profile")
+BENCH_MODEL_KEYS = ("warmup", "steps", "profile", "compile")
 
 
 def _bench_model(overrides: list[str]) -> None:
@@ -184,7 +185,7 @@ def _bench_model(overrides: list[str]) -> None:
         return
     rest = [o for o in overrides if o.split("=", 1)[0] not in BENCH_MODEL_KEYS]
     pretrain = load_config("pretrain", ["data.shards=unused", "run_dir=unused", *rest])
-    result = bench_model(pretrain, cfg.warmup, cfg.steps, cfg.profile)
+    result = bench_model(pretrain, cfg.warmup, cfg.steps, cfg.profile, cfg.compile)
     table = result.pop("profile", None)
     print(json.dumps({"experiment": experiment, **result}))
     print(format_model_bench(result, experiment))
@@ -192,11 +193,22 @@ def _bench_model(overrides: list[str]) -> None:
         print(table)
 
 
+def _bench_attention(overrides: list[str]) -> None:
+    from pretrain.bench_attention import bench_attention, format_attention_bench
+
+    cfg = _compose("bench_attention", overrides)
+    if cfg is None:
+        return
+    result = bench_attention(dict(cfg.shapes), cfg.warmup, cfg.steps, cfg.scale, cfg.backends)
+    print(json.dumps(result))
+    print(format_attention_bench(result))
+
+
 # documented in README.md ("Exit codes"); 75 = preempted (pretrain/errors.py)
 EXIT_CODES = {"bad configuration": 2, "diverged": 3, "checkpoint not written": 4}
 COMMANDS = {"shard": _shard, "pretrain": _pretrain, "export": _export, "bench": None, "inspect": _inspect,
             "finetune": _finetune}  # bench: one of BENCHES, each composing its own config
-BENCHES = {"data": _bench_data, "model": _bench_model, "ingest": _bench_ingest}
+BENCHES = {"data": _bench_data, "model": _bench_model, "ingest": _bench_ingest, "attention": _bench_attention}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     if command == "bench":
         if not overrides or overrides[0] not in BENCHES:
             print(f"voxfm bench: say what to benchmark, one of {list(BENCHES)}: `voxfm bench data shards=<dir>`, "
-                  "`voxfm bench model experiment=<name>` or `voxfm bench ingest input=<dir>`", file=sys.stderr)
+                  "`voxfm bench model experiment=<name>`, `voxfm bench ingest input=<dir>` or "
+                  "`voxfm bench attention`", file=sys.stderr)
             return 2
         what, overrides = overrides[0], overrides[1:]
     try:

@@ -1,8 +1,10 @@
-"""Per-step efficiency in the metrics: MFU, peak device memory, and the share of each step spent waiting for data.
+"""Efficiency in the metrics at logging steps: MFU, peak device memory, and the share of time spent waiting for data.
 
 FLOPs are counted once, on the first batch: the objective's forward under `FlopCounterMode` without gradients
 (x3 for forward + backward, the usual estimate; compiled blocks run eagerly for the count). MFU divides the
-achieved FLOP rate by `trainer.peak_tflops` per device, or by a bf16/fp32 matmul measured at the start.
+achieved FLOP rate by `trainer.peak_tflops` per device, or by a bf16/fp32 matmul measured at the start. The time is
+the device's, batch start to batch end: on CUDA, events recorded every step and read (`elapsed_time`, a sync) only
+at logging steps; on CPU, host time. Figures average over the steps since the previous logging step.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from contextlib import nullcontext
 import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from pretrain.logging_steps import is_logging_step
 
 BACKWARD_FACTOR = 3.0
 
@@ -37,6 +41,8 @@ class Efficiency(L.Callback):
     def __init__(self, peak_tflops: float | None = None):
         self.peak_tflops, self.flops_per_step = peak_tflops, None
         self._fetch_start = self._compute_start = None
+        self._spans: list = []  # (start, end) of each step since the last logging step: events or host seconds
+        self._wait = self._host = 0.0  # host seconds waiting for data / in steps, since the last logging step
 
     def _count_flops(self, pl_module, batch) -> float:
         counter = FlopCounterMode(display=False)
@@ -44,6 +50,14 @@ class Efficiency(L.Callback):
         with torch.no_grad(), counter, eager:
             pl_module.objective(batch, pl_module.backbone)
         return BACKWARD_FACTOR * counter.get_total_flops()
+
+    @staticmethod
+    def _mark(device: torch.device):
+        if device.type != "cuda":
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         now = time.perf_counter()
@@ -55,16 +69,27 @@ class Efficiency(L.Callback):
                 torch.cuda.reset_peak_memory_stats(pl_module.device)
             now = time.perf_counter()
         if self._fetch_start is not None:
-            self._wait = now - self._fetch_start
+            self._wait += now - self._fetch_start
         self._compute_start = now
+        self._spans.append([self._mark(pl_module.device), None])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         now = time.perf_counter()
-        if self._compute_start is not None and getattr(self, "_wait", None) is not None:
-            step_s = now - self._compute_start + self._wait
-            logs = {"train/data_wait": self._wait / step_s,
-                    "train/mfu": self.flops_per_step / step_s / 1e12 / self.peak_tflops}
-            if pl_module.device.type == "cuda":
-                logs["train/peak_mem_gib"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
-            pl_module.log_dict(logs, batch_size=1)
-        self._fetch_start = now
+        self._spans[-1][1] = self._mark(pl_module.device)
+        self._host += now - self._compute_start
+        if is_logging_step(trainer):
+            pl_module.log_dict(self._figures(pl_module.device), batch_size=1)
+            self._spans, self._wait, self._host = [], 0.0, 0.0
+        self._fetch_start = time.perf_counter()
+
+    def _figures(self, device: torch.device) -> dict[str, float]:
+        if device.type == "cuda":
+            self._spans[-1][1].synchronize()
+            busy = sum(start.elapsed_time(end) for start, end in self._spans) / 1e3
+        else:
+            busy = sum(end - start for start, end in self._spans)
+        logs = {"train/data_wait": self._wait / (self._wait + self._host),
+                "train/mfu": self.flops_per_step * len(self._spans) / busy / 1e12 / self.peak_tflops}
+        if device.type == "cuda":  # the allocator's own record: no sync
+            logs["train/peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        return logs

@@ -10,6 +10,8 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 
+from pretrain.compiled_step import CompiledStep, objective_inputs
+from pretrain.logging_steps import is_logging_step
 from pretrain.schedule import warmup_cosine
 
 
@@ -21,6 +23,13 @@ def step_generator(device: torch.device, seed: int, step: int, rank: int) -> tor
 
 
 
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Fused Adam(W) reads `found_inf` (float, 1.0 = skip) inside its kernel, CPU and CUDA alike (torch/optim/adam.py
+    `_fused_adam`); foreach and single-tensor Adam refuse it, other optimisers ignore it. Asked of the optimiser, not
+    the config: a resumed checkpoint's param groups bring their own `fused`."""
+    return isinstance(optimizer, torch.optim.Adam) and all(g.get("fused") for g in optimizer.param_groups)
+
+
 class PretrainModule(L.LightningModule):
     """stage: the device-side batch stage the objective's config chooses (views, augmentation, masks):
     `stage(batch, generator) -> batch`. objective: `objective(batch, backbone) -> (loss, logs)`."""
@@ -28,12 +37,18 @@ class PretrainModule(L.LightningModule):
     def __init__(self, backbone: nn.Module, objective: nn.Module, stage: Callable[[dict, torch.Generator], dict],
                  optimizer: Callable[..., torch.optim.Optimizer], warmup_steps: int, total_steps: int,
                  min_lr_factor: float = 0.01, seed: int = 0, fused: bool | None = None,
-                 max_nonfinite_steps: int = 10):
+                 max_nonfinite_steps: int = 10, compile: bool = False):
         super().__init__()
+        self.compiled = CompiledStep(compile)  # trainer.compile: the whole step (pretrain/compiled_step.py)
         self.max_nonfinite_steps = max_nonfinite_steps
         self.lr_scale = 1.0
-        self.skipped_steps, self._skipped_in_a_row, self._loss_finite = 0, 0, None
-        self.fused = torch.cuda.is_available() if fused is None else fused
+        # non-finite steps: flags and counters stay on the device, read at logging steps (`_check_nonfinite`)
+        self._loss_finite: torch.Tensor | None = None
+        self._nonfinite: torch.Tensor | None = None  # see `_count_nonfinite`; made at the first step
+        self._skipped_restored = 0  # from a checkpoint, until the device counters exist
+        # fused (Adam)W wherever torch has the kernel (CUDA, and CPU since torch 2.4): one kernel for the update,
+        # and the non-finite skip happens inside it (`found_inf`) instead of in a host-side branch
+        self.fused = True if fused is None else fused
         self.backbone, self.objective, self.stage, self.optimizer_factory = backbone, objective, stage, optimizer
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
         self.min_lr_factor, self.seed = min_lr_factor, seed
@@ -45,46 +60,101 @@ class PretrainModule(L.LightningModule):
         bf16 inputs (under autocast, the DDP case, the conversion changes nothing)."""
         if self.trainer.training:
             g = step_generator(batch["region"].device, self.seed, self.global_step, self.global_rank)
-            batch = self.trainer.precision_plugin.convert_input(self.stage(batch, g))
+            batch = self.trainer.precision_plugin.convert_input(self.views(batch, g))
+            batch["log_step"] = is_logging_step(self.trainer)  # figures only logging steps need (a Python bool)
         return batch
 
+    def views(self, batch: dict, g: torch.Generator) -> dict:
+        """The device stage: its random numbers drawn eagerly from g, the rest compiled under trainer.compile."""
+        name = f"the device stage ({str(batch['region'].dtype).removeprefix('torch.')} regions)"
+        return self.stage(batch, g, apply=self.compiled.wrap(name, self.stage.apply))
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """objective + backbone → (loss, logs), compiled under trainer.compile (one graph per `log_step` value)."""
+        inputs = objective_inputs(batch)
+        name = "objective + backbone" + (" (logging steps)" if inputs.get("log_step", True) else "")
+        return self.compiled.wrap(name, self._objective)(inputs)
+
+    def _objective(self, inputs: dict) -> tuple[torch.Tensor, dict]:
+        return self.objective(inputs, self.backbone)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, logs = self.objective(batch, self.backbone)
-        self._loss_finite = torch.isfinite(loss.detach())
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True, batch_size=batch["image"].shape[0])
+        loss, logs = self.loss(batch)
+        finite = torch.isfinite(loss.detach())  # AND over the micro-batches of one optimiser step
+        self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
+        # not prog_bar: Lightning would read those values after every step (callbacks.ProgressBar shows them)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=batch["image"].shape[0])
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """A non-finite loss on any rank: every rank drops its gradients, so the step updates nothing (AdamW skips
-        parameters without a gradient). Every rank ran backward, so DDP's collectives stay matched."""
-        finite = self._loss_finite is None or bool(self._loss_finite)
-        if not self.trainer.strategy.reduce_boolean_decision(not finite, all=False):
-            self._skipped_in_a_row = 0
+        """A non-finite loss on any rank skips the step on every rank, decided on the device: the flag is all-reduced
+        (MAX) and fused (Adam)W gets it as `found_inf`, whose kernel then leaves weights, moments and step count
+        alone. Every rank ran backward, so DDP's collectives stay matched. Other optimisers, and DeepSpeed (its
+        optimiser owns the gradients), read the flag every step: one host sync per step, which drains the GPU's
+        queue of launched kernels before the update (README: "No host sync between logging steps")."""
+        if self._loss_finite is None:
             return
-        if isinstance(self.trainer.strategy, DeepSpeedStrategy):  # its optimiser keeps its own gradients
-            raise FloatingPointError(f"non-finite loss at step {self.global_step}: DeepSpeed cannot skip a step "
-                                     "here; rerun to resume from the newest checkpoint")
-        self.skipped_steps += 1
-        self._skipped_in_a_row += 1
-        optimizer.zero_grad(set_to_none=True)
-        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
-        if self._skipped_in_a_row >= self.max_nonfinite_steps:
+        skip = (~self._loss_finite).float()  # [], 1.0 = skip
+        self._loss_finite = None
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(skip, op=torch.distributed.ReduceOp.MAX)
+        self._count_nonfinite(skip)
+        deepspeed = isinstance(self.trainer.strategy, DeepSpeedStrategy)
+        if not deepspeed and skips_on_device(optimizer):
+            optimizer.found_inf = skip
+        elif bool(skip):  # the per-step read of the paths without found_inf
+            if deepspeed:
+                raise FloatingPointError(f"non-finite loss at step {self.global_step}: DeepSpeed cannot skip a step "
+                                         "here; rerun to resume from the newest checkpoint")
+            optimizer.zero_grad(set_to_none=True)  # the optimiser skips parameters without a gradient
+        if is_logging_step(self.trainer):
+            self._check_nonfinite(self.global_step, log=True)
+
+    def _count_nonfinite(self, skip: torch.Tensor) -> None:
+        """Device counters [4]: skipped steps, non-finite steps in a row, the longest such run since the last check,
+        and how many steps ago that run ended. Kept without a read, so a run of `max_nonfinite_steps` that starts
+        and ends between two logging steps is still caught at the next one."""
+        if self._nonfinite is None:
+            self._nonfinite = torch.tensor([float(self._skipped_restored), 0.0, 0.0, 0.0], device=skip.device)
+        skipped, run, longest, ago = self._nonfinite.unbind()
+        run = (run + skip) * skip
+        self._nonfinite = torch.stack([skipped + skip, run, torch.maximum(longest, run), (ago + 1) * (run < longest)])
+
+    def _check_nonfinite(self, step: int, log: bool = False) -> None:
+        """Reads the counters (one host sync: logging steps and the end of training only), logs the skipped count
+        and stops the run after `max_nonfinite_steps` non-finite steps in a row. step: the current step's index."""
+        if self._nonfinite is None:
+            return
+        skipped, run, longest, ago = (int(v) for v in self._nonfinite.tolist())
+        self._nonfinite[2], self._nonfinite[3] = run, 0  # the next check looks at runs from the current one on
+        if log:
+            self.log("train/skipped_steps", float(skipped), batch_size=1)
+        if longest >= self.max_nonfinite_steps:
             saved = self.trainer.checkpoint_callback
             last = (saved.best_model_path or saved.last_model_path) if saved is not None else ""  # newest periodic
             last = last or "none yet"
-            raise FloatingPointError(f"non-finite loss at {self._skipped_in_a_row} consecutive steps, the last at "
-                                     f"step {self.global_step} (trainer.max_nonfinite_steps="
+            raise FloatingPointError(f"non-finite loss at {longest} consecutive steps, the last at "
+                                     f"step {step - ago} (trainer.max_nonfinite_steps="
                                      f"{self.max_nonfinite_steps}); last good checkpoint: {last}")
 
+    def on_train_end(self) -> None:
+        """A non-finite run in the last steps, after the last logging step."""
+        self._check_nonfinite(self.global_step - 1)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite loss over the whole run (reads the device counter: not for a hot path)."""
+        return self._skipped_restored if self._nonfinite is None else int(self._nonfinite[0])
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["voxfm_skipped_steps"] = self.skipped_steps
+        checkpoint["voxfm_skipped_steps"] = self.skipped_steps  # a checkpoint copies every tensor to the host anyway
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.skipped_steps = int(checkpoint.get("voxfm_skipped_steps", 0))
+        self._skipped_restored, self._nonfinite = int(checkpoint.get("voxfm_skipped_steps", 0)), None
 
     def configure_optimizers(self):
         """AdamW without weight decay on norms, biases, tokens and embeddings (ndim < 2 or mask tokens),
-        as in MAE/DINOv2; fused on CUDA."""
+        as in MAE/DINOv2; fused unless optim.fused=false or fp16."""
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         no_decay = [p for n, p in named if p.ndim < 2 or "mask_token" in n]
         decay = [p for n, p in named if not (p.ndim < 2 or "mask_token" in n)]

@@ -2,9 +2,14 @@
 
 1. activation checkpointing: each transformer block (ViT) or residual block (ResEnc UNet) recomputes its
    activations in backward instead of keeping them — memory for ~1/3 more compute;
-2. `torch.compile` per block (compile time stays small, graph breaks stay local);
+2. `torch.compile`: `"step"` compiles the whole step — device stage, backbone, objective and loss — as graphs
+   without breaks (`pretrain/compiled_step.py`, applied by the training module); `"blocks"` compiles each
+   repeated block alone, for DeepSpeed ZeRO-3, whose parameter gathering hooks a whole-step graph cannot hold;
+   on CUDA, cuDNN autotunes its convolutions (`cudnn.benchmark`: the shapes of a pretraining run never change);
 3. the distribution strategy is Lightning's (`pretrain/strategy.py`).
 Both steps patch the blocks in place, so parameter names — and the MONAI / nnU-Net exports — are unchanged.
+Parameters stay contiguous (NCDHW): a channels-last copy would not save to safetensors; under compile inductor
+picks channels-last layouts for the convolutions itself (`layout_optimization`).
 """
 
 from __future__ import annotations
@@ -36,11 +41,24 @@ def _checkpointed_forward(block: nn.Module) -> None:
     block.forward = types.MethodType(forward, block)
 
 
-def parallelize(backbone: nn.Module, activation_checkpointing: bool = False, compile: bool = False) -> nn.Module:
-    blocks = repeated_blocks(backbone) if (activation_checkpointing or compile) else []
+def compile_mode(compile: bool, strategy: dict) -> str | None:
+    """trainer.compile → None (eager), "step" (whole step) or "blocks" (DeepSpeed ZeRO-3, see above)."""
+    if not compile:
+        return None
+    return "blocks" if strategy.get("name") == "deepspeed" and strategy.get("stage") == 3 else "step"
+
+
+def parallelize(backbone: nn.Module, activation_checkpointing: bool = False,
+                compile: bool | str | None = None) -> nn.Module:
+    """compile: "blocks" (or True) compiles each repeated block here; "step" is applied by the training module
+    (it compiles the stage and the objective around this backbone), None/False leaves the model eager."""
+    per_block = compile is True or compile == "blocks"
+    if compile and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+    blocks = repeated_blocks(backbone) if (activation_checkpointing or per_block) else []
     for block in blocks:
         if activation_checkpointing:
             _checkpointed_forward(block)
-        if compile:
+        if per_block:
             block.compile()
     return backbone

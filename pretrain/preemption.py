@@ -1,8 +1,10 @@
 """Preemption: SIGTERM or SIGUSR1 → a checkpoint at the next step boundary, a clean exit, a SLURM requeue.
 
 Exit code `pretrain.errors.PREEMPTED_EXIT_CODE` (75, EX_TEMPFAIL: "try again") tells a launcher that the run stopped on
-purpose with its state on disk: the same command resumes from that step. The ranks agree on the stop
-through one boolean all-reduce per step, so all of them save the same step (collective for DeepSpeed too).
+purpose with its state on disk: the same command resumes from that step. A single process checks its flag every
+step (a Python value). Several ranks agree on the stop through a boolean all-reduce, so all of them save the same
+step (collective for DeepSpeed too); reading its result is a host sync, so they decide at logging steps only: a
+preempted multi-rank job stops within `trainer.log_every_n_steps` steps (keep the signal's grace time above that).
 Lightning's own handling is replaced: it raises at the next step without a checkpoint, and its SLURM
 auto-requeue (switched off in `build_trainer`) would write a second, differently named checkpoint.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 import lightning as L
 
 from pretrain.errors import Preempted
+from pretrain.logging_steps import is_logging_step
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -53,9 +56,24 @@ class Preemption(L.Callback):
         if threading.current_thread() is threading.main_thread():
             for signum in SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handler)
+            self._drop_lightning_sigterm_broadcast(trainer)
+
+    def _drop_lightning_sigterm_broadcast(self, trainer) -> None:
+        """With several ranks, Lightning (2.5+) broadcasts its own SIGTERM flag before every step and reads it: a
+        collective and a host sync per step. Its handler, the only thing that sets the flag, is replaced above, so
+        the broadcast is dropped; a SIGTERM Lightning caught before now is taken over."""
+        loop = trainer.fit_loop.epoch_loop
+        if trainer.world_size > 1 and hasattr(loop, "_broadcast_sigterm_tensor"):
+            if getattr(trainer, "received_sigterm", False):
+                self.received = signal.SIGTERM
+            loop._broadcast_sigterm_tensor = lambda: None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        if trainer.world_size == 1:
+            stop = self.received is not None
+        else:  # every rank reaches the same logging steps, so the collectives match
+            stop = is_logging_step(trainer) and trainer.strategy.reduce_boolean_decision(self.received is not None,
+                                                                                         all=False)
         if not stop:
             return
         step = trainer.global_step

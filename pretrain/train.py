@@ -24,6 +24,7 @@ from pretrain.callbacks import (
     ConfigInCheckpoint,
     DataStats,
     FinalCheckpoint,
+    ProgressBar,
     ShutDownProcessGroup,
     Throughput,
     shut_down_process_group,
@@ -33,7 +34,7 @@ from pretrain.efficiency import Efficiency
 from pretrain.images import ReconstructionImages
 from pretrain.init_from import ContinueFromStep, init_module
 from pretrain.module import PretrainModule
-from pretrain.parallelize import parallelize
+from pretrain.parallelize import compile_mode, parallelize
 from pretrain.preemption import Preemption
 from pretrain.schedule import lr_scale
 from pretrain.schema import validate_pretrain
@@ -75,12 +76,13 @@ def build_module(cfg: DictConfig) -> PretrainModule:
     objective = instantiate(cfg.objective.loss)(backbone.spec)
     if not getattr(objective, "trains_decoder", True) and hasattr(backbone, "freeze_decoder"):
         backbone.freeze_decoder()  # unused by the loss: frozen, so DDP needs no unused-parameter search
-    parallelize(backbone, cfg.trainer.activation_checkpointing, cfg.trainer.compile)
+    mode = compile_mode(cfg.trainer.compile, OmegaConf.to_container(cfg.strategy))
+    parallelize(backbone, cfg.trainer.activation_checkpointing, mode)
     return PretrainModule(
         backbone=backbone, objective=objective, stage=stage,
         optimizer=instantiate(cfg.optim.optimizer), warmup_steps=cfg.optim.warmup_steps,
         total_steps=cfg.trainer.max_steps, min_lr_factor=cfg.optim.min_lr_factor, seed=cfg.seed, fused=cfg.optim.fused,
-        max_nonfinite_steps=cfg.trainer.max_nonfinite_steps,
+        max_nonfinite_steps=cfg.trainer.max_nonfinite_steps, compile=mode == "step",
     )
 
 
@@ -102,6 +104,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
     if SLURMEnvironment.detect():  # voxfm's Preemption callback checkpoints and requeues, not Lightning's
         plugins.append(SLURMEnvironment(auto_requeue=False))
     on_gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
+    # the bar reads its metrics' values (a host sync) when it refreshes: at logging steps only
+    bar = [ProgressBar(t.log_every_n_steps, t.accumulate_grad_batches)] if t.progress_bar else []
     return L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=build_strategy(OmegaConf.to_container(cfg.strategy), on_gpu, load_universal),
@@ -113,7 +117,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
                                    ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb),
                                    *([preemption] if preemption is not None else []),
                                    FinalCheckpoint(run_dir / "checkpoints"), Efficiency(t.peak_tflops),
-                                   *probe_callback(cfg), ShutDownProcessGroup()],
+                                   *probe_callback(cfg), ShutDownProcessGroup(), *bar],
         plugins=plugins, enable_progress_bar=t.progress_bar, enable_model_summary=True,
         default_root_dir=str(run_dir), use_distributed_sampler=False,
     )

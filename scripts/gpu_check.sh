@@ -4,8 +4,9 @@
 #   OUT=<dir> TINY=1 bash scripts/gpu_check.sh      # rehearsal on CPU: demo twins, a few steps, tiny shapes
 #   BUDGET=<s>                                      # stop starting steps after this many seconds (default: none)
 # Installs nothing: run it where `voxfm` is importable (python -m pretrain); scripts/gpu_lease.sh installs the
-# wheels on the lent machine first. Steps run most important first, each under the time left, so a short lease
-# still gets DESIGN.md's workloads and pretraining + resume: then DeepSpeed ZeRO-2/3, torch.compile, a fine-tune
+# wheels on the lent machine first. Steps run most important first, each under the time left: the batch-1024
+# ViT-B MAE step (eager and compiled beside MONAI, with a kernel profile), the SDPA backend microbenchmark, the
+# rest of DESIGN.md's workloads, pretraining + resume, then DeepSpeed ZeRO-2/3, torch.compile, a fine-tune
 # (pretrained vs scratch), the other bench models and the data bench. steps.txt says how each step ended.
 set -uo pipefail
 OUT=${OUT:?set OUT to a writable folder}
@@ -17,8 +18,9 @@ if [ "${TINY:-0}" = 1 ]; then
   EXP=(experiment=demo data.num_workers=1); STEPS=20; MORE=30; VSTEPS=10; N=6; SHAPE=48
   FT_PRE=(experiment=demo_mim data.num_workers=1); FT=(experiment=demo_finetune); FT_STEPS=10
   BENCH=("demo" "demo_mim" "demo_simclr" "demo_mae_contrastive")
-  LARGE=("demo:data.batch_size=2 profile=10")
-  BENCH_ARGS=(warmup=1 steps=2)
+  LARGE=("demo:data.batch_size=2 profile=10 compile=true")  # inductor on CPU: tens of seconds, so only here
+  BENCH_ARGS=(warmup=1 steps=2 compile=false)
+  ATTENTION_ARGS=(warmup=1 steps=3)                     # CPU: shapes scaled down (conf/bench_attention.yaml)
 else
   EXP=(experiment=mae_vit_b data.num_workers=12); STEPS=200; MORE=220; VSTEPS=60; N=32; SHAPE=160
   FT_PRE=(experiment=mim_resenc_l data.num_workers=12); FT=(experiment=finetune_resenc); FT_STEPS=50
@@ -30,6 +32,7 @@ else
          "mae_vit_b:data.crop_size=[160,160,160] model.patch_size=8 data.batch_size=16"
          "mim_resenc_l:data.crop_size=[128,128,128] data.batch_size=4")
   BENCH_ARGS=(warmup=3 steps=10)
+  ATTENTION_ARGS=()
 fi
 
 # T NEED NAME CMD...: CMD under the time left, output to $OUT/NAME.txt, its ending to steps.txt;
@@ -71,7 +74,9 @@ open('$WORK/labelled.csv', 'w').write('\\n'.join(['path,label', *labelled]) + '\
   && T 30 shard "$PY" -m pretrain shard input="$WORK/images.csv" output="$WORK/shards" progress=false \
        workers=$(( ($(nproc) + 1) / 2 )) ) &
 sharding=$!
-bench "${LARGE[@]}"
+bench "${LARGE[0]}"
+T 40 bench_attention "$PY" -m pretrain bench attention "${ATTENTION_ARGS[@]}"  # the SDPA backend per shape
+bench "${LARGE[@]:1}"
 wait $sharding || { echo "sharding the phantoms failed: see shard.txt"; "$PY" "$(dirname "$0")/gpu_table.py" "$OUT"; exit 1; }
 
 # pretraining and its resume

@@ -50,15 +50,35 @@ def benches(out: Path) -> tuple[dict, list]:
         if result.get("not_started"):
             table[f"bench {args}"] = "not started (out of time)"
             continue
-        if result.get("failed") or "voxfm" not in result:
+        if result.get("failed") or "eager" not in result:
             table[f"bench {args}"] = "FAILED (see bench/)"
             continue
-        v, r = result["voxfm"], result["reference"]
+        e, c, r = result["eager"], result["compiled"], result["reference"]
+        gib = {name: "-" if row is None or row.get("peak_gib") is None else row["peak_gib"]
+               for name, row in (("eager", e), ("compiled", c))}
         monai = "out of memory" if r.get("out_of_memory") else r["samples_per_s"]
-        table[f"bench {args}"] = (f"{v['samples_per_s']} samples/s, MFU {v['mfu']:.1%}, {v['peak_gib']} GiB | "
-                                  f"reference {monai} | x{result['ratio_samples_per_s']} samples/s, "
-                                  f"x{result['ratio_tflop_per_s']} TFLOP/s")
+        compiled = "compiled not run" if c is None else \
+            (f"compiled {c['samples_per_s']} (MFU {c['mfu']:.1%}, {gib['compiled']} GiB, compile {c['compile_s']} s, "
+             f"x{result['compiled_vs_eager']} eager)")
+        table[f"bench {args}"] = (f"eager {e['samples_per_s']} samples/s (MFU {e['mfu']:.1%}, {gib['eager']} GiB) | "
+                                  f"{compiled} | reference {monai} | vs reference x{result['ratio_samples_per_s']} "
+                                  f"samples/s, x{result['ratio_tflop_per_s']} TFLOP/s")
     return table, results
+
+
+def attention(out: Path) -> tuple[dict, dict | None]:
+    """The SDPA microbenchmark: the fastest backend per shape, its ms and TFLOP/s."""
+    path = out / "bench_attention.txt"
+    lines = [line for line in path.open() if line.startswith("{")] if path.exists() else []
+    if not lines:
+        return {"attention (fastest backend per shape)": "did not run (see bench_attention.txt, steps.txt)"}, None
+    result = json.loads(lines[0])
+    table = {}
+    for shape, backend in result["best"].items():
+        row = next((r for r in result["rows"] if r["shape"] == shape and r["backend"] == backend), None)
+        table[f"attention {shape}"] = "no backend ran" if row is None else \
+            f"{backend} {row['ms']} ms, {row['tflop_per_s']} TFLOP/s at {row['size']}"
+    return table, result
 
 
 def variants(out: Path) -> dict:
@@ -87,12 +107,15 @@ def main(out: Path) -> None:
     table.update(pretraining(out))
     bench_table, bench_results = benches(out)
     table.update(bench_table)
+    attention_table, attention_result = attention(out)
+    table.update(attention_table)
     table.update(variants(out))
     table.update(finetune(out))
     if (out / "steps.txt").exists():
         table["steps"] = "; ".join(line.strip() for line in (out / "steps.txt").open())
-    (out / "gpu_check.json").write_text(json.dumps({"table": table, "benches": bench_results}, indent=1))
-    print("\n".join(f"{k:<44}{v}" for k, v in table.items()))
+    (out / "gpu_check.json").write_text(json.dumps({"table": table, "benches": bench_results,
+                                                     "attention": attention_result}, indent=1))
+    print("\n".join(f"{k:<44} {v}" for k, v in table.items()))
 
 
 if __name__ == "__main__":

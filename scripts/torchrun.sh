@@ -7,6 +7,9 @@
 # STRATEGY picks conf/strategy/<name> (ddp, deepspeed_zero2, deepspeed_zero3); PYTHON the interpreter.
 set -euo pipefail
 : "${NNODES:=1}" "${NODE_RANK:=0}" "${MASTER_ADDR:=127.0.0.1}" "${MASTER_PORT:=29500}" "${STRATEGY:=ddp}"
+# trainer.compile (the GPU experiments' default) caches its kernels here: a requeued or resumed job loads them
+# instead of compiling again. A folder that outlives the node (the default /tmp/torchinductor_<user> does not).
+export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$HOME/.cache/voxfm/inductor}"
 : "${GPUS_PER_NODE:=$(nvidia-smi -L 2>/dev/null | wc -l)}"
 [ "$GPUS_PER_NODE" -gt 0 ] || { echo "torchrun.sh: no GPU found; set GPUS_PER_NODE (and trainer.accelerator=cpu)" >&2; exit 2; }
 exec "${PYTHON:-python}" -m torch.distributed.run --nnodes "$NNODES" --nproc_per_node "$GPUS_PER_NODE" \

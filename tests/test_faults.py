@@ -3,21 +3,23 @@
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from data.loader import ThreadLoader
-from data.stream import RegionStream
+import pretrain.train
 from pretrain.checkpoints import find_resume_checkpoint, load_checkpoint
 from pretrain.cli import main
-from pretrain.config import load_config
-from pretrain.train import build_module, build_trainer
+from pretrain.module import skips_on_device
+from pretrain.preemption import Preemption
 from tests.conftest import REPO
 
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
@@ -57,50 +59,61 @@ def test_a_signal_checkpoints_exits_75_and_the_rerun_continues(tmp_path, shard_d
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt", mmap=True)["global_step"] == stopped + 3
 
 
-def _trainer_run(cfg, run_dir, nan_steps, shard_dir):
-    module = build_module(cfg)
-    original = module.objective.forward
-    seen = {}
+def _poisoned_run(monkeypatch, run_dir, shard_dir, nan_steps, max_steps, k=10, extra=()):
+    """`voxfm pretrain` (exit code) with a NaN loss at `nan_steps`; logging every 4 steps, so a NaN step that is no
+    logging step is decided on the device alone. Returns (exit code, module, weights at the start of each step)."""
+    build_module, built, seen = pretrain.train.build_module, [], {}
 
-    def poisoned(batch, backbone):
-        loss, logs = original(batch, backbone)
-        step = module.global_step
-        seen.setdefault(step, [p.detach().clone() for p in module.backbone.parameters() if p.requires_grad])
-        return (loss * float("nan"), logs) if step in nan_steps else (loss, logs)
+    def poisoned_module(cfg):
+        module = build_module(cfg)
+        original = module.objective.forward
 
-    module.objective.forward = poisoned
-    trainer = build_trainer(cfg, run_dir, {})
-    stream = RegionStream(str(shard_dir), module.stage.region_size_needed(), 4, shuffle_buffer=4)
-    trainer.fit(module, train_dataloaders=ThreadLoader(stream, cfg.data.batch_size, 0))
-    return module, seen
+        def poisoned(batch, backbone):
+            loss, logs = original(batch, backbone)
+            step = module.global_step
+            seen.setdefault(step, [p.detach().clone() for p in module.backbone.parameters() if p.requires_grad])
+            return (loss * float("nan"), logs) if step in nan_steps else (loss, logs)
+
+        module.objective.forward = poisoned
+        built.append(module)
+        return module
+
+    monkeypatch.setattr(pretrain.train, "build_module", poisoned_module)
+    code = main(["pretrain", "experiment=demo", f"data.shards={shard_dir}", f"run_dir={run_dir}",
+                 f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=2",
+                 f"trainer.max_nonfinite_steps={k}", "trainer.progress_bar=false", "trainer.images_every_n_steps=0",
+                 "trainer.log_every_n_steps=4", "data.num_workers=0", *extra])
+    return code, built[0], seen
 
 
-def _cfg(shard_dir, run_dir, max_steps, k=10):
-    return load_config("pretrain", ["experiment=demo", f"data.shards={shard_dir}", f"run_dir={run_dir}",
-                                    f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=2",
-                                    f"trainer.max_nonfinite_steps={k}", "trainer.progress_bar=false",
-                                    "trainer.images_every_n_steps=0", "trainer.log_every_n_steps=1"])
-
-
-def test_a_nan_step_is_skipped_without_updating_weights_and_counted(tmp_path, shard_dir):
-    module, seen = _trainer_run(_cfg(shard_dir, tmp_path, 6), tmp_path, {3}, shard_dir)
-    assert module.skipped_steps == 1 and module.global_step == 6
-    assert all(torch.equal(a, b) for a, b in zip(seen[3], seen[4]))  # step 3 changed nothing
-    assert not all(torch.equal(a, b) for a, b in zip(seen[4], seen[5]))  # step 4 trained again
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_nan_step_is_skipped_without_updating_weights_and_counted(tmp_path, shard_dir, monkeypatch, fused):
+    """fused AdamW (the default) skips through found_inf, on the device; unfused, the module reads the flag."""
+    code, module, seen = _poisoned_run(monkeypatch, tmp_path, shard_dir, {2}, 6, extra=[f"optim.fused={fused}"])
+    assert code == 0 and module.skipped_steps == 1 and module.global_step == 6
+    optimizer = module.trainer.optimizers[0]
+    assert skips_on_device(optimizer) == fused
+    assert all(torch.equal(a, b) for a, b in zip(seen[2], seen[3]))  # step 2 changed nothing
+    assert not all(torch.equal(a, b) for a, b in zip(seen[3], seen[4]))  # step 3 trained again
+    assert {int(s["step"]) for s in optimizer.state.values()} == {5}  # AdamW's bias correction: step 2 uncounted
     rows = (tmp_path / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     skipped = [r.split(",")[header.index("train/skipped_steps")] for r in rows[1:]]
-    assert "1.0" in skipped
-    assert {"train/mfu", "train/data_wait"} <= set(header)  # efficiency is logged with every step
+    assert "1.0" in skipped  # read and logged at the next logging step (step 3)
+    assert {"train/mfu", "train/data_wait"} <= set(header)  # efficiency is logged at logging steps
     assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["voxfm_skipped_steps"] == 1
 
 
-def test_k_consecutive_nan_steps_stop_with_the_step_and_the_last_good_checkpoint(tmp_path, shard_dir):
-    with pytest.raises(FloatingPointError, match=r"3 consecutive steps, the last at step 6.*step000006\.ckpt"):
-        _trainer_run(_cfg(shard_dir, tmp_path, 20, k=3), tmp_path, {4, 5, 6}, shard_dir)
+def test_k_consecutive_nan_steps_exit_3_with_the_step_and_the_last_good_checkpoint(tmp_path, shard_dir, monkeypatch,
+                                                                                    capsys):
+    # steps 4-6 lie between the logging steps 3 and 7: the device counters carry the run to the check at step 7
+    code, _, _ = _poisoned_run(monkeypatch, tmp_path, shard_dir, {4, 5, 6}, 20, k=3)
+    assert code == 3
+    assert re.search(r"3 consecutive steps, the last at step 6.*step000006\.ckpt", capsys.readouterr().err)
     # skipped steps leave the weights alone, so the checkpoint named is finite and equals the one before them
     four, six = (load_checkpoint(tmp_path / "checkpoints" / f"step00000{s}.ckpt")["state_dict"] for s in (4, 6))
     assert all(torch.isfinite(v).all() and torch.equal(v, four[k]) for k, v in six.items() if k.startswith("backbone"))
+    assert not (tmp_path / "checkpoints" / "step000008.ckpt").exists()  # stopped at step 7
 
 
 def test_a_full_disk_keeps_the_earlier_checkpoint_and_says_so(tmp_path, shard_dir, monkeypatch, capsys):
@@ -149,3 +162,27 @@ def test_under_slurm_sigusr1_checkpoints_and_requeues_the_job(tmp_path, shard_di
     event = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
     assert event["event"] == "preempted" and event["requeue"] == "SLURM job 4242 requeued"
     assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))  # no second, Lightning-named checkpoint
+
+
+def test_several_ranks_agree_on_a_preemption_at_logging_steps_only(tmp_path):
+    """The all-ranks decision is a collective and a read: made at logging steps only (every 4th step here)."""
+    decisions, saved = [], []
+    loop = SimpleNamespace(_batches_that_stepped=0, _broadcast_sigterm_tensor=None)
+    trainer = SimpleNamespace(world_size=2, log_every_n_steps=4, should_stop=False, global_step=0,
+                              is_global_zero=False, fit_loop=SimpleNamespace(epoch_loop=loop), received_sigterm=True,
+                              strategy=SimpleNamespace(reduce_boolean_decision=lambda flag, all: decisions.append(flag)
+                                                       or flag),
+                              save_checkpoint=lambda path, weights_only: saved.append(path.name))
+    callback = Preemption(tmp_path)
+    callback.on_train_start(trainer, None)
+    try:
+        # Lightning's own per-step SIGTERM broadcast (and read) is dropped; a SIGTERM it caught is taken over
+        assert loop._broadcast_sigterm_tensor() is None and callback.received == signal.SIGTERM
+        assert hasattr(_TrainingEpochLoop, "_broadcast_sigterm_tensor")  # what it replaces still exists
+        for step in range(4):
+            loop._batches_that_stepped = trainer.global_step = step
+            callback.on_train_batch_end(trainer, None, None, None, step)
+            assert trainer.should_stop == (step == 3) and decisions == [True] * (step == 3)
+    finally:
+        callback.on_train_end(trainer, None)
+    assert saved == ["step000003.ckpt"] and callback.result.step == 3

@@ -1,10 +1,11 @@
+import pytest
 import torch
 
 from data.masking import RandomPatchMasking
 from data.views import ViewStage
 from models.vit import ViT
 from pretrain.module import step_generator
-from pretrain.objectives.mae import MAEObjective, patchify, unpatchify, visible_ids
+from pretrain.objectives.mae import MAEObjective, patchify, patchify_at, unpatchify, visible_ids
 from tests.objectives import assert_gradients_reach, overfit, smooth_regions, staged
 
 
@@ -58,16 +59,89 @@ def test_loss_counts_hidden_patches_only():
     vit, obj, stage, regions = _setup()
     batch = staged(stage, regions)
     loss, _ = obj(batch, vit)
-    original = obj.decoder.forward
+    original = obj.decoder.predict
 
-    def perturb_visible(latent, ids_keep):
-        pred = original(latent, ids_keep)
-        return pred + (~batch["mask"]).unsqueeze(-1).float() * 100.0
+    def perturb_visible(tokens, ids=None):
+        return original(tokens, ids) + (~batch["mask"].gather(1, ids)).unsqueeze(-1).float() * 100.0
 
-    obj.decoder.forward = perturb_visible
+    obj.decoder.predict = perturb_visible
     perturbed, logs = obj(batch, vit)
     assert torch.equal(loss, perturbed)
     assert logs["visible_loss"] > 100
+
+
+def test_patchify_at_picks_the_patches_of_patchify():
+    x = torch.randn(2, 2, 8, 12, 4)
+    ids = torch.tensor([[5, 0, 11], [1, 2, 3]])
+    every = patchify(x, (4, 4, 2))  # [2, 12, 64]
+    assert torch.equal(patchify_at(x, (4, 4, 2), ids), every.gather(1, ids.unsqueeze(-1).expand(-1, -1, 64)))
+
+
+def _reference_loss(obj: MAEObjective, vit: ViT, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss before it was restricted to hidden tokens: the decoder predicts every patch, the prediction is
+    copied to fp32, every patch is patchified, the error is taken everywhere and masked → (loss, visible_loss)."""
+    mask, d = batch["mask"], obj.decoder
+    ids_keep = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :batch["n_visible"]]
+    visible = d.proj(vit.encode(vit.embed(batch["image"], ids_keep)))
+    b, _, c = visible.shape
+    tokens = d.mask_token.expand(b, d.n_tokens, c).scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, c), visible)
+    tokens = tokens + d.position_embeddings
+    for block in d.blocks:
+        tokens = block(tokens)
+    pred = d.pred(d.norm(tokens)).float()
+    target = patchify(batch["image"].float(), obj.patch_size)
+    if obj.norm_pix_loss:
+        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    per_patch = (pred - target).pow(2).mean(dim=-1)
+    hidden = mask.float()
+    return (per_patch * hidden).sum() / hidden.sum(), (per_patch * (1 - hidden)).sum() / (1 - hidden).sum()
+
+
+def _hand_made_batch(b: int = 4, size: int = 16, patch: int = 4, n_masked: int = 48) -> dict:
+    """Smooth volumes and a per-row random mask hiding `n_masked` of the (size / patch)³ patches of each row."""
+    n = (size // patch) ** 3
+    noise = torch.rand(b, n, generator=torch.Generator().manual_seed(1))
+    mask = noise.argsort(1).argsort(1) < n_masked
+    return {"image": smooth_regions(b, size)["region"], "mask": mask, "n_visible": n - n_masked}
+
+
+def _grads(loss: torch.Tensor, *modules: torch.nn.Module) -> dict[str, torch.Tensor]:
+    params = {f"{i}.{k}": p for i, m in enumerate(modules) for k, p in m.named_parameters() if p.requires_grad}
+    return dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_loss_on_hidden_tokens_alone_equals_the_loss_over_every_token(norm_pix_loss):
+    vit, obj, _, _ = _setup(norm_pix_loss)
+    batch = _hand_made_batch()
+    loss, logs = obj(batch, vit)
+    ref_loss, ref_visible = _reference_loss(obj, vit, batch)
+    assert (loss - ref_loss).abs() < 1e-5 and (logs["visible_loss"] - ref_visible).abs() < 1e-5
+    grads, ref_grads = _grads(loss, vit, obj), _grads(ref_loss, vit, obj)
+    assert grads.keys() == ref_grads.keys()
+    assert all(torch.allclose(grads[k], ref_grads[k], rtol=1e-4, atol=1e-6) for k in grads)
+    quiet, quiet_logs = obj({**batch, "log_step": False}, vit)
+    assert torch.equal(quiet, loss) and set(quiet_logs) == {"loss"}  # the diagnostic only on logging steps
+
+
+def test_decoder_keeps_the_autocast_dtype():
+    vit, obj, _, _ = _setup()
+    batch = _hand_made_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        latent, ids = obj.encode_visible(batch, vit)
+        tokens = obj.decoder.mix(latent, ids[:, :latent.shape[1]])
+        loss, _ = obj(batch, vit)
+    assert latent.dtype == tokens.dtype == torch.bfloat16 and tokens.shape == (4, 64, 48)
+    assert loss.dtype == torch.float32  # the error itself is taken in fp32
+
+
+@pytest.mark.parametrize("log_step", [True, False])
+def test_objective_forward_compiles_without_graph_breaks(log_step):
+    vit, obj, _, _ = _setup()
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(obj)({**_hand_made_batch(), "log_step": log_step}, vit)
+    torch._dynamo.reset()
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
 
 
 def test_overfits_one_tiny_batch():

@@ -33,6 +33,10 @@ def test_loss_is_the_weighted_sum_of_its_parts_and_reuses_mae():
     contrastive, _ = nt_xent(obj.head(latent.mean(1)), 0.1)
     assert torch.allclose(loss, mae_only + 0.5 * contrastive)
     assert torch.allclose(logs["mae_loss"], mae_only) and torch.allclose(logs["contrastive_loss"], contrastive)
+    assert "visible_loss" in logs
+    quiet, quiet_logs = obj({**batch, "log_step": False}, vit)  # not a logging step: no diagnostic
+    assert torch.equal(quiet, loss) and "visible_loss" not in quiet_logs
+    assert set(quiet_logs) == {"loss", "mae_loss", "contrastive_loss", "contrastive_acc"}
     assert_gradients_reach(loss, vit, obj)
 
 

@@ -40,6 +40,8 @@ def test_objective_is_deterministic_and_trains_every_part():
     loss, logs = obj(staged(stage, regions, step=3), net)
     again, _ = obj(staged(stage, regions, step=3), net)
     assert torch.equal(loss, again) and set(logs) == {"loss", "visible_loss"}
+    quiet, quiet_logs = obj({**staged(stage, regions, step=3), "log_step": False}, net)
+    assert torch.equal(quiet, loss) and set(quiet_logs) == {"loss"}  # the diagnostic only on logging steps
     move_zero_initialised_norms(net)
     loss, _ = obj(staged(stage, regions, step=3), net)
     assert_gradients_reach(loss, net, obj)

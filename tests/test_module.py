@@ -1,9 +1,13 @@
-"""The LightningModule: fused AdamW with gradient clipping under bf16, parameter groups."""
+"""The LightningModule: fused AdamW with gradient clipping under bf16, parameter groups, non-finite steps."""
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 
 from pretrain.checkpoints import load_checkpoint
 from pretrain.config import load_config
+from pretrain.module import skips_on_device
 from pretrain.train import build_module, run_pretrain
 
 
@@ -31,3 +35,35 @@ def test_no_weight_decay_on_norms_biases_and_mask_tokens():
     trainable = [p for p in module.parameters() if p.requires_grad]
     assert len(decay["params"]) + len(no_decay["params"]) == len(trainable)
     assert torch.is_tensor(trainable[0])
+
+
+def test_only_fused_adam_skips_on_the_device():
+    p = [torch.nn.Parameter(torch.ones(2))]
+    assert skips_on_device(torch.optim.AdamW(p, fused=True)) and skips_on_device(torch.optim.Adam(p, fused=True))
+    assert not skips_on_device(torch.optim.AdamW(p, foreach=True))  # its kernels refuse found_inf
+    assert not skips_on_device(torch.optim.SGD(p, lr=0.1))
+
+
+def _counted(module, flags):
+    for bad in flags:
+        module._count_nonfinite(torch.tensor(float(bad)))
+
+
+def test_nonfinite_runs_between_two_checks_are_caught_and_skips_survive_a_resume():
+    module = build_module(load_config("pretrain", ["experiment=demo", "data.shards=/x", "run_dir=/y",
+                                                   "trainer.max_nonfinite_steps=3"]))
+    module._trainer = SimpleNamespace(checkpoint_callback=None)  # what the check reads of the trainer
+    _counted(module, [0, 1, 1, 0])  # steps 0-3: a run of 2
+    module._check_nonfinite(3)
+    _counted(module, [1, 1, 0, 1])  # steps 4-7: the run ends at 5, and one more at 7
+    module._check_nonfinite(7)  # no run of 3 yet, and checked runs are not counted twice
+    _counted(module, [1, 1, 1, 0, 0])  # steps 8-12: a run of 3 ending at step 10
+    with pytest.raises(FloatingPointError, match=r"at 4 consecutive steps, the last at step 10 .*none yet"):
+        module._check_nonfinite(12)  # 4: step 7 and 8-10 are one run
+    assert module.skipped_steps == 8
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    resumed = build_module(load_config("pretrain", ["experiment=demo", "data.shards=/x", "run_dir=/y"]))
+    resumed.on_load_checkpoint(checkpoint)
+    _counted(resumed, [1])
+    assert checkpoint["voxfm_skipped_steps"] == 8 and resumed.skipped_steps == 9

@@ -58,7 +58,8 @@ def test_weighted_sources_mix_in_their_proportions(many_shards, shard_dir):
     assert len(draws) == 2000 and abs(share - 0.7) < 0.03, share
     regions = stream.worker_stream(0)
     batch = collate_regions([next(regions) for _ in range(8)])
-    assert batch["source"].shape == (8,) and set(batch["source"].tolist()) <= {0, 1}
+    assert len(batch["source"]) == 8 and set(batch["source"]) <= {0, 1}  # Python ints: bookkeeping on the host
+    assert all(type(s) is int for s in batch["source"]) and type(batch["worker"]) is int
     with pytest.raises(ValueError, match="exactly one of data.shards"):
         RegionStream(str(shard_dir), 16, sources=[{"shards": str(shard_dir)}])
     with pytest.raises(ValueError, match="names"):

@@ -101,3 +101,31 @@ def test_bad_view_settings_fail_fast():
         ViewStage(16, n_views=2, overlap=0.5).check_region(16)
     with pytest.raises(ValueError, match="not divisible by the masking patch_size"):
         ViewStage(16, masking=RandomPatchMasking(0.5, patch_size=5))
+
+
+def test_noise_is_drawn_only_for_the_samples_that_get_it_and_replays():
+    x = torch.rand(16, 1, 4, 4, 4)
+    augment = IntensityAugment(gamma_prob=0, scale_prob=0, noise_prob=0.5, noise_std=0.1)
+    rows, values = augment.noise(tuple(x.shape), _g())
+    assert 0 < rows.numel() < 16 and values.shape == (rows.numel(), 1, 4, 4, 4)  # drawn for those rows alone
+    out = augment(x.clone(), _g())
+    noisy = (out != x).flatten(1).any(1)
+    assert noisy.nonzero().flatten().tolist() == rows.tolist()
+    assert torch.equal(augment(x.clone(), _g()), out) and not torch.equal(augment(x.clone(), _g(1)), out)
+    assert augment.noise(tuple(x.shape), _g()) is not None and IntensityAugment(noise_prob=0).noise((4, 1), _g()) is None
+
+
+def test_all_views_come_from_one_draw_and_a_pure_apply():
+    stage = ViewStage(16, n_views=2, overlap=0.5, augment=IntensityAugment(noise_prob=0),
+                      masking=RandomPatchMasking(0.75, patch_size=8))
+    batch = _batch(b=3, size=stage.region_size_needed()[0])
+    draws = stage.draw(3, stage.region_size_needed(), _g(5))
+    assert draws["offsets"].shape == (2, 3, 3) and draws["flips"].shape == (6, 3) and draws["mask_noise"].shape == (6, 8)
+    applied = stage.apply(batch["region"], batch["low"], batch["high"], draws)
+    called = stage(batch, _g(5))
+    assert torch.equal(applied["image"], called["image"]) and torch.equal(applied["mask"], called["mask"])
+    # view v of sample i is row v * B + i: the second views are cut from the same regions as the first
+    first = crop_views(batch["region"], draws["offsets"][1], (16, 16, 16), draws["flips"][3:], draws["transpose"][3:])
+    normalised = ((first.float() + 1000) / 2000).clamp(0, 1)
+    expected = IntensityAugment.apply(normalised, {k: v[3:] for k, v in draws["intensity"].items()})
+    assert torch.allclose(called["image"][3:], expected, atol=1e-6)

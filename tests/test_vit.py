@@ -2,7 +2,7 @@ import pytest
 import torch
 from monai.networks.nets import ViT as MonaiViT
 
-from models.vit import ViT
+from models.vit import LayerNorm, ViT
 
 
 def tiny(**kw):
@@ -29,6 +29,33 @@ def test_encoder_runs_on_a_subset_of_tokens():
     tokens = model.embed(torch.randn(2, 1, 32, 32, 32))
     assert tokens.shape == (2, 64, 48) and model.grid == (4, 4, 4)
     assert model.encode(tokens[:, :16]).shape == (2, 16, 48)
+
+
+def test_residual_stream_stays_in_the_autocast_dtype():
+    """bf16 autocast: the fp32 position embedding must not promote the tokens, or every block runs an fp32 stream
+    with a cast before each Linear."""
+    model = tiny(pos_embed_type="learnable")
+    x, ids = torch.randn(2, 1, 32, 32, 32), torch.tensor([[0, 5, 9], [1, 2, 63]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for tokens in (model.embed(x), model.embed(x, ids)):
+            assert tokens.dtype == torch.bfloat16
+            assert model.blocks[0](tokens).dtype == torch.bfloat16 and model.encode(tokens).dtype == torch.bfloat16
+        model(x).float().sum().backward()
+    assert model.patch_embedding.position_embeddings.grad.dtype == torch.float32  # the parameter itself stays fp32
+
+
+def test_layer_norm_keeps_the_input_dtype_and_nn_layer_norm_maths():
+    torch.manual_seed(0)
+    ours, ref = LayerNorm(48), torch.nn.LayerNorm(48)
+    with torch.no_grad():
+        ours.weight.normal_()
+        ours.bias.normal_()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 5, 48)
+    assert torch.equal(ours(x), ref(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = ours(x.bfloat16())
+    assert low.dtype == torch.bfloat16 and (low.float() - ref(x)).abs().max() < 0.1
 
 
 def test_sincos_position_embedding_is_fixed():

@@ -26,9 +26,26 @@ def unpatchify(patches: torch.Tensor, patch_size: tuple[int, int, int], grid: tu
     return x.reshape(b, channels, g0 * p0, g1 * p1, g2 * p2)
 
 
+def patchify_at(x: torch.Tensor, patch_size: tuple[int, int, int], ids: torch.Tensor) -> torch.Tensor:
+    """x: [B, C, D, H, W], ids: [B, n] raster positions → `patchify(x)` at those positions, [B, n, p0*p1*p2*C]:
+    only those patches are copied out of the volume."""
+    b, c, d, h, w = x.shape
+    p0, p1, p2 = patch_size
+    grid = (d // p0, h // p1, w // p2)
+    view = x.reshape(b, c, grid[0], p0, grid[1], p1, grid[2], p2).permute(0, 2, 4, 6, 3, 5, 7, 1)  # no copy
+    rows = torch.arange(b, device=x.device).unsqueeze(1)
+    return view[(rows, *torch.unravel_index(ids, grid))].reshape(b, ids.shape[1], -1)
+
+
+def visible_then_hidden(mask: torch.Tensor) -> torch.Tensor:
+    """mask: [B, N] bool, True = hidden → positions [B, N]: each row's visible ones, then its hidden ones, each
+    in raster order. Every row hides the same count, so both parts have static shapes."""
+    return torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+
+
 def visible_ids(mask: torch.Tensor, n_visible: int) -> torch.Tensor:
     """mask: [B, N] bool, True = hidden, `n_visible` False per row → ids_keep [B, n_visible] in raster order."""
-    return torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :n_visible]
+    return visible_then_hidden(mask)[:, :n_visible]
 
 
 def n_visible_of(batch: dict) -> int:
@@ -42,7 +59,8 @@ class MAEObjective(nn.Module):
     """batch {"image": [B, C, D, H, W], "mask": [B, N] bool, True = hidden} + ViT → (loss, logs).
 
     The loss is the mean squared error on hidden patches only; with `norm_pix_loss` each target
-    patch is standardised by its own mean and variance (MAE's best setting).
+    patch is standardised by its own mean and variance (MAE's best setting). Every row hides the same
+    number of patches (`data/masking.py`), so the hidden ones gather into static shapes.
     """
 
     def __init__(self, spec: BackboneSpec, decoder_hidden: int = 384, decoder_layers: int = 4,
@@ -57,32 +75,46 @@ class MAEObjective(nn.Module):
         self.norm_pix_loss = norm_pix_loss
 
     def encode_visible(self, batch: dict, backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """→ latent [B, n_visible, C] of the visible tokens and their positions ids_keep [B, n_visible]."""
-        ids_keep = visible_ids(batch["mask"], n_visible_of(batch))
-        return backbone.encode(backbone.embed(batch["image"], ids_keep)), ids_keep  # only visible patches embedded
+        """→ latent [B, n_visible, C] of the visible tokens and ids [B, N] (`visible_then_hidden`): the visible
+        positions ids[:, :n_visible], then the hidden ones."""
+        ids = visible_then_hidden(batch["mask"])
+        ids_keep = ids[:, :n_visible_of(batch)]
+        return backbone.encode(backbone.embed(batch["image"], ids_keep)), ids  # only visible patches embedded
 
-    def _target(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        target = patchify(x.float(), self.patch_size)
+    def _normalise(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """target: [B, n, P] fp32 → (target in the loss's space, mean [B, n, 1], std [B, n, 1])."""
         if not self.norm_pix_loss:
             return target, torch.zeros_like(target[..., :1]), torch.ones_like(target[..., :1])
         mean, std = target.mean(dim=-1, keepdim=True), (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
         return (target - mean) / std, mean, std
 
-    def reconstruction_loss(self, batch: dict, latent: torch.Tensor, ids_keep: torch.Tensor):
-        """→ (loss, logs, pred [B, N, P] in the target's (normalised) space)."""
-        mask = batch["mask"]
-        pred = self.decoder(latent, ids_keep).float()
-        target, _, _ = self._target(batch["image"])
-        per_patch = (pred - target).pow(2).mean(dim=-1)  # [B, N]
-        hidden = mask.float()
-        loss = (per_patch * hidden).sum() / hidden.sum()
-        visible_loss = (per_patch * (1 - hidden)).sum() / (1 - hidden).sum()
-        return loss, {"loss": loss.detach(), "visible_loss": visible_loss.detach()}, pred
+    def _squared_error(self, x: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """x: [B, C, D, H, W], pred: [B, n, P] at positions ids: [B, n] → squared error [B, n, P] in fp32. A bf16
+        prediction is promoted inside the subtraction: no separate fp32 copy of it."""
+        target, _, _ = self._normalise(patchify_at(x, self.patch_size, ids).float())
+        return (pred - target).pow(2)
+
+    def reconstruction_loss(self, batch: dict, latent: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """latent [B, n_visible, C] and ids [B, N] from `encode_visible` → (loss, logs). The decoder's blocks see
+        every token (MAE's design); its norm and head, the target and the error only the N - n_visible hidden
+        ones, since only they count. `visible_loss`, a diagnostic, is computed on logging steps alone
+        (`batch["log_step"]`, a Python bool; absent = True)."""
+        n_visible = latent.shape[1]
+        ids_keep, ids_hidden = ids[:, :n_visible], ids[:, n_visible:]
+        log_visible = batch.get("log_step", True)
+        # one call of the decoder's own forward (DeepSpeed ZeRO-3 gathers a module's weights around its forward)
+        pred = self.decoder(latent, ids_keep, ids if log_visible else ids_hidden)
+        loss = self._squared_error(batch["image"], pred[:, -ids_hidden.shape[1]:], ids_hidden).mean()
+        logs = {"loss": loss.detach()}
+        if log_visible:
+            with torch.no_grad():
+                visible = pred[:, :n_visible].detach()
+                logs["visible_loss"] = self._squared_error(batch["image"], visible, ids_keep).mean()
+        return loss, logs
 
     def forward(self, batch: dict, backbone: nn.Module) -> tuple[torch.Tensor, dict]:
-        latent, ids_keep = self.encode_visible(batch, backbone)
-        loss, logs, _ = self.reconstruction_loss(batch, latent, ids_keep)
-        return loss, logs
+        latent, ids = self.encode_visible(batch, backbone)
+        return self.reconstruction_loss(batch, latent, ids)
 
     @torch.no_grad()
     def reconstruct(self, batch: dict, backbone: nn.Module) -> dict[str, torch.Tensor]:
@@ -90,11 +122,11 @@ class MAEObjective(nn.Module):
         the reconstruction are the prediction (de-standardised with the true patch statistics, as MAE shows
         them); visible ones are the input."""
         x = batch["image"].float()
-        latent, ids_keep = self.encode_visible(batch, backbone)
-        pred = self.decoder(latent, ids_keep).float()
-        _, mean, std = self._target(x)
-        hidden = batch["mask"].unsqueeze(-1).float()
+        latent, ids = self.encode_visible(batch, backbone)
+        pred = self.decoder(latent, ids[:, :latent.shape[1]]).float()
         patches = patchify(x, self.patch_size)
+        _, mean, std = self._normalise(patches)
+        hidden = batch["mask"].unsqueeze(-1).float()
         recon = patches * (1 - hidden) + (pred * std + mean) * hidden
         shape = (self.patch_size, self.grid, self.in_channels)
         return {"original": x, "masked": unpatchify(patches * (1 - hidden), *shape),

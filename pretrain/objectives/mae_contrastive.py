@@ -32,12 +32,15 @@ class MAEContrastiveObjective(nn.Module):
     def forward(self, batch: dict, backbone: nn.Module) -> tuple[torch.Tensor, dict]:
         if batch.get("n_views", 2) != 2:
             raise ValueError("objective=mae_contrastive needs two views per region: set objective.stage.n_views=2")
-        latent, ids_keep = self.mae.encode_visible(batch, backbone)
-        mae_loss, logs, _ = self.mae.reconstruction_loss(batch, latent, ids_keep)
+        latent, ids = self.mae.encode_visible(batch, backbone)
+        mae_loss, mae_logs = self.mae.reconstruction_loss(batch, latent, ids)
         contrastive, accuracy = nt_xent(self.head(latent.mean(dim=1)), self.temperature)
         loss = self.mae_weight * mae_loss + self.contrastive_weight * contrastive
-        return loss, {"loss": loss.detach(), "mae_loss": logs["loss"], "visible_loss": logs["visible_loss"],
-                      "contrastive_loss": contrastive.detach(), "contrastive_acc": accuracy}
+        logs = {"loss": loss.detach(), "mae_loss": mae_logs["loss"], "contrastive_loss": contrastive.detach(),
+                "contrastive_acc": accuracy}
+        if "visible_loss" in mae_logs:  # logging steps only (`MAEObjective.reconstruction_loss`)
+            logs["visible_loss"] = mae_logs["visible_loss"]
+        return loss, logs
 
     @torch.no_grad()
     def reconstruct(self, batch: dict, backbone: nn.Module) -> dict[str, torch.Tensor]:

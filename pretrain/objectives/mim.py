@@ -55,8 +55,10 @@ class MIMObjective(nn.Module):
         error = (pred.float() - batch["image"].float()).pow(2).mean(dim=1, keepdim=True)  # [B, 1, D, H, W]
         hidden = 1.0 - visible.float()
         loss = (error * hidden).sum() / hidden.sum()
-        visible_loss = (error * visible).sum() / visible.sum()
-        return loss, {"loss": loss.detach(), "visible_loss": visible_loss.detach()}
+        logs = {"loss": loss.detach()}
+        if batch.get("log_step", True):  # a diagnostic, on logging steps alone (a Python bool; absent = True)
+            logs["visible_loss"] = (error.detach() * visible).sum() / visible.sum()
+        return loss, logs
 
     @torch.no_grad()
     def reconstruct(self, batch: dict, backbone: nn.Module) -> dict[str, torch.Tensor]:

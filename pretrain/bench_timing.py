@@ -1,0 +1,71 @@
+"""The one timer every `voxfm bench` uses: device time with CUDA events on CUDA, `perf_counter` elsewhere.
+
+A host clock around asynchronous CUDA work measures when the host queued the kernels, not when the GPU ran
+them; events recorded on the stream bracket the GPU's own execution (idle gaps the host leaves included,
+which is what a training step pays).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+Reduce = Literal["mean", "best"]
+REDUCES = ("mean", "best")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timer_name(device: torch.device) -> str:
+    return "CUDA events" if device.type == "cuda" else "perf_counter"
+
+
+def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", warmup: int = 0, steps: int = 1,
+              reduce: Reduce = "mean") -> float:
+    """Seconds per call of `fn` after `warmup` untimed calls: the mean over `steps` calls (one interval around
+    them all) or the best single call (one interval per call)."""
+    device = torch.device(device)
+    if reduce not in REDUCES:
+        raise ValueError(f"reduce={reduce!r}: expected one of {REDUCES}")
+    if steps < 1:
+        raise ValueError(f"steps={steps}: expected at least 1 timed call")
+    for _ in range(warmup):
+        fn()
+    intervals = 1 if reduce == "mean" else steps
+    calls = steps if reduce == "mean" else 1
+    sync(device)
+    if device.type == "cuda":
+        marks = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                 for _ in range(intervals)]
+        for start, end in marks:
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+        sync(device)
+        seconds = [start.elapsed_time(end) / 1e3 for start, end in marks]
+    else:
+        seconds = []
+        for _ in range(intervals):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            seconds.append(time.perf_counter() - start)
+    return sum(seconds) / steps if reduce == "mean" else min(seconds)
+
+
+def wall_time(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
+    """Host seconds of one call until the device is done: for one-off costs such as compilation, which happen
+    on the host."""
+    device = torch.device(device)
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start

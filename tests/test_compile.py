@@ -1,0 +1,91 @@
+"""The whole step compiles (trainer.compile=true): stage + objective without graph breaks for every objective; a
+compiled run trains, is killed, resumes to max_steps without recompiling, and starts from the eager loss."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pretrain.config import load_config
+from pretrain.module import step_generator
+from pretrain.train import build_module, run_pretrain
+from tests.conftest import REPO
+
+TWINS = ["demo", "demo_mim", "demo_simclr", "demo_mae_contrastive"]
+
+
+def _regions(module, batch_size: int) -> dict:
+    size = module.stage.region_size_needed()
+    region = torch.randint(-1000, 1000, (batch_size, 1, *size), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.int16)
+    return {"region": region, "low": torch.full((batch_size,), -1000.0), "high": torch.full((batch_size,), 1000.0)}
+
+
+# every objective on ordinary steps; on logging steps, those whose extra figures take another path
+@pytest.mark.parametrize("experiment,log_step", [(t, False) for t in TWINS] + [("demo", True), ("demo_mim", True)])
+def test_stage_and_objective_trace_as_one_graph(experiment, log_step):
+    cfg = load_config("pretrain", [f"experiment={experiment}", "data.shards=/x", "run_dir=/y"])
+    module = build_module(cfg)
+    regions = _regions(module, 2)
+    draws = module.stage.draw(2, module.stage.region_size_needed(), step_generator(torch.device("cpu"), 0, 3, 0))
+    constants = {"n_views": module.stage.n_views, "log_step": log_step}
+    if module.stage.masking is not None:
+        n = draws["mask_noise"].shape[1]
+        constants["n_visible"] = n - module.stage.masking.n_masked(n)
+
+    def step(region, low, high, draws):
+        return module._objective({**module.stage.apply(region, low, high, draws), **constants})
+
+    explanation = torch._dynamo.explain(step)(regions["region"], regions["low"], regions["high"], draws)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def _pretrain_args(experiment, shard_dir, run_dir, compile: bool, max_steps: int) -> list[str]:
+    return [f"experiment={experiment}", f"data.shards={shard_dir}", f"run_dir={run_dir}",
+            f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=2", "trainer.log_every_n_steps=1",
+            "trainer.progress_bar=false", "trainer.images_every_n_steps=0", "data.num_workers=1",
+            f"trainer.compile={str(compile).lower()}"]
+
+
+def _losses(run_dir) -> dict[int, float]:
+    rows = []
+    for path in sorted((run_dir / "metrics").glob("version_*/metrics.csv")):
+        with open(path) as f:
+            rows += [r for r in csv.DictReader(f) if r.get("train/loss")]
+    return {int(r["step"]): float(r["train/loss"]) for r in rows}
+
+
+@pytest.mark.parametrize("experiment,max_steps", [("demo", 40), ("demo_mim", 8)])  # the kill comes well before the end
+def test_compiled_run_is_killed_and_resumes_without_recompiling(tmp_path, shard_dir, experiment, max_steps):
+    """Every step logs here (log_every_n_steps=1), so one graph per function is compiled; `TORCH_LOGS=recompiles`
+    reports any recompilation, in the first process and in the resumed one."""
+    run_dir, eager_dir = tmp_path / "run", tmp_path / "eager"
+    run_pretrain(load_config("pretrain", _pretrain_args(experiment, shard_dir, eager_dir, False, 1)))
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "TORCH_LOGS": "recompiles"}
+    command = [sys.executable, "-m", "pretrain", "pretrain", *_pretrain_args(experiment, shard_dir, run_dir, True,
+                                                                                   max_steps)]
+    first_log = tmp_path / "first.log"
+    with open(first_log, "w") as log:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 900
+        while not (run_dir / "checkpoints" / "step000002.ckpt").exists() and proc.poll() is None:
+            assert time.time() < deadline, "no checkpoint within 15 minutes"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    first = first_log.read_text()
+    assert "voxfm: torch.compile of the device stage" in first and "objective + backbone" in first, first[-3000:]
+    resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "voxfm: resuming from" in resumed.stdout and f"voxfm: finished at step {max_steps}" in resumed.stdout
+    for output in (first, resumed.stdout + resumed.stderr):
+        assert "Recompiling" not in output, output[-3000:]
+    compiled, eager = _losses(run_dir), _losses(eager_dir)
+    assert set(compiled) >= {0, max_steps - 1}
+    assert compiled[0] == pytest.approx(eager[0], rel=1e-4)
