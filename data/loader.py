@@ -44,8 +44,8 @@ class ThreadLoader:
         regions = self.stream.worker_stream(worker, max(self.num_threads, 1))
         while True:
             batch = collate_regions([next(regions) for _ in range(self.batch_size)])
-            if self.pin_memory:
-                batch["region"] = batch["region"].pin_memory()
+            if self.pin_memory:  # every tensor: a copy from pageable memory waits for the GPU's queue
+                batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             yield batch
 
     def __iter__(self) -> Iterator[dict]:

@@ -103,7 +103,7 @@ class ViewStage:
         first_is_low = torch.rand(b, 3, generator=g, device=g.device) < 0.5
         return torch.stack([torch.where(first_is_low, low, high), torch.where(first_is_low, high, low)])
 
-    def draw(self, b: int, region: tuple[int, int, int], g: torch.Generator) -> dict:
+    def draw(self, b: int, region: tuple[int, int, int], g: torch.Generator, channels: int = 1) -> dict:
         """Every random number of a batch of `b` regions, in one eager pass over the generator (compiled code
         takes no generator): offsets [V, B, 3], flips [V·B, 3], transpose [V·B], intensity parameters [V·B],
         mask noise [V·B, N], and the Gaussian noise of the samples that get it (applied eagerly, see `__call__`)."""
@@ -115,7 +115,7 @@ class ViewStage:
             draws["transpose"] = torch.zeros_like(draws["transpose"])
         if self.augment is not None:
             draws["intensity"] = self.augment.parameters(vb, g)
-            draws["noise"] = self.augment.noise((vb, 1, *self.crop_size), g)
+            draws["noise"] = self.augment.noise((vb, channels, *self.crop_size), g)
         if self.masking is not None:
             draws["mask_noise"] = self.masking.noise(vb, self.crop_size, g)
         return draws
@@ -137,10 +137,11 @@ class ViewStage:
         """batch → batch with views; `apply` replaces `self.apply` (the training module passes its compiled one)."""
         region = batch["region"]
         self.check_region(region.shape[2:])
-        draws = self.draw(region.shape[0], tuple(region.shape[2:]), g)
+        draws = self.draw(region.shape[0], tuple(region.shape[2:]), g, channels=region.shape[1])
+        noise = draws.pop("noise", None)  # applied eagerly, to its rows only: not an input of the pure part
         out = {**batch, **(apply or self.apply)(region, batch["low"], batch["high"], draws)}
         if self.augment is not None:
-            out["image"] = self.augment.add_noise(out["image"], draws["noise"])
+            out["image"] = self.augment.add_noise(out["image"], noise)
         out["offsets"], out["n_views"] = draws["offsets"], self.n_views
         if self.masking is not None:
             n = out["mask"].shape[1]

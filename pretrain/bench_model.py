@@ -131,6 +131,7 @@ def bench_model(cfg, warmup: int = 2, steps: int = 5, profile: int = 0, compile:
     `profile` > 0 adds that many operator rows of a profile of voxfm's step (compiled if measured) under
     "profile"."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as in training (build_trainer), for every column
 
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()

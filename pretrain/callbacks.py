@@ -27,7 +27,7 @@ class Throughput(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         now = time.perf_counter()
-        if self._since is not None and is_logging_step(trainer):
+        if self._since is not None and is_logging_step(trainer, batch_idx):
             pl_module.log("train/samples_per_s", self._samples / (now - self._since), batch_size=1)
             self._since, self._samples = now, 0
         elif self._since is None:

@@ -42,7 +42,8 @@ def own_code(fn: Callable) -> Callable:
 @rank_zero_only
 def _report(name: str, seconds: float) -> None:
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "the default inductor cache (/tmp/torchinductor_<user>)")
-    print(f"voxfm: torch.compile of {name}: first call {seconds:.1f} s (kernels cached in {cache})", flush=True)
+    print(f"voxfm: torch.compile of {name}: first call {seconds:.1f} s (a backward compiles at its own first call; "
+          f"kernels cached in {cache})", flush=True)
 
 
 class CompiledStep:

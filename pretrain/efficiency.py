@@ -3,8 +3,9 @@
 FLOPs are counted once, on the first batch: the objective's forward under `FlopCounterMode` without gradients
 (x3 for forward + backward, the usual estimate; compiled blocks run eagerly for the count). MFU divides the
 achieved FLOP rate by `trainer.peak_tflops` per device, or by a bf16/fp32 matmul measured at the start. The time is
-the device's, batch start to batch end: on CUDA, events recorded every step and read (`elapsed_time`, a sync) only
-at logging steps; on CPU, host time. Figures average over the steps since the previous logging step.
+the device's, from one batch's end to the next's (the device stage, queued before a batch starts, and data stalls
+count): on CUDA, events recorded every step and read (`elapsed_time`, a sync) only at logging steps; on CPU, host
+time. Figures average over the steps since the previous logging step.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ def measured_peak_tflops(device: torch.device) -> float:
 class Efficiency(L.Callback):
     def __init__(self, peak_tflops: float | None = None):
         self.peak_tflops, self.flops_per_step = peak_tflops, None
-        self._fetch_start = self._compute_start = None
-        self._spans: list = []  # (start, end) of each step since the last logging step: events or host seconds
+        self._fetch_start = self._compute_start = self._last_end = None
+        # (end of the previous step, end of this one) since the last logging step: CUDA events or host seconds.
+        # End to end, so the device stage (queued before on_train_batch_start) and data stalls count too.
+        self._spans: list = []
         self._wait = self._host = 0.0  # host seconds waiting for data / in steps, since the last logging step
 
     def _count_flops(self, pl_module, batch) -> float:
@@ -71,13 +74,15 @@ class Efficiency(L.Callback):
         if self._fetch_start is not None:
             self._wait += now - self._fetch_start
         self._compute_start = now
-        self._spans.append([self._mark(pl_module.device), None])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         now = time.perf_counter()
-        self._spans[-1][1] = self._mark(pl_module.device)
+        end = self._mark(pl_module.device)
+        if self._last_end is not None:
+            self._spans.append((self._last_end, end))
+        self._last_end = end
         self._host += now - self._compute_start
-        if is_logging_step(trainer):
+        if self._spans and is_logging_step(trainer, batch_idx):
             pl_module.log_dict(self._figures(pl_module.device), batch_size=1)
             self._spans, self._wait, self._host = [], 0.0, 0.0
         self._fetch_start = time.perf_counter()

@@ -92,6 +92,7 @@ class PretrainModule(L.LightningModule):
         alone. Every rank ran backward, so DDP's collectives stay matched. Other optimisers, and DeepSpeed (its
         optimiser owns the gradients), read the flag every step: one host sync per step, which drains the GPU's
         queue of launched kernels before the update (README: "No host sync between logging steps")."""
+        optimizer.__dict__.pop("found_inf", None)  # a flag is for one step only
         if self._loss_finite is None:
             return
         skip = (~self._loss_finite).float()  # [], 1.0 = skip
@@ -107,7 +108,8 @@ class PretrainModule(L.LightningModule):
                 raise FloatingPointError(f"non-finite loss at step {self.global_step}: DeepSpeed cannot skip a step "
                                          "here; rerun to resume from the newest checkpoint")
             optimizer.zero_grad(set_to_none=True)  # the optimiser skips parameters without a gradient
-        if is_logging_step(self.trainer):
+        # the last step too: a run of non-finite steps at the end must stop the run before its final checkpoint
+        if is_logging_step(self.trainer) or self.global_step + 1 >= self.trainer.max_steps:
             self._check_nonfinite(self.global_step, log=True)
 
     def _count_nonfinite(self, skip: torch.Tensor) -> None:
@@ -180,6 +182,9 @@ class PretrainModule(L.LightningModule):
         if gradient_clip_val and self._use_fused():
             if gradient_clip_algorithm not in (None, "norm"):
                 raise ValueError(f"gradient_clip_algorithm={gradient_clip_algorithm}: fused AdamW clips by norm")
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], gradient_clip_val)
+            norm = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                                  gradient_clip_val)
+            if getattr(optimizer, "found_inf", None) is not None:  # a finite loss with overflowing gradients: skip too
+                optimizer.found_inf = torch.maximum(optimizer.found_inf, (~torch.isfinite(norm)).float())
         else:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)

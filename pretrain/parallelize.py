@@ -4,8 +4,8 @@
    activations in backward instead of keeping them — memory for ~1/3 more compute;
 2. `torch.compile`: `"step"` compiles the whole step — device stage, backbone, objective and loss — as graphs
    without breaks (`pretrain/compiled_step.py`, applied by the training module); `"blocks"` compiles each
-   repeated block alone, for DeepSpeed ZeRO-3, whose parameter gathering hooks a whole-step graph cannot hold;
-   on CUDA, cuDNN autotunes its convolutions (`cudnn.benchmark`: the shapes of a pretraining run never change);
+   repeated block alone, for DeepSpeed ZeRO-3, whose parameter gathering hooks a whole-step graph cannot hold
+   (cuDNN autotuning, `cudnn.benchmark`, is on for every GPU run: `build_trainer`);
 3. the distribution strategy is Lightning's (`pretrain/strategy.py`).
 Both steps patch the blocks in place, so parameter names — and the MONAI / nnU-Net exports — are unchanged.
 Parameters stay contiguous (NCDHW): a channels-last copy would not save to safetensors; under compile inductor
@@ -53,8 +53,6 @@ def parallelize(backbone: nn.Module, activation_checkpointing: bool = False,
     """compile: "blocks" (or True) compiles each repeated block here; "step" is applied by the training module
     (it compiles the stage and the objective around this backbone), None/False leaves the model eager."""
     per_block = compile is True or compile == "blocks"
-    if compile and torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
     blocks = repeated_blocks(backbone) if (activation_checkpointing or per_block) else []
     for block in blocks:
         if activation_checkpointing:

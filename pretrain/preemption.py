@@ -72,8 +72,8 @@ class Preemption(L.Callback):
         if trainer.world_size == 1:
             stop = self.received is not None
         else:  # every rank reaches the same logging steps, so the collectives match
-            stop = is_logging_step(trainer) and trainer.strategy.reduce_boolean_decision(self.received is not None,
-                                                                                         all=False)
+            stop = is_logging_step(trainer, batch_idx) and trainer.strategy.reduce_boolean_decision(
+                self.received is not None, all=False)
         if not stop:
             return
         step = trainer.global_step

@@ -46,9 +46,10 @@ def test_stage_and_objective_trace_as_one_graph(experiment, log_step):
     assert explanation.graph_count == 1
 
 
-def _pretrain_args(experiment, shard_dir, run_dir, compile: bool, max_steps: int) -> list[str]:
+def _pretrain_args(experiment, shard_dir, run_dir, compile: bool, max_steps: int, log_every: int = 1) -> list[str]:
     return [f"experiment={experiment}", f"data.shards={shard_dir}", f"run_dir={run_dir}",
-            f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=2", "trainer.log_every_n_steps=1",
+            f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=2",
+            f"trainer.log_every_n_steps={log_every}",
             "trainer.progress_bar=false", "trainer.images_every_n_steps=0", "data.num_workers=1",
             f"trainer.compile={str(compile).lower()}"]
 
@@ -61,15 +62,16 @@ def _losses(run_dir) -> dict[int, float]:
     return {int(r["step"]): float(r["train/loss"]) for r in rows}
 
 
-@pytest.mark.parametrize("experiment,max_steps", [("demo", 40), ("demo_mim", 8)])  # the kill comes well before the end
-def test_compiled_run_is_killed_and_resumes_without_recompiling(tmp_path, shard_dir, experiment, max_steps):
-    """Every step logs here (log_every_n_steps=1), so one graph per function is compiled; `TORCH_LOGS=recompiles`
-    reports any recompilation, in the first process and in the resumed one."""
+# demo alternates logging and ordinary steps (two objective graphs, switched every step); demo_mim, slow to compile
+# on CPU, logs every step. The kill comes well before max_steps.
+@pytest.mark.parametrize("experiment,max_steps,log_every", [("demo", 40, 2), ("demo_mim", 8, 1)])
+def test_compiled_run_is_killed_and_resumes_without_recompiling(tmp_path, shard_dir, experiment, max_steps, log_every):
+    """`TORCH_LOGS=recompiles` reports any recompilation, in the first process and in the resumed one."""
     run_dir, eager_dir = tmp_path / "run", tmp_path / "eager"
-    run_pretrain(load_config("pretrain", _pretrain_args(experiment, shard_dir, eager_dir, False, 1)))
+    run_pretrain(load_config("pretrain", _pretrain_args(experiment, shard_dir, eager_dir, False, log_every, log_every)))
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "TORCH_LOGS": "recompiles"}
     command = [sys.executable, "-m", "pretrain", "pretrain", *_pretrain_args(experiment, shard_dir, run_dir, True,
-                                                                                   max_steps)]
+                                                                                   max_steps, log_every)]
     first_log = tmp_path / "first.log"
     with open(first_log, "w") as log:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -87,5 +89,6 @@ def test_compiled_run_is_killed_and_resumes_without_recompiling(tmp_path, shard_
     for output in (first, resumed.stdout + resumed.stderr):
         assert "Recompiling" not in output, output[-3000:]
     compiled, eager = _losses(run_dir), _losses(eager_dir)
-    assert set(compiled) >= {0, max_steps - 1}
-    assert compiled[0] == pytest.approx(eager[0], rel=1e-4)
+    first = min(eager)  # the first logged step: 0, or 1 after one update (AdamW's first step is nearly sign(g))
+    assert first == log_every - 1 and max_steps - 1 in compiled
+    assert compiled[first] == pytest.approx(eager[first], rel=1e-4 if first == 0 else 1e-3)
