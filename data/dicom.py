@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.preprocess import check_mb
 from data.volumes import RejectedVolume, Volume, check_spacing, check_voxels
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -52,12 +53,19 @@ def _float_list(ds, tag: str, n: int, path: str) -> np.ndarray:
     return np.array([float(v) for v in value])
 
 
+def _int(ds, tag: str, path: str) -> int:
+    value = ds.get(tag)
+    if value is None:
+        raise RejectedVolume(f"DICOM slice {Path(path).name} has no {tag}")
+    return int(value)
+
+
 def _geometry(datasets: list, paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(row direction, column direction, in-plane spacing [between rows, between columns], slice positions)."""
     orientations = [_float_list(ds, "ImageOrientationPatient", 6, p) for ds, p in zip(datasets, paths)]
     if any(not np.allclose(o, orientations[0], atol=1e-4) for o in orientations):
         raise RejectedVolume("DICOM series mixes slice orientations (ImageOrientationPatient differs)")
-    grids = {(int(ds.Rows), int(ds.Columns), *np.round(_float_list(ds, "PixelSpacing", 2, p), 5))
+    grids = {(_int(ds, "Rows", p), _int(ds, "Columns", p), *np.round(_float_list(ds, "PixelSpacing", 2, p), 5))
              for ds, p in zip(datasets, paths)}
     if len(grids) > 1:
         raise RejectedVolume(f"DICOM series mixes pixel grids (Rows, Columns, PixelSpacing): {sorted(grids)}")
@@ -107,7 +115,7 @@ def _rescaled(stack: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> 
 
 
 def load_series(paths: list[str], max_voxels: int, spacing_bounds: tuple[float, float] = (0.1, 10.0),
-                max_anisotropy: float = 10.0) -> Volume:
+                max_anisotropy: float = 10.0, max_mb: float = 4096.0) -> Volume:
     """The files of one series → Volume [columns, rows, slices] with its RAS affine; the same checks as
     `load_volume` (geometry and spacing from the headers before any pixel is decoded, then the voxels)."""
     import pydicom
@@ -124,6 +132,7 @@ def load_series(paths: list[str], max_voxels: int, spacing_bounds: tuple[float, 
     n_voxels = rows * cols * len(paths)
     if n_voxels > max_voxels:
         raise RejectedVolume(f"too large: {(cols, rows, len(paths))} = {n_voxels} voxels > preprocess.max_voxels")
+    check_mb((cols, rows, len(paths)), -(-_int(datasets[0], "BitsAllocated", paths[0]) // 8), max_mb)
     normal = np.cross(row_dir, col_dir)
     order = np.argsort(positions @ normal, kind="stable")
     paths, datasets, positions = [paths[i] for i in order], [datasets[i] for i in order], positions[order]

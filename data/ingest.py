@@ -4,26 +4,32 @@ Work runs in `workers` processes, one subject (all its volumes) per task; result
 order, and a shard only ends between subjects, so a subject's volumes share a shard. A shard is
 published (renamed) before the index names it: killed at any moment, a rerun redoes only inputs the
 index does not hold (by content hash), and every good volume ends in the shards exactly once.
+
+A shard set is shared: it records subjects as salted hashes (one salt per set, in index.json's config), paths
+relative to the input root, and DICOM UIDs only with `preprocess.keep_dicom_uids=true`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from multiprocessing import get_context
 from pathlib import Path
 
+import nibabel as nib
 from tqdm import tqdm
 
 from data import payload
-from data.inputs import InputVolume, discover, file_hash, group_series, sample_key, scan_dicom_file
-from data.preprocess import PreprocessOptions, preprocess
+from data.inputs import InputVolume, discover, file_hash, group_series, pseudonym, relative, sample_key, scan_dicom_file
+from data.locks import locks_folder
+from data.preprocess import PreprocessOptions, check_mb, preprocess
 from data.shards import REPORT, ShardSetWriter, load_index, write_json_atomic
 from data.volumes import RejectedVolume, Volume, load_volume, n_frames
 
@@ -55,21 +61,33 @@ def frames_to_shard(vol: InputVolume, mode: str) -> list[int | None]:
     return [0] if mode == "first" else list(range(count))
 
 
+def _check_nifti_mb(path: str, max_mb: float, frame: int | None) -> None:
+    """The byte budget from the header, before any voxel is read (an unreadable file is left to `load_volume`)."""
+    try:
+        img = nib.load(path)
+    except Exception:
+        return
+    check_mb(img.shape[:3] if frame is not None else img.shape, img.get_data_dtype().itemsize, max_mb)
+
+
 def read_input(vol: InputVolume, opts: PreprocessOptions, frame: int | None) -> Volume:
     if not vol.files:
+        _check_nifti_mb(vol.path, opts.max_mb, frame)
         return load_volume(vol.path, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy, frame)
     from data.dicom import load_series
 
-    return load_series(list(vol.files), opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy)
+    return load_series(list(vol.files), opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy, opts.max_mb)
 
 
 def shard_one(vol: InputVolume, opts: PreprocessOptions, codec: str,
               frame: int | None = None) -> tuple[dict[str, bytes], dict]:
     image = read_input(vol, opts, frame)
     try:
+        if vol.label:
+            _check_nifti_mb(vol.label, opts.max_mb, None)
         label = load_volume(vol.label, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy) if vol.label else None
     except RejectedVolume as err:
-        raise RejectedVolume(f"label {vol.label}: {err}") from err
+        raise RejectedVolume(f"label {relative(vol.label, vol.root)}: {err}") from err
     img, lab, meta = preprocess(image, vol.modality, opts, label)
     files = {"image.b2": payload.encode(img, codec)}
     if lab is not None:
@@ -86,14 +104,26 @@ def process_unit(unit: Unit, opts: PreprocessOptions, codec: str) -> list[tuple[
             samples = []
             for frame in frames_to_shard(vol, opts.frames):
                 files, meta = shard_one(vol, opts, codec, frame)
-                meta.update(dataset=vol.dataset, subject=vol.subject, source_path=vol.path, content_hash=digest,
-                            label_path=vol.label, frame=frame, series_uid=vol.series_uid, n_files=len(vol.files) or 1)
+                meta.update(dataset=vol.dataset, subject=vol.subject, source_path=relative(vol.path, vol.root),
+                            content_hash=digest, label_path=relative(vol.label, vol.root) if vol.label else None,
+                            frame=frame, n_files=len(vol.files) or 1)
+                if opts.keep_dicom_uids and vol.series_uid:
+                    meta["series_uid"] = vol.series_uid
                 key = sample_key(vol, digest) + ("" if frame is None else f"_f{frame:04d}")
                 samples.append((key, files, meta))
             out.append((vol, digest, samples))
-        except (RejectedVolume, OSError) as err:
-            out.append((vol, digest, str(err) if isinstance(err, RejectedVolume) else f"unreadable: {err}"))
+        except Exception as err:  # whatever one input raises rejects that input only: the run goes on
+            out.append((vol, digest, rejection_reason(err)))
     return out
+
+
+def rejection_reason(err: Exception) -> str:
+    """report.json's reason for an input that raised `err`; its kind is the text before the first colon."""
+    if isinstance(err, RejectedVolume):
+        return str(err)
+    if isinstance(err, OSError):
+        return f"unreadable: {err}"
+    return f"unexpected error ({type(err).__name__}): {err}"
 
 
 def _init_worker() -> None:
@@ -162,41 +192,48 @@ def _plan(inputs, index: dict) -> tuple[list[Unit], int, list[dict]]:
     units: dict[tuple[str, str], Unit] = {}
     skipped, duplicates = 0, []
     for vol, digest in inputs:
-        if done.get(digest) == vol.path:
+        path = relative(vol.path, vol.root)  # as the index records it
+        if done.get(digest) == path:
             skipped += 1
         elif digest in done:
             duplicates.append({"path": vol.path, "reason": f"duplicate: same content as {done[digest]}"})
         else:
-            done[digest] = vol.path
+            done[digest] = path
             units.setdefault((vol.dataset, vol.subject), []).append((vol, digest))
     return [units[k] for k in sorted(units)], skipped, duplicates
 
 
+@locks_folder("output", "output")  # one job per shard set: a second exits 2 naming the holder
 def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 256.0, codec: str = "lz4hc",
               progress: bool = True, workers: int = 0) -> dict:
     """Shard every input or reject it with a reason; `workers=0` uses every core."""
     opts = PreprocessOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in preprocess.items()})
     if codec not in payload.CODECS:
         raise ValueError(f"codec={codec!r}; allowed: {list(payload.CODECS)}")
-    if shard_max_mb <= 0:
-        raise ValueError(f"shard_max_mb={shard_max_mb}: expected a positive size in MB")
-    if workers < 0:
-        raise ValueError(f"workers={workers}: expected >= 1, or 0 for every core")
+    if isinstance(shard_max_mb, bool) or not isinstance(shard_max_mb, (int, float)) or shard_max_mb <= 0:
+        raise ValueError(f"shard_max_mb={shard_max_mb!r}: expected a positive size in MB")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers={workers!r}: expected an integer >= 1, or 0 for every core")
     start = time.perf_counter()
     found = discover(input)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     index = load_index(out)
     config = {"preprocess": json.loads(json.dumps(asdict(opts))), "codec": codec}
-    if index["config"] is not None and index["config"] != config:
-        raise ValueError(f"output={output} holds shards made with other settings {index['config']}; "
+    stored = dict(index["config"] or {})
+    salt = stored.pop("subject_salt", None) or secrets.token_hex(16)  # once per shard set: pseudonyms stay
+    if index["config"] is not None and stored != config:
+        raise ValueError(f"output={output} holds shards made with other settings {stored}; "
                          f"use a new output folder for {config}")
-    index["config"] = config
+    if not isinstance(salt, str):
+        raise ValueError(f"output={output}: index.json config.subject_salt={salt!r}: expected a string")
+    index["config"] = {**config, "subject_salt": salt}
     n_workers = workers or available_cores()
     pool = (ProcessPoolExecutor(n_workers, mp_context=get_context("fork"), initializer=_init_worker)
             if n_workers > 1 else None)
     try:
         inputs, rejected, no_image = _scan(found, pool, progress)
+        inputs = [(replace(vol, subject=pseudonym(vol.subject, salt)), digest) for vol, digest in inputs]
         n_inputs = len(inputs) + len(rejected)  # + files rejected while scanning (damaged DICOM)
         units, skipped, duplicates = _plan(inputs, index)
         rejected += duplicates
@@ -223,7 +260,9 @@ def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 2
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     write_json_atomic(out / "index.json", index)
-    ignored = found.ignored + no_image
+    ignored = [relative(p, found.root) for p in found.ignored + no_image]
+    rejected = [{"path": relative(r["path"], found.root), "reason": _strip_root(r["reason"], found.root)}
+                for r in rejected]
     seconds = time.perf_counter() - start
     report = {
         "n_inputs": n_inputs,
@@ -242,6 +281,11 @@ def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 2
     }
     write_json_atomic(out / REPORT, report)
     return report
+
+
+def _strip_root(reason: str, root: str) -> str:
+    """A rejection reason (which may quote an error naming a file) with the input root's absolute path dropped."""
+    return reason.replace(root.rstrip("/") + "/", "") if root else reason
 
 
 class _Task:

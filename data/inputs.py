@@ -3,12 +3,17 @@
 An input is one NIfTI file or one DICOM series (all files of a SeriesInstanceUID, wherever they lie).
 Every other file of a folder is listed as ignored, never silently dropped. Content hashes identify
 inputs across reruns (resume) and within a run (duplicates).
+
+A shard set is made to be shared, so what it records is pseudonymous: a subject is a salted hash of its
+identifier (manifest column, DICOM PatientID or file name; `pseudonym`), and a source path is relative to
+the input root (`relative`): the input folder, or the manifest's folder.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import os
 import re
 from dataclasses import dataclass, replace
@@ -31,6 +36,7 @@ class InputVolume:
     label: str | None = None
     files: tuple[str, ...] = ()    # a DICOM series' files (empty for NIfTI)
     series_uid: str | None = None
+    root: str = ""                 # the input root: recorded paths are relative to it
 
 
 @dataclass
@@ -38,6 +44,23 @@ class Discovered:
     nifti: list[InputVolume]
     dicom_files: list[tuple[str, InputVolume]]  # (file, template carrying the manifest row's fields)
     ignored: list[str]
+    root: str = ""
+
+
+def relative(path: str, root: str) -> str:
+    """`path` as recorded in a shard set: relative to the input root; a path outside it (a manifest row
+    pointing elsewhere) by its name only, so no absolute path (user names, site folders) is ever stored."""
+    p = Path(path)
+    try:
+        return p.relative_to(root).as_posix() if root else p.name
+    except ValueError:
+        return p.name
+
+
+def pseudonym(subject: str, salt: str) -> str:
+    """A subject identifier → 16 hex digits of HMAC-SHA256 keyed by the shard set's salt: the same subject
+    gives the same pseudonym within a shard set (and when it is extended), nothing readable."""
+    return hmac.new(salt.encode(), subject.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def stem(path: str) -> str:
@@ -59,9 +82,11 @@ def _modality(value: str, where: str) -> str | None:
 def _scan_folder(folder: Path, template: InputVolume | None, found: Discovered) -> None:
     for p in sorted(p for p in folder.rglob("*") if p.is_file()):
         if is_nifti(p) and template is None:
-            found.nifti.append(InputVolume(path=str(p.resolve()), dataset=p.parent.name, subject=stem(str(p))))
+            found.nifti.append(InputVolume(path=str(p.resolve()), dataset=p.parent.name, subject=stem(str(p)),
+                                           root=found.root))
         elif is_dicom(p):
-            found.dicom_files.append((str(p.resolve()), template or InputVolume(path="", dataset=folder.name)))
+            found.dicom_files.append((str(p.resolve()),
+                                      template or InputVolume(path="", dataset=folder.name, root=found.root)))
         else:
             found.ignored.append(str(p.resolve()))
 
@@ -87,7 +112,7 @@ def read_manifest(path: Path, found: Discovered) -> None:
         vol = InputVolume(path=src, modality=_modality(row.get("modality") or "", f"input={path} line {i}"),
                           dataset=(row.get("dataset") or "").strip() or path.stem,
                           subject=(row.get("subject") or "").strip() or stem(src),
-                          label=resolve(label) if label else None)
+                          label=resolve(label) if label else None, root=found.root)
         if Path(src).is_dir():
             _scan_folder(Path(src), vol, found)
         else:
@@ -97,13 +122,16 @@ def read_manifest(path: Path, found: Discovered) -> None:
 def discover(input_: str) -> Discovered:
     """A folder (searched recursively) or a .csv manifest → NIfTI inputs, DICOM files, ignored files."""
     path = Path(input_)
-    found = Discovered([], [], [])
-    if path.is_file() and path.suffix == ".csv":
-        read_manifest(path, found)
-    elif path.is_dir():
-        _scan_folder(path, None, found)
-    else:
-        raise ValueError(f"input={input_}: expected a folder (NIfTI files, DICOM series) or a manifest .csv")
+    found = Discovered([], [], [], root=str(path.resolve().parent if path.suffix == ".csv" else path.resolve()))
+    try:
+        if path.is_file() and path.suffix == ".csv":
+            read_manifest(path, found)
+        elif path.is_dir():
+            _scan_folder(path, None, found)
+        else:
+            raise ValueError(f"input={input_}: expected a folder (NIfTI files, DICOM series) or a manifest .csv")
+    except OSError as err:  # an OSError that reaches `voxfm shard` means its output could not be written
+        raise ValueError(f"input={input_}: cannot be read: {err}") from err
     return found
 
 
@@ -123,6 +151,8 @@ def scan_dicom_file(path: str) -> tuple[dict | None, str, str | None]:
         return None, "", str(err)
     except OSError as err:
         return None, "", f"unreadable: {err}"
+    except Exception as err:  # one damaged file never stops the scan
+        return None, "", f"unreadable DICOM: {type(err).__name__}: {err}"
 
 
 def group_series(scanned: list[tuple[str, InputVolume, dict, str]]) -> tuple[list[tuple[InputVolume, str]], list[str]]:
@@ -149,6 +179,7 @@ def group_series(scanned: list[tuple[str, InputVolume, dict, str]]) -> tuple[lis
 
 
 def sample_key(vol: InputVolume, digest: str) -> str:
-    """WebDataset keys may not contain dots; the hash keeps same-named subjects apart."""
+    """WebDataset keys may not contain dots; the content hash keeps a subject's volumes apart. `vol.subject` is
+    its pseudonym by then (ingest replaces it), so a key never carries a PatientID or file name."""
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{vol.dataset}_{vol.subject}")
     return f"{name}_{digest[:12]}"

@@ -16,7 +16,7 @@ import numpy as np
 from data import payload
 from data.montage import montage
 from data.preprocess import normalise
-from data.shards import INDEX, REPORT, read_samples
+from data.shards import INDEX, REPORT, load_index, read_samples
 
 
 def _distribution(values: list[list[float]]) -> dict:
@@ -50,8 +50,11 @@ def summarise(index: dict, report: dict | None) -> dict:
 
 
 def _read(folder: Path, picked: list[dict]) -> list[tuple[dict, np.ndarray]]:
-    return [(json.loads(parts["json"]) | {"key": s["key"]}, payload.decode(parts["image.b2"]))
-            for s, parts in read_samples(folder, picked, ("json", "image.b2"))]
+    out = []
+    for s, parts in read_samples(folder, picked, ("json", "image.b2")):
+        meta = json.loads(parts["json"])
+        out.append((meta | {"key": s["key"]}, payload.decode(parts["image.b2"], meta.get("shape"))))
+    return out
 
 
 def format_summary(summary: dict) -> str:
@@ -76,7 +79,7 @@ def inspect_shards(shards: str, output: str | None, n_samples: int = 8, seed: in
         raise ValueError(f"shards={shards}: no {INDEX} here; inspect a folder made by `voxfm shard`")
     if n_samples < 1:
         raise ValueError(f"n_samples={n_samples}: expected >= 1")
-    index = json.loads((folder / INDEX).read_text())
+    index = load_index(folder)  # checked: plain shard names, the expected structure
     report = json.loads((folder / REPORT).read_text()) if (folder / REPORT).exists() else None
     summary = summarise(index, report)
     out = Path(output) if output else folder / "inspect"

@@ -4,10 +4,16 @@ Default lz4hc: measured here (BENCHMARKS.md) it decodes about twice as fast as z
 .nii.gz, at a ratio still above .nii.gz; zstd gives the best ratio when storage matters more.
 `voxfm bench data` measures both on your own volumes. The codec travels inside each frame, so
 readers never need to know which one a shard set used.
+
+A frame is data from a shard set that may come from anyone: before blosc2 decodes a byte, `decode` checks the
+frame's header — a numeric dtype from `DTYPES` (blosc2 would write raw bytes into object pointers for `|O`), a
+3-D shape equal to the sample's metadata, a decoded size equal to the frame's own byte count (else the
+output holds uninitialised memory) and under a byte budget (a 17 KB frame can decode to 256 MiB).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import blosc2
@@ -30,6 +36,40 @@ def encode(arr: np.ndarray, codec: Codec = "lz4hc") -> bytes:
     return blosc2.pack_array2(np.ascontiguousarray(arr), cparams=CODECS[codec])
 
 
-def decode(frame: bytes) -> np.ndarray:
-    """Inverse of `encode`, whatever the codec."""
-    return blosc2.unpack_array2(frame)
+# What ingest writes: a source's own integer type (NIfTI/DICOM), float32, or a label map's uint8 / int32.
+DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "float16", "float32")
+_DTYPE_STRS = {np.dtype(n).newbyteorder(order).str: np.dtype(n).newbyteorder(order)
+               for n in DTYPES for order in "<>"}  # e.g. "<i2", ">i2" (big-endian NIfTI), "|u1"
+MAX_SAMPLE_MB = 2048  # default byte budget of one decoded volume (`data.max_sample_mb`)
+
+
+def _header(frame: bytes) -> tuple[blosc2.SChunk, tuple, str]:
+    try:
+        schunk = blosc2.schunk_from_cframe(frame, False)  # reads the header and metadata only
+        _, shape, dtype = schunk.vlmeta["__pack_tensor__"]
+    except Exception as err:  # anything a damaged frame makes blosc2 raise: the sample is unreadable
+        raise ValueError(f"payload: not a blosc2 array frame ({type(err).__name__}: {err})") from None
+    return schunk, shape, dtype
+
+
+def decode(frame: bytes, shape=None, max_mb: float = MAX_SAMPLE_MB) -> np.ndarray:
+    """Inverse of `encode`, whatever the codec: a 3-D array, after checking the frame's header (dtype in `DTYPES`,
+    3-D, `shape` if given — the sample's metadata shape —, byte count, at most `max_mb` MiB decoded)."""
+    schunk, stored, dtype = _header(frame)
+    if not isinstance(dtype, str) or dtype not in _DTYPE_STRS:
+        raise ValueError(f"payload: dtype {dtype!r} refused; allowed: {', '.join(DTYPES)}")
+    if (not isinstance(stored, (list, tuple)) or len(stored) != 3
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in stored)):
+        raise ValueError(f"payload: shape {stored!r} refused; expected 3 positive integers [X, Y, Z]")
+    if shape is not None and list(stored) != list(shape):
+        raise ValueError(f"payload: shape {list(stored)} differs from the sample's metadata shape {shape}")
+    dtype = _DTYPE_STRS[dtype]
+    nbytes = math.prod(stored) * dtype.itemsize
+    if nbytes > max_mb * 2**20:
+        raise ValueError(f"payload: {list(stored)} {dtype} decodes to {nbytes / 2**20:.0f} MiB, over the budget of "
+                         f"{max_mb} MiB (data.max_sample_mb)")
+    if nbytes != schunk.nbytes:
+        raise ValueError(f"payload: {list(stored)} {dtype} needs {nbytes} bytes but the frame holds {schunk.nbytes}")
+    out = np.empty(tuple(stored), dtype=dtype)
+    schunk.get_slice(out=out)
+    return out

@@ -7,7 +7,7 @@ the body is cropped away (with a margin) and the crop recorded, so it can be und
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import nibabel as nib
@@ -29,6 +29,7 @@ class PreprocessOptions:
     ct_window: tuple[float, float] = (-1000.0, 1000.0)
     percentiles: tuple[float, float] = (0.5, 99.5)
     max_voxels: int = 1024**3
+    max_mb: float = 4096.0  # one input's voxels in memory (check_mb)
     n_foreground_points: int = 256
     spacing_bounds: tuple[float, float] = (0.1, 10.0)
     max_anisotropy: float = 10.0
@@ -36,8 +37,15 @@ class PreprocessOptions:
     foreground_crop: bool = True
     crop_margin_mm: float = 10.0
     min_shape: int = 16
+    keep_dicom_uids: bool = False  # SeriesInstanceUID in each sample: it links back to the hospital's PACS
 
     def __post_init__(self):
+        for f in fields(self):  # YAML and the command line give any type: a wrong one is named, not a TypeError
+            if not _same_kind(getattr(self, f.name), f.default):
+                raise ValueError(f"preprocess.{f.name}={getattr(self, f.name)!r}: expected {_expected(f.default)}")
+        if self.max_voxels < 1 or self.max_mb <= 0:
+            raise ValueError(f"preprocess.max_voxels={self.max_voxels}, preprocess.max_mb={self.max_mb}: expected "
+                             "positive limits")
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
             raise ValueError(f"preprocess.spacing={list(self.spacing)}: expected 3 positive values in mm")
         if self.ct_window[0] >= self.ct_window[1]:
@@ -54,6 +62,30 @@ class PreprocessOptions:
                              "expected a margin >= 0 mm and a shape >= 1 voxel")
         if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
             raise ValueError(f"preprocess.percentiles={list(self.percentiles)}: expected 0 <= low < high <= 100")
+
+
+def _same_kind(value, default) -> bool:
+    """`value` is what `default` is: true/false, a string, a number (not a bool), or as many numbers."""
+    if isinstance(default, tuple):
+        return isinstance(value, tuple) and len(value) == len(default) and all(_same_kind(v, 0.0) for v in value)
+    if isinstance(default, (bool, str)):
+        return isinstance(value, type(default))
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _expected(default) -> str:
+    if isinstance(default, tuple):
+        return f"a list of {len(default)} numbers"
+    return {bool: "true or false", str: "a string"}.get(type(default), "a number")
+
+
+def check_mb(shape, itemsize: int, max_mb: float) -> None:
+    """Reject an input whose voxels would take more than `max_mb` MB, from its header, before they are read.
+    Counted at >= 4 bytes a voxel: resampling works on a float32 copy, whatever the stored type."""
+    n_bytes = int(np.prod(shape, dtype=np.int64)) * max(int(itemsize), 4)
+    if n_bytes > max_mb * 2**20:
+        raise RejectedVolume(f"too large: {list(shape)} voxels = {n_bytes / 2**20:.0f} MB in memory > "
+                             f"preprocess.max_mb={max_mb}")
 
 
 def cast_like(resampled: np.ndarray, dtype: np.dtype) -> np.ndarray:

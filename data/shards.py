@@ -3,6 +3,10 @@
 One sample = `<key>.image.b2` (blosc2 voxels), optional `<key>.label.b2`, and `<key>.json` (metadata).
 A shard is written under a temporary name and renamed when complete, then the index is rewritten
 atomically, so a crash loses at most the shard in progress and a rerun picks up from there.
+
+An index.json is data, never instructions: the shard names it lists must be plain file names (no folder, no
+scheme), joined to the absolute folder, so a `pipe:` command can only ever come from the user's own
+`data.shards`; a remote index is read up to `MAX_REMOTE_INDEX_BYTES`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +24,8 @@ from braceexpand import braceexpand
 INDEX = "index.json"
 REPORT = "report.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
+SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")  # what `voxfm shard` writes, and a little more
+MAX_REMOTE_INDEX_BYTES = 64 << 20
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -27,11 +34,39 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def shard_name(name, where: str) -> str:
+    """`name` if it is a plain shard file name (e.g. shard-000000.tar), else a ValueError naming it."""
+    if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+        raise ValueError(f"{where}={name!r}: refused; a shard name must be a plain file name such as "
+                         "shard-000000.tar (letters, digits, '_', '-', '.', ending in .tar; no folder, no scheme)")
+    return name
+
+
+def parse_index(text: str | bytes, where: str, config_required: bool = True) -> dict:
+    """index.json's text → the index, checked: an object with a "shards" list of {"name": <plain file name>},
+    a "samples" list of objects and a "config" object (or null, while `voxfm shard` has written nothing)."""
+    try:
+        index = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(index).__name__}")
+    for key in ("shards", "samples"):
+        if not isinstance(index.get(key), list) or not all(isinstance(e, dict) for e in index[key]):
+            raise ValueError(f"{where}: \"{key}\" must be a list of objects")
+    for i, entry in enumerate(index["shards"]):
+        shard_name(entry.get("name"), f"{where}: shards[{i}].name")
+    config = index.get("config")
+    if not (isinstance(config, dict) or (config is None and not config_required)):
+        raise ValueError(f"{where}: \"config\" must be an object, got {json.dumps(config)}")
+    return index
+
+
 def load_index(output: Path) -> dict:
     path = output / INDEX
     if not path.exists():
         return {"format": "voxfm-shards/1", "config": None, "shards": [], "samples": []}
-    return json.loads(path.read_text())
+    return parse_index(path.read_text(), str(path), config_required=False)
 
 
 def _remote_index(url: str) -> list[str]:
@@ -40,9 +75,13 @@ def _remote_index(url: str) -> list[str]:
 
     try:
         with urllib.request.urlopen(url + INDEX, timeout=30) as response:
-            names = [s["name"] for s in json.loads(response.read())["shards"]]
-    except (OSError, ValueError, KeyError) as err:
+            text = response.read(MAX_REMOTE_INDEX_BYTES + 1)
+    except (OSError, ValueError) as err:
         raise ValueError(f"data.shards={url}: cannot read {url + INDEX} ({type(err).__name__}: {err})") from err
+    if len(text) > MAX_REMOTE_INDEX_BYTES:
+        raise ValueError(f"data.shards={url}: {url + INDEX} is over {MAX_REMOTE_INDEX_BYTES:,} bytes; refused "
+                         "(a shard set's index is a few MB)")
+    names = [s["name"] for s in parse_index(text, f"data.shards={url}: {INDEX}")["shards"]]
     if not names:
         raise ValueError(f"data.shards={url}: the shard set is empty")
     return [url + n for n in names]
@@ -60,10 +99,11 @@ def shard_urls(shards: str | Path) -> list[str]:
         index = path / INDEX
         if not index.exists():
             raise ValueError(f"data.shards={shards}: folder has no {INDEX}; create one with `voxfm shard`")
-        names = [s["name"] for s in json.loads(index.read_text())["shards"]]
+        names = [s["name"] for s in parse_index(index.read_text(), f"data.shards={shards}: {INDEX}")["shards"]]
         if not names:
             raise ValueError(f"data.shards={shards}: the shard set is empty (see its {REPORT})")
-        return [str(path / n) for n in names]
+        # absolute: `Path(".") / "pipe:cmd"` is the string "pipe:cmd", which webdataset would run
+        return [str(path.absolute() / n) for n in names]
     urls = [u for part in str(shards).split("::") for u in braceexpand(part)]  # webdataset's URL list syntax
     missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
     if missing:
@@ -74,7 +114,7 @@ def shard_urls(shards: str | Path) -> list[str]:
 def read_samples(folder: Path, samples: list[dict], parts: tuple[str, ...]) -> Iterator[tuple[dict, dict]]:
     """(index entry, {part: bytes, or None where the sample has no such part}) for the given index entries of a
     local shard set, opening each shard once."""
-    for shard in sorted({s["shard"] for s in samples}):
+    for shard in sorted({shard_name(s.get("shard"), f"{folder / INDEX}: a sample's shard") for s in samples}):
         with tarfile.open(folder / shard) as tar:
             names = set(tar.getnames())
             for s in (s for s in samples if s["shard"] == shard):
@@ -132,13 +172,17 @@ def describe_shard_set(shards: str | Path) -> dict:
     path = Path(str(shards))
     if not (path / INDEX).exists():
         return {"spacing": None, "orientation": "RAS", "normalisation": None, "modalities": None}
-    index = json.loads((path / INDEX).read_text())
-    pre = index["config"]["preprocess"]
+    index = parse_index((path / INDEX).read_text(), f"data.shards={shards}: {INDEX}")
+    pre = index["config"].get("preprocess")
+    if not isinstance(pre, dict) or any(k not in pre for k in ("spacing", "percentiles", "ct_window")):
+        raise ValueError(f"data.shards={shards}: {INDEX} has no config.preprocess with spacing, percentiles and "
+                         "ct_window; reshard with `voxfm shard`")
     modalities: dict[str, int] = {}
     datasets: dict[str, int] = {}
-    for s in index["samples"]:
-        modalities[s["modality"]] = modalities.get(s["modality"], 0) + 1
-        datasets[s.get("dataset", "")] = datasets.get(s.get("dataset", ""), 0) + 1
+    for s in index["samples"]:  # str(): a damaged entry is counted as what it says, and skipped when streamed
+        modality, dataset = str(s.get("modality")), str(s.get("dataset", ""))
+        modalities[modality] = modalities.get(modality, 0) + 1
+        datasets[dataset] = datasets.get(dataset, 0) + 1
     robust = {"scheme": "percentile", "percentiles": pre["percentiles"],
               "note": "per volume: clip to these percentiles of its own voxels, map to [0, 1]"}
     return {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -23,35 +24,71 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from data import payload
 from data.crops import random_crops, triple
-from data.preprocess import normalise
+from data.preprocess import MODALITIES, normalise
 from data.sources import epoch_samples, mix, parse_sources, resampled_samples
 
 log = logging.getLogger("voxfm.data")
 MAX_SKIPPED_IN_A_ROW = 1000  # nothing but damaged data this long: the shard set itself is unusable
+# torch cannot promote these when a batch mixes dtypes: widened losslessly per region
+UNPROMOTABLE = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64}
 
 
-def decode_sample(sample: dict) -> tuple[np.ndarray, dict]:
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def sample_meta(raw: bytes) -> dict:
+    """A sample's JSON, with every field the stream and the training step use checked here, so a damaged sample
+    is skipped and counted where it is read, never failing later in collation or a callback: a modality in
+    `MODALITIES`, finite normalisation with low < high, a 3-D shape, foreground points as [x, y, z]."""
+    meta = json.loads(raw)
+    if not isinstance(meta, dict):
+        raise ValueError(f"metadata: expected a JSON object, got {type(meta).__name__}")
+    if not isinstance(meta.get("modality"), str) or meta["modality"] not in MODALITIES:
+        raise ValueError(f"metadata: modality={meta.get('modality')!r}; allowed: {', '.join(MODALITIES)}")
+    norm = meta.get("normalisation")
+    low, high = (norm.get("low"), norm.get("high")) if isinstance(norm, dict) else (None, None)
+    if not (_number(low) and _number(high) and low < high):
+        raise ValueError(f"metadata: normalisation low={low!r}, high={high!r}; expected finite numbers, low < high")
+    shape = meta.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(n, int) and n >= 1 for n in shape)):
+        raise ValueError(f"metadata: shape={shape!r}; expected 3 positive integers")
+    points = meta.get("foreground_points")
+    if not (isinstance(points, list) and all(isinstance(p, list) and len(p) == 3 and all(
+            isinstance(c, int) and not isinstance(c, bool) for c in p) for p in points)):
+        raise ValueError("metadata: foreground_points must be a list of [x, y, z] integer voxel coordinates")
+    return meta
+
+
+def decode_volume(sample: dict, max_sample_mb: float = payload.MAX_SAMPLE_MB) -> tuple[np.ndarray, dict]:
+    """Raw webdataset sample → (volume [X, Y, Z] in its stored dtype, checked metadata); the payload is checked
+    against the metadata's shape and the byte budget before it is decoded."""
+    meta = sample_meta(sample["json"])
+    return payload.decode(sample["image.b2"], meta["shape"], max_sample_mb), meta
+
+
+def decode_sample(sample: dict, max_sample_mb: float = payload.MAX_SAMPLE_MB) -> tuple[np.ndarray, dict]:
     """Raw webdataset sample → (normalised float32 volume [X, Y, Z] in [0, 1], metadata)."""
-    meta = json.loads(sample["json"])
-    vol = normalise(payload.decode(sample["image.b2"]), meta["normalisation"])
-    return vol, meta
+    vol, meta = decode_volume(sample, max_sample_mb)
+    return normalise(vol, meta["normalisation"]), meta
 
 
-def cut_regions(sample: dict, region_size, n: int, foreground_prob: float, rng: np.random.Generator) -> list[dict]:
+def cut_regions(sample: dict, region_size, n: int, foreground_prob: float, rng: np.random.Generator,
+                max_sample_mb: float = payload.MAX_SAMPLE_MB) -> list[dict]:
     """One raw webdataset sample → `n` regions {"region": [1, D, H, W] stored dtype, "low", "high", "modality"}.
 
     Regions are views of the decoded volume: the batch collation is their only copy. Measured on the real
     scans, a copy per region doubled a worker's time (fresh pages for every 1.8 MB region). The price is
     memory: the shuffle buffer keeps about shuffle_buffer / regions_per_volume + 1 decoded volumes alive
     per worker — the pool of decoded volumes that DESIGN.md asks for."""
-    meta = json.loads(sample["json"])
+    vol, meta = decode_volume(sample, max_sample_mb)
     norm = meta["normalisation"]
-    vol = payload.decode(sample["image.b2"])
     if not vol.dtype.isnative:  # e.g. big-endian NIfTI sharded before the writer made it native: torch refuses it
         vol = vol.astype(vol.dtype.newbyteorder("="))
     regions = random_crops(vol, meta["foreground_points"], triple(region_size), n, foreground_prob, rng,
                            pad_value=norm["low"])
-    return [{"region": torch.from_numpy(r)[None], "low": float(norm["low"]),
+    wide = UNPROMOTABLE.get(vol.dtype)
+    return [{"region": torch.from_numpy(r if wide is None else r.astype(wide))[None], "low": float(norm["low"]),
              "high": float(norm["high"]), "modality": meta["modality"]} for r in regions]
 
 
@@ -98,9 +135,13 @@ class RegionStream(IterableDataset):
     """Infinite stream of regions (see `cut_regions`), `regions_per_volume` from each decoded volume."""
 
     def __init__(self, shards: str | None, region_size, regions_per_volume: int = 4, foreground_prob: float = 0.67,
-                 shuffle_buffer: int = 64, seed: int = 0, sources: list[dict] | None = None, resampled: bool = True):
+                 shuffle_buffer: int = 64, seed: int = 0, sources: list[dict] | None = None, resampled: bool = True,
+                 max_sample_mb: float = payload.MAX_SAMPLE_MB):
         if regions_per_volume < 1:
             raise ValueError(f"data.regions_per_volume={regions_per_volume}: expected >= 1")
+        if not max_sample_mb > 0:
+            raise ValueError(f"data.max_sample_mb={max_sample_mb}: expected > 0")
+        self.max_sample_mb = max_sample_mb
         if not 0.0 <= foreground_prob <= 1.0:
             raise ValueError(f"data.foreground_prob={foreground_prob}: expected a probability in [0, 1]")
         self.sources = parse_sources(shards, sources)
@@ -119,7 +160,8 @@ class RegionStream(IterableDataset):
                  worker: int) -> Iterator[dict]:
         for source, sample in samples:
             try:
-                regions = cut_regions(sample, self.region_size, self.regions_per_volume, self.foreground_prob, rng)
+                regions = cut_regions(sample, self.region_size, self.regions_per_volume, self.foreground_prob, rng,
+                                      self.max_sample_mb)
             except Exception as err:  # a damaged payload or metadata: skip the sample, never the run
                 skips.skip(RuntimeError(f"sample {sample.get('__key__')} of {sample.get('__url__')}: "
                                         f"{type(err).__name__}: {err}"))

@@ -4,11 +4,16 @@ A checkpoint is a file (single process, DDP) or a DeepSpeed folder `<name>.ckpt/
 and, written last, `latest`: a folder without it is incomplete. DeepSpeed's own loaders ask for
 `weights_only=False`; `deepspeed_weights_only()` forces `weights_only=True` with only DeepSpeed's three
 plain data classes allowed, for resuming and for consolidation alike.
+
+A checkpoint's or export's stored config is data, never instructions: `backbone_from_config` rebuilds the
+network from an allowlist of voxfm's backbones with plain keyword arguments, and refuses anything Hydra would
+have turned into a call (`_args_`, `_partial_`, a nested `_target_`, ...).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 from contextlib import contextmanager
@@ -22,6 +27,9 @@ DEEPSPEED_MODEL_STATES = ("checkpoint/mp_rank_00_model_states.pt",
 DEEPSPEED_SAFE_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum",
                           "deepspeed.runtime.fp16.loss_scaler.LossScaler",
                           "deepspeed.utils.tensor_fragment.fragment_address")
+# The only classes a stored config may name, and where they live (resolved through this dict, nothing else).
+BACKBONES = {"models.vit.ViT": ("models.vit", "ViT"), "models.resenc.ResEncUNet": ("models.resenc", "ResEncUNet")}
+PLAIN = (bool, int, float, str, type(None))
 
 
 def is_deepspeed_checkpoint(path: str | Path) -> bool:
@@ -99,3 +107,66 @@ def find_resume_checkpoint(checkpoint_dir: Path) -> tuple[Path | None, int]:
         if is_last or _readable_step(path) is not None:
             return path, step
     return None, 0
+
+
+def check_plain(value, where: str) -> None:
+    """A stored value is plain data: None, a bool, int, float or string, or a list of those (nested lists too)."""
+    if isinstance(value, PLAIN):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(value, dict) and "_target_" in value:
+        raise ValueError(f"{where}: refused a nested _target_={value['_target_']!r}; a stored config is data, its "
+                         "arguments must be plain values (int, float, bool, string or lists of those)")
+    raise ValueError(f"{where}: refused a {type(value).__name__}; a stored config is data, its arguments must be "
+                     "plain values (int, float, bool, string or lists of those)")
+
+
+def check_config_tree(value, where: str) -> None:
+    """The whole stored config is JSON-like containers (it is copied into backbone.json): no tensors, no objects."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{where}: refused a key {k!r} that is not a string")
+            check_config_tree(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_config_tree(v, f"{where}[{i}]")
+    elif not isinstance(value, PLAIN):
+        raise ValueError(f"{where}: refused a {type(value).__name__}; a stored config holds plain values only")
+
+
+def backbone_arguments(model: dict, where: str) -> tuple[type, dict]:
+    """A stored `model` config → (the voxfm backbone class it names, from `BACKBONES`; its plain keyword
+    arguments), or a ValueError naming the refused key. `where` names the config in errors (e.g.
+    "checkpoint=last.ckpt: voxfm_config.model")."""
+    if not isinstance(model, dict):
+        raise ValueError(f"{where}: expected a mapping, got a {type(model).__name__}")
+    target = model.get("_target_")
+    if not isinstance(target, str) or target not in BACKBONES:
+        raise ValueError(f"{where}._target_={target!r}: refused; a stored config may only name voxfm's backbones "
+                         f"({', '.join(BACKBONES)})")
+    module, name = BACKBONES[target]
+    cls = getattr(importlib.import_module(module), name)
+    allowed = [p for p in inspect.signature(cls).parameters if p != "self"]
+    kwargs = {}
+    for key, value in model.items():
+        if key == "_target_":
+            continue
+        if not isinstance(key, str) or key.startswith("_"):
+            raise ValueError(f"{where}.{key}: refused; a stored config is data: no _args_, _partial_, _recursive_, "
+                             "_convert_ or other Hydra keys")
+        if key not in allowed:
+            raise ValueError(f"{where}.{key}: not an argument of {target} (allowed: {', '.join(allowed)})")
+        check_plain(value, f"{where}.{key}")
+        kwargs[key] = value
+    return cls, kwargs
+
+
+def backbone_from_config(model: dict, where: str):
+    """The backbone a stored config describes; never Hydra's `instantiate`, which would call whatever a crafted
+    file names."""
+    cls, kwargs = backbone_arguments(model, where)
+    return cls(**kwargs)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pretrain.config import CONF_DIR, load_config, missing_keys
-from pretrain.errors import PREEMPTED_EXIT_CODE, CheckpointWriteError, Preempted
+from pretrain.errors import PREEMPTED_EXIT_CODE, CheckpointWriteError, OutputWriteError, Preempted
 
 USAGE = """usage: voxfm <command> [key=value ...]
 
@@ -89,6 +89,9 @@ def _shard(cfg) -> None:
     except WorkerDied as err:
         print(f"voxfm shard: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except OSError as err:  # inputs' errors are rejections (or a ValueError naming input=): this is the output
+        raise OutputWriteError(f"could not write output={cfg.output}: {err}; the shards published so far are "
+                               "kept: free space (or fix permissions) and rerun the same command") from None
     print(f"sharded {report['n_sharded']}/{report['n_inputs']} inputs ({report['n_skipped']} already done), "
           f"rejected {report['n_rejected']}, ignored {report['n_ignored']} other file(s); {report['n_shards']} "
           f"shard(s) in {cfg.output} ({report['seconds']} s, {report['workers']} worker(s))")
@@ -205,7 +208,7 @@ def _bench_attention(overrides: list[str]) -> None:
 
 
 # documented in README.md ("Exit codes"); 75 = preempted (pretrain/errors.py)
-EXIT_CODES = {"bad configuration": 2, "diverged": 3, "checkpoint not written": 4}
+EXIT_CODES = {"bad configuration": 2, "diverged": 3, "checkpoint not written": 4, "output not written": 4}
 COMMANDS = {"shard": _shard, "pretrain": _pretrain, "export": _export, "bench": None, "inspect": _inspect,
             "finetune": _finetune}  # bench: one of BENCHES, each composing its own config
 BENCHES = {"data": _bench_data, "model": _bench_model, "ingest": _bench_ingest, "attention": _bench_attention}
@@ -249,4 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointWriteError as err:
         print(f"voxfm {command}: error: {err}", file=sys.stderr)
         return EXIT_CODES["checkpoint not written"]
+    except OutputWriteError as err:
+        print(f"voxfm {command}: error: {err}", file=sys.stderr)
+        return EXIT_CODES["output not written"]
     return 0

@@ -13,6 +13,11 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, read-only, quota); earlier checkpoints are untouched."""
 
 
+class OutputWriteError(OSError):
+    """`voxfm shard` could not write its output (disk full, read-only, quota); shards published before are kept
+    and the same command, rerun, continues from them."""
+
+
 class Preempted(Exception):
     """Raised by `run_pretrain` after a signal-triggered checkpoint; the CLI turns it into exit code 75."""
 

@@ -5,6 +5,9 @@ format=monai (default): `backbone.safetensors` + `backbone.json`; a ViT loads wi
 format=nnunet (ResEnc): `nnunet_pretrained.pth` for `nnUNetv2_train ... -pretrained_weights`, in nnU-Net's
 axis order, and `nnunet_plans_fragment.json`. format=full: every weight of the pretraining module
 (backbone + objective heads) + config + step, for `voxfm pretrain init_from=<export>`.
+
+An export is made to be shared: it names its checkpoint by file name, and every path in the stored config
+(`run_dir`, `data.shards`, `init_from`, a probe's shards, any other absolute path) by its last component.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ import torch
 from safetensors.torch import save_file
 
 from data.crops import triple
-from pretrain.checkpoints import consolidate_deepspeed, find_resume_checkpoint, is_deepspeed_checkpoint, load_checkpoint
+from pretrain.checkpoints import (
+    backbone_arguments,
+    check_config_tree,
+    consolidate_deepspeed,
+    find_resume_checkpoint,
+    is_deepspeed_checkpoint,
+    load_checkpoint,
+)
 from pretrain.export_formats import (
     clone_state,
     nnunet_plans_fragment,
@@ -29,6 +39,7 @@ from pretrain.model_card import write_model_card
 BACKBONE_PREFIX = "backbone."
 FORMATS = ("monai", "nnunet", "full")
 ARCHITECTURES = {"models.vit.ViT": "vit", "models.resenc.ResEncUNet": "resenc"}
+PATH_KEYS = ("run_dir", "init_from", "shards")  # values that are paths whatever they look like
 NO_DATA = {"spacing": None, "orientation": "RAS", "normalisation": None, "modalities": None, "datasets": None}
 
 
@@ -43,15 +54,54 @@ def resolve_checkpoint(checkpoint: str) -> Path:
     return path
 
 
+def path_name(value: str) -> str:
+    """The last component of a path, URL or `pipe:` command (`/data/ct/shard-{0..9}.tar` → `shard-{0..9}.tar`)."""
+    return value.rstrip("/").rsplit("/", 1)[-1]
+
+
+def shareable_config(config, key: str = ""):
+    """The stored config with no absolute path: values under `PATH_KEYS`, and any string that looks like a
+    path (absolute, `~`, a URL or a `pipe:` command), reduced to their last component."""
+    if isinstance(config, dict):
+        return {k: shareable_config(v, k) for k, v in config.items()}
+    if isinstance(config, list):
+        return [shareable_config(v, key) for v in config]
+    if isinstance(config, str) and (key in PATH_KEYS or config.startswith(("/", "~", "pipe:")) or "://" in config):
+        return path_name(config)
+    return config
+
+
 def _common_meta(ckpt: dict, ckpt_path: Path, config: dict, data: dict) -> dict:
     return {
         "spacing": data["spacing"], "orientation": data["orientation"],
         "axis_order": "[C, X, Y, Z] with X → Right, Y → Anterior, Z → Superior (RAS, numpy/nibabel order)",
         "normalisation": data["normalisation"], "pretraining_modalities": data["modalities"],
         "pretraining_datasets": data.get("datasets"), "step": int(ckpt["global_step"]),
-        "objective": config["objective"]["loss"]["_target_"].rsplit(".", 1)[-1], "checkpoint": str(ckpt_path),
-        "config": config,
+        "objective": config["objective"]["loss"]["_target_"].rsplit(".", 1)[-1], "checkpoint": ckpt_path.name,
+        "config": shareable_config(config),
     }
+
+
+def _stored_config(ckpt: dict, ckpt_path: Path) -> tuple[dict, dict]:
+    """The checkpoint's config and data record, checked to be plain data of the shape voxfm writes."""
+    config = ckpt.get("voxfm_config") if isinstance(ckpt, dict) else None
+    if config is None:
+        raise ValueError(f"checkpoint={ckpt_path} was not written by voxfm pretrain (no voxfm_config)")
+    check_config_tree(config, f"checkpoint={ckpt_path}: voxfm_config")
+    stored = ckpt.get("voxfm_data") or {}
+    check_config_tree(stored, f"checkpoint={ckpt_path}: voxfm_data")
+    for key in ("model", "objective", "data"):
+        if not isinstance(config.get(key), dict):
+            raise ValueError(f"checkpoint={ckpt_path}: voxfm_config.{key} is missing or not a mapping")
+    loss = config["objective"].get("loss")
+    if not isinstance(loss, dict) or not isinstance(loss.get("_target_"), str):
+        raise ValueError(f"checkpoint={ckpt_path}: voxfm_config.objective.loss._target_ is missing or not a string")
+    if not isinstance(stored, dict) or not isinstance(ckpt.get("global_step"), int):
+        raise ValueError(f"checkpoint={ckpt_path}: voxfm_data must be a mapping and global_step an integer")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint={ckpt_path}: state_dict must map names to tensors")
+    return config, {**NO_DATA, **stored}
 
 
 def run_export(checkpoint: str, output: str, in_channels: int | None = None, format: str = "monai") -> Path:
@@ -62,10 +112,10 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, for
     ckpt_path = resolve_checkpoint(checkpoint)
     # a DeepSpeed folder is consolidated from every rank's shard into the same fp32 weights a DDP run has
     ckpt = consolidate_deepspeed(ckpt_path) if is_deepspeed_checkpoint(ckpt_path) else load_checkpoint(ckpt_path)
-    config = ckpt.get("voxfm_config")
-    if config is None:
-        raise ValueError(f"checkpoint={ckpt_path} was not written by voxfm pretrain (no voxfm_config)")
-    data = {**NO_DATA, **(ckpt.get("voxfm_data") or {})}
+    config, data = _stored_config(ckpt, ckpt_path)
+    # checked before anything is written, for every format; built from the allowlist, never `instantiate`d
+    backbone_class, backbone_kwargs = backbone_arguments(config["model"], f"checkpoint={ckpt_path}: "
+                                                                          "voxfm_config.model")
     architecture = ARCHITECTURES.get(config["model"]["_target_"])
     if architecture is None:
         raise ValueError(f"checkpoint={ckpt_path}: no export for model {config['model']['_target_']}")
@@ -81,9 +131,7 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, for
         (out / "full.json").write_text(json.dumps(meta, indent=1))
         write_model_card(out, meta, format)
         return out
-    from hydra.utils import instantiate
-
-    backbone = instantiate(config["model"])  # only to read the architecture's kwargs
+    backbone = backbone_class(**backbone_kwargs)  # only to read the architecture's kwargs
     state = {k[len(BACKBONE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(BACKBONE_PREFIX)}
     weights, arch = (vit_monai if architecture == "vit" else resenc_monai)(state, backbone, in_channels)
     meta.update(arch, channel_inflation=None if in_channels in (None, 1) else {"from": 1, "to": in_channels})

@@ -2,7 +2,8 @@
 
 - ViT → MONAI `ViT` (and `UNETR(...).vit`), names already MONAI's, plus MONAI's unused cross-attention norms.
 - ResEnc → nnU-Net's `ResidualEncoderUNet` from dynamic_network_architectures, built from JSON kwargs
-  (classes as dotted names, resolved with `pydoc.locate` as nnU-Net's plans do).
+  (classes as dotted names, as nnU-Net's plans write them; the model card's snippet resolves them through an
+  allowlist, never `pydoc.locate`).
 - nnU-Net: the same ResEnc weights in nnU-Net's axis order. voxfm's tensors are [C, X, Y, Z] in RAS;
   nnU-Net (NibabelIOWithReorient or SimpleITKIO) hands the network [C, Z, Y, X]. Transposing every
   kernel's spatial axes (and reversing kernel sizes, strides, spacing and patch size) makes nnU-Net's

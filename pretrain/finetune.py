@@ -114,7 +114,7 @@ def run_arm(cfg: DictConfig, arm: str, train, val, n_classes: int, run_dir: Path
                         batch_size=cfg.data.batch_size, num_workers=0)
     start = time.perf_counter()
     trainer = _trainer(cfg, arm_dir)
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume) if resume else None)
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)
     scores = evaluate(module.net, val, n_classes, crop, cfg.sw_batch_size, cfg.sw_overlap)
     return {"architecture": architecture, "steps": int(trainer.global_step), "resumed_from": resume_step,
             "wall_s": round(time.perf_counter() - start, 1), **scores}

@@ -20,7 +20,7 @@ from torch.utils.data import IterableDataset
 from data import payload
 from data.crops import crop_start, pad_to, triple
 from data.preprocess import normalise
-from data.shards import read_samples
+from data.shards import load_index, read_samples
 
 
 @dataclass
@@ -37,12 +37,12 @@ def read_labelled(shards: str) -> list[tuple[dict, np.ndarray, np.ndarray]]:
     if not (folder / "index.json").exists():
         raise ValueError(f"data.shards={shards}: no index.json; make the shard set with `voxfm shard` from a "
                          "manifest with a `label` column")
-    labelled = [s for s in json.loads((folder / "index.json").read_text())["samples"] if s.get("label_path")]
+    labelled = [s for s in load_index(folder)["samples"] if s.get("label_path")]
     out = []
     for s, parts in read_samples(folder, labelled, ("json", "image.b2", "label.b2")):
         meta = json.loads(parts["json"])
-        image = normalise(payload.decode(parts["image.b2"]), meta["normalisation"])
-        out.append((meta | {"key": s["key"]}, image, payload.decode(parts["label.b2"])))
+        image = normalise(payload.decode(parts["image.b2"], meta["shape"]), meta["normalisation"])
+        out.append((meta | {"key": s["key"]}, image, payload.decode(parts["label.b2"], meta["shape"])))
     if not out:
         raise ValueError(f"data.shards={shards}: no sample has a label map (shard a manifest with a `label` column)")
     return out

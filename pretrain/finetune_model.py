@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from pretrain.weights import load_strict
 
 SEG_HEAD = "decoder.seg_layers."
+ARCHITECTURES = ("vit", "resenc")
 
 
 def read_export(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -24,7 +25,19 @@ def read_export(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
     if not (path / "backbone.json").is_file() or not (path / "backbone.safetensors").is_file():
         raise ValueError(f"backbone={folder}: expected a `voxfm export` folder (backbone.json + backbone.safetensors), "
                          "or backbone=none")
-    return json.loads((path / "backbone.json").read_text()), load_file(str(path / "backbone.safetensors"))
+    meta = json.loads((path / "backbone.json").read_text())
+    check_export_meta(meta, f"backbone={folder}: backbone.json")
+    return meta, load_file(str(path / "backbone.safetensors"))
+
+
+def check_export_meta(meta, where: str) -> None:
+    """backbone.json is data: a known architecture and a mapping of kwargs, from which `build_segmenter` reads
+    the values it needs by name (it never resolves a class the file names)."""
+    if not isinstance(meta, dict) or meta.get("architecture") not in ARCHITECTURES:
+        got = meta.get("architecture") if isinstance(meta, dict) else meta
+        raise ValueError(f"{where}: architecture={got!r}; allowed: {', '.join(ARCHITECTURES)}")
+    if not isinstance(meta.get("kwargs"), dict):
+        raise ValueError(f"{where}: kwargs is missing or not a mapping")
 
 
 def build_segmenter(architecture: str, kwargs: dict, n_classes: int, crop_size, unetr: dict) -> torch.nn.Module:

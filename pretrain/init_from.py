@@ -22,7 +22,11 @@ def read_full_export(folder: str) -> tuple[dict, dict]:
     if not (path / "full.json").is_file() or not (path / "model.safetensors").is_file():
         raise ValueError(f"init_from={folder}: expected an export made with `voxfm export format=full` "
                          "(full.json + model.safetensors)")
-    return json.loads((path / "full.json").read_text()), load_file(str(path / "model.safetensors"))
+    meta = json.loads((path / "full.json").read_text())
+    # full.json is data: only its step is read (the module is built from this run's own config)
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or isinstance(meta["step"], bool):
+        raise ValueError(f"init_from={folder}: full.json must be a mapping with an integer step")
+    return meta, load_file(str(path / "model.safetensors"))
 
 
 def init_module(module, folder: str, max_steps: int) -> int:

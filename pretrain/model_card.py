@@ -8,16 +8,35 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-LOAD_MONAI = """import json, pydoc, safetensors.torch
+from pretrain.export_formats import RESENC_CLASS
+
+# The classes a loading snippet may build: it resolves names from backbone.json through a dict of these (only
+# those the export names), never with `pydoc.locate`, so a tampered backbone.json cannot name another callable.
+SNIPPET_CLASSES = ("monai.networks.nets.ViT", RESENC_CLASS, "torch.nn.modules.conv.Conv3d",
+                   "torch.nn.modules.instancenorm.InstanceNorm3d", "torch.nn.modules.activation.LeakyReLU")
+
+LOAD_MONAI = """import json, safetensors.torch
+IMPORTS
+classes = {  # the only classes this snippet builds: backbone.json is data
+CLASSES}
+def resolve(name):
+    if not isinstance(name, str) or name not in classes:
+        raise ValueError(f"backbone.json names {name!r}; this export loads only {sorted(classes)}")
+    return classes[name]
 meta = json.load(open("backbone.json"))
-kwargs = {k: pydoc.locate(v) if v and k in meta["kwargs_requires_import"] else v for k, v in meta["kwargs"].items()}
-net = pydoc.locate(meta["class"])(**kwargs)
+kwargs = {k: resolve(v) if v and k in meta["kwargs_requires_import"] else v for k, v in meta["kwargs"].items()}
+net = resolve(meta["class"])(**kwargs)
 net.load_state_dict(safetensors.torch.load_file("backbone.safetensors"), strict=True)"""
 
 LOAD_NNUNET = """import json
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 arch = json.load(open("nnunet_plans_fragment.json"))["plans"]["configurations"]["3d_fullres_voxfm"]["architecture"]
+allowed = {  # nnU-Net resolves these names with pydoc.locate: only the exported ones may pass
+CLASSES}
+names = [arch["network_class_name"], *(arch["arch_kwargs"][k] for k in arch["_kw_requires_import"])]
+if not all(n is None or isinstance(n, str) and n in allowed for n in names):
+    raise ValueError(f"nnunet_plans_fragment.json names {names}; this export loads only {sorted(allowed)}")
 net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                              input_channels=INPUT_CHANNELS, output_channels=3, deep_supervision=True)
 load_pretrained_weights(net, "nnunet_pretrained.pth")  # every key but the segmentation layers, shapes checked"""
@@ -42,10 +61,30 @@ def _normalisation_lines(norm: dict | None) -> list[str]:
             for m, n in norm.items()]
 
 
-def write_model_card(out: Path, meta: dict, format: str) -> None:
-    snippet = {"monai": LOAD_MONAI, "nnunet": LOAD_NNUNET, "full": LOAD_FULL}[format]
+def exported_classes(meta: dict) -> list[str]:
+    """The dotted class names an export's description names (its class and the kwargs nnU-Net resolves), each
+    one of `SNIPPET_CLASSES`."""
+    names = [meta["class"], *(meta["kwargs"][k] for k in meta["kwargs_requires_import"] if meta["kwargs"][k])]
+    unknown = [n for n in names if n not in SNIPPET_CLASSES]
+    if unknown:
+        raise ValueError(f"model card: no loading snippet for {unknown}; known classes: {', '.join(SNIPPET_CLASSES)}")
+    return list(dict.fromkeys(names))
+
+
+def loading_snippet(meta: dict, format: str) -> str:
+    if format == "full":
+        return LOAD_FULL
+    names = exported_classes(meta)
     if format == "nnunet":
-        snippet = snippet.replace("INPUT_CHANNELS", str(meta["kwargs"]["input_channels"]))
+        return (LOAD_NNUNET.replace("INPUT_CHANNELS", str(meta["kwargs"]["input_channels"]))
+                .replace("CLASSES", "".join(f"    {json.dumps(n)},\n" for n in names)))
+    modules = sorted({n.rsplit(".", 1)[0] for n in names})
+    classes = "".join(f"    {json.dumps(n)}: {n},\n" for n in names)
+    return LOAD_MONAI.replace("IMPORTS", "import " + ", ".join(modules)).replace("CLASSES", classes)
+
+
+def write_model_card(out: Path, meta: dict, format: str) -> None:
+    snippet = loading_snippet(meta, format)
     model = meta["config"]["model"]
     lines = [
         f"# voxfm {meta.get('architecture', '')} backbone — {meta['objective']}, step {meta['step']}",

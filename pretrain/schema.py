@@ -34,6 +34,7 @@ class DataSchema:
     batch_size: int = field(**bounded(ge=1))
     num_workers: int = field(**bounded(ge=0))
     loader: Literal["thread", "process"]
+    max_sample_mb: float = field(**bounded(gt=0.0))
 
 
 @dataclass
@@ -47,6 +48,8 @@ class TrainerSchema:
     accumulate_grad_batches: int = field(**bounded(ge=1))
     log_every_n_steps: int = field(**bounded(ge=1))
     checkpoint_every_n_steps: int = field(**bounded(ge=1))
+    keep_last_n: int | None = field(**bounded(ge=1))
+    keep_every_n_steps: int | None = field(**bounded(ge=1))
     progress_bar: bool
     images_every_n_steps: int = field(**bounded(ge=0))
     max_nonfinite_steps: int = field(**bounded(ge=1))
@@ -111,6 +114,11 @@ class CallbacksSchema:
 
 
 @dataclass
+class ResumeSchema:
+    allow_changes: list[str]
+
+
+@dataclass
 class PretrainSchema:
     data: DataSchema
     model: Any
@@ -123,6 +131,7 @@ class PretrainSchema:
     seed: int
     init_from: str | None
     callbacks: CallbacksSchema
+    resume: ResumeSchema
 
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from data.loader import ThreadLoader
+from data.locks import folder_lock
 from data.shards import describe_shard_set
 from data.stream import RegionStream, region_loader
 from pretrain.callbacks import (
@@ -29,13 +31,15 @@ from pretrain.callbacks import (
     Throughput,
     shut_down_process_group,
 )
-from pretrain.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint
+from pretrain.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint, load_checkpoint
 from pretrain.efficiency import Efficiency
 from pretrain.images import ReconstructionImages
 from pretrain.init_from import ContinueFromStep, init_module
 from pretrain.module import PretrainModule
 from pretrain.parallelize import compile_mode, parallelize
 from pretrain.preemption import Preemption
+from pretrain.resume_check import check_resume_config
+from pretrain.retention import Retention
 from pretrain.schedule import lr_scale
 from pretrain.schema import validate_pretrain
 from pretrain.strategy import build_strategy, universal_checkpoint
@@ -99,11 +103,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
     checkpoints = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"), filename="step{step:06d}", auto_insert_metric_name=False,
         every_n_train_steps=t.checkpoint_every_n_steps, save_top_k=-1, save_last=True,
+        enable_version_counter=False,  # one job per run_dir (its lock): never a `last-v1.ckpt` beside last.ckpt
     )
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # voxfm's Preemption callback checkpoints and requeues, not Lightning's
         plugins.append(SLURMEnvironment(auto_requeue=False))
     on_gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu:  # a pretraining run's shapes never change: cuDNN picks its fastest convolutions once
+        torch.backends.cudnn.benchmark = True
     # the bar reads its metrics' values (a host sync) when it refreshes: at logging steps only
     bar = [ProgressBar(t.log_every_n_steps, t.accumulate_grad_batches)] if t.progress_bar else []
     return L.Trainer(
@@ -117,7 +124,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
                                    ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb),
                                    *([preemption] if preemption is not None else []),
                                    FinalCheckpoint(run_dir / "checkpoints"), Efficiency(t.peak_tflops),
-                                   *probe_callback(cfg), ShutDownProcessGroup(), *bar],
+                                   *probe_callback(cfg), ShutDownProcessGroup(), *bar,
+                                   Retention(run_dir / "checkpoints", t.keep_last_n, t.keep_every_n_steps,
+                                             t.checkpoint_every_n_steps)],
         plugins=plugins, enable_progress_bar=t.progress_bar, enable_model_summary=True,
         default_root_dir=str(run_dir), use_distributed_sampler=False,
     )
@@ -126,6 +135,24 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
 def launcher_rank() -> int:
     """This process's global rank as torchrun or SLURM announce it (0 for a single process or Lightning's launcher)."""
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
+
+
+def is_job_owner() -> bool:
+    """The one process per job that locks run_dir and writes config.yaml: global rank 0 under torchrun or SLURM,
+    else Lightning's launcher on node 0 (the ranks it starts carry LOCAL_RANK > 0, other nodes NODE_RANK > 0)."""
+    local, node = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("NODE_RANK", 0))
+    return launcher_rank() == 0 and local == 0 and node == 0
+
+
+def write_config(run_dir: Path, cfg: DictConfig) -> None:
+    """run_dir/config.yaml = this run's config; an earlier, different one is kept as config.<its mtime>.yaml."""
+    path, text = run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True)
+    if path.exists() and path.read_text() != text:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(path.stat().st_mtime))
+        path.rename(run_dir / f"config.{stamp}.yaml")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def build_loader(stream: RegionStream, data: DictConfig):
@@ -137,14 +164,25 @@ def build_loader(stream: RegionStream, data: DictConfig):
 
 
 def run_pretrain(cfg: DictConfig) -> Path:
-    """Train until `trainer.max_steps`; returns the final checkpoint. Same run_dir again = resume."""
+    """Train until `trainer.max_steps`; returns the final checkpoint. Same run_dir again = resume. One job per
+    run_dir: a second one raises `FolderLocked` (exit 2) naming the holder."""
     validate_pretrain(OmegaConf.to_container(cfg, resolve=True))
-    run_dir = Path(cfg.run_dir)
+    # torchrun / SLURM / Lightning's DDP launcher start every rank here; one holds the lock for the whole job
+    with folder_lock(cfg.run_dir, "run_dir") if is_job_owner() else nullcontext():
+        return _train(cfg, Path(cfg.run_dir))
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
-    if launcher_rank() == 0:  # torchrun / SLURM start every rank here; one writes
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     resume, resume_step = find_resume_checkpoint(run_dir / "checkpoints")
+    changes = {}
+    if resume is not None:  # every rank checks (each must stop); nothing is written before this passes
+        stored = load_checkpoint(resume, mmap=True).get("voxfm_config")
+        if stored is not None:
+            changes = check_resume_config(stored, config, list(cfg.resume.allow_changes), resume)
+    if is_job_owner():
+        write_config(run_dir, cfg)
     L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
     module = build_module(cfg)
     if cfg.init_from and resume is None:  # a new run seeded by a format=full export: its weights and step
@@ -155,7 +193,7 @@ def run_pretrain(cfg: DictConfig) -> Path:
     stream = RegionStream(cfg.data.shards, region_size, cfg.data.regions_per_volume, cfg.data.foreground_prob,
                           cfg.data.shuffle_buffer, seed=cfg.seed + resume_step,
                           sources=OmegaConf.to_container(cfg.data.sources) if cfg.data.sources else None,
-                          resampled=cfg.data.resampled)
+                          resampled=cfg.data.resampled, max_sample_mb=cfg.data.max_sample_mb)
     universal = bool(resume and is_deepspeed_checkpoint(resume) and cfg.strategy.get("universal_checkpoint"))
     if universal:  # another world size can resume a DeepSpeed run through DeepSpeed's universal format
         resume = universal_checkpoint(resume, convert=launcher_rank() == 0)
@@ -176,10 +214,10 @@ def run_pretrain(cfg: DictConfig) -> Path:
               f"(optim.lr_scaling={cfg.optim.lr_scaling})", flush=True)
         log_event(run_dir, event="resume" if resume else "start", step=resume_step,
                   checkpoint=str(resume) if resume else cfg.init_from, world_size=trainer.world_size,
-                  global_batch=global_batch, lr=lr)
+                  global_batch=global_batch, lr=lr, **({"changes": changes} if changes else {}))
     try:
         trainer.fit(module, train_dataloaders=build_loader(stream, cfg.data),
-                    ckpt_path=str(resume) if resume else None)
+                    ckpt_path=str(resume) if resume else None, weights_only=True)
     finally:  # also when fit raised (ShutDownProcessGroup covers a finished fit in every rank)
         shut_down_process_group()
     if preemption.result is not None:

@@ -52,7 +52,7 @@ def test_series_with_shuffled_names_equals_the_nifti_it_came_from(tmp_path, real
         out = tmp_path / f"{name}_shards"
         report = run_shard(str(src), str(out), {}, progress=False, workers=2)
         assert report["n_inputs"] == 2 == report["n_sharded"], report
-        by_kind = {bool(s["series_uid"]): s for s in json.loads((out / "index.json").read_text())["samples"]}
+        by_kind = {s["n_files"] > 1: s for s in json.loads((out / "index.json").read_text())["samples"]}
         series, nifti = by_kind[True], by_kind[False]
         assert series["n_files"] == data.shape[2] and series["modality"] == modality
         np.testing.assert_array_equal(_shard_voxels(out, series), _shard_voxels(out, nifti))
@@ -97,3 +97,18 @@ def test_series_that_are_not_one_volume_are_rejected_with_their_reason(tmp_path,
         _edit(files[4], ImagePositionPatient=pydicom.dcmread(files[3]).ImagePositionPatient)
     with pytest.raises(RejectedVolume, match=reason):
         load_series(files, max_voxels=10**9)
+
+
+def test_a_file_without_rows_rejects_its_series_and_the_good_series_beside_it_is_sharded(tmp_path):
+    """Issue 13 item 6: an AttributeError from one file stopped `voxfm shard` for every input."""
+    data, _ = phantom((24, 20, 12), "CT", np.random.default_rng(1))
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    write_series(data, affine, tmp_path / "in" / "good", np.random.default_rng(2), patient="A")
+    bad = write_series(data, affine, tmp_path / "in" / "bad", np.random.default_rng(3), patient="B")
+    ds = pydicom.dcmread(bad[0])
+    del ds.Rows
+    ds.save_as(bad[0])
+    report = run_shard(str(tmp_path / "in"), str(tmp_path / "out"), {"min_shape": 4}, progress=False, workers=1)
+    assert report["n_inputs"] == 2 == report["n_sharded"] + report["n_rejected"] and report["n_sharded"] == 1
+    (rejected,) = report["rejected"]
+    assert rejected["path"].endswith("bad") and rejected["reason"] == f"DICOM slice {bad[0].name} has no Rows"

@@ -35,6 +35,20 @@ def test_resenc_exports_into_nnunets_class_and_inflates_its_stem(mim_run, tmp_pa
         assert (got - ours(x)).abs().max() < 1e-5  # N identical channels = the 1-channel model
 
 
+def test_a_tampered_backbone_json_cannot_make_the_snippet_call_anything_else(mim_run, tmp_path, monkeypatch):
+    out = run_export(str(mim_run), str(tmp_path / "export"))
+    marker = tmp_path / "marker"
+    meta = json.loads((out / "backbone.json").read_text())
+    tampered = [{**meta, "class": "subprocess.call", "kwargs": {"args": f"touch {marker}", "shell": True},
+                 "kwargs_requires_import": []},
+                {**meta, "kwargs": {**meta["kwargs"], "nonlin": "os.system"}}]
+    for bad, name in zip(tampered, ("'subprocess.call'", "'os.system'")):
+        (out / "backbone.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=f"backbone.json names {name}; this export loads only"):
+            _run_snippet(out, monkeypatch)
+    assert not marker.exists()
+
+
 def test_nnunet_format_loads_through_nnunets_own_functions_in_its_axis_order(mim_run, tmp_path, monkeypatch):
     pytest.importorskip("nnunetv2")
     out = run_export(str(mim_run), str(tmp_path / "nn"), format="nnunet")
@@ -50,18 +64,22 @@ def test_nnunet_format_loads_through_nnunets_own_functions_in_its_axis_order(mim
     arch = config["architecture"]
     net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                                  input_channels=1, output_channels=1, deep_supervision=False).eval()
-    net.load_state_dict(torch.load(out / "nnunet_pretrained.pth", weights_only=False)["network_weights"])
+    net.load_state_dict(torch.load(out / "nnunet_pretrained.pth", weights_only=True)["network_weights"])
     ours = voxfm_encoder(mim_run / "checkpoints" / "last.ckpt")
     x = torch.randn(1, 1, 16, 20, 24)  # [C, X, Y, Z]: nnU-Net sees [C, Z, Y, X]
     with torch.no_grad():
         assert (net(x.permute(0, 1, 4, 3, 2)) - ours(x).permute(0, 1, 4, 3, 2)).abs().max() < 1e-5
+    arch["arch_kwargs"]["conv_op"] = "subprocess.call"  # a tampered fragment: the snippet refuses it
+    (out / "nnunet_plans_fragment.json").write_text(json.dumps(fragment))
+    with pytest.raises(ValueError, match="nnunet_plans_fragment.json names .*'subprocess.call'"):
+        _run_snippet(out, monkeypatch)
 
 
 def test_full_format_keeps_every_weight_of_the_pretraining_module(mim_run, tmp_path, monkeypatch):
     out = run_export(str(mim_run), str(tmp_path / "full"), format="full")
     meta = json.loads((out / "full.json").read_text())
     weights = load_file(str(out / "model.safetensors"))
-    ckpt = torch.load(mim_run / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(mim_run / "checkpoints" / "last.ckpt", weights_only=True)
     assert set(weights) == set(ckpt["state_dict"]) and meta["step"] == ckpt["global_step"] == 2
     assert meta["config"]["model"]["_target_"] == "models.resenc.ResEncUNet"
     monkeypatch.chdir(out)
@@ -103,7 +121,7 @@ def test_a_full_export_continues_pretraining_from_its_step_with_its_weights(mim_
         init_module(module, str(out), 2)
 
     run_pretrain(cfg)
-    ckpt = torch.load(tmp_path / "new" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "new" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 5  # steps 3, 4, 5 after the exported 2
     rows = (tmp_path / "new" / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
     steps = [int(r.split(",")[rows[0].split(",").index("step")]) for r in rows[1:]]

@@ -115,7 +115,7 @@ def test_the_probe_logs_downstream_dice_without_changing_the_pretraining_run(lab
                                               "trainer.max_steps=4", "trainer.progress_bar=false",
                                               "trainer.images_every_n_steps=0", "data.num_workers=0",
                                               "trainer.log_every_n_steps=1", *extra]))
-        return torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
     probe = (f"+callbacks.probe={{shards:'{labelled}',every_n_steps:2,steps:3,crop_size:[16,16,16],n_train:2,"
              "batch_size:1}")

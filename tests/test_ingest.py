@@ -1,6 +1,8 @@
 import json
+import os
 import shutil
 import tarfile
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 
 from data.ingest import run_shard
 from data.inputs import discover
+from data.phantoms import phantom
 
 
 def _folder_with_bad_files(tmp_path, phantom_dir):
@@ -133,3 +136,103 @@ def test_4d_series_follow_preprocess_frames(tmp_path, mode, expected):
     with tarfile.open(out / samples[-1]["shard"]) as tar:
         frame = payload.decode(tar.extractfile(f"{samples[-1]['key']}.image.b2").read())
     assert abs(float(frame.mean()) - float(series[..., expected - 1].mean())) < 1.0
+
+
+def test_any_exception_from_one_input_rejects_it_with_type_and_message(tmp_path, phantom_dir, monkeypatch):
+    import data.ingest
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in sorted(phantom_dir.glob("phantom00[0-1]_??.nii.gz")):
+        shutil.copy(p, src / p.name)
+    real = data.ingest.preprocess
+
+    def flaky(volume, *args, **kwargs):
+        if volume.path.endswith("phantom000_ct.nii.gz"):
+            raise ZeroDivisionError("a bug in one volume's preprocessing")
+        return real(volume, *args, **kwargs)
+
+    monkeypatch.setattr(data.ingest, "preprocess", flaky)
+    report = run_shard(str(src), str(tmp_path / "out"), {}, progress=False, workers=1)
+    assert report["n_inputs"] == 2 == report["n_sharded"] + report["n_rejected"] and report["n_sharded"] == 1
+    (rejected,) = report["rejected"]
+    assert rejected["reason"] == "unexpected error (ZeroDivisionError): a bug in one volume's preprocessing"
+    assert report["rejected_by_reason"] == {"unexpected error": 1}
+    # the byte budget: 40 x 40 x 32 voxels at 4 bytes = 0.195 MB
+    report = run_shard(str(src), str(tmp_path / "out2"), {"max_mb": 0.15}, progress=False, workers=1)
+    assert report["n_sharded"] == 0 and report["rejected_by_reason"] == {"too large": 2}
+    assert "MB in memory > preprocess.max_mb=0.15" in report["rejected"][0]["reason"]
+
+
+def test_shard_cli_bad_arguments_exit_2_and_an_unwritable_output_exits_4(tmp_path, phantom_dir, monkeypatch, capsys):
+    import errno
+
+    from data.shards import ShardSetWriter
+    from pretrain.cli import main
+
+    (tmp_path / "a_file").write_text("")
+    args = [f"input={phantom_dir}", "progress=false", "workers=1"]
+    assert main(["shard", *args, f"output={tmp_path / 'o'}", "workers=abc"]) == 2
+    assert main(["shard", *args, f"output={tmp_path / 'a_file'}"]) == 2
+    assert main(["shard", *args, f"output={tmp_path / 'o'}", "preprocess.max_mb=lots"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(": error: ")[1].split("=")[0] for line in err] == ["workers", "output", "preprocess.max_mb"]
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "shard-000000.tar")
+
+    monkeypatch.setattr(ShardSetWriter, "add", disk_full)
+    assert main(["shard", *args, f"output={tmp_path / 'o'}"]) == 4
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"voxfm shard: error: could not write output={tmp_path / 'o'}: [Errno 28]")
+
+
+def _flip(data, affine, axis):
+    """The same voxels stored with `axis` running the other way (same world positions)."""
+    flip = np.eye(4)
+    flip[axis, axis], flip[axis, 3] = -1.0, data.shape[axis] - 1
+    return np.ascontiguousarray(np.flip(data, axis)), affine @ flip
+
+
+def _storage_orders(real_dir):
+    """(name, modality, voxels, RAS affine): a CT phantom at 0.9 x 1.1 x 2.3 mm (no ratio to 1.5 mm is an
+    integer, and 36 · 1.1 / 1.5 = 26.4 drops part of a voxel); the real MR (reoriented to RAS) if available."""
+    data, _ = phantom((40, 36, 24), "CT", np.random.default_rng(3))
+    affine = np.diag([0.9, 1.1, 2.3, 1.0])
+    affine[:3, 3] = [-20.0, 10.0, 5.0]
+    yield "phantom", "CT", data, affine
+    if real_dir is not None:
+        from data.resample import to_ras
+
+        img = nib.load(real_dir / "mri_t1_itk_kmeans.nii.gz")
+        voxels, ras = to_ras(np.asanyarray(img.dataobj), img.affine)
+        yield "real_mr", "MR", np.ascontiguousarray(voxels), ras
+
+
+def test_the_same_scan_stored_ras_las_or_as_an_lps_dicom_series_shards_to_the_same_grid(tmp_path):
+    """Issue 13 item 12: the grid is anchored in world space, not at the stored first voxel."""
+    from data import payload
+    from tests.dicom_series import write_series
+
+    real_dir = Path(os.environ["VOXFM_REAL_DATA"]) if os.environ.get("VOXFM_REAL_DATA") else None
+    for name, modality, data, affine in _storage_orders(real_dir):
+        src = tmp_path / name
+        src.mkdir()
+        nib.save(nib.Nifti1Image(data, affine), src / "ras.nii.gz")
+        las, las_affine = _flip(data, affine, 0)
+        nib.save(nib.Nifti1Image(las, las_affine), src / "las.nii.gz")
+        write_series(*_flip(las, las_affine, 1), src / "lps", np.random.default_rng(0), modality=modality)
+        out = tmp_path / f"{name}_out"
+        report = run_shard(str(src), str(out), {}, progress=False, workers=1)
+        assert report["n_sharded"] == 3, report
+        samples = json.loads((out / "index.json").read_text())["samples"]
+        assert sorted(s["original_orientation"] for s in samples) == ["LAS", "LPS", "RAS"]
+        voxels = []
+        for s in samples:
+            with tarfile.open(out / s["shard"]) as tar:
+                voxels.append(payload.decode(tar.extractfile(f"{s['key']}.image.b2").read()).astype(np.float64))
+        span = voxels[0].max() - voxels[0].min()
+        for s, v in zip(samples[1:], voxels[1:]):
+            assert v.shape == voxels[0].shape, name
+            assert np.abs(v - voxels[0]).max() <= 0.01 * span, (name, s["original_orientation"])
+            np.testing.assert_allclose(s["affine"], samples[0]["affine"], atol=1e-3)

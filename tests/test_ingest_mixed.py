@@ -97,8 +97,8 @@ def test_messy_folder_every_input_sharded_or_rejected_with_its_reason(tmp_path):
     assert [Path(p).name for p in report["ignored"]] == ["README.txt"]
 
     samples = json.loads((out / "index.json").read_text())["samples"]
-    series = next(s for s in samples if s["series_uid"])
-    source = next(s for s in samples if s["subject"] == "dicom_source")
+    series = next(s for s in samples if s["n_files"] > 1)  # no series UID without preprocess.keep_dicom_uids
+    source = next(s for s in samples if Path(s["source_path"]).name == "dicom_source.nii.gz")
 
     def voxels(s):
         with tarfile.open(out / s["shard"]) as tar:

@@ -79,7 +79,72 @@ def test_big_endian_payloads_become_native_regions():
 
     vol = np.arange(16**3, dtype=">i2").reshape(16, 16, 16)
     sample = {"json": json.dumps({"normalisation": {"low": 0.0, "high": 4096.0}, "foreground_points": [],
-                                  "modality": "CT"}).encode(), "image.b2": payload.encode(vol)}
+                                  "modality": "CT", "shape": [16, 16, 16]}).encode(), "image.b2": payload.encode(vol)}
     regions = cut_regions(sample, 8, 2, 0.5, np.random.default_rng(0))
     assert regions[0]["region"].dtype == torch.int16 and regions[0]["region"].shape == (1, 8, 8, 8)
     assert regions[0]["region"].min() >= 0 and regions[0]["region"].max() < 16**3
+
+
+def _damaged_set(shard_dir, out, n: int = 70, every: int = 10):
+    """`n` samples (copies of the phantoms) in one shard, every `every`-th (from index 5) damaged in one of the ways
+    a sample can be: each must be skipped and counted where it is read. → (folder, number damaged)."""
+    import io
+    import json
+    import tarfile
+
+    import blosc2
+
+    from data import payload
+
+    def forged(frame, shape=None, dtype=None):
+        schunk = blosc2.schunk_from_cframe(frame, True)
+        kind, stored, descr = schunk.vlmeta["__pack_tensor__"]
+        schunk.vlmeta["__pack_tensor__"] = (kind, shape or stored, dtype or descr)
+        return schunk.to_cframe()
+
+    damages = [
+        lambda m, f: (m, payload.encode(np.zeros((2, *m["shape"]), np.int16))),  # 4-D payload, 3-D metadata
+        lambda m, f: ({**m, "modality": [m["modality"]]}, f),  # a list, not a string
+        lambda m, f: ({**m, "modality": "XR"}, f),
+        lambda m, f: ({**m, "normalisation": {**m["normalisation"], "high": float("inf")}}, f),
+        lambda m, f: ({**m, "normalisation": {**m["normalisation"], "low": 1.0, "high": 0.0}}, f),  # inverted
+        lambda m, f: (m, forged(payload.encode(np.zeros(m["shape"], np.int64)), dtype="|O")),
+        lambda m, f: ({**m, "shape": [4096] * 3}, forged(f, shape=(4096,) * 3)),  # 128 GiB: over the byte budget
+        lambda m, f: (m, forged(payload.encode(np.zeros((4, 4, 4), np.int16)), shape=m["shape"])),  # a shape lie
+    ]
+    with tarfile.open(shard_dir / "shard-000000.tar") as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    good = [(json.loads(files[k]), files[k[:-len("json")] + "image.b2"]) for k in sorted(files) if k.endswith(".json")]
+    buf, damaged = io.BytesIO(), 0
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in range(n):
+            meta, frame = good[i % len(good)]
+            if i % every == 5:
+                meta, frame = damages[damaged % len(damages)](meta, frame)
+                damaged += 1
+            for ext, data in (("json", json.dumps(meta).encode()), ("image.b2", frame)):
+                info = tarfile.TarInfo(f"s{i:03d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    out.mkdir()
+    (out / "shard-000000.tar").write_bytes(buf.getvalue())
+    index = json.loads((shard_dir / "index.json").read_text())
+    (out / "index.json").write_text(json.dumps({**index, "shards": [{"name": "shard-000000.tar", "n_samples": n}]}))
+    return out, damaged
+
+
+def test_a_run_over_damaged_samples_completes_and_counts_each_skip(shard_dir, tmp_path, capsys, caplog):
+    """One exact pass (resampled=false) over 80 samples, 8 damaged: 72 good regions = 9 steps of 8."""
+    from pretrain.cli import main
+
+    shards, damaged = _damaged_set(shard_dir, tmp_path / "damaged", n=80)
+    assert damaged == 8
+    assert main(["pretrain", "experiment=demo", f"data.shards={shards}", f"run_dir={tmp_path / 'run'}",
+                 "data.resampled=false", "data.regions_per_volume=1", "data.shuffle_buffer=1", "data.batch_size=8",
+                 "data.num_workers=0", "trainer.max_steps=9", "trainer.log_every_n_steps=1",
+                 "trainer.checkpoint_every_n_steps=9", "trainer.images_every_n_steps=0",
+                 "trainer.progress_bar=false"]) == 0
+    assert f"skipped {damaged} damaged shard read(s) or sample(s)" in capsys.readouterr().out
+    for reason in ("shape (2, ", "modality=['", "modality='XR'", "high=inf", "low=1.0, high=0.0",
+                   "dtype '|O' refused", "over the budget", "but the frame holds 128"):  # each skip says why
+        assert reason in caplog.text, reason

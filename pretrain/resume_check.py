@@ -1,0 +1,66 @@
+"""Resume compares the new config with the one stored in the checkpoint (`voxfm_config`), key by key.
+
+Three kinds of keys (a key matches an entry when it equals it or lies under it, e.g. `model` covers
+`model.num_layers`):
+- `FROZEN`: the model and the data contract. A change refuses to resume: the weights or the views would not
+  mean what they meant. Start a new `run_dir` (or `init_from` an export) instead.
+- `FREE`: where the run goes and how it is watched or run, not what it learns: more steps, logging, checkpoint
+  cadence and retention, workers, world size, compile. Changed without asking.
+- everything else (optimiser, schedule, batch, data mix, precision, clipping, strategy, new keys): changed
+  only when named in `resume.allow_changes=[optim.optimizer.lr, ...]`.
+Allowed and free changes are returned for `events.jsonl`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FROZEN = ("model", "objective", "seed", "data.crop_size", "data.region_size")
+FREE = ("run_dir", "init_from", "resume", "logger", "callbacks", "trainer.max_steps", "trainer.accelerator",
+        "trainer.devices", "trainer.num_nodes", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
+        "trainer.keep_last_n", "trainer.keep_every_n_steps", "trainer.progress_bar", "trainer.images_every_n_steps",
+        "trainer.max_nonfinite_steps", "trainer.compile", "trainer.activation_checkpointing", "trainer.peak_tflops",
+        "data.num_workers", "data.loader", "data.max_sample_mb", "strategy.universal_checkpoint")
+ABSENT = "<absent>"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1}} → {"a.b": 1}; lists and empty mappings are values."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def covered(key: str, entries) -> bool:
+    return any(key == e or key.startswith(e + ".") for e in entries)
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple]:
+    """{dotted key: (old value, new value)} for every key that differs; a key only one side has is `ABSENT`
+    on the other."""
+    a, b = flatten(old), flatten(new)
+    return {k: (a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(a.keys() | b.keys())
+            if a.get(k, ABSENT) != b.get(k, ABSENT)}
+
+
+def check_resume_config(old: dict, new: dict, allow_changes: list[str], checkpoint: str | Path) -> dict[str, list]:
+    """→ the changes to record, {key: [old, new]}; raises ValueError with one line per refused key."""
+    refused, recorded = [], {}
+    for key, (before, after) in config_changes(old, new).items():
+        change = f"{key}: {before!r} → {after!r}"
+        if covered(key, FROZEN):
+            refused.append(f"{change} (changes the model or the data contract: start a new run_dir, or init_from "
+                           "an export of this run)")
+        elif covered(key, FREE) or covered(key, allow_changes):
+            recorded[key] = [before, after]
+        else:
+            refused.append(f"{change} (to change it on resume, add it to resume.allow_changes=[{key}])")
+    if refused:
+        raise ValueError(f"cannot resume from {checkpoint}: the config differs from the one it was trained with; "
+                         "nothing was written:\n  " + "\n  ".join(refused))
+    return recorded
