@@ -5,8 +5,10 @@ Three kinds of keys (a key matches an entry when it equals it or lies under it, 
 - `FROZEN`: the model and the data contract. A change refuses to resume: the weights or the views would not
   mean what they meant. Start a new `run_dir` (or `init_from` an export) instead.
 - `FREE`: where the run goes and how it is watched or run, not what it learns: more steps, logging, checkpoint
-  cadence and retention, workers, world size, compile. Changed without asking.
-- everything else (optimiser, schedule, batch, data mix, precision, clipping, strategy, new keys): changed
+  cadence and retention, workers, world size and strategy (a DDP run resumed on one process, a DeepSpeed run
+  on another world size through its universal checkpoint; a format the strategy cannot read fails in its
+  loader), compile. Changed without asking.
+- everything else (optimiser, schedule, batch, data mix, precision, clipping, new keys): changed
   only when named in `resume.allow_changes=[optim.optimizer.lr, ...]`.
 Allowed and free changes are returned for `events.jsonl`.
 """
@@ -20,7 +22,7 @@ FREE = ("run_dir", "init_from", "resume", "logger", "callbacks", "trainer.max_st
         "trainer.devices", "trainer.num_nodes", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
         "trainer.keep_last_n", "trainer.keep_every_n_steps", "trainer.progress_bar", "trainer.images_every_n_steps",
         "trainer.max_nonfinite_steps", "trainer.compile", "trainer.activation_checkpointing", "trainer.peak_tflops",
-        "data.num_workers", "data.loader", "data.max_sample_mb", "strategy.universal_checkpoint")
+        "data.num_workers", "data.loader", "data.max_sample_mb", "strategy")
 ABSENT = "<absent>"
 
 

@@ -76,7 +76,8 @@ def test_compiled_run_is_killed_and_resumes_without_recompiling(tmp_path, shard_
     with open(first_log, "w") as log:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 900
-        while not (run_dir / "checkpoints" / "step000002.ckpt").exists() and proc.poll() is None:
+        # step 4: the CSV logger has flushed the first logged step by then (it writes at its flush interval)
+        while not (run_dir / "checkpoints" / "step000004.ckpt").exists() and proc.poll() is None:
             assert time.time() < deadline, "no checkpoint within 15 minutes"
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
