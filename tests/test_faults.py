@@ -168,7 +168,8 @@ def test_several_ranks_agree_on_a_preemption_at_logging_steps_only(tmp_path):
     """The all-ranks decision is a collective and a read: made at logging steps only (every 4th step here)."""
     decisions, saved = [], []
     loop = SimpleNamespace(_batches_that_stepped=0, _broadcast_sigterm_tensor=None)
-    trainer = SimpleNamespace(world_size=2, log_every_n_steps=4, should_stop=False, global_step=0,
+    trainer = SimpleNamespace(world_size=2, log_every_n_steps=4, accumulate_grad_batches=1, should_stop=False,
+                              global_step=0,
                               is_global_zero=False, fit_loop=SimpleNamespace(epoch_loop=loop), received_sigterm=True,
                               strategy=SimpleNamespace(reduce_boolean_decision=lambda flag, all: decisions.append(flag)
                                                        or flag),
