@@ -17,25 +17,19 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from pretrain.bench_timing import time_call
 from pretrain.logging_steps import is_logging_step
 
 BACKWARD_FACTOR = 3.0
 
 
 def measured_peak_tflops(device: torch.device) -> float:
+    """A square matmul's rate: bf16 on CUDA, fp32 elsewhere (the precision each trains in)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     n = 8192 if device.type == "cuda" else 1024
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start, reps = time.perf_counter(), 10 if device.type == "cuda" else 3
-    for _ in range(reps):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+    seconds = time_call(lambda: a @ b, device, warmup=2, steps=10 if device.type == "cuda" else 3)
+    return 2 * n**3 / seconds / 1e12
 
 
 class Efficiency(L.Callback):
