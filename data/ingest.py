@@ -148,10 +148,10 @@ def _ordered(pool: ProcessPoolExecutor | None, fn: Callable, items: Iterable, wi
             yield pending[0][1].result()
             pending.popleft()
     except BrokenProcessPool as err:
-        item = pending[0][0] if pending else None
-        what = ", ".join(v.path for v, _ in item[:3]) if isinstance(item, list) else item
-        raise WorkerDied(f"a worker process died (killed for lack of memory?) while working on {what}; finished "
-                         "shards are kept: rerun the same command to continue, with fewer workers=") from err
+        # the pool does not say which task died, and every unfinished one fails alike: name all in flight
+        what = "; ".join(", ".join(v.path for v, _ in i[:3]) if isinstance(i, list) else str(i) for i, _ in pending)
+        raise WorkerDied(f"a worker process died (killed for lack of memory?) while working on one of: {what}; "
+                         "finished shards are kept: rerun the same command to continue, with fewer workers=") from err
 
 
 def _hash_or_reason(path: str) -> tuple[str, str | None]:
