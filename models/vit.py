@@ -185,7 +185,7 @@ class ViT(nn.Module):
         return BackboneSpec(self.in_channels, self.hidden_size, self.patch_size, self.grid)
 
     def monai_kwargs(self) -> dict:
-        """Arguments that build the matching `monai.networks.nets.ViT` (see `pretrain/export.py`)."""
+        """Arguments that build the matching `monai.networks.nets.ViT` (see `pretrain/export/run.py`)."""
         return {
             "in_channels": self.in_channels, "img_size": list(self.img_size), "patch_size": list(self.patch_size),
             "hidden_size": self.hidden_size, "mlp_dim": self.mlp_dim, "num_layers": self.num_layers,

@@ -1,3 +1,3 @@
-from pretrain.cli import main
+from pretrain.cli.main import main
 
 raise SystemExit(main())

@@ -20,7 +20,7 @@ if [ "${TINY:-0}" = 1 ]; then
   BENCH=("demo" "demo_mim" "demo_simclr" "demo_mae_contrastive")
   LARGE=("demo:data.batch_size=2 profile=10 compile=true")  # inductor on CPU: tens of seconds, so only here
   BENCH_ARGS=(warmup=1 steps=2 compile=false)
-  ATTENTION_ARGS=(warmup=1 steps=3)                     # CPU: shapes scaled down (conf/bench_attention.yaml)
+  ATTENTION_ARGS=(warmup=1 steps=3)                     # CPU: shapes scaled down (conf/bench/attention.yaml)
 else
   EXP=(experiment=mae_vit_b data.num_workers=12); STEPS=200; MORE=220; VSTEPS=60; N=32; SHAPE=160
   FT_PRE=(experiment=mim_resenc_l data.num_workers=12); FT=(experiment=finetune_resenc); FT_STEPS=50

@@ -36,8 +36,8 @@ def shard_dir(tmp_path_factory, phantom_dir) -> Path:
 @pytest.fixture(scope="session")
 def mim_run(tmp_path_factory, shard_dir) -> Path:
     """A tiny ResEnc (demo_mim) pretrained 2 steps on the phantom shards, for the export and fine-tune tests."""
-    from pretrain.config import load_config
-    from pretrain.train import run_pretrain
+    from pretrain.cli.compose import load_config
+    from pretrain.training.run import run_pretrain
 
     run = tmp_path_factory.mktemp("mim_run")
     run_pretrain(load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={run}",

@@ -2,8 +2,8 @@
 
 from omegaconf import OmegaConf
 
-from pretrain.checkpoints import load_checkpoint
-from pretrain.train import build_module
+from pretrain.training.checkpoints import load_checkpoint
+from pretrain.training.run import build_module
 
 
 def voxfm_encoder(ckpt_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from data.views import ViewStage
-from pretrain.module import step_generator
+from pretrain.training.module import step_generator
 
 
 def smooth_regions(b: int, size: int, seed: int = 0) -> dict:

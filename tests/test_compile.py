@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-from pretrain.config import load_config
-from pretrain.module import step_generator
-from pretrain.train import build_module, run_pretrain
+from pretrain.cli.compose import load_config
+from pretrain.training.module import step_generator
+from pretrain.training.run import build_module, run_pretrain
 from tests.conftest import REPO
 
 TWINS = ["demo", "demo_mim", "demo_simclr", "demo_mae_contrastive"]

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from pretrain.cli import main
-from pretrain.config import CONF_DIR, load_config, missing_keys
-from pretrain.train import build_module
+from pretrain.cli.compose import CONF_DIR, load_config, missing_keys
+from pretrain.cli.main import main
+from pretrain.training.run import build_module
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
@@ -57,7 +57,7 @@ def test_every_group_option_composes(group):
             assert model.spec.feature_dim > 0
 
 
-@pytest.mark.parametrize("name", ["shard", "export", "bench"])
+@pytest.mark.parametrize("name", ["shard", "export", "bench/data"])
 def test_command_configs_compose_and_name_their_required_keys(name):
     assert missing_keys(load_config(name, [])) != []
 

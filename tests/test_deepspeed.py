@@ -16,7 +16,7 @@ import torch
 from monai.networks.nets import ViT as MonaiViT
 from safetensors.torch import load_file
 
-from pretrain.checkpoints import find_resume_checkpoint, load_checkpoint
+from pretrain.training.checkpoints import find_resume_checkpoint, load_checkpoint
 from tests.conftest import REPO, free_port
 
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu",
@@ -77,7 +77,7 @@ def test_zero_trains_resumes_after_a_kill_and_exports(tmp_path, shard_dir, stage
                           "trainer.max_steps=9"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     assert "step000008.ckpt.universal at step 8" in one.stdout and "1 rank(s)" in one.stdout
-    from pretrain.checkpoints import consolidate_deepspeed
+    from pretrain.training.checkpoints import consolidate_deepspeed
 
     def distance(a, b):
         return sum((a[k].float() - b[k].float()).pow(2).sum() for k in b if k.startswith("backbone.")).sqrt()

@@ -9,10 +9,10 @@ from monai.networks.nets import ViT as MonaiViT
 from safetensors.torch import load_file
 
 from models.vit import ViT
-from pretrain.config import load_config
-from pretrain.export import run_export
-from pretrain.export_formats import vit_monai
-from pretrain.train import run_pretrain
+from pretrain.cli.compose import load_config
+from pretrain.export.formats import vit_monai
+from pretrain.export.run import run_export
+from pretrain.training.run import run_pretrain
 from tests.exports import model_card_snippet, voxfm_encoder
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pretrain.config import load_config
-from pretrain.export import run_export
-from pretrain.train import run_pretrain
-from pretrain.weights import load_strict
+from models.weights import load_strict
+from pretrain.cli.compose import load_config
+from pretrain.export.run import run_export
+from pretrain.training.run import run_pretrain
 from tests.exports import model_card_snippet, voxfm_encoder
 
 
@@ -105,8 +105,8 @@ def test_a_failed_load_names_missing_unexpected_and_mismatched_keys(mim_run, tmp
 def test_a_full_export_continues_pretraining_from_its_step_with_its_weights(mim_run, tmp_path, shard_dir):
     from safetensors.torch import load_file as load
 
-    from pretrain.init_from import init_module
-    from pretrain.train import build_module
+    from pretrain.training.init_from import init_module
+    from pretrain.training.run import build_module
 
     out = run_export(str(mim_run), str(tmp_path / "full"), format="full")
     cfg = load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'new'}",
@@ -134,8 +134,8 @@ def test_a_full_export_continues_pretraining_from_its_step_with_its_weights(mim_
 
 
 def test_init_from_a_mismatched_model_names_the_bad_keys(mim_run, tmp_path, shard_dir):
-    from pretrain.init_from import init_module
-    from pretrain.train import build_module
+    from pretrain.training.init_from import init_module
+    from pretrain.training.run import build_module
 
     out = run_export(str(mim_run), str(tmp_path / "full"), format="full")
     cfg = load_config("pretrain", ["experiment=demo", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'x'}"])

@@ -15,11 +15,11 @@ import torch
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-import pretrain.train
-from pretrain.checkpoints import find_resume_checkpoint, load_checkpoint
-from pretrain.cli import main
-from pretrain.module import skips_on_device
-from pretrain.preemption import Preemption
+import pretrain.training.run
+from pretrain.callbacks.preemption import Preemption
+from pretrain.cli.main import main
+from pretrain.training.checkpoints import find_resume_checkpoint, load_checkpoint
+from pretrain.training.module import skips_on_device
 from tests.conftest import REPO
 
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
@@ -62,7 +62,7 @@ def test_a_signal_checkpoints_exits_75_and_the_rerun_continues(tmp_path, shard_d
 def _poisoned_run(monkeypatch, run_dir, shard_dir, nan_steps, max_steps, k=10, extra=()):
     """`voxfm pretrain` (exit code) with a NaN loss at `nan_steps`; logging every 4 steps, so a NaN step that is no
     logging step is decided on the device alone. Returns (exit code, module, weights at the start of each step)."""
-    build_module, built, seen = pretrain.train.build_module, [], {}
+    build_module, built, seen = pretrain.training.run.build_module, [], {}
 
     def poisoned_module(cfg):
         module = build_module(cfg)
@@ -78,7 +78,7 @@ def _poisoned_run(monkeypatch, run_dir, shard_dir, nan_steps, max_steps, k=10, e
         built.append(module)
         return module
 
-    monkeypatch.setattr(pretrain.train, "build_module", poisoned_module)
+    monkeypatch.setattr(pretrain.training.run, "build_module", poisoned_module)
     code = main(["pretrain", "experiment=demo", f"data.shards={shard_dir}", f"run_dir={run_dir}",
                  f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=2",
                  f"trainer.max_nonfinite_steps={k}", "trainer.progress_bar=false", "trainer.images_every_n_steps=0",

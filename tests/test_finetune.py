@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from data.ingest import run_shard
-from pretrain.cli import main
-from pretrain.config import load_config
-from pretrain.export import run_export
-from pretrain.train import run_pretrain
+from pretrain.cli.compose import load_config
+from pretrain.cli.main import main
+from pretrain.export.run import run_export
+from pretrain.training.run import run_pretrain
 
 FAST = ["steps=6", "trainer.progress_bar=false", "trainer.checkpoint_every_n_steps=3", "data.batch_size=1",
         "data.crop_size=[16,16,16]", "sw_batch_size=8"]
@@ -61,7 +61,7 @@ def test_compare_scratch_trains_both_arms_alike_and_a_rerun_resumes(labelled, re
 def test_resenc_finetune_starts_from_the_export_with_a_new_head(resenc_export):
     from safetensors.torch import load_file
 
-    from pretrain.finetune_model import segmenter_from_export
+    from pretrain.finetune.model import segmenter_from_export
 
     net, meta = segmenter_from_export(str(resenc_export), n_classes=5, crop_size=[16] * 3, unetr={})
     exported = load_file(str(resenc_export / "backbone.safetensors"))
@@ -75,9 +75,9 @@ def test_unetr_takes_a_vit_export_as_its_encoder_and_freezing_leaves_it_untraine
     from safetensors.torch import save_file
 
     from models.vit import ViT
-    from pretrain.export_formats import vit_monai
-    from pretrain.finetune import SegmentationModule
-    from pretrain.finetune_model import encoder_parameters, segmenter_from_export
+    from pretrain.export.formats import vit_monai
+    from pretrain.finetune.model import encoder_parameters, segmenter_from_export
+    from pretrain.finetune.run import SegmentationModule
 
     vit = ViT(1, 32, 16, hidden_size=48, mlp_dim=96, num_layers=12, num_heads=4, pos_embed_type="learnable")
     weights, meta = vit_monai(vit.state_dict(), vit, None)
@@ -133,7 +133,7 @@ def test_the_probe_logs_downstream_dice_without_changing_the_pretraining_run(lab
 def test_either_network_builds_from_random_initialisation(tmp_path):
     from omegaconf import OmegaConf
 
-    from pretrain.finetune import _network
+    from pretrain.finetune.run import _network
 
     base = load_config("finetune", ["backbone=none", "data.shards=x", f"run_dir={tmp_path}"])
     net, architecture = _network(base, "scratch", 4, [32] * 3)

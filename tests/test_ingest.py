@@ -168,7 +168,7 @@ def test_shard_cli_bad_arguments_exit_2_and_an_unwritable_output_exits_4(tmp_pat
     import errno
 
     from data.shards import ShardSetWriter
-    from pretrain.cli import main
+    from pretrain.cli.main import main
 
     (tmp_path / "a_file").write_text("")
     args = [f"input={phantom_dir}", "progress=false", "workers=1"]

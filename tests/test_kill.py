@@ -12,7 +12,7 @@ import time
 from monai.networks.nets import ViT as MonaiViT
 from safetensors.torch import load_file
 
-from pretrain.checkpoints import find_resume_checkpoint
+from pretrain.training.checkpoints import find_resume_checkpoint
 from tests.conftest import REPO
 
 

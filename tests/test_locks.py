@@ -12,7 +12,7 @@ import time
 import pytest
 
 from data.locks import LOCK_NAME, FolderLocked, folder_lock
-from pretrain.cli import main
+from pretrain.cli.main import main
 from tests.conftest import REPO
 
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
@@ -37,7 +37,7 @@ def stalled(*args, **kwargs):
         time.sleep(0.05)
     return original(*args, **kwargs)
 m.{function} = stalled
-from pretrain.cli import main
+from pretrain.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -82,7 +82,7 @@ def _pretrain_args(shard_dir, run_dir, max_steps):
 
 def test_a_second_pretrain_on_a_run_dir_exits_2_and_the_first_finishes(tmp_path, shard_dir, capsys):
     run, go = tmp_path / "run", tmp_path / "go"
-    first = _start_stalled("pretrain.train", "build_module", _pretrain_args(shard_dir, run, 2), run, go)
+    first = _start_stalled("pretrain.training.run", "build_module", _pretrain_args(shard_dir, run, 2), run, go)
     try:
         assert main(_pretrain_args(shard_dir, run, 2)) == 2
         err = capsys.readouterr().err

@@ -4,8 +4,8 @@ import torch
 from data.masking import RandomPatchMasking
 from data.views import ViewStage
 from models.vit import ViT
-from pretrain.module import step_generator
 from pretrain.objectives.mae import MAEObjective, patchify, patchify_at, unpatchify, visible_ids
+from pretrain.training.module import step_generator
 from tests.objectives import assert_gradients_reach, overfit, smooth_regions, staged
 
 

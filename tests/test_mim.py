@@ -5,10 +5,10 @@ from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from data.masking import RandomPatchMasking
 from data.views import ViewStage
 from models.resenc import ResEncUNet, resenc_kwargs
-from pretrain.checkpoints import load_checkpoint
-from pretrain.config import load_config
+from pretrain.cli.compose import load_config
 from pretrain.objectives.mim import MIMObjective, cube_visibility
-from pretrain.train import run_pretrain
+from pretrain.training.checkpoints import load_checkpoint
+from pretrain.training.run import run_pretrain
 from tests.objectives import (
     TINY_RESENC,
     assert_gradients_reach,

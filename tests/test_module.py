@@ -5,10 +5,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pretrain.checkpoints import load_checkpoint
-from pretrain.config import load_config
-from pretrain.module import skips_on_device
-from pretrain.train import build_module, run_pretrain
+from pretrain.cli.compose import load_config
+from pretrain.training.checkpoints import load_checkpoint
+from pretrain.training.module import skips_on_device
+from pretrain.training.run import build_module, run_pretrain
 
 
 def test_fused_adamw_clips_gradients_under_bf16_mixed(tmp_path, shard_dir):

@@ -5,7 +5,7 @@ import torch
 
 from models.resenc import ResEncUNet
 from models.vit import ViT
-from pretrain.parallelize import parallelize, repeated_blocks
+from pretrain.training.speedups import parallelize, repeated_blocks
 
 MAKERS = {
     "vit": lambda: ViT(1, 16, 4, 48, 96, 2, 4),

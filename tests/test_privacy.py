@@ -11,7 +11,7 @@ import pytest
 from data.ingest import run_shard
 from data.inputs import pseudonym
 from data.phantoms import phantom
-from pretrain.export import run_export, shareable_config
+from pretrain.export.run import run_export, shareable_config
 from tests.dicom_series import write_series
 
 AFFINE = np.diag([-1.2, -0.9, 2.5, 1.0])

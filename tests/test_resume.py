@@ -13,9 +13,9 @@ import torch
 from omegaconf import OmegaConf
 
 from data.stream import RegionStream, region_loader
-from pretrain.checkpoints import load_checkpoint
-from pretrain.module import step_generator
-from pretrain.train import build_module
+from pretrain.training.checkpoints import load_checkpoint
+from pretrain.training.module import step_generator
+from pretrain.training.run import build_module
 from tests.conftest import REPO
 
 DEMOS = {  # experiment → extra overrides (a little more work per step so the kill lands mid-run)

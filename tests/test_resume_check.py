@@ -6,9 +6,9 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from pretrain.cli import main
-from pretrain.config import load_config
-from pretrain.resume_check import ABSENT, check_resume_config, config_changes
+from pretrain.cli.compose import load_config
+from pretrain.cli.main import main
+from pretrain.training.resume_check import ABSENT, check_resume_config, config_changes
 
 MASK = "objective.stage.masking.mask_ratio"
 LR = "optim.optimizer.lr"

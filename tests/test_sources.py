@@ -114,7 +114,7 @@ def test_damaged_samples_and_truncated_shards_are_skipped_and_counted(shard_dir,
 
 
 def test_pretraining_on_two_sources_one_damaged_completes_and_reports_skips_and_mix(shard_dir, tmp_path, capsys):
-    from pretrain.cli import main
+    from pretrain.cli.main import main
 
     run = tmp_path / "run"
     damaged = _damage(shard_dir, tmp_path)

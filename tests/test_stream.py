@@ -135,7 +135,7 @@ def _damaged_set(shard_dir, out, n: int = 70, every: int = 10):
 
 def test_a_run_over_damaged_samples_completes_and_counts_each_skip(shard_dir, tmp_path, capsys, caplog):
     """One exact pass (resampled=false) over 80 samples, 8 damaged: 72 good regions = 9 steps of 8."""
-    from pretrain.cli import main
+    from pretrain.cli.main import main
 
     shards, damaged = _damaged_set(shard_dir, tmp_path / "damaged", n=80)
     assert damaged == 8

@@ -11,8 +11,8 @@ import torch
 
 from data.shards import describe_shard_set, shard_urls
 from models.vit import ViT
-from pretrain.cli import main
-from pretrain.export import run_export
+from pretrain.cli.main import main
+from pretrain.export.run import run_export
 
 VIT = {"_target_": "models.vit.ViT", "in_channels": 1, "img_size": [32, 32, 32], "patch_size": 8, "hidden_size": 48,
        "mlp_dim": 96, "num_layers": 1, "num_heads": 4}

@@ -6,7 +6,7 @@ import torch
 from data.augment import IntensityAugment
 from data.masking import RandomPatchMasking
 from data.views import ViewStage, crop_views
-from pretrain.module import step_generator
+from pretrain.training.module import step_generator
 
 
 def _g(step=0):

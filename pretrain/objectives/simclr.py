@@ -13,7 +13,7 @@ from torch import nn
 
 from models.heads import ProjectionHead
 from models.spec import BackboneSpec
-from pretrain.distributed import gather_with_grad, world
+from pretrain.training.distributed import gather_with_grad, world
 
 
 def nt_xent(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,10 +3,10 @@
 1. activation checkpointing: each transformer block (ViT) or residual block (ResEnc UNet) recomputes its
    activations in backward instead of keeping them — memory for ~1/3 more compute;
 2. `torch.compile`: `"step"` compiles the whole step — device stage, backbone, objective and loss — as graphs
-   without breaks (`pretrain/compiled_step.py`, applied by the training module); `"blocks"` compiles each
+   without breaks (`pretrain/training/compiled_step.py`, applied by the training module); `"blocks"` compiles each
    repeated block alone, for DeepSpeed ZeRO-3, whose parameter gathering hooks a whole-step graph cannot hold
    (cuDNN autotuning, `cudnn.benchmark`, is on for every GPU run: `build_trainer`);
-3. the distribution strategy is Lightning's (`pretrain/strategy.py`).
+3. the distribution strategy is Lightning's (`pretrain/training/strategy.py`).
 Both steps patch the blocks in place, so parameter names — and the MONAI / nnU-Net exports — are unchanged.
 Parameters stay contiguous (NCDHW): a channels-last copy would not save to safetensors; under compile inductor
 picks channels-last layouts for the convolutions itself (`layout_optimization`).

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from pretrain.weights import load_strict
+from models.weights import load_strict
 
 SEG_HEAD = "decoder.seg_layers."
 ARCHITECTURES = ("vit", "resenc")

@@ -10,9 +10,9 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 
-from pretrain.compiled_step import CompiledStep, objective_inputs
-from pretrain.logging_steps import is_logging_step
-from pretrain.schedule import warmup_cosine
+from pretrain.training.compiled_step import CompiledStep, objective_inputs
+from pretrain.training.logging_steps import is_logging_step
+from pretrain.training.schedule import warmup_cosine
 
 
 def step_generator(device: torch.device, seed: int, step: int, rank: int) -> torch.Generator:
@@ -39,7 +39,7 @@ class PretrainModule(L.LightningModule):
                  min_lr_factor: float = 0.01, seed: int = 0, fused: bool | None = None,
                  max_nonfinite_steps: int = 10, compile: bool = False):
         super().__init__()
-        self.compiled = CompiledStep(compile)  # trainer.compile: the whole step (pretrain/compiled_step.py)
+        self.compiled = CompiledStep(compile)  # trainer.compile: the whole step (pretrain/training/compiled_step.py)
         self.max_nonfinite_steps = max_nonfinite_steps
         self.lr_scale = 1.0
         # non-finite steps: flags and counters stay on the device, read at logging steps (`_check_nonfinite`)

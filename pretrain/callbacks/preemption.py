@@ -21,7 +21,7 @@ from pathlib import Path
 import lightning as L
 
 from pretrain.errors import Preempted
-from pretrain.logging_steps import is_logging_step
+from pretrain.training.logging_steps import is_logging_step
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 

@@ -19,7 +19,15 @@ import torch
 from safetensors.torch import save_file
 
 from data.crops import triple
-from pretrain.checkpoints import (
+from pretrain.export.formats import (
+    clone_state,
+    nnunet_plans_fragment,
+    resenc_monai,
+    to_nnunet_axes,
+    vit_monai,
+)
+from pretrain.export.model_card import write_model_card
+from pretrain.training.checkpoints import (
     backbone_arguments,
     check_config_tree,
     consolidate_deepspeed,
@@ -27,14 +35,6 @@ from pretrain.checkpoints import (
     is_deepspeed_checkpoint,
     load_checkpoint,
 )
-from pretrain.export_formats import (
-    clone_state,
-    nnunet_plans_fragment,
-    resenc_monai,
-    to_nnunet_axes,
-    vit_monai,
-)
-from pretrain.model_card import write_model_card
 
 BACKBONE_PREFIX = "backbone."
 FORMATS = ("monai", "nnunet", "full")

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from pretrain.errors import CheckpointWriteError
-from pretrain.logging_steps import is_logging_step
+from pretrain.training.logging_steps import is_logging_step
 
 
 class Throughput(L.Callback):
@@ -131,7 +131,7 @@ class FinalCheckpoint(L.Callback):
         self.checkpoint_dir = Path(checkpoint_dir)
 
     def _last_step(self) -> int | None:
-        from pretrain.checkpoints import load_checkpoint
+        from pretrain.training.checkpoints import load_checkpoint
 
         last = self.checkpoint_dir / "last.ckpt"
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 from safetensors.torch import load_file
 
-from pretrain.weights import load_strict
+from models.weights import load_strict
 
 
 def read_full_export(folder: str) -> tuple[dict, dict]:

@@ -17,10 +17,10 @@ from monai.losses import DiceCELoss
 from torch.utils.data import DataLoader
 
 from data.crops import triple
-from pretrain.export_formats import backbone_weights
-from pretrain.finetune import evaluate
-from pretrain.finetune_data import CropStream, label_values, read_labelled, split, to_labelled
-from pretrain.finetune_model import segmenter_with_weights
+from data.labelled import CropStream, label_values, read_labelled, split, to_labelled
+from pretrain.export.formats import backbone_weights
+from pretrain.finetune.model import segmenter_with_weights
+from pretrain.finetune.run import evaluate
 
 
 class Probe(L.Callback):

@@ -24,11 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from data.crops import triple
-from pretrain.callbacks import AtomicCheckpointIO
-from pretrain.checkpoints import find_resume_checkpoint
-from pretrain.export_formats import backbone_weights
-from pretrain.finetune_data import CropStream, label_values, read_labelled, split, to_labelled
-from pretrain.finetune_model import build_segmenter, encoder_parameters, read_export, segmenter_from_export
+from data.labelled import CropStream, label_values, read_labelled, split, to_labelled
+from pretrain.callbacks.monitoring import AtomicCheckpointIO
+from pretrain.export.formats import backbone_weights
+from pretrain.finetune.model import build_segmenter, encoder_parameters, read_export, segmenter_from_export
+from pretrain.training.checkpoints import find_resume_checkpoint
 
 
 class SegmentationModule(L.LightningModule):

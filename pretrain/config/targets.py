@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 
 def bounded(**bounds) -> dict:
-    """ge / gt / le / lt bounds as dataclass field metadata, read by `pretrain.schema.check_node`."""
+    """ge / gt / le / lt bounds as dataclass field metadata, read by `pretrain.config.schema.check_node`."""
     return {"metadata": bounds}
 
 

@@ -21,7 +21,9 @@ from data.loader import ThreadLoader
 from data.locks import folder_lock
 from data.shards import describe_shard_set
 from data.stream import RegionStream, region_loader
-from pretrain.callbacks import (
+from pretrain.callbacks.efficiency import Efficiency
+from pretrain.callbacks.images import ReconstructionImages
+from pretrain.callbacks.monitoring import (
     AtomicCheckpointIO,
     ConfigInCheckpoint,
     DataStats,
@@ -31,18 +33,16 @@ from pretrain.callbacks import (
     Throughput,
     shut_down_process_group,
 )
-from pretrain.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint, load_checkpoint
-from pretrain.efficiency import Efficiency
-from pretrain.images import ReconstructionImages
-from pretrain.init_from import ContinueFromStep, init_module
-from pretrain.module import PretrainModule
-from pretrain.parallelize import compile_mode, parallelize
-from pretrain.preemption import Preemption
-from pretrain.resume_check import check_resume_config
-from pretrain.retention import Retention
-from pretrain.schedule import lr_scale
-from pretrain.schema import validate_pretrain
-from pretrain.strategy import build_strategy, universal_checkpoint
+from pretrain.callbacks.preemption import Preemption
+from pretrain.callbacks.retention import Retention
+from pretrain.config.schema import validate_pretrain
+from pretrain.training.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint, load_checkpoint
+from pretrain.training.init_from import ContinueFromStep, init_module
+from pretrain.training.module import PretrainModule
+from pretrain.training.resume_check import check_resume_config
+from pretrain.training.schedule import lr_scale
+from pretrain.training.speedups import compile_mode, parallelize
+from pretrain.training.strategy import build_strategy, universal_checkpoint
 
 
 def log_event(run_dir: Path, **event) -> None:
@@ -66,7 +66,7 @@ def probe_callback(cfg: DictConfig) -> list:
     probe = cfg.get("callbacks", {}).get("probe")
     if not probe:
         return []
-    from pretrain.probe import Probe
+    from pretrain.callbacks.probe import Probe
 
     return [Probe(**OmegaConf.to_container(probe))]
 

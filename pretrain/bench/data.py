@@ -26,7 +26,7 @@ from data.loader import ThreadLoader
 from data.preprocess import normalise
 from data.shards import shard_urls
 from data.stream import RegionStream, collate_regions, cut_regions, region_loader
-from pretrain.bench_timing import time_call
+from pretrain.bench.timing import time_call
 
 GPU_SAMPLES_PER_S = 9000  # ViT-B MAE 96³ on one H100: the goal (DESIGN.md)
 

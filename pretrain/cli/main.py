@@ -11,7 +11,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pretrain.config import CONF_DIR, load_config, missing_keys
+from pretrain.cli.compose import CONF_DIR, load_config, missing_keys
 from pretrain.errors import PREEMPTED_EXIT_CODE, CheckpointWriteError, OutputWriteError, Preempted
 
 USAGE = """usage: voxfm <command> [key=value ...]
@@ -102,23 +102,23 @@ def _shard(cfg) -> None:
 
 
 def _pretrain(cfg) -> None:
-    from pretrain.schema import validate_pretrain
+    from pretrain.config.schema import validate_pretrain
 
     validate_pretrain(OmegaConf.to_container(cfg, resolve=True))  # before torch, Lightning, data or model load
-    from pretrain.train import run_pretrain
+    from pretrain.training.run import run_pretrain
 
     run_pretrain(cfg)
 
 
 def _export(cfg) -> None:
-    from pretrain.export import run_export
+    from pretrain.export.run import run_export
 
     out = run_export(cfg.checkpoint, cfg.output, cfg.in_channels, cfg.format)
     print(f"exported ({cfg.format}) to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
 
 
 def _finetune(cfg) -> None:
-    from pretrain.finetune import results_table, run_finetune
+    from pretrain.finetune.run import results_table, run_finetune
 
     results = run_finetune(cfg)
     print(results_table(results))
@@ -140,9 +140,9 @@ def _experiment(overrides: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _bench_ingest(overrides: list[str]) -> None:
-    from pretrain.bench_ingest import bench_ingest, format_ingest_bench
+    from pretrain.bench.ingest import bench_ingest, format_ingest_bench
 
-    cfg = _compose("bench_ingest", overrides)
+    cfg = _compose("bench/ingest", overrides)
     if cfg is None:
         return
     result = bench_ingest(cfg.input, cfg.max_volumes, cfg.repeats, list(cfg.spacing))
@@ -152,11 +152,11 @@ def _bench_ingest(overrides: list[str]) -> None:
 
 def _bench_data(overrides: list[str]) -> None:
     """`experiment=<name>` (optional) takes the region size and regions per volume from that experiment; the other
-    overrides go to conf/bench.yaml."""
-    from pretrain.bench import bench_data, format_data_bench
+    overrides go to conf/bench/data.yaml."""
+    from pretrain.bench.data import bench_data, format_data_bench
 
     experiment, overrides = _experiment(overrides)
-    cfg = _compose("bench", overrides)
+    cfg = _compose("bench/data", overrides)
     if cfg is None:
         return
     region_size, per_volume = list(cfg.region_size), cfg.regions_per_volume
@@ -175,15 +175,15 @@ BENCH_MODEL_KEYS = ("warmup", "steps", "profile", "compile")
 
 
 def _bench_model(overrides: list[str]) -> None:
-    """`warmup`/`steps` go to conf/bench_model.yaml; `experiment=` and every other override shape the
+    """`warmup`/`steps` go to conf/bench/model.yaml; `experiment=` and every other override shape the
     experiment's pretrain config."""
-    from pretrain.bench_model import bench_model, format_model_bench
+    from pretrain.bench.model import bench_model, format_model_bench
 
     experiment, _ = _experiment(overrides)
     if experiment is None:
         raise ValueError("voxfm bench model: missing required setting(s): experiment=... (e.g. experiment=demo)")
     own = [o for o in overrides if o.split("=", 1)[0] in BENCH_MODEL_KEYS]
-    cfg = _compose("bench_model", own)
+    cfg = _compose("bench/model", own)
     if cfg is None:
         return
     rest = [o for o in overrides if o.split("=", 1)[0] not in BENCH_MODEL_KEYS]
@@ -197,9 +197,9 @@ def _bench_model(overrides: list[str]) -> None:
 
 
 def _bench_attention(overrides: list[str]) -> None:
-    from pretrain.bench_attention import bench_attention, format_attention_bench
+    from pretrain.bench.attention import bench_attention, format_attention_bench
 
-    cfg = _compose("bench_attention", overrides)
+    cfg = _compose("bench/attention", overrides)
     if cfg is None:
         return
     result = bench_attention(dict(cfg.shapes), cfg.warmup, cfg.steps, cfg.scale, cfg.backends)

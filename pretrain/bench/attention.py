@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from pretrain.bench_timing import time_call, timer_name
+from pretrain.bench.timing import time_call, timer_name
 
 BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 CPU_BACKENDS = ("FLASH_ATTENTION", "MATH")  # the others are CUDA kernels

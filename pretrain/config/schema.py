@@ -4,7 +4,7 @@
 "did you mean"), a wrong type, an out-of-range value, a missing shard set or an impossible combination
 fails in well under 2 seconds — before torch, Lightning, data, model or process group — with one line
 per problem naming the key, the value and what is allowed. Schemas of `_target_` nodes are in
-`pretrain/schema_targets.py`.
+`pretrain/config/targets.py`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from pretrain.schema_checks import combination_errors
-from pretrain.schema_targets import TARGETS, bounded
+from pretrain.config.checks import combination_errors
+from pretrain.config.targets import TARGETS, bounded
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Lightning callbacks of a pretraining run: checkpointing, preemption, monitoring, pictures, probe, teardown."""

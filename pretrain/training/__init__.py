@@ -1,0 +1,1 @@
+"""A pretraining run: Lightning module, trainer and strategy, schedule, checkpoints, speed-ups from outside."""
