@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 
 from pretrain.config.checks import combination_errors
 from pretrain.config.targets import TARGETS, bounded
+from pretrain.errors import ConfigError
 
 
 @dataclass
@@ -225,7 +226,7 @@ def validate_pretrain(cfg: dict) -> None:
     if not errors:
         errors = combination_errors(cfg, visible_gpus())
     if errors:
-        raise ValueError("invalid configuration:\n  " + "\n  ".join(errors))
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
 
 
 def visible_gpus() -> int:

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 
+from pretrain.errors import Diverged
 from pretrain.training.compiled_step import CompiledStep, objective_inputs
 from pretrain.training.logging_steps import is_logging_step
 from pretrain.training.schedule import warmup_cosine
@@ -105,7 +106,7 @@ class PretrainModule(L.LightningModule):
             optimizer.found_inf = skip
         elif bool(skip):  # the per-step read of the paths without found_inf
             if deepspeed:
-                raise FloatingPointError(f"non-finite loss at step {self.global_step}: DeepSpeed cannot skip a step "
+                raise Diverged(f"non-finite loss at step {self.global_step}: DeepSpeed cannot skip a step "
                                          "here; rerun to resume from the newest checkpoint")
             optimizer.zero_grad(set_to_none=True)  # the optimiser skips parameters without a gradient
         # the last step too: a run of non-finite steps at the end must stop the run before its final checkpoint
@@ -135,7 +136,7 @@ class PretrainModule(L.LightningModule):
             saved = self.trainer.checkpoint_callback
             last = (saved.best_model_path or saved.last_model_path) if saved is not None else ""  # newest periodic
             last = last or "none yet"
-            raise FloatingPointError(f"non-finite loss at {longest} consecutive steps, the last at "
+            raise Diverged(f"non-finite loss at {longest} consecutive steps, the last at "
                                      f"step {step - ago} (trainer.max_nonfinite_steps="
                                      f"{self.max_nonfinite_steps}); last good checkpoint: {last}")
 
