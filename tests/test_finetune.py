@@ -76,8 +76,8 @@ def test_unetr_takes_a_vit_export_as_its_encoder_and_freezing_leaves_it_untraine
 
     from models.vit import ViT
     from pretrain.export.formats import vit_monai
+    from pretrain.finetune.loop import SegmentationModule
     from pretrain.finetune.model import encoder_parameters, segmenter_from_export
-    from pretrain.finetune.run import SegmentationModule
 
     vit = ViT(1, 32, 16, hidden_size=48, mlp_dim=96, num_layers=12, num_heads=4, pos_embed_type="learnable")
     weights, meta = vit_monai(vit.state_dict(), vit, None)

@@ -26,13 +26,9 @@ from data.loader import ThreadLoader
 from data.preprocess import normalise
 from data.shards import shard_urls
 from data.stream import RegionStream, collate_regions, cut_regions, region_loader
-from pretrain.bench.timing import time_call
+from pretrain.bench.timing import best_time, time_call
 
 GPU_SAMPLES_PER_S = 9000  # ViT-B MAE 96³ on one H100: the goal (DESIGN.md)
-
-
-def _best_time(fn, repeats: int) -> float:
-    return time_call(fn, "cpu", steps=repeats, reduce="best")
 
 
 def read_payloads(shards: str, max_samples: int) -> list[tuple[bytes, dict]]:
@@ -67,8 +63,8 @@ def bench_worker(samples: list[tuple[bytes, dict]], region_size, regions_per_vol
     def new_path(sample):
         return collate_regions(cut_regions(sample, region_size, regions_per_volume, 0.67, rng))
 
-    new_s = sum(_best_time(lambda s=s: new_path(s), repeats) for s in raw)
-    old_s = sum(_best_time(lambda s=s: old_path(s), repeats) for s in raw)
+    new_s = sum(best_time(lambda s=s: new_path(s), repeats) for s in raw)
+    old_s = sum(best_time(lambda s=s: old_path(s), repeats) for s in raw)
     n = len(raw) * regions_per_volume
     rate = n / new_s
     shard_bytes = sum(len(frame) for frame, _ in samples)
@@ -107,11 +103,11 @@ def bench_data(shards: str, max_samples: int = 16, repeats: int = 3, region_size
                 raw_bytes += vol.nbytes
                 for codec in payload.CODECS:
                     encoded = payload.encode(vol, codec)
-                    seconds[f"blosc2 {codec}"] += _best_time(lambda f=encoded: payload.decode(f), repeats)
+                    seconds[f"blosc2 {codec}"] += best_time(lambda f=encoded: payload.decode(f), repeats)
                     stored[f"blosc2 {codec}"] += len(encoded)
                 nii = Path(tmp) / f"{i}.nii.gz"
                 nib.save(nib.Nifti1Image(vol, np.asarray(meta["affine"])), nii)
-                seconds["nibabel .nii.gz"] += _best_time(lambda p=nii: np.asanyarray(nib.load(p).dataobj), repeats)
+                seconds["nibabel .nii.gz"] += best_time(lambda p=nii: np.asanyarray(nib.load(p).dataobj), repeats)
                 stored["nibabel .nii.gz"] += nii.stat().st_size
         worker = bench_worker(samples, region_size, regions_per_volume, repeats)
     finally:

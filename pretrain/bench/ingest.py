@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 
 import nibabel as nib
 import numpy as np
@@ -19,6 +18,7 @@ from data import payload
 from data.ingest import process_unit
 from data.inputs import discover, file_hash
 from data.preprocess import PreprocessOptions
+from pretrain.bench.timing import best_time
 
 
 def _single_core() -> None:
@@ -27,15 +27,6 @@ def _single_core() -> None:
 
     torch.set_num_threads(1)
     blosc2.set_nthreads(1)
-
-
-def _best(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def _gz_bytes(arr: np.ndarray) -> int:
@@ -59,9 +50,11 @@ def bench_ingest(input: str, max_volumes: int, repeats: int, spacing) -> dict:
                      Spacing(pixdim=tuple(spacing), mode="bilinear")])
     rows, stored, gz = [], 0, 0
     for vol in volumes:
-        t_voxfm, results = _best(lambda v=vol: process_unit([(v, file_hash(v.path))], opts, "lz4hc"), repeats)
-        t_monai, _ = _best(lambda v=vol: monai(v.path), repeats)
-        (_, _, outcome), = results
+        runs: list = []  # each run's result, to read the outcome from (an append is nothing next to an ingest)
+        t_voxfm = best_time(lambda v=vol, out=runs: out.append(process_unit([(v, file_hash(v.path))], opts, "lz4hc")),
+                            repeats)
+        t_monai = best_time(lambda v=vol: monai(v.path), repeats)
+        (_, _, outcome), = runs[-1]
         if isinstance(outcome, str):
             rows.append({"path": vol.path, "rejected": outcome})
             continue

@@ -60,6 +60,12 @@ def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", warm
     return sum(seconds) / steps if reduce == "mean" else min(seconds)
 
 
+def best_time(fn: Callable[[], object], repeats: int, device: torch.device | str = "cpu") -> float:
+    """Seconds of the fastest of `repeats` calls of `fn`, no warm-up: best of N, for work whose slower runs are
+    disturbance (page cache, other processes), not part of its cost."""
+    return time_call(fn, device, steps=repeats, reduce="best")
+
+
 def wall_time(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
     """Host seconds of one call until the device is done: for one-off costs such as compilation, which happen
     on the host."""

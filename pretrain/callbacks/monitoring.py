@@ -1,19 +1,13 @@
-"""Callbacks: throughput, data logging and the progress bar (at logging steps), the run config inside every
-checkpoint, atomic checkpoint writes."""
+"""Monitoring callbacks, all reading at logging steps only: throughput (`Throughput`), the progress bar
+(`ProgressBar`) and the data actually seen (`DataStats`: skipped samples, modality and source mix)."""
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import lightning as L
-import torch
-from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from pretrain.errors import CheckpointWriteError
 from pretrain.training.logging_steps import is_logging_step
 
 
@@ -91,74 +85,3 @@ class DataStats(L.Callback):
         if self.total_skipped:
             print(f"voxfm: rank {trainer.global_rank} skipped {self.total_skipped} damaged shard read(s) or "
                   "sample(s) (warnings above; data/skipped_samples in the metrics)", flush=True)
-
-
-class ConfigInCheckpoint(L.Callback):
-    """Stores the run config and the shard set's preprocessing in each checkpoint: export needs nothing else."""
-
-    def __init__(self, config: dict, data: dict):
-        self.config, self.data = config, data
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        checkpoint["voxfm_config"] = self.config
-        checkpoint["voxfm_data"] = self.data
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes `<path>.tmp` then renames: a crash or a full disk mid-write never leaves a truncated checkpoint,
-    and the previous one stays what resume finds."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            get_filesystem(path).makedirs(str(path.parent), exist_ok=True)
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-        except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
-            tmp.unlink(missing_ok=True)
-            kept = sorted(p.name for p in path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
-            raise CheckpointWriteError(
-                f"cannot write checkpoint {path} ({type(err).__name__}: {err}). Earlier checkpoints are intact "
-                f"({', '.join(kept) or 'none yet'}): free space or fix permissions, then rerun to resume") from err
-
-
-class FinalCheckpoint(L.Callback):
-    """The run's last step is always on disk as `stepNNNNNN.ckpt` + `last.ckpt`, also when `max_steps` is not a
-    multiple of `checkpoint_every_n_steps` (periodic saves alone would leave up to that many steps unsaved)."""
-
-    def __init__(self, checkpoint_dir: Path):
-        self.checkpoint_dir = Path(checkpoint_dir)
-
-    def _last_step(self) -> int | None:
-        from pretrain.training.checkpoints import load_checkpoint
-
-        last = self.checkpoint_dir / "last.ckpt"
-        try:
-            return int(load_checkpoint(last, mmap=True)["global_step"]) if last.exists() else None
-        except Exception:
-            return None
-
-    def on_train_end(self, trainer, pl_module):
-        step = trainer.global_step
-        periodic = self.checkpoint_dir / f"step{step:06d}.ckpt"
-        # decided on rank 0 and shared: every rank must join a (possibly collective) save, or none
-        todo = trainer.strategy.broadcast((not periodic.exists(), self._last_step() != step))
-        if todo[0]:
-            trainer.save_checkpoint(periodic, weights_only=False)
-        if todo[1]:
-            trainer.save_checkpoint(self.checkpoint_dir / "last.ckpt", weights_only=False)
-
-
-def shut_down_process_group() -> None:
-    """A process group left to interpreter exit can abort the process after a finished run ("terminate called
-    without an active exception", SIGABRT: seen on a torchrun rank and on a ddp_spawn child): shut it down first."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-class ShutDownProcessGroup(L.Callback):
-    """At the end of `fit`, in every rank: ddp_spawn's children never return to voxfm's own code to do it."""
-
-    def teardown(self, trainer, pl_module, stage):
-        shut_down_process_group()

@@ -2,7 +2,7 @@
 
 Every `every_n_steps` (on rank 0) the current backbone is copied into a segmentation network (the full
 ResEnc UNet with a new head, or UNETR around a patch-16 ViT), fine-tuned for `steps` on `n_train` labelled
-volumes, and scored with Dice on held-out ones (`voxfm finetune`'s data split, loss and evaluation). The
+volumes, and scored with Dice on held-out ones (`voxfm finetune`'s data split and its loop, `finetune.loop`). The
 mean Dice is logged as `probe/mean_dice`. Training state is untouched: the probe works on a copy, under its
 own random generator.
 """
@@ -13,14 +13,12 @@ import time
 
 import lightning as L
 import torch
-from monai.losses import DiceCELoss
-from torch.utils.data import DataLoader
 
 from data.crops import triple
-from data.labelled import CropStream, label_values, read_labelled, split, to_labelled
+from data.labelled import label_values, read_labelled, split, to_labelled
 from pretrain.export.formats import backbone_weights
+from pretrain.finetune.loop import SegmentationModule, crop_batches, evaluate, train_steps
 from pretrain.finetune.model import segmenter_with_weights
-from pretrain.finetune.run import evaluate
 
 
 class Probe(L.Callback):
@@ -45,16 +43,9 @@ class Probe(L.Callback):
         device = next(backbone.parameters()).device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
-            net = self._segmenter(backbone).to(device).train()
-            optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=self.lr)
-            loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-            batches = iter(DataLoader(CropStream(self.train, self.crop, seed=self.seed), batch_size=self.batch_size))
-            for _ in range(self.steps):
-                image, label = next(batches)
-                loss = loss_fn(net(image.to(device)), label.to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+            net = self._segmenter(backbone).to(device)
+            module = SegmentationModule(net, self.lr, weight_decay=1e-2)  # AdamW's default, as the probe always had
+            train_steps(module, crop_batches(self.train, self.crop, self.batch_size, self.seed), self.steps)
             scores = evaluate(net, self.val, len(self.values), self.crop, 4, 0.25)
         return {**scores, "seconds": time.perf_counter() - start}
 

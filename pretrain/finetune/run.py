@@ -3,7 +3,8 @@
 Each arm (pretrained, and with `compare_scratch=true` the same network from random initialisation with the
 same seed, data and steps) trains with Dice + cross-entropy on random crops, checkpoints under
 `run_dir/<arm>/` (a rerun resumes), then predicts every validation volume whole with MONAI's sliding-window
-inference and scores it with MONAI's Dice. `run_dir/results.json` and `results.md` hold the table.
+inference and scores it with MONAI's Dice (the step and the scoring: `finetune.loop`, shared with the probe).
+`run_dir/results.json` and `results.md` hold the table.
 """
 
 from __future__ import annotations
@@ -13,66 +14,18 @@ import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
-from monai.metrics import DiceMetric
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 from data.crops import triple
-from data.labelled import CropStream, label_values, read_labelled, split, to_labelled
-from pretrain.callbacks.monitoring import AtomicCheckpointIO
+from data.labelled import label_values, read_labelled, split, to_labelled
 from pretrain.export.formats import backbone_weights
-from pretrain.finetune.model import build_segmenter, encoder_parameters, read_export, segmenter_from_export
+from pretrain.finetune.loop import SegmentationModule, crop_batches, evaluate
+from pretrain.finetune.model import build_segmenter, read_export, segmenter_from_export
+from pretrain.training.checkpoint_io import AtomicCheckpointIO
 from pretrain.training.checkpoints import find_resume_checkpoint
-
-
-class SegmentationModule(L.LightningModule):
-    def __init__(self, net: torch.nn.Module, lr: float, weight_decay: float, freeze_encoder: bool):
-        super().__init__()
-        self.net, self.lr, self.weight_decay = net, lr, weight_decay
-        if freeze_encoder:
-            for p in encoder_parameters(net):
-                p.requires_grad_(False)
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        image, label = batch
-        loss = self.loss(self.net(image), label)
-        self.log("train/loss", loss, prog_bar=True, batch_size=image.shape[0])
-        return loss
-
-    def configure_optimizers(self):
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        return optimizer
-
-
-@torch.no_grad()
-def evaluate(net: torch.nn.Module, volumes, n_classes: int, crop_size, sw_batch_size: int, overlap: float) -> dict:
-    """Whole-volume sliding-window prediction → Dice per foreground class (NaN where a class is absent from
-    every validation volume and never predicted), and their mean over the classes present."""
-    net.eval()
-    device = next(net.parameters()).device
-    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
-    for vol in volumes:
-        image = torch.from_numpy(vol.image)[None, None].to(device)
-        logits = sliding_window_inference(image, tuple(crop_size), sw_batch_size, net, overlap=overlap)
-        pred = torch.nn.functional.one_hot(logits.argmax(1), n_classes).permute(0, 4, 1, 2, 3)
-        truth = torch.nn.functional.one_hot(torch.from_numpy(vol.label)[None].to(device), n_classes)
-        metric(pred.float(), truth.permute(0, 4, 1, 2, 3).float())
-    per_volume = metric.aggregate().cpu().numpy()  # [volumes, classes - 1], NaN where a class is absent
-    scored = np.isfinite(per_volume).sum(axis=0)
-    per_class = np.where(scored > 0, np.nansum(per_volume, axis=0) / np.maximum(scored, 1), np.nan)
-    return {"mean_dice": float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan"),
-            "per_class": [None if not np.isfinite(d) else round(float(d), 4) for d in per_class]}
 
 
 def _trainer(cfg: DictConfig, arm_dir: Path) -> L.Trainer:
@@ -110,8 +63,7 @@ def run_arm(cfg: DictConfig, arm: str, train, val, n_classes: int, run_dir: Path
     module = SegmentationModule(net, cfg.lr, cfg.weight_decay, cfg.freeze_encoder)
     arm_dir = run_dir / arm
     resume, resume_step = find_resume_checkpoint(arm_dir / "checkpoints")
-    loader = DataLoader(CropStream(train, crop, cfg.data.foreground_prob, seed=cfg.seed + resume_step),
-                        batch_size=cfg.data.batch_size, num_workers=0)
+    loader = crop_batches(train, crop, cfg.data.batch_size, cfg.seed + resume_step, cfg.data.foreground_prob)
     start = time.perf_counter()
     trainer = _trainer(cfg, arm_dir)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)

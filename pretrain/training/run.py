@@ -21,21 +21,15 @@ from data.loader import ThreadLoader
 from data.locks import folder_lock
 from data.shards import describe_shard_set
 from data.stream import RegionStream, region_loader
+from pretrain.callbacks.checkpointing import ConfigInCheckpoint, FinalCheckpoint
 from pretrain.callbacks.efficiency import Efficiency
 from pretrain.callbacks.images import ReconstructionImages
-from pretrain.callbacks.monitoring import (
-    AtomicCheckpointIO,
-    ConfigInCheckpoint,
-    DataStats,
-    FinalCheckpoint,
-    ProgressBar,
-    ShutDownProcessGroup,
-    Throughput,
-    shut_down_process_group,
-)
+from pretrain.callbacks.monitoring import DataStats, ProgressBar, Throughput
 from pretrain.callbacks.preemption import Preemption
 from pretrain.callbacks.retention import Retention
+from pretrain.callbacks.teardown import ShutDownProcessGroup, shut_down_process_group
 from pretrain.config.schema import validate_pretrain
+from pretrain.training.checkpoint_io import AtomicCheckpointIO
 from pretrain.training.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint, load_checkpoint
 from pretrain.training.init_from import ContinueFromStep, init_module
 from pretrain.training.module import PretrainModule
