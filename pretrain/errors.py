@@ -4,7 +4,11 @@ the CLI loads this before torch."""
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from data.locks import FolderLocked  # data/ does not import pretrain/; its lock error is mapped here
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on purpose with its state on disk; the same command resumes
 
@@ -36,3 +40,54 @@ class Preempted(Exception):
         self.step, self.signum, self.checkpoint = step, signum, checkpoint
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {checkpoint}; "
                          "rerun the same command to resume")
+
+
+# The one table of exit codes (README.md, "Exit codes", says the same): exception → (code, the words before its
+# message). An exception maps through its first class (in method resolution order) in the table; any other
+# exception is a crash: its traceback, exit 1.
+EXIT_CODES: dict[type[BaseException], tuple[int, str]] = {
+    ConfigError: (2, "error"),
+    FolderLocked: (2, "error"),  # another voxfm job holds run_dir (or a shard set's output)
+    Diverged: (3, "training diverged"),
+    CheckpointWriteError: (4, "error"),
+    OutputWriteError: (4, "error"),
+    Preempted: (PREEMPTED_EXIT_CODE, ""),
+}
+
+# Modules whose every `raise ValueError` is a check of the user's configuration or input files, outside this
+# change's files: a ValueError raised by their own code exits 2 like a ConfigError until they raise ConfigError
+# themselves. Remove a module as it converts; the list then goes.
+UNCONVERTED_CHECKS = frozenset({
+    "pretrain.training.resume_check", "pretrain.training.checkpoints", "pretrain.training.init_from",
+    "pretrain.finetune.model", "pretrain.export.formats", "pretrain.bench.data", "pretrain.bench.ingest",
+    "pretrain.bench.attention",
+})
+
+
+def exit_code(err: BaseException) -> tuple[int, str] | None:
+    """(exit code, words before the message) for an exception the CLI reports in one line; None for a crash."""
+    for cls in type(err).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    if type(err) is ValueError and _raised_in(err) in UNCONVERTED_CHECKS:
+        return EXIT_CODES[ConfigError]
+    return None
+
+
+def _raised_in(err: BaseException) -> str | None:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_globals.get("__name__") if tb is not None else None
+
+
+@contextmanager
+def config_errors() -> Iterator[None]:
+    """Around one call into data/, whose argument checks raise ValueError (data/ does not import pretrain/): such a
+    ValueError is about the arguments the command passed from the user's config, so it leaves as a ConfigError."""
+    try:
+        yield
+    except ValueError as err:
+        if isinstance(err, (ConfigError, FolderLocked)):
+            raise
+        raise ConfigError(str(err)) from err

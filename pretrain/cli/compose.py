@@ -1,12 +1,20 @@
-"""Composing Hydra configs from `conf/` without Hydra's working-directory and logging side effects."""
+"""Composing Hydra configs from `conf/` without Hydra's working-directory and logging side effects; a config
+that does not compose (an unknown key or option, a bad override, an unresolvable interpolation) is a
+`ConfigError` naming the key, with a "did you mean" where a close key exists."""
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pretrain.errors import ConfigError
 
 
 def _packaged_conf() -> Path:
@@ -27,3 +35,43 @@ def load_config(name: str, overrides: list[str]) -> DictConfig:
 
 def missing_keys(cfg: DictConfig) -> list[str]:
     return sorted(OmegaConf.missing_keys(cfg))
+
+
+def compose_config(name: str, overrides: list[str]) -> DictConfig:
+    """`load_config`, its failures as one `ConfigError` line."""
+    bad = [o for o in overrides if "=" not in o and not o.startswith("~")]  # `~key` deletes a key
+    if bad:
+        raise ConfigError(f"expected key=value overrides, got {bad}")
+    try:
+        return load_config(name, overrides)
+    except HydraException as err:
+        raise ConfigError(_explain(err, name, overrides)) from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The config as plain containers, interpolations resolved; a missing value (`???`) stays `"???"`."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+
+
+def _explain(err: HydraException, name: str, overrides: list[str]) -> str:
+    """Hydra's message without its search-path dump, plus "did you mean" for a key that does not exist."""
+    text = str(err).split("\nConfig search path:")[0].strip()
+    match = re.search(r"Could not override '([\w.]+)'", text)
+    if match is None:
+        return text
+    key = match.group(1)
+    parent, _, leaf = key.rpartition(".")
+    try:
+        node = OmegaConf.select(load_config(name, [o for o in overrides if not o.startswith(key + "=")]), parent or "")
+    except HydraException:
+        return text
+    if not isinstance(node, DictConfig):
+        return text
+    close = difflib.get_close_matches(leaf, [str(k) for k in node.keys()], n=1)
+    hint = f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+    return f"{key}: unknown key{hint} (to add a new key on purpose: +{key}=...)"

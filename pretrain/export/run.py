@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from data.crops import triple
+from pretrain.errors import ConfigError
 from pretrain.export.formats import (
     clone_state,
     nnunet_plans_fragment,
@@ -49,7 +50,7 @@ def resolve_checkpoint(checkpoint: str) -> Path:
     if (path / "checkpoints").is_dir():
         path, _ = find_resume_checkpoint(path / "checkpoints")
     if path is None or not (path.is_file() or (path / "latest").is_file()):
-        raise ValueError(f"checkpoint={checkpoint}: no checkpoint there (expected a .ckpt file or folder, or a "
+        raise ConfigError(f"checkpoint={checkpoint}: no checkpoint there (expected a .ckpt file or folder, or a "
                          "run_dir)")
     return path
 
@@ -86,29 +87,29 @@ def _stored_config(ckpt: dict, ckpt_path: Path) -> tuple[dict, dict]:
     """The checkpoint's config and data record, checked to be plain data of the shape voxfm writes."""
     config = ckpt.get("voxfm_config") if isinstance(ckpt, dict) else None
     if config is None:
-        raise ValueError(f"checkpoint={ckpt_path} was not written by voxfm pretrain (no voxfm_config)")
+        raise ConfigError(f"checkpoint={ckpt_path} was not written by voxfm pretrain (no voxfm_config)")
     check_config_tree(config, f"checkpoint={ckpt_path}: voxfm_config")
     stored = ckpt.get("voxfm_data") or {}
     check_config_tree(stored, f"checkpoint={ckpt_path}: voxfm_data")
     for key in ("model", "objective", "data"):
         if not isinstance(config.get(key), dict):
-            raise ValueError(f"checkpoint={ckpt_path}: voxfm_config.{key} is missing or not a mapping")
+            raise ConfigError(f"checkpoint={ckpt_path}: voxfm_config.{key} is missing or not a mapping")
     loss = config["objective"].get("loss")
     if not isinstance(loss, dict) or not isinstance(loss.get("_target_"), str):
-        raise ValueError(f"checkpoint={ckpt_path}: voxfm_config.objective.loss._target_ is missing or not a string")
+        raise ConfigError(f"checkpoint={ckpt_path}: voxfm_config.objective.loss._target_ is missing or not a string")
     if not isinstance(stored, dict) or not isinstance(ckpt.get("global_step"), int):
-        raise ValueError(f"checkpoint={ckpt_path}: voxfm_data must be a mapping and global_step an integer")
+        raise ConfigError(f"checkpoint={ckpt_path}: voxfm_data must be a mapping and global_step an integer")
     state = ckpt.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint={ckpt_path}: state_dict must map names to tensors")
+        raise ConfigError(f"checkpoint={ckpt_path}: state_dict must map names to tensors")
     return config, {**NO_DATA, **stored}
 
 
 def run_export(checkpoint: str, output: str, in_channels: int | None = None, format: str = "monai") -> Path:
     if format not in FORMATS:
-        raise ValueError(f"format={format!r}; allowed: {', '.join(FORMATS)}")
+        raise ConfigError(f"format={format!r}; allowed: {', '.join(FORMATS)}")
     if in_channels is not None and in_channels < 1:
-        raise ValueError(f"in_channels={in_channels}: expected >= 1")
+        raise ConfigError(f"in_channels={in_channels}: expected >= 1")
     ckpt_path = resolve_checkpoint(checkpoint)
     # a DeepSpeed folder is consolidated from every rank's shard into the same fp32 weights a DDP run has
     ckpt = consolidate_deepspeed(ckpt_path) if is_deepspeed_checkpoint(ckpt_path) else load_checkpoint(ckpt_path)
@@ -118,13 +119,13 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, for
                                                                           "voxfm_config.model")
     architecture = ARCHITECTURES.get(config["model"]["_target_"])
     if architecture is None:
-        raise ValueError(f"checkpoint={ckpt_path}: no export for model {config['model']['_target_']}")
+        raise ConfigError(f"checkpoint={ckpt_path}: no export for model {config['model']['_target_']}")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": f"voxfm-{format}/1", **_common_meta(ckpt, ckpt_path, config, data)}
     if format == "full":
         if in_channels is not None:
-            raise ValueError("in_channels: format=full keeps the pretraining module as it is; inflate in "
+            raise ConfigError("in_channels: format=full keeps the pretraining module as it is; inflate in "
                              "format=monai or nnunet")
         save_file(clone_state(ckpt["state_dict"]), str(out / "model.safetensors"))
         meta["architecture"] = architecture
@@ -137,7 +138,7 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, for
     meta.update(arch, channel_inflation=None if in_channels in (None, 1) else {"from": 1, "to": in_channels})
     if format == "nnunet":
         if architecture != "resenc":
-            raise ValueError("format=nnunet needs a ResEnc backbone (nnU-Net's ResidualEncoderUNet); export a ViT "
+            raise ConfigError("format=nnunet needs a ResEnc backbone (nnU-Net's ResidualEncoderUNet); export a ViT "
                              "with format=monai (UNETR)")
         weights, kwargs = to_nnunet_axes(weights, arch["kwargs"])
         torch.save({"network_weights": weights, "voxfm": {k: v for k, v in meta.items() if k != "config"}},

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data.crops import triple
 from data.labelled import label_values, read_labelled, split, to_labelled
+from pretrain.errors import ConfigError
 from pretrain.export.formats import backbone_weights
 from pretrain.finetune.loop import SegmentationModule, crop_batches, evaluate
 from pretrain.finetune.model import build_segmenter, read_export, segmenter_from_export
@@ -93,7 +94,7 @@ def run_finetune(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.backbone == "none" and cfg.compare_scratch:
-        raise ValueError("compare_scratch=true compares a pretrained backbone with scratch: set backbone=<export>")
+        raise ConfigError("compare_scratch=true compares a pretrained backbone with scratch: set backbone=<export>")
     samples = read_labelled(cfg.data.shards)
     values = label_values(samples)
     train_raw, val_raw, how = split(samples, cfg.data.val_fraction, cfg.seed, cfg.data.n_train)

@@ -29,6 +29,7 @@ from pretrain.callbacks.preemption import Preemption
 from pretrain.callbacks.retention import Retention
 from pretrain.callbacks.teardown import ShutDownProcessGroup, shut_down_process_group
 from pretrain.config.schema import validate_pretrain
+from pretrain.errors import ConfigError
 from pretrain.training.checkpoint_io import AtomicCheckpointIO
 from pretrain.training.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint, load_checkpoint
 from pretrain.training.init_from import ContinueFromStep, init_module
@@ -154,13 +155,15 @@ def build_loader(stream: RegionStream, data: DictConfig):
         return ThreadLoader(stream, data.batch_size, data.num_workers)
     if data.loader == "process":
         return region_loader(stream, data.batch_size, data.num_workers)
-    raise ValueError(f"data.loader={data.loader!r}; allowed: 'thread', 'process'")
+    raise ConfigError(f"data.loader={data.loader!r}; allowed: 'thread', 'process'")
 
 
-def run_pretrain(cfg: DictConfig) -> Path:
+def run_pretrain(cfg: DictConfig, validated: bool = False) -> Path:
     """Train until `trainer.max_steps`; returns the final checkpoint. Same run_dir again = resume. One job per
-    run_dir: a second one raises `FolderLocked` (exit 2) naming the holder."""
-    validate_pretrain(OmegaConf.to_container(cfg, resolve=True))
+    run_dir: a second one raises `FolderLocked` (exit 2) naming the holder. `validated=True`: the caller (the CLI)
+    has already run `validate_pretrain` on this cfg."""
+    if not validated:
+        validate_pretrain(OmegaConf.to_container(cfg, resolve=True))
     # torchrun / SLURM / Lightning's DDP launcher start every rank here; one holds the lock for the whole job
     with folder_lock(cfg.run_dir, "run_dir") if is_job_owner() else nullcontext():
         return _train(cfg, Path(cfg.run_dir))

@@ -1,0 +1,72 @@
+"""What each `voxfm` command runs once its config is composed and checked: the heavy imports happen here, after
+`pretrain.config` has accepted the config."""
+
+from __future__ import annotations
+
+import sys
+
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.errors import OutputWriteError, config_errors
+
+
+def shard(cfg: DictConfig) -> None:
+    from data.ingest import WorkerDied, run_shard
+
+    try:
+        # run_shard turns every input's failure into a rejection: a ValueError out of it is about its arguments
+        # (input=, output=, the options), checked in data/, which does not import pretrain/
+        with config_errors():
+            report = run_shard(cfg.input, cfg.output, OmegaConf.to_container(cfg.preprocess), cfg.shard_max_mb,
+                               cfg.codec, cfg.progress, cfg.workers)
+    except WorkerDied as err:
+        print(f"voxfm shard: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as err:  # inputs' errors are rejections (or a ValueError naming input=): this is the output
+        raise OutputWriteError(f"could not write output={cfg.output}: {err}; the shards published so far are "
+                               "kept: free space (or fix permissions) and rerun the same command") from None
+    print(f"sharded {report['n_sharded']}/{report['n_inputs']} inputs ({report['n_skipped']} already done), "
+          f"rejected {report['n_rejected']}, ignored {report['n_ignored']} other file(s); {report['n_shards']} "
+          f"shard(s) in {cfg.output} ({report['seconds']} s, {report['workers']} worker(s))")
+    for r in report["rejected"]:
+        print(f"  rejected {r['path']}: {r['reason']}")
+    if report["n_ignored"]:
+        print(f"  ignored (not an image voxfm reads): {report['n_ignored']}, listed in {cfg.output}/report.json")
+
+
+def pretrain(cfg: DictConfig) -> None:
+    """The CLI has run `validate_pretrain` and the package check on this config (`pretrain.cli.main`)."""
+    from pretrain.training.run import run_pretrain
+
+    run_pretrain(cfg, validated=True)
+
+
+def export(cfg: DictConfig) -> None:
+    from pretrain.export.run import run_export
+
+    out = run_export(cfg.checkpoint, cfg.output, cfg.in_channels, cfg.format)
+    print(f"exported ({cfg.format}) to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+
+
+def finetune(cfg: DictConfig) -> None:
+    from data.shards import shard_urls
+    from pretrain.finetune.run import results_table, run_finetune
+
+    with config_errors():  # data.shards= names a shard set (data/'s check, before a network is built)
+        shard_urls(cfg.data.shards)
+    results = run_finetune(cfg)
+    print(results_table(results))
+    print(f"wrote {cfg.run_dir}/results.json and results.md")
+
+
+def inspect(cfg: DictConfig) -> None:
+    from data.inspect import format_summary, inspect_shards
+
+    # inspect_shards reads the shard set it is given: its ValueErrors say that shards= is not one voxfm can read
+    with config_errors():
+        summary = inspect_shards(cfg.shards, cfg.output, cfg.n_samples, cfg.seed)
+    print(format_summary(summary))
+    print(f"wrote {summary['montage']} and summary.json beside it")
+
+
+PROGRAMS = {"shard": shard, "pretrain": pretrain, "export": export, "inspect": inspect, "finetune": finetune}

@@ -1,0 +1,130 @@
+"""Optional packages a config needs, found before anything is built: a `_target_` whose module imports a package
+that is not installed is a configuration error naming the key and the install command, not Hydra's
+"Error locating target" after torch has loaded.
+
+The module of each `_target_` is read, not imported (`ast` over its source: the top-level imports, following
+voxfm's own modules), and every package it imports is looked up with `importlib.util.find_spec`, which imports
+nothing but the package's parents. The install hints are keyed by the missing package, so no backbone or
+objective is named here.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from functools import cache
+from pathlib import Path
+
+from pretrain.errors import ConfigError
+
+FIRST_PARTY = ("data", "models", "pretrain")  # voxfm's packages (pyproject.toml), read to follow their imports
+
+# package → (what it is, how to install it); pyproject.toml's `nnunet` extra and the Makefile pin the same version
+INSTALL = {
+    "dynamic_network_architectures": (
+        "nnU-Net's networks (dynamic_network_architectures)",
+        'pip install "voxfm[nnunet]" (with a CPU-only torch: pip install --no-deps '
+        "dynamic-network-architectures==0.4.4)"),
+}
+
+
+def missing_package_errors(cfg: dict, path: str = "") -> list[str]:
+    """One line per `_target_` in the resolved config whose module needs a package that is not installed."""
+    errors: list[str] = []
+    if isinstance(cfg, dict):
+        target = cfg.get("_target_")
+        if isinstance(target, str) and "." in target:
+            for package in sorted(_missing_imports(target.rsplit(".", 1)[0])):
+                errors.append(f"{path or 'config'}._target_={target}: {needs(package)}")
+        for key, value in cfg.items():
+            errors += missing_package_errors(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(cfg, list):
+        for i, value in enumerate(cfg):
+            errors += missing_package_errors(value, f"{path}[{i}]")
+    return errors
+
+
+def check_packages(cfg: dict) -> None:
+    errors = missing_package_errors(cfg)
+    if errors:
+        raise ConfigError("; ".join(errors))
+
+
+def needs(package: str) -> str:
+    what, install = INSTALL.get(package, (f"the Python package {package}", f"install {package}"))
+    return f"needs {what}, which is not installed: {install}"
+
+
+def from_import_error(err: BaseException) -> ConfigError | None:
+    """A `ModuleNotFoundError` of a package in `INSTALL` (raised at run time, or wrapped by Hydra's
+    `instantiate`, anywhere in the chain of causes) as a `ConfigError`; None for any other error."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, ModuleNotFoundError) and err.name and err.name.split(".")[0] in INSTALL:
+            return ConfigError(f"this configuration {needs(err.name.split('.')[0])}")
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _missing_imports(module: str) -> set[str]:
+    """Top-level packages that `module` (and the voxfm modules it imports at top level) import but are absent."""
+    if module.split(".")[0] not in FIRST_PARTY:
+        top = module.split(".")[0]
+        return set() if _installed(top) else {top}
+    missing, seen, todo = set(), set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for imported in _top_level_imports(name):
+            top = imported.split(".")[0]
+            if top in FIRST_PARTY:
+                todo.append(imported)
+            elif not _installed(top):
+                missing.add(top)
+    return missing
+
+
+@cache
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@cache
+def _source(module: str) -> Path | None:
+    """The file of a voxfm module, found from its top-level package's folder: nothing is imported (`find_spec` of
+    `a.b.c` would import `a.b`)."""
+    spec = importlib.util.find_spec(module.split(".")[0])
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        base = Path(folder, *module.split(".")[1:])
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.is_file():
+                return path
+    return None
+
+
+@cache
+def _top_level_imports(module: str) -> tuple[str, ...]:
+    """Modules imported by the statements at the top of `module`'s source (not inside functions, `if` or `try`):
+    `from a import b` gives `a` and, where `a.b` is a voxfm module, `a.b`."""
+    path = _source(module)
+    if path is None:
+        return ()
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level \
+                else node.module
+            names.append(base)
+            if base.split(".")[0] in FIRST_PARTY:
+                names += [f"{base}.{a.name}" for a in node.names if _source(f"{base}.{a.name}") is not None]
+    return tuple(names)
