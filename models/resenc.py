@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from torch import nn
 
-from models.spec import BackboneSpec
+from models.rules import stage_counts
+from models.spec import BackboneDeclaration, BackboneSpec
 
 
 def resenc_kwargs(in_channels: int, out_channels: int, features_per_stage, n_blocks_per_stage,
@@ -23,9 +24,9 @@ def resenc_kwargs(in_channels: int, out_channels: int, features_per_stage, n_blo
     """The keyword arguments of `ResidualEncoderUNet` for a preset, with nnU-Net's 3D defaults
     (InstanceNorm with affine, LeakyReLU, conv bias, first stage at full resolution)."""
     n = len(features_per_stage)
-    if len(n_blocks_per_stage) != n or len(n_conv_per_stage_decoder) != n - 1:
-        raise ValueError(f"model: {n} stages need {n} n_blocks_per_stage and {n - 1} n_conv_per_stage_decoder, got "
-                         f"{list(n_blocks_per_stage)} and {list(n_conv_per_stage_decoder)}")
+    problem = stage_counts(features_per_stage, n_blocks_per_stage, n_conv_per_stage_decoder)
+    if problem:
+        raise ValueError(problem)
     strides = [1] + [2] * (n - 1) if strides is None else list(strides)
     return {
         "input_channels": in_channels, "n_stages": n, "features_per_stage": list(features_per_stage),
@@ -40,6 +41,14 @@ def resenc_kwargs(in_channels: int, out_channels: int, features_per_stage, n_blo
 
 class ResEncUNet(ResidualEncoderUNet):
     """x: [B, in_channels, D, H, W] → [B, out_channels, D, H, W]; D, H, W divisible by `total_stride`."""
+
+    declaration = BackboneDeclaration(
+        kind="cnn", architecture="resenc",
+        export_class="dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
+        formats=("monai", "nnunet", "full"), decoder=True,
+        unpicklable="nnU-Net's ResEnc blocks cannot be pickled",
+        bounds={"in_channels": {"ge": 1}, "out_channels": {"ge": 1}, "kernel_size": {"ge": 1}},
+    )
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1,
                  features_per_stage=(32, 64, 128, 256, 320, 320), n_blocks_per_stage=(1, 3, 4, 6, 6, 6),
@@ -60,6 +69,10 @@ class ResEncUNet(ResidualEncoderUNet):
         (`decoder.encoder` is the encoder itself, so it is left alone)."""
         for part in (self.decoder.stages, self.decoder.transpconvs, self.decoder.seg_layers):
             part.requires_grad_(False)
+
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The units speed-ups wrap from outside: the residual blocks of every encoder stage."""
+        return [block for stage in self.encoder.stages for block in stage.blocks]
 
     @property
     def total_stride(self) -> int:

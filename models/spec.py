@@ -1,8 +1,34 @@
-"""What an objective needs to know about a backbone, without holding a reference to it."""
+"""What a backbone is (its declaration, on the class) and what an objective needs to know about a built one (its
+spec). Plain data, no torch: the config checks read declarations before anything heavy is imported."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class BackboneDeclaration:
+    """Stated once on a backbone class as `declaration = BackboneDeclaration(...)`, with literal arguments only:
+    `pretrain/config/declarations.py` reads it from the source, before torch is imported.
+
+    kind: "tokens" (patch tokens: `embed(x, ids)` / `encode(tokens)` on any subset of positions, `spec.grid`) or
+        "cnn" (encoder stages: `encode(x, visible)` → skips, `decode(skips)`, `spec.stage_channels`);
+    architecture: the name an export's backbone.json carries and fine-tuning builds from ("vit", "resenc");
+    export_class: the dotted class a `format=monai` export loads into with strict=True;
+    formats: the `voxfm export format=` values it supports;
+    decoder: has a decoder of its own, which objectives that train the encoder alone freeze (`freeze_decoder()`);
+    unpicklable: why its modules cannot be pickled (so no `strategy=ddp_spawn`), or None;
+    bounds: {argument: {"ge" | "gt" | "le" | "lt": number}}, checked with the config before anything is built.
+    Every backbone also has `pooled(x) -> [B, spec.feature_dim]`, `spec` and `repeated_blocks()`."""
+
+    kind: Literal["tokens", "cnn"]
+    architecture: str
+    export_class: str
+    formats: tuple = ("monai", "full")
+    decoder: bool = False
+    unpicklable: str | None = None
+    bounds: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import nn
 
-from models.spec import BackboneSpec
+from models.rules import heads_divide, patch_divides, sincos_fits
+from models.spec import BackboneDeclaration, BackboneSpec
 
 
 def sincos_position_embedding(grid: tuple[int, int, int], hidden_size: int) -> nn.Parameter:
@@ -128,6 +129,12 @@ class PatchEmbedding(nn.Module):
 class ViT(nn.Module):
     """3D ViT encoder. `forward(x)` returns the normed tokens [B, N, hidden] (MONAI's `ViT(x)[0]`)."""
 
+    declaration = BackboneDeclaration(
+        kind="tokens", architecture="vit", export_class="monai.networks.nets.ViT", formats=("monai", "full"),
+        bounds={"in_channels": {"ge": 1}, "hidden_size": {"ge": 1}, "mlp_dim": {"ge": 1}, "num_layers": {"ge": 1},
+                "num_heads": {"ge": 1}},
+    )
+
     def __init__(
         self,
         in_channels: int = 1,
@@ -142,14 +149,12 @@ class ViT(nn.Module):
     ):
         super().__init__()
         img_size, patch_size = _triple(img_size), _triple(patch_size)
-        if any(i % p for i, p in zip(img_size, patch_size)):
-            raise ValueError(f"img_size={list(img_size)} must be divisible by patch_size={list(patch_size)}")
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads}")
         if pos_embed_type not in ("sincos", "learnable"):
             raise ValueError(f"pos_embed_type={pos_embed_type!r}; allowed: 'sincos', 'learnable'")
-        if pos_embed_type == "sincos" and hidden_size % 6:
-            raise ValueError(f"hidden_size={hidden_size} must be divisible by 6 for 3D sin-cos position embeddings")
+        for problem in (patch_divides(img_size, list(patch_size), "img_size"), heads_divide(hidden_size, num_heads),
+                        sincos_fits(hidden_size, pos_embed_type)):
+            if problem:
+                raise ValueError(problem)
         self.in_channels, self.img_size, self.patch_size = in_channels, img_size, patch_size
         self.hidden_size, self.mlp_dim, self.num_layers, self.num_heads = hidden_size, mlp_dim, num_layers, num_heads
         self.pos_embed_type, self.qkv_bias = pos_embed_type, qkv_bias
@@ -179,6 +184,10 @@ class ViT(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """x → token features averaged over positions [B, hidden]."""
         return self.forward(x).mean(dim=1)
+
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The units speed-ups wrap from outside (activation checkpointing, per-block compile)."""
+        return list(self.blocks)
 
     @property
     def spec(self) -> BackboneSpec:

@@ -39,9 +39,11 @@ def test_callback_writes_a_png_and_logs_it_to_wandb(tmp_path):
     from PIL import Image
 
     from pretrain.callbacks.images import ReconstructionImages
+    from pretrain.objectives.protocol import ObjectiveDeclaration
 
     volumes = {k: torch.rand(2, 1, 8, 8, 8) for k in ("original", "masked", "reconstruction")}
-    objective = SimpleNamespace(reconstruct=lambda batch, backbone: volumes)
+    objective = SimpleNamespace(reconstruct=lambda batch, backbone: volumes,
+                                declaration=ObjectiveDeclaration(backbone="any", reconstructs=True))
     module = torch.nn.Module()
     module.objective, module.backbone = objective, None
     wandb = _Recorder()

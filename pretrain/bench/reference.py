@@ -27,7 +27,7 @@ def monai_mae_step(module, lr: float, device: torch.device, autocast, views: int
     from monai.networks.nets import MaskedAutoEncoderViT
 
     vit, stage = module.backbone, module.stage
-    decoder = module.objective.mae.decoder if hasattr(module.objective, "mae") else module.objective.decoder
+    decoder = module.objective.decoder
     model = MaskedAutoEncoderViT(
         in_channels=vit.in_channels, img_size=vit.img_size, patch_size=vit.patch_size, hidden_size=vit.hidden_size,
         mlp_dim=vit.mlp_dim, num_layers=vit.num_layers, num_heads=vit.num_heads,
@@ -87,8 +87,8 @@ def monai_dynunet_step(module, lr: float, device: torch.device, autocast, views:
 
 def reference_step(module, lr: float, device: torch.device, autocast, views: int):
     """→ (step, name, note), or (None, name, "out of memory") when MONAI does not fit where voxfm did.
-    The backbone's spec says which: token geometry (a ViT) → MAE, none (a CNN) → DynUNet."""
-    cnn = module.backbone.spec.patch_size is None
+    The backbone's declared kind says which: tokens (a ViT) → MAE, a CNN → DynUNet."""
+    cnn = module.backbone.declaration.kind == "cnn"
     build, name = (monai_dynunet_step, DYNUNET_NAME) if cnn else (monai_mae_step, MAE_NAME)
     try:  # MONAI running out of memory where voxfm fits is a result, not a crash
         return build(module, lr, device, autocast, views)

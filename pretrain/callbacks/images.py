@@ -47,7 +47,7 @@ def reconstruction_grid(volumes: dict[str, torch.Tensor], indices: list[int]) ->
 
 
 class ReconstructionImages(L.Callback):
-    """Every `every_n_steps` on rank 0, for objectives that have `reconstruct(batch, backbone)`."""
+    """Every `every_n_steps` on rank 0, for objectives that declare `reconstructs` (`reconstruct(batch, backbone)`)."""
 
     def __init__(self, folder: Path, every_n_steps: int, wandb_logger=None, n_samples: int = 4):
         self.folder, self.every_n_steps, self.n_samples = Path(folder), every_n_steps, n_samples
@@ -58,13 +58,12 @@ class ReconstructionImages(L.Callback):
         step = trainer.global_step
         if not self.every_n_steps or step % self.every_n_steps:
             return
-        reconstruct = getattr(pl_module.objective, "reconstruct", None)
-        if reconstruct is None:
+        if not pl_module.objective.declaration.reconstructs:
             return
         was_training = pl_module.training
         pl_module.eval()
         try:
-            volumes = reconstruct(batch, pl_module.backbone)
+            volumes = pl_module.objective.reconstruct(batch, pl_module.backbone)
         finally:
             pl_module.train(was_training)
         if not trainer.is_global_zero:

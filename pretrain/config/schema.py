@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from pretrain.config.checks import combination_errors
-from pretrain.config.targets import TARGETS, bounded
+from pretrain.config.declarations import read_declared
+from pretrain.config.targets import TARGETS, bounded, declared_schema
 from pretrain.errors import ConfigError
 
 
@@ -148,6 +149,9 @@ def _conforms(value, annotation) -> bool:
         return value in args
     if origin is list:
         return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
+    if origin is tuple:  # a config holds lists where a constructor says tuple
+        each = [args[0]] * len(value) if len(args) == 2 and args[1] is ... else args
+        return isinstance(value, (list, tuple)) and len(each) == len(value) and all(map(_conforms, value, each))
     if annotation is type(None) or annotation is None:
         return value is None
     if annotation is float:
@@ -211,9 +215,16 @@ def check_node(node: dict, schema: type, path: str) -> list[str]:
 def check_value(value: dict, annotation, path: str) -> list[str]:
     if "_target_" in value:
         target = value["_target_"]
-        if target not in TARGETS:
-            return [f"{path}._target_={target!r}: unknown; known targets: {', '.join(sorted(TARGETS))}"]
-        return check_node(value, TARGETS[target], path)
+        if target in TARGETS:
+            return check_node(value, TARGETS[target], path)
+        try:
+            declared = read_declared(target) if isinstance(target, str) else None
+        except ValueError as err:
+            return [f"{path}._target_={target!r}: {err}"]
+        if declared is None:
+            return [f"{path}._target_={target!r}: unknown; known targets: {', '.join(sorted(TARGETS))}, or an "
+                    "objective or backbone class with a `declaration`"]
+        return check_node(value, declared_schema(declared), path)
     nested = [a for a in (annotation, *typing.get_args(annotation)) if dataclasses.is_dataclass(a)]
     return check_node(value, nested[0], path) if nested else []
 

@@ -1,69 +1,18 @@
-"""Schemas of the `_target_` nodes (constructor arguments of backbones, objectives, device stage, optimiser),
-chosen by target through an explicit dict; `tests/test_schema.py` keeps their fields equal to the constructors'."""
+"""Schemas of the `_target_` nodes that are not objectives or backbones (device view pipeline, augmentation,
+masking, optimiser), chosen by target through an explicit dict; `tests/config/test_schema.py` keeps their fields
+equal to the constructors'. Objectives and backbones declare themselves instead (`declared_schema`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Literal
+
+from pretrain.config.declarations import Declared
 
 
 def bounded(**bounds) -> dict:
     """ge / gt / le / lt bounds as dataclass field metadata, read by `pretrain.config.schema.check_node`."""
     return {"metadata": bounds}
-
-
-@dataclass
-class ViTSchema:
-    in_channels: int = field(**bounded(ge=1))
-    img_size: int | list[int]
-    patch_size: int | list[int]
-    hidden_size: int = field(**bounded(ge=1))
-    mlp_dim: int = field(**bounded(ge=1))
-    num_layers: int = field(**bounded(ge=1))
-    num_heads: int = field(**bounded(ge=1))
-    pos_embed_type: Literal["sincos", "learnable"]
-    qkv_bias: bool
-
-
-@dataclass
-class ResEncSchema:
-    in_channels: int = field(**bounded(ge=1))
-    out_channels: int = field(**bounded(ge=1))
-    features_per_stage: list[int]
-    n_blocks_per_stage: list[int]
-    n_conv_per_stage_decoder: list[int]
-    strides: list[int] | None
-    kernel_size: int = field(**bounded(ge=1))
-
-
-@dataclass
-class MAESchema:
-    decoder_hidden: int = field(**bounded(ge=6))
-    decoder_layers: int = field(**bounded(ge=1))
-    decoder_heads: int = field(**bounded(ge=1))
-    norm_pix_loss: bool
-
-
-@dataclass
-class MIMSchema:
-    pass
-
-
-@dataclass
-class SimCLRSchema:
-    proj_hidden: int = field(**bounded(ge=1))
-    proj_dim: int = field(**bounded(ge=1))
-    temperature: float = field(**bounded(gt=0.0))
-
-
-@dataclass
-class MAEContrastiveSchema:
-    mae: Any
-    mae_weight: float = field(**bounded(ge=0.0))
-    contrastive_weight: float = field(**bounded(ge=0.0))
-    proj_hidden: int = field(**bounded(ge=1))
-    proj_dim: int = field(**bounded(ge=1))
-    temperature: float = field(**bounded(gt=0.0))
 
 
 @dataclass
@@ -105,15 +54,32 @@ class AdamWSchema:
 
 
 TARGETS: dict[str, type] = {
-    "models.vit.ViT": ViTSchema,
-    "models.resenc.ResEncUNet": ResEncSchema,
-    "pretrain.objectives.mae.MAEObjective": MAESchema,
-    "pretrain.objectives.mim.MIMObjective": MIMSchema,
-    "pretrain.objectives.simclr.SimCLRObjective": SimCLRSchema,
-    "pretrain.objectives.mae_contrastive.MAEContrastiveObjective": MAEContrastiveSchema,
     "data.views.ViewStage": ViewStageSchema,
     "data.augment.IntensityAugment": AugmentSchema,
     "data.masking.RandomPatchMasking": MaskingSchema,
     "torch.optim.AdamW": AdamWSchema,
     "torch.optim.Adam": AdamWSchema,
 }
+
+
+# Annotation names a declared constructor may use; any other (a class, a callable) reads as Any.
+ANNOTATION_NAMES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "tuple": tuple, "dict": dict,
+                    "None": None, "Literal": Literal, "Any": Any}
+
+
+def _annotation(text: str | None):
+    if text is None:
+        return Any
+    try:
+        return eval(text, {"__builtins__": {}}, ANNOTATION_NAMES)  # names above only: plain types
+    except Exception:
+        return Any
+
+
+def declared_schema(declared: Declared) -> type:
+    """A schema like the ones above, made from a declared class's constructor: its parameters, their annotations
+    and the bounds its declaration states."""
+    bounds = declared.declaration.bounds
+    fields = [(name, _annotation(text), field(**bounded(**bounds.get(name, {}))))
+              for name, (text, _) in declared.arguments.items()]
+    return make_dataclass(declared.target.rsplit(".", 1)[-1] + "Schema", fields)

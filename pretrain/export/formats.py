@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 
-RESENC_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
 REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
 
 
@@ -43,8 +42,9 @@ def vit_monai(state: dict[str, torch.Tensor], backbone, in_channels: int | None)
         key = "patch_embedding.patch_embeddings.weight"
         weights[key] = inflate_channels(weights[key], in_channels)
         kwargs["in_channels"] = in_channels
-    return weights, {"architecture": "vit", "class": "monai.networks.nets.ViT", "kwargs": kwargs,
-                     "kwargs_requires_import": [], "monai_class": "monai.networks.nets.ViT", "monai_kwargs": kwargs,
+    name = backbone.declaration.export_class
+    return weights, {"architecture": "vit", "class": name, "kwargs": kwargs,
+                     "kwargs_requires_import": [], "monai_class": name, "monai_kwargs": kwargs,
                      "patch_size": kwargs["patch_size"], "img_size": kwargs["img_size"]}
 
 
@@ -64,14 +64,22 @@ def resenc_monai(state: dict[str, torch.Tensor], backbone, in_channels: int | No
         for key in stem:  # the stem conv and its aliases (all_modules.0, decoder.encoder.*)
             weights[key] = inflate_channels(weights[key], in_channels)
         kwargs["input_channels"] = in_channels
-    return weights, {"architecture": "resenc", "class": RESENC_CLASS, "kwargs": kwargs,
+    return weights, {"architecture": "resenc", "class": backbone.declaration.export_class, "kwargs": kwargs,
                      "kwargs_requires_import": REQUIRES_IMPORT, "total_stride": backbone.total_stride}
+
+
+EXPORTS = {"vit": vit_monai, "resenc": resenc_monai}  # by the architecture a backbone declares
+
+
+def exported_weights(state: dict[str, torch.Tensor], backbone, in_channels: int | None) -> tuple[dict, dict]:
+    """A backbone's weights `state` → (the weights as exported, the description: architecture, class, kwargs...);
+    `backbone` (built from the same config) supplies the architecture's arguments."""
+    return EXPORTS[backbone.declaration.architecture](state, backbone, in_channels)
 
 
 def backbone_weights(backbone, in_channels: int | None = None) -> tuple[dict, dict]:
     """A built voxfm backbone → (its weights as exported, its description: architecture, class, kwargs...)."""
-    export = resenc_monai if hasattr(backbone, "preset") else vit_monai
-    return export(backbone.state_dict(), backbone, in_channels)
+    return exported_weights(backbone.state_dict(), backbone, in_channels)
 
 
 def to_nnunet_axes(weights: dict[str, torch.Tensor], kwargs: dict) -> tuple[dict, dict]:
@@ -83,8 +91,10 @@ def to_nnunet_axes(weights: dict[str, torch.Tensor], kwargs: dict) -> tuple[dict
     return out, kwargs
 
 
-def nnunet_plans_fragment(kwargs: dict, patch_size, spacing, normalisation: dict | None, modalities) -> dict:
-    """What to merge into nnU-Net's plans (a configuration inheriting 3d_fullres) and dataset.json."""
+def nnunet_plans_fragment(network_class: str, kwargs: dict, patch_size, spacing, normalisation: dict | None,
+                          modalities) -> dict:
+    """What to merge into nnU-Net's plans (a configuration inheriting 3d_fullres) and dataset.json;
+    network_class: the dotted nnU-Net class the backbone exports to."""
     arch = {k: v for k, v in kwargs.items() if k not in ("input_channels", "num_classes", "deep_supervision")}
     schemes = {"CT": "CTNormalization", "MR": "ZScoreNormalization", "PET": "ZScoreNormalization"}
     return {
@@ -93,7 +103,7 @@ def nnunet_plans_fragment(kwargs: dict, patch_size, spacing, normalisation: dict
             "inherits_from": "3d_fullres",
             "patch_size": list(reversed(patch_size)),
             "spacing": list(reversed(spacing)) if spacing else None,
-            "architecture": {"network_class_name": RESENC_CLASS, "arch_kwargs": arch,
+            "architecture": {"network_class_name": network_class, "arch_kwargs": arch,
                              "_kw_requires_import": REQUIRES_IMPORT},
         }}},
         "normalization_schemes_by_modality": {m: schemes[m] for m in (modalities or {"CT": 0, "MR": 0})},

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pretrain.export.formats import RESENC_CLASS
+from pretrain.config.declarations import declared_backbones
 
 # The classes a loading snippet may build: it resolves names from backbone.json through a dict of these (only
 # those the export names), never with `pydoc.locate`, so a tampered backbone.json cannot name another callable.
-SNIPPET_CLASSES = ("monai.networks.nets.ViT", RESENC_CLASS, "torch.nn.modules.conv.Conv3d",
+SNIPPET_CLASSES = (*(d.declaration.export_class for d in declared_backbones().values()), "torch.nn.modules.conv.Conv3d",
                    "torch.nn.modules.instancenorm.InstanceNorm3d", "torch.nn.modules.activation.LeakyReLU")
 
 LOAD_MONAI = """import json, safetensors.torch

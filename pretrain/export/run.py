@@ -20,13 +20,7 @@ from safetensors.torch import save_file
 
 from data.crops import triple
 from pretrain.errors import ConfigError
-from pretrain.export.formats import (
-    clone_state,
-    nnunet_plans_fragment,
-    resenc_monai,
-    to_nnunet_axes,
-    vit_monai,
-)
+from pretrain.export.formats import clone_state, exported_weights, nnunet_plans_fragment, to_nnunet_axes
 from pretrain.export.model_card import write_model_card
 from pretrain.training.checkpoints import (
     backbone_arguments,
@@ -39,7 +33,6 @@ from pretrain.training.checkpoints import (
 
 BACKBONE_PREFIX = "backbone."
 FORMATS = ("monai", "nnunet", "full")
-ARCHITECTURES = {"models.vit.ViT": "vit", "models.resenc.ResEncUNet": "resenc"}
 PATH_KEYS = ("run_dir", "init_from", "shards")  # values that are paths whatever they look like
 NO_DATA = {"spacing": None, "orientation": "RAS", "normalisation": None, "modalities": None, "datasets": None}
 
@@ -117,9 +110,11 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, for
     # checked before anything is written, for every format; built from the allowlist, never `instantiate`d
     backbone_class, backbone_kwargs = backbone_arguments(config["model"], f"checkpoint={ckpt_path}: "
                                                                           "voxfm_config.model")
-    architecture = ARCHITECTURES.get(config["model"]["_target_"])
-    if architecture is None:
-        raise ConfigError(f"checkpoint={ckpt_path}: no export for model {config['model']['_target_']}")
+    declared = backbone_class.declaration
+    architecture = declared.architecture
+    if format not in declared.formats:
+        raise ConfigError(f"format={format}: {config['model']['_target_']} exports as {', '.join(declared.formats)} "
+                          "(format=nnunet needs a backbone that nnU-Net builds, e.g. model=resenc_*)")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": f"voxfm-{format}/1", **_common_meta(ckpt, ckpt_path, config, data)}
@@ -134,17 +129,14 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, for
         return out
     backbone = backbone_class(**backbone_kwargs)  # only to read the architecture's kwargs
     state = {k[len(BACKBONE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(BACKBONE_PREFIX)}
-    weights, arch = (vit_monai if architecture == "vit" else resenc_monai)(state, backbone, in_channels)
+    weights, arch = exported_weights(state, backbone, in_channels)
     meta.update(arch, channel_inflation=None if in_channels in (None, 1) else {"from": 1, "to": in_channels})
     if format == "nnunet":
-        if architecture != "resenc":
-            raise ConfigError("format=nnunet needs a ResEnc backbone (nnU-Net's ResidualEncoderUNet); export a ViT "
-                             "with format=monai (UNETR)")
         weights, kwargs = to_nnunet_axes(weights, arch["kwargs"])
         torch.save({"network_weights": weights, "voxfm": {k: v for k, v in meta.items() if k != "config"}},
                    out / "nnunet_pretrained.pth")
-        fragment = nnunet_plans_fragment(kwargs, list(triple(config["data"]["crop_size"])), data["spacing"],
-                                         data["normalisation"], data["modalities"])
+        fragment = nnunet_plans_fragment(declared.export_class, kwargs, list(triple(config["data"]["crop_size"])),
+                                         data["spacing"], data["normalisation"], data["modalities"])
         (out / "nnunet_plans_fragment.json").write_text(json.dumps(fragment, indent=1))
         meta["nnunet_kwargs"] = kwargs
     else:

@@ -15,9 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from models.weights import load_strict
+from pretrain.config.declarations import declared_backbones
 
 SEG_HEAD = "decoder.seg_layers."
-ARCHITECTURES = ("vit", "resenc")
+# the architectures voxfm's backbones declare (`declared_backbones`), the names backbone.json may carry
+ARCHITECTURES = tuple(sorted({d.declaration.architecture for d in declared_backbones().values()}, reverse=True))
 
 
 def read_export(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -79,4 +81,6 @@ def segmenter_from_export(folder: str, n_classes: int, crop_size, unetr: dict) -
 
 def encoder_parameters(net: torch.nn.Module) -> list[torch.nn.Parameter]:
     """What `freeze_encoder=true` freezes: UNETR's ViT, or the ResEnc encoder."""
-    return list(net.vit.parameters()) if hasattr(net, "vit") else list(net.encoder.parameters())
+    from monai.networks.nets import UNETR
+
+    return list(net.vit.parameters()) if isinstance(net, UNETR) else list(net.encoder.parameters())

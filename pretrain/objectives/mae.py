@@ -7,6 +7,7 @@ from torch import nn
 
 from models.mae_decoder import MAEDecoder
 from models.spec import BackboneSpec
+from pretrain.objectives.protocol import ObjectiveDeclaration
 
 
 def patchify(x: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
@@ -62,6 +63,11 @@ class MAEObjective(nn.Module):
     patch is standardised by its own mean and variance (MAE's best setting). Every row hides the same
     number of patches (`data/masking.py`), so the hidden ones gather into static shapes.
     """
+
+    declaration = ObjectiveDeclaration(
+        backbone="tokens", views=1, masks=True, mask_cell_is_token=True, reconstructs=True,
+        bounds={"decoder_hidden": {"ge": 6}, "decoder_layers": {"ge": 1}, "decoder_heads": {"ge": 1}},
+    )
 
     def __init__(self, spec: BackboneSpec, decoder_hidden: int = 384, decoder_layers: int = 4,
                  decoder_heads: int = 12, norm_pix_loss: bool = True):

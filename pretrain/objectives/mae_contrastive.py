@@ -11,12 +11,19 @@ from torch import nn
 from models.heads import ProjectionHead
 from models.spec import BackboneSpec
 from pretrain.objectives.mae import MAEObjective
+from pretrain.objectives.protocol import ObjectiveDeclaration
 from pretrain.objectives.simclr import nt_xent
 
 
 class MAEContrastiveObjective(nn.Module):
     """batch {"image": [2B, ...] two masked views (view-major), "mask": [2B, N]} + ViT → (loss, logs).
     loss = mae_weight * MAE(both views) + contrastive_weight * NT-Xent(head(mean visible latent))."""
+
+    declaration = ObjectiveDeclaration(
+        backbone="tokens", views=2, masks=True, mask_cell_is_token=True, reconstructs=True,
+        bounds={"mae_weight": {"ge": 0.0}, "contrastive_weight": {"ge": 0.0}, "proj_hidden": {"ge": 1},
+                "proj_dim": {"ge": 1}, "temperature": {"gt": 0.0}},
+    )
 
     def __init__(self, spec: BackboneSpec, mae: Callable[[BackboneSpec], MAEObjective], mae_weight: float = 1.0,
                  contrastive_weight: float = 0.1, proj_hidden: int = 2048, proj_dim: int = 128,
@@ -30,7 +37,7 @@ class MAEContrastiveObjective(nn.Module):
         self.mae_weight, self.contrastive_weight, self.temperature = mae_weight, contrastive_weight, temperature
 
     def forward(self, batch: dict, backbone: nn.Module) -> tuple[torch.Tensor, dict]:
-        if batch.get("n_views", 2) != 2:
+        if batch.get("n_views", 2) != self.declaration.views:
             raise ValueError("objective=mae_contrastive needs two views per region: set objective.stage.n_views=2")
         latent, ids = self.mae.encode_visible(batch, backbone)
         mae_loss, mae_logs = self.mae.reconstruction_loss(batch, latent, ids)
@@ -41,6 +48,11 @@ class MAEContrastiveObjective(nn.Module):
         if "visible_loss" in mae_logs:  # logging steps only (`MAEObjective.reconstruction_loss`)
             logs["visible_loss"] = mae_logs["visible_loss"]
         return loss, logs
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The MAE decoder (for benchmarks that build the same shapes elsewhere)."""
+        return self.mae.decoder
 
     @torch.no_grad()
     def reconstruct(self, batch: dict, backbone: nn.Module) -> dict[str, torch.Tensor]:

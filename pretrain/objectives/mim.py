@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.spec import BackboneSpec
+from pretrain.objectives.protocol import ObjectiveDeclaration
 
 
 def cube_visibility(mask: torch.Tensor, spatial: tuple[int, int, int]) -> torch.Tensor:
@@ -30,6 +31,8 @@ def cube_visibility(mask: torch.Tensor, spatial: tuple[int, int, int]) -> torch.
 
 class MIMObjective(nn.Module):
     """batch {"image": [B, C, D, H, W], "mask": [B, N] bool over cubes, True = hidden} + ResEncUNet → (loss, logs)."""
+
+    declaration = ObjectiveDeclaration(backbone="cnn", views=1, masks=True, reconstructs=True)
 
     def __init__(self, spec: BackboneSpec):
         super().__init__()

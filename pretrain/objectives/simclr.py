@@ -13,6 +13,7 @@ from torch import nn
 
 from models.heads import ProjectionHead
 from models.spec import BackboneSpec
+from pretrain.objectives.protocol import ObjectiveDeclaration
 from pretrain.training.distributed import gather_with_grad, world
 
 
@@ -41,7 +42,10 @@ class SimCLRObjective(nn.Module):
     """batch {"image": [2B, C, D, H, W] (two views, view-major), "n_views": 2} + backbone → (loss, logs).
     Works with any backbone that has `pooled(x) -> [B, feature_dim]` (ViT: mean token; ResEnc: mean bottleneck)."""
 
-    trains_decoder = False  # a UNet backbone's decoder is frozen (see `build_module`)
+    declaration = ObjectiveDeclaration(  # a UNet backbone's decoder is frozen (see `build_module`)
+        backbone="any", views=2, trains_decoder=False,
+        bounds={"proj_hidden": {"ge": 1}, "proj_dim": {"ge": 1}, "temperature": {"gt": 0.0}},
+    )
 
     def __init__(self, spec: BackboneSpec, proj_hidden: int = 2048, proj_dim: int = 128, temperature: float = 0.1):
         super().__init__()
@@ -51,7 +55,7 @@ class SimCLRObjective(nn.Module):
         self.temperature = temperature
 
     def forward(self, batch: dict, backbone: nn.Module) -> tuple[torch.Tensor, dict]:
-        if batch.get("n_views", 2) != 2:
+        if batch.get("n_views", 2) != self.declaration.views:
             raise ValueError("objective=simclr needs two views per region: set objective.stage.n_views=2")
         z = self.head(backbone.pooled(batch["image"]))
         loss, accuracy = nt_xent(z, self.temperature)

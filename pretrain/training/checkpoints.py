@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
+from pretrain.config.declarations import declared_backbones
+
 PERIODIC = re.compile(r"step(\d+)\.ckpt")
 DEEPSPEED_MODEL_STATES = ("checkpoint/mp_rank_00_model_states.pt",
                           "checkpoint/zero_pp_rank_0_mp_rank_00_model_states.pt")
 DEEPSPEED_SAFE_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum",
                           "deepspeed.runtime.fp16.loss_scaler.LossScaler",
                           "deepspeed.utils.tensor_fragment.fragment_address")
-# The only classes a stored config may name, and where they live (resolved through this dict, nothing else).
-BACKBONES = {"models.vit.ViT": ("models.vit", "ViT"), "models.resenc.ResEncUNet": ("models.resenc", "ResEncUNet")}
 PLAIN = (bool, int, float, str, type(None))
 
 
@@ -139,16 +139,18 @@ def check_config_tree(value, where: str) -> None:
 
 
 def backbone_arguments(model: dict, where: str) -> tuple[type, dict]:
-    """A stored `model` config → (the voxfm backbone class it names, from `BACKBONES`; its plain keyword
+    """A stored `model` config → (the voxfm backbone class it names, one of `declared_backbones()`: the classes
+    of voxfm's `models` package that declare themselves backbones, nothing else is imported; its plain keyword
     arguments), or a ValueError naming the refused key. `where` names the config in errors (e.g.
     "checkpoint=last.ckpt: voxfm_config.model")."""
     if not isinstance(model, dict):
         raise ValueError(f"{where}: expected a mapping, got a {type(model).__name__}")
     target = model.get("_target_")
-    if not isinstance(target, str) or target not in BACKBONES:
+    backbones = declared_backbones()
+    if not isinstance(target, str) or target not in backbones:
         raise ValueError(f"{where}._target_={target!r}: refused; a stored config may only name voxfm's backbones "
-                         f"({', '.join(BACKBONES)})")
-    module, name = BACKBONES[target]
+                         f"({', '.join(backbones)})")
+    module, name = target.rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
     allowed = [p for p in inspect.signature(cls).parameters if p != "self"]
     kwargs = {}

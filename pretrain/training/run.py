@@ -73,7 +73,7 @@ def build_module(cfg: DictConfig) -> PretrainModule:
         stage.check_region(cfg.data.region_size)
     backbone = instantiate(cfg.model)
     objective = instantiate(cfg.objective.loss)(backbone.spec)
-    if not getattr(objective, "trains_decoder", True) and hasattr(backbone, "freeze_decoder"):
+    if not objective.declaration.trains_decoder and backbone.declaration.decoder:
         backbone.freeze_decoder()  # unused by the loss: frozen, so DDP needs no unused-parameter search
     mode = compile_mode(cfg.trainer.compile, OmegaConf.to_container(cfg.strategy))
     parallelize(backbone, cfg.trainer.activation_checkpointing, mode)

@@ -22,12 +22,9 @@ from torch.utils.checkpoint import checkpoint
 
 
 def repeated_blocks(backbone: nn.Module) -> list[nn.Module]:
-    """The units to checkpoint and compile: ViT blocks, or the residual blocks of every encoder stage."""
-    if hasattr(backbone, "blocks"):
-        return list(backbone.blocks)
-    if hasattr(backbone, "encoder") and hasattr(backbone.encoder, "stages"):
-        return [block for stage in backbone.encoder.stages for block in stage.blocks]
-    raise ValueError(f"parallelize: no repeated blocks known for {type(backbone).__name__}")
+    """The units to checkpoint and compile, as the backbone names them (ViT blocks, the residual blocks of every
+    encoder stage)."""
+    return backbone.repeated_blocks()
 
 
 def _checkpointed_forward(block: nn.Module) -> None:

@@ -1,0 +1,72 @@
+"""Shape rules of the backbones, written once and used by the models' constructors and by the config checks
+(`pretrain/config/checks.py`, before torch is imported). Plain Python, no torch.
+
+Each rule returns an error line or None; `where` prefixes the keys it names ("model." in the config checks, ""
+in a constructor), `size_key` names what must be divisible (a crop in the config, `img_size` in the ViT).
+Sizes are [X, Y, Z] in voxels.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def triple(v) -> list[int]:
+    return [v] * 3 if isinstance(v, int) else list(v)
+
+
+def patch_divides(size, patch_size, size_key: str, where: str = "") -> str | None:
+    if any(s % p for s, p in zip(triple(size), triple(patch_size))):
+        return f"{size_key}={triple(size)}: must be divisible by {where}patch_size={patch_size}"
+    return None
+
+
+def heads_divide(hidden_size: int, num_heads: int, where: str = "") -> str | None:
+    if hidden_size % num_heads:
+        return f"{where}hidden_size={hidden_size}: must be divisible by {where}num_heads={num_heads}"
+    return None
+
+
+def sincos_fits(hidden_size: int, pos_embed_type: str, where: str = "") -> str | None:
+    """3D sin-cos position embeddings split the width into sin and cos of three axes: hidden % 6 == 0."""
+    if pos_embed_type == "sincos" and hidden_size % 6:
+        return (f"{where}hidden_size={hidden_size}: must be divisible by 6 for {where}pos_embed_type=sincos "
+                "(or use learnable)")
+    return None
+
+
+def unet_stride(features_per_stage, strides=None) -> int:
+    """The total downsampling of an encoder: the product of its stage strides (default 1, then 2 per stage)."""
+    return math.prod(strides or [1] + [2] * (len(features_per_stage) - 1))
+
+
+def stride_divides(size, features_per_stage, strides, size_key: str) -> str | None:
+    stride = unet_stride(features_per_stage, strides)
+    if any(s % stride for s in triple(size)):
+        return f"{size_key}={triple(size)}: must be divisible by the UNet's total stride {stride}"
+    return None
+
+
+def stage_counts(features_per_stage, n_blocks_per_stage, n_conv_per_stage_decoder, where: str = "") -> str | None:
+    n = len(features_per_stage)
+    if len(n_blocks_per_stage) != n or len(n_conv_per_stage_decoder) != n - 1:
+        return (f"{where.rstrip('.') or 'model'}: {n} stages need {n} n_blocks_per_stage and {n - 1} "
+                f"n_conv_per_stage_decoder, got {list(n_blocks_per_stage)} and {list(n_conv_per_stage_decoder)}")
+    return None
+
+
+def shape_errors(arguments: dict, size, size_key: str, where: str = "") -> list[str]:
+    """Every rule whose arguments a backbone has, applied to its complete arguments (defaults filled in)."""
+    a = arguments
+    found = []
+    if "patch_size" in a:
+        found.append(patch_divides(size, a["patch_size"], size_key, where))
+    if "hidden_size" in a and "num_heads" in a:
+        found.append(heads_divide(a["hidden_size"], a["num_heads"], where))
+    if "hidden_size" in a and "pos_embed_type" in a:
+        found.append(sincos_fits(a["hidden_size"], a["pos_embed_type"], where))
+    if "features_per_stage" in a:
+        found.append(stride_divides(size, a["features_per_stage"], a.get("strides"), size_key))
+        found.append(stage_counts(a["features_per_stage"], a["n_blocks_per_stage"], a["n_conv_per_stage_decoder"],
+                                  where))
+    return [f for f in found if f]

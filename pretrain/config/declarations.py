@@ -1,0 +1,111 @@
+"""Reading what an objective or backbone declares, and its constructor's arguments, from its source: no import of
+the module itself (so no torch), before anything heavy is loaded.
+
+A declaration is a class attribute `declaration = ObjectiveDeclaration(...)` or `BackboneDeclaration(...)` with
+literal arguments (numbers, strings, booleans, tuples, dicts); the constructor's parameters, their annotations
+and literal defaults are read from its `def __init__`. The built class carries the same `declaration` at run
+time, so the config checks and the running code read one statement. Only the packages above the module are
+imported (`importlib.util.find_spec`), never the module.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import pkgutil
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from models.spec import BackboneDeclaration
+from pretrain.objectives.protocol import ObjectiveDeclaration
+
+KINDS = {"BackboneDeclaration": BackboneDeclaration, "ObjectiveDeclaration": ObjectiveDeclaration}
+REQUIRED = object()  # a constructor parameter without a default
+SUPPLIED = {"self", "spec"}  # filled by voxfm, not by the config: the instance, an objective's BackboneSpec
+
+
+@dataclass(frozen=True)
+class Declared:
+    """target: the dotted class; declaration: what it states; arguments: {name: (annotation text or None,
+    literal default, or REQUIRED; a non-literal default reads as None)}."""
+
+    target: str
+    declaration: BackboneDeclaration | ObjectiveDeclaration
+    arguments: dict
+
+    def defaults(self) -> dict:
+        return {k: d for k, (_, d) in self.arguments.items() if d is not REQUIRED}
+
+
+def _literal(node: ast.expr | None, where: str):
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise ValueError(f"{where}: a declaration holds literals only (numbers, strings, booleans, tuples, "
+                         "lists, dicts)") from None
+
+
+def _declaration(cls: ast.ClassDef, target: str):
+    for node in cls.body:
+        if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["declaration"]
+                and isinstance(node.value, ast.Call) and getattr(node.value.func, "id", None) in KINDS):
+            if node.value.args:
+                raise ValueError(f"{target}.declaration: keyword arguments only")
+            kwargs = {kw.arg: _literal(kw.value, f"{target}.declaration.{kw.arg}") for kw in node.value.keywords}
+            return KINDS[node.value.func.id](**kwargs)
+    return None
+
+
+def _arguments(cls: ast.ClassDef) -> dict:
+    init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+    if init is None:
+        return {}
+    params = init.args.posonlyargs + init.args.args
+    defaults = [REQUIRED] * (len(params) - len(init.args.defaults)) + list(init.args.defaults)
+    pairs = list(zip(params, defaults)) + list(zip(init.args.kwonlyargs, init.args.kw_defaults))
+    out = {}
+    for param, default in pairs:
+        if param.arg in SUPPLIED:
+            continue
+        if default is not REQUIRED and default is not None:
+            try:
+                default = ast.literal_eval(default)
+            except ValueError:
+                default = None
+        out[param.arg] = (ast.unparse(param.annotation) if param.annotation else None, default)
+    return out
+
+
+@cache
+def read_declared(target: str) -> Declared | None:
+    """The declaration and arguments of the class `target` names, or None when it names no such class with a
+    declaration. Raises ValueError for a declaration that is not plain literals."""
+    module, _, name = target.rpartition(".")
+    try:
+        spec = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    tree = ast.parse(Path(spec.origin).read_text(), filename=spec.origin)
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
+    declaration = _declaration(cls, target) if cls is not None else None
+    return Declared(target, declaration, _arguments(cls)) if declaration is not None else None
+
+
+@cache
+def declared_backbones() -> dict[str, Declared]:
+    """Every class of voxfm's `models` package that declares itself a backbone: the only classes a stored config
+    (checkpoint, export) may name."""
+    import models
+
+    found = {}
+    for info in pkgutil.iter_modules(models.__path__, "models."):
+        spec = importlib.util.find_spec(info.name)
+        tree = ast.parse(Path(spec.origin).read_text(), filename=spec.origin)
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            declared = read_declared(f"{info.name}.{cls.name}")
+            if declared is not None and isinstance(declared.declaration, BackboneDeclaration):
+                found[declared.target] = declared
+    return found
