@@ -204,7 +204,7 @@ def _plan(inputs, index: dict) -> tuple[list[Unit], int, list[dict]]:
 
 
 @locks_folder("output", "output")  # one job per shard set: a second exits 2 naming the holder
-def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 256.0, codec: str = "lz4hc",
+def run_shard(input_path: str, output: str, preprocess: dict, shard_max_mb: float = 256.0, codec: str = "lz4hc",
               progress: bool = True, workers: int = 0) -> dict:
     """Shard every input or reject it with a reason; `workers=0` uses every core."""
     opts = PreprocessOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in preprocess.items()})
@@ -215,7 +215,7 @@ def run_shard(input: str, output: str, preprocess: dict, shard_max_mb: float = 2
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers={workers!r}: expected an integer >= 1, or 0 for every core")
     start = time.perf_counter()
-    found = discover(input)
+    found = discover(input_path)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     index = load_index(out)

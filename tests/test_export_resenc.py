@@ -51,7 +51,7 @@ def test_a_tampered_backbone_json_cannot_make_the_snippet_call_anything_else(mim
 
 def test_nnunet_format_loads_through_nnunets_own_functions_in_its_axis_order(mim_run, tmp_path, monkeypatch):
     pytest.importorskip("nnunetv2")
-    out = run_export(str(mim_run), str(tmp_path / "nn"), format="nnunet")
+    out = run_export(str(mim_run), str(tmp_path / "nn"), export_format="nnunet")
     fragment = json.loads((out / "nnunet_plans_fragment.json").read_text())
     assert fragment["dataset_json"] == {"overwrite_image_reader_writer": "NibabelIOWithReorient"}
     config = fragment["plans"]["configurations"]["3d_fullres_voxfm"]
@@ -76,7 +76,7 @@ def test_nnunet_format_loads_through_nnunets_own_functions_in_its_axis_order(mim
 
 
 def test_full_format_keeps_every_weight_of_the_pretraining_module(mim_run, tmp_path, monkeypatch):
-    out = run_export(str(mim_run), str(tmp_path / "full"), format="full")
+    out = run_export(str(mim_run), str(tmp_path / "full"), export_format="full")
     meta = json.loads((out / "full.json").read_text())
     weights = load_file(str(out / "model.safetensors"))
     ckpt = torch.load(mim_run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -108,7 +108,7 @@ def test_a_full_export_continues_pretraining_from_its_step_with_its_weights(mim_
     from pretrain.training.init_from import init_module
     from pretrain.training.run import build_module
 
-    out = run_export(str(mim_run), str(tmp_path / "full"), format="full")
+    out = run_export(str(mim_run), str(tmp_path / "full"), export_format="full")
     cfg = load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'new'}",
                                    f"init_from={out}", "trainer.max_steps=5", "trainer.progress_bar=false",
                                    "trainer.images_every_n_steps=0", "data.num_workers=0",
@@ -137,7 +137,7 @@ def test_init_from_a_mismatched_model_names_the_bad_keys(mim_run, tmp_path, shar
     from pretrain.training.init_from import init_module
     from pretrain.training.run import build_module
 
-    out = run_export(str(mim_run), str(tmp_path / "full"), format="full")
+    out = run_export(str(mim_run), str(tmp_path / "full"), export_format="full")
     cfg = load_config("pretrain", ["experiment=demo", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'x'}"])
     with pytest.raises(ValueError, match="does not fit PretrainModule:\n  missing keys"):
         init_module(build_module(cfg), str(out), 10)

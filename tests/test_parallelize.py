@@ -39,7 +39,7 @@ def test_activation_checkpointing_changes_memory_not_numbers(kind):
 
 
 def test_compiled_blocks_give_the_same_numbers_and_names():
-    plain, fast = _pair("vit", compile=True, activation_checkpointing=True)
+    plain, fast = _pair("vit", compiled=True, activation_checkpointing=True)
     x = torch.randn(2, 1, 16, 16, 16)
     (l1, g1), (l2, g2) = _loss_and_grads(plain, x), _loss_and_grads(fast, x)
     assert torch.allclose(l1, l2, rtol=1e-4) and all(torch.allclose(a, b, atol=1e-4) for a, b in zip(g1, g2))

@@ -54,7 +54,7 @@ def test_every_hydra_key_foreign_target_or_non_plain_argument_is_refused_by_name
     ckpt = _checkpoint(tmp_path / "run", model)
     for format in ("monai", "full"):
         with pytest.raises(ValueError, match=key.replace("[", r"\[").replace("]", r"\]")):
-            run_export(str(ckpt), str(tmp_path / format), format=format)
+            run_export(str(ckpt), str(tmp_path / format), export_format=format)
         assert not (tmp_path / format).exists()
 
 

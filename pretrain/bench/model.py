@@ -51,11 +51,11 @@ def _regions(cfg, module, device: torch.device) -> dict:
             "high": torch.full((b,), 1000.0, device=device), "modality": ["CT"] * b}
 
 
-def voxfm_step(cfg, device: torch.device, autocast, compile: bool):
-    """→ (step, stage-only call, views per step, module) with `trainer.compile=compile`. Each call is a new
+def voxfm_step(cfg, device: torch.device, autocast, compiled: bool):
+    """→ (step, stage-only call, views per step, module) with `trainer.compile=compiled`. Each call is a new
     training step (its own generator, as in training) and not a logging step."""
     cfg = copy.deepcopy(cfg)
-    OmegaConf.update(cfg, "trainer.compile", compile)
+    OmegaConf.update(cfg, "trainer.compile", compiled)
     module = build_module(cfg).to(device)
     optimizer = module.configure_optimizers()["optimizer"]
     regions = _regions(cfg, module, device)
@@ -94,14 +94,14 @@ def _measure(step, views: int, device: torch.device, warmup: int, steps: int, ce
             "peak_gib": None if peak is None else round(peak, 2)}
 
 
-def measure_voxfm(cfg, device: torch.device, autocast, compile: bool, warmup: int, steps: int,
+def measure_voxfm(cfg, device: torch.device, autocast, compiled: bool, warmup: int, steps: int,
                   ceiling: float) -> tuple[dict, int]:
     """→ (the figures of voxfm's step, views per step); a compiled step warms up at least twice, so a
     recompilation on the second call (new generator, optimiser state) stays out of the timing too."""
-    step, views_only, views, module = voxfm_step(cfg, device, autocast, compile)
-    row = _measure(step, views, device, max(warmup, 2) if compile else warmup, steps, ceiling)
+    step, views_only, views, module = voxfm_step(cfg, device, autocast, compiled)
+    row = _measure(step, views, device, max(warmup, 2) if compiled else warmup, steps, ceiling)
     row["stage_ms"] = round(time_call(views_only, device, warmup=1, steps=steps) * 1e3, 2)
-    row["compile_s"] = round(sum(module.compiled.compile_seconds.values()), 1) if compile else None
+    row["compile_s"] = round(sum(module.compiled.compile_seconds.values()), 1) if compiled else None
     return row, views
 
 
@@ -126,8 +126,8 @@ def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
     return None if a is None or b is None or not b[key] else round(a[key] / b[key], 2)
 
 
-def bench_model(cfg, warmup: int = 2, steps: int = 5, profile: int = 0, compile: bool = True) -> dict:
-    """→ the figures of voxfm's step, eager and (with `compile`) compiled, and of MONAI's reference;
+def bench_model(cfg, warmup: int = 2, steps: int = 5, profile: int = 0, compiled: bool = True) -> dict:
+    """→ the figures of voxfm's step, eager and (if `compiled`) compiled, and of MONAI's reference;
     `profile` > 0 adds that many operator rows of a profile of voxfm's step (compiled if measured) under
     "profile"."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -138,7 +138,7 @@ def bench_model(cfg, warmup: int = 2, steps: int = 5, profile: int = 0, compile:
 
     ceiling = measured_peak_tflops(device)
     rows: dict[str, dict | None] = dict.fromkeys(COLUMNS)
-    for column in COLUMNS if compile else COLUMNS[:1]:  # one module at a time on the device
+    for column in COLUMNS if compiled else COLUMNS[:1]:  # one module at a time on the device
         rows[column], views = measure_voxfm(cfg, device, autocast, column == "compiled", warmup, steps, ceiling)
     module = build_module(cfg)  # eager, on the host: the reference reads its shapes
     ref_step, ref_name, note = reference_step(module, float(cfg.optim.optimizer.lr), device, autocast, views)
@@ -153,9 +153,9 @@ def bench_model(cfg, warmup: int = 2, steps: int = 5, profile: int = 0, compile:
         ref_step = None  # the reference's memory back before another voxfm step is built
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        column = "compiled" if compile else "eager"
+        column = "compiled" if compiled else "eager"
         table = f"profile of voxfm's {column} step, " + \
-            profile_table(voxfm_step(cfg, device, autocast, compile)[0], device, profile)
+            profile_table(voxfm_step(cfg, device, autocast, compiled)[0], device, profile)
     best = rows["compiled"] or rows["eager"]
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -71,11 +71,11 @@ def exported_classes(meta: dict) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def loading_snippet(meta: dict, format: str) -> str:
-    if format == "full":
+def loading_snippet(meta: dict, export_format: str) -> str:
+    if export_format == "full":
         return LOAD_FULL
     names = exported_classes(meta)
-    if format == "nnunet":
+    if export_format == "nnunet":
         return (LOAD_NNUNET.replace("INPUT_CHANNELS", str(meta["kwargs"]["input_channels"]))
                 .replace("CLASSES", "".join(f"    {json.dumps(n)},\n" for n in names)))
     modules = sorted({n.rsplit(".", 1)[0] for n in names})
@@ -83,8 +83,8 @@ def loading_snippet(meta: dict, format: str) -> str:
     return LOAD_MONAI.replace("IMPORTS", "import " + ", ".join(modules)).replace("CLASSES", classes)
 
 
-def write_model_card(out: Path, meta: dict, format: str) -> None:
-    snippet = loading_snippet(meta, format)
+def write_model_card(out: Path, meta: dict, export_format: str) -> None:
+    snippet = loading_snippet(meta, export_format)
     model = meta["config"]["model"]
     lines = [
         f"# voxfm {meta.get('architecture', '')} backbone — {meta['objective']}, step {meta['step']}",
@@ -110,7 +110,7 @@ def write_model_card(out: Path, meta: dict, format: str) -> None:
         snippet,
         "```",
     ]
-    if format == "nnunet":
+    if export_format == "nnunet":
         lines += ["", "## Fine-tuning with nnU-Net v2", NNUNET_STEPS, "",
                   "These weights are in nnU-Net's axis order ([C, Z, Y, X] of the RAS image): kernels were "
                   "transposed at export, so nnU-Net's network computes voxfm's features. nnU-Net normalises CT with "

@@ -98,9 +98,9 @@ def _stored_config(ckpt: dict, ckpt_path: Path) -> tuple[dict, dict]:
     return config, {**NO_DATA, **stored}
 
 
-def run_export(checkpoint: str, output: str, in_channels: int | None = None, format: str = "monai") -> Path:
-    if format not in FORMATS:
-        raise ConfigError(f"format={format!r}; allowed: {', '.join(FORMATS)}")
+def run_export(checkpoint: str, output: str, in_channels: int | None = None, export_format: str = "monai") -> Path:
+    if export_format not in FORMATS:
+        raise ConfigError(f"format={export_format!r}; allowed: {', '.join(FORMATS)}")
     if in_channels is not None and in_channels < 1:
         raise ConfigError(f"in_channels={in_channels}: expected >= 1")
     ckpt_path = resolve_checkpoint(checkpoint)
@@ -112,26 +112,27 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, for
                                                                           "voxfm_config.model")
     declared = backbone_class.declaration
     architecture = declared.architecture
-    if format not in declared.formats:
-        raise ConfigError(f"format={format}: {config['model']['_target_']} exports as {', '.join(declared.formats)} "
+    if export_format not in declared.formats:
+        raise ConfigError(f"format={export_format}: {config['model']['_target_']} exports as "
+                          f"{', '.join(declared.formats)} "
                           "(format=nnunet needs a backbone that nnU-Net builds, e.g. model=resenc_*)")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"format": f"voxfm-{format}/1", **_common_meta(ckpt, ckpt_path, config, data)}
-    if format == "full":
+    meta = {"format": f"voxfm-{export_format}/1", **_common_meta(ckpt, ckpt_path, config, data)}
+    if export_format == "full":
         if in_channels is not None:
             raise ConfigError("in_channels: format=full keeps the pretraining module as it is; inflate in "
                              "format=monai or nnunet")
         save_file(clone_state(ckpt["state_dict"]), str(out / "model.safetensors"))
         meta["architecture"] = architecture
         (out / "full.json").write_text(json.dumps(meta, indent=1))
-        write_model_card(out, meta, format)
+        write_model_card(out, meta, export_format)
         return out
     backbone = backbone_class(**backbone_kwargs)  # only to read the architecture's kwargs
     state = {k[len(BACKBONE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(BACKBONE_PREFIX)}
     weights, arch = exported_weights(state, backbone, in_channels)
     meta.update(arch, channel_inflation=None if in_channels in (None, 1) else {"from": 1, "to": in_channels})
-    if format == "nnunet":
+    if export_format == "nnunet":
         weights, kwargs = to_nnunet_axes(weights, arch["kwargs"])
         torch.save({"network_weights": weights, "voxfm": {k: v for k, v in meta.items() if k != "config"}},
                    out / "nnunet_pretrained.pth")
@@ -142,5 +143,5 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, for
     else:
         save_file(weights, str(out / "backbone.safetensors"))
     (out / "backbone.json").write_text(json.dumps(meta, indent=1))
-    write_model_card(out, meta, format)
+    write_model_card(out, meta, export_format)
     return out

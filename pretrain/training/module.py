@@ -38,9 +38,9 @@ class PretrainModule(L.LightningModule):
     def __init__(self, backbone: nn.Module, objective: nn.Module, stage: Callable[[dict, torch.Generator], dict],
                  optimizer: Callable[..., torch.optim.Optimizer], warmup_steps: int, total_steps: int,
                  min_lr_factor: float = 0.01, seed: int = 0, fused: bool | None = None,
-                 max_nonfinite_steps: int = 10, compile: bool = False):
+                 max_nonfinite_steps: int = 10, compile_step: bool = False):
         super().__init__()
-        self.compiled = CompiledStep(compile)  # trainer.compile: the whole step (pretrain/training/compiled_step.py)
+        self.compiled = CompiledStep(compile_step)  # the whole step (pretrain/training/compiled_step.py)
         self.max_nonfinite_steps = max_nonfinite_steps
         self.lr_scale = 1.0
         # non-finite steps: flags and counters stay on the device, read at logging steps (`_check_nonfinite`)

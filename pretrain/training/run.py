@@ -81,7 +81,7 @@ def build_module(cfg: DictConfig) -> PretrainModule:
         backbone=backbone, objective=objective, stage=stage,
         optimizer=instantiate(cfg.optim.optimizer), warmup_steps=cfg.optim.warmup_steps,
         total_steps=cfg.trainer.max_steps, min_lr_factor=cfg.optim.min_lr_factor, seed=cfg.seed, fused=cfg.optim.fused,
-        max_nonfinite_steps=cfg.trainer.max_nonfinite_steps, compile=mode == "step",
+        max_nonfinite_steps=cfg.trainer.max_nonfinite_steps, compile_step=mode == "step",
     )
 
 

@@ -38,18 +38,18 @@ def _checkpointed_forward(block: nn.Module) -> None:
     block.forward = types.MethodType(forward, block)
 
 
-def compile_mode(compile: bool, strategy: dict) -> str | None:
+def compile_mode(trainer_compile: bool, strategy: dict) -> str | None:
     """trainer.compile → None (eager), "step" (whole step) or "blocks" (DeepSpeed ZeRO-3, see above)."""
-    if not compile:
+    if not trainer_compile:
         return None
     return "blocks" if strategy.get("name") == "deepspeed" and strategy.get("stage") == 3 else "step"
 
 
 def parallelize(backbone: nn.Module, activation_checkpointing: bool = False,
-                compile: bool | str | None = None) -> nn.Module:
-    """compile: "blocks" (or True) compiles each repeated block here; "step" is applied by the training module
+                compiled: bool | str | None = None) -> nn.Module:
+    """compiled: "blocks" (or True) compiles each repeated block here; "step" is applied by the training module
     (it compiles the stage and the objective around this backbone), None/False leaves the model eager."""
-    per_block = compile is True or compile == "blocks"
+    per_block = compiled is True or compiled == "blocks"
     blocks = repeated_blocks(backbone) if (activation_checkpointing or per_block) else []
     for block in blocks:
         if activation_checkpointing:
