@@ -63,7 +63,7 @@ class IntensityAugment:
 
     @staticmethod
     def apply(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
-        """x: [B, C, D, H, W] float in [0, 1], p from `parameters` → x ** gamma * scale + shift. Pure: compiles."""
+        """x: [B, C, X, Y, Z] float in [0, 1], p from `parameters` → x ** gamma * scale + shift. Pure: compiles."""
         p = {k: v.view(-1, 1, 1, 1, 1).to(x.dtype) for k, v in p.items()}
         return x.clamp_min(0.0).pow(p["gamma"]) * p["scale"] + p["shift"]
 
@@ -76,5 +76,5 @@ class IntensityAugment:
         return x
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """x: [B, C, D, H, W] float in [0, 1] → augmented x (same shape)."""
+        """x: [B, C, X, Y, Z] float in [0, 1] → augmented x (same shape)."""
         return self.add_noise(self.apply(x, self.parameters(x.shape[0], g)), self.noise(tuple(x.shape), g))

@@ -37,7 +37,7 @@ def crop_start(shape, size, centre: np.ndarray | None, rng: np.random.Generator)
 
 def random_crops(vol: np.ndarray, fg_points: list, size: tuple[int, int, int], n: int,
                  foreground_prob: float, rng: np.random.Generator, pad_value: float = 0) -> list[np.ndarray]:
-    """`n` crops [D, H, W] of `vol` [X, Y, Z]; each is centred near a foreground point with
+    """`n` crops of shape `size` out of `vol`, both [X, Y, Z]; each is centred near a foreground point with
     probability `foreground_prob` (when the volume has any), else placed uniformly. Crops are views."""
     pads = [max(s - d, 0) // 2 for d, s in zip(vol.shape, size)]
     vol = pad_to(vol, size, pad_value)

@@ -87,7 +87,7 @@ def to_labelled(samples: list, values: list[int]) -> list[Labelled]:
 
 
 class CropStream(IterableDataset):
-    """Endless (image, label) crops [1, D, H, W] from the training volumes: centred on a labelled voxel with
+    """Endless (image, label) crops [1, X, Y, Z] from the training volumes: centred on a labelled voxel with
     probability `foreground_prob`, random flips of each axis."""
 
     def __init__(self, volumes: list[Labelled], crop_size, foreground_prob: float = 0.67, seed: int = 0):

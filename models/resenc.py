@@ -40,7 +40,7 @@ def resenc_kwargs(in_channels: int, out_channels: int, features_per_stage, n_blo
 
 
 class ResEncUNet(ResidualEncoderUNet):
-    """x: [B, in_channels, D, H, W] → [B, out_channels, D, H, W]; D, H, W divisible by `total_stride`."""
+    """x: [B, in_channels, X, Y, Z] → [B, out_channels, X, Y, Z]; X, Y, Z divisible by `total_stride`."""
 
     declaration = BackboneDeclaration(
         kind="cnn", architecture="resenc",
@@ -87,8 +87,8 @@ class ResEncUNet(ResidualEncoderUNet):
         return BackboneSpec(self.in_channels, 2 * features[-1], stage_channels=features)
 
     def encode(self, x: torch.Tensor, visible: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """x: [B, C, D, H, W]; visible: [B, 1, D, H, W] (1 = visible) or None → skips, one per stage,
-        [B, C_s, D/r_s, H/r_s, W/r_s]. With `visible`, the input and every block's output are zeroed where
+        """x: [B, C, X, Y, Z]; visible: [B, 1, X, Y, Z] (1 = visible) or None → skips, one per stage,
+        [B, C_s, X/r_s, Y/r_s, Z/r_s]. With `visible`, the input and every block's output are zeroed where
         any voxel of the cell is hidden, so nothing computed from hidden voxels reaches a visible cell."""
         keep = None
         if visible is not None:

@@ -109,7 +109,7 @@ class PatchEmbedding(nn.Module):
             nn.init.trunc_normal_(self.position_embeddings, std=0.02)
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B, C, D, H, W] → tokens [B, N, hidden], N = prod(img_size / patch_size), raster order; with
+        """x: [B, C, X, Y, Z] → tokens [B, N, hidden], N = prod(img_size / patch_size), raster order; with
         ids [B, n] (raster positions) only those tokens, [B, n, hidden], at n/N of the cost: just those patches
         are cut out (one copy) and embedded as a matmul. Both go through the modules' own forwards, so DeepSpeed
         ZeRO-3 gathers their parameters. The (fp32) position embedding is cast to the tokens' dtype: added as
@@ -168,7 +168,7 @@ class ViT(nn.Module):
         return self.patch_embedding.grid
 
     def embed(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B, C, D, H, W] → position-embedded tokens [B, N, hidden]; with ids [B, n] only those positions,
+        """x: [B, C, X, Y, Z] → position-embedded tokens [B, N, hidden]; with ids [B, n] only those positions,
         [B, n, hidden] (masked autoencoding: the visible patches alone are embedded)."""
         return self.patch_embedding(x, ids)
 

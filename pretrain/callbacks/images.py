@@ -27,7 +27,7 @@ def pick_samples(modalities: list[str], n: int) -> list[int]:
 
 
 def reconstruction_grid(volumes: dict[str, torch.Tensor], indices: list[int]) -> np.ndarray:
-    """volumes: {"original", "masked", "reconstruction"}: [B, C, D, H, W] → uint8 picture, one row per sample,
+    """volumes: {"original", "masked", "reconstruction"}: [B, C, X, Y, Z] → uint8 picture, one row per sample,
     columns = (original, masked, reconstruction) × (axial, coronal, sagittal)."""
     rows = []
     for i in indices:

@@ -24,7 +24,7 @@ from pretrain.finetune.model import encoder_parameters
 
 def crop_batches(volumes: list[Labelled], crop_size, batch_size: int, seed: int,
                  foreground_prob: float = 0.67) -> DataLoader:
-    """Endless batches of (image, label) crops, each [B, 1, D, H, W], drawn in the loading process."""
+    """Endless batches of (image, label) crops, each [B, 1, X, Y, Z], drawn in the loading process."""
     return DataLoader(CropStream(volumes, crop_size, foreground_prob, seed=seed), batch_size=batch_size,
                       num_workers=0)
 
@@ -42,7 +42,7 @@ class SegmentationModule(L.LightningModule):
         return self.net(x)
 
     def step_loss(self, batch) -> torch.Tensor:
-        """batch: (image [B, 1, D, H, W] float, label [B, 1, D, H, W] class indices)."""
+        """batch: (image [B, 1, X, Y, Z] float, label [B, 1, X, Y, Z] class indices)."""
         image, label = batch
         return self.loss(self.net(image), label)
 

@@ -11,16 +11,16 @@ from pretrain.objectives.protocol import ObjectiveDeclaration
 
 
 def patchify(x: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
-    """x: [B, C, D, H, W] → [B, N, p0*p1*p2*C], patches in the same raster order as the Conv3d tokens."""
-    b, c, d, h, w = x.shape
+    """x: [B, C, X, Y, Z] → [B, N, p0*p1*p2*C], patches in the same raster order as the Conv3d tokens."""
+    b, c, nx, ny, nz = x.shape
     p0, p1, p2 = patch_size
-    x = x.reshape(b, c, d // p0, p0, h // p1, p1, w // p2, p2)
-    return x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, (d // p0) * (h // p1) * (w // p2), p0 * p1 * p2 * c)
+    x = x.reshape(b, c, nx // p0, p0, ny // p1, p1, nz // p2, p2)
+    return x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, (nx // p0) * (ny // p1) * (nz // p2), p0 * p1 * p2 * c)
 
 
 def unpatchify(patches: torch.Tensor, patch_size: tuple[int, int, int], grid: tuple[int, int, int],
                channels: int) -> torch.Tensor:
-    """Inverse of `patchify`: [B, N, p0*p1*p2*C] → [B, C, D, H, W]."""
+    """Inverse of `patchify`: [B, N, p0*p1*p2*C] → [B, C, X, Y, Z]."""
     b = patches.shape[0]
     (p0, p1, p2), (g0, g1, g2) = patch_size, grid
     x = patches.reshape(b, g0, g1, g2, p0, p1, p2, channels).permute(0, 7, 1, 4, 2, 5, 3, 6)
@@ -28,11 +28,11 @@ def unpatchify(patches: torch.Tensor, patch_size: tuple[int, int, int], grid: tu
 
 
 def patchify_at(x: torch.Tensor, patch_size: tuple[int, int, int], ids: torch.Tensor) -> torch.Tensor:
-    """x: [B, C, D, H, W], ids: [B, n] raster positions → `patchify(x)` at those positions, [B, n, p0*p1*p2*C]:
+    """x: [B, C, X, Y, Z], ids: [B, n] raster positions → `patchify(x)` at those positions, [B, n, p0*p1*p2*C]:
     only those patches are copied out of the volume."""
-    b, c, d, h, w = x.shape
+    b, c, nx, ny, nz = x.shape
     p0, p1, p2 = patch_size
-    grid = (d // p0, h // p1, w // p2)
+    grid = (nx // p0, ny // p1, nz // p2)
     view = x.reshape(b, c, grid[0], p0, grid[1], p1, grid[2], p2).permute(0, 2, 4, 6, 3, 5, 7, 1)  # no copy
     rows = torch.arange(b, device=x.device).unsqueeze(1)
     return view[(rows, *torch.unravel_index(ids, grid))].reshape(b, ids.shape[1], -1)
@@ -57,7 +57,7 @@ def n_visible_of(batch: dict) -> int:
 
 
 class MAEObjective(nn.Module):
-    """batch {"image": [B, C, D, H, W], "mask": [B, N] bool, True = hidden} + ViT → (loss, logs).
+    """batch {"image": [B, C, X, Y, Z], "mask": [B, N] bool, True = hidden} + ViT → (loss, logs).
 
     The loss is the mean squared error on hidden patches only; with `norm_pix_loss` each target
     patch is standardised by its own mean and variance (MAE's best setting). Every row hides the same
@@ -95,7 +95,7 @@ class MAEObjective(nn.Module):
         return (target - mean) / std, mean, std
 
     def _squared_error(self, x: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, D, H, W], pred: [B, n, P] at positions ids: [B, n] → squared error [B, n, P] in fp32. A bf16
+        """x: [B, C, X, Y, Z], pred: [B, n, P] at positions ids: [B, n] → squared error [B, n, P] in fp32. A bf16
         prediction is promoted inside the subtraction: no separate fp32 copy of it."""
         target, _, _ = self._normalise(patchify_at(x, self.patch_size, ids).float())
         return (pred - target).pow(2)
@@ -124,7 +124,7 @@ class MAEObjective(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, batch: dict, backbone: nn.Module) -> dict[str, torch.Tensor]:
-        """→ {"original", "masked", "reconstruction"}: [B, C, D, H, W] each, for pictures. Hidden patches of
+        """→ {"original", "masked", "reconstruction"}: [B, C, X, Y, Z] each, for pictures. Hidden patches of
         the reconstruction are the prediction (de-standardised with the true patch statistics, as MAE shows
         them); visible ones are the input."""
         x = batch["image"].float()

@@ -30,7 +30,7 @@ def cube_visibility(mask: torch.Tensor, spatial: tuple[int, int, int]) -> torch.
 
 
 class MIMObjective(nn.Module):
-    """batch {"image": [B, C, D, H, W], "mask": [B, N] bool over cubes, True = hidden} + ResEncUNet → (loss, logs)."""
+    """batch {"image": [B, C, X, Y, Z], "mask": [B, N] bool over cubes, True = hidden} + ResEncUNet → (loss, logs)."""
 
     declaration = ObjectiveDeclaration(backbone="cnn", views=1, masks=True, reconstructs=True)
 
@@ -43,7 +43,7 @@ class MIMObjective(nn.Module):
             nn.init.normal_(token, std=0.02)
 
     def predict(self, batch: dict, backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """→ (reconstruction [B, C, D, H, W], visible [B, 1, D, H, W])."""
+        """→ (reconstruction [B, C, X, Y, Z], visible [B, 1, X, Y, Z])."""
         x = batch["image"]
         visible = cube_visibility(batch["mask"], tuple(x.shape[2:])).to(x.dtype)
         skips = backbone.encode(x, visible)
@@ -55,7 +55,7 @@ class MIMObjective(nn.Module):
 
     def forward(self, batch: dict, backbone: nn.Module) -> tuple[torch.Tensor, dict]:
         pred, visible = self.predict(batch, backbone)
-        error = (pred.float() - batch["image"].float()).pow(2).mean(dim=1, keepdim=True)  # [B, 1, D, H, W]
+        error = (pred.float() - batch["image"].float()).pow(2).mean(dim=1, keepdim=True)  # [B, 1, X, Y, Z]
         hidden = 1.0 - visible.float()
         loss = (error * hidden).sum() / hidden.sum()
         logs = {"loss": loss.detach()}
@@ -65,7 +65,7 @@ class MIMObjective(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, batch: dict, backbone: nn.Module) -> dict[str, torch.Tensor]:
-        """→ {"original", "masked", "reconstruction"}: [B, C, D, H, W]; hidden cubes show the prediction."""
+        """→ {"original", "masked", "reconstruction"}: [B, C, X, Y, Z]; hidden cubes show the prediction."""
         x = batch["image"].float()
         pred, visible = self.predict(batch, backbone)
         visible = visible.float()

@@ -39,7 +39,7 @@ def nt_xent(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Te
 
 
 class SimCLRObjective(nn.Module):
-    """batch {"image": [2B, C, D, H, W] (two views, view-major), "n_views": 2} + backbone → (loss, logs).
+    """batch {"image": [2B, C, X, Y, Z] (two views, view-major), "n_views": 2} + backbone → (loss, logs).
     Works with any backbone that has `pooled(x) -> [B, feature_dim]` (ViT: mean token; ResEnc: mean bottleneck)."""
 
     declaration = ObjectiveDeclaration(  # a UNet backbone's decoder is frozen (see `build_module`)
