@@ -1,4 +1,4 @@
-"""Voxel payload codec: blosc2 with byte shuffle (nnU-Net's choice; see DESIGN.md, "Shard payload").
+"""Voxel payload codec: blosc2 with byte shuffle (nnU-Net's choice; README, "Design": shard payload).
 
 Default lz4hc: measured here (BENCHMARKS.md) it decodes about twice as fast as zstd, ≥ 8x nibabel's
 .nii.gz, at a ratio still above .nii.gz; zstd gives the best ratio when storage matters more.

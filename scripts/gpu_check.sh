@@ -6,8 +6,8 @@
 # Installs nothing: run it where `voxfm` is importable (python -m pretrain); scripts/gpu_lease.sh installs the
 # wheels on the lent machine first. Steps run most important first, each under the time left: the batch-1024
 # ViT-B MAE step (eager and compiled beside MONAI, with a kernel profile), the SDPA backend microbenchmark, the
-# rest of DESIGN.md's workloads, pretraining + resume, then DeepSpeed ZeRO-2/3, torch.compile, a fine-tune
-# (pretrained vs scratch), the other bench models and the data bench. steps.txt says how each step ended.
+# rest of the workloads in README's Design section, pretraining + resume, then DeepSpeed ZeRO-2/3, torch.compile,
+# a fine-tune (pretrained vs scratch), the other bench models and the data bench. steps.txt says how each step ended.
 set -uo pipefail
 OUT=${OUT:?set OUT to a writable folder}
 PY=${PYTHON:-python}
@@ -25,7 +25,7 @@ else
   EXP=(experiment=mae_vit_b data.num_workers=12); STEPS=200; MORE=220; VSTEPS=60; N=32; SHAPE=160
   FT_PRE=(experiment=mim_resenc_l data.num_workers=12); FT=(experiment=finetune_resenc); FT_STEPS=50
   BENCH=("mae_vit_b" "mae_primus_m" "mim_resenc_l" "simclr_resenc_l" "mae_contrastive_vit_b")
-  # DESIGN.md's workloads: ViT-B MAE 96³ at batch 1024 (goal ≥ 9,000 samples/s), 160³ patch 8 at batch 8
+  # README's Design workloads: ViT-B MAE 96³ at batch 1024 (goal ≥ 9,000 samples/s), 160³ patch 8 at batch 8
   # (goal ≥ 100 samples/s) and 16 (goal: fits), ResEnc MIM 128³ at batch 4 (goal ≥ 1.4x DynUNet at equal FLOPs)
   LARGE=("mae_vit_b:data.batch_size=1024 profile=30"  # + where its time goes (15% MFU on the H200)
          "mae_vit_b:data.crop_size=[160,160,160] model.patch_size=8 data.batch_size=8"
@@ -64,7 +64,7 @@ bench() {
 }
 
 # phantoms (images.csv: the images; labelled.csv: images + labels, for fine-tuning) sharded on half the cores
-# while DESIGN.md's workloads (synthetic batches) run on the GPU
+# while the benchmark workloads (synthetic batches) run on the GPU
 ( "$PY" -c "
 from data.phantoms import write_phantoms
 images = [str(p) for p in write_phantoms('$WORK/raw', n=$N, shape=($SHAPE, $SHAPE, $SHAPE))]
