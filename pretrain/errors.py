@@ -54,31 +54,13 @@ EXIT_CODES: dict[type[BaseException], tuple[int, str]] = {
     Preempted: (PREEMPTED_EXIT_CODE, ""),
 }
 
-# Modules whose every `raise ValueError` is a check of the user's configuration or input files, outside this
-# change's files: a ValueError raised by their own code exits 2 like a ConfigError until they raise ConfigError
-# themselves. Remove a module as it converts; the list then goes.
-UNCONVERTED_CHECKS = frozenset({
-    "pretrain.training.resume_check", "pretrain.training.checkpoints", "pretrain.training.init_from",
-    "pretrain.finetune.model", "pretrain.export.formats", "pretrain.bench.data", "pretrain.bench.ingest",
-    "pretrain.bench.attention",
-})
-
 
 def exit_code(err: BaseException) -> tuple[int, str] | None:
     """(exit code, words before the message) for an exception the CLI reports in one line; None for a crash."""
     for cls in type(err).__mro__:
         if cls in EXIT_CODES:
             return EXIT_CODES[cls]
-    if type(err) is ValueError and _raised_in(err) in UNCONVERTED_CHECKS:
-        return EXIT_CODES[ConfigError]
     return None
-
-
-def _raised_in(err: BaseException) -> str | None:
-    tb = err.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb.tb_frame.f_globals.get("__name__") if tb is not None else None
 
 
 @contextmanager

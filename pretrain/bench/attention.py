@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pretrain.bench.timing import time_call, timer_name
+from pretrain.errors import ConfigError
 
 BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 CPU_BACKENDS = ("FLASH_ATTENTION", "MATH")  # the others are CUDA kernels
@@ -66,14 +67,14 @@ def bench_attention(shapes: dict, warmup: int = 3, steps: int = 10, scale: float
     backends = tuple(backends or (BACKENDS if device.type == "cuda" else CPU_BACKENDS))
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
-        raise ValueError(f"backends={list(backends)}: expected some of {list(BACKENDS)}")
+        raise ConfigError(f"backends={list(backends)}: expected some of {list(BACKENDS)}")
     if not 0 < scale <= 1:
-        raise ValueError(f"scale={scale}: expected 0 < scale <= 1")
+        raise ConfigError(f"scale={scale}: expected 0 < scale <= 1")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rows, best = [], {}
     for name, full in shapes.items():
         if len(full) != 4 or min(int(x) for x in full) < 1:
-            raise ValueError(f"shapes.{name}={list(full)}: expected [batch, heads, tokens, head_dim], all >= 1")
+            raise ConfigError(f"shapes.{name}={list(full)}: expected [batch, heads, tokens, head_dim], all >= 1")
         shape = scaled_shape(full, scale)
         for backend in backends:
             rows.append({"shape": name, "size": list(shape), "backend": backend,

@@ -27,6 +27,7 @@ from data.preprocess import normalise
 from data.shards import shard_urls
 from data.stream import RegionStream, collate_regions, cut_regions, region_loader
 from pretrain.bench.timing import best_time, time_call
+from pretrain.errors import ConfigError
 
 GPU_SAMPLES_PER_S = 9000  # ViT-B MAE 96³ on one H100: the issue's goal (DESIGN.md)
 
@@ -91,7 +92,7 @@ def bench_data(shards: str, max_samples: int = 16, repeats: int = 3, region_size
     """→ {"formats": {name: {"mb_per_s_per_core", "ratio", "speedup"}}, ...} for the payload codecs and nibabel."""
     samples = read_payloads(shards, max_samples)
     if not samples:
-        raise ValueError(f"shards={shards}: no samples to benchmark")
+        raise ConfigError(f"shards={shards}: no samples to benchmark")
     seconds = {f"blosc2 {c}": 0.0 for c in payload.CODECS} | {"nibabel .nii.gz": 0.0}
     stored = dict.fromkeys(seconds, 0)
     raw_bytes = 0

@@ -19,6 +19,7 @@ from data.ingest import process_unit
 from data.inputs import discover, file_hash
 from data.preprocess import PreprocessOptions
 from pretrain.bench.timing import best_time
+from pretrain.errors import ConfigError
 
 
 def _single_core() -> None:
@@ -43,7 +44,7 @@ def bench_ingest(input: str, max_volumes: int, repeats: int, spacing) -> dict:
     _single_core()
     volumes = discover(input).nifti[:max_volumes]
     if not volumes:
-        raise ValueError(f"input={input}: no NIfTI volumes to benchmark")
+        raise ConfigError(f"input={input}: no NIfTI volumes to benchmark")
     opts = PreprocessOptions(spacing=tuple(spacing))
     monai = Compose([LoadImage(image_only=True), EnsureChannelFirst(),
                      Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),

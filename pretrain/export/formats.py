@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from pretrain.errors import ConfigError
+
 REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
 
 
@@ -27,7 +29,7 @@ def inflate_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """[C_out, 1, k, k, k] → [C_out, N, k, k, k], split evenly so an N-times repeated input gives the
     same response as the single-channel backbone."""
     if weight.shape[1] != 1:
-        raise ValueError(f"in_channels={in_channels}: inflation needs a 1-channel backbone, got {weight.shape[1]}")
+        raise ConfigError(f"in_channels={in_channels}: inflation needs a 1-channel backbone, got {weight.shape[1]}")
     return (weight.repeat(1, in_channels, 1, 1, 1) / in_channels).contiguous()
 
 

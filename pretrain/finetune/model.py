@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from models.weights import load_strict
 from pretrain.config.declarations import declared_backbones
+from pretrain.errors import ConfigError
 
 SEG_HEAD = "decoder.seg_layers."
 # the architectures voxfm's backbones declare (`declared_backbones`), the names backbone.json may carry
@@ -25,8 +26,8 @@ ARCHITECTURES = tuple(sorted({d.declaration.architecture for d in declared_backb
 def read_export(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
     path = Path(folder)
     if not (path / "backbone.json").is_file() or not (path / "backbone.safetensors").is_file():
-        raise ValueError(f"backbone={folder}: expected a `voxfm export` folder (backbone.json + backbone.safetensors), "
-                         "or backbone=none")
+        raise ConfigError(f"backbone={folder}: expected a `voxfm export` folder (backbone.json + "
+                          "backbone.safetensors), or backbone=none")
     meta = json.loads((path / "backbone.json").read_text())
     check_export_meta(meta, f"backbone={folder}: backbone.json")
     return meta, load_file(str(path / "backbone.safetensors"))
@@ -37,9 +38,9 @@ def check_export_meta(meta, where: str) -> None:
     the values it needs by name (it never resolves a class the file names)."""
     if not isinstance(meta, dict) or meta.get("architecture") not in ARCHITECTURES:
         got = meta.get("architecture") if isinstance(meta, dict) else meta
-        raise ValueError(f"{where}: architecture={got!r}; allowed: {', '.join(ARCHITECTURES)}")
+        raise ConfigError(f"{where}: architecture={got!r}; allowed: {', '.join(ARCHITECTURES)}")
     if not isinstance(meta.get("kwargs"), dict):
-        raise ValueError(f"{where}: kwargs is missing or not a mapping")
+        raise ConfigError(f"{where}: kwargs is missing or not a mapping")
 
 
 def build_segmenter(architecture: str, kwargs: dict, n_classes: int, crop_size, unetr: dict) -> torch.nn.Module:
@@ -48,7 +49,7 @@ def build_segmenter(architecture: str, kwargs: dict, n_classes: int, crop_size, 
         from monai.networks.nets import UNETR
 
         if list(kwargs["patch_size"]) != [16, 16, 16]:
-            raise ValueError(f"UNETR needs a patch-16 ViT; this backbone has patch {kwargs['patch_size']}")
+            raise ConfigError(f"UNETR needs a patch-16 ViT; this backbone has patch {kwargs['patch_size']}")
         return UNETR(in_channels=kwargs["in_channels"], out_channels=n_classes, img_size=tuple(crop_size),
                      hidden_size=kwargs["hidden_size"], mlp_dim=kwargs["mlp_dim"], num_heads=kwargs["num_heads"],
                      proj_type="conv", **unetr)

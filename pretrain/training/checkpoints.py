@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from pretrain.config.declarations import declared_backbones
+from pretrain.errors import ConfigError
 
 PERIODIC = re.compile(r"step(\d+)\.ckpt")
 DEEPSPEED_MODEL_STATES = ("checkpoint/mp_rank_00_model_states.pt",
@@ -42,11 +43,11 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     path = Path(path)
     if path.is_dir():
         if not (path / "latest").is_file():
-            raise ValueError(f"{path}: incomplete DeepSpeed checkpoint (no `latest` file)")
+            raise ConfigError(f"{path}: incomplete DeepSpeed checkpoint (no `latest` file)")
         # ZeRO-1/2 write mp_rank_00_model_states.pt; ZeRO-3 one per rank, zero_pp_rank_0_... holding the client state
         states = [path / f for f in DEEPSPEED_MODEL_STATES if (path / f).is_file()]
         if not states:
-            raise ValueError(f"{path}: no model-states file in this DeepSpeed checkpoint")
+            raise ConfigError(f"{path}: no model-states file in this DeepSpeed checkpoint")
         path = states[0]
     return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
 
@@ -118,10 +119,10 @@ def check_plain(value, where: str) -> None:
             check_plain(v, f"{where}[{i}]")
         return
     if isinstance(value, dict) and "_target_" in value:
-        raise ValueError(f"{where}: refused a nested _target_={value['_target_']!r}; a stored config is data, its "
-                         "arguments must be plain values (int, float, bool, string or lists of those)")
-    raise ValueError(f"{where}: refused a {type(value).__name__}; a stored config is data, its arguments must be "
-                     "plain values (int, float, bool, string or lists of those)")
+        raise ConfigError(f"{where}: refused a nested _target_={value['_target_']!r}; a stored config is data, its "
+                          "arguments must be plain values (int, float, bool, string or lists of those)")
+    raise ConfigError(f"{where}: refused a {type(value).__name__}; a stored config is data, its arguments must be "
+                      "plain values (int, float, bool, string or lists of those)")
 
 
 def check_config_tree(value, where: str) -> None:
@@ -129,27 +130,27 @@ def check_config_tree(value, where: str) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
-                raise ValueError(f"{where}: refused a key {k!r} that is not a string")
+                raise ConfigError(f"{where}: refused a key {k!r} that is not a string")
             check_config_tree(v, f"{where}.{k}")
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             check_config_tree(v, f"{where}[{i}]")
     elif not isinstance(value, PLAIN):
-        raise ValueError(f"{where}: refused a {type(value).__name__}; a stored config holds plain values only")
+        raise ConfigError(f"{where}: refused a {type(value).__name__}; a stored config holds plain values only")
 
 
 def backbone_arguments(model: dict, where: str) -> tuple[type, dict]:
     """A stored `model` config → (the voxfm backbone class it names, one of `declared_backbones()`: the classes
     of voxfm's `models` package that declare themselves backbones, nothing else is imported; its plain keyword
-    arguments), or a ValueError naming the refused key. `where` names the config in errors (e.g.
+    arguments), or a ConfigError naming the refused key. `where` names the config in errors (e.g.
     "checkpoint=last.ckpt: voxfm_config.model")."""
     if not isinstance(model, dict):
-        raise ValueError(f"{where}: expected a mapping, got a {type(model).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, got a {type(model).__name__}")
     target = model.get("_target_")
     backbones = declared_backbones()
     if not isinstance(target, str) or target not in backbones:
-        raise ValueError(f"{where}._target_={target!r}: refused; a stored config may only name voxfm's backbones "
-                         f"({', '.join(backbones)})")
+        raise ConfigError(f"{where}._target_={target!r}: refused; a stored config may only name voxfm's backbones "
+                          f"({', '.join(backbones)})")
     module, name = target.rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
     allowed = [p for p in inspect.signature(cls).parameters if p != "self"]
@@ -158,10 +159,10 @@ def backbone_arguments(model: dict, where: str) -> tuple[type, dict]:
         if key == "_target_":
             continue
         if not isinstance(key, str) or key.startswith("_"):
-            raise ValueError(f"{where}.{key}: refused; a stored config is data: no _args_, _partial_, _recursive_, "
-                             "_convert_ or other Hydra keys")
+            raise ConfigError(f"{where}.{key}: refused; a stored config is data: no _args_, _partial_, _recursive_, "
+                              "_convert_ or other Hydra keys")
         if key not in allowed:
-            raise ValueError(f"{where}.{key}: not an argument of {target} (allowed: {', '.join(allowed)})")
+            raise ConfigError(f"{where}.{key}: not an argument of {target} (allowed: {', '.join(allowed)})")
         check_plain(value, f"{where}.{key}")
         kwargs[key] = value
     return cls, kwargs

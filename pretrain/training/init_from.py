@@ -15,17 +15,18 @@ import lightning as L
 from safetensors.torch import load_file
 
 from models.weights import load_strict
+from pretrain.errors import ConfigError
 
 
 def read_full_export(folder: str) -> tuple[dict, dict]:
     path = Path(folder)
     if not (path / "full.json").is_file() or not (path / "model.safetensors").is_file():
-        raise ValueError(f"init_from={folder}: expected an export made with `voxfm export format=full` "
-                         "(full.json + model.safetensors)")
+        raise ConfigError(f"init_from={folder}: expected an export made with `voxfm export format=full` "
+                          "(full.json + model.safetensors)")
     meta = json.loads((path / "full.json").read_text())
     # full.json is data: only its step is read (the module is built from this run's own config)
     if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or isinstance(meta["step"], bool):
-        raise ValueError(f"init_from={folder}: full.json must be a mapping with an integer step")
+        raise ConfigError(f"init_from={folder}: full.json must be a mapping with an integer step")
     return meta, load_file(str(path / "model.safetensors"))
 
 
@@ -35,7 +36,7 @@ def init_module(module, folder: str, max_steps: int) -> int:
     load_strict(module, state, f"init_from={folder}")
     step = int(meta["step"])
     if step >= max_steps:
-        raise ValueError(f"init_from={folder} is at step {step}: set trainer.max_steps above it to train further")
+        raise ConfigError(f"init_from={folder} is at step {step}: set trainer.max_steps above it to train further")
     return step
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pretrain.errors import ConfigError
+
 FROZEN = ("model", "objective", "seed", "data.crop_size", "data.region_size")
 FREE = ("run_dir", "init_from", "resume", "logger", "callbacks", "trainer.max_steps", "trainer.accelerator",
         "trainer.devices", "trainer.num_nodes", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
@@ -51,7 +53,7 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple]:
 
 
 def check_resume_config(old: dict, new: dict, allow_changes: list[str], checkpoint: str | Path) -> dict[str, list]:
-    """→ the changes to record, {key: [old, new]}; raises ValueError with one line per refused key."""
+    """→ the changes to record, {key: [old, new]}; raises ConfigError with one line per refused key."""
     refused, recorded = [], {}
     for key, (before, after) in config_changes(old, new).items():
         change = f"{key}: {before!r} → {after!r}"
@@ -63,6 +65,6 @@ def check_resume_config(old: dict, new: dict, allow_changes: list[str], checkpoi
         else:
             refused.append(f"{change} (to change it on resume, add it to resume.allow_changes=[{key}])")
     if refused:
-        raise ValueError(f"cannot resume from {checkpoint}: the config differs from the one it was trained with; "
-                         "nothing was written:\n  " + "\n  ".join(refused))
+        raise ConfigError(f"cannot resume from {checkpoint}: the config differs from the one it was trained with; "
+                          "nothing was written:\n  " + "\n  ".join(refused))
     return recorded
