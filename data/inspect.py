@@ -26,6 +26,12 @@ def _distribution(values: list[list[float]]) -> dict:
             (("min", np.min), ("median", np.median), ("max", np.max))}
 
 
+def _counts(values) -> dict:
+    """{value: count}, most common first, ties by value: index.json lists samples by subject pseudonym, salted at
+    random per shard set, so first-seen order (`Counter.most_common`) would differ between equal shard sets."""
+    return dict(sorted(Counter(values).items(), key=lambda kv: (-kv[1], str(kv[0]))))
+
+
 def summarise(index: dict, report: dict | None) -> dict:
     samples = index["samples"]
     if not samples:
@@ -35,12 +41,12 @@ def summarise(index: dict, report: dict | None) -> dict:
         "n_shards": len(index["shards"]),
         "bytes": int(sum(s["bytes"] for s in index["shards"])),
         "voxels": int(sum(int(np.prod(s["shape"], dtype=np.int64)) for s in samples)),
-        "by_modality": dict(Counter(s["modality"] for s in samples).most_common()),
-        "by_dataset": dict(Counter(s.get("dataset", "") for s in samples).most_common()),
+        "by_modality": _counts(s["modality"] for s in samples),
+        "by_dataset": _counts(s.get("dataset", "") for s in samples),
         "spacing": _distribution([s["spacing"] for s in samples]),
         "original_spacing": _distribution([s["original_spacing"] for s in samples]),
         "shape": _distribution([s["shape"] for s in samples]),
-        "original_orientation": dict(Counter(s["original_orientation"] for s in samples).most_common()),
+        "original_orientation": _counts(s["original_orientation"] for s in samples),
         "with_label": sum(1 for s in samples if s.get("label_path")),
         "rejected_by_reason": (report or {}).get("rejected_by_reason"),
         "n_rejected": (report or {}).get("n_rejected"),
