@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 OUT ?= out/demo
 
-.PHONY: install demo test lint bench gpu-check clean
+.PHONY: install demo test test-fast lint bench gpu-check clean
 
 $(BIN)/voxfm: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 test: install
 	WANDB_MODE=offline $(BIN)/python -m pytest -q tests
+
+test-fast: install   # unit tests only (no slow or distributed marker): under 2 minutes on two cores
+	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow and not distributed" tests
 
 lint: install
 	$(BIN)/ruff check pretrain models data scripts tests

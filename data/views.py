@@ -49,7 +49,7 @@ def crop_views(region: torch.Tensor, offsets: torch.Tensor, size: tuple[int, int
     return out.permute(0, 4, 1, 2, 3)
 
 
-class ViewStage:
+class ViewPipeline:
     """Batch {"region": [B, 1, *R] stored dtype, "low", "high": [B]} → adds "image" [V*B, 1, *crop] float
     (views stacked view-major: sample i's views are rows i, B + i, ...), "offsets" [V, B, 3], "n_views",
     and "mask" [V*B, N] + "n_visible" when a masking is given."""
@@ -147,3 +147,6 @@ class ViewStage:
             n = out["mask"].shape[1]
             out["n_visible"] = n - self.masking.n_masked(n)  # a Python int: objectives slice without a host sync
         return out
+
+
+ViewStage = ViewPipeline  # the old name, for configs and checkpoints of voxfm 0.1's first releases, until 0.2

@@ -2,7 +2,7 @@
 the same shapes, in one process.
 
 One precision (bf16 autocast on CUDA, fp32 on CPU). voxfm's step is the training module's own pieces: the device
-stage (`module.views`: crop, augmentation, masks), objective + backbone (`module.loss`), backward and AdamW; the
+views (`module.views`: crop, augmentation, masks), objective + backbone (`module.loss`), backward and AdamW; the
 compiled column builds the module with `trainer.compile=true`, the eager one with false. The reference steps are in
 `pretrain/bench/reference.py`. Time is device time (`pretrain/bench/timing.py`: CUDA events, perf_counter on CPU),
 the mean over `steps` calls after `warmup`; compilation happens in the warm-up and is reported on its own. FLOPs
@@ -43,7 +43,7 @@ def _flops(fn) -> int:
 
 def _regions(cfg, module, device: torch.device) -> dict:
     """A synthetic batch as the data loader delivers it (int16 regions, CT normalisation)."""
-    size = cfg.data.region_size or module.stage.region_size_needed()
+    size = cfg.data.region_size or module.view_pipeline.region_size_needed()
     b = cfg.data.batch_size
     g = torch.Generator().manual_seed(0)
     region = torch.randint(-1000, 1000, (b, 1, *size), generator=g, dtype=torch.int16)
@@ -52,7 +52,7 @@ def _regions(cfg, module, device: torch.device) -> dict:
 
 
 def voxfm_step(cfg, device: torch.device, autocast, compiled: bool):
-    """→ (step, stage-only call, views per step, module) with `trainer.compile=compiled`. Each call is a new
+    """→ (step, views-only call, views per step, module) with `trainer.compile=compiled`. Each call is a new
     training step (its own generator, as in training) and not a logging step."""
     cfg = copy.deepcopy(cfg)
     OmegaConf.update(cfg, "trainer.compile", compiled)
@@ -73,7 +73,7 @@ def voxfm_step(cfg, device: torch.device, autocast, compiled: bool):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return step, views, cfg.data.batch_size * module.stage.n_views, module
+    return step, views, cfg.data.batch_size * module.view_pipeline.n_views, module
 
 
 def _measure(step, views: int, device: torch.device, warmup: int, steps: int, ceiling: float) -> dict:
@@ -100,7 +100,7 @@ def measure_voxfm(cfg, device: torch.device, autocast, compiled: bool, warmup: i
     recompilation on the second call (new generator, optimiser state) stays out of the timing too."""
     step, views_only, views, module = voxfm_step(cfg, device, autocast, compiled)
     row = _measure(step, views, device, max(warmup, 2) if compiled else warmup, steps, ceiling)
-    row["stage_ms"] = round(time_call(views_only, device, warmup=1, steps=steps) * 1e3, 2)
+    row["views_ms"] = round(time_call(views_only, device, warmup=1, steps=steps) * 1e3, 2)
     row["compile_s"] = round(sum(module.compiled.compile_seconds.values()), 1) if compiled else None
     return row, views
 
@@ -176,10 +176,10 @@ def _row(name: str, row: dict | None, note: str = "") -> str:
     if row is None:
         return f"  {name:<40}{note:>11}"
     peak = "-" if row.get("peak_gib") is None else row["peak_gib"]
-    stage = row.get("stage_ms", "-")
+    views = row.get("views_ms", "-")
     compiled = "-" if row.get("compile_s") is None else row["compile_s"]
     return (f"  {name:<40}{row['samples_per_s']:>11}{row['step_ms']:>9}{row['gflop_per_step']:>12}"
-            f"{row['tflop_per_s']:>10}{row['mfu']:>8.1%}{peak:>10}{stage:>10}{compiled:>11}")
+            f"{row['tflop_per_s']:>10}{row['mfu']:>8.1%}{peak:>10}{views:>10}{compiled:>11}")
 
 
 def format_model_bench(result: dict, experiment: str) -> str:
@@ -188,7 +188,7 @@ def format_model_bench(result: dict, experiment: str) -> str:
              f"{result['precision']}, matmul ceiling {result['matmul_ceiling_tflop_per_s']} TFLOP/s; "
              f"{result['timer']}, mean of {result['steps']} steps after {result['warmup']} warm-up",
              f"  {'':<40}{'samples/s':>11}{'step ms':>9}{'GFLOP/step':>12}{'TFLOP/s':>10}{'MFU':>8}{'peak GiB':>10}"
-             f"{'stage ms':>10}{'compile s':>11}",
+             f"{'views ms':>10}{'compile s':>11}",
              _row("voxfm eager", result["eager"]),
              _row("voxfm compiled (trainer.compile=true)", result["compiled"], "not run (compile=false)"),
              _row(r["name"], None if r["out_of_memory"] else r, "out of memory")]
@@ -200,6 +200,6 @@ def format_model_bench(result: dict, experiment: str) -> str:
         vs = ", ".join(f"{c} {x}x" for c, x in result["vs_reference"].items() if x is not None)
         lines.append(f"  voxfm / MONAI samples/s: {vs}; TFLOP/s {result['ratio_tflop_per_s']}x"
                      + (f"  ({r['note']})" if r["note"] else ""))
-    lines.append("  voxfm's step includes its device stage (views, augmentation, masks: 'stage ms'); MONAI's starts "
-                 "from ready tensors")
+    lines.append("  voxfm's step includes its device-side views (crops, augmentation, masks: 'views ms'); MONAI's "
+                 "starts from ready tensors")
     return "\n".join(lines)

@@ -26,12 +26,12 @@ def monai_mae_step(module, lr: float, device: torch.device, autocast, views: int
     """→ (step, name, note) for voxfm's ViT + MAE decoder shapes; `views` images per step."""
     from monai.networks.nets import MaskedAutoEncoderViT
 
-    vit, stage = module.backbone, module.stage
+    vit, views = module.backbone, module.view_pipeline
     decoder = module.objective.decoder
     model = MaskedAutoEncoderViT(
         in_channels=vit.in_channels, img_size=vit.img_size, patch_size=vit.patch_size, hidden_size=vit.hidden_size,
         mlp_dim=vit.mlp_dim, num_layers=vit.num_layers, num_heads=vit.num_heads,
-        masking_ratio=stage.masking.mask_ratio, decoder_hidden_size=decoder.proj.out_features,
+        masking_ratio=views.masking.mask_ratio, decoder_hidden_size=decoder.proj.out_features,
         decoder_mlp_dim=decoder.blocks[0].mlp.linear1.out_features, decoder_num_layers=len(decoder.blocks),
         decoder_num_heads=decoder.blocks[0].attn.num_heads, qkv_bias=vit.qkv_bias,
     ).to(device)
@@ -68,7 +68,7 @@ def monai_dynunet_step(module, lr: float, device: torch.device, autocast, views:
                     kernel_size=[3] * len(strides), strides=strides, upsample_kernel_size=strides[1:],
                     filters=list(net.preset["features_per_stage"]), res_block=True).to(device)
     optimizer = _adamw(model, lr, device)
-    crop = module.stage.crop_size
+    crop = module.view_pipeline.crop_size
     x = torch.rand(views, net.in_channels, *crop, device=device)
     cube = net.total_stride
     mask = torch.rand(views, (crop[0] // cube) * (crop[1] // cube) * (crop[2] // cube), device=device) < 0.6

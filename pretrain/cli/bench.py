@@ -55,7 +55,7 @@ def bench_data(overrides: list[str]) -> None:
         exp = compose_config("pretrain", [f"experiment={experiment}", f"data.shards={cfg.shards}", "run_dir=unused"])
         from hydra.utils import instantiate
 
-        region_size = list(exp.data.region_size or instantiate(exp.objective.stage).region_size_needed())
+        region_size = list(exp.data.region_size or instantiate(exp.objective.views).region_size_needed())
         per_volume = exp.data.regions_per_volume
     from pretrain.bench.data import bench_data, format_data_bench
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from pretrain.config.renamed import notice, renamed_override
 from pretrain.errors import ConfigError
 
 
@@ -28,9 +29,18 @@ CONF_DIR = Path(os.environ.get("VOXFM_CONF") or _packaged_conf())
 
 
 def load_config(name: str, overrides: list[str]) -> DictConfig:
-    """Compose `conf/<name>.yaml` with command-line style overrides (`key=value`, `group=option`)."""
+    """Compose `conf/<name>.yaml` with command-line style overrides (`key=value`, `group=option`). Keys renamed
+    in this release are read under their new names (`pretrain/config/renamed.py`)."""
+    overrides = [renamed_override(o) for o in overrides]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
+        cfg = compose(config_name=name, overrides=overrides)
+    objective = cfg.get("objective") if "objective" in cfg else None
+    if isinstance(objective, DictConfig) and "stage" in objective:  # an experiment file of an older release
+        notice("objective.stage", "objective.views")
+        with open_dict(cfg):
+            objective.views = OmegaConf.merge(objective.get("views") or {}, objective.stage)
+            del objective["stage"]
+    return cfg
 
 
 def missing_keys(cfg: DictConfig) -> list[str]:

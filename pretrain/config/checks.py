@@ -27,27 +27,27 @@ def _model_errors(model: Declared, config: dict, crop: list[int]) -> list[str]:
 
 
 def _objective_errors(cfg: dict, model: Declared, objective: Declared) -> list[str]:
-    stage = cfg["objective"]["stage"]
-    crop, masking = triple(stage["crop_size"]), stage.get("masking")
-    n_views, overlap = stage.get("n_views", 1), stage.get("overlap", 0.5)
+    views = cfg["objective"]["views"]
+    crop, masking = triple(views["crop_size"]), views.get("masking")
+    n_views, overlap = views.get("n_views", 1), views.get("overlap", 0.5)
     needs, backbone, name = objective.declaration, model.declaration, _name(objective.target)
     errors = []
     if needs.backbone != "any" and needs.backbone != backbone.kind:
         errors.append(f"objective={name} needs {KIND_NAMES[needs.backbone]}, got model._target_={model.target}")
     if n_views != needs.views:
-        errors.append(f"objective.stage.n_views={n_views}: {name} needs {needs.views}")
+        errors.append(f"objective.views.n_views={n_views}: {name} needs {needs.views}")
     if needs.masks and masking is None:
-        errors.append("objective.stage.masking=null: a masked objective needs a masking")
+        errors.append("objective.views.masking=null: a masked objective needs a masking")
     if masking is not None:
         cell = triple(masking.get("patch_size", 16))
         if any(c % p for c, p in zip(crop, cell)):
-            errors.append(f"objective.stage.masking.patch_size={masking['patch_size']}: must divide the crop {crop}")
+            errors.append(f"objective.views.masking.patch_size={masking['patch_size']}: must divide the crop {crop}")
         patch = {**model.defaults(), **cfg["model"]}.get("patch_size")
         if needs.mask_cell_is_token and patch is not None and cell != triple(patch):
-            errors.append(f"objective.stage.masking.patch_size={masking['patch_size']}: must equal "
+            errors.append(f"objective.views.masking.patch_size={masking['patch_size']}: must equal "
                           f"model.patch_size={patch} (one mask cell per token)")
     if list(crop) != triple(cfg["data"]["crop_size"]):
-        errors.append(f"objective.stage.crop_size={stage['crop_size']}: must equal data.crop_size")
+        errors.append(f"objective.views.crop_size={views['crop_size']}: must equal data.crop_size")
     region = cfg["data"]["region_size"]
     if region is not None:
         shift = view_shift(crop, n_views, overlap)

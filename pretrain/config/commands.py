@@ -20,7 +20,7 @@ from pretrain.errors import ConfigError
 
 MISSING = "???"  # OmegaConf's mark of a required value not given
 
-# These repeat tuples of modules that import numpy or torch; tests/test_cli_validation.py keeps them equal.
+# These repeat tuples of modules that import numpy or torch; tests/cli/test_cli_validation.py keeps them equal.
 Codec = Literal["lz4hc", "zstd"]  # data.payload.CODECS
 Frames = Literal["reject", "first", "all"]  # data.preprocess.FRAMES
 ExportFormat = Literal["monai", "nnunet", "full"]  # pretrain.export.run.FORMATS

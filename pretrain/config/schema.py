@@ -94,7 +94,7 @@ class LoggerSchema:
 @dataclass
 class ObjectiveSchema:
     loss: Any
-    stage: Any
+    views: Any
 
 
 @dataclass

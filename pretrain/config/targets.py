@@ -16,7 +16,7 @@ def bounded(**bounds) -> dict:
 
 
 @dataclass
-class ViewStageSchema:
+class ViewPipelineSchema:
     crop_size: int | list[int]
     n_views: Literal[1, 2]
     overlap: float = field(**bounded(gt=0.0, le=1.0))
@@ -54,7 +54,8 @@ class AdamWSchema:
 
 
 TARGETS: dict[str, type] = {
-    "data.views.ViewStage": ViewStageSchema,
+    "data.views.ViewPipeline": ViewPipelineSchema,
+    "data.views.ViewStage": ViewPipelineSchema,  # its old name, until voxfm 0.2 (pretrain/config/renamed.py)
     "data.augment.IntensityAugment": AugmentSchema,
     "data.masking.RandomPatchMasking": MaskingSchema,
     "torch.optim.AdamW": AdamWSchema,

@@ -50,7 +50,7 @@ def visible_ids(mask: torch.Tensor, n_visible: int) -> torch.Tensor:
 
 
 def n_visible_of(batch: dict) -> int:
-    """The device stage records the count (a Python int); a hand-made batch pays one host sync."""
+    """The view pipeline records the count (a Python int); a hand-made batch pays one host sync."""
     if "n_visible" in batch:
         return int(batch["n_visible"])
     return int((~batch["mask"][0]).sum())

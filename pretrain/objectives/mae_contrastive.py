@@ -38,7 +38,7 @@ class MAEContrastiveObjective(nn.Module):
 
     def forward(self, batch: dict, backbone: nn.Module) -> tuple[torch.Tensor, dict]:
         if batch.get("n_views", 2) != self.declaration.views:
-            raise ValueError("objective=mae_contrastive needs two views per region: set objective.stage.n_views=2")
+            raise ValueError("objective=mae_contrastive needs two views per region: set objective.views.n_views=2")
         latent, ids = self.mae.encode_visible(batch, backbone)
         mae_loss, mae_logs = self.mae.reconstruction_loss(batch, latent, ids)
         contrastive, accuracy = nt_xent(self.head(latent.mean(dim=1)), self.temperature)

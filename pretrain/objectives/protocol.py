@@ -17,8 +17,8 @@ from typing import Literal
 class ObjectiveDeclaration:
     """backbone: the kind it trains ("tokens" — a ViT —, "cnn" — encoder stages and a decoder —, or "any": it
         uses only `backbone.pooled(x)`);
-    views: views of each region per sample (`objective.stage.n_views` must equal it);
-    masks: hides parts of each view (`objective.stage.masking` must be set);
+    views: views of each region per sample (`objective.views.n_views` must equal it);
+    masks: hides parts of each view (`objective.views.masking` must be set);
     mask_cell_is_token: one mask cell per patch token (`masking.patch_size` must equal `model.patch_size`);
     trains_decoder: False → a CNN backbone's own decoder is frozen (unused by the loss);
     reconstructs: has `reconstruct(batch, backbone) -> {"original", "masked", "reconstruction"}` for pictures;

@@ -56,7 +56,7 @@ class SimCLRObjective(nn.Module):
 
     def forward(self, batch: dict, backbone: nn.Module) -> tuple[torch.Tensor, dict]:
         if batch.get("n_views", 2) != self.declaration.views:
-            raise ValueError("objective=simclr needs two views per region: set objective.stage.n_views=2")
+            raise ValueError("objective=simclr needs two views per region: set objective.views.n_views=2")
         z = self.head(backbone.pooled(batch["image"]))
         loss, accuracy = nt_xent(z, self.temperature)
         return loss, {"loss": loss.detach(), "contrastive_acc": accuracy}

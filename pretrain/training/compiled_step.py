@@ -1,8 +1,8 @@
-"""The training step compiled as a whole (`trainer.compile=true`): the device stage's deterministic part in one
+"""The training step compiled as a whole (`trainer.compile=true`): the device-side views' deterministic part in one
 graph, objective + backbone + loss in another (its backward compiled with it), each with `fullgraph=True`, so a
 graph break is an error, not a silent slowdown.
 
-Random numbers are drawn eagerly before the stage's graph (`ViewStage.draw`): compiled code takes no explicit
+Random numbers are drawn eagerly before the views' graph (`ViewPipeline.draw`): compiled code takes no explicit
 generator, and views must stay a pure function of (seed, step, rank). Objectives compute some figures only on
 logging steps (`batch["log_step"]`), and a shard set may mix int16 and float32 regions: each such variant is a
 named function of its own, compiled once when it first occurs, so switching between them is not a

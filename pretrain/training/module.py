@@ -1,4 +1,4 @@
-"""The LightningModule: orchestrates the device stage, objective, optimiser and schedule — no model maths here."""
+"""The LightningModule: orchestrates the device-side views, objective, optimiser and schedule — no model maths here."""
 
 from __future__ import annotations
 
@@ -32,10 +32,11 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
 
 
 class PretrainModule(L.LightningModule):
-    """stage: the device-side batch stage the objective's config chooses (views, augmentation, masks):
-    `stage(batch, generator) -> batch`. objective: `objective(batch, backbone) -> (loss, logs)`."""
+    """view_pipeline: the device-side views the objective's config chooses (crops, augmentation, masks):
+    `view_pipeline(batch, generator) -> batch`. objective: `objective(batch, backbone) -> (loss, logs)`."""
 
-    def __init__(self, backbone: nn.Module, objective: nn.Module, stage: Callable[[dict, torch.Generator], dict],
+    def __init__(self, backbone: nn.Module, objective: nn.Module,
+                 view_pipeline: Callable[[dict, torch.Generator], dict],
                  optimizer: Callable[..., torch.optim.Optimizer], warmup_steps: int, total_steps: int,
                  min_lr_factor: float = 0.01, seed: int = 0, fused: bool | None = None,
                  max_nonfinite_steps: int = 10, compile_step: bool = False):
@@ -50,13 +51,14 @@ class PretrainModule(L.LightningModule):
         # fused (Adam)W wherever torch has the kernel (CUDA, and CPU since torch 2.4): one kernel for the update,
         # and the non-finite skip happens inside it (`found_inf`) instead of in a host-side branch
         self.fused = True if fused is None else fused
-        self.backbone, self.objective, self.stage, self.optimizer_factory = backbone, objective, stage, optimizer
+        self.backbone, self.objective, self.optimizer_factory = backbone, objective, optimizer
+        self.view_pipeline = view_pipeline
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
         self.min_lr_factor, self.seed = min_lr_factor, seed
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Views, augmentation and masks are drawn here, on the training device, so the objective is a pure
-        function of its batch. The stage makes float images from int16 regions after Lightning's own input
+        function of its batch. The view pipeline makes float images from int16 regions after Lightning's own input
         conversion, so that conversion runs again on its output: DeepSpeed bf16 keeps bf16 weights and takes
         bf16 inputs (under autocast, the DDP case, the conversion changes nothing)."""
         if self.trainer.training:
@@ -66,9 +68,9 @@ class PretrainModule(L.LightningModule):
         return batch
 
     def views(self, batch: dict, g: torch.Generator) -> dict:
-        """The device stage: its random numbers drawn eagerly from g, the rest compiled under trainer.compile."""
-        name = f"the device stage ({str(batch['region'].dtype).removeprefix('torch.')} regions)"
-        return self.stage(batch, g, apply=self.compiled.wrap(name, self.stage.apply))
+        """The device-side views: random numbers drawn eagerly from g, the rest compiled under trainer.compile."""
+        name = f"the views ({str(batch['region'].dtype).removeprefix('torch.')} regions)"
+        return self.view_pipeline(batch, g, apply=self.compiled.wrap(name, self.view_pipeline.apply))
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """objective + backbone → (loss, logs), compiled under trainer.compile (one graph per `log_step` value)."""

@@ -28,6 +28,7 @@ from pretrain.callbacks.monitoring import DataStats, ProgressBar, Throughput
 from pretrain.callbacks.preemption import Preemption
 from pretrain.callbacks.retention import Retention
 from pretrain.callbacks.teardown import ShutDownProcessGroup, shut_down_process_group
+from pretrain.config.renamed import renamed_key, upgraded
 from pretrain.config.schema import validate_pretrain
 from pretrain.errors import ConfigError
 from pretrain.training.checkpoint_io import AtomicCheckpointIO
@@ -67,10 +68,11 @@ def probe_callback(cfg: DictConfig) -> list:
 
 
 def build_module(cfg: DictConfig) -> PretrainModule:
-    """Backbone from `model`, objective (completed with the backbone's spec) and device stage from `objective`."""
-    stage = instantiate(cfg.objective.stage)  # first: cheap, and its checks fail before a model is built
+    """Backbone from `model`, objective (completed with the backbone's spec) and device-side views from
+    `objective.views`."""
+    views = instantiate(cfg.objective.views)  # first: cheap, and its checks fail before a model is built
     if cfg.data.region_size is not None:
-        stage.check_region(cfg.data.region_size)
+        views.check_region(cfg.data.region_size)
     backbone = instantiate(cfg.model)
     objective = instantiate(cfg.objective.loss)(backbone.spec)
     if not objective.declaration.trains_decoder and backbone.declaration.decoder:
@@ -78,7 +80,7 @@ def build_module(cfg: DictConfig) -> PretrainModule:
     mode = compile_mode(cfg.trainer.compile, OmegaConf.to_container(cfg.strategy))
     parallelize(backbone, cfg.trainer.activation_checkpointing, mode)
     return PretrainModule(
-        backbone=backbone, objective=objective, stage=stage,
+        backbone=backbone, objective=objective, view_pipeline=views,
         optimizer=instantiate(cfg.optim.optimizer), warmup_steps=cfg.optim.warmup_steps,
         total_steps=cfg.trainer.max_steps, min_lr_factor=cfg.optim.min_lr_factor, seed=cfg.seed, fused=cfg.optim.fused,
         max_nonfinite_steps=cfg.trainer.max_nonfinite_steps, compile_step=mode == "step",
@@ -177,7 +179,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     if resume is not None:  # every rank checks (each must stop); nothing is written before this passes
         stored = load_checkpoint(resume, mmap=True).get("voxfm_config")
         if stored is not None:
-            changes = check_resume_config(stored, config, list(cfg.resume.allow_changes), resume)
+            allowed = [renamed_key(k) for k in cfg.resume.allow_changes]
+            changes = check_resume_config(upgraded(stored), config, allowed, resume)
     if is_job_owner():
         write_config(run_dir, cfg)
     L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
@@ -186,7 +189,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
         resume_step = init_module(module, cfg.init_from, cfg.trainer.max_steps)
         L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
     # A resumed run draws fresh regions (seeded by the resume step) rather than replaying the first ones.
-    region_size = cfg.data.region_size or module.stage.region_size_needed()
+    region_size = cfg.data.region_size or module.view_pipeline.region_size_needed()
     stream = RegionStream(cfg.data.shards, region_size, cfg.data.regions_per_volume, cfg.data.foreground_prob,
                           cfg.data.shuffle_buffer, seed=cfg.seed + resume_step,
                           sources=OmegaConf.to_container(cfg.data.sources) if cfg.data.sources else None,

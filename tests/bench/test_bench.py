@@ -54,7 +54,7 @@ def test_model_bench_prints_voxfm_next_to_monai_on_cpu(capsys):
         assert result["reference"]["name"].startswith(reference)
         for row in (result["eager"], result["reference"]):
             assert row["samples_per_s"] > 0 and row["gflop_per_step"] > 0 and 0 < row["mfu"] < 1
-        assert result["eager"]["stage_ms"] > 0 and result["eager"]["compile_s"] is None
+        assert result["eager"]["views_ms"] > 0 and result["eager"]["compile_s"] is None
         assert result["compiled"] is None and result["compiled_vs_eager"] is None
         assert result["ratio_samples_per_s"] == round(result["eager"]["samples_per_s"]
                                                       / result["reference"]["samples_per_s"], 2)
@@ -119,7 +119,7 @@ def test_data_bench_takes_the_regions_an_experiment_cuts(shard_dir, capsys):
     assert main(["bench", "data", f"shards={shard_dir}", "experiment=demo_simclr", "repeats=1", "max_samples=2"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[0])
     exp = load_config("pretrain", ["experiment=demo_simclr", f"data.shards={shard_dir}", "run_dir=x"])
-    needed = list(instantiate(exp.objective.stage).region_size_needed())
+    needed = list(instantiate(exp.objective.views).region_size_needed())
     assert result["experiment"] == "demo_simclr" and result["worker"]["region_size"] == needed
     assert result["worker"]["regions_per_volume"] == exp.data.regions_per_volume
 

@@ -22,10 +22,10 @@ def test_experiment_composes_and_instantiates(experiment):
     cfg = load_config("pretrain", [f"experiment={experiment}", "data.shards=/x", "run_dir=/y"])
     assert missing_keys(cfg) == []
     module = build_module(cfg)  # at the experiment's real size
-    stage = module.stage
+    stage = module.view_pipeline
     assert stage.crop_size == tuple(cfg.data.crop_size)
-    if cfg.objective.stage.masking is not None:
-        assert stage.masking.mask_ratio == cfg.objective.stage.masking.mask_ratio
+    if cfg.objective.views.masking is not None:
+        assert stage.masking.mask_ratio == cfg.objective.views.masking.mask_ratio
     if hasattr(module.backbone, "grid"):
         assert list(module.backbone.grid) == [c // p for c, p in zip(cfg.data.crop_size, module.backbone.patch_size)]
     n_params = sum(p.numel() for p in module.backbone.parameters())
@@ -77,4 +77,4 @@ def test_cli_help_and_errors(capsys):
 
 
 def test_conf_dir_is_the_repository_conf():
-    assert CONF_DIR == Path(__file__).resolve().parent.parent / "conf"
+    assert CONF_DIR == Path(__file__).resolve().parents[2] / "conf"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from data.views import ViewStage
+from data.views import ViewPipeline
 from pretrain.training.module import step_generator
 
 
@@ -38,7 +38,7 @@ def move_zero_initialised_norms(net: torch.nn.Module) -> None:
                 p.fill_(0.1)
 
 
-def staged(stage: ViewStage, regions: dict, step: int = 0) -> dict:
+def staged(stage: ViewPipeline, regions: dict, step: int = 0) -> dict:
     return stage(regions, step_generator(torch.device("cpu"), seed=0, step=step, rank=0))
 
 

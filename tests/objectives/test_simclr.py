@@ -8,11 +8,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from data.views import ViewStage
+from data.views import ViewPipeline
 from models.resenc import ResEncUNet
 from models.vit import ViT
 from pretrain.objectives.simclr import SimCLRObjective, nt_xent
-from tests.objectives import (
+from tests.objectives.helpers import (
     TINY_RESENC,
     assert_gradients_reach,
     move_zero_initialised_norms,
@@ -30,7 +30,7 @@ def _backbone(kind: str):
 def _setup(kind="resenc", b=4):
     backbone = _backbone(kind)
     obj = SimCLRObjective(backbone.spec, proj_hidden=32, proj_dim=16, temperature=0.1)
-    stage = ViewStage(16, n_views=2, overlap=0.5)
+    stage = ViewPipeline(16, n_views=2, overlap=0.5)
     return backbone, obj, stage, smooth_regions(b, stage.region_size_needed()[0])
 
 

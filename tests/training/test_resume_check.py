@@ -10,7 +10,7 @@ from pretrain.cli.compose import load_config
 from pretrain.cli.main import main
 from pretrain.training.resume_check import ABSENT, check_resume_config, config_changes
 
-MASK = "objective.stage.masking.mask_ratio"
+MASK = "objective.views.masking.mask_ratio"
 LR = "optim.optimizer.lr"
 
 
@@ -30,7 +30,7 @@ def test_model_and_data_contract_changes_refuse_even_when_allowed():
         check_resume_config(old, new, [MASK, "model", "data"], "last.ckpt")
     lines = str(err.value).splitlines()[1:]
     assert [line.split(":")[0].strip() for line in lines] == ["data.crop_size", "model.img_size", "model.num_layers",
-                                                              "objective.stage.crop_size", MASK]
+                                                              "objective.views.crop_size", MASK]
     assert f"{MASK}: 0.75 → 0.5 (changes the model or the data contract" in str(err.value)
 
 

@@ -20,7 +20,7 @@ TWINS = ["demo", "demo_mim", "demo_simclr", "demo_mae_contrastive"]
 
 
 def _regions(module, batch_size: int) -> dict:
-    size = module.stage.region_size_needed()
+    size = module.view_pipeline.region_size_needed()
     region = torch.randint(-1000, 1000, (batch_size, 1, *size), generator=torch.Generator().manual_seed(0),
                            dtype=torch.int16)
     return {"region": region, "low": torch.full((batch_size,), -1000.0), "high": torch.full((batch_size,), 1000.0)}
@@ -32,14 +32,15 @@ def test_stage_and_objective_trace_as_one_graph(experiment, log_step):
     cfg = load_config("pretrain", [f"experiment={experiment}", "data.shards=/x", "run_dir=/y"])
     module = build_module(cfg)
     regions = _regions(module, 2)
-    draws = module.stage.draw(2, module.stage.region_size_needed(), step_generator(torch.device("cpu"), 0, 3, 0))
-    constants = {"n_views": module.stage.n_views, "log_step": log_step}
-    if module.stage.masking is not None:
+    views = module.view_pipeline
+    draws = views.draw(2, views.region_size_needed(), step_generator(torch.device("cpu"), 0, 3, 0))
+    constants = {"n_views": module.view_pipeline.n_views, "log_step": log_step}
+    if module.view_pipeline.masking is not None:
         n = draws["mask_noise"].shape[1]
-        constants["n_visible"] = n - module.stage.masking.n_masked(n)
+        constants["n_visible"] = n - module.view_pipeline.masking.n_masked(n)
 
     def step(region, low, high, draws):
-        return module._objective({**module.stage.apply(region, low, high, draws), **constants})
+        return module._objective({**module.view_pipeline.apply(region, low, high, draws), **constants})
 
     explanation = torch._dynamo.explain(step)(regions["region"], regions["low"], regions["high"], draws)
     assert explanation.graph_break_count == 0, explanation.break_reasons

@@ -49,12 +49,12 @@ def _step(ckpt) -> int:
 
 def _mean_loss(module, cfg, shards, n_batches=6) -> float:
     """The objective's loss on fixed batches (fixed regions, views and masks), without gradients."""
-    stream = RegionStream(str(shards), cfg.data.region_size or module.stage.region_size_needed(),
+    stream = RegionStream(str(shards), cfg.data.region_size or module.view_pipeline.region_size_needed(),
                           cfg.data.regions_per_volume, cfg.data.foreground_prob, 8, seed=1234)
     losses = []
     with torch.no_grad():
         for i, batch in zip(range(n_batches), region_loader(stream, cfg.data.batch_size, 0)):
-            loss, _ = module.objective(module.stage(batch, step_generator(torch.device("cpu"), 99, i, 0)),
+            loss, _ = module.objective(module.view_pipeline(batch, step_generator(torch.device("cpu"), 99, i, 0)),
                                        module.backbone)
             losses.append(loss.item())
     return sum(losses) / len(losses)

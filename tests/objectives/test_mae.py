@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from data.masking import RandomPatchMasking
-from data.views import ViewStage
+from data.views import ViewPipeline
 from models.vit import ViT
 from pretrain.objectives.mae import MAEObjective, patchify, patchify_at, unpatchify, visible_ids
 from pretrain.training.module import step_generator
-from tests.objectives import assert_gradients_reach, overfit, smooth_regions, staged
+from tests.objectives.helpers import assert_gradients_reach, overfit, smooth_regions, staged
 
 
 def test_patchify_follows_the_token_order_of_the_patch_embedding():
@@ -41,7 +41,7 @@ def _setup(norm_pix_loss=True):
     torch.manual_seed(0)
     vit = ViT(1, 16, 4, 48, 96, 2, 4)
     obj = MAEObjective(vit.spec, decoder_hidden=48, decoder_layers=1, decoder_heads=4, norm_pix_loss=norm_pix_loss)
-    stage = ViewStage(16, masking=RandomPatchMasking(0.75, patch_size=4))
+    stage = ViewPipeline(16, masking=RandomPatchMasking(0.75, patch_size=4))
     return vit, obj, stage, smooth_regions(4, 16)
 
 

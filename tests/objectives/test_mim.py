@@ -3,13 +3,13 @@ import torch
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
 from data.masking import RandomPatchMasking
-from data.views import ViewStage
+from data.views import ViewPipeline
 from models.resenc import ResEncUNet, resenc_kwargs
 from pretrain.cli.compose import load_config
 from pretrain.objectives.mim import MIMObjective, cube_visibility
 from pretrain.training.checkpoints import load_checkpoint
 from pretrain.training.run import run_pretrain
-from tests.objectives import (
+from tests.objectives.helpers import (
     TINY_RESENC,
     assert_gradients_reach,
     move_zero_initialised_norms,
@@ -23,7 +23,7 @@ def _setup():
     torch.manual_seed(0)
     net = ResEncUNet(**TINY_RESENC)
     obj = MIMObjective(net.spec)
-    stage = ViewStage(16, masking=RandomPatchMasking(0.5, patch_size=4))
+    stage = ViewPipeline(16, masking=RandomPatchMasking(0.5, patch_size=4))
     return net, obj, stage, smooth_regions(2, 16)
 
 
@@ -117,4 +117,4 @@ def test_resenc_l_preset_is_nnunets_residual_encoder_unet():
     plain = ResidualEncoderUNet(**resenc_kwargs(1, 1, (32, 64, 128, 256, 320, 320), (1, 3, 4, 6, 6, 6),
                                                 (1, 1, 1, 1, 1)))
     plain.load_state_dict(ours.state_dict(), strict=True)
-    assert ours.total_stride == 32 and cfg.objective.stage.masking.patch_size == 32
+    assert ours.total_stride == 32 and cfg.objective.views.masking.patch_size == 32

@@ -20,8 +20,9 @@ def _run(shard_dir, run_dir, env):
     args = ["pretrain", "experiment=demo", f"data.shards={shard_dir}", f"run_dir={run_dir}", "trainer.max_steps=30",
             "trainer.checkpoint_every_n_steps=5", "trainer.progress_bar=false", "data.num_workers=1",
             "model.num_layers=4"]
-    return subprocess.Popen([sys.executable, str(REPO / "tests" / "slow_save_harness.py"), *args], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    harness = REPO / "tests" / "training" / "slow_save_harness.py"
+    return subprocess.Popen([sys.executable, str(harness), *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def _wait_for(predicate, proc, seconds=300):

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from data.masking import RandomPatchMasking
-from data.views import ViewStage
+from data.views import ViewPipeline
 from models.vit import ViT
 from pretrain.objectives.mae import MAEObjective
 from pretrain.objectives.mae_contrastive import MAEContrastiveObjective
 from pretrain.objectives.simclr import nt_xent
-from tests.objectives import assert_gradients_reach, overfit, smooth_regions, staged
+from tests.objectives.helpers import assert_gradients_reach, overfit, smooth_regions, staged
 
 
 def _setup(mae_weight=1.0, contrastive_weight=0.5):
@@ -18,7 +18,7 @@ def _setup(mae_weight=1.0, contrastive_weight=0.5):
     mae = partial(MAEObjective, decoder_hidden=48, decoder_layers=1, decoder_heads=4)
     obj = MAEContrastiveObjective(vit.spec, mae, mae_weight=mae_weight, contrastive_weight=contrastive_weight,
                                   proj_hidden=32, proj_dim=16, temperature=0.1)
-    stage = ViewStage(16, n_views=2, overlap=0.5, masking=RandomPatchMasking(0.75, patch_size=4))
+    stage = ViewPipeline(16, n_views=2, overlap=0.5, masking=RandomPatchMasking(0.75, patch_size=4))
     return vit, obj, stage, smooth_regions(4, stage.region_size_needed()[0])
 
 

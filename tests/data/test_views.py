@@ -5,7 +5,7 @@ import torch
 
 from data.augment import IntensityAugment
 from data.masking import RandomPatchMasking
-from data.views import ViewStage, crop_views
+from data.views import ViewPipeline, crop_views
 from pretrain.training.module import step_generator
 
 
@@ -21,7 +21,7 @@ def _batch(b=6, size=48, dtype=torch.int16):
 
 @pytest.mark.parametrize("overlap", [0.25, 0.5, 0.8])
 def test_two_views_overlap_by_the_configured_fraction(overlap):
-    stage = ViewStage(24, n_views=2, overlap=overlap)
+    stage = ViewPipeline(24, n_views=2, overlap=overlap)
     region = stage.region_size_needed()
     offsets = stage.offsets(64, region, _g())  # [2, B, 3]
     shared = (24 - (offsets[0] - offsets[1]).abs()).clamp_min(0).prod(dim=1) / 24**3
@@ -32,7 +32,7 @@ def test_two_views_overlap_by_the_configured_fraction(overlap):
 
 
 def test_same_generator_same_views_and_masks():
-    stage = ViewStage(16, n_views=2, overlap=0.5, augment=IntensityAugment(),
+    stage = ViewPipeline(16, n_views=2, overlap=0.5, augment=IntensityAugment(),
                       masking=RandomPatchMasking(0.75, patch_size=8))
     batch = _batch(size=stage.region_size_needed()[0])
     a, b, c = stage(batch, _g(3)), stage(batch, _g(3)), stage(batch, _g(4))
@@ -73,7 +73,7 @@ def test_flips_and_rotations_act_on_the_ras_axes():
 
 
 def test_crop_reads_the_offset_window_and_normalises():
-    stage = ViewStage(8, flip_prob=0.0, rotate_prob=0.0)
+    stage = ViewPipeline(8, flip_prob=0.0, rotate_prob=0.0)
     batch = _batch(b=2, size=12)
     out = stage(batch, _g())
     off = out["offsets"][0]
@@ -92,15 +92,15 @@ def test_intensity_augmentation_is_per_sample_and_identity_when_off():
 
 def test_bad_view_settings_fail_fast():
     with pytest.raises(ValueError, match="views.n_views=3"):
-        ViewStage(16, n_views=3)
+        ViewPipeline(16, n_views=3)
     with pytest.raises(ValueError, match="views.overlap=0"):
-        ViewStage(16, n_views=2, overlap=0)
+        ViewPipeline(16, n_views=2, overlap=0)
     with pytest.raises(ValueError, match="not square"):
-        ViewStage([16, 16, 8], rotate_plane=(1, 2))
+        ViewPipeline([16, 16, 8], rotate_plane=(1, 2))
     with pytest.raises(ValueError, match="data.region_size=\\[16, 16, 16\\] is too small"):
-        ViewStage(16, n_views=2, overlap=0.5).check_region(16)
+        ViewPipeline(16, n_views=2, overlap=0.5).check_region(16)
     with pytest.raises(ValueError, match="not divisible by the masking patch_size"):
-        ViewStage(16, masking=RandomPatchMasking(0.5, patch_size=5))
+        ViewPipeline(16, masking=RandomPatchMasking(0.5, patch_size=5))
 
 
 def test_noise_is_drawn_only_for_the_samples_that_get_it_and_replays():
@@ -117,7 +117,7 @@ def test_noise_is_drawn_only_for_the_samples_that_get_it_and_replays():
 
 
 def test_all_views_come_from_one_draw_and_a_pure_apply():
-    stage = ViewStage(16, n_views=2, overlap=0.5, augment=IntensityAugment(noise_prob=0),
+    stage = ViewPipeline(16, n_views=2, overlap=0.5, augment=IntensityAugment(noise_prob=0),
                       masking=RandomPatchMasking(0.75, patch_size=8))
     batch = _batch(b=3, size=stage.region_size_needed()[0])
     draws = stage.draw(3, stage.region_size_needed(), _g(5))

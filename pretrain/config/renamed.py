@@ -1,0 +1,60 @@
+"""Keys and classes renamed in voxfm 0.1: the old names keep working until 0.2, with a one-line notice.
+
+`objective.stage` is now `objective.views` (the device-side view pipeline: crops, augmentation, masks; "stage"
+also meant an encoder stage and a Lightning stage), and its class `data.views.ViewStage` is `ViewPipeline`.
+An override, an experiment file, `resume.allow_changes` or a checkpoint's stored config that uses an old name is
+read as the new one. Plain Python, no torch.
+"""
+
+from __future__ import annotations
+
+import sys
+
+UNTIL = "0.2"
+KEYS = {"objective.stage": "objective.views"}
+TARGETS = {"data.views.ViewStage": "data.views.ViewPipeline"}
+_told: set[str] = set()
+
+
+def notice(old: str, new: str) -> None:
+    if old not in _told:
+        _told.add(old)
+        print(f"voxfm: `{old}` is now `{new}`; the old name works until voxfm {UNTIL}", file=sys.stderr)
+
+
+def renamed_key(key: str) -> str:
+    """A dotted key (or `group.key` path) with an old prefix → the same key under its new name."""
+    for old, new in KEYS.items():
+        if key == old or key.startswith(old + "."):
+            notice(old, new)
+            return new + key[len(old):]
+    return key
+
+
+def renamed_override(override: str) -> str:
+    """`objective.stage.n_views=2` (also `+`, `++`, `~` forms) → `objective.views.n_views=2`."""
+    sign = override[:len(override) - len(override.lstrip("+~"))]
+    key, eq, value = override[len(sign):].partition("=")
+    return sign + renamed_key(key) + eq + value
+
+
+def upgraded(config: dict) -> dict:
+    """A plain config (e.g. a checkpoint's `voxfm_config`) with old keys and targets under their new names."""
+    config = _targets(config)
+    for old, new in KEYS.items():
+        parent, _, leaf = old.rpartition(".")
+        node = config.get(parent) if isinstance(config, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            new_leaf = new.rpartition(".")[2]
+            node = dict(node)
+            node[new_leaf] = {**node.get(new_leaf, {}), **node.pop(leaf)}
+            config = {**config, parent: node}
+    return config
+
+
+def _targets(value):
+    if isinstance(value, dict):
+        return {k: (TARGETS.get(v, v) if k == "_target_" else _targets(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_targets(v) for v in value]
+    return value

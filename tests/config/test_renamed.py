@@ -1,0 +1,34 @@
+"""Renamed keys and classes keep their old names for one release, with a one-line notice."""
+
+from omegaconf import OmegaConf
+
+from data.views import ViewPipeline, ViewStage
+from pretrain.cli.compose import load_config
+from pretrain.config.renamed import renamed_override, upgraded
+
+
+def test_an_old_override_is_read_under_its_new_name(capsys):
+    cfg = load_config("pretrain", ["experiment=demo_simclr", "data.shards=x", "run_dir=y",
+                                   "objective.stage.overlap=0.75"])
+    assert cfg.objective.views.overlap == 0.75 and "stage" not in cfg.objective
+    assert "`objective.stage` is now `objective.views`" in capsys.readouterr().err
+    assert renamed_override("+objective.stage.foo=1") == "+objective.views.foo=1"
+    assert renamed_override("objective.stages=1") == "objective.stages=1"
+
+
+def test_an_old_experiment_file_is_read_under_the_new_name(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "old.yaml").write_text(
+        "# @package _global_\nobjective:\n  stage:\n    n_views: 1\n    flip_prob: 0.25\n")
+    cfg = load_config("pretrain", [f"hydra.searchpath=[file://{tmp_path}]", "experiment=old", "data.shards=x",
+                                   "run_dir=y"])
+    views = OmegaConf.to_container(cfg.objective.views)
+    assert views["flip_prob"] == 0.25 and views["_target_"] == "data.views.ViewPipeline" and "masking" in views
+
+
+def test_a_stored_config_of_the_old_release_upgrades():
+    old = {"objective": {"loss": {"_target_": "x.Y"}, "stage": {"_target_": "data.views.ViewStage", "n_views": 2}},
+           "seed": 0}
+    assert upgraded(old) == {"objective": {"loss": {"_target_": "x.Y"},
+                                           "views": {"_target_": "data.views.ViewPipeline", "n_views": 2}}, "seed": 0}
+    assert ViewStage is ViewPipeline
