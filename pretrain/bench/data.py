@@ -29,7 +29,7 @@ from data.stream import RegionStream, collate_regions, cut_regions, region_loade
 from pretrain.bench.timing import best_time, time_call
 from pretrain.errors import ConfigError
 
-GPU_SAMPLES_PER_S = 9000  # ViT-B MAE 96³ on one H100: the goal (DESIGN.md)
+GPU_SAMPLES_PER_S = 9000  # ViT-B MAE 96³ on one H100: the goal (README, Design)
 
 
 def read_payloads(shards: str, max_samples: int) -> list[tuple[bytes, dict]]:

@@ -38,13 +38,13 @@ def _gz_bytes(arr: np.ndarray) -> int:
         return os.path.getsize(path)
 
 
-def bench_ingest(input: str, max_volumes: int, repeats: int, spacing) -> dict:
+def bench_ingest(input_path: str, max_volumes: int, repeats: int, spacing) -> dict:
     from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation, Spacing
 
     _single_core()
-    volumes = discover(input).nifti[:max_volumes]
+    volumes = discover(input_path).nifti[:max_volumes]
     if not volumes:
-        raise ConfigError(f"input={input}: no NIfTI volumes to benchmark")
+        raise ConfigError(f"input={input_path}: no NIfTI volumes to benchmark")
     opts = PreprocessOptions(spacing=tuple(spacing))
     monai = Compose([LoadImage(image_only=True), EnsureChannelFirst(),
                      Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),

@@ -7,6 +7,8 @@ from pretrain.bench.data import bench_data, format_data_bench
 from pretrain.bench.timing import time_call
 from pretrain.cli.main import main
 
+pytestmark = pytest.mark.slow
+
 
 def test_data_bench_measures_every_format_on_the_same_volumes(shard_dir):
     result = bench_data(str(shard_dir), max_samples=4, repeats=1)

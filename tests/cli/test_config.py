@@ -17,6 +17,7 @@ def test_experiments_listed():
             "demo_mim", "demo_simclr", "demo_mae_contrastive"} <= set(EXPERIMENTS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(experiment):
     cfg = load_config("pretrain", [f"experiment={experiment}", "data.shards=/x", "run_dir=/y"])
@@ -47,6 +48,7 @@ def test_experiment_composes_and_instantiates(experiment):
         assert not any(p.requires_grad for p in module.backbone.decoder.stages.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", ["model", "logger", "objective", "optim", "trainer", "strategy", "data"])
 def test_every_group_option_composes(group):
     for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):

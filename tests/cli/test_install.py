@@ -4,7 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
 
 
 def test_a_wheel_install_finds_its_configs_from_any_directory(tmp_path, shard_dir):

@@ -45,6 +45,7 @@ def test_every_input_is_sharded_or_rejected_with_a_reason(tmp_path, phantom_dir)
     assert sum(n.endswith(".image.b2") for n in names) == 3 and sum(n.endswith(".json") for n in names) == 3
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_work_and_new_inputs_are_appended(tmp_path, phantom_dir):
     src = _folder_with_bad_files(tmp_path, phantom_dir)
     out = tmp_path / "shards"

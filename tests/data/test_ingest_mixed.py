@@ -10,10 +10,13 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from data import payload
 from data.phantoms import phantom, write_phantoms
 from tests.dicom_series import write_series
+
+pytestmark = pytest.mark.slow
 
 
 def _tree_rss(pid: int) -> int:

@@ -80,6 +80,7 @@ def _pretrain_args(shard_dir, run_dir, max_steps):
             "trainer.images_every_n_steps=0", "data.num_workers=0"]
 
 
+@pytest.mark.slow
 def test_a_second_pretrain_on_a_run_dir_exits_2_and_the_first_finishes(tmp_path, shard_dir, capsys):
     run, go = tmp_path / "run", tmp_path / "go"
     first = _start_stalled("pretrain.training.run", "build_module", _pretrain_args(shard_dir, run, 2), run, go)
@@ -102,6 +103,7 @@ def test_a_second_pretrain_on_a_run_dir_exits_2_and_the_first_finishes(tmp_path,
     assert names == {"step000001.ckpt", "step000002.ckpt", "step000003.ckpt", "last.ckpt"}
 
 
+@pytest.mark.slow
 def test_a_second_shard_into_an_output_exits_2_and_the_first_finishes(tmp_path, phantom_dir, capsys):
     out, go = tmp_path / "shards", tmp_path / "go"
     args = ["shard", f"input={phantom_dir}", f"output={out}", "progress=false", "workers=2"]

@@ -104,10 +104,10 @@ def test_shareable_config_keeps_only_last_path_components():
         "logger": {"save_dir": "wandb"}, "trainer": {"precision": "bf16-mixed"}}
 
 
-@pytest.mark.parametrize("format", ["monai", "full"])
-def test_export_names_no_absolute_path(mim_run, shard_dir, tmp_path, format):
-    out = run_export(str(mim_run), str(tmp_path / "export"), export_format=format)
-    meta_text = (out / ("full.json" if format == "full" else "backbone.json")).read_text()
+@pytest.mark.parametrize("export_format", ["monai", "full"])
+def test_export_names_no_absolute_path(mim_run, shard_dir, tmp_path, export_format):
+    out = run_export(str(mim_run), str(tmp_path / "export"), export_format=export_format)
+    meta_text = (out / ("full.json" if export_format == "full" else "backbone.json")).read_text()
     for text in [meta_text, (out / "README.md").read_text()]:
         for folder in (mim_run, shard_dir, tmp_path):
             assert str(folder) not in text

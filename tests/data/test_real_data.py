@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from data.ingest import run_shard
 from data.shards import shard_urls
 from data.stream import decode_sample
@@ -13,6 +15,9 @@ PAIRS = [
 ]
 LABELS = {"ct_head_invesalius": "ct_head_invesalius_label", "mri_t1_colin27_ch2": "mri_t1_colin27_ch2_aal_label",
           "mri_t1_itk_kmeans": "mri_t1_itk_kmeans_label"}
+
+
+pytestmark = pytest.mark.slow
 
 
 def test_real_scans_shard_to_ras_at_target_spacing_and_a_bad_file_is_rejected(tmp_path, real_data):

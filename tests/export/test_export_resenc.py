@@ -13,6 +13,8 @@ from pretrain.export.run import run_export
 from pretrain.training.run import run_pretrain
 from tests.exports import model_card_snippet, voxfm_encoder
 
+pytestmark = pytest.mark.slow
+
 
 def _run_snippet(folder, monkeypatch):
     monkeypatch.chdir(folder)

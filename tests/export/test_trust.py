@@ -52,10 +52,10 @@ def test_a_checkpoint_that_names_a_command_runs_nothing_and_exits_2(tmp_path, ca
 ])
 def test_every_hydra_key_foreign_target_or_non_plain_argument_is_refused_by_name(tmp_path, model, key):
     ckpt = _checkpoint(tmp_path / "run", model)
-    for format in ("monai", "full"):
+    for export_format in ("monai", "full"):
         with pytest.raises(ValueError, match=key.replace("[", r"\[").replace("]", r"\]")):
-            run_export(str(ckpt), str(tmp_path / format), export_format=format)
-        assert not (tmp_path / format).exists()
+            run_export(str(ckpt), str(tmp_path / export_format), export_format=export_format)
+        assert not (tmp_path / export_format).exists()
 
 
 def test_a_plain_stored_config_still_exports(tmp_path):

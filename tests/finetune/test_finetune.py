@@ -15,6 +15,9 @@ FAST = ["steps=6", "trainer.progress_bar=false", "trainer.checkpoint_every_n_ste
         "data.crop_size=[16,16,16]", "sw_batch_size=8"]
 
 
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory, phantom_dir):
     """The six phantoms with their label maps (0 background, 1 body, 2 organ, 3 lesion), one subject each."""

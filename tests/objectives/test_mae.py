@@ -144,6 +144,7 @@ def test_objective_forward_compiles_without_graph_breaks(log_step):
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
 
 
+@pytest.mark.slow
 def test_overfits_one_tiny_batch():
     vit, obj, stage, regions = _setup()
     first, last = overfit(obj, vit, staged(stage, regions), steps=200, lr=3e-3)

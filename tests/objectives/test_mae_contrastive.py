@@ -40,6 +40,7 @@ def test_loss_is_the_weighted_sum_of_its_parts_and_reuses_mae():
     assert_gradients_reach(loss, vit, obj)
 
 
+@pytest.mark.slow
 def test_overfits_one_tiny_batch():
     vit, obj, stage, regions = _setup()
     first, last = overfit(obj, vit, staged(stage, regions), steps=200, lr=3e-3)

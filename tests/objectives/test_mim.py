@@ -73,6 +73,7 @@ def test_hidden_voxels_do_not_leak_into_visible_features():
         assert not torch.allclose(dense_a * visible, dense_b * visible)
 
 
+@pytest.mark.slow
 def test_overfits_one_tiny_batch():
     net, obj, stage, regions = _setup()
     first, last = overfit(obj, net, staged(stage, regions), steps=200, lr=3e-3)
@@ -90,6 +91,7 @@ def mim_run(tmp_path_factory, shard_dir):
     return run
 
 
+@pytest.mark.slow
 def test_checkpoint_backbone_loads_strictly_into_nnunets_residual_encoder_unet(mim_run):
     ckpt = load_checkpoint(mim_run / "checkpoints" / "last.ckpt")
     model = ckpt["voxfm_config"]["model"]
@@ -109,6 +111,7 @@ def test_mim_run_writes_reconstruction_pictures(mim_run):
     assert picture.mode == "L" and picture.width > picture.height > 0
 
 
+@pytest.mark.slow
 def test_resenc_l_preset_is_nnunets_residual_encoder_unet():
     cfg = load_config("pretrain", ["experiment=mim_resenc_l", "data.shards=/x", "run_dir=/y"])
     from hydra.utils import instantiate

@@ -64,6 +64,7 @@ def test_objective_is_deterministic_and_trains_encoder_and_head(kind):
         assert_gradients_reach(loss, backbone, obj)
 
 
+@pytest.mark.slow
 def test_overfits_one_tiny_batch():
     backbone, obj, stage, regions = _setup("resenc")
     first, last = overfit(obj, backbone, staged(stage, regions), steps=200, lr=1e-3)
@@ -88,6 +89,7 @@ def _rank_main(rank: int, world: int, init_file: str, out: str, batch: dict) -> 
     dist.destroy_process_group()
 
 
+@pytest.mark.distributed
 def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
     backbone, obj, stage, regions = _setup("resenc", b=4)
     batch = staged(stage, regions)

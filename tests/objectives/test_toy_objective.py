@@ -3,6 +3,8 @@ goes through `voxfm pretrain --cfg`, the config checks, a training step and expo
 
 import json
 
+import pytest
+
 from pretrain.cli.main import main
 from tests.conftest import REPO
 
@@ -10,6 +12,9 @@ TOY = ["hydra.searchpath=[file://" + str(REPO / "tests" / "objectives" / "toy" /
        "model=vit_tiny", "data.crop_size=[32,32,32]", "data.batch_size=2", "data.num_workers=0",
        "data.regions_per_volume=2", "data.shuffle_buffer=4", "trainer.progress_bar=false",
        "trainer.images_every_n_steps=0"]
+
+
+pytestmark = pytest.mark.slow
 
 
 def test_a_toy_objective_composes_and_its_keys_are_checked(shard_dir, capsys):

@@ -19,6 +19,9 @@ from tests.conftest import REPO
 TWINS = ["demo", "demo_mim", "demo_simclr", "demo_mae_contrastive"]
 
 
+pytestmark = pytest.mark.slow
+
+
 def _regions(module, batch_size: int) -> dict:
     size = module.view_pipeline.region_size_needed()
     region = torch.randint(-1000, 1000, (batch_size, 1, *size), generator=torch.Generator().manual_seed(0),
@@ -47,12 +50,12 @@ def test_stage_and_objective_trace_as_one_graph(experiment, log_step):
     assert explanation.graph_count == 1
 
 
-def _pretrain_args(experiment, shard_dir, run_dir, compile: bool, max_steps: int, log_every: int = 1) -> list[str]:
+def _pretrain_args(experiment, shard_dir, run_dir, compiled: bool, max_steps: int, log_every: int = 1) -> list[str]:
     return [f"experiment={experiment}", f"data.shards={shard_dir}", f"run_dir={run_dir}",
             f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=2",
             f"trainer.log_every_n_steps={log_every}",
             "trainer.progress_bar=false", "trainer.images_every_n_steps=0", "data.num_workers=1",
-            f"trainer.compile={str(compile).lower()}"]
+            f"trainer.compile={str(compiled).lower()}"]
 
 
 def _losses(run_dir) -> dict[int, float]:

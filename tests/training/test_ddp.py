@@ -10,6 +10,8 @@ import torch
 
 from tests.conftest import REPO, free_port
 
+pytestmark = pytest.mark.distributed
+
 
 # ddp_spawn pickles the model, which nnU-Net's blocks forbid (a lambda inside): ResEnc runs use ddp, whose
 # launcher starts the second rank as a subprocess. simclr also gathers its negatives across the two ranks.

@@ -23,6 +23,9 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "DS_ACCEL
        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".venv" / "torch_extensions"))}
 
 
+pytestmark = pytest.mark.distributed
+
+
 def _cmd(stage, shards, run_dir):
     return [sys.executable, "-m", "pretrain", "pretrain", "experiment=demo", f"strategy=deepspeed_zero{stage}",
             f"data.shards={shards}", f"run_dir={run_dir}", "trainer.accelerator=cpu", "trainer.devices=2",

@@ -25,6 +25,9 @@ from tests.conftest import REPO
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
 
 
+pytestmark = pytest.mark.slow
+
+
 def _cmd(shard_dir, run_dir, max_steps):
     return [sys.executable, "-m", "pretrain", "pretrain", "experiment=demo", f"data.shards={shard_dir}",
             f"run_dir={run_dir}", f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=5",
@@ -171,7 +174,7 @@ def test_several_ranks_agree_on_a_preemption_at_logging_steps_only(tmp_path):
     trainer = SimpleNamespace(world_size=2, log_every_n_steps=4, accumulate_grad_batches=1, should_stop=False,
                               global_step=0,
                               is_global_zero=False, fit_loop=SimpleNamespace(epoch_loop=loop), received_sigterm=True,
-                              strategy=SimpleNamespace(reduce_boolean_decision=lambda flag, all: decisions.append(flag)
+                              strategy=SimpleNamespace(reduce_boolean_decision=lambda flag, **_: decisions.append(flag)
                                                        or flag),
                               save_checkpoint=lambda path, weights_only: saved.append(path.name))
     callback = Preemption(tmp_path)

@@ -19,6 +19,9 @@ from pretrain.training.logging_steps import is_logging_step
 READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default)
 
 
+pytestmark = pytest.mark.slow
+
+
 class TensorReads(TorchDispatchMode):
     """Counts tensor-value reads in the thread that entered it, per step window. A window runs from the transfer
     of the step's batch (the device stage reads happen there, before `on_train_batch_start`) to the next one."""

@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 from monai.networks.nets import ViT as MonaiViT
 from safetensors.torch import load_file
 
 from pretrain.training.checkpoints import find_resume_checkpoint
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.distributed
 
 
 def _run(shard_dir, run_dir, env):

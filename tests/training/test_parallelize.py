@@ -38,6 +38,7 @@ def test_activation_checkpointing_changes_memory_not_numbers(kind):
     assert list(plain.state_dict()) == list(fast.state_dict())  # exports keep MONAI / nnU-Net names
 
 
+@pytest.mark.slow
 def test_compiled_blocks_give_the_same_numbers_and_names():
     plain, fast = _pair("vit", compiled=True, activation_checkpointing=True)
     x = torch.randn(2, 1, 16, 16, 16)

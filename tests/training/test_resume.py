@@ -27,6 +27,9 @@ DEMOS = {  # experiment → extra overrides (a little more work per step so the 
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
 
 
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def cli_shards(tmp_path_factory, phantom_dir):
     out = tmp_path_factory.mktemp("cli_shards")

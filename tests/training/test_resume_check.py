@@ -63,6 +63,7 @@ def _events(run) -> list[dict]:
     return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_changed_config_refuses_to_resume_unless_allowed(tmp_path, shard_dir, capsys):
     run = tmp_path / "run"
     assert main(_args(shard_dir, run)) == 0

@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.distributed
 
 
 def _two_nodes(shard_dir, run_dir, max_steps):
