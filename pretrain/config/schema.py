@@ -17,7 +17,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from pretrain.config.checks import combination_errors
 from pretrain.config.declarations import read_declared
 from pretrain.config.targets import TARGETS, bounded, declared_schema
 from pretrain.errors import ConfigError
@@ -235,6 +234,8 @@ def validate_pretrain(cfg: dict) -> None:
     missing = [f.name for f in dataclasses.fields(PretrainSchema) if f.name not in cfg]
     errors += [f"{name}: missing" for name in missing]
     if not errors:
+        from pretrain.config.checks import combination_errors  # numpy (data.crops): only `pretrain` needs it
+
         errors = combination_errors(cfg, visible_gpus())
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
