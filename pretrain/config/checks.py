@@ -12,7 +12,7 @@ import os
 
 from data.crops import view_shift
 from models.rules import shape_errors, triple
-from pretrain.config.declarations import Declared, read_declared
+from pretrain.config.declarations import Declared, constructor_defaults, read_declared
 
 KIND_NAMES = {"tokens": "a token (ViT-like) backbone", "cnn": "a CNN backbone with encoder stages (model=resenc_*)"}
 
@@ -27,9 +27,8 @@ def _model_errors(model: Declared, config: dict, crop: list[int]) -> list[str]:
 
 
 def _objective_errors(cfg: dict, model: Declared, objective: Declared) -> list[str]:
-    views = cfg["objective"]["views"]
-    crop, masking = triple(views["crop_size"]), views.get("masking")
-    n_views, overlap = views.get("n_views", 1), views.get("overlap", 0.5)
+    views = {**constructor_defaults(cfg["objective"]["views"].get("_target_")), **cfg["objective"]["views"]}
+    crop, masking, n_views, overlap = triple(views["crop_size"]), views["masking"], views["n_views"], views["overlap"]
     needs, backbone, name = objective.declaration, model.declaration, _name(objective.target)
     errors = []
     if needs.backbone != "any" and needs.backbone != backbone.kind:
@@ -39,7 +38,8 @@ def _objective_errors(cfg: dict, model: Declared, objective: Declared) -> list[s
     if needs.masks and masking is None:
         errors.append("objective.views.masking=null: a masked objective needs a masking")
     if masking is not None:
-        cell = triple(masking.get("patch_size", 16))
+        masking = {**constructor_defaults(masking.get("_target_")), **masking}
+        cell = triple(masking["patch_size"])
         if any(c % p for c, p in zip(crop, cell)):
             errors.append(f"objective.views.masking.patch_size={masking['patch_size']}: must divide the crop {crop}")
         patch = {**model.defaults(), **cfg["model"]}.get("patch_size")

@@ -78,9 +78,7 @@ def _arguments(cls: ast.ClassDef) -> dict:
 
 
 @cache
-def read_declared(target: str) -> Declared | None:
-    """The declaration and arguments of the class `target` names, or None when it names no such class with a
-    declaration. Raises ValueError for a declaration that is not plain literals."""
+def _class_node(target: str) -> ast.ClassDef | None:
     module, _, name = target.rpartition(".")
     try:
         spec = importlib.util.find_spec(module) if module else None
@@ -89,9 +87,23 @@ def read_declared(target: str) -> Declared | None:
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         return None
     tree = ast.parse(Path(spec.origin).read_text(), filename=spec.origin)
-    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
+    return next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
+
+
+@cache
+def read_declared(target: str) -> Declared | None:
+    """The declaration and arguments of the class `target` names, or None when it names no such class with a
+    declaration. Raises ValueError for a declaration that is not plain literals."""
+    cls = _class_node(target)
     declaration = _declaration(cls, target) if cls is not None else None
     return Declared(target, declaration, _arguments(cls)) if declaration is not None else None
+
+
+def constructor_defaults(target: str) -> dict:
+    """The literal defaults of any class's constructor (e.g. `data.views.ViewPipeline`), read from its source:
+    a config node completed with them is what the constructor will see, and no default is written twice."""
+    cls = _class_node(target) if isinstance(target, str) else None
+    return {k: d for k, (_, d) in _arguments(cls).items() if d is not REQUIRED} if cls is not None else {}
 
 
 @cache
