@@ -26,12 +26,12 @@ def monai_mae_step(module, lr: float, device: torch.device, autocast, views: int
     """→ (step, name, note) for voxfm's ViT + MAE decoder shapes; `views` images per step."""
     from monai.networks.nets import MaskedAutoEncoderViT
 
-    vit, views = module.backbone, module.view_pipeline
+    vit, pipeline = module.backbone, module.view_pipeline
     decoder = module.objective.decoder
     model = MaskedAutoEncoderViT(
         in_channels=vit.in_channels, img_size=vit.img_size, patch_size=vit.patch_size, hidden_size=vit.hidden_size,
         mlp_dim=vit.mlp_dim, num_layers=vit.num_layers, num_heads=vit.num_heads,
-        masking_ratio=views.masking.mask_ratio, decoder_hidden_size=decoder.proj.out_features,
+        masking_ratio=pipeline.masking.mask_ratio, decoder_hidden_size=decoder.proj.out_features,
         decoder_mlp_dim=decoder.blocks[0].mlp.linear1.out_features, decoder_num_layers=len(decoder.blocks),
         decoder_num_heads=decoder.blocks[0].attn.num_heads, qkv_bias=vit.qkv_bias,
     ).to(device)
