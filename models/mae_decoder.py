@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.rules import decoder_fits
 from models.vit import Block, LayerNorm, _init_weights, sincos_position_embedding
 
 
@@ -12,8 +13,9 @@ class MAEDecoder(nn.Module):
     def __init__(self, encoder_hidden: int, grid: tuple[int, int, int], patch_voxels: int,
                  hidden_size: int = 384, num_layers: int = 4, num_heads: int = 12, mlp_ratio: float = 4.0):
         super().__init__()
-        if hidden_size % 6 or hidden_size % num_heads:
-            raise ValueError(f"decoder hidden_size={hidden_size} must be divisible by 6 and by num_heads={num_heads}")
+        problem = decoder_fits(hidden_size, num_heads)
+        if problem:
+            raise ValueError(problem)
         self.n_tokens = grid[0] * grid[1] * grid[2]
         self.proj = nn.Linear(encoder_hidden, hidden_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size))

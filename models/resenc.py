@@ -51,8 +51,10 @@ class ResEncUNet(ResidualEncoderUNet):
     )
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1,
-                 features_per_stage=(32, 64, 128, 256, 320, 320), n_blocks_per_stage=(1, 3, 4, 6, 6, 6),
-                 n_conv_per_stage_decoder=(1, 1, 1, 1, 1), strides=None, kernel_size: int = 3):
+                 features_per_stage: tuple[int, ...] = (32, 64, 128, 256, 320, 320),
+                 n_blocks_per_stage: tuple[int, ...] = (1, 3, 4, 6, 6, 6),
+                 n_conv_per_stage_decoder: tuple[int, ...] = (1, 1, 1, 1, 1), strides: tuple[int, ...] | None = None,
+                 kernel_size: int = 3):
         self.preset = resenc_kwargs(in_channels, out_channels, features_per_stage, n_blocks_per_stage,
                                     n_conv_per_stage_decoder, strides, kernel_size)
         super().__init__(**self.preset)

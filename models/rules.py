@@ -35,6 +35,14 @@ def sincos_fits(hidden_size: int, pos_embed_type: str, where: str = "") -> str |
     return None
 
 
+def decoder_fits(hidden_size: int, num_heads: int, where: str = "decoder_") -> str | None:
+    """The MAE decoder: heads split its width, and its sin-cos position embedding needs width % 6 == 0."""
+    if hidden_size % 6 or hidden_size % num_heads:
+        return (f"{where}hidden={hidden_size}: must be divisible by 6 (sin-cos position embedding) and by "
+                f"{where}heads={num_heads}")
+    return None
+
+
 def unet_stride(features_per_stage, strides=None) -> int:
     """The total downsampling of an encoder: the product of its stage strides (default 1, then 2 per stage)."""
     return math.prod(strides or [1] + [2] * (len(features_per_stage) - 1))
@@ -65,6 +73,8 @@ def shape_errors(arguments: dict, size, size_key: str, where: str = "") -> list[
         found.append(heads_divide(a["hidden_size"], a["num_heads"], where))
     if "hidden_size" in a and "pos_embed_type" in a:
         found.append(sincos_fits(a["hidden_size"], a["pos_embed_type"], where))
+    if "decoder_hidden" in a and "decoder_heads" in a:
+        found.append(decoder_fits(a["decoder_hidden"], a["decoder_heads"], where + "decoder_"))
     if "features_per_stage" in a:
         found.append(stride_divides(size, a["features_per_stage"], a.get("strides"), size_key))
         found.append(stage_counts(a["features_per_stage"], a["n_blocks_per_stage"], a["n_conv_per_stage_decoder"],

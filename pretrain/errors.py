@@ -65,11 +65,16 @@ def exit_code(err: BaseException) -> tuple[int, str] | None:
 
 @contextmanager
 def config_errors() -> Iterator[None]:
-    """Around one call into data/, whose argument checks raise ValueError (data/ does not import pretrain/): such a
-    ValueError is about the arguments the command passed from the user's config, so it leaves as a ConfigError."""
+    """Around building from the user's config — a call into data/ (which does not import pretrain/), a constructor
+    named by the config, weights loaded into a network: a ValueError there is about that config, so it leaves as a
+    ConfigError (also when Hydra's `instantiate` wrapped it)."""
     try:
         yield
     except ValueError as err:
         if isinstance(err, (ConfigError, FolderLocked)):
             raise
         raise ConfigError(str(err)) from err
+    except Exception as err:  # Hydra's `instantiate` wraps a constructor's ValueError in an InstantiationException
+        if isinstance(err.__cause__, ValueError) and type(err).__name__ == "InstantiationException":
+            raise ConfigError(str(err.__cause__)) from err
+        raise

@@ -10,11 +10,12 @@ import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from pretrain.config.renamed import notice, renamed_override
+from pretrain.config.renamed import TARGETS, notice, renamed_override
 from pretrain.errors import ConfigError
 
 
@@ -40,7 +41,24 @@ def load_config(name: str, overrides: list[str]) -> DictConfig:
         with open_dict(cfg):
             objective.views = OmegaConf.merge(objective.get("views") or {}, objective.stage)
             del objective["stage"]
+            # the command line still wins over that file, as it does over every other
+            for override in OverridesParser.create().parse_overrides(overrides):
+                if override.key_or_group.startswith("objective.views.") and not override.is_delete():
+                    OmegaConf.update(cfg, override.key_or_group, override.value(), force_add=True)
+    _renamed_targets(cfg)
     return cfg
+
+
+def _renamed_targets(node) -> None:
+    """Old class names in the composed config (an experiment file of an older release) → their new names."""
+    if isinstance(node, DictConfig):
+        target = node.get("_target_") if "_target_" in node else None
+        if isinstance(target, str) and target in TARGETS:
+            notice(target, TARGETS[target])
+            node["_target_"] = TARGETS[target]
+        for key in node:
+            if not (OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key)):
+                _renamed_targets(node[key])
 
 
 def missing_keys(cfg: DictConfig) -> list[str]:

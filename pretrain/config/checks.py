@@ -26,6 +26,17 @@ def _model_errors(model: Declared, config: dict, crop: list[int]) -> list[str]:
     return shape_errors(arguments, crop, "data.crop_size", "model.")
 
 
+def _loss_errors(node: dict, where: str, crop: list[int]) -> list[str]:
+    """The shape rules on an objective's arguments (its decoder's), and on any declared node nested in them."""
+    declared = read_declared(node["_target_"])
+    arguments = {**(declared.defaults() if declared else {}), **node}
+    errors = shape_errors(arguments, crop, "data.crop_size", where + ".")
+    for key, value in node.items():
+        if isinstance(value, dict) and isinstance(value.get("_target_"), str):
+            errors += _loss_errors(value, f"{where}.{key}", crop)
+    return errors
+
+
 def _objective_errors(cfg: dict, model: Declared, objective: Declared) -> list[str]:
     views = {**constructor_defaults(cfg["objective"]["views"].get("_target_")), **cfg["objective"]["views"]}
     crop, masking, n_views, overlap = triple(views["crop_size"]), views["masking"], views["n_views"], views["overlap"]
@@ -33,7 +44,7 @@ def _objective_errors(cfg: dict, model: Declared, objective: Declared) -> list[s
     errors = []
     if needs.backbone != "any" and needs.backbone != backbone.kind:
         errors.append(f"objective={name} needs {KIND_NAMES[needs.backbone]}, got model._target_={model.target}")
-    if n_views != needs.views:
+    if needs.views is not None and n_views != needs.views:
         errors.append(f"objective.views.n_views={n_views}: {name} needs {needs.views}")
     if needs.masks and masking is None:
         errors.append("objective.views.masking=null: a masked objective needs a masking")
@@ -102,6 +113,7 @@ def combination_errors(cfg: dict, gpus: int) -> list[str]:
     errors += more
     if errors:
         return errors
-    return (_model_errors(model, cfg["model"], triple(cfg["data"]["crop_size"]))
+    crop = triple(cfg["data"]["crop_size"])
+    return (_model_errors(model, cfg["model"], crop) + _loss_errors(cfg["objective"]["loss"], "objective.loss", crop)
             + _objective_errors(cfg, model, objective)
             + _device_errors(cfg["trainer"], cfg["strategy"], model, gpus) + _shard_errors(cfg["data"]))

@@ -77,16 +77,28 @@ def _arguments(cls: ast.ClassDef) -> dict:
     return out
 
 
+def source_file(module: str) -> Path | None:
+    """The .py file of a module, found from its top-level package's folder: nothing is imported (`find_spec` of
+    `a.b.c` would import `a.b`, and with it torch for most packages)."""
+    try:
+        spec = importlib.util.find_spec(module.split(".")[0])
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        base = Path(folder, *module.split(".")[1:])
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.is_file():
+                return path
+    return None
+
+
 @cache
 def _class_node(target: str) -> ast.ClassDef | None:
     module, _, name = target.rpartition(".")
-    try:
-        spec = importlib.util.find_spec(module) if module else None
-    except (ImportError, ValueError):
+    path = source_file(module) if module else None
+    if path is None:
         return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    tree = ast.parse(Path(spec.origin).read_text(), filename=spec.origin)
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     return next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
 
 
@@ -114,8 +126,8 @@ def declared_backbones() -> dict[str, Declared]:
 
     found = {}
     for info in pkgutil.iter_modules(models.__path__, "models."):
-        spec = importlib.util.find_spec(info.name)
-        tree = ast.parse(Path(spec.origin).read_text(), filename=spec.origin)
+        path = source_file(info.name)
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
             declared = read_declared(f"{info.name}.{cls.name}")
             if declared is not None and isinstance(declared.declaration, BackboneDeclaration):

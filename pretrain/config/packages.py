@@ -13,8 +13,8 @@ from __future__ import annotations
 import ast
 import importlib.util
 from functools import cache
-from pathlib import Path
 
+from pretrain.config.declarations import source_file
 from pretrain.errors import ConfigError
 
 FIRST_PARTY = ("data", "models", "pretrain")  # voxfm's packages (pyproject.toml), read to follow their imports
@@ -96,23 +96,11 @@ def _installed(package: str) -> bool:
 
 
 @cache
-def _source(module: str) -> Path | None:
-    """The file of a voxfm module, found from its top-level package's folder: nothing is imported (`find_spec` of
-    `a.b.c` would import `a.b`)."""
-    spec = importlib.util.find_spec(module.split(".")[0])
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        base = Path(folder, *module.split(".")[1:])
-        for path in (base.with_suffix(".py"), base / "__init__.py"):
-            if path.is_file():
-                return path
-    return None
-
-
 @cache
 def _top_level_imports(module: str) -> tuple[str, ...]:
     """Modules imported by the statements at the top of `module`'s source (not inside functions, `if` or `try`):
     `from a import b` gives `a` and, where `a.b` is a voxfm module, `a.b`."""
-    path = _source(module)
+    path = source_file(module)
     if path is None:
         return ()
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
@@ -126,5 +114,5 @@ def _top_level_imports(module: str) -> tuple[str, ...]:
                 else node.module
             names.append(base)
             if base.split(".")[0] in FIRST_PARTY:
-                names += [f"{base}.{a.name}" for a in node.names if _source(f"{base}.{a.name}") is not None]
+                names += [f"{base}.{a.name}" for a in node.names if source_file(f"{base}.{a.name}") is not None]
     return tuple(names)

@@ -44,7 +44,7 @@ def upgraded(config: dict) -> dict:
     for old, new in KEYS.items():
         parent, _, leaf = old.rpartition(".")
         node = config.get(parent) if isinstance(config, dict) else None
-        if isinstance(node, dict) and leaf in node:
+        if isinstance(node, dict) and isinstance(node.get(leaf), dict):
             new_leaf = new.rpartition(".")[2]
             node = dict(node)
             node[new_leaf] = {**node.get(new_leaf, {}), **node.pop(leaf)}

@@ -149,8 +149,10 @@ def _conforms(value, annotation) -> bool:
     if origin is list:
         return isinstance(value, list) and all(_conforms(v, args[0]) for v in value)
     if origin is tuple:  # a config holds lists where a constructor says tuple
+        if not isinstance(value, (list, tuple)):
+            return False
         each = [args[0]] * len(value) if len(args) == 2 and args[1] is ... else args
-        return isinstance(value, (list, tuple)) and len(each) == len(value) and all(map(_conforms, value, each))
+        return not args or (len(each) == len(value) and all(map(_conforms, value, each)))
     if annotation is type(None) or annotation is None:
         return value is None
     if annotation is float:
@@ -168,8 +170,10 @@ def _allowed(annotation) -> str:
         return " or ".join(_allowed(a) for a in args)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
-    if origin is list:
+    if origin is list or (origin is tuple and len(args) == 2 and args[1] is ...):
         return f"a list of {_allowed(args[0])}"
+    if origin is tuple:
+        return f"a list of {len(args)} {_allowed(args[0])}" if args else "a list"
     if annotation is type(None):
         return "null"
     if dataclasses.is_dataclass(annotation):

@@ -55,7 +55,6 @@ class AdamWSchema:
 
 TARGETS: dict[str, type] = {
     "data.views.ViewPipeline": ViewPipelineSchema,
-    "data.views.ViewStage": ViewPipelineSchema,  # its old name, until voxfm 0.2 (pretrain/config/renamed.py)
     "data.augment.IntensityAugment": AugmentSchema,
     "data.masking.RandomPatchMasking": MaskingSchema,
     "torch.optim.AdamW": AdamWSchema,

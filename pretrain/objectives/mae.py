@@ -65,7 +65,7 @@ class MAEObjective(nn.Module):
     """
 
     declaration = ObjectiveDeclaration(
-        backbone="tokens", views=1, masks=True, mask_cell_is_token=True, reconstructs=True,
+        backbone="tokens", views=None, masks=True, mask_cell_is_token=True, reconstructs=True,
         bounds={"decoder_hidden": {"ge": 6}, "decoder_layers": {"ge": 1}, "decoder_heads": {"ge": 1}},
     )
 

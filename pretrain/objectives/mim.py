@@ -32,7 +32,7 @@ def cube_visibility(mask: torch.Tensor, spatial: tuple[int, int, int]) -> torch.
 class MIMObjective(nn.Module):
     """batch {"image": [B, C, X, Y, Z], "mask": [B, N] bool over cubes, True = hidden} + ResEncUNet → (loss, logs)."""
 
-    declaration = ObjectiveDeclaration(backbone="cnn", views=1, masks=True, reconstructs=True)
+    declaration = ObjectiveDeclaration(backbone="cnn", views=None, masks=True, reconstructs=True)
 
     def __init__(self, spec: BackboneSpec):
         super().__init__()

@@ -17,7 +17,7 @@ from typing import Literal
 class ObjectiveDeclaration:
     """backbone: the kind it trains ("tokens" — a ViT —, "cnn" — encoder stages and a decoder —, or "any": it
         uses only `backbone.pooled(x)`);
-    views: views of each region per sample (`objective.views.n_views` must equal it);
+    views: views of each region per sample (`objective.views.n_views` must equal it), None: any;
     masks: hides parts of each view (`objective.views.masking` must be set);
     mask_cell_is_token: one mask cell per patch token (`masking.patch_size` must equal `model.patch_size`);
     trains_decoder: False → a CNN backbone's own decoder is frozen (unused by the loss);
@@ -25,7 +25,7 @@ class ObjectiveDeclaration:
     bounds: {argument: {"ge" | "gt" | "le" | "lt": number}}, checked with the config before anything is built."""
 
     backbone: Literal["tokens", "cnn", "any"]
-    views: int = 1
+    views: int | None = 1
     masks: bool = False
     mask_cell_is_token: bool = False
     trains_decoder: bool = True

@@ -15,7 +15,7 @@ import lightning as L
 from safetensors.torch import load_file
 
 from models.weights import load_strict
-from pretrain.errors import ConfigError
+from pretrain.errors import ConfigError, config_errors
 
 
 def read_full_export(folder: str) -> tuple[dict, dict]:
@@ -33,7 +33,8 @@ def read_full_export(folder: str) -> tuple[dict, dict]:
 def init_module(module, folder: str, max_steps: int) -> int:
     """Loads the export into `module`; returns the step to continue from."""
     meta, state = read_full_export(folder)
-    load_strict(module, state, f"init_from={folder}")
+    with config_errors():  # the export does not fit this experiment's network
+        load_strict(module, state, f"init_from={folder}")
     step = int(meta["step"])
     if step >= max_steps:
         raise ConfigError(f"init_from={folder} is at step {step}: set trainer.max_steps above it to train further")

@@ -30,7 +30,7 @@ from pretrain.callbacks.retention import Retention
 from pretrain.callbacks.teardown import ShutDownProcessGroup, shut_down_process_group
 from pretrain.config.renamed import renamed_key, upgraded
 from pretrain.config.schema import validate_pretrain
-from pretrain.errors import ConfigError
+from pretrain.errors import ConfigError, config_errors
 from pretrain.training.checkpoint_io import AtomicCheckpointIO
 from pretrain.training.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint, load_checkpoint
 from pretrain.training.init_from import ContinueFromStep, init_module
@@ -69,12 +69,13 @@ def probe_callback(cfg: DictConfig) -> list:
 
 def build_module(cfg: DictConfig) -> PretrainModule:
     """Backbone from `model`, objective (completed with the backbone's spec) and device-side views from
-    `objective.views`."""
-    views = instantiate(cfg.objective.views)  # first: cheap, and its checks fail before a model is built
-    if cfg.data.region_size is not None:
-        views.check_region(cfg.data.region_size)
-    backbone = instantiate(cfg.model)
-    objective = instantiate(cfg.objective.loss)(backbone.spec)
+    `objective.views`. A constructor's ValueError is about the config it was given: a ConfigError."""
+    with config_errors():
+        views = instantiate(cfg.objective.views)  # first: cheap, and its checks fail before a model is built
+        if cfg.data.region_size is not None:
+            views.check_region(cfg.data.region_size)
+        backbone = instantiate(cfg.model)
+        objective = instantiate(cfg.objective.loss)(backbone.spec)
     if not objective.declaration.trains_decoder and backbone.declaration.decoder:
         backbone.freeze_decoder()  # unused by the loss: frozen, so DDP needs no unused-parameter search
     mode = compile_mode(cfg.trainer.compile, OmegaConf.to_container(cfg.strategy))

@@ -16,14 +16,17 @@ def test_an_old_override_is_read_under_its_new_name(capsys):
     assert renamed_override("objective.stages=1") == "objective.stages=1"
 
 
-def test_an_old_experiment_file_is_read_under_the_new_name(tmp_path):
+def test_an_old_experiment_file_is_read_under_the_new_name_and_the_command_line_still_wins(tmp_path):
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "old.yaml").write_text(
-        "# @package _global_\nobjective:\n  stage:\n    n_views: 1\n    flip_prob: 0.25\n")
-    cfg = load_config("pretrain", [f"hydra.searchpath=[file://{tmp_path}]", "experiment=old", "data.shards=x",
-                                   "run_dir=y"])
-    views = OmegaConf.to_container(cfg.objective.views)
-    assert views["flip_prob"] == 0.25 and views["_target_"] == "data.views.ViewPipeline" and "masking" in views
+        "# @package _global_\nobjective:\n  stage:\n    _target_: data.views.ViewStage\n    flip_prob: 0.25\n"
+        "    masking:\n      mask_ratio: 0.5\n")
+    base = [f"hydra.searchpath=[file://{tmp_path}]", "experiment=old", "data.shards=x", "run_dir=y"]
+    views = OmegaConf.to_container(load_config("pretrain", base).objective.views)
+    assert views["flip_prob"] == 0.25 and views["_target_"] == "data.views.ViewPipeline" and "augment" in views
+    assert views["masking"]["mask_ratio"] == 0.5
+    for override in ("objective.views.masking.mask_ratio=0.9", "objective.stage.masking.mask_ratio=0.9"):
+        assert load_config("pretrain", [*base, override]).objective.views.masking.mask_ratio == 0.9
 
 
 def test_a_stored_config_of_the_old_release_upgrades():
