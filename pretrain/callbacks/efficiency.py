@@ -3,7 +3,7 @@
 FLOPs are counted once, on the first batch: the objective's forward under `FlopCounterMode` without gradients
 (x3 for forward + backward, the usual estimate; compiled blocks run eagerly for the count). MFU divides the
 achieved FLOP rate by `trainer.peak_tflops` per device, or by a bf16/fp32 matmul measured at the start. The time is
-the device's, from one batch's end to the next's (the device stage, queued before a batch starts, and data stalls
+the device's, from one batch's end to the next's (the device-side views, queued before a batch starts, and data stalls
 count): on CUDA, events recorded every step and read (`elapsed_time`, a sync) only at logging steps; on CPU, host
 time. Figures average over the steps since the previous logging step.
 """
@@ -37,7 +37,7 @@ class Efficiency(L.Callback):
         self.peak_tflops, self.flops_per_step = peak_tflops, None
         self._fetch_start = self._compute_start = self._last_end = None
         # (end of the previous step, end of this one) since the last logging step: CUDA events or host seconds.
-        # End to end, so the device stage (queued before on_train_batch_start) and data stalls count too.
+        # End to end, so the device-side views (queued before on_train_batch_start) and data stalls count too.
         self._spans: list = []
         self._wait = self._host = 0.0  # host seconds waiting for data / in steps, since the last logging step
 

@@ -2,7 +2,7 @@
 
 1. activation checkpointing: each transformer block (ViT) or residual block (ResEnc UNet) recomputes its
    activations in backward instead of keeping them — memory for ~1/3 more compute;
-2. `torch.compile`: `"step"` compiles the whole step — device stage, backbone, objective and loss — as graphs
+2. `torch.compile`: `"step"` compiles the whole step — device-side views, backbone, objective and loss — as graphs
    without breaks (`pretrain/training/compiled_step.py`, applied by the training module); `"blocks"` compiles each
    repeated block alone, for DeepSpeed ZeRO-3, whose parameter gathering hooks a whole-step graph cannot hold
    (cuDNN autotuning, `cudnn.benchmark`, is on for every GPU run: `build_trainer`);

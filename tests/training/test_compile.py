@@ -87,7 +87,7 @@ def test_compiled_run_is_killed_and_resumes_without_recompiling(tmp_path, shard_
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     first = first_log.read_text()
-    assert "voxfm: torch.compile of the device stage" in first and "objective + backbone" in first, first[-3000:]
+    assert "voxfm: torch.compile of the views" in first and "objective + backbone" in first, first[-3000:]
     resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "voxfm: resuming from" in resumed.stdout and f"voxfm: finished at step {max_steps}" in resumed.stdout

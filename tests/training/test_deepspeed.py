@@ -91,7 +91,7 @@ def test_zero_trains_resumes_after_a_kill_and_exports(tmp_path, shard_dir, stage
 
 
 def test_zero_bf16_feeds_the_stage_images_to_bf16_weights(tmp_path, shard_dir):
-    """DeepSpeed bf16 keeps bf16 weights: the float images the device stage makes must reach them as bf16 (they
+    """DeepSpeed bf16 keeps bf16 weights: the float images the view pipeline makes must reach them as bf16 (they
     once stayed float32 and the first step failed: 'Input type (float) and bias type (c10::BFloat16)')."""
     run_dir = tmp_path / "run"
     env = {**ENV, "MASTER_PORT": str(free_port())}

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 class TensorReads(TorchDispatchMode):
     """Counts tensor-value reads in the thread that entered it, per step window. A window runs from the transfer
-    of the step's batch (the device stage reads happen there, before `on_train_batch_start`) to the next one."""
+    of the step's batch (the device-side views read there, before `on_train_batch_start`) to the next one."""
 
     def __init__(self):
         super().__init__()
