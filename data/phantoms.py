@@ -36,6 +36,34 @@ def phantom(shape: tuple[int, int, int], modality: str, rng: np.random.Generator
     return image.astype(dtype), label
 
 
+def ct_phantom(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """A body-CT-like volume [X, Y, Z] in HU (int16): air outside, a soft-tissue trunk with fat under the skin,
+    two lungs, a bone ring (ribs) and a spine, a few organs and lesions, and noise. Built from broadcast axes, not
+    full grids, so a 512×512×300 volume needs about three copies of itself in memory."""
+    x, y, z = (np.linspace(-1, 1, s, dtype=np.float32).reshape([-1 if i == a else 1 for i in range(3)])
+               for a, s in enumerate(shape))
+
+    def inside(cx, cy, rx, ry, cz=0.0, rz=2.0):
+        return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2 <= 1.0
+
+    hu = np.full(shape, -1000, dtype=np.int16)
+    rx, ry = rng.uniform(0.75, 0.9), rng.uniform(0.5, 0.65)
+    hu[inside(0, 0, rx, ry)] = -100  # subcutaneous fat
+    hu[inside(0, 0, rx - 0.06, ry - 0.06)] = 40  # soft tissue
+    hu[inside(0, 0, rx - 0.08, ry - 0.08) & ~inside(0, 0, rx - 0.12, ry - 0.12)] = 700  # ribs
+    for side in (-1, 1):
+        hu[inside(side * 0.35, 0.05, 0.25, 0.35, rng.uniform(-0.3, 0.3), 0.8)] = -850  # lungs
+    hu[inside(0, -ry + 0.2, 0.08, 0.08)] = 500  # spine
+    for _ in range(int(rng.integers(3, 7))):  # organs, some with a lesion
+        cx, cy, cz = rng.uniform(-0.4, 0.4), rng.uniform(-0.3, 0.3), rng.uniform(-0.8, 0.8)
+        r = rng.uniform(0.06, 0.18)
+        hu[inside(cx, cy, r, r, cz, r * 1.5)] = rng.integers(30, 80)
+        if rng.random() < 0.5:
+            hu[inside(cx, cy, r / 3, r / 3, cz, r / 2)] = rng.integers(90, 160)
+    noise = rng.normal(0.0, 15.0, shape).astype(np.float32)
+    return np.clip(hu + noise, -1024, 3071).astype(np.int16)
+
+
 def write_phantoms(output: str | Path, n: int, seed: int = 0, shape=(48, 48, 40)) -> list[Path]:
     """Write `n` phantoms (alternating CT/MR, rotating orientations) plus labels; returns image paths."""
     out = Path(output)
