@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pretrain.cli.compose import compose_config, resolved
+from pretrain.cli.compose import compose_config, composed_or_shown, resolved
 from pretrain.config.commands import BenchModelSchema, validate_command
 from pretrain.errors import ConfigError
 
@@ -17,12 +17,9 @@ BENCH_MODEL_KEYS = tuple(f.name for f in dataclasses.fields(BenchModelSchema))  
 
 def checked(name: str, overrides: list[str]) -> DictConfig | None:
     """`conf/<name>.yaml` composed and validated; None after `--cfg` printed it."""
-    show = "--cfg" in overrides
-    cfg = compose_config(name, [o for o in overrides if o != "--cfg"])
-    if show:
-        print(OmegaConf.to_yaml(cfg))
-        return None
-    validate_command(name, resolved(cfg))
+    cfg = composed_or_shown(name, overrides)
+    if cfg is not None:
+        validate_command(name, resolved(cfg))
     return cfg
 
 

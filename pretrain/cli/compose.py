@@ -78,6 +78,15 @@ def compose_config(name: str, overrides: list[str]) -> DictConfig:
         raise ConfigError(str(err).splitlines()[0]) from None
 
 
+def composed_or_shown(name: str, overrides: list[str]) -> DictConfig | None:
+    """`compose_config`, or None after printing it when the overrides hold `--cfg`."""
+    cfg = compose_config(name, [o for o in overrides if o != "--cfg"])
+    if "--cfg" in overrides:
+        print(OmegaConf.to_yaml(cfg))
+        return None
+    return cfg
+
+
 def resolved(cfg: DictConfig) -> dict:
     """The config as plain containers, interpolations resolved; a missing value (`???`) stays `"???"`."""
     try:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pretrain.cli.bench import BENCHES
-from pretrain.cli.compose import CONF_DIR, compose_config, missing_keys, resolved
+from pretrain.cli.compose import CONF_DIR, composed_or_shown, missing_keys, resolved
 from pretrain.cli.programs import PROGRAMS
 from pretrain.config.packages import check_packages, from_import_error
 from pretrain.errors import ConfigError, exit_code
@@ -46,10 +46,8 @@ def _usage() -> str:
 
 def checked_config(command: str, overrides: list[str]) -> DictConfig | None:
     """The composed config of `command`, checked; None after `--cfg` printed it."""
-    show = "--cfg" in overrides
-    cfg = compose_config(command, [o for o in overrides if o != "--cfg"])
-    if show:
-        print(OmegaConf.to_yaml(cfg))
+    cfg = composed_or_shown(command, overrides)
+    if cfg is None:
         return None
     if command != "pretrain":
         from pretrain.config.commands import validate_command
