@@ -35,17 +35,28 @@ def crop_start(shape, size, centre: np.ndarray | None, rng: np.random.Generator)
     return starts
 
 
+def padded(vol: np.ndarray, fg_points: list, size: tuple[int, int, int], value: float = 0) -> tuple[np.ndarray, list]:
+    """`vol` padded to at least `size` (centred, with the background `value`), its foreground points moved with it."""
+    pads = [max(s - d, 0) // 2 for d, s in zip(vol.shape, size)]
+    if not any(pads):
+        return pad_to(vol, size, value), fg_points
+    return pad_to(vol, size, value), [[int(c) + p for c, p in zip(point, pads)] for point in fg_points]
+
+
+def random_crop(vol: np.ndarray, fg_points: list, size: tuple[int, int, int], foreground_prob: float,
+                rng: np.random.Generator) -> np.ndarray:
+    """One crop (a view) of `size` out of a volume at least that large, centred near a foreground point with
+    probability `foreground_prob` (when the volume has any), else placed uniformly."""
+    centre = None
+    if fg_points and rng.random() < foreground_prob:
+        centre = np.asarray(fg_points[rng.integers(len(fg_points))])
+    x, y, z = crop_start(vol.shape, size, centre, rng)
+    return vol[x:x + size[0], y:y + size[1], z:z + size[2]]
+
+
 def random_crops(vol: np.ndarray, fg_points: list, size: tuple[int, int, int], n: int,
                  foreground_prob: float, rng: np.random.Generator, pad_value: float = 0) -> list[np.ndarray]:
-    """`n` crops of shape `size` out of `vol`, both [X, Y, Z]; each is centred near a foreground point with
-    probability `foreground_prob` (when the volume has any), else placed uniformly. Crops are views."""
-    pads = [max(s - d, 0) // 2 for d, s in zip(vol.shape, size)]
-    vol = pad_to(vol, size, pad_value)
-    crops = []
-    for _ in range(n):
-        centre = None
-        if fg_points and rng.random() < foreground_prob:
-            centre = np.asarray(fg_points[rng.integers(len(fg_points))]) + pads
-        x, y, z = crop_start(vol.shape, size, centre, rng)
-        crops.append(vol[x:x + size[0], y:y + size[1], z:z + size[2]])
-    return crops
+    """`n` crops (views) of shape `size` out of `vol`, both [X, Y, Z] (see `random_crop`); a volume smaller than
+    the crop is padded first."""
+    vol, fg_points = padded(vol, fg_points, size, pad_value)
+    return [random_crop(vol, fg_points, size, foreground_prob, rng) for _ in range(n)]

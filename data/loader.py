@@ -16,7 +16,8 @@ from collections.abc import Iterator
 
 import torch
 
-from data.stream import RegionStream, collate_regions
+from data.device_feed import DeviceFeed, PinnedBuffers, collate_into
+from data.stream import QUEUED_PER_WORKER, RegionStream, collate_regions
 
 _RUNNING: dict[int, tuple[threading.Event, list[threading.Thread]]] = {}
 
@@ -33,31 +34,45 @@ def _stop_all() -> None:
 class ThreadLoader:
     """Iterable of collated batches from `num_threads` threads (0: in the caller's thread)."""
 
-    def __init__(self, stream: RegionStream, batch_size: int, num_threads: int, prefetch: int = 4,
+    def __init__(self, stream: RegionStream, batch_size: int, num_threads: int, prefetch: int = QUEUED_PER_WORKER,
                  pin_memory: bool | None = None):
         if batch_size < 1 or num_threads < 0:
             raise ValueError(f"data.batch_size={batch_size}, data.num_workers={num_threads}: expected >= 1 and >= 0")
         self.stream, self.batch_size, self.num_threads, self.prefetch = stream, batch_size, num_threads, prefetch
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
 
-    def _batches(self, worker: int) -> Iterator[dict]:
+    def _batches(self, worker: int, buffers: PinnedBuffers | None, stop: threading.Event | None = None
+                 ) -> Iterator[dict]:
         regions = self.stream.worker_stream(worker, max(self.num_threads, 1))
         while True:
-            batch = collate_regions([next(regions) for _ in range(self.batch_size)])
-            if self.pin_memory:  # every tensor: a copy from pageable memory waits for the GPU's queue
-                batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            samples = [next(regions) for _ in range(self.batch_size)]
+            if buffers is None:
+                yield collate_regions(samples)
+                continue
+            batch = collate_into(samples, buffers, stop)  # one copy, into a pinned buffer (data/device_feed.py)
+            if batch is None:
+                return
             yield batch
 
     def __iter__(self) -> Iterator[dict]:
+        """Host batches; with `pin_memory` (CUDA), device batches through `DeviceFeed` (copied one batch ahead)."""
+        if not self.pin_memory:
+            yield from self._host_batches(None)
+            return
+        buffers = PinnedBuffers(self.prefetch * max(self.num_threads, 1) + self.num_threads + 2)
+        yield from DeviceFeed(self._host_batches(buffers), buffers,
+                              torch.device("cuda", torch.cuda.current_device()))
+
+    def _host_batches(self, buffers: PinnedBuffers | None) -> Iterator[dict]:
         if self.num_threads == 0:
-            yield from self._batches(0)
+            yield from self._batches(0, buffers)
             return
         out: queue.Queue = queue.Queue(maxsize=self.prefetch * self.num_threads)
         stop = threading.Event()
 
         def work(worker: int) -> None:
             try:
-                for batch in self._batches(worker):
+                for batch in self._batches(worker, buffers, stop):
                     while not stop.is_set():
                         try:
                             out.put(batch, timeout=0.1)

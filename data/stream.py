@@ -5,8 +5,9 @@ from a seed that mixes (seed, rank, worker), so the stream is infinite, differs 
 worker, and needs no shared filesystem listing beyond the shard URLs; or, with `resampled=False`,
 reads exact passes split by (rank, worker). Several shard sets mix by weight (`data/sources.py`).
 A truncated shard or a damaged sample is skipped with a warning and counted, never fatal. Workers decode whole
-volumes (blosc2) and cut several **regions** per volume in the stored dtype (int16 for CT), plus
-the volume's normalisation record. Views, normalisation and augmentation happen later, batched on
+volumes (blosc2) and cut **regions** in the stored dtype (int16 for CT), each with its volume's normalisation
+record: `data.regions_per_volume` from each volume read, spread over many batches by a pool of decoded volumes
+(`data/pool.py`, `data.pool_gib`). Views, normalisation and augmentation happen later, batched on
 the training device (`data/views.py`): a CPU core only decodes and copies.
 """
 
@@ -16,6 +17,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 import torch
@@ -23,13 +25,15 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from data import payload
-from data.crops import random_crops, triple
+from data.crops import padded, random_crop, triple
+from data.pool import FeedCounters, Volume, VolumePool, sample_bytes
 from data.preprocess import MODALITIES, normalise
 from data.sources import epoch_samples, mix, parse_sources, resampled_samples
 
 log = logging.getLogger("voxfm.data")
 MAX_SKIPPED_IN_A_ROW = 1000  # nothing but damaged data this long: the shard set itself is unusable
 # torch cannot promote these when a batch mixes dtypes: widened losslessly per region
+QUEUED_PER_WORKER = 4  # batches a loader keeps ready per worker
 UNPROMOTABLE = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64}
 
 
@@ -73,43 +77,59 @@ def decode_sample(sample: dict, max_sample_mb: float = payload.MAX_SAMPLE_MB) ->
     return normalise(vol, meta["normalisation"]), meta
 
 
-def cut_regions(sample: dict, region_size, n: int, foreground_prob: float, rng: np.random.Generator,
-                max_sample_mb: float = payload.MAX_SAMPLE_MB) -> list[dict]:
-    """One raw webdataset sample → `n` regions {"region": [1, X, Y, Z] stored dtype, "low", "high", "modality"}.
-
-    Regions are views of the decoded volume: the batch collation is their only copy. Measured on the real
-    scans, a copy per region doubled a worker's time (fresh pages for every 1.8 MB region). The price is
-    memory: the shuffle buffer keeps about shuffle_buffer / regions_per_volume + 1 decoded volumes alive
-    per worker: the pool of decoded volumes that README's Design section calls for, to bring shard reads per GPU
-    down toward 0.5 GB/s."""
+def load_volume(sample: dict, region_size, max_sample_mb: float = payload.MAX_SAMPLE_MB, source: int = 0) -> Volume:
+    """One raw webdataset sample → a decoded `Volume` to cut regions from: stored dtype in native byte order, padded
+    to at least `region_size` with the volume's background level."""
     vol, meta = decode_volume(sample, max_sample_mb)
     norm = meta["normalisation"]
     if not vol.dtype.isnative:  # e.g. big-endian NIfTI sharded before the writer made it native: torch refuses it
         vol = vol.astype(vol.dtype.newbyteorder("="))
-    regions = random_crops(vol, meta["foreground_points"], triple(region_size), n, foreground_prob, rng,
-                           pad_value=norm["low"])
-    wide = UNPROMOTABLE.get(vol.dtype)
-    return [{"region": torch.from_numpy(r if wide is None else r.astype(wide))[None], "low": float(norm["low"]),
-             "high": float(norm["high"]), "modality": meta["modality"]} for r in regions]
+    vol, points = padded(vol, meta["foreground_points"], triple(region_size), norm["low"])
+    return Volume(vol, points, float(norm["low"]), float(norm["high"]), meta["modality"], source,
+                  f"{sample.get('__url__')}#{sample.get('__key__')}")
 
 
-def collate_regions(samples: list[dict]) -> dict:
+def region_record(region: np.ndarray, volume: Volume) -> dict:
+    """A region (a view of its volume: the batch collation is its only copy) with what the step needs of its volume.
+    Measured on the real scans, a copy per region doubled a worker's time (fresh pages for every 1.8 MB region)."""
+    wide = UNPROMOTABLE.get(region.dtype)
+    return {"region": torch.from_numpy(region if wide is None else region.astype(wide))[None], "low": volume.low,
+            "high": volume.high, "modality": volume.modality, "source": volume.source, "volume": volume.key}
+
+
+def cut_regions(sample: dict, region_size, n: int, foreground_prob: float, rng: np.random.Generator,
+                max_sample_mb: float = payload.MAX_SAMPLE_MB) -> list[dict]:
+    """One raw webdataset sample → `n` regions {"region": [1, X, Y, Z] stored dtype, "low", "high", "modality", ...}
+    cut at once (the path without a volume pool, `data.pool_gib=0`)."""
+    volume = load_volume(sample, region_size, max_sample_mb)
+    return [region_record(random_crop(volume.array, volume.points, triple(region_size), foreground_prob, rng), volume)
+            for _ in range(n)]
+
+
+def collate_regions(samples: list[dict], stack: bool = True) -> dict:
     """Stack regions; a batch mixing dtypes (int16 CT with float32 MR) is promoted to the widest. A batch comes
-    from one worker: it carries that worker's count of skipped damaged data and each region's source, as Python
-    values: bookkeeping that stays on the host, so counting it never reads a device tensor."""
-    regions = [s["region"] for s in samples]
-    dtype = regions[0].dtype
-    for r in regions[1:]:
-        dtype = torch.promote_types(dtype, r.dtype)
-    return {
-        "region": torch.stack([r.to(dtype) for r in regions]),
+    from one worker: it carries that worker's count of skipped damaged data, its shard bytes and samples read so
+    far, each region's source and the number of distinct volumes, as Python values: bookkeeping that stays on the
+    host, so counting it never reads a device tensor. `stack=False`: the rest without "region"
+    (`data/device_feed.collate_into` writes that into a pinned buffer)."""
+    batch = {
         "low": torch.tensor([s["low"] for s in samples], dtype=torch.float32),
         "high": torch.tensor([s["high"] for s in samples], dtype=torch.float32),
         "modality": [s["modality"] for s in samples],
         "source": [s.get("source", 0) for s in samples],  # [B] source indices
         "worker": samples[0].get("worker", 0),
         "skipped": max(s.get("skipped", 0) for s in samples),
+        "volumes": len({s.get("volume", i) for i, s in enumerate(samples)}),  # distinct volumes in the batch
+        "read_bytes": max(s.get("read_bytes", 0) for s in samples),  # the worker's shard bytes read so far
+        "reads": max(s.get("reads", 0) for s in samples),  # ... and samples read
     }
+    if stack:
+        regions = [s["region"] for s in samples]
+        dtype = regions[0].dtype
+        for r in regions[1:]:
+            dtype = torch.promote_types(dtype, r.dtype)
+        batch["region"] = torch.stack([r.to(dtype) for r in regions])
+    return batch
 
 
 class SkipCounter:
@@ -133,23 +153,30 @@ class SkipCounter:
 
 
 class RegionStream(IterableDataset):
-    """Infinite stream of regions (see `cut_regions`), `regions_per_volume` from each decoded volume."""
+    """Infinite stream of regions, each volume read serving `regions_per_volume` of them: from a pool of decoded
+    volumes (`data/pool.py`) in groups of `group` regions from distinct volumes when `pool_gib` > 0 (the rank's
+    budget, shared by its workers), else cut all at once from each volume and mixed by a shuffle buffer."""
 
     def __init__(self, shards: str | None, region_size, regions_per_volume: int = 4, foreground_prob: float = 0.67,
                  shuffle_buffer: int = 64, seed: int = 0, sources: list[dict] | None = None, resampled: bool = True,
-                 max_sample_mb: float = payload.MAX_SAMPLE_MB):
+                 max_sample_mb: float = payload.MAX_SAMPLE_MB, pool_gib: float = 0.0, pool_volumes: int = 48,
+                 group: int = 32):
         if regions_per_volume < 1:
             raise ValueError(f"data.regions_per_volume={regions_per_volume}: expected >= 1")
         if not max_sample_mb > 0:
             raise ValueError(f"data.max_sample_mb={max_sample_mb}: expected > 0")
-        self.max_sample_mb = max_sample_mb
         if not 0.0 <= foreground_prob <= 1.0:
             raise ValueError(f"data.foreground_prob={foreground_prob}: expected a probability in [0, 1]")
+        if pool_gib < 0 or pool_volumes < 1 or group < 1:
+            raise ValueError(f"data.pool_gib={pool_gib}, data.pool_volumes={pool_volumes}, group={group}: expected "
+                             ">= 0, >= 1, >= 1")
+        self.max_sample_mb = max_sample_mb
         self.sources = parse_sources(shards, sources)
         self.urls = [u for s in self.sources for u in s.urls]
         self.region_size = triple(region_size)
         self.regions_per_volume, self.foreground_prob = regions_per_volume, foreground_prob
         self.shuffle_buffer, self.seed, self.resampled = shuffle_buffer, seed, resampled
+        self.pool_gib, self.pool_volumes, self.group = pool_gib, pool_volumes, group
 
     @staticmethod
     def _rank_world() -> tuple[int, int]:
@@ -157,19 +184,28 @@ class RegionStream(IterableDataset):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
-    def _regions(self, samples: Iterator[tuple[int, dict]], rng: np.random.Generator, skips: SkipCounter,
-                 worker: int) -> Iterator[dict]:
+    def _volumes(self, samples: Iterator[tuple[int, dict]], skips: SkipCounter, counters: FeedCounters
+                 ) -> Iterator[Volume]:
+        """Loaded volumes; a damaged payload or metadata skips the sample, never the run. Every sample's bytes count
+        as read."""
         for source, sample in samples:
+            counters.read_bytes += sample_bytes(sample)
+            counters.reads += 1
             try:
-                regions = cut_regions(sample, self.region_size, self.regions_per_volume, self.foreground_prob, rng,
-                                      self.max_sample_mb)
-            except Exception as err:  # a damaged payload or metadata: skip the sample, never the run
+                volume = load_volume(sample, self.region_size, self.max_sample_mb, source)
+            except Exception as err:
                 skips.skip(RuntimeError(f"sample {sample.get('__key__')} of {sample.get('__url__')}: "
                                         f"{type(err).__name__}: {err}"))
                 continue
             skips.ok()
-            for r in regions:
-                yield {**r, "source": source, "worker": worker, "skipped": skips.count}
+            yield volume
+
+    def _records(self, pairs: Iterator[tuple[np.ndarray, Volume]], skips: SkipCounter, counters: FeedCounters,
+                 worker: int) -> Iterator[dict]:
+        for region, volume in pairs:
+            counters.regions += 1
+            yield {**region_record(region, volume), "worker": worker, "skipped": skips.count,
+                   "read_bytes": counters.read_bytes, "reads": counters.reads}
 
     def samples(self, worker: int, n_workers: int = 1, skips: SkipCounter | None = None
                 ) -> Iterator[tuple[int, dict]]:
@@ -183,14 +219,29 @@ class RegionStream(IterableDataset):
                    for i, s in enumerate(self.sources)]
         return mix(streams, [s.weight for s in self.sources], np.random.default_rng([self.seed, rank, worker, 1]))
 
-    def worker_stream(self, worker: int, n_workers: int = 1) -> Iterator[dict]:
-        """The infinite region stream of data worker `worker` (a loader process or thread) on this rank."""
+    def worker_stream(self, worker: int, n_workers: int = 1, counters: FeedCounters | None = None) -> Iterator[dict]:
+        """The infinite region stream of data worker `worker` (a loader process or thread) on this rank; `counters`
+        (optional) is updated as it goes."""
         rank, _ = self._rank_world()
         key = [self.seed, rank, worker]
-        skips = SkipCounter()
-        regions = self._regions(self.samples(worker, n_workers, skips), np.random.default_rng(key), skips, worker)
+        rng, skips, counters = np.random.default_rng(key), SkipCounter(), counters or FeedCounters()
+        volumes = self._volumes(self.samples(worker, n_workers, skips), skips, counters)
+        if self.pool_gib > 0:
+            pool = VolumePool(volumes, self.region_size, self.regions_per_volume, self.pool_gib * 2**30 / n_workers,
+                              self.pool_volumes, self.foreground_prob, rng, partial(self._pool_filled, worker))
+            return self._records((pair for group in pool.groups(self.group) for pair in group), skips, counters,
+                                 worker)
+        pairs = ((random_crop(v.array, v.points, self.region_size, self.foreground_prob, rng), v)
+                 for v in volumes for _ in range(self.regions_per_volume))
         shuffle = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, seed=str(key))
-        return iter(shuffle(regions))
+        return iter(shuffle(self._records(pairs, skips, counters, worker)))
+
+    def _pool_filled(self, worker: int, n: int, held_bytes: int) -> None:
+        log.info("voxfm: data worker %d holds %d decoded volumes (%.2f GiB)", worker, n, held_bytes / 2**30)
+        if n < self.group:
+            log.warning("voxfm: data worker %d's pool holds %d volumes, fewer than a batch (%d): a batch draws from "
+                        "at most %d distinct volumes; raise data.pool_gib (or data.pool_volumes)", worker, n,
+                        self.group, n)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -200,4 +251,4 @@ class RegionStream(IterableDataset):
 def region_loader(stream: RegionStream, batch_size: int, num_workers: int) -> DataLoader:
     return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_regions,
                       pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
-                      prefetch_factor=4 if num_workers > 0 else None)
+                      prefetch_factor=QUEUED_PER_WORKER if num_workers > 0 else None)

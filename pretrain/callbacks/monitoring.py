@@ -48,15 +48,20 @@ class ProgressBar(TQDMProgressBar):
 
 class DataStats(L.Callback):
     """Logs the damaged data skipped so far (`data/skipped_samples`, this rank), the realised share of regions per
-    modality (`data/modality/<CT|MR|PET>`) and, with several sources, per source (`data/mix/<name>`); prints the
-    skipped count at the end. Counts every step from the batch's Python bookkeeping (`collate_regions`: source,
-    modality, worker, skipped), logs at logging steps only."""
+    modality (`data/modality/<CT|MR|PET>`) and, with several sources, per source (`data/mix/<name>`), and the feed's
+    figures: shard bytes read per region (`data/shard_mb_per_region`), regions per volume read
+    (`data/regions_per_read`) and distinct volumes per batch (`data/distinct_volumes`, mean since the last logging
+    step); prints the skipped count at the end. Counts every step from the batch's Python bookkeeping
+    (`collate_regions`: source, modality, worker, skipped, volumes, read counters), logs at logging steps only."""
 
     def __init__(self, source_names: list[str]):
         self.names = source_names
         self.counts = [0] * len(source_names)
         self.modalities: dict[str, int] = {}
         self.skipped: dict[int, int] = {}
+        self.read: dict[int, tuple[int, int]] = {}  # worker → (shard bytes, samples) read so far
+        self.regions = 0
+        self.distinct: list[int] = []
 
     @property
     def total_skipped(self) -> int:
@@ -71,9 +76,19 @@ class DataStats(L.Callback):
             self.modalities[m] = self.modalities.get(m, 0) + 1
         worker = batch["worker"]
         self.skipped[worker] = max(self.skipped.get(worker, 0), batch["skipped"])
+        if "reads" in batch:
+            self.read[worker] = max(self.read.get(worker, (0, 0)), (batch["read_bytes"], batch["reads"]))
+            self.regions += len(batch["source"])
+            self.distinct.append(batch["volumes"])
         if not is_logging_step(trainer):
             return
         pl_module.log("data/skipped_samples", float(self.total_skipped), batch_size=1)
+        if self.distinct:
+            read_bytes, reads = (sum(v) for v in zip(*self.read.values()))
+            pl_module.log("data/shard_mb_per_region", read_bytes / self.regions / 1e6, batch_size=1)
+            pl_module.log("data/regions_per_read", self.regions / max(reads, 1), batch_size=1)
+            pl_module.log("data/distinct_volumes", sum(self.distinct) / len(self.distinct), batch_size=1)
+            self.distinct = []
         for m, count in self.modalities.items():
             pl_module.log(f"data/modality/{m}", count / sum(self.modalities.values()), batch_size=1)
         if len(self.names) > 1:

@@ -17,8 +17,9 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from data.loader import ThreadLoader
+from data.loader import QUEUED_PER_WORKER, ThreadLoader
 from data.locks import folder_lock
+from data.pool import memory_line
 from data.shards import describe_shard_set
 from data.stream import RegionStream, region_loader
 from pretrain.callbacks.checkpointing import ConfigInCheckpoint, FinalCheckpoint
@@ -194,7 +195,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     stream = RegionStream(cfg.data.shards, region_size, cfg.data.regions_per_volume, cfg.data.foreground_prob,
                           cfg.data.shuffle_buffer, seed=cfg.seed + resume_step,
                           sources=OmegaConf.to_container(cfg.data.sources) if cfg.data.sources else None,
-                          resampled=cfg.data.resampled, max_sample_mb=cfg.data.max_sample_mb)
+                          resampled=cfg.data.resampled, max_sample_mb=cfg.data.max_sample_mb,
+                          pool_gib=cfg.data.pool_gib, pool_volumes=cfg.data.pool_volumes, group=cfg.data.batch_size)
     universal = bool(resume and is_deepspeed_checkpoint(resume) and cfg.strategy.get("universal_checkpoint"))
     if universal:  # another world size can resume a DeepSpeed run through DeepSpeed's universal format
         resume = universal_checkpoint(resume, convert=launcher_rank() == 0)
@@ -211,6 +213,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
         elif cfg.init_from:
             print(f"voxfm: starting from {cfg.init_from} at step {resume_step} (its weights, a fresh optimiser)",
                   flush=True)
+        queued = (QUEUED_PER_WORKER + 1) * max(cfg.data.num_workers, 1) + 2  # data/loader.py: the pinned buffers
+        print("voxfm: " + memory_line(cfg.data.pool_gib, cfg.data.pool_volumes, cfg.data.regions_per_volume,
+                                      cfg.data.num_workers, cfg.data.batch_size, stream.region_size, queued,
+                                      cfg.data.max_sample_mb), flush=True)
         print(f"voxfm: {trainer.world_size} rank(s), global batch {global_batch} regions, peak lr {lr:.3g} "
               f"(optim.lr_scaling={cfg.optim.lr_scaling})", flush=True)
         log_event(run_dir, event="resume" if resume else "start", step=resume_step,
