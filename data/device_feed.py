@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from data.stream import collate_regions
+from data.stream import batch_dtype, batch_shape, collate_regions, stack_into
 
 
 class PinnedBuffers:
@@ -55,16 +55,12 @@ class PinnedBuffers:
 def collate_into(samples: list[dict], buffers: PinnedBuffers, stop: threading.Event | None = None) -> dict | None:
     """`collate_regions`, with the regions stacked straight into a buffer from `buffers` (one copy, already pinned);
     the batch carries that buffer as "_buffer" for `DeviceFeed` to return. None when stopped while waiting."""
-    dtype = samples[0]["region"].dtype
-    for s in samples[1:]:
-        dtype = torch.promote_types(dtype, s["region"].dtype)
-    shape = (len(samples), *samples[0]["region"].shape)
+    dtype, shape = batch_dtype(samples), batch_shape(samples)
     nbytes = torch.Size(shape).numel() * dtype.itemsize
     buffer = buffers.take(nbytes, stop)
     if buffer is None:
         return None
-    region = buffer.view(dtype).view(shape)
-    torch.stack([s["region"].to(dtype) for s in samples], out=region)
+    region = stack_into(samples, buffer.view(dtype).view(shape))
     batch = collate_regions(samples, stack=False)
     if buffers.pin:  # [B] floats: through the caching host allocator, so a copy from them never waits on the host
         batch["low"], batch["high"] = batch["low"].pin_memory(), batch["high"].pin_memory()

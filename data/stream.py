@@ -124,12 +124,31 @@ def collate_regions(samples: list[dict], stack: bool = True) -> dict:
         "reads": max(s.get("reads", 0) for s in samples),  # ... and samples read
     }
     if stack:
-        regions = [s["region"] for s in samples]
-        dtype = regions[0].dtype
-        for r in regions[1:]:
-            dtype = torch.promote_types(dtype, r.dtype)
-        batch["region"] = torch.stack([r.to(dtype) for r in regions])
+        dtype = batch_dtype(samples)
+        batch["region"] = stack_into(samples, torch.empty(batch_shape(samples), dtype=dtype))
     return batch
+
+
+def batch_dtype(samples: list[dict]) -> torch.dtype:
+    """The widest of the regions' dtypes (int16 CT beside float32 MR: float32)."""
+    dtype = samples[0]["region"].dtype
+    for s in samples[1:]:
+        dtype = torch.promote_types(dtype, s["region"].dtype)
+    return dtype
+
+
+def batch_shape(samples: list[dict]) -> tuple[int, ...]:
+    return (len(samples), *samples[0]["region"].shape)
+
+
+def stack_into(samples: list[dict], out: torch.Tensor) -> torch.Tensor:
+    """The regions (strided views of their volumes) copied into `out` [B, 1, X, Y, Z] by numpy: on one core 2.5x
+    faster than torch's strided int16 copy (0.9 vs 2.3 ms per 96³ region, BENCHMARKS.md), and it never starts
+    torch's intra-op threads in a data worker."""
+    target = out.numpy()
+    for i, s in enumerate(samples):
+        np.copyto(target[i], s["region"].numpy(), casting="same_kind")
+    return out
 
 
 class SkipCounter:
