@@ -71,5 +71,6 @@ def decode(frame: bytes, shape=None, max_mb: float = MAX_SAMPLE_MB) -> np.ndarra
     if nbytes != schunk.nbytes:
         raise ValueError(f"payload: {list(stored)} {dtype} needs {nbytes} bytes but the frame holds {schunk.nbytes}")
     out = np.empty(tuple(stored), dtype=dtype)
+    schunk.dparams = blosc2.DParams(nthreads=1)  # one core per data worker: the workers are the parallelism
     schunk.get_slice(out=out)
     return out

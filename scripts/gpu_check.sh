@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # GPU check: everything that needs the accelerator, in one call, results under $OUT, a table last.
-#   OUT=<dir> bash scripts/gpu_check.sh             # on the GPU: mae_vit_b bf16 200 steps + resume, bench model
+#   OUT=<dir> bash scripts/gpu_check.sh             # on the GPU: mae_vit_b bf16 200 steps + resume, bench model/loop
 #   OUT=<dir> TINY=1 bash scripts/gpu_check.sh      # rehearsal on CPU: demo twins, a few steps, tiny shapes
 #   BUDGET=<s>                                      # stop starting steps after this many seconds (default: none)
 # Installs nothing: run it where `voxfm` is importable (python -m pretrain); scripts/gpu_lease.sh installs the
 # wheels on the lent machine first. Steps run most important first, each under the time left: the batch-1024
 # ViT-B MAE step (eager and compiled beside MONAI, with a kernel profile), the SDPA backend microbenchmark, the
-# rest of the workloads in README's Design section, pretraining + resume, then DeepSpeed ZeRO-2/3, torch.compile,
+# rest of the workloads in README's Design section, pretrain's loop beside its bare step and an in-memory feed
+# (bench loop, once the phantoms are sharded), pretraining + resume, then DeepSpeed ZeRO-2/3, torch.compile,
 # a fine-tune (pretrained vs scratch), the other bench models and the data bench. steps.txt says how each step ended.
 set -uo pipefail
 OUT=${OUT:?set OUT to a writable folder}
@@ -21,6 +22,7 @@ if [ "${TINY:-0}" = 1 ]; then
   LARGE=("demo:data.batch_size=2 profile=10 compile=true")  # inductor on CPU: tens of seconds, so only here
   BENCH_ARGS=(warmup=1 steps=2 compile=false)
   ATTENTION_ARGS=(warmup=1 steps=3)                     # CPU: shapes scaled down (conf/bench/attention.yaml)
+  LOOP=("demo" "demo_mim"); LOOP_ARGS=(warmup=2 steps=10)
 else
   EXP=(experiment=mae_vit_b data.num_workers=12); STEPS=200; MORE=220; VSTEPS=60; N=32; SHAPE=160
   FT_PRE=(experiment=mim_resenc_l data.num_workers=12); FT=(experiment=finetune_resenc); FT_STEPS=50
@@ -33,6 +35,8 @@ else
          "mim_resenc_l:data.crop_size=[128,128,128] data.batch_size=4")
   BENCH_ARGS=(warmup=3 steps=10)
   ATTENTION_ARGS=()
+  # the experiments' own batch and 12 data workers; warm-up past compilation and the first logging step's graph
+  LOOP=("mae_vit_b" "mim_resenc_l"); LOOP_ARGS=(warmup=10 steps=30)
 fi
 
 # T NEED NAME CMD...: CMD under the time left, output to $OUT/NAME.txt, its ending to steps.txt;
@@ -78,6 +82,11 @@ bench "${LARGE[0]}"
 T 40 bench_attention "$PY" -m pretrain bench attention "${ATTENTION_ARGS[@]}"  # the SDPA backend per shape
 bench "${LARGE[@]:1}"
 wait $sharding || { echo "sharding the phantoms failed: see shard.txt"; "$PY" "$(dirname "$0")/gpu_table.py" "$OUT"; exit 1; }
+
+# pretrain's loop with the real loader on the phantoms, beside its bare step and an in-memory feed
+for exp in "${LOOP[@]}"; do
+  T 90 "bench_loop_$exp" "$PY" -m pretrain bench loop experiment="$exp" shards="$WORK/shards" "${LOOP_ARGS[@]}"
+done
 
 # pretraining and its resume
 pretrain_run() { T "$1" "$2" "$PY" -m pretrain pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run" \

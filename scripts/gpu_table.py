@@ -81,6 +81,26 @@ def attention(out: Path) -> tuple[dict, dict | None]:
     return table, result
 
 
+def loops(out: Path) -> tuple[dict, list]:
+    """`voxfm bench loop` per experiment: the three rates, loop / bare, the feed's wait and reads, host memory."""
+    table, results = {}, []
+    for path in sorted(out.glob("bench_loop_*.txt")):
+        name = path.stem.removeprefix("bench_loop_")
+        lines = [line for line in path.open() if line.startswith("{")]
+        if not lines:
+            table[f"loop {name}"] = f"did not finish (see {path.name}, steps.txt)"
+            continue
+        r = json.loads(lines[0])
+        results.append(r)
+        b, loop, s = r["bare"], r["loop"], r["synthetic"]
+        table[f"loop {name} (samples/s)"] = (f"bare {b['samples_per_s']} | loop {loop['samples_per_s']} | in-memory "
+                                             f"feed {s['samples_per_s']} | loop / bare x{r['loop_vs_bare']}")
+        table[f"loop {name} (feed)"] = (f"data wait {loop['data_wait']:.1%}, {loop['shard_gb_per_s']} shard GB/s, "
+                                        f"{loop['regions_per_read']} regions/read, host peak {loop['host_peak_gib']} "
+                                        f"GiB (in-memory feed {s['host_peak_gib']} GiB)")
+    return table, results
+
+
 def variants(out: Path) -> dict:
     table = {}
     for path in sorted(out.glob("metrics_*.csv")):
@@ -109,12 +129,14 @@ def main(out: Path) -> None:
     table.update(bench_table)
     attention_table, attention_result = attention(out)
     table.update(attention_table)
+    loop_table, loop_results = loops(out)
+    table.update(loop_table)
     table.update(variants(out))
     table.update(finetune(out))
     if (out / "steps.txt").exists():
         table["steps"] = "; ".join(line.strip() for line in (out / "steps.txt").open())
     (out / "gpu_check.json").write_text(json.dumps({"table": table, "benches": bench_results,
-                                                     "attention": attention_result}, indent=1))
+                                                     "attention": attention_result, "loops": loop_results}, indent=1))
     print("\n".join(f"{k:<44} {v}" for k, v in table.items()))
 
 

@@ -28,8 +28,8 @@ from pretrain.training.run import build_module
 COLUMNS = ("eager", "compiled")
 
 
-def _sig(x: float, digits: int = 4) -> float:
-    """Rounded to `digits` significant digits: CPU twins run at thousandths of a TFLOP/s."""
+def significant(x: float, digits: int = 4) -> float:
+    """Rounded to `digits` significant digits: CPU twins run at thousandths of a TFLOP/s, a few samples/s."""
     return float(f"{x:.{digits}g}")
 
 
@@ -51,14 +51,16 @@ def _regions(cfg, module, device: torch.device) -> dict:
             "high": torch.full((b,), 1000.0, device=device), "modality": ["CT"] * b}
 
 
-def voxfm_step(cfg, device: torch.device, autocast, compiled: bool):
-    """→ (step, views-only call, views per step, module) with `trainer.compile=compiled`. Each call is a new
-    training step (its own generator, as in training) and not a logging step."""
+def voxfm_step(cfg, device: torch.device, autocast, compiled: bool, batch: dict | None = None):
+    """→ (step, views-only call, views per step, module) with `trainer.compile=compiled`, on `batch` (a collated
+    batch of regions, moved to the device once) or a synthetic one. Each call is a new training step (its own
+    generator, as in training) and not a logging step."""
     cfg = copy.deepcopy(cfg)
     OmegaConf.update(cfg, "trainer.compile", compiled)
     module = build_module(cfg).to(device)
     optimizer = module.configure_optimizers()["optimizer"]
-    regions = _regions(cfg, module, device)
+    regions = _regions(cfg, module, device) if batch is None else \
+        {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     counter = iter(range(1 << 62))
 
     def views():
@@ -89,8 +91,9 @@ def _measure(step, views: int, device: torch.device, warmup: int, steps: int, ce
     seconds = time_call(step, device, warmup=1, steps=steps)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     tflops = flops / seconds / 1e12
-    return {"samples_per_s": _sig(views / seconds), "step_ms": _sig(seconds * 1e3),
-            "gflop_per_step": _sig(flops / 1e9), "tflop_per_s": _sig(tflops), "mfu": _sig(tflops / ceiling),
+    return {"samples_per_s": significant(views / seconds), "step_ms": significant(seconds * 1e3),
+            "gflop_per_step": significant(flops / 1e9), "tflop_per_s": significant(tflops),
+            "mfu": significant(tflops / ceiling),
             "peak_gib": None if peak is None else round(peak, 2)}
 
 
@@ -161,7 +164,7 @@ def bench_model(cfg, warmup: int = 2, steps: int = 5, profile: int = 0, compiled
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": "bf16-mixed" if device.type == "cuda" else "fp32", "timer": timer_name(device),
         "warmup": warmup, "steps": steps,
-        "matmul_ceiling_tflop_per_s": _sig(ceiling, 3), "views_per_step": views,
+        "matmul_ceiling_tflop_per_s": significant(ceiling, 3), "views_per_step": views,
         "crop": list(cfg.data.crop_size), **rows,
         "reference": {"name": ref_name, "note": note, "out_of_memory": theirs is None, **(theirs or {})},
         "compiled_vs_eager": _ratio(rows["compiled"], rows["eager"], "samples_per_s"),

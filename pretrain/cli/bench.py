@@ -1,26 +1,21 @@
-"""`voxfm bench data|model|ingest|attention`: each bench composes `conf/bench/<name>.yaml`, checked against its
+"""`voxfm bench data|model|loop|ingest|attention`: each bench composes `conf/bench/<name>.yaml`, checked against its
 schema (`pretrain.config.commands`) before the bench module (and torch) is imported."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 
 from omegaconf import DictConfig
 
-from pretrain.cli.compose import compose_config, composed_or_shown, resolved
-from pretrain.config.commands import BenchModelSchema, validate_command
+from pretrain.cli.compose import checked_config, compose_config
+from pretrain.config.commands import BenchLoopSchema, BenchModelSchema
 from pretrain.errors import ConfigError
 
-BENCH_MODEL_KEYS = tuple(f.name for f in dataclasses.fields(BenchModelSchema))  # the rest shape the experiment
-
-
-def checked(name: str, overrides: list[str]) -> DictConfig | None:
-    """`conf/<name>.yaml` composed and validated; None after `--cfg` printed it."""
-    cfg = composed_or_shown(name, overrides)
-    if cfg is not None:
-        validate_command(name, resolved(cfg))
-    return cfg
+# the keys of conf/bench/<name>.yaml; the other overrides shape the experiment
+BENCH_MODEL_KEYS = tuple(f.name for f in dataclasses.fields(BenchModelSchema))
+BENCH_LOOP_KEYS = tuple(f.name for f in dataclasses.fields(BenchLoopSchema))
 
 
 def experiment_of(overrides: list[str]) -> tuple[str | None, list[str]]:
@@ -29,8 +24,19 @@ def experiment_of(overrides: list[str]) -> tuple[str | None, list[str]]:
     return (named[-1] if named else None), [o for o in overrides if not o.startswith("experiment=")]
 
 
+def checked_bench(name: str, keys: tuple[str, ...], overrides: list[str]
+                  ) -> tuple[str, DictConfig | None, list[str]]:
+    """→ (experiment, `conf/<name>.yaml` checked with the overrides of its `keys` (None after `--cfg` printed it),
+    the other overrides, `experiment=` included): for the benches that run an experiment."""
+    experiment, _ = experiment_of(overrides)
+    if experiment is None:
+        raise ConfigError("missing required setting(s): experiment=... (e.g. experiment=demo)")
+    cfg = checked_config(name, [o for o in overrides if o.split("=", 1)[0] in (*keys, "--cfg")])
+    return experiment, cfg, [o for o in overrides if o.split("=", 1)[0] not in keys]
+
+
 def bench_ingest(overrides: list[str]) -> None:
-    cfg = checked("bench/ingest", overrides)
+    cfg = checked_config("bench/ingest", overrides)
     if cfg is None:
         return
     from pretrain.bench.ingest import bench_ingest, format_ingest_bench
@@ -44,7 +50,7 @@ def bench_data(overrides: list[str]) -> None:
     """`experiment=<name>` (optional) takes the region size and regions per volume from that experiment; the other
     overrides go to conf/bench/data.yaml."""
     experiment, overrides = experiment_of(overrides)
-    cfg = checked("bench/data", overrides)
+    cfg = checked_config("bench/data", overrides)
     if cfg is None:
         return
     region_size, per_volume = list(cfg.region_size), cfg.regions_per_volume
@@ -64,13 +70,9 @@ def bench_data(overrides: list[str]) -> None:
 def bench_model(overrides: list[str]) -> None:
     """`warmup`/`steps`/`profile`/`compile` go to conf/bench/model.yaml; `experiment=` and every other override
     shape the experiment's pretrain config."""
-    experiment, _ = experiment_of(overrides)
-    if experiment is None:
-        raise ConfigError("missing required setting(s): experiment=... (e.g. experiment=demo)")
-    cfg = checked("bench/model", [o for o in overrides if o.split("=", 1)[0] in (*BENCH_MODEL_KEYS, "--cfg")])
+    experiment, cfg, rest = checked_bench("bench/model", BENCH_MODEL_KEYS, overrides)
     if cfg is None:
         return
-    rest = [o for o in overrides if o.split("=", 1)[0] not in BENCH_MODEL_KEYS]
     pretrain = compose_config("pretrain", ["data.shards=unused", "run_dir=unused", *rest])
     from pretrain.bench.model import bench_model, format_model_bench
 
@@ -82,8 +84,28 @@ def bench_model(overrides: list[str]) -> None:
         print(table)
 
 
+def bench_loop(overrides: list[str]) -> None:
+    """`shards`/`warmup`/`steps` go to conf/bench/loop.yaml; `experiment=` and every other override shape the
+    experiment's pretrain config, checked as `voxfm pretrain` checks it (one device, no progress bar unless asked,
+    a scratch run_dir)."""
+    experiment, cfg, rest = checked_bench("bench/loop", BENCH_LOOP_KEYS, overrides)
+    if cfg is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="voxfm-bench-loop-") as run_dir:
+        pretrain = checked_config("pretrain", ["trainer.progress_bar=false", *rest, f"data.shards={cfg.shards}",
+                                               f"run_dir={run_dir}", "trainer.devices=1", "trainer.num_nodes=1"])
+        if pretrain.trainer.max_steps < cfg.warmup + cfg.steps:
+            raise ConfigError(f"trainer.max_steps={pretrain.trainer.max_steps}: the bench runs warmup + steps = "
+                              f"{cfg.warmup + cfg.steps} steps; raise trainer.max_steps or lower steps")
+        from pretrain.bench.loop import bench_loop, format_loop_bench
+
+        result = bench_loop(pretrain, cfg.warmup, cfg.steps)
+    print(json.dumps({"experiment": experiment, **result}))
+    print(format_loop_bench(result, experiment))
+
+
 def bench_attention(overrides: list[str]) -> None:
-    cfg = checked("bench/attention", overrides)
+    cfg = checked_config("bench/attention", overrides)
     if cfg is None:
         return
     from pretrain.bench.attention import bench_attention, format_attention_bench
@@ -93,4 +115,5 @@ def bench_attention(overrides: list[str]) -> None:
     print(format_attention_bench(result))
 
 
-BENCHES = {"data": bench_data, "model": bench_model, "ingest": bench_ingest, "attention": bench_attention}
+BENCHES = {"data": bench_data, "model": bench_model, "loop": bench_loop, "ingest": bench_ingest,
+           "attention": bench_attention}

@@ -1,6 +1,7 @@
 """Composing Hydra configs from `conf/` without Hydra's working-directory and logging side effects; a config
 that does not compose (an unknown key or option, a bad override, an unresolvable interpolation) is a
-`ConfigError` naming the key, with a "did you mean" where a close key exists."""
+`ConfigError` naming the key, with a "did you mean" where a close key exists; `checked_config`, the one check
+every command and bench runs on its composed config before torch is imported."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from pretrain.config.packages import check_packages
 from pretrain.config.renamed import TARGETS, notice, renamed_override
 from pretrain.errors import ConfigError
 
@@ -93,6 +95,31 @@ def resolved(cfg: DictConfig) -> dict:
         return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
         raise ConfigError(str(err).splitlines()[0]) from None
+
+
+def checked_config(command: str, overrides: list[str]) -> DictConfig | None:
+    """The composed config of `command` (`conf/<command>.yaml`, e.g. "pretrain" or "bench/model"), checked against
+    its schema; None after `--cfg` printed it."""
+    cfg = composed_or_shown(command, overrides)
+    if cfg is None:
+        return None
+    if command != "pretrain":
+        from pretrain.config.commands import validate_command
+
+        plain = resolved(cfg)
+        validate_command(command, plain)
+        if command == "finetune" and plain["backbone"] == "none":  # with an export, its file says the network
+            check_packages({"model": plain["model"]})
+        return cfg
+    missing = missing_keys(cfg)
+    if missing:
+        raise ConfigError("missing required setting(s): " + ", ".join(f"{k}=..." for k in missing))
+    from pretrain.config.schema import validate_pretrain
+
+    plain = resolved(cfg)
+    check_packages(plain)  # first: a quick read of source files, while the shard-set check loads webdataset
+    validate_pretrain(plain)  # once per `voxfm pretrain`: run_pretrain is told so
+    return cfg
 
 
 def _explain(err: HydraException, name: str, overrides: list[str]) -> str:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from omegaconf import DictConfig
-
 from pretrain.cli.bench import BENCHES
-from pretrain.cli.compose import CONF_DIR, composed_or_shown, missing_keys, resolved
+from pretrain.cli.compose import CONF_DIR, checked_config
 from pretrain.cli.programs import PROGRAMS
-from pretrain.config.packages import check_packages, from_import_error
+from pretrain.config.packages import from_import_error
 from pretrain.errors import ConfigError, exit_code
 
 USAGE = """usage: voxfm <command> [key=value ...]
@@ -30,6 +28,9 @@ commands:
                                                      backbone.safetensors + backbone.json for MONAI
   bench     data shards=<dir> [experiment=<name>]      decode MB/s of shards vs nibabel, regions/s per worker
   bench     model experiment=<name> [steps=N]          voxfm's training step, eager and compiled, vs MONAI's
+  bench     loop experiment=<name> shards=<dir> [steps=N]
+                                                     that step bare, in pretrain's loop on the shards, and fed
+                                                     from memory: samples/s, data wait, shard GB/s, host RSS
   bench     attention [scale=F]                        SDPA forward + backward per backend at the ViT shapes
   bench     ingest input=<dir|manifest.csv>            voxfm shard's per-volume work vs MONAI's load/orient/resample
 
@@ -42,30 +43,6 @@ def _usage() -> str:
     experiments = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
     experiments += sorted(p.stem for p in (CONF_DIR / "finetune_experiment").glob("*.yaml"))
     return USAGE.format(experiments=", ".join(experiments))
-
-
-def checked_config(command: str, overrides: list[str]) -> DictConfig | None:
-    """The composed config of `command`, checked; None after `--cfg` printed it."""
-    cfg = composed_or_shown(command, overrides)
-    if cfg is None:
-        return None
-    if command != "pretrain":
-        from pretrain.config.commands import validate_command
-
-        plain = resolved(cfg)
-        validate_command(command, plain)
-        if command == "finetune" and plain["backbone"] == "none":  # with an export, its file says the network
-            check_packages({"model": plain["model"]})
-        return cfg
-    missing = missing_keys(cfg)
-    if missing:
-        raise ConfigError("missing required setting(s): " + ", ".join(f"{k}=..." for k in missing))
-    from pretrain.config.schema import validate_pretrain
-
-    plain = resolved(cfg)
-    check_packages(plain)  # first: a quick read of source files, while the shard-set check loads webdataset
-    validate_pretrain(plain)  # once per `voxfm pretrain`: run_pretrain is told so
-    return cfg
 
 
 def run(command: str, overrides: list[str]) -> None:
@@ -91,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code(ConfigError())[0]
     if command == "bench" and (not overrides or overrides[0] not in BENCHES):
         print(f"voxfm bench: say what to benchmark, one of {list(BENCHES)}: `voxfm bench data shards=<dir>`, "
-              "`voxfm bench model experiment=<name>`, `voxfm bench ingest input=<dir>` or "
-              "`voxfm bench attention`", file=sys.stderr)
+              "`voxfm bench model experiment=<name>`, `voxfm bench loop experiment=<name> shards=<dir>`, "
+              "`voxfm bench ingest input=<dir>` or `voxfm bench attention`", file=sys.stderr)
         return exit_code(ConfigError())[0]
     try:
         run(command, overrides)

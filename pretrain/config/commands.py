@@ -1,4 +1,4 @@
-"""Typed schemas of `voxfm shard`, `inspect`, `export`, `finetune` and the four benches, checked like pretrain's.
+"""Typed schemas of `voxfm shard`, `inspect`, `export`, `finetune` and the five benches, checked like pretrain's.
 
 The defaults live in `conf/<command>.yaml` (and `conf/bench/*.yaml`); these dataclasses state each key's type and
 bounds only. `validate_command` runs on the composed config before torch, Lightning or a data library is
@@ -141,6 +141,13 @@ class BenchModelSchema:
 
 
 @dataclass
+class BenchLoopSchema:
+    shards: str
+    warmup: int = field(**bounded(ge=1))
+    steps: int = field(**bounded(ge=1))
+
+
+@dataclass
 class BenchAttentionSchema:
     shapes: dict  # name: [batch, heads, tokens, head_dim], checked by the bench
     warmup: int = field(**bounded(ge=0))
@@ -152,7 +159,7 @@ class BenchAttentionSchema:
 SCHEMAS: dict[str, type] = {
     "shard": ShardSchema, "inspect": InspectSchema, "export": ExportSchema, "finetune": FinetuneSchema,
     "bench/data": BenchDataSchema, "bench/ingest": BenchIngestSchema, "bench/model": BenchModelSchema,
-    "bench/attention": BenchAttentionSchema,
+    "bench/loop": BenchLoopSchema, "bench/attention": BenchAttentionSchema,
 }
 
 

@@ -154,6 +154,14 @@ def write_config(run_dir: Path, cfg: DictConfig) -> None:
     os.replace(tmp, path)
 
 
+def build_stream(data: DictConfig, region_size, seed: int) -> RegionStream:
+    """The region stream `data` describes; `seed` already includes the resume step."""
+    return RegionStream(data.shards, region_size, data.regions_per_volume, data.foreground_prob, data.shuffle_buffer,
+                        seed=seed, sources=OmegaConf.to_container(data.sources) if data.sources else None,
+                        resampled=data.resampled, max_sample_mb=data.max_sample_mb, pool_gib=data.pool_gib,
+                        pool_volumes=data.pool_volumes, group=data.batch_size)
+
+
 def build_loader(stream: RegionStream, data: DictConfig):
     if data.loader == "thread":
         return ThreadLoader(stream, data.batch_size, data.num_workers)
@@ -192,11 +200,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
         L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
     # A resumed run draws fresh regions (seeded by the resume step) rather than replaying the first ones.
     region_size = cfg.data.region_size or module.view_pipeline.region_size_needed()
-    stream = RegionStream(cfg.data.shards, region_size, cfg.data.regions_per_volume, cfg.data.foreground_prob,
-                          cfg.data.shuffle_buffer, seed=cfg.seed + resume_step,
-                          sources=OmegaConf.to_container(cfg.data.sources) if cfg.data.sources else None,
-                          resampled=cfg.data.resampled, max_sample_mb=cfg.data.max_sample_mb,
-                          pool_gib=cfg.data.pool_gib, pool_volumes=cfg.data.pool_volumes, group=cfg.data.batch_size)
+    stream = build_stream(cfg.data, region_size, seed=cfg.seed + resume_step)
     universal = bool(resume and is_deepspeed_checkpoint(resume) and cfg.strategy.get("universal_checkpoint"))
     if universal:  # another world size can resume a DeepSpeed run through DeepSpeed's universal format
         resume = universal_checkpoint(resume, convert=launcher_rank() == 0)

@@ -32,6 +32,7 @@ BAD = [  # (argv, the key its one error line starts with)
     (["bench", "data", "shards=/s", "repeats=many"], "repeats='many'"),
     (["bench", "ingest", "input=/i", "max_volumes=0"], "max_volumes=0"),
     (["bench", "model", "experiment=demo", "steps=0"], "steps=0"),
+    (["bench", "loop", "experiment=demo", "shards=/s", "warmup=0"], "warmup=0: expected a value >= 1"),
     (["bench", "attention", "scale=2"], "scale=2: expected a value <= 1.0"),
     (["bench", "attention", "backends=[FLASH]"], "backends=['FLASH']"),
 ]
@@ -67,7 +68,7 @@ def test_missing_settings_share_the_line_and_a_close_value_or_key_is_suggested(c
 @pytest.mark.parametrize("name, overrides", [
     ("shard", []), ("inspect", []), ("export", []), ("finetune", []),
     *[("finetune", [f"finetune_experiment={e}"]) for e in ("demo_finetune", "finetune_resenc", "finetune_unetr")],
-    ("bench/data", []), ("bench/ingest", []), ("bench/model", []), ("bench/attention", []),
+    ("bench/data", []), ("bench/ingest", []), ("bench/model", []), ("bench/loop", []), ("bench/attention", []),
 ])
 def test_each_schema_declares_exactly_the_keys_of_its_yaml(name, overrides):
     cfg = resolved(load_config(name, overrides))

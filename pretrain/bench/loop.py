@@ -1,0 +1,266 @@
+"""`voxfm bench loop experiment=<name> shards=<dir>`: where a training step's time goes between the step itself,
+`voxfm pretrain`'s loop and its data feed, in one process, the same module build and the same batch throughout.
+
+- (a) bare: the module's step alone (device views, objective + backbone, backward, AdamW: `pretrain/bench/model.py`)
+  on one batch, moved to the device once, under the loop's autocast;
+- (b) loop: `voxfm pretrain`'s Lightning fit (`build_module`, `build_trainer`) fed by its real loader on the shards;
+- (c) synthetic: that fit fed the real loader's first batch forever, handed over as the loader hands batches over
+  (pinned, through `data/device_feed.py` on CUDA): no reads, no decoding.
+
+They run (b), (c), (a): (a) and (c) take (b)'s first batch and (a) the loop's precision plugin. (b)/(c) is what the
+feed costs, (c)/(a) what the loop adds to the step: Lightning's hooks, voxfm's callbacks and logging steps, the
+non-finite check, gradient clipping, the lr schedule, the hand-over to the device. Each runs `warmup` untimed steps
+(compilation, cuDNN's search and the first batch's FLOP count happen there), then `steps` timed ones in one
+interval: CUDA events on a GPU, perf_counter on CPU (`pretrain/bench/timing.py`). Samples are views, as in
+`voxfm bench model`. The fits stop after their timed steps, without a final checkpoint.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelSummary
+from omegaconf import DictConfig, OmegaConf
+
+from data.device_feed import DeviceFeed, PinnedBuffers
+from pretrain.bench.model import significant, voxfm_step
+from pretrain.bench.timing import time_call, timer_name
+from pretrain.callbacks.checkpointing import FinalCheckpoint
+from pretrain.training.module import PretrainModule
+from pretrain.training.run import build_loader, build_module, build_stream, build_trainer
+
+ROWS = ("bare", "loop", "synthetic")
+
+
+@dataclass
+class FeedMark:
+    """A feed's counters at one moment. reads: per data worker, the latest (shard bytes, volumes) read so far that
+    its batches reported."""
+    waited: float
+    regions: int
+    reads: dict[int, tuple[int, int]]
+
+
+class TimedFeed:
+    """The batches of `batches`, counted on their way to the loop: host seconds spent waiting in `next`, regions
+    delivered, and each data worker's cumulative shard reads (`read_bytes`, `reads`; host values, so counting them
+    reads no tensor). Keeps the first batch."""
+
+    def __init__(self, batches: Iterable[dict]):
+        self.batches, self.first, self._running = batches, None, None
+        self.waited, self.regions = 0.0, 0
+        self.first_reads: dict[int, tuple[int, int]] = {}  # per worker, its first report
+        self.reads: dict[int, tuple[int, int]] = {}  # per worker, its latest report
+
+    def __iter__(self) -> Iterator[dict]:
+        self._running = self._timed(iter(self.batches))
+        return self._running
+
+    def _timed(self, batches: Iterator[dict]) -> Iterator[dict]:
+        try:
+            while True:
+                start = time.perf_counter()
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                self.waited += time.perf_counter() - start
+                self._count(batch)
+                yield batch
+        finally:
+            getattr(batches, "close", lambda: None)()  # a ThreadLoader's batches stop its threads when closed
+
+    def _count(self, batch: dict) -> None:
+        if self.first is None:
+            self.first = dict(batch)
+        self.regions += batch["region"].shape[0]
+        if "read_bytes" in batch:
+            report = (batch["read_bytes"], batch.get("reads", 0))
+            self.first_reads.setdefault(batch.get("worker", 0), report)
+            self.reads[batch.get("worker", 0)] = report
+
+    def mark(self) -> FeedMark:
+        return FeedMark(self.waited, self.regions, dict(self.reads))
+
+    def close(self) -> None:
+        """Stops the loader behind it (its threads or processes) now rather than when collected."""
+        if self._running is not None:
+            self._running.close()
+
+
+def feed_figures(start: FeedMark, end: FeedMark, first_reads: dict[int, tuple[int, int]], host_s: float,
+                 seconds: float) -> dict:
+    """The feed between two marks: the share of host time spent waiting for the next batch, shard GB/s (all of
+    this process's workers: one GPU's) and regions delivered per volume read; a worker first heard from between the
+    marks counts from its first report. Without reports (a loader that does not count reads): None."""
+    figures = {"data_wait": round((end.waited - start.waited) / host_s, 3), "shard_gb_per_s": None,
+               "regions_per_read": None}
+    if end.reads:
+        base = {w: start.reads.get(w, first_reads[w]) for w in end.reads}
+        read_bytes = sum(end.reads[w][0] - base[w][0] for w in end.reads)
+        reads = sum(end.reads[w][1] - base[w][1] for w in end.reads)
+        figures["shard_gb_per_s"] = significant(read_bytes / 1e9 / seconds)
+        figures["regions_per_read"] = round((end.regions - start.regions) / reads, 1) if reads else None
+    return figures
+
+
+class StepWindow(L.Callback):
+    """Marks the end of batch `warmup` and of batch `warmup + steps` (a CUDA event on CUDA, the host clock, the
+    feed's counters), then stops the fit. Added last, so every other callback's work at a batch's end is inside."""
+
+    def __init__(self, feed: TimedFeed, warmup: int, steps: int):
+        self.feed, self.ends, self.batches, self.marks = feed, (warmup, warmup + steps), 0, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batches += 1
+        if self.batches in self.ends:
+            event = torch.cuda.Event(enable_timing=True) if pl_module.device.type == "cuda" else None
+            if event is not None:
+                event.record()
+            self.marks.append((event, time.perf_counter(), self.feed.mark()))
+        if self.batches == self.ends[1]:
+            trainer.should_stop = True
+
+    def figures(self, views: int) -> dict:
+        """samples/s and step ms of the timed steps (device time), and the feed's figures over them."""
+        if len(self.marks) < 2:
+            raise RuntimeError(f"the fit ended after {self.batches} batches, before warmup + steps = {self.ends[1]}")
+        (first, host0, mark0), (last, host1, mark1) = self.marks
+        host = host1 - host0
+        if first is not None:
+            last.synchronize()
+        seconds = host if first is None else first.elapsed_time(last) / 1e3
+        steps = self.ends[1] - self.ends[0]
+        return {"samples_per_s": significant(views * steps / seconds), "step_ms": significant(seconds / steps * 1e3),
+                **feed_figures(mark0, mark1, self.feed.first_reads, host, seconds)}
+
+
+def reset_peak_rss() -> bool:
+    """Restarts the kernel's record of this process's peak resident set (Linux, /proc/self/clear_refs); False where
+    that is not allowed, and peaks then run from the process's start."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident set since the last reset (VmHWM; `getrusage` where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            return round(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20, 2)
+    except (OSError, StopIteration):
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB on Linux
+
+
+def real_batches(cfg: DictConfig, module: PretrainModule) -> Iterable[dict]:
+    """`voxfm pretrain`'s loader on `cfg.data`, its stream built as `pretrain.training.run._train` builds it."""
+    region_size = cfg.data.region_size or module.view_pipeline.region_size_needed()
+    return build_loader(build_stream(cfg.data, region_size, seed=cfg.seed), cfg.data)
+
+
+def repeated(batch: dict) -> Iterable[dict]:
+    """`batch` (the real loader's first) forever, handed over as that loader hands batches over: on the host, or,
+    where it delivered device batches (`data.loader=thread` on CUDA), pinned and copied one batch ahead through the
+    same `DeviceFeed`."""
+    if batch["region"].device.type != "cuda":
+        return _forever(batch)
+    host = {k: v.cpu().pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return DeviceFeed(_forever(host), PinnedBuffers(1), batch["region"].device)
+
+
+def _forever(batch: dict) -> Iterator[dict]:
+    while True:
+        yield dict(batch)
+
+
+def fit(cfg: DictConfig, run_dir: Path, batches: Callable[[PretrainModule], Iterable[dict]], warmup: int,
+        steps: int) -> tuple[dict, TimedFeed, L.Trainer]:
+    """One `voxfm pretrain` fit fed by `batches(module)`, stopped after `warmup + steps` batches → (its row, the
+    feed, the trainer)."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = build_module(cfg)
+    feed = TimedFeed(batches(module))
+    trainer = build_trainer(cfg, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    # neither is part of a step: the summary prints before the JSON line, the final checkpoint saves after the steps
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, (FinalCheckpoint, ModelSummary))]
+    window = StepWindow(feed, warmup, steps)
+    trainer.callbacks.append(window)
+    reset_peak_rss()
+    try:
+        trainer.fit(module, train_dataloaders=feed)
+    finally:
+        feed.close()
+    row = {**window.figures(cfg.data.batch_size * module.view_pipeline.n_views), "host_peak_gib": peak_rss_gib()}
+    return row, feed, trainer
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()  # a compiled module holds itself through its compiled functions: freed only by the collector
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def bench_loop(cfg: DictConfig, warmup: int = 5, steps: int = 20) -> dict:
+    """cfg: a `voxfm pretrain` config (one device; `run_dir` a scratch folder) → the figures of the three rows."""
+    run_dir = Path(cfg.run_dir)
+    loop, feed, trainer = fit(cfg, run_dir / "loop", lambda module: real_batches(cfg, module), warmup, steps)
+    batch, device, plugin = feed.first, trainer.strategy.root_device, trainer.precision_plugin
+    precision = str(trainer.precision)
+    del feed, trainer
+    _free(device)
+    synthetic, _, trainer = fit(cfg, run_dir / "synthetic", lambda _: repeated(batch), warmup, steps)
+    del trainer
+    _free(device)
+    per_row = reset_peak_rss()
+    step, _, views, _ = voxfm_step(cfg, device, plugin.forward_context, bool(cfg.trainer.compile), batch)
+    seconds = time_call(step, device, warmup=warmup, steps=steps)
+    bare = {"samples_per_s": significant(views / seconds), "step_ms": significant(seconds * 1e3), "data_wait": None,
+            "shard_gb_per_s": None, "regions_per_read": None, "host_peak_gib": peak_rss_gib()}
+    rows = {"bare": bare, "loop": loop, "synthetic": synthetic}
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "precision": precision,
+        "timer": timer_name(device), "warmup": warmup, "steps": steps, "views_per_step": views,
+        "batch_size": cfg.data.batch_size, "crop": list(cfg.data.crop_size), "compile": bool(cfg.trainer.compile),
+        "loader": cfg.data.loader, "workers": cfg.data.num_workers, "peak_rss_per_row": per_row, **rows,
+        "loop_vs_bare": round(loop["samples_per_s"] / bare["samples_per_s"], 2),
+        "loop_vs_synthetic": round(loop["samples_per_s"] / synthetic["samples_per_s"], 2),
+        "synthetic_vs_bare": round(synthetic["samples_per_s"] / bare["samples_per_s"], 2),
+    }
+
+
+def _cell(value, width: int, pattern: str = "") -> str:
+    return f"{'-' if value is None else format(value, pattern):>{width}}"
+
+
+def format_loop_bench(result: dict, experiment: str) -> str:
+    names = {"bare": "(a) bare step, one device batch", "loop": "(b) pretrain loop, real loader",
+             "synthetic": "(c) pretrain loop, in-memory batch"}
+    head = (f"{experiment}: {result['batch_size']} regions → {result['views_per_step']} views of {result['crop']} per "
+            f"step, {result['device']}, {result['precision']}, compile={str(result['compile']).lower()}, "
+            f"data.loader={result['loader']} x {result['workers']}; {result['timer']}, {result['steps']} steps after "
+            f"{result['warmup']} warm-up")
+    lines = [head, f"  {'':<38}{'samples/s':>11}{'step ms':>9}{'vs bare':>9}{'data wait':>11}{'shard GB/s':>12}"
+                   f"{'regions/read':>14}{'host peak GiB':>15}"]
+    for name in ROWS:
+        row = result[name]
+        vs = round(row["samples_per_s"] / result["bare"]["samples_per_s"], 2)
+        lines.append(f"  {names[name]:<38}{row['samples_per_s']:>11}{row['step_ms']:>9}{vs:>9}"
+                     f"{_cell(row['data_wait'], 11, '.1%')}{_cell(row['shard_gb_per_s'], 12)}"
+                     f"{_cell(row['regions_per_read'], 14)}{row['host_peak_gib']:>15}")
+    lines += [f"  loop / bare: {result['loop_vs_bare']}x samples/s = the feed (b)/(c) {result['loop_vs_synthetic']}x "
+              f"x the loop around the step (c)/(a) {result['synthetic_vs_bare']}x",
+              "  data wait: host time blocked on the next batch / host time of the timed steps",
+              "  shard GB/s: bytes read by this process's data workers (one GPU's) / the timed seconds",
+              "  host peak GiB: peak resident set during each row" if result["peak_rss_per_row"] else
+              "  host peak GiB: the process's peak resident set so far (it cannot be reset here)"]
+    return "\n".join(lines)
