@@ -11,6 +11,7 @@ returns to the free list once its copy has completed, so host buffers never reac
 from __future__ import annotations
 
 import collections
+import math
 import threading
 from collections.abc import Iterable, Iterator
 
@@ -21,35 +22,47 @@ from data.stream import batch_dtype, batch_shape, collate_regions, stack_into
 
 class PinnedBuffers:
     """A bounded free list of pinned byte buffers, shared by the loader's threads; a batch's region tensor is a
-    typed view of one. Buffers are made on first need, at most `limit` (the queue + the workers filling + the one
-    batch whose copy `DeviceFeed` holds + one spare), and reused after: a worker waits when all are in use."""
+    typed view of the front of one. Buffers are made on first need with a power-of-two size (what torch's pinned
+    allocator reserves anyway), at most `limit` (the queue + the workers filling + the one batch whose copy
+    `DeviceFeed` holds + one spare: `buffer_count`), and reused after; any free buffer large enough serves, so a
+    batch of float32 MR after int16 CT costs one larger buffer, not a second set. A worker waits when all are in
+    use."""
 
     def __init__(self, limit: int, pin: bool = True):
         self.limit, self.pin = limit, pin
-        self.free: dict[int, list[torch.Tensor]] = collections.defaultdict(list)
+        self.free: list[torch.Tensor] = []
         self.made = 0
         self.cond = threading.Condition()
 
     def take(self, nbytes: int, stop: threading.Event | None = None) -> torch.Tensor | None:
-        """A buffer of exactly `nbytes`; None when `stop` is set while waiting."""
+        """A buffer of at least `nbytes`; None when `stop` is set while waiting."""
         with self.cond:
             while True:
-                if self.free[nbytes]:
-                    return self.free[nbytes].pop()
-                if self.made < self.limit:
-                    self.made += 1
-                    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
-                if any(self.free.values()):  # a buffer of another size is free: drop it, make one that fits
-                    next(v for v in self.free.values() if v).pop()
-                    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin)
+                fits = [b for b in self.free if b.numel() >= nbytes]
+                if fits:
+                    buffer = min(fits, key=torch.Tensor.numel)
+                    self.free.remove(buffer)
+                    return buffer
+                if self.made < self.limit or self.free:
+                    if self.made < self.limit:
+                        self.made += 1  # the slot is reserved here, the (slow) pinned allocation made unlocked
+                    else:
+                        self.free.remove(min(self.free, key=torch.Tensor.numel))  # too small: make a larger one
+                    break
                 self.cond.wait(timeout=0.1)
                 if stop is not None and stop.is_set():
                     return None
+        return torch.empty(2 ** math.ceil(math.log2(max(nbytes, 1))), dtype=torch.uint8, pin_memory=self.pin)
 
     def give(self, buffer: torch.Tensor) -> None:
         with self.cond:
-            self.free[buffer.numel()].append(buffer)
+            self.free.append(buffer)
             self.cond.notify()
+
+
+def buffer_count(n_workers: int, queued_per_worker: int) -> int:
+    """Pinned buffers a thread loader needs never to wait on itself (see `PinnedBuffers`)."""
+    return queued_per_worker * max(n_workers, 1) + n_workers + 2
 
 
 def collate_into(samples: list[dict], buffers: PinnedBuffers, stop: threading.Event | None = None) -> dict | None:
@@ -60,7 +73,7 @@ def collate_into(samples: list[dict], buffers: PinnedBuffers, stop: threading.Ev
     buffer = buffers.take(nbytes, stop)
     if buffer is None:
         return None
-    region = stack_into(samples, buffer.view(dtype).view(shape))
+    region = stack_into(samples, buffer[:nbytes].view(dtype).view(shape))
     batch = collate_regions(samples, stack=False)
     if buffers.pin:  # [B] floats: through the caching host allocator, so a copy from them never waits on the host
         batch["low"], batch["high"] = batch["low"].pin_memory(), batch["high"].pin_memory()

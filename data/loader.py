@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import torch
 
-from data.device_feed import DeviceFeed, PinnedBuffers, collate_into
-from data.stream import QUEUED_PER_WORKER, RegionStream, collate_regions
+from data.device_feed import DeviceFeed, PinnedBuffers, buffer_count, collate_into
+from data.stream import QUEUED_PER_WORKER, RegionStream, check_group, collate_regions
 
 _RUNNING: dict[int, tuple[threading.Event, list[threading.Thread]]] = {}
 
@@ -38,6 +38,7 @@ class ThreadLoader:
                  pin_memory: bool | None = None):
         if batch_size < 1 or num_threads < 0:
             raise ValueError(f"data.batch_size={batch_size}, data.num_workers={num_threads}: expected >= 1 and >= 0")
+        check_group(stream, batch_size)
         self.stream, self.batch_size, self.num_threads, self.prefetch = stream, batch_size, num_threads, prefetch
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
 
@@ -50,6 +51,7 @@ class ThreadLoader:
                 yield collate_regions(samples)
                 continue
             batch = collate_into(samples, buffers, stop)  # one copy, into a pinned buffer (data/device_feed.py)
+            samples = None  # the regions are views: let spent volumes go before the next batch is cut
             if batch is None:
                 return
             yield batch
@@ -59,7 +61,7 @@ class ThreadLoader:
         if not self.pin_memory:
             yield from self._host_batches(None)
             return
-        buffers = PinnedBuffers(self.prefetch * max(self.num_threads, 1) + self.num_threads + 2)
+        buffers = PinnedBuffers(buffer_count(self.num_threads, self.prefetch))
         yield from DeviceFeed(self._host_batches(buffers), buffers,
                               torch.device("cuda", torch.cuda.current_device()))
 
@@ -82,7 +84,12 @@ class ThreadLoader:
                     if stop.is_set():
                         return
             except BaseException as err:  # surfaced in the training thread, not lost in a worker
-                out.put(err)
+                while not stop.is_set():
+                    try:
+                        out.put(err, timeout=0.1)
+                        return
+                    except queue.Full:
+                        continue
 
         threads = [threading.Thread(target=work, args=(i,), daemon=True, name=f"voxfm-data-{i}")
                    for i in range(self.num_threads)]

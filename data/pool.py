@@ -29,7 +29,7 @@ from data.crops import random_crop
 log = logging.getLogger("voxfm.data")
 
 
-@dataclass
+@dataclass(eq=False)
 class Volume:
     """A decoded volume ready to cut from: padded to at least the region size, foreground points in its voxels."""
 
@@ -114,7 +114,11 @@ class VolumePool:
 
     def group(self, n: int) -> list[tuple[np.ndarray, Volume]]:
         """`n` (region, its volume) pairs from min(n, distinct volumes held) distinct volumes; [] once the samples
-        ended and the pool is empty. Spent volumes are replaced afterwards."""
+        ended and the pool is empty. Volumes the previous group spent are replaced first. A pool smaller than `n`
+        (warned about at the start) draws the rest at random, so a volume may serve a few more regions than
+        `regions_per_volume` then."""
+        self.held = [v for v in self.held if v.uses_left > 0]  # spent by the last group, whose regions are now
+        self._fill()  # copied into their batch: only then is the next volume read (memory: one spare per worker)
         if not self.held:
             return []
         out = []
@@ -123,8 +127,6 @@ class VolumePool:
             out.append((random_crop(volume.array, volume.points, self.region_size, self.foreground_prob, self.rng),
                         volume))
             volume.uses_left -= 1
-        self.held = [v for v in self.held if v.uses_left > 0]
-        self._fill()
         return out
 
     def groups(self, n: int) -> Iterator[list[tuple[np.ndarray, Volume]]]:
@@ -135,15 +137,18 @@ class VolumePool:
 
 
 def memory_line(pool_gib: float, pool_volumes: int, regions_per_volume: int, n_workers: int, batch_size: int,
-                region_size, queued_batches: int, max_sample_mb: float) -> str:
+                region_size, batches: int, pinned: bool, max_sample_mb: float) -> str:
     """What the loader of one rank may hold, printed at the start: the pool's budget plus the stated overhead (per
-    worker, the one volume that crosses the budget; the batches queued between the workers and the step)."""
+    worker, the volumes being read or just spent; the `batches` between the workers and the step: pinned buffers
+    of a power-of-two size on CUDA, data/device_feed.py)."""
     workers = max(n_workers, 1)
-    batch_gib = batch_size * math.prod(region_size) * 4 / 2**30  # float32 at most (int16 for CT)
-    queued = f"{queued_batches} queued batches of ≤ {batch_gib:.2f} GiB"
+    batch_bytes = batch_size * math.prod(region_size) * 4  # float32 at most (int16 for CT)
+    if pinned:
+        batch_bytes = 2 ** math.ceil(math.log2(batch_bytes))
+    queued = f"{batches} {'pinned ' if pinned else ''}batches of ≤ {batch_bytes / 2**30:.2f} GiB"
     if pool_gib <= 0:
         return (f"data: no volume pool (data.pool_gib=0): each volume read serves {regions_per_volume} regions at "
                 f"once; {queued}")
     return (f"data: volume pool ≤ {pool_gib:g} GiB per rank ({workers} worker(s) × ≤ {pool_volumes} decoded "
             f"volumes within {pool_gib / workers:.2f} GiB each), each volume read serves {regions_per_volume} regions; "
-            f"overhead ≤ one volume per worker (≤ {max_sample_mb:g} MB) + {queued}")
+            f"overhead ≤ ~3 volumes per worker being read or spent (≤ {max_sample_mb:g} MB each) + {queued}")

@@ -32,8 +32,8 @@ from data.sources import epoch_samples, mix, parse_sources, resampled_samples
 
 log = logging.getLogger("voxfm.data")
 MAX_SKIPPED_IN_A_ROW = 1000  # nothing but damaged data this long: the shard set itself is unusable
-# torch cannot promote these when a batch mixes dtypes: widened losslessly per region
 QUEUED_PER_WORKER = 4  # batches a loader keeps ready per worker
+# torch cannot promote these when a batch mixes dtypes: widened losslessly per region
 UNPROMOTABLE = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64}
 
 
@@ -196,6 +196,10 @@ class RegionStream(IterableDataset):
         self.regions_per_volume, self.foreground_prob = regions_per_volume, foreground_prob
         self.shuffle_buffer, self.seed, self.resampled = shuffle_buffer, seed, resampled
         self.pool_gib, self.pool_volumes, self.group = pool_gib, pool_volumes, group
+        if pool_gib == 0 and shuffle_buffer < 4 * regions_per_volume:
+            log.warning("voxfm: without a volume pool (data.pool_gib=0) each volume's %d regions are mixed by a "
+                        "shuffle buffer of only %d: a batch draws from few volumes; lower data.regions_per_volume or "
+                        "raise data.shuffle_buffer (or turn the pool on)", regions_per_volume, shuffle_buffer)
 
     @staticmethod
     def _rank_world() -> tuple[int, int]:
@@ -267,7 +271,15 @@ class RegionStream(IterableDataset):
         return self.worker_stream(info.id if info else 0, info.num_workers if info else 1)
 
 
+def check_group(stream: RegionStream, batch_size: int) -> None:
+    """A loader's batch must be the pool's group: a batch straddling two groups loses its distinct volumes."""
+    if stream.pool_gib > 0 and stream.group != batch_size:
+        raise ValueError(f"the volume pool cuts groups of {stream.group} regions but the loader's batch is "
+                         f"{batch_size}: build the stream with group=batch_size")
+
+
 def region_loader(stream: RegionStream, batch_size: int, num_workers: int) -> DataLoader:
+    check_group(stream, batch_size)
     return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_regions,
                       pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
                       prefetch_factor=QUEUED_PER_WORKER if num_workers > 0 else None)

@@ -34,7 +34,7 @@ from pretrain.bench.model import significant, voxfm_step
 from pretrain.bench.timing import time_call, timer_name
 from pretrain.callbacks.checkpointing import FinalCheckpoint
 from pretrain.training.module import PretrainModule
-from pretrain.training.run import build_loader, build_module, build_stream, build_trainer
+from pretrain.training.run import build_loader, build_module, build_stream, build_trainer, trains_on_gpu
 
 ROWS = ("bare", "loop", "synthetic")
 
@@ -165,7 +165,7 @@ def peak_rss_gib() -> float:
 def real_batches(cfg: DictConfig, module: PretrainModule) -> Iterable[dict]:
     """`voxfm pretrain`'s loader on `cfg.data`, its stream built as `pretrain.training.run._train` builds it."""
     region_size = cfg.data.region_size or module.view_pipeline.region_size_needed()
-    return build_loader(build_stream(cfg.data, region_size, seed=cfg.seed), cfg.data)
+    return build_loader(build_stream(cfg.data, region_size, seed=cfg.seed), cfg.data, trains_on_gpu(cfg.trainer))
 
 
 def repeated(batch: dict) -> Iterable[dict]:

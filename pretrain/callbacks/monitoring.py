@@ -49,9 +49,9 @@ class ProgressBar(TQDMProgressBar):
 class DataStats(L.Callback):
     """Logs the damaged data skipped so far (`data/skipped_samples`, this rank), the realised share of regions per
     modality (`data/modality/<CT|MR|PET>`) and, with several sources, per source (`data/mix/<name>`), and the feed's
-    figures: shard bytes read per region (`data/shard_mb_per_region`), regions per volume read
-    (`data/regions_per_read`) and distinct volumes per batch (`data/distinct_volumes`, mean since the last logging
-    step); prints the skipped count at the end. Counts every step from the batch's Python bookkeeping
+    figures since the last window with a read: shard bytes read per region (`data/shard_mb_per_region`), regions
+    per volume read (`data/regions_per_read`); and distinct volumes per batch (`data/distinct_volumes`, mean since
+    the last logging step); prints the skipped count at the end. Counts every step from the batch's Python bookkeeping
     (`collate_regions`: source, modality, worker, skipped, volumes, read counters), logs at logging steps only."""
 
     def __init__(self, source_names: list[str]):
@@ -61,6 +61,7 @@ class DataStats(L.Callback):
         self.skipped: dict[int, int] = {}
         self.read: dict[int, tuple[int, int]] = {}  # worker → (shard bytes, samples) read so far
         self.regions = 0
+        self.mark = (0, 0, 0)  # (shard bytes, samples read, regions) at the last logged window
         self.distinct: list[int] = []
 
     @property
@@ -85,8 +86,12 @@ class DataStats(L.Callback):
         pl_module.log("data/skipped_samples", float(self.total_skipped), batch_size=1)
         if self.distinct:
             read_bytes, reads = (sum(v) for v in zip(*self.read.values()))
-            pl_module.log("data/shard_mb_per_region", read_bytes / self.regions / 1e6, batch_size=1)
-            pl_module.log("data/regions_per_read", self.regions / max(reads, 1), batch_size=1)
+            last_bytes, last_reads, last_regions = self.mark
+            regions = self.regions - last_regions
+            if reads > last_reads:  # since the last logging step (the first window includes the pool's first fill)
+                pl_module.log("data/shard_mb_per_region", (read_bytes - last_bytes) / regions / 1e6, batch_size=1)
+                pl_module.log("data/regions_per_read", regions / (reads - last_reads), batch_size=1)
+                self.mark = (read_bytes, reads, self.regions)
             pl_module.log("data/distinct_volumes", sum(self.distinct) / len(self.distinct), batch_size=1)
             self.distinct = []
         for m, count in self.modalities.items():

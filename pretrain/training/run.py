@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from data.device_feed import buffer_count
 from data.loader import QUEUED_PER_WORKER, ThreadLoader
 from data.locks import folder_lock
 from data.pool import memory_line
@@ -107,7 +108,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # voxfm's Preemption callback checkpoints and requeues, not Lightning's
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    on_gpu = t.accelerator in ("gpu", "cuda") or (t.accelerator == "auto" and torch.cuda.is_available())
+    on_gpu = trains_on_gpu(t)
     if on_gpu:  # a pretraining run's shapes never change: cuDNN picks its fastest convolutions once
         torch.backends.cudnn.benchmark = True
     # the bar reads its metrics' values (a host sync) when it refreshes: at logging steps only
@@ -162,9 +163,14 @@ def build_stream(data: DictConfig, region_size, seed: int) -> RegionStream:
                         pool_volumes=data.pool_volumes, group=data.batch_size)
 
 
-def build_loader(stream: RegionStream, data: DictConfig):
+def trains_on_gpu(trainer: DictConfig) -> bool:
+    return trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
+
+
+def build_loader(stream: RegionStream, data: DictConfig, on_gpu: bool):
+    """`on_gpu`: the thread loader hands over device batches (pinned buffers, copies one batch ahead)."""
     if data.loader == "thread":
-        return ThreadLoader(stream, data.batch_size, data.num_workers)
+        return ThreadLoader(stream, data.batch_size, data.num_workers, pin_memory=on_gpu)
     if data.loader == "process":
         return region_loader(stream, data.batch_size, data.num_workers)
     raise ConfigError(f"data.loader={data.loader!r}; allowed: 'thread', 'process'")
@@ -217,9 +223,11 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
         elif cfg.init_from:
             print(f"voxfm: starting from {cfg.init_from} at step {resume_step} (its weights, a fresh optimiser)",
                   flush=True)
-        queued = (QUEUED_PER_WORKER + 1) * max(cfg.data.num_workers, 1) + 2  # data/loader.py: the pinned buffers
+        pinned = trains_on_gpu(cfg.trainer) and cfg.data.loader == "thread"
+        batches = (buffer_count(cfg.data.num_workers, QUEUED_PER_WORKER) if pinned
+                   else QUEUED_PER_WORKER * max(cfg.data.num_workers, 1) + cfg.data.num_workers)
         print("voxfm: " + memory_line(cfg.data.pool_gib, cfg.data.pool_volumes, cfg.data.regions_per_volume,
-                                      cfg.data.num_workers, cfg.data.batch_size, stream.region_size, queued,
+                                      cfg.data.num_workers, cfg.data.batch_size, stream.region_size, batches, pinned,
                                       cfg.data.max_sample_mb), flush=True)
         print(f"voxfm: {trainer.world_size} rank(s), global batch {global_batch} regions, peak lr {lr:.3g} "
               f"(optim.lr_scaling={cfg.optim.lr_scaling})", flush=True)
@@ -227,7 +235,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
                   checkpoint=str(resume) if resume else cfg.init_from, world_size=trainer.world_size,
                   global_batch=global_batch, lr=lr, **({"changes": changes} if changes else {}))
     try:
-        trainer.fit(module, train_dataloaders=build_loader(stream, cfg.data),
+        trainer.fit(module, train_dataloaders=build_loader(stream, cfg.data, trains_on_gpu(cfg.trainer)),
                     ckpt_path=str(resume) if resume else None, weights_only=True)
     finally:  # also when fit raised (ShutDownProcessGroup covers a finished fit in every rank)
         shut_down_process_group()
