@@ -83,6 +83,9 @@ T 40 bench_attention "$PY" -m pretrain bench attention "${ATTENTION_ARGS[@]}"  #
 bench "${LARGE[@]:1}"
 wait $sharding || { echo "sharding the phantoms failed: see shard.txt"; "$PY" "$(dirname "$0")/gpu_table.py" "$OUT"; exit 1; }
 
+# the one-copy feed: device batches equal to the host's, no hidden sync, threaded workers stop cleanly
+T 30 device_feed env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" scripts/check_device_feed.py "$WORK/shards"
+
 # pretrain's loop with the real loader on the phantoms, beside its bare step and an in-memory feed
 for exp in "${LOOP[@]}"; do
   T 90 "bench_loop_$exp" "$PY" -m pretrain bench loop experiment="$exp" shards="$WORK/shards" "${LOOP_ARGS[@]}"
