@@ -14,10 +14,11 @@ $(BIN)/voxfm: pyproject.toml $(CONSTRAINTS)
 	@# torch first, pinned: otherwise lightning/deepspeed would pull a CUDA build (see README for GPUs)
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
-	@# nnU-Net's networks without their timm pin, and nnU-Net's own plans/weights loaders that the export tests
-	@# call (see pyproject.toml, extra "nnunet"): all without dependencies
+	@# nnU-Net's networks without their timm pin, nnU-Net's own plans/weights loaders that the export tests
+	@# call, and timm for the tests that build nnU-Net's Primus beside voxfm's (see pyproject.toml, extra
+	@# "nnunet"): all without dependencies
 	$(BIN)/pip install --quiet --no-deps -c $(CONSTRAINTS) "dynamic-network-architectures==0.4.4" \
-		"nnunetv2==2.8.1" "batchgenerators==0.25.5"
+		"nnunetv2==2.8.1" "batchgenerators==0.25.5" "timm==1.0.22"
 	@touch $@
 
 install: $(BIN)/voxfm

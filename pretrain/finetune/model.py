@@ -53,6 +53,8 @@ def build_segmenter(architecture: str, kwargs: dict, n_classes: int, crop_size, 
         return UNETR(in_channels=kwargs["in_channels"], out_channels=n_classes, img_size=tuple(crop_size),
                      hidden_size=kwargs["hidden_size"], mlp_dim=kwargs["mlp_dim"], num_heads=kwargs["num_heads"],
                      proj_type="conv", **unetr)
+    if architecture != "resenc":
+        raise ConfigError(f"voxfm finetune cannot fine-tune a {architecture!r} export yet (vit and resenc can)")
     from models.resenc import ResEncUNet
 
     return ResEncUNet(in_channels=kwargs["input_channels"], out_channels=n_classes,

@@ -23,5 +23,5 @@ def test_declarations_are_read_from_source():
     assert declared.declaration.views == 2 and not declared.declaration.trains_decoder
     assert set(declared.arguments) == {"proj_hidden", "proj_dim", "temperature"}
     assert read_declared("monai.networks.nets.ViT") is None and read_declared("no.such.Thing") is None
-    assert sorted(declared_backbones()) == ["models.resenc.ResEncUNet", "models.vit.ViT"]
+    assert sorted(declared_backbones()) == ["models.primus.Primus", "models.resenc.ResEncUNet", "models.vit.ViT"]
     assert _conforms([8, 16], tuple[int, ...]) and not _conforms(5.0, int | tuple[int, ...])

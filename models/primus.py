@@ -1,0 +1,336 @@
+"""Primus (Wald et al. 2025, nnU-Net's recommended transformer), built without timm, with nnU-Net's parameter names.
+
+`state_dict()` keys, shapes and the forward equal those of
+`dynamic_network_architectures.architectures.primus.Primus` (0.4.4) built with the same arguments (tested against it
+in `tests/models/test_primus.py`), so weights move between the two by name. The network: a Conv3d tokeniser with
+kernel = stride = patch (`down_projection`), an EVA encoder (`eva`: learned absolute positions plus 3D axial RoPE,
+pre-norm blocks with separate q/k/v projections — k without bias —, an optional LayerNorm before the attention
+output projection, a SwiGLU MLP with an inner LayerNorm, LayerScale, drop path) and a transposed-conv patch decoder
+(`up_projection`). Attention goes through `F.scaled_dot_product_attention`, RoPE applied to q and k before it.
+
+For masked autoencoding the encoder runs on any subset of tokens: `embed(x, ids)` embeds only the patches at
+raster positions `ids`, and `encode(tokens, ids)` rotates them by *their own* positions, not by 0..n.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.rules import heads_divide, patch_divides
+from models.spec import BackboneDeclaration, BackboneSpec
+from models.vit import LayerNorm, _triple
+
+PRESETS = {"S": (12, 6, 396), "B": (12, 12, 792), "M": (16, 12, 864), "L": (24, 16, 1056)}  # depth, heads, dim
+
+
+class LayerNormNd(nn.Module):
+    """LayerNorm over the channels of [B, C, ...] (nnU-Net's `LayerNormNd`, eps 1e-6)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return self.weight.view(shape) * x + self.bias.view(shape)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: tuple[int, int, int], in_channels: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+def _round_to_8(value: float) -> int:
+    return int(max(8, np.round((value + 1e-6) / 8) * 8))
+
+
+class PatchDecode(nn.Module):
+    """log2(patch) transposed-conv stages (kernel = stride = 2 on the axes still to upsample) with LayerNormNd +
+    GELU between, channels shrinking geometrically from `embed_dim` to `out_channels` (nnU-Net's `PatchDecode`)."""
+
+    def __init__(self, patch_size: tuple[int, int, int], embed_dim: int, out_channels: int):
+        super().__init__()
+        n = int(np.log(max(patch_size)) / np.log(2))
+        strides = [[2 if (p / 2**k) % 2 == 0 else 1 for p in patch_size] for k in range(n)][::-1]
+        reduction = (embed_dim / (2 * out_channels)) ** (1 / n)
+        channels = [embed_dim] + [_round_to_8(embed_dim / reduction ** (k + 1)) for k in range(n)]
+        channels[-1] = out_channels
+        stages: list[nn.Module] = [
+            nn.Sequential(nn.ConvTranspose3d(channels[s], channels[s + 1], kernel_size=strides[s], stride=strides[s]),
+                          LayerNormNd(channels[s + 1]), nn.GELU())
+            for s in range(n - 1)
+        ]
+        stages.append(nn.ConvTranspose3d(channels[-2], channels[-1], kernel_size=strides[-1], stride=strides[-1]))
+        self.decode = nn.Sequential(*stages)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(x)
+
+
+def axial_rope(grid: tuple[int, int, int], dim: int, temperature: float = 10_000.0) -> torch.Tensor:
+    """[N, 2 * 1.5 * dim] = (sin, cos) of 3D axial rotary embeddings for the raster positions of `grid`, computed as
+    timm's `RotaryEmbeddingCat(dim, in_pixels=False, feat_shape=grid, ref_feat_shape=grid)` does: dim // 4 frequency
+    bands per axis, each angle repeated for the (even, odd) pair it rotates."""
+    bands_n = dim // 4
+    bands = 1.0 / temperature ** (torch.arange(0, bands_n, 1, dtype=torch.int64).to(torch.float32) / bands_n)
+    axes = [torch.arange(s, dtype=torch.int64).to(torch.float32) / s * s for s in grid]  # timm's rescale to ref
+    angles = torch.stack(torch.meshgrid(axes, indexing="ij"), dim=-1).unsqueeze(-1) * bands  # [X, Y, Z, 3, bands]
+    n = math.prod(grid)
+    sin = angles.sin().reshape(n, -1).repeat_interleave(2, -1)
+    cos = angles.cos().reshape(n, -1).repeat_interleave(2, -1)
+    return torch.cat([sin, cos], dim=-1)
+
+
+def rotate(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """x: [B, heads, n, head_dim], rope: [B or 1, 1, n, 2 * head_dim] → x rotated pairwise (x0, x1) → (x0 cos − x1
+    sin, x1 cos + x0 sin)."""
+    sin, cos = rope.to(x.dtype).chunk(2, dim=-1)
+    rotated = torch.stack([-x[..., 1::2], x[..., ::2]], dim=-1).reshape(x.shape)
+    return x * cos + rotated * sin
+
+
+class Rope(nn.Module):
+    """Holds the (non-persistent) table `pos_embed` [N, 2 * head_dim], as timm's module does."""
+
+    def __init__(self, grid: tuple[int, int, int], dim: int):
+        super().__init__()
+        self.register_buffer("pos_embed", axial_rope(grid, dim), persistent=False)
+
+
+class EvaAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, num_prefix_tokens: int, scale_norm: bool, attn_drop: float,
+                 proj_drop: float):
+        super().__init__()
+        self.num_heads, self.num_prefix_tokens, self.attn_drop = num_heads, num_prefix_tokens, attn_drop
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim)
+        self.norm = LayerNorm(dim) if scale_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
+        """x: [B, N, C] (prefix tokens first); rope: [B or 1, N - prefix, 2 * head_dim] or None."""
+        b, n, c = x.shape
+        q, k, v = (proj(x).view(b, n, self.num_heads, -1).transpose(1, 2)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if rope is not None:
+            p, table = self.num_prefix_tokens, rope.unsqueeze(1)
+            q = torch.cat([q[:, :, :p], rotate(q[:, :, p:], table)], dim=2).type_as(v)
+            k = torch.cat([k[:, :, :p], rotate(k[:, :, p:], table)], dim=2).type_as(v)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(self.norm(x.transpose(1, 2).reshape(b, n, c))))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float):
+        super().__init__()
+        self.fc1_g = nn.Linear(dim, hidden)
+        self.fc1_x = nn.Linear(dim, hidden)
+        self.act = nn.SiLU()
+        self.drop1 = nn.Dropout(drop)
+        self.norm = LayerNorm(hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1_g(x)) * self.fc1_x(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: a residual branch dropped for whole samples, the rest scaled by 1 / keep."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        return x * x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+
+
+class EvaBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, num_prefix_tokens: int, scale_attn_inner: bool,
+                 init_values: float | None, drop_path: float, proj_drop: float, attn_drop: float):
+        super().__init__()
+        self.norm1 = LayerNorm(dim)
+        self.attn = EvaAttention(dim, num_heads, num_prefix_tokens, scale_attn_inner, attn_drop, proj_drop)
+        self.gamma_1 = nn.Parameter(init_values * torch.ones(dim)) if init_values is not None else None
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = LayerNorm(dim)
+        self.mlp = SwiGLU(dim, int(dim * mlp_ratio), proj_drop)
+        self.gamma_2 = nn.Parameter(init_values * torch.ones(dim)) if init_values is not None else None
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.attn(self.norm1(x), rope)
+        x = x + self.drop_path1(a if self.gamma_1 is None else self.gamma_1 * a)
+        m = self.mlp(self.norm2(x))
+        return x + self.drop_path2(m if self.gamma_2 is None else self.gamma_2 * m)
+
+
+class Eva(nn.Module):
+    def __init__(self, embed_dim: int, depth: int, num_heads: int, grid: tuple[int, int, int], num_reg_tokens: int,
+                 use_rot_pos_emb: bool, use_abs_pos_emb: bool, mlp_ratio: float, drop_path_rate: float,
+                 proj_drop_rate: float, attn_drop_rate: float, init_values: float | None, scale_attn_inner: bool):
+        super().__init__()
+        self.num_prefix_tokens = num_reg_tokens
+        n = math.prod(grid)
+        self.pos_embed = nn.Parameter(torch.zeros(1, n + num_reg_tokens, embed_dim)) if use_abs_pos_emb else None
+        if use_rot_pos_emb:
+            rope_dim = round(embed_dim // num_heads / 1.5)
+            if rope_dim != embed_dim / num_heads / 1.5 or rope_dim % 4:
+                raise ValueError(f"Primus: head width {embed_dim // num_heads} must be 1.5 x a multiple of 4 (RoPE "
+                                 f"splits it over 3 axes in pairs); embed_dim={embed_dim}, num_heads={num_heads}")
+            self.rope = Rope(grid, rope_dim)
+        else:
+            self.rope = None
+        rates = np.linspace(0, drop_path_rate, depth)
+        self.blocks = nn.ModuleList(
+            EvaBlock(embed_dim, num_heads, mlp_ratio, num_reg_tokens, scale_attn_inner, init_values, float(rates[i]),
+                     proj_drop_rate, attn_drop_rate) for i in range(depth))
+        self.norm = LayerNorm(embed_dim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """timm's EVA initialisation: truncated-normal Linear weights (std 0.02), zero biases, each block's output
+        projections scaled by 1 / sqrt(2 * layer)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        with torch.no_grad():
+            for layer, block in enumerate(self.blocks, start=1):
+                block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
+                block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))
+
+
+class Primus(nn.Module):
+    """Primus: `forward(x)` [B, C, X, Y, Z] → [B, num_classes, X, Y, Z] (the whole network, as nnU-Net runs it);
+    `embed` / `encode` / `pooled` for the pretraining objectives (patch tokens in raster order of the patch grid)."""
+
+    declaration = BackboneDeclaration(
+        kind="tokens", architecture="primus",
+        export_class="dynamic_network_architectures.architectures.primus.Primus", formats=("full",), decoder=True,
+        bounds={"input_channels": {"ge": 1}, "embed_dim": {"ge": 1}, "num_classes": {"ge": 1},
+                "eva_depth": {"ge": 1}, "eva_numheads": {"ge": 1}, "num_register_tokens": {"ge": 0},
+                "drop_path_rate": {"ge": 0.0, "lt": 1.0}},
+    )
+
+    def __init__(
+        self,
+        input_channels: int = 1,
+        embed_dim: int = 864,
+        patch_embed_size: int | tuple[int, int, int] = 8,
+        num_classes: int = 1,
+        eva_depth: int = 16,
+        eva_numheads: int = 12,
+        input_shape: int | tuple[int, int, int] = 160,
+        num_register_tokens: int = 0,
+        use_rot_pos_emb: bool = True,
+        use_abs_pos_embed: bool = True,
+        mlp_ratio: float = 4 * 2 / 3,
+        drop_path_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        init_values: float | None = None,
+        scale_attn_inner: bool = False,
+    ):
+        super().__init__()
+        patch, shape = _triple(patch_embed_size), _triple(input_shape)
+        for problem in (patch_divides(shape, list(patch), "input_shape"), heads_divide(embed_dim, eva_numheads)):
+            if problem:
+                raise ValueError(problem)
+        self.input_channels, self.embed_dim, self.patch_size, self.input_shape = input_channels, embed_dim, patch, shape
+        self.num_classes, self.eva_depth, self.eva_numheads = num_classes, eva_depth, eva_numheads
+        self.grid = tuple(s // p for s, p in zip(shape, patch))
+        self.kwargs = {  # what builds the same network in nnU-Net (export, model card)
+            "input_channels": input_channels, "embed_dim": embed_dim, "patch_embed_size": list(patch),
+            "num_classes": num_classes, "eva_depth": eva_depth, "eva_numheads": eva_numheads,
+            "input_shape": list(shape), "num_register_tokens": num_register_tokens,
+            "use_rot_pos_emb": use_rot_pos_emb, "use_abs_pos_embed": use_abs_pos_embed, "mlp_ratio": mlp_ratio,
+            "drop_path_rate": drop_path_rate, "proj_drop_rate": proj_drop_rate, "attn_drop_rate": attn_drop_rate,
+            "init_values": init_values, "scale_attn_inner": scale_attn_inner,
+        }
+        self.down_projection = PatchEmbed(patch, input_channels, embed_dim)
+        self.up_projection = PatchDecode(patch, embed_dim, num_classes)
+        self.eva = Eva(embed_dim, eva_depth, eva_numheads, self.grid, num_register_tokens, use_rot_pos_emb,
+                       use_abs_pos_embed, mlp_ratio, drop_path_rate, proj_drop_rate, attn_drop_rate, init_values,
+                       scale_attn_inner)
+        self.register_buffer("mask_token", torch.zeros(1, 1, embed_dim))
+        self.register_tokens = None
+        if num_register_tokens > 0:
+            self.register_tokens = nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim))
+            nn.init.normal_(self.register_tokens, std=1e-6)
+        for module in (*self.down_projection.modules(), *self.up_projection.modules()):
+            if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):  # nnU-Net's InitWeights_He(1e-2)
+                nn.init.kaiming_normal_(module.weight, a=1e-2)
+                nn.init.zeros_(module.bias)
+
+    def embed(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, C, X, Y, Z] → tokens [B, N, C] with their absolute position embedding; with ids [B, n] (raster
+        positions) those tokens only, [B, n, C]."""
+        tokens = self.down_projection(x).flatten(2).transpose(1, 2)
+        if ids is not None:
+            tokens = tokens.gather(1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        if self.eva.pos_embed is None:
+            return tokens
+        table = self.eva.pos_embed[0, self.eva.num_prefix_tokens:].to(tokens.dtype)
+        return tokens + (table if ids is None else table[ids])
+
+    def encode(self, tokens: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, n, C] at raster positions ids [B, n] (None: all N in order) → normed features [B, n, C]. The
+        register tokens (with their position embeddings) go first and are dropped at the end; RoPE rotates each
+        token by its own position."""
+        rope = None
+        if self.eva.rope is not None:
+            table = self.eva.rope.pos_embed
+            rope = table.unsqueeze(0) if ids is None else table[ids]
+        prefix = self.eva.num_prefix_tokens
+        if self.register_tokens is not None:
+            registers = self.register_tokens.expand(tokens.shape[0], -1, -1)
+            if self.eva.pos_embed is not None:
+                registers = registers + self.eva.pos_embed[:, :prefix]
+            tokens = torch.cat([registers.to(tokens.dtype), tokens], dim=1)
+        for block in self.eva.blocks:
+            tokens = block(tokens, rope)
+        return self.eva.norm(tokens)[:, prefix:]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.encode(self.embed(x))
+        b, _, c = tokens.shape
+        return self.up_projection(tokens.transpose(1, 2).reshape(b, c, *self.grid))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(self.embed(x)).mean(dim=1)
+
+    def freeze_decoder(self) -> None:
+        """Objectives that train the encoder alone leave the patch decoder as it is (and DDP sees no unused
+        parameters)."""
+        self.up_projection.requires_grad_(False)
+
+    def repeated_blocks(self) -> list[nn.Module]:
+        return list(self.eva.blocks)
+
+    @property
+    def spec(self) -> BackboneSpec:
+        return BackboneSpec(self.input_channels, self.embed_dim, self.patch_size, self.grid)
