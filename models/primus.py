@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.rules import heads_divide, patch_divides
+from models.rules import patch_divides, rope_fits
 from models.spec import BackboneDeclaration, BackboneSpec
 from models.vit import LayerNorm, _triple
 
@@ -194,11 +194,7 @@ class Eva(nn.Module):
         n = math.prod(grid)
         self.pos_embed = nn.Parameter(torch.zeros(1, n + num_reg_tokens, embed_dim)) if use_abs_pos_emb else None
         if use_rot_pos_emb:
-            rope_dim = round(embed_dim // num_heads / 1.5)
-            if rope_dim != embed_dim / num_heads / 1.5 or rope_dim % 4:
-                raise ValueError(f"Primus: head width {embed_dim // num_heads} must be 1.5 x a multiple of 4 (RoPE "
-                                 f"splits it over 3 axes in pairs); embed_dim={embed_dim}, num_heads={num_heads}")
-            self.rope = Rope(grid, rope_dim)
+            self.rope = Rope(grid, embed_dim // num_heads * 2 // 3)
         else:
             self.rope = None
         rates = np.linspace(0, drop_path_rate, depth)
@@ -230,7 +226,8 @@ class Primus(nn.Module):
 
     declaration = BackboneDeclaration(
         kind="tokens", architecture="primus",
-        export_class="dynamic_network_architectures.architectures.primus.Primus", formats=("full",), decoder=True,
+        export_class="dynamic_network_architectures.architectures.primus.Primus", formats=("nnssl", "full"),
+        decoder=True,
         bounds={"input_channels": {"ge": 1}, "embed_dim": {"ge": 1}, "num_classes": {"ge": 1},
                 "eva_depth": {"ge": 1}, "eva_numheads": {"ge": 1}, "num_register_tokens": {"ge": 0},
                 "drop_path_rate": {"ge": 0.0, "lt": 1.0}},
@@ -257,7 +254,8 @@ class Primus(nn.Module):
     ):
         super().__init__()
         patch, shape = _triple(patch_embed_size), _triple(input_shape)
-        for problem in (patch_divides(shape, list(patch), "input_shape"), heads_divide(embed_dim, eva_numheads)):
+        for problem in (patch_divides(shape, list(patch), "input_shape", patch_key="patch_embed_size"),
+                        rope_fits(embed_dim, eva_numheads, use_rot_pos_emb)):
             if problem:
                 raise ValueError(problem)
         self.input_channels, self.embed_dim, self.patch_size, self.input_shape = input_channels, embed_dim, patch, shape
@@ -333,4 +331,5 @@ class Primus(nn.Module):
 
     @property
     def spec(self) -> BackboneSpec:
-        return BackboneSpec(self.input_channels, self.embed_dim, self.patch_size, self.grid)
+        return BackboneSpec(self.input_channels, self.embed_dim, self.patch_size, self.grid, layers=self.eva_depth,
+                            heads=self.eva_numheads)

@@ -45,7 +45,7 @@ class ResEncUNet(ResidualEncoderUNet):
     declaration = BackboneDeclaration(
         kind="cnn", architecture="resenc",
         export_class="dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
-        formats=("monai", "nnunet", "full"), decoder=True,
+        formats=("monai", "nnunet", "nnssl", "full"), decoder=True,
         unpicklable="nnU-Net's ResEnc blocks cannot be pickled",
         bounds={"in_channels": {"ge": 1}, "out_channels": {"ge": 1}, "kernel_size": {"ge": 1}},
     )

@@ -15,9 +15,9 @@ def triple(v) -> list[int]:
     return [v] * 3 if isinstance(v, int) else list(v)
 
 
-def patch_divides(size, patch_size, size_key: str, where: str = "") -> str | None:
+def patch_divides(size, patch_size, size_key: str, where: str = "", patch_key: str = "patch_size") -> str | None:
     if any(s % p for s, p in zip(triple(size), triple(patch_size))):
-        return f"{size_key}={triple(size)}: must be divisible by {where}patch_size={patch_size}"
+        return f"{size_key}={triple(size)}: must be divisible by {where}{patch_key}={patch_size}"
     return None
 
 
@@ -40,6 +40,18 @@ def decoder_fits(hidden_size: int, num_heads: int, where: str = "decoder_") -> s
     if hidden_size % 6 or hidden_size % num_heads:
         return (f"{where}hidden={hidden_size}: must be divisible by 6 (sin-cos position embedding) and by "
                 f"{where}heads={num_heads}")
+    return None
+
+
+def rope_fits(embed_dim: int, num_heads: int, rope: bool = True, where: str = "") -> str | None:
+    """Primus: heads split the width, and 3D axial RoPE splits a head's width over three axes in rotated pairs
+    (nnU-Net's Eva): head width = 1.5 x a multiple of 4 (e.g. 864 / 12 = 72 = 1.5 x 48)."""
+    if embed_dim % num_heads:
+        return f"{where}embed_dim={embed_dim}: must be divisible by {where}eva_numheads={num_heads}"
+    head = embed_dim // num_heads
+    if rope and (head % 3 or (head * 2 // 3) % 4 or head * 2 % 3):
+        return (f"{where}embed_dim={embed_dim} / {where}eva_numheads={num_heads} = {head} per head: RoPE needs 1.5 x "
+                f"a multiple of 4 (e.g. 864 / 12 = 72), or {where}use_rot_pos_emb=false")
     return None
 
 
@@ -69,6 +81,10 @@ def shape_errors(arguments: dict, size, size_key: str, where: str = "") -> list[
     found = []
     if "patch_size" in a:
         found.append(patch_divides(size, a["patch_size"], size_key, where))
+    if "patch_embed_size" in a:
+        found.append(patch_divides(size, a["patch_embed_size"], size_key, where, "patch_embed_size"))
+    if "embed_dim" in a and "eva_numheads" in a:
+        found.append(rope_fits(a["embed_dim"], a["eva_numheads"], a.get("use_rot_pos_emb", True), where))
     if "hidden_size" in a and "num_heads" in a:
         found.append(heads_divide(a["hidden_size"], a["num_heads"], where))
     if "hidden_size" in a and "pos_embed_type" in a:

@@ -12,7 +12,7 @@ class BackboneDeclaration:
     """Stated once on a backbone class as `declaration = BackboneDeclaration(...)`, with literal arguments only:
     `pretrain/config/declarations.py` reads it from the source, before torch is imported.
 
-    kind: "tokens" (patch tokens: `embed(x, ids)` / `encode(tokens)` on any subset of positions, `spec.grid`) or
+    kind: "tokens" (patch tokens: `embed(x, ids)` / `encode(tokens, ids)` on any subset of positions, `spec.grid`) or
         "cnn" (encoder stages: `encode(x, visible)` → skips, `decode(skips)`, `spec.stage_channels`);
     architecture: the name an export's backbone.json carries and fine-tuning builds from ("vit", "resenc");
     export_class: the dotted class a `format=monai` export loads into with strict=True;
@@ -34,10 +34,13 @@ class BackboneDeclaration:
 @dataclass(frozen=True)
 class BackboneSpec:
     """in_channels: image channels; feature_dim: width of `backbone.pooled(x)`;
-    patch_size/grid: token geometry of a ViT (None for CNNs); stage_channels: encoder widths of a CNN."""
+    patch_size/grid: token geometry of a transformer (None for CNNs); layers/heads: its depth and heads (what a
+    plain ViT of the same size needs: the benches' MONAI reference); stage_channels: encoder widths of a CNN."""
 
     in_channels: int
     feature_dim: int
     patch_size: tuple[int, int, int] | None = None
     grid: tuple[int, int, int] | None = None
     stage_channels: tuple[int, ...] | None = None
+    layers: int | None = None
+    heads: int | None = None

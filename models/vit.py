@@ -172,8 +172,9 @@ class ViT(nn.Module):
         [B, n, hidden] (masked autoencoding: the visible patches alone are embedded)."""
         return self.patch_embedding(x, ids)
 
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: [B, n, hidden] (any subset of positions) → normed features [B, n, hidden]."""
+    def encode(self, tokens: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: [B, n, hidden] (any subset of positions, already position-embedded by `embed`, so `ids` is not
+        needed here) → normed features [B, n, hidden]."""
         for block in self.blocks:
             tokens = block(tokens)
         return self.norm(tokens)
@@ -191,7 +192,8 @@ class ViT(nn.Module):
 
     @property
     def spec(self) -> BackboneSpec:
-        return BackboneSpec(self.in_channels, self.hidden_size, self.patch_size, self.grid)
+        return BackboneSpec(self.in_channels, self.hidden_size, self.patch_size, self.grid, layers=self.num_layers,
+                            heads=self.num_heads)
 
     def monai_kwargs(self) -> dict:
         """Arguments that build the matching `monai.networks.nets.ViT` (see `pretrain/export/run.py`)."""

@@ -23,19 +23,21 @@ def _adamw(model: torch.nn.Module, lr: float, device: torch.device) -> torch.opt
 
 
 def monai_mae_step(module, lr: float, device: torch.device, autocast, views: int):
-    """→ (step, name, note) for voxfm's ViT + MAE decoder shapes; `views` images per step."""
+    """→ (step, name, note) for the shapes of voxfm's token backbone (a ViT, or Primus as a plain ViT of its size:
+    MLP 4x wide, no RoPE) + MAE decoder; `views` images per step."""
     from monai.networks.nets import MaskedAutoEncoderViT
 
-    vit, pipeline = module.backbone, module.view_pipeline
+    spec, pipeline = module.backbone.spec, module.view_pipeline
     decoder = module.objective.decoder
+    img_size = [g * p for g, p in zip(spec.grid, spec.patch_size)]
     model = MaskedAutoEncoderViT(
-        in_channels=vit.in_channels, img_size=vit.img_size, patch_size=vit.patch_size, hidden_size=vit.hidden_size,
-        mlp_dim=vit.mlp_dim, num_layers=vit.num_layers, num_heads=vit.num_heads,
+        in_channels=spec.in_channels, img_size=img_size, patch_size=spec.patch_size, hidden_size=spec.feature_dim,
+        mlp_dim=4 * spec.feature_dim, num_layers=spec.layers, num_heads=spec.heads,
         masking_ratio=pipeline.masking.mask_ratio, decoder_hidden_size=decoder.proj.out_features,
         decoder_mlp_dim=decoder.blocks[0].mlp.linear1.out_features, decoder_num_layers=len(decoder.blocks),
-        decoder_num_heads=decoder.blocks[0].attn.num_heads, qkv_bias=vit.qkv_bias,
+        decoder_num_heads=decoder.blocks[0].attn.num_heads,
     ).to(device)
-    x = torch.rand(views, vit.in_channels, *vit.img_size, device=device)
+    x = torch.rand(views, spec.in_channels, *img_size, device=device)
     note = ""
     try:  # MONAI 1.6.1's MAE mixes dtypes in an index_put under bf16 autocast
         with autocast():
@@ -48,7 +50,7 @@ def monai_mae_step(module, lr: float, device: torch.device, autocast, views: int
     def step():
         with autocast():
             pred, mask = model(x)
-            target = patchify(x.float(), vit.patch_size)
+            target = patchify(x.float(), spec.patch_size)
             target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
             loss = ((pred.float() - target).pow(2).mean(-1) * mask).sum() / mask.sum()
         loss.backward()

@@ -53,7 +53,8 @@ def _objective_errors(cfg: dict, model: Declared, objective: Declared) -> list[s
         cell = triple(masking["patch_size"])
         if any(c % p for c, p in zip(crop, cell)):
             errors.append(f"objective.views.masking.patch_size={masking['patch_size']}: must divide the crop {crop}")
-        patch = {**model.defaults(), **cfg["model"]}.get("patch_size")
+        arguments = {**model.defaults(), **cfg["model"]}
+        patch = arguments.get("patch_size", arguments.get("patch_embed_size"))
         if needs.mask_cell_is_token and patch is not None and cell != triple(patch):
             errors.append(f"objective.views.masking.patch_size={masking['patch_size']}: must equal "
                           f"model.patch_size={patch} (one mask cell per token)")

@@ -23,7 +23,7 @@ MISSING = "???"  # OmegaConf's mark of a required value not given
 # These repeat tuples of modules that import numpy or torch; tests/cli/test_cli_validation.py keeps them equal.
 Codec = Literal["lz4hc", "zstd"]  # data.payload.CODECS
 Frames = Literal["reject", "first", "all"]  # data.preprocess.FRAMES
-ExportFormat = Literal["monai", "nnunet", "full"]  # pretrain.export.run.FORMATS
+ExportFormat = Literal["monai", "nnunet", "nnssl", "full"]  # pretrain.export.run.FORMATS
 AttentionBackend = Literal["FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]  # bench BACKENDS
 
 

@@ -4,11 +4,12 @@
 - ResEnc → nnU-Net's `ResidualEncoderUNet` from dynamic_network_architectures, built from JSON kwargs
   (classes as dotted names, as nnU-Net's plans write them; the model card's snippet resolves them through an
   allowlist, never `pydoc.locate`).
-- nnU-Net: the same ResEnc weights in nnU-Net's axis order. voxfm's tensors are [C, X, Y, Z] in RAS;
+- Primus → nnU-Net's `Primus` (dynamic_network_architectures), whose parameter names it already has.
+- nnU-Net: the same ResEnc or Primus weights in nnU-Net's axis order. voxfm's tensors are [C, X, Y, Z] in RAS;
   nnU-Net (NibabelIOWithReorient or SimpleITKIO) hands the network [C, Z, Y, X]. Transposing every
-  kernel's spatial axes (and reversing kernel sizes, strides, spacing and patch size) makes nnU-Net's
-  network compute exactly voxfm's function on its own axis order, so no pretrained feature is lost to
-  an axis mix-up.
+  kernel's spatial axes (and reversing kernel sizes, strides, spacing and patch size; for Primus also reordering
+  its position embeddings and RoPE blocks) makes nnU-Net's network compute exactly voxfm's function on its own
+  axis order, so no pretrained feature is lost to an axis mix-up.
 """
 
 from __future__ import annotations
@@ -70,7 +71,18 @@ def resenc_monai(state: dict[str, torch.Tensor], backbone, in_channels: int | No
                      "kwargs_requires_import": REQUIRES_IMPORT, "total_stride": backbone.total_stride}
 
 
-EXPORTS = {"vit": vit_monai, "resenc": resenc_monai}  # by the architecture a backbone declares
+def primus_weights(state: dict[str, torch.Tensor], backbone, in_channels: int | None) -> tuple[dict, dict]:
+    weights = clone_state(state)
+    kwargs = dict(backbone.kwargs)
+    if in_channels is not None and in_channels != kwargs["input_channels"]:
+        key = "down_projection.proj.weight"
+        weights[key] = inflate_channels(weights[key], in_channels)
+        kwargs["input_channels"] = in_channels
+    return weights, {"architecture": "primus", "class": backbone.declaration.export_class, "kwargs": kwargs,
+                     "kwargs_requires_import": []}
+
+
+EXPORTS = {"vit": vit_monai, "resenc": resenc_monai, "primus": primus_weights}  # by the architecture declared
 
 
 def exported_weights(state: dict[str, torch.Tensor], backbone, in_channels: int | None) -> tuple[dict, dict]:
@@ -84,12 +96,41 @@ def backbone_weights(backbone, in_channels: int | None = None) -> tuple[dict, di
     return exported_weights(backbone.state_dict(), backbone, in_channels)
 
 
+def transpose_kernels(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every 5-D tensor (conv and transposed-conv weights) [.., X, Y, Z] → [.., Z, Y, X]."""
+    return {k: (v.permute(0, 1, 4, 3, 2).contiguous() if v.ndim == 5 else v) for k, v in weights.items()}
+
+
 def to_nnunet_axes(weights: dict[str, torch.Tensor], kwargs: dict) -> tuple[dict, dict]:
-    """[.., X, Y, Z] kernels → [.., Z, Y, X], and the per-axis kwargs reversed."""
-    out = {k: (v.permute(0, 1, 4, 3, 2).contiguous() if v.ndim == 5 else v) for k, v in weights.items()}
+    """ResEnc: [.., X, Y, Z] kernels → [.., Z, Y, X], and the per-axis kwargs reversed."""
     kwargs = dict(kwargs)
     for key in ("kernel_sizes", "strides"):
         kwargs[key] = [list(reversed(s)) for s in kwargs[key]]
+    return transpose_kernels(weights), kwargs
+
+
+def primus_to_nnunet_axes(weights: dict[str, torch.Tensor], kwargs: dict) -> tuple[dict, dict]:
+    """Primus: kernels transposed and patch_embed_size / input_shape reversed; the position embeddings of the patches
+    (after any register tokens) moved from raster order over voxfm's grid (X, Y, Z) to raster order over (Z, Y, X);
+    and, because 3D axial RoPE turns each head's q and k in three equal blocks, one per grid axis, axis 0 first
+    (`models.primus.axial_rope`), the first and last block of every head's q and k swapped: nnU-Net's axis 0 is
+    voxfm's Z. Permuting q and k alike leaves q·k, hence attention, unchanged."""
+    out = transpose_kernels(weights)
+    grid = [s // p for s, p in zip(kwargs["input_shape"], kwargs["patch_embed_size"])]
+    kwargs = dict(kwargs, patch_embed_size=kwargs["patch_embed_size"][::-1], input_shape=kwargs["input_shape"][::-1])
+    if "eva.pos_embed" in out:
+        table, registers = out["eva.pos_embed"], kwargs["num_register_tokens"]
+        patches = table[:, registers:].reshape(1, *grid, -1).permute(0, 3, 2, 1, 4).reshape(1, -1, table.shape[-1])
+        out["eva.pos_embed"] = torch.cat([table[:, :registers], patches], dim=1).contiguous()
+    if kwargs["use_rot_pos_emb"]:
+        heads = kwargs["eva_numheads"]
+        head = kwargs["embed_dim"] // heads
+        block = head // 3  # 2 x the RoPE bands of one axis
+        order = torch.cat([torch.arange(2 * block, head), torch.arange(block, 2 * block), torch.arange(block)])
+        rows = (torch.arange(heads).unsqueeze(1) * head + order).flatten()
+        for key in out:
+            if key.endswith((".attn.q_proj.weight", ".attn.q_proj.bias", ".attn.k_proj.weight")):
+                out[key] = out[key][rows].contiguous()
     return out, kwargs
 
 

@@ -41,6 +41,12 @@ net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], ar
                              input_channels=INPUT_CHANNELS, output_channels=3, deep_supervision=True)
 load_pretrained_weights(net, "nnunet_pretrained.pth")  # every key but the segmentation layers, shapes checked"""
 
+LOAD_NNSSL = """import torch
+ckpt = torch.load("checkpoint_final.pth", weights_only=True)  # as nnU-Net's fine-tuning reads it
+plan = ckpt["nnssl_adaptation_plan"]  # architecture_plans, pretrain_plan, key_to_encoder, key_to_stem, ...
+weights = ckpt["network_weights"]  # nnU-Net's axis order: [C, Z, Y, X] of the RAS image
+print(plan["architecture_plans"]["arch_class_name"], len(weights), "tensors")"""
+
 LOAD_FULL = """import json, safetensors.torch
 meta = json.load(open("full.json"))  # config, step, data
 state = safetensors.torch.load_file("model.safetensors")  # backbone.* and the objective's heads
@@ -52,6 +58,16 @@ NNUNET_STEPS = """1. Add `"overwrite_image_reader_writer": "NibabelIOWithReorien
 2. Merge `plans.configurations.3d_fullres_voxfm` of `nnunet_plans_fragment.json` into
    `$nnUNet_preprocessed/Dataset<ID>_<name>/nnUNetPlans.json`, then `nnUNetv2_preprocess -d <ID> -c 3d_fullres_voxfm`.
 3. `nnUNetv2_train <ID> 3d_fullres_voxfm <fold> -pretrained_weights nnunet_pretrained.pth`"""
+
+
+NNSSL_STEPS = """Needs nnU-Net's main branch (pretrained fine-tuning arrived there in July 2026; the 2.8.1 release has
+neither command). voxfm's tests build nnU-Net's network from the adaptation plan and load `network_weights` into it
+strictly, but have not run these commands.
+1. Add `"overwrite_image_reader_writer": "NibabelIOWithReorient"` to your dataset.json (images are read in RAS, as
+   in pretraining), then `nnUNetv2_plan_and_preprocess -d <ID> -c 3d_fullres` (the step below starts from its plans).
+2. `nnUNetv2_preprocess_like_nnssl -d <ID> -n <name> -pc checkpoint_final.pth -am like_pretrained`
+3. `nnUNetv2_train_pretrained <ID> 3d_fullres <fold> -p ptPlans__<name>____IDENTIFIERTRAINER` (the plans step 2
+   wrote, named here for a 1-channel dataset: one `_Z` more per further channel)"""
 
 
 def _normalisation_lines(norm: dict | None) -> list[str]:
@@ -74,6 +90,8 @@ def exported_classes(meta: dict) -> list[str]:
 def loading_snippet(meta: dict, export_format: str) -> str:
     if export_format == "full":
         return LOAD_FULL
+    if export_format == "nnssl":
+        return LOAD_NNSSL
     names = exported_classes(meta)
     if export_format == "nnunet":
         return (LOAD_NNUNET.replace("INPUT_CHANNELS", str(meta["kwargs"]["input_channels"]))
@@ -116,4 +134,19 @@ def write_model_card(out: Path, meta: dict, export_format: str) -> None:
                   "transposed at export, so nnU-Net's network computes voxfm's features. nnU-Net normalises CT with "
                   "dataset percentiles and a z-score instead of the window above; the instance norm after the first "
                   "convolution makes the network insensitive to such an affine intensity change, apart from clipping."]
+    if export_format == "nnssl":
+        name = meta["nnssl_architecture"]["arch_class_name"]
+        trainer = " -tr PretrainedTrainer_Primus" if meta["architecture"] == "primus" else ""
+        spacing = meta["spacing"][::-1] if meta["spacing"] else None  # like_nnssl names the data by it
+        identifier = ("Spacing__" + "_".join(f"{s:.2f}" for s in spacing) if spacing else "<spacing>") + "___Norm__Z"
+        lines += ["", "## Fine-tuning with nnU-Net (`nnUNetv2_train_pretrained`)",
+                  NNSSL_STEPS.replace("IDENTIFIER", identifier).replace("TRAINER", trainer), "",
+                  f"The adaptation plan names `{name}`. The weights are in nnU-Net's axis order ([C, Z, Y, X] of the "
+                  "RAS image): kernels were transposed at export (for Primus also its position embeddings and RoPE "
+                  "blocks reordered), so nnU-Net's network computes voxfm's features."]
+        if meta["architecture"] == "primus" and name == meta["class"]:
+            lines.append("nnU-Net's pretrained trainers build only the Primus presets (PrimusS/B/M/L: patch 8, no "
+                         "register tokens) by name; this Primus is given as its class and arguments, which nnU-Net's "
+                         "`get_network_from_plans` builds but `nnUNetv2_train_pretrained` refuses without a trainer "
+                         "of your own (and its loader copies `down_projection` and `eva`, not register tokens).")
     (out / "README.md").write_text("\n".join(lines) + "\n")

@@ -3,7 +3,9 @@
 format=monai (default): `backbone.safetensors` + `backbone.json`; a ViT loads with strict=True into
 `monai.networks.nets.ViT(**kwargs)` and `UNETR(...).vit`, a ResEnc into nnU-Net's `ResidualEncoderUNet`.
 format=nnunet (ResEnc): `nnunet_pretrained.pth` for `nnUNetv2_train ... -pretrained_weights`, in nnU-Net's
-axis order, and `nnunet_plans_fragment.json`. format=full: every weight of the pretraining module
+axis order, and `nnunet_plans_fragment.json`. format=nnssl (ResEnc, Primus): nnssl's `checkpoint_final.pth` (weights in
+nnU-Net's axis order + adaptation plan) and `adaptation_plan.json`, for nnU-Net's `nnUNetv2_preprocess_like_nnssl` /
+`nnUNetv2_train_pretrained`. format=full: every weight of the pretraining module
 (backbone + objective heads) + config + step, for `voxfm pretrain init_from=<export>`.
 
 An export is made to be shared: it names its checkpoint by file name, and every path in the stored config
@@ -22,6 +24,7 @@ from data.crops import triple
 from pretrain.errors import ConfigError
 from pretrain.export.formats import clone_state, exported_weights, nnunet_plans_fragment, to_nnunet_axes
 from pretrain.export.model_card import write_model_card
+from pretrain.export.nnssl import nnssl_checkpoint
 from pretrain.training.checkpoints import (
     backbone_arguments,
     check_config_tree,
@@ -32,7 +35,7 @@ from pretrain.training.checkpoints import (
 )
 
 BACKBONE_PREFIX = "backbone."
-FORMATS = ("monai", "nnunet", "full")
+FORMATS = ("monai", "nnunet", "nnssl", "full")
 PATH_KEYS = ("run_dir", "init_from", "shards")  # values that are paths whatever they look like
 NO_DATA = {"spacing": None, "orientation": "RAS", "normalisation": None, "modalities": None, "datasets": None}
 
@@ -115,14 +118,14 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, exp
     if export_format not in declared.formats:
         raise ConfigError(f"format={export_format}: {config['model']['_target_']} exports as "
                           f"{', '.join(declared.formats)} "
-                          "(format=nnunet needs a backbone that nnU-Net builds, e.g. model=resenc_*)")
+                          "(format=nnunet and nnssl need a backbone that nnU-Net builds, e.g. model=resenc_*)")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": f"voxfm-{export_format}/1", **_common_meta(ckpt, ckpt_path, config, data)}
     if export_format == "full":
         if in_channels is not None:
             raise ConfigError("in_channels: format=full keeps the pretraining module as it is; inflate in "
-                             "format=monai or nnunet")
+                             "format=monai, nnunet or nnssl")
         save_file(clone_state(ckpt["state_dict"]), str(out / "model.safetensors"))
         meta["architecture"] = architecture
         (out / "full.json").write_text(json.dumps(meta, indent=1))
@@ -140,6 +143,15 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, exp
                                          data["spacing"], data["normalisation"], data["modalities"])
         (out / "nnunet_plans_fragment.json").write_text(json.dumps(fragment, indent=1))
         meta["nnunet_kwargs"] = kwargs
+    elif export_format == "nnssl":
+        init_args = {k: meta[k] for k in ("config", "step", "checkpoint")}  # what voxfm pretraining ran with
+        checkpoint = nnssl_checkpoint(weights, arch, list(triple(config["data"]["crop_size"])), data["spacing"],
+                                      data["normalisation"], f"voxfm.{meta['objective']}", init_args)
+        torch.save(checkpoint, out / "checkpoint_final.pth")
+        plan = checkpoint["nnssl_adaptation_plan"]
+        (out / "adaptation_plan.json").write_text(json.dumps({**plan, "trainer_name": checkpoint["trainer_name"]},
+                                                             indent=1))
+        meta["nnssl_architecture"] = plan["architecture_plans"]
     else:
         save_file(weights, str(out / "backbone.safetensors"))
     (out / "backbone.json").write_text(json.dumps(meta, indent=1))

@@ -85,7 +85,8 @@ class MAEObjective(nn.Module):
         positions ids[:, :n_visible], then the hidden ones."""
         ids = visible_then_hidden(batch["mask"])
         ids_keep = ids[:, :n_visible_of(batch)]
-        return backbone.encode(backbone.embed(batch["image"], ids_keep)), ids  # only visible patches embedded
+        # only the visible patches are embedded and encoded, each at its own position (RoPE backbones need ids)
+        return backbone.encode(backbone.embed(batch["image"], ids_keep), ids_keep), ids
 
     def _normalise(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """target: [B, n, P] fp32 → (target in the loss's space, mean [B, n, 1], std [B, n, 1])."""

@@ -57,7 +57,7 @@ def test_missing_settings_share_the_line_and_a_close_value_or_key_is_suggested(c
     assert capsys.readouterr().err.strip() == ("voxfm shard: error: workers='abc': expected int; missing required "
                                                "setting(s): input=..., output=...")
     assert main(["export", "checkpoint=/c", "output=/o", "format=nnunett"]) == 2
-    assert "format='nnunett': expected one of 'monai', 'nnunet', 'full' (did you mean format=nnunet?)" in \
+    assert "format='nnunett': expected one of 'monai', 'nnunet', 'nnssl', 'full' (did you mean format=nnunet?)" in \
         capsys.readouterr().err
     assert main(["inspect", "shards=/s", "n_sample=3"]) == 2
     assert "n_sample: unknown key; did you mean n_samples?" in capsys.readouterr().err

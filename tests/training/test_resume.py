@@ -23,6 +23,7 @@ DEMOS = {  # experiment → extra overrides (a little more work per step so the 
     "demo_mim": [],
     "demo_simclr": ["data.batch_size=8"],  # 4 regions of one volume are too few negatives for a stable 40 steps
     "demo_mae_contrastive": ["model.num_layers=4"],
+    "demo_primus": ["model.eva_depth=4", "data.batch_size=8"],
 }
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
 

@@ -1,0 +1,17 @@
+"""demo_primus (a tiny Primus MAE): trains, exports as format=full, and seeds a new run with init_from."""
+
+from pretrain.cli.main import main
+
+
+def test_demo_primus_trains_exports_and_seeds_a_new_run(shard_dir, tmp_path, capsys):
+    common = ["experiment=demo_primus", f"data.shards={shard_dir}", "data.num_workers=0", "trainer.progress_bar=false",
+              "trainer.images_every_n_steps=0", "trainer.log_every_n_steps=2"]
+    assert main(["pretrain", *common, f"run_dir={tmp_path / 'run'}", "trainer.max_steps=4"]) == 0
+    assert main(["export", f"checkpoint={tmp_path / 'run'}", "format=full", f"output={tmp_path / 'full'}"]) == 0
+    assert {p.name for p in (tmp_path / "full").iterdir()} >= {"full.json", "model.safetensors", "README.md"}
+    assert main(["export", f"checkpoint={tmp_path / 'run'}", f"output={tmp_path / 'monai'}"]) == 2
+    assert "format=monai: models.primus.Primus exports as" in capsys.readouterr().err
+    assert main(["pretrain", *common, f"run_dir={tmp_path / 'seeded'}", f"init_from={tmp_path / 'full'}",
+                 "trainer.max_steps=6"]) == 0
+    out = capsys.readouterr().out
+    assert "starting from" in out and "at step 4" in out and "finished at step 6" in out
