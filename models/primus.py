@@ -321,6 +321,13 @@ class Primus(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode(self.embed(x)).mean(dim=1)
 
+    decoder_prefix = "up_projection."  # PatchDecode's widths follow the class count: a fine-tune builds it anew
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Tokeniser, registers and EVA encoder: what a fine-tune with a frozen encoder keeps."""
+        extra = [] if self.register_tokens is None else [self.register_tokens]
+        return [*self.down_projection.parameters(), *self.eva.parameters(), *extra]
+
     def freeze_decoder(self) -> None:
         """Objectives that train the encoder alone leave the patch decoder as it is (and DDP sees no unused
         parameters)."""

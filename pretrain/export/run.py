@@ -3,9 +3,10 @@
 format=monai (default): `backbone.safetensors` + `backbone.json`; a ViT loads with strict=True into
 `monai.networks.nets.ViT(**kwargs)` and `UNETR(...).vit`, a ResEnc into nnU-Net's `ResidualEncoderUNet`.
 format=nnunet (ResEnc): `nnunet_pretrained.pth` for `nnUNetv2_train ... -pretrained_weights`, in nnU-Net's
-axis order, and `nnunet_plans_fragment.json`. format=nnssl (ResEnc, Primus): nnssl's `checkpoint_final.pth` (weights in
-nnU-Net's axis order + adaptation plan) and `adaptation_plan.json`, for nnU-Net's `nnUNetv2_preprocess_like_nnssl` /
-`nnUNetv2_train_pretrained`. format=full: every weight of the pretraining module
+axis order, and `nnunet_plans_fragment.json`. format=nnssl (ResEnc, Primus): nnssl's `checkpoint_final.pth`
+(weights in nnU-Net's axis order + adaptation plan) and `adaptation_plan.json`, for nnU-Net's
+`nnUNetv2_preprocess_like_nnssl` / `nnUNetv2_train_pretrained`, beside `backbone.safetensors` in voxfm's axis order
+(what `voxfm finetune` reads). format=full: every weight of the pretraining module
 (backbone + objective heads) + config + step, for `voxfm pretrain init_from=<export>`.
 
 An export is made to be shared: it names its checkpoint by file name, and every path in the stored config
@@ -152,7 +153,7 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, exp
         (out / "adaptation_plan.json").write_text(json.dumps({**plan, "trainer_name": checkpoint["trainer_name"]},
                                                              indent=1))
         meta["nnssl_architecture"] = plan["architecture_plans"]
-    else:
+    if export_format != "nnunet":  # voxfm's axis order: what `voxfm finetune backbone=<this folder>` reads
         save_file(weights, str(out / "backbone.safetensors"))
     (out / "backbone.json").write_text(json.dumps(meta, indent=1))
     write_model_card(out, meta, export_format)

@@ -18,7 +18,7 @@ from models.weights import load_strict
 from pretrain.config.declarations import declared_backbones
 from pretrain.errors import ConfigError, config_errors
 
-SEG_HEAD = "decoder.seg_layers."
+SEG_HEAD = "decoder.seg_layers."  # ResEnc's segmentation layers: replaced by this task's
 # the architectures voxfm's backbones declare (`declared_backbones`), the names backbone.json may carry
 ARCHITECTURES = tuple(sorted({d.declaration.architecture for d in declared_backbones().values()}, reverse=True))
 
@@ -44,17 +44,24 @@ def check_export_meta(meta, where: str) -> None:
 
 
 def build_segmenter(architecture: str, kwargs: dict, n_classes: int, crop_size, unetr: dict) -> torch.nn.Module:
-    """architecture "vit": UNETR around a ViT of `kwargs` (MONAI ViT kwargs); "resenc": ResEncUNet kwargs."""
+    """architecture "vit": UNETR around a ViT of `kwargs` (MONAI ViT kwargs); "primus": Primus with a new head;
+    "resenc": ResEncUNet kwargs."""
     if architecture == "vit":
         from monai.networks.nets import UNETR
 
         if list(kwargs["patch_size"]) != [16, 16, 16]:
-            raise ConfigError(f"UNETR needs a patch-16 ViT; this backbone has patch {kwargs['patch_size']}")
+            raise ConfigError(f"UNETR needs a patch-16 ViT; this backbone has patch {kwargs['patch_size']} (a patch-8 "
+                              "ViT has no segmentation network in voxfm; pretrain Primus, model=primus_*, instead)")
         return UNETR(in_channels=kwargs["in_channels"], out_channels=n_classes, img_size=tuple(crop_size),
                      hidden_size=kwargs["hidden_size"], mlp_dim=kwargs["mlp_dim"], num_heads=kwargs["num_heads"],
                      proj_type="conv", **unetr)
-    if architecture != "resenc":
-        raise ConfigError(f"voxfm finetune cannot fine-tune a {architecture!r} export yet (vit and resenc can)")
+    if architecture == "primus":  # the whole network as nnU-Net fine-tunes it: the pretrained encoder, a new decoder
+        from models.primus import Primus
+
+        if list(kwargs["input_shape"]) != list(crop_size):  # nnU-Net too fine-tunes at the pretraining shape
+            raise ConfigError(f"data.crop_size={list(crop_size)}: a Primus export fine-tunes at the input shape its "
+                              f"position embedding was learnt for, {list(kwargs['input_shape'])}")
+        return Primus(**{**kwargs, "num_classes": n_classes})
     from models.resenc import ResEncUNet
 
     return ResEncUNet(in_channels=kwargs["input_channels"], out_channels=n_classes,
@@ -73,9 +80,12 @@ def segmenter_with_weights(meta: dict, weights: dict[str, torch.Tensor], n_class
             load_strict(net.vit, weights, what)
     else:
         own = net.state_dict()
-        # the pretraining head (reconstruction) is replaced by this task's segmentation layers
+        # the pretraining head (reconstruction) is replaced by this task's segmentation layers; Primus's whole
+        # PatchDecode, whose widths follow the class count (as nnU-Net's pretrained trainer takes only the
+        # tokeniser, the encoder and the position embedding)
+        head = SEG_HEAD if meta["architecture"] == "resenc" else net.decoder_prefix
         with config_errors():
-            load_strict(net, {k: (own[k] if k.startswith(SEG_HEAD) else v) for k, v in weights.items()}, what)
+            load_strict(net, {k: (own[k] if k.startswith(head) else v) for k, v in weights.items()}, what)
     return net
 
 
@@ -85,7 +95,13 @@ def segmenter_from_export(folder: str, n_classes: int, crop_size, unetr: dict) -
 
 
 def encoder_parameters(net: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """What `freeze_encoder=true` freezes: UNETR's ViT, or the ResEnc encoder."""
+    """What `freeze_encoder=true` freezes: UNETR's ViT, Primus's tokeniser and EVA encoder, or the ResEnc encoder."""
     from monai.networks.nets import UNETR
 
-    return list(net.vit.parameters()) if isinstance(net, UNETR) else list(net.encoder.parameters())
+    from models.primus import Primus
+
+    if isinstance(net, UNETR):
+        return list(net.vit.parameters())
+    if isinstance(net, Primus):
+        return list(net.encoder_parameters())
+    return list(net.encoder.parameters())

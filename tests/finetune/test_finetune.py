@@ -147,3 +147,34 @@ def test_either_network_builds_from_random_initialisation(tmp_path):
     net, architecture = _network(base, "scratch", 4, [32] * 3)
     assert architecture == "vit" and type(net).__name__ == "UNETR"
     assert net(torch.randn(1, 1, 32, 32, 32)).shape == (1, 4, 32, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def primus_export(tmp_path_factory, shard_dir):
+    run = tmp_path_factory.mktemp("primus_run")
+    run_pretrain(load_config("pretrain", ["experiment=demo_primus", f"data.shards={shard_dir}", f"run_dir={run}",
+                                          "trainer.max_steps=2", "trainer.progress_bar=false",
+                                          "trainer.images_every_n_steps=0", "data.num_workers=0"]))
+    return run_export(str(run), str(tmp_path_factory.mktemp("primus_export")), export_format="nnssl")
+
+
+def test_primus_fine_tunes_its_pretrained_encoder_with_a_new_decoder(labelled, primus_export, tmp_path):
+    from safetensors.torch import load_file
+
+    from pretrain.finetune.model import segmenter_from_export
+
+    net, meta = segmenter_from_export(str(primus_export), n_classes=4, crop_size=[32] * 3, unetr={})
+    exported, own = load_file(str(primus_export / "backbone.safetensors")), net.state_dict()
+    assert meta["architecture"] == "primus" and net.up_projection.decode[-1].weight.shape[1] == 4
+    kept = [k for k in exported if not k.startswith("up_projection.")]
+    assert kept and all(torch.equal(own[k], exported[k]) for k in kept)  # tokeniser, encoder, positions
+    run = tmp_path / "run"
+    assert main(["finetune", "experiment=demo_finetune_primus", f"backbone={primus_export}", f"data.shards={labelled}",
+                 f"run_dir={run}", "compare_scratch=true", "data.val_fraction=0.34", *FAST,
+                 "data.crop_size=[32,32,32]"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["arms"]) == {"pretrained", "scratch"}
+    for arm in results["arms"].values():
+        assert arm["architecture"] == "primus" and arm["steps"] == 6 and len(arm["per_class"]) == 3
+    with pytest.raises(Exception, match="input shape its position embedding was learnt for"):
+        segmenter_from_export(str(primus_export), n_classes=4, crop_size=[16] * 3, unetr={})

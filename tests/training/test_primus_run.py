@@ -15,3 +15,11 @@ def test_demo_primus_trains_exports_and_seeds_a_new_run(shard_dir, tmp_path, cap
                  "trainer.max_steps=6"]) == 0
     out = capsys.readouterr().out
     assert "starting from" in out and "at step 4" in out and "finished at step 6" in out
+
+
+def test_the_contrastive_objectives_train_primus(shard_dir, tmp_path):
+    common = [f"data.shards={shard_dir}", "data.num_workers=0", "trainer.progress_bar=false", "model=primus_tiny",
+              "trainer.images_every_n_steps=0", "trainer.max_steps=2"]
+    assert main(["pretrain", "experiment=demo_simclr", *common, f"run_dir={tmp_path / 'simclr'}"]) == 0
+    assert main(["pretrain", "experiment=demo_mae_contrastive", *common, "objective.views.masking.patch_size=8",
+                 f"run_dir={tmp_path / 'mae_contrastive'}"]) == 0
