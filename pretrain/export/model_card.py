@@ -149,4 +149,8 @@ def write_model_card(out: Path, meta: dict, export_format: str) -> None:
                          "register tokens) by name; this Primus is given as its class and arguments, which nnU-Net's "
                          "`get_network_from_plans` builds but `nnUNetv2_train_pretrained` refuses without a trainer "
                          "of your own (and its loader copies `down_projection` and `eva`, not register tokens).")
+    if meta.get("architecture") == "primus":
+        lines += ["", "## MONAI", "MONAI (1.6.1) has no Primus and no network with EVA blocks and 3D RoPE that "
+                  "these weights could load into: the supported routes are nnU-Net (`format=nnssl`), "
+                  "`dynamic_network_architectures`' Primus (same parameter names), and `voxfm finetune`."]
     (out / "README.md").write_text("\n".join(lines) + "\n")
