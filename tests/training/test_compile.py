@@ -16,7 +16,7 @@ from pretrain.training.module import step_generator
 from pretrain.training.run import build_module, run_pretrain
 from tests.conftest import REPO
 
-TWINS = ["demo", "demo_mim", "demo_simclr", "demo_mae_contrastive"]
+TWINS = ["demo", "demo_mim", "demo_simclr", "demo_mae_contrastive", "demo_primus"]
 
 
 pytestmark = pytest.mark.slow
