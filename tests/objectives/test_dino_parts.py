@@ -118,3 +118,34 @@ def test_centre_and_sinkhorn_over_two_processes_equal_one_process_on_the_whole_b
     got = torch.load(tmp_path / "out.pt", weights_only=True)
     assert torch.allclose(got["centre"], updated_centre(torch.zeros(1, 6), logits, 0.9), atol=1e-6)
     assert torch.allclose(got["sinkhorn"], sinkhorn_knopp(logits, 0.05, 3), atol=1e-5)
+
+
+def test_dino_loss_skips_same_crop_pairs_and_follows_its_formula():
+    from pretrain.objectives.dino.losses import dino_loss
+
+    g = torch.Generator().manual_seed(6)
+    students = [torch.randn(4, 10, generator=g) for _ in range(3)]  # 2 globals + 1 local
+    teachers = [torch.softmax(torch.randn(4, 10, generator=g), -1) for _ in range(2)]
+
+    def ce(t, s):
+        return -(t * torch.log_softmax(s / 0.1, -1)).sum(-1).mean()
+
+    pairs = [(0, 1), (0, 2), (1, 0), (1, 2)]  # (teacher crop, student crop), never the same crop
+    expected = sum(ce(teachers[t], students[s]) for t, s in pairs) / 4
+    assert torch.allclose(dino_loss(students, teachers, 0.1), expected, atol=1e-6)
+
+
+def test_ibot_loss_ignores_unmasked_tokens_and_normalises_per_image():
+    from pretrain.objectives.dino.losses import ibot_loss
+
+    g = torch.Generator().manual_seed(7)
+    student, teacher = torch.randn(3, 8, 5, generator=g), torch.softmax(torch.randn(3, 8, 5, generator=g), -1)
+    masks = torch.zeros(3, 8, dtype=torch.bool)
+    masks[0, :2], masks[1, :6] = True, True  # image 2 has no hidden token
+    loss = ibot_loss(student, teacher, masks)
+    perturbed = student.clone()
+    perturbed[~masks] += 100 * torch.randn(int((~masks).sum()), 5, generator=g)
+    assert torch.equal(ibot_loss(perturbed, teacher, masks), loss)  # unmasked tokens do not count
+    per_token = -(teacher * torch.log_softmax(student / 0.1, -1)).sum(-1)
+    expected = (per_token[0, :2].mean() + per_token[1, :6].mean()) / 2  # each image weighs the same
+    assert torch.allclose(loss, expected, atol=1e-6)

@@ -1,0 +1,37 @@
+"""The two distillation losses: DINO's on the class token of every crop (against the teacher's global crops), and
+iBOT's on the student's masked patch tokens (against the teacher's tokens at the same positions)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def dino_loss(student_logits: list[torch.Tensor], teacher_probs: list[torch.Tensor],
+              student_temperature: float = 0.1) -> torch.Tensor:
+    """student_logits: one [B, K] per crop (global crops first, then local); teacher_probs: one [B, K] per global
+    crop → the mean over every (teacher crop, student crop) pair of different crops of the cross-entropy
+    −Σ p_teacher · log softmax(student / τ_s), averaged over the batch."""
+    total, pairs = 0.0, 0
+    for s, student in enumerate(student_logits):
+        log_p = torch.log_softmax(student.float() / student_temperature, dim=-1)
+        for t, teacher in enumerate(teacher_probs):
+            if s == t:  # a global crop is not its own target
+                continue
+            total = total + (-(teacher * log_p).sum(dim=-1)).mean()
+            pairs += 1
+    if pairs == 0:
+        raise ValueError("dino_loss needs at least two crops (two globals, or a global and a local)")
+    return total / pairs
+
+
+def ibot_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, masks: torch.Tensor,
+              student_temperature: float = 0.1) -> torch.Tensor:
+    """student_logits, teacher_probs: [B, N, K] patch tokens; masks: bool [B, N], True = hidden from the student →
+    the cross-entropy on hidden tokens only, averaged within each image, then over the images with any hidden
+    token (0 if none has)."""
+    per_token = -(teacher_probs * torch.log_softmax(student_logits.float() / student_temperature, dim=-1)).sum(-1)
+    weights = masks.float()
+    counts = weights.sum(dim=1)
+    per_image = (per_token * weights).sum(dim=1) / counts.clamp_min(1.0)
+    masked_images = (counts > 0).float()
+    return (per_image * masked_images).sum() / masked_images.sum().clamp_min(1.0)
