@@ -115,6 +115,10 @@ def combination_errors(cfg: dict, gpus: int) -> list[str]:
     if errors:
         return errors
     crop = triple(cfg["data"]["crop_size"])
-    return (_model_errors(model, cfg["model"], crop) + _loss_errors(cfg["objective"]["loss"], "objective.loss", crop)
-            + _objective_errors(cfg, model, objective)
+    teacher = []
+    if objective.declaration.teacher and cfg["strategy"]["name"] == "deepspeed" and cfg["strategy"].get("stage") == 3:
+        teacher = [f"strategy.stage=3: objective={_name(objective.target)} updates an EMA teacher from the whole "
+                   "student after every step, which ZeRO-3 partitions across ranks; use strategy.stage=2 or ddp"]
+    return (teacher + _model_errors(model, cfg["model"], crop)
+            + _loss_errors(cfg["objective"]["loss"], "objective.loss", crop) + _objective_errors(cfg, model, objective)
             + _device_errors(cfg["trainer"], cfg["strategy"], model, gpus) + _shard_errors(cfg["data"]))

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from data.crops import triple
+from pretrain.config.declarations import read_declared
 from pretrain.errors import ConfigError
 from pretrain.export.formats import clone_state, exported_weights, nnunet_plans_fragment, to_nnunet_axes
 from pretrain.export.model_card import write_model_card
@@ -102,6 +103,13 @@ def _stored_config(ckpt: dict, ckpt_path: Path) -> tuple[dict, dict]:
     return config, {**NO_DATA, **stored}
 
 
+def teacher_prefix(config: dict) -> str | None:
+    """"objective.teacher_backbone." when the stored objective declares an EMA teacher, else None."""
+    target = config.get("objective", {}).get("loss", {}).get("_target_")
+    declared = read_declared(target) if isinstance(target, str) else None
+    return "objective.teacher_backbone." if declared is not None and declared.declaration.teacher else None
+
+
 def run_export(checkpoint: str, output: str, in_channels: int | None = None, export_format: str = "monai") -> Path:
     if export_format not in FORMATS:
         raise ConfigError(f"format={export_format!r}; allowed: {', '.join(FORMATS)}")
@@ -133,7 +141,8 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, exp
         write_model_card(out, meta, export_format)
         return out
     backbone = backbone_class(**backbone_kwargs)  # only to read the architecture's kwargs
-    state = {k[len(BACKBONE_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(BACKBONE_PREFIX)}
+    prefix = teacher_prefix(config) or BACKBONE_PREFIX  # self-distillation: the EMA teacher is the model to keep
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     weights, arch = exported_weights(state, backbone, in_channels)
     meta.update(arch, channel_inflation=None if in_channels in (None, 1) else {"from": 1, "to": in_channels})
     if export_format == "nnunet":

@@ -22,6 +22,8 @@ class ObjectiveDeclaration:
     mask_cell_is_token: one mask cell per patch token (`masking.patch_size` must equal `model.patch_size`);
     trains_decoder: False → a CNN backbone's own decoder is frozen (unused by the loss);
     reconstructs: has `reconstruct(batch, backbone) -> {"original", "masked", "reconstruction"}` for pictures;
+    teacher: keeps an EMA teacher of the backbone: `attach_teacher(backbone)` when the module is built,
+        `update_teacher(backbone, total_steps)` after every optimiser step, `teacher_backbone` (what is exported);
     bounds: {argument: {"ge" | "gt" | "le" | "lt": number}}, checked with the config before anything is built."""
 
     backbone: Literal["tokens", "cnn", "any"]
@@ -30,4 +32,5 @@ class ObjectiveDeclaration:
     mask_cell_is_token: bool = False
     trains_decoder: bool = True
     reconstructs: bool = False
+    teacher: bool = False
     bounds: dict = field(default_factory=dict)

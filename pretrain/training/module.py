@@ -89,6 +89,13 @@ class PretrainModule(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=batch["image"].shape[0])
         return loss
 
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """The optimiser's step, then an EMA teacher's (objectives that declare one): on every rank alike, on the
+        full student weights (DDP; DeepSpeed ZeRO-2 keeps them whole on every rank, ZeRO-3 is refused)."""
+        super().optimizer_step(*args, **kwargs)
+        if self.objective.declaration.teacher:
+            self.objective.update_teacher(self.backbone, self.total_steps)
+
     def on_before_optimizer_step(self, optimizer) -> None:
         """A non-finite loss on any rank skips the step on every rank, decided on the device: the flag is all-reduced
         (MAX) and fused (Adam)W gets it as `found_inf`, whose kernel then leaves weights, moments and step count

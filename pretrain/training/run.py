@@ -80,6 +80,8 @@ def build_module(cfg: DictConfig) -> PretrainModule:
         objective = instantiate(cfg.objective.loss)(backbone.spec)
     if not objective.declaration.trains_decoder and backbone.declaration.decoder:
         backbone.freeze_decoder()  # unused by the loss: frozen, so DDP needs no unused-parameter search
+    if objective.declaration.teacher:  # a copy of the plain student, before speed-ups wrap its blocks
+        objective.attach_teacher(backbone)
     mode = compile_mode(cfg.trainer.compile, OmegaConf.to_container(cfg.strategy))
     parallelize(backbone, cfg.trainer.activation_checkpointing, mode)
     return PretrainModule(

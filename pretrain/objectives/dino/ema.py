@@ -18,5 +18,6 @@ def ema_update(teacher: list[torch.Tensor], student: list[torch.Tensor], momentu
     """teacher ← m · teacher + (1 − m) · student, in place, for matching lists of tensors."""
     if len(teacher) != len(student):
         raise ValueError(f"teacher has {len(teacher)} tensors, student {len(student)}")
+    scaled = torch._foreach_mul(student, 1 - momentum)  # rounded as the formula reads (no fused multiply-add)
     torch._foreach_mul_(teacher, momentum)
-    torch._foreach_add_(teacher, student, alpha=1 - momentum)
+    torch._foreach_add_(teacher, scaled)

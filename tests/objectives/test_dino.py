@@ -1,0 +1,86 @@
+"""objective=dino (first form): an EMA teacher that takes no gradient, moves by exactly m·t + (1−m)·s, is saved
+and restored with the run; the student gets every gradient; ZeRO-3 is refused before launch."""
+
+import torch
+
+from pretrain.cli.compose import load_config
+from pretrain.cli.main import main
+from pretrain.training.checkpoints import load_checkpoint
+from pretrain.training.module import step_generator
+from pretrain.training.run import build_module
+
+
+def _module(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_module(load_config("pretrain", ["experiment=demo_dino", "data.shards=/x", "run_dir=/y"]))
+
+
+def _batch(module):
+    size = module.view_pipeline.region_size_needed()
+    g = torch.Generator().manual_seed(0)
+    regions = {"region": torch.randint(-1000, 1000, (4, 1, *size), generator=g, dtype=torch.int16),
+               "low": torch.full((4,), -1000.0), "high": torch.full((4,), 1000.0)}
+    return module.view_pipeline(regions, step_generator(torch.device("cpu"), 0, 0, 0))
+
+
+def test_the_student_gets_every_gradient_the_teacher_none_and_the_loss_is_deterministic():
+    module = _module()
+    batch = _batch(module)
+    loss, logs = module.objective(batch, module.backbone)
+    assert {"dino_loss", "koleo", "teacher_entropy", "effective_rank", "gram_mean"} <= set(logs)
+    loss.backward()
+    student = [*module.backbone.named_parameters(), *module.objective.head.named_parameters()]
+    assert all(p.grad is not None for name, p in student if p.requires_grad)
+    assert all(not p.requires_grad and p.grad is None for p in module.objective.teacher_backbone.parameters())
+    assert all(p.grad is None for p in module.objective.teacher_head.parameters())
+    again = _module()
+    assert torch.equal(again.objective(_batch(again), again.backbone)[0], loss)
+
+
+def test_the_teacher_moves_by_exactly_the_scheduled_momentum():
+    module = _module()
+    objective, backbone = module.objective, module.backbone
+    with torch.no_grad():
+        for p in backbone.parameters():
+            p.add_(torch.randn_like(p))  # a student that has moved away from its teacher
+    teacher = [p.clone() for p in objective.teacher_backbone.parameters()]
+    student = [p.clone() for p in backbone.parameters()]
+    objective._steps = 75  # a quarter of the 300 steps: m = 1 − 0.008 · (cos(π/4) + 1) / 2
+    m = objective.update_teacher(backbone, 300)
+    assert abs(m - (1 - 0.008 * (2**-0.5 + 1) / 2)) < 1e-12
+    for t0, s, t1 in zip(teacher, student, objective.teacher_backbone.parameters()):
+        assert torch.equal(t1, t0 * m + s * (1 - m))
+
+
+def test_the_teacher_is_saved_and_a_resumed_run_continues_its_schedule(shard_dir, tmp_path):
+    common = ["experiment=demo_dino", f"data.shards={shard_dir}", f"run_dir={tmp_path}", "data.num_workers=0",
+              "trainer.progress_bar=false", "trainer.images_every_n_steps=0", "trainer.checkpoint_every_n_steps=3"]
+    assert main(["pretrain", *common, "trainer.max_steps=3"]) == 0
+    first = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
+    assert int(first["objective.teacher_steps"]) == 3
+    teacher_keys = [k for k in first if k.startswith("objective.teacher_backbone.")]
+    assert teacher_keys and any(not torch.equal(first[k], first["backbone." + k.split(".", 2)[2]])
+                                for k in teacher_keys)  # the teacher lags the student
+    assert main(["pretrain", *common, "trainer.max_steps=5"]) == 0
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
+    assert int(last["objective.teacher_steps"]) == 5  # resumed at 3, not restarted
+
+
+def test_zero3_is_refused_before_launch(shard_dir, tmp_path, capsys):
+    assert main(["pretrain", "experiment=demo_dino", f"data.shards={shard_dir}", f"run_dir={tmp_path}",
+                 "strategy=deepspeed_zero3"]) == 2
+    assert "updates an EMA teacher from the whole student" in capsys.readouterr().err
+
+
+def test_the_export_is_the_teacher_backbone(shard_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    assert main(["pretrain", "experiment=demo_dino", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'run'}",
+                 "data.num_workers=0", "trainer.progress_bar=false", "trainer.images_every_n_steps=0",
+                 "trainer.max_steps=2"]) == 0
+    assert main(["export", f"checkpoint={tmp_path / 'run'}", f"output={tmp_path / 'out'}"]) == 0
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    exported = load_file(str(tmp_path / "out" / "backbone.safetensors"))
+    key = "blocks.0.attn.qkv.weight"
+    assert torch.equal(exported[key], state["objective.teacher_backbone." + key])
+    assert not torch.equal(exported[key], state["backbone." + key])
