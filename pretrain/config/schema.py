@@ -112,8 +112,20 @@ class ProbeSchema:
 
 
 @dataclass
+class CollapseSchema:
+    patience: int = field(**bounded(ge=1))
+    stop: bool
+    min_teacher_entropy: float
+    min_teacher_information: float
+    min_effective_rank: float
+    max_gram_mean: float
+    max_gram_std: float
+
+
+@dataclass
 class CallbacksSchema:
     probe: ProbeSchema | None
+    collapse: CollapseSchema | None
 
 
 @dataclass

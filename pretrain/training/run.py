@@ -60,6 +60,15 @@ def source_names(data: DictConfig) -> list[str]:
     return [s.name for s in parse_sources(data.shards, sources)]
 
 
+def collapse_callback(cfg: DictConfig, run_dir: Path) -> list:
+    collapse = cfg.get("callbacks", {}).get("collapse")
+    if not collapse:
+        return []
+    from pretrain.callbacks.collapse import CollapseAlarm
+
+    return [CollapseAlarm(**OmegaConf.to_container(collapse), on_event=partial(log_event, run_dir))]
+
+
 def probe_callback(cfg: DictConfig) -> list:
     probe = cfg.get("callbacks", {}).get("probe")
     if not probe:
@@ -126,7 +135,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
                                    ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb),
                                    *([preemption] if preemption is not None else []),
                                    FinalCheckpoint(run_dir / "checkpoints"), Efficiency(t.peak_tflops),
-                                   *probe_callback(cfg), ShutDownProcessGroup(), *bar,
+                                   *probe_callback(cfg), *collapse_callback(cfg, run_dir), ShutDownProcessGroup(),
+                                   *bar,
                                    Retention(run_dir / "checkpoints", t.keep_last_n, t.keep_every_n_steps,
                                              t.checkpoint_every_n_steps)],
         plugins=plugins, enable_progress_bar=t.progress_bar, enable_model_summary=True,

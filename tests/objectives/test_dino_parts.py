@@ -149,3 +149,12 @@ def test_ibot_loss_ignores_unmasked_tokens_and_normalises_per_image():
     per_token = -(teacher * torch.log_softmax(student / 0.1, -1)).sum(-1)
     expected = (per_token[0, :2].mean() + per_token[1, :6].mean()) / 2  # each image weighs the same
     assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_teacher_information_is_zero_when_every_input_gets_the_same_distribution():
+    from pretrain.objectives.dino.monitors import teacher_information
+
+    same = torch.softmax(torch.randn(1, 16, generator=torch.Generator().manual_seed(8)), -1).expand(8, -1)
+    assert abs(float(teacher_information(same))) < 1e-6
+    distinct = F.one_hot(torch.arange(8), 16).float()  # 8 inputs, 8 different certain prototypes
+    assert float(teacher_information(distinct)) == pytest.approx(math.log(8) / math.log(16), abs=1e-5)

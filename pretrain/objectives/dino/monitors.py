@@ -22,6 +22,18 @@ def normalised_entropy(teacher_probs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def teacher_information(teacher_probs: torch.Tensor) -> torch.Tensor:
+    """[B, K] → (entropy of the batch mean − mean entropy of each sample) / log K, in [0, 1]: the information the
+    teacher's output carries about its input. 0 when every input gets the same distribution — the collapse that
+    the marginal entropy alone misses when that one distribution is spread out."""
+    p = teacher_probs.float()
+    mean = p.mean(dim=0)
+    marginal = -(mean * torch.log(mean.clamp_min(1e-12))).sum()
+    each = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1).mean()
+    return (marginal - each) / math.log(p.shape[-1])
+
+
+@torch.no_grad()
 def effective_rank(features: torch.Tensor) -> torch.Tensor:
     """[n, d] → exp(entropy of the normalised singular values) (Roy & Vetterli 2007), in [1, min(n, d)]."""
     singular = torch.linalg.svdvals(features.float() - features.float().mean(dim=0))

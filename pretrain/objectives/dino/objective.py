@@ -20,7 +20,7 @@ from pretrain.objectives.dino.ema import ema_update, teacher_momentum
 from pretrain.objectives.dino.heads import DINOHead
 from pretrain.objectives.dino.koleo import koleo
 from pretrain.objectives.dino.losses import dino_loss
-from pretrain.objectives.dino.monitors import effective_rank, gram_off_diagonal, normalised_entropy
+from pretrain.objectives.dino.monitors import effective_rank, gram_off_diagonal, normalised_entropy, teacher_information
 from pretrain.objectives.dino.targets import centred_softmax, sinkhorn_knopp, updated_centre
 from pretrain.objectives.protocol import ObjectiveDeclaration
 
@@ -43,8 +43,9 @@ class DINOObjective(nn.Module):
                  targets: str = "centre", centre_momentum: float = 0.9, koleo_weight: float = 0.1,
                  momentum_start: float = 0.992, momentum_end: float = 1.0):
         super().__init__()
-        if targets not in ("centre", "sinkhorn"):
-            raise ValueError(f"objective.loss.targets={targets!r}; allowed: 'centre', 'sinkhorn'")
+        if targets not in ("centre", "sinkhorn", "none"):
+            raise ValueError(f"objective.loss.targets={targets!r}; allowed: 'centre', 'sinkhorn', 'none' (no "
+                             "centring: collapses, for testing the alarm)")
         self.head = DINOHead(spec.feature_dim, out_dim, hidden_dim, bottleneck_dim)
         self.student_temperature, self.targets, self.koleo_weight = student_temperature, targets, koleo_weight
         self.temperatures = (teacher_temperature_start, teacher_temperature, teacher_warmup_steps)
@@ -104,6 +105,8 @@ class DINOObjective(nn.Module):
             teacher_logits = self.teacher_head(self.teacher_backbone.pooled(image)).float()
             if self.targets == "sinkhorn":
                 probs = sinkhorn_knopp(teacher_logits, temperature)
+            elif self.targets == "none":
+                probs = torch.softmax(teacher_logits / temperature, dim=-1)
             else:
                 probs = centred_softmax(teacher_logits, self.centre, temperature)
                 self.centre.copy_(updated_centre(self.centre, teacher_logits, self.centre_momentum))
@@ -113,6 +116,7 @@ class DINOObjective(nn.Module):
         logs = {"loss": loss.detach(), "dino_loss": distillation.detach(), "koleo": spread.detach()}
         if batch.get("log_step", True):  # the monitors read values back: logging steps only
             mean, std = gram_off_diagonal(features.detach())
-            logs.update(teacher_entropy=normalised_entropy(probs), effective_rank=effective_rank(features.detach()),
+            logs.update(teacher_entropy=normalised_entropy(probs), teacher_information=teacher_information(probs),
+                        effective_rank=effective_rank(features.detach()),
                         gram_mean=mean, gram_std=std, teacher_temperature=temperature)
         return loss, logs
