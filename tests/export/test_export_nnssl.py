@@ -109,7 +109,7 @@ def read_as_nnunet(out) -> dict:
     assert shipped == {**plan, "trainer_name": checkpoint["trainer_name"]}
     assert plan["recommended_downstream_patchsize"] == config["patch_size"]  # no position-embedding resize
     assert config["spacing"] == [1.5, 1.5, 1.5] and checkpoint["init_args"]["step"] == 2
-    assert not (out / "backbone.safetensors").exists()
+    assert (out / "backbone.safetensors").exists()  # beside it, voxfm's axis order: what voxfm finetune reads
     return checkpoint
 
 
