@@ -113,7 +113,7 @@ def primus_to_nnunet_axes(weights: dict[str, torch.Tensor], kwargs: dict) -> tup
     """Primus: kernels transposed and patch_embed_size / input_shape reversed; the position embeddings of the patches
     (after any register tokens) moved from raster order over voxfm's grid (X, Y, Z) to raster order over (Z, Y, X);
     and, because 3D axial RoPE turns each head's q and k in three equal blocks, one per grid axis, axis 0 first
-    (`models.primus.axial_rope`), the first and last block of every head's q and k swapped: nnU-Net's axis 0 is
+    (`models.eva.axial_rope`), the first and last block of every head's q and k swapped: nnU-Net's axis 0 is
     voxfm's Z. Permuting q and k alike leaves q·k, hence attention, unchanged."""
     out = transpose_kernels(weights)
     grid = [s // p for s, p in zip(kwargs["input_shape"], kwargs["patch_embed_size"])]

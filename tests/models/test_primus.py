@@ -58,7 +58,7 @@ def test_rope_logits_depend_only_on_the_offset_between_tokens():
     q, k = torch.randn(1, 1, 1, 24, generator=g), torch.randn(1, 1, 1, 24, generator=g)
 
     def logit(a, b):
-        from models.primus import rotate
+        from models.eva import rotate
 
         return (rotate(q, table[a].view(1, 1, 1, -1)) * rotate(k, table[b].view(1, 1, 1, -1))).sum()
 
