@@ -37,17 +37,15 @@ class PinnedBuffers:
     def take(self, nbytes: int, stop: threading.Event | None = None) -> torch.Tensor | None:
         """A buffer of at least `nbytes`; None when `stop` is set while waiting."""
         with self.cond:
-            while True:
-                fits = [b for b in self.free if b.numel() >= nbytes]
+            while True:  # by position, never `list.remove`: that compares tensors element by element
+                fits = [i for i, b in enumerate(self.free) if b.numel() >= nbytes]
                 if fits:
-                    buffer = min(fits, key=torch.Tensor.numel)
-                    self.free.remove(buffer)
-                    return buffer
+                    return self.free.pop(min(fits, key=lambda i: self.free[i].numel()))
                 if self.made < self.limit or self.free:
                     if self.made < self.limit:
                         self.made += 1  # the slot is reserved here, the (slow) pinned allocation made unlocked
-                    else:
-                        self.free.remove(min(self.free, key=torch.Tensor.numel))  # too small: make a larger one
+                    else:  # every free buffer is too small: drop the smallest, make a larger one
+                        self.free.pop(min(range(len(self.free)), key=lambda i: self.free[i].numel()))
                     break
                 self.cond.wait(timeout=0.1)
                 if stop is not None and stop.is_set():

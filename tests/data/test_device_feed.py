@@ -56,3 +56,16 @@ def test_on_cuda_batches_arrive_on_the_device_equal_to_the_host_batches(shard_di
     out = subprocess.run([sys.executable, str(REPO / "scripts" / "check_device_feed.py"), str(shard_dir)], cwd=REPO,
                          capture_output=True, text=True)
     assert out.returncode == 0 and "equal to the host's" in out.stdout, out.stderr
+
+
+def test_a_larger_free_buffer_serves_a_smaller_batch_and_a_too_small_one_is_replaced():
+    buffers = PinnedBuffers(limit=2, pin=False)
+    small, large = buffers.take(100), buffers.take(1000)
+    assert small.numel() == 128 and large.numel() == 1024  # power-of-two sizes
+    buffers.give(large)
+    buffers.give(small)
+    assert buffers.take(120).data_ptr() == small.data_ptr()  # the smallest that fits
+    assert buffers.take(600).data_ptr() == large.data_ptr()
+    buffers.give(small)
+    bigger = buffers.take(5000)  # at the limit, nothing fits: the small one is dropped for a larger one
+    assert bigger.numel() == 8192 and buffers.made == 2 and buffers.free == []
