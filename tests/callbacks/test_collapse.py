@@ -4,15 +4,29 @@ stop=true, ends as diverged (exit 3) naming the monitor."""
 
 import csv
 import json
+import pickle
 
 import pytest
 
 from pretrain.cli.main import main
 
-pytestmark = pytest.mark.slow
 COMMON = ["experiment=demo_dino", "data.num_workers=0", "trainer.progress_bar=false", "trainer.images_every_n_steps=0"]
 
 
+def test_the_alarm_pickles_for_ddp_spawn_and_reads_its_thresholds():
+    from functools import partial
+
+    from pretrain.callbacks.collapse import CollapseAlarm
+    from pretrain.training.run import log_event
+
+    alarm = pickle.loads(pickle.dumps(CollapseAlarm(min_effective_rank=3.0, on_event=partial(log_event, "/x"))))
+    healthy = {"train/effective_rank": 5.0, "train/gram_mean": 0.2, "train/gram_std": 0.3}
+    assert not alarm.breached("train/effective_rank", healthy) and not alarm.breached("train/gram_mean", healthy)
+    assert alarm.breached("train/effective_rank", {"train/effective_rank": 2.5})
+    assert alarm.breached("train/gram_mean", {"train/gram_mean": 0.999, "train/gram_std": 0.001})
+
+
+@pytest.mark.slow
 def test_demo_dino_trains_300_steps_without_collapse(shard_dir, tmp_path, capsys):
     assert main(["pretrain", *COMMON, f"data.shards={shard_dir}", f"run_dir={tmp_path}"]) == 0
     assert "collapse" not in capsys.readouterr().out
@@ -24,6 +38,7 @@ def test_demo_dino_trains_300_steps_without_collapse(shard_dir, tmp_path, capsys
         assert float(r["train/effective_rank"]) > 3
 
 
+@pytest.mark.slow
 def test_a_collapsing_configuration_is_flagged_and_stopped(shard_dir, tmp_path, capsys):
     collapsing = ["objective.loss.targets=none", "objective.loss.teacher_temperature=0.1",
                   "objective.loss.teacher_temperature_start=0.1", "objective.loss.koleo_weight=0",
