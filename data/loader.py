@@ -72,24 +72,23 @@ class ThreadLoader:
         out: queue.Queue = queue.Queue(maxsize=self.prefetch * self.num_threads)
         stop = threading.Event()
 
+        def offer(item) -> bool:
+            """Queue `item`, waiting while the queue is full; False once the loader is stopped."""
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def work(worker: int) -> None:
             try:
                 for batch in self._batches(worker, buffers, stop):
-                    while not stop.is_set():
-                        try:
-                            out.put(batch, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not offer(batch):
                         return
             except BaseException as err:  # surfaced in the training thread, not lost in a worker
-                while not stop.is_set():
-                    try:
-                        out.put(err, timeout=0.1)
-                        return
-                    except queue.Full:
-                        continue
+                offer(err)
 
         threads = [threading.Thread(target=work, args=(i,), daemon=True, name=f"voxfm-data-{i}")
                    for i in range(self.num_threads)]
