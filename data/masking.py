@@ -3,6 +3,8 @@ drawn on the training device with an explicit generator."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from data.crops import triple
@@ -45,3 +47,85 @@ class RandomPatchMasking:
     def __call__(self, batch_size: int, spatial: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
         """→ mask [B, N] bool over the raster-ordered grid of `spatial // patch_size`, True = hidden."""
         return self.from_noise(self.noise(batch_size, spatial, generator))
+
+
+class BlockMasking:
+    """iBOT's masks in 3D: boxes of tokens (sides `min_block`–`max_block` on the patch grid) placed at random until
+    a ratio drawn per image from `ratio_range` is hidden (the last box may pass it by less than one box); each
+    image is masked with `probability`, else not at all (iBOT masks half the student's global crops).
+
+    On the training device and without a host sync: `noise` draws every box of every image eagerly (a fixed number,
+    enough for the largest ratio), `from_noise` finds for each token the first box that covers it and keeps the
+    boxes up to the one that reaches the image's target — a pure function of the draws, compiled with the views.
+    Exactly round(probability · n) images of a batch are masked (as DINOv2's collate does), so the objective picks
+    them, and at most `max_hidden` tokens of each, with static shapes."""
+
+    CHUNK = 16  # boxes tested against every token at once: [n, CHUNK, N] booleans at a time
+
+    def __init__(self, patch_size: int | tuple[int, int, int] = 16, ratio_range: tuple[float, float] = (0.1, 0.5),
+                 probability: float = 0.5, min_block: int = 2, max_block: int = 3):
+        low, high = (float(r) for r in ratio_range)
+        if not 0.0 <= low <= high < 1.0:
+            raise ValueError(f"masking.ratio_range={[low, high]}: expected 0 <= low <= high < 1")
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"masking.probability={probability}: expected a probability in [0, 1]")
+        if not 1 <= min_block <= max_block:
+            raise ValueError(f"masking.min_block={min_block}, max_block={max_block}: expected 1 <= min <= max")
+        self.patch_size, self.ratio_range, self.probability = triple(patch_size), (low, high), probability
+        self.min_block, self.max_block = min_block, max_block
+
+    grid = RandomPatchMasking.grid
+
+    def sides(self, grid: tuple[int, int, int]) -> tuple[list[int], list[int]]:
+        high = [min(self.max_block, g) for g in grid]
+        return [min(self.min_block, h) for h in high], high
+
+    def boxes(self, grid: tuple[int, int, int]) -> int:
+        """Boxes drawn per image: three times the expected number that covers the largest ratio (random boxes
+        cover 1 − exp(−k·v/N) of N tokens), so falling short is vanishingly rare (and only ever hides fewer)."""
+        low, high = self.sides(grid)
+        mean_volume = math.prod((lo + hi) / 2 for lo, hi in zip(low, high))
+        n = math.prod(grid)
+        return max(4, math.ceil(3 * -math.log(1 - self.ratio_range[1]) * n / mean_volume))
+
+    def n_masked_images(self, n: int) -> int:
+        return round(self.probability * n)
+
+    def max_hidden(self, grid: tuple[int, int, int]) -> int:
+        """The most tokens one image can hide: its largest target plus less than one box."""
+        n = math.prod(grid)
+        return min(n, round(self.ratio_range[1] * n) + math.prod(self.sides(grid)[1]) - 1)
+
+    def noise(self, n: int, spatial: tuple[int, int, int], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Every random number behind `n` masks: box sides and corners [n, K, 3], ratios [n], masked or not [n]."""
+        grid = self.grid(tuple(spatial))
+        k, dev = self.boxes(grid), generator.device
+        low, high = (torch.tensor(v, device=dev) for v in self.sides(grid))
+        sides = low + (torch.rand(n, k, 3, generator=generator, device=dev) * (high - low + 1)).long()
+        room = torch.tensor(grid, device=dev) - sides + 1
+        corners = (torch.rand(n, k, 3, generator=generator, device=dev) * room).long()
+        a, b = self.ratio_range
+        ratio = a + (b - a) * torch.rand(n, generator=generator, device=dev)
+        masked = torch.rand(n, generator=generator, device=dev).argsort() < self.n_masked_images(n)
+        return {"sides": sides, "corners": corners, "ratio": ratio, "masked": masked}
+
+    def from_noise(self, noise: dict[str, torch.Tensor], grid: tuple[int, int, int]) -> torch.Tensor:
+        """→ masks [n, N] bool over the raster-ordered grid, True = hidden."""
+        sides, corners = noise["sides"], noise["corners"]
+        n, k, dev = sides.shape[0], sides.shape[1], sides.device
+        axes = [torch.arange(g, device=dev) for g in grid]
+        coords = torch.stack(torch.meshgrid(axes, indexing="ij"), dim=-1).reshape(1, 1, -1, 3)  # [1, 1, N, 3]
+        first = torch.full((n, coords.shape[2]), k, dtype=torch.long, device=dev)  # first box covering each token
+        for start in range(0, k, self.CHUNK):
+            c0, c1 = corners[:, start:start + self.CHUNK, None], (corners + sides)[:, start:start + self.CHUNK, None]
+            inside = ((coords >= c0) & (coords < c1)).all(dim=-1)  # [n, chunk, N]
+            index = torch.arange(start, start + inside.shape[1], device=dev).view(1, -1, 1)
+            first = torch.minimum(first, torch.where(inside, index, k).amin(dim=1))
+        newly = torch.zeros(n, k + 1, device=dev).scatter_add_(1, first, torch.ones_like(first, dtype=torch.float))
+        covered = newly[:, :k].cumsum(dim=1)  # tokens hidden by boxes 0..j
+        target = torch.round(noise["ratio"] * coords.shape[2])
+        last = (covered < target[:, None]).sum(dim=1)  # the box that reaches the target
+        return (first <= last[:, None]) & (target > 0)[:, None] & noise["masked"][:, None]
+
+    def __call__(self, n: int, spatial: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
+        return self.from_noise(self.noise(n, spatial, generator), self.grid(tuple(spatial)))

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from models.eva import Eva
+from models.eva import Eva, axial_rope
 from models.rules import patch_divides, rope_fits
 from models.spec import BackboneDeclaration, BackboneSpec
 from models.vit import _triple
@@ -134,6 +135,7 @@ class Primus(nn.Module):
                        use_abs_pos_embed, mlp_ratio, drop_path_rate, proj_drop_rate, attn_drop_rate, init_values,
                        scale_attn_inner)
         self.register_buffer("mask_token", torch.zeros(1, 1, embed_dim))
+        self._rope_tables: dict = {}  # RoPE of other grids (local crops), made on first use
         self.register_tokens = None
         if num_register_tokens > 0:
             self.register_tokens = nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim))
@@ -162,6 +164,10 @@ class Primus(nn.Module):
         if self.eva.rope is not None:
             table = self.eva.rope.pos_embed
             rope = table.unsqueeze(0) if ids is None else table[ids]
+        return self._run(tokens, rope)[:, self.eva.num_prefix_tokens:]
+
+    def _run(self, tokens: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
+        """Position-embedded patch tokens [B, n, C] → normed [B, prefix + n, C], register tokens first."""
         prefix = self.eva.num_prefix_tokens
         if self.register_tokens is not None:
             registers = self.register_tokens.expand(tokens.shape[0], -1, -1)
@@ -170,7 +176,41 @@ class Primus(nn.Module):
             tokens = torch.cat([registers.to(tokens.dtype), tokens], dim=1)
         for block in self.eva.blocks:
             tokens = block(tokens, rope)
-        return self.eva.norm(tokens)[:, prefix:]
+        return self.eva.norm(tokens)
+
+    def _rope(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+        """The RoPE table [N, 2 · rope dim] of another grid (a local crop's): each token rotated by its integer
+        position on that grid, as on the training grid. Made once per grid and device."""
+        key = (grid, str(device))
+        if key not in self._rope_tables:
+            dim = self.embed_dim // self.eva_numheads * 2 // 3  # what `Eva` gives its `Rope`
+            self._rope_tables[key] = axial_rope(grid, dim).to(device)
+        return self._rope_tables[key]
+
+    def features(self, x: torch.Tensor, masks: torch.Tensor | None = None,
+                 mask_token: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [B, C, *S], any S the patch divides → (global feature [B, C]: the first register token, or the mean
+        patch token without registers; patch features [B, N, C]). On another grid than the training one the
+        absolute positions are interpolated (trilinear) and RoPE takes that grid's positions. masks [B, N] bool:
+        those patches enter as `mask_token` [C] before their position is added (self-distillation's student)."""
+        tokens = self.down_projection(x)
+        grid = tuple(tokens.shape[2:])
+        tokens = tokens.flatten(2).transpose(1, 2)
+        if masks is not None:
+            tokens = torch.where(masks.unsqueeze(-1), mask_token.to(tokens.dtype), tokens)
+        if self.eva.pos_embed is not None:
+            table = self.eva.pos_embed[0, self.eva.num_prefix_tokens:]
+            if grid != tuple(self.grid):
+                cube = table.T.reshape(1, -1, *self.grid)
+                table = F.interpolate(cube, size=grid, mode="trilinear", align_corners=False)[0].flatten(1).T
+            tokens = tokens + table.to(tokens.dtype)
+        rope = None
+        if self.eva.rope is not None:
+            rope = (self.eva.rope.pos_embed if grid == tuple(self.grid) else self._rope(grid, x.device)).unsqueeze(0)
+        out = self._run(tokens, rope)
+        prefix = self.eva.num_prefix_tokens
+        patches = out[:, prefix:]
+        return (out[:, 0] if prefix else patches.mean(dim=1)), patches
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.encode(self.embed(x))
@@ -178,7 +218,9 @@ class Primus(nn.Module):
         return self.up_projection(tokens.transpose(1, 2).reshape(b, c, *self.grid))
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encode(self.embed(x)).mean(dim=1)
+        """x → [B, C]: the first register token when there are registers (self-distillation's class token), else
+        the patch features averaged over positions."""
+        return self.features(x)[0]
 
     decoder_prefix = "up_projection."  # PatchDecode's widths follow the class count: a fine-tune builds it anew
 

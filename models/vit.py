@@ -1,8 +1,11 @@
 """3D Vision Transformer whose parameter names map 1:1 onto `monai.networks.nets.ViT`.
 
 Same maths as MONAI's ViT (pre-norm blocks, GELU MLP, fixed sin-cos or learnable position
-embeddings), but attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient
-kernels) and the encoder can run on a subset of tokens, which masked autoencoding needs.
+embeddings, an optional class token `cls_token` before the patch tokens), but attention goes through
+`F.scaled_dot_product_attention` (flash / memory-efficient kernels), the encoder can run on a subset of tokens,
+which masked autoencoding needs, and on crops of any size the patch divides (the position embedding is
+interpolated to their grid: self-distillation's local crops). Stochastic depth (`drop_path_rate`) has no
+parameters, so the weights still load into MONAI's ViT.
 """
 
 from __future__ import annotations
@@ -69,19 +72,30 @@ class MLP(nn.Module):
         return self.linear2(F.gelu(self.linear1(x)))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block (MONAI `TransformerBlock` without the unused cross-attention)."""
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: a residual branch dropped for whole samples, the rest scaled by 1 / keep."""
+    if not training or rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    return x * x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
 
-    def __init__(self, hidden_size: int, mlp_dim: int, num_heads: int, qkv_bias: bool = False):
+
+class Block(nn.Module):
+    """Pre-norm transformer block (MONAI `TransformerBlock` without the unused cross-attention), with stochastic
+    depth on both residual branches (no parameters)."""
+
+    def __init__(self, hidden_size: int, mlp_dim: int, num_heads: int, qkv_bias: bool = False,
+                 drop_path_rate: float = 0.0):
         super().__init__()
         self.norm1 = LayerNorm(hidden_size)
         self.attn = Attention(hidden_size, num_heads, qkv_bias)
         self.norm2 = LayerNorm(hidden_size)
         self.mlp = MLP(hidden_size, mlp_dim)
+        self.drop_path_rate = drop_path_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_rate, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
 
 
 class PatchConv(nn.Conv3d):
@@ -108,6 +122,26 @@ class PatchEmbedding(nn.Module):
             self.position_embeddings = nn.Parameter(torch.zeros(1, n, hidden_size))
             nn.init.trunc_normal_(self.position_embeddings, std=0.02)
 
+    def positions(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The position embedding [N, hidden] for a patch grid: the table itself on the training grid, else the
+        table interpolated (trilinear) to `grid`, as DINO does for its local crops."""
+        table = self.position_embeddings[0]
+        if tuple(grid) == tuple(self.grid):
+            return table
+        cube = table.T.reshape(1, -1, *self.grid)
+        return F.interpolate(cube, size=tuple(grid), mode="trilinear", align_corners=False)[0].flatten(1).T
+
+    def masked(self, x: torch.Tensor, masks: torch.Tensor | None = None,
+               mask_token: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, C, *S] with any S the patch divides → tokens [B, N, hidden] of its grid with their (interpolated)
+        position embedding; with masks [B, N] bool (True = hidden) those patches are replaced by `mask_token`
+        [hidden] before the position is added (iBOT)."""
+        tokens = self.patch_embeddings(x).flatten(2).transpose(1, 2)
+        if masks is not None:
+            tokens = torch.where(masks.unsqueeze(-1), mask_token.to(tokens.dtype), tokens)
+        grid = tuple(s // p for s, p in zip(x.shape[2:], self.patch_embeddings.kernel_size))
+        return tokens + self.positions(grid).to(tokens.dtype)
+
     def forward(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, C, X, Y, Z] → tokens [B, N, hidden], N = prod(img_size / patch_size), raster order; with
         ids [B, n] (raster positions) only those tokens, [B, n, hidden], at n/N of the cost: just those patches
@@ -115,8 +149,7 @@ class PatchEmbedding(nn.Module):
         ZeRO-3 gathers their parameters. The (fp32) position embedding is cast to the tokens' dtype: added as
         it is, it would promote a bf16 autocast residual stream to fp32 for every block that follows."""
         if ids is None:
-            tokens = self.patch_embeddings(x).flatten(2).transpose(1, 2)
-            return tokens + self.position_embeddings.to(tokens.dtype)
+            return self.masked(x)
         b, c = x.shape[:2]
         (g0, g1, g2), (p0, p1, p2) = self.grid, self.patch_embeddings.kernel_size
         grid = x.reshape(b, c, g0, p0, g1, p1, g2, p2).permute(0, 2, 4, 6, 1, 3, 5, 7)  # a view
@@ -127,7 +160,8 @@ class PatchEmbedding(nn.Module):
 
 
 class ViT(nn.Module):
-    """3D ViT encoder. `forward(x)` returns the normed tokens [B, N, hidden] (MONAI's `ViT(x)[0]`)."""
+    """3D ViT encoder. `forward(x)` returns the normed patch tokens [B, N, hidden] (MONAI's `ViT(x)[0]`, less the
+    class token when there is one)."""
 
     declaration = BackboneDeclaration(
         kind="tokens", architecture="vit", export_class="monai.networks.nets.ViT", formats=("monai", "full"),
@@ -146,9 +180,13 @@ class ViT(nn.Module):
         num_heads: int = 12,
         pos_embed_type: Literal["sincos", "learnable"] = "sincos",
         qkv_bias: bool = False,
+        class_token: bool = False,
+        drop_path_rate: float = 0.0,
     ):
         super().__init__()
         img_size, patch_size = _triple(img_size), _triple(patch_size)
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate={drop_path_rate}: expected a rate in [0, 1)")
         if pos_embed_type not in ("sincos", "learnable"):
             raise ValueError(f"pos_embed_type={pos_embed_type!r}; allowed: 'sincos', 'learnable'")
         for problem in (patch_divides(img_size, list(patch_size), "img_size"), heads_divide(hidden_size, num_heads),
@@ -157,11 +195,18 @@ class ViT(nn.Module):
                 raise ValueError(problem)
         self.in_channels, self.img_size, self.patch_size = in_channels, img_size, patch_size
         self.hidden_size, self.mlp_dim, self.num_layers, self.num_heads = hidden_size, mlp_dim, num_layers, num_heads
-        self.pos_embed_type, self.qkv_bias = pos_embed_type, qkv_bias
+        self.pos_embed_type, self.qkv_bias, self.drop_path_rate = pos_embed_type, qkv_bias, drop_path_rate
         self.patch_embedding = PatchEmbedding(in_channels, img_size, patch_size, hidden_size, pos_embed_type)
-        self.blocks = nn.ModuleList(Block(hidden_size, mlp_dim, num_heads, qkv_bias) for _ in range(num_layers))
+        if class_token:  # MONAI's name and shape (its `classification=True` ViT); no position embedding, as there
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+        else:
+            self.cls_token = None
+        rates = [drop_path_rate * i / max(num_layers - 1, 1) for i in range(num_layers)]  # linear over depth
+        self.blocks = nn.ModuleList(Block(hidden_size, mlp_dim, num_heads, qkv_bias, rate) for rate in rates)
         self.norm = LayerNorm(hidden_size)
         self.apply(_init_weights)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -174,17 +219,34 @@ class ViT(nn.Module):
 
     def encode(self, tokens: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """tokens: [B, n, hidden] (any subset of positions, already position-embedded by `embed`, so `ids` is not
-        needed here) → normed features [B, n, hidden]."""
+        needed here) → normed features [B, n, hidden] (the class token, if any, runs with them and is left out)."""
+        return self._encode(tokens)[1]
+
+    def _encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """→ (normed class token [B, hidden] or None, normed patch tokens [B, n, hidden])."""
+        prefix = 0
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
+            prefix = 1
         for block in self.blocks:
             tokens = block(tokens)
-        return self.norm(tokens)
+        tokens = self.norm(tokens)
+        return (tokens[:, 0] if prefix else None), tokens[:, prefix:]
+
+    def features(self, x: torch.Tensor, masks: torch.Tensor | None = None,
+                 mask_token: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [B, C, *S], any S the patch divides → (global feature [B, hidden]: the class token, or the mean patch
+        token without one; patch features [B, N, hidden]). masks [B, N] bool: those patches enter as `mask_token`
+        (self-distillation's student; see `PatchEmbedding.masked`)."""
+        cls, patches = self._encode(self.patch_embedding.masked(x, masks, mask_token))
+        return (patches.mean(dim=1) if cls is None else cls), patches
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encode(self.embed(x))
+        return self.encode(self.patch_embedding.masked(x))
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        """x → token features averaged over positions [B, hidden]."""
-        return self.forward(x).mean(dim=1)
+        """x → [B, hidden]: the class token when the ViT has one, else the token features averaged over positions."""
+        return self.features(x)[0]
 
     def repeated_blocks(self) -> list[nn.Module]:
         """The units speed-ups wrap from outside (activation checkpointing, per-block compile)."""
@@ -196,7 +258,8 @@ class ViT(nn.Module):
                             heads=self.num_heads)
 
     def monai_kwargs(self) -> dict:
-        """Arguments that build the matching `monai.networks.nets.ViT` (see `pretrain/export/run.py`)."""
+        """Arguments that build the matching `monai.networks.nets.ViT` (see `pretrain/export/run.py`): a segmentation
+        backbone (`classification=False`), so a class token is left out of the export (`export/formats.py`)."""
         return {
             "in_channels": self.in_channels, "img_size": list(self.img_size), "patch_size": list(self.patch_size),
             "hidden_size": self.hidden_size, "mlp_dim": self.mlp_dim, "num_layers": self.num_layers,

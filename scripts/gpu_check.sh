@@ -18,7 +18,7 @@ mkdir -p "$OUT/bench"
 if [ "${TINY:-0}" = 1 ]; then
   EXP=(experiment=demo data.num_workers=1); STEPS=20; MORE=30; VSTEPS=10; N=6; SHAPE=48
   FT_PRE=(experiment=demo_mim data.num_workers=1); FT=(experiment=demo_finetune); FT_STEPS=10
-  BENCH=("demo" "demo_mim" "demo_simclr" "demo_mae_contrastive" "demo_primus")
+  BENCH=("demo" "demo_dino" "demo_mim" "demo_simclr" "demo_mae_contrastive" "demo_primus")
   LARGE=("demo:data.batch_size=2 profile=10 compile=true")  # inductor on CPU: tens of seconds, so only here
   BENCH_ARGS=(warmup=1 steps=2 compile=false)
   ATTENTION_ARGS=(warmup=1 steps=3)                     # CPU: shapes scaled down (conf/bench/attention.yaml)
@@ -26,8 +26,9 @@ if [ "${TINY:-0}" = 1 ]; then
 else
   EXP=(experiment=mae_vit_b data.num_workers=12); STEPS=200; MORE=220; VSTEPS=60; N=32; SHAPE=160
   FT_PRE=(experiment=mim_resenc_l data.num_workers=12); FT=(experiment=finetune_resenc); FT_STEPS=50
-  # mae_primus_m twice: Primus-M, then a plain ViT at its sizes (what the EVA blocks and RoPE cost)
-  BENCH=("mae_vit_b" "mae_primus_m" "mae_primus_m:model=vit_m_p8 objective.views.masking.patch_size=8" "mim_resenc_l"
+  # mae_primus_m twice: Primus-M, then a plain ViT at its sizes (what the EVA blocks and RoPE cost); dino_vit_b
+  # beside mae_vit_b on the same ViT-B (a multi-crop DINO + iBOT step against an MAE step: the ratio to publish)
+  BENCH=("mae_vit_b" "dino_vit_b" "mae_primus_m" "mae_primus_m:model=vit_m_p8 objective.views.masking.patch_size=8" "mim_resenc_l"
          "simclr_resenc_l" "mae_contrastive_vit_b")
   # README's Design workloads: ViT-B MAE 96³ at batch 1024 (goal ≥ 9,000 samples/s), 160³ patch 8 at batch 8
   # (goal ≥ 100 samples/s) and 16 (goal: fits), ResEnc MIM 128³ at batch 4 (goal ≥ 1.4x DynUNet at equal FLOPs)

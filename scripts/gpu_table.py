@@ -56,7 +56,7 @@ def benches(out: Path) -> tuple[dict, list]:
         e, c, r = result["eager"], result["compiled"], result["reference"]
         gib = {name: "-" if row is None or row.get("peak_gib") is None else row["peak_gib"]
                for name, row in (("eager", e), ("compiled", c))}
-        monai = "out of memory" if r.get("out_of_memory") else r["samples_per_s"]
+        monai = "out of memory" if r.get("out_of_memory") else ("none" if r.get("absent") else r["samples_per_s"])
         compiled = "compiled not run" if c is None else \
             (f"compiled {c['samples_per_s']} (MFU {c['mfu']:.1%}, {gib['compiled']} GiB, compile {c['compile_s']} s, "
              f"x{result['compiled_vs_eager']} eager)")

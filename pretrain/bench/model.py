@@ -166,7 +166,8 @@ def bench_model(cfg, warmup: int = 2, steps: int = 5, profile: int = 0, compiled
         "warmup": warmup, "steps": steps,
         "matmul_ceiling_tflop_per_s": significant(ceiling, 3), "views_per_step": views,
         "crop": list(cfg.data.crop_size), **rows,
-        "reference": {"name": ref_name, "note": note, "out_of_memory": theirs is None, **(theirs or {})},
+        "reference": {"name": ref_name, "note": note, "out_of_memory": theirs is None and note == "out of memory",
+                      "absent": theirs is None and note != "out of memory", **(theirs or {})},
         "compiled_vs_eager": _ratio(rows["compiled"], rows["eager"], "samples_per_s"),
         "vs_reference": {c: _ratio(rows[c], theirs, "samples_per_s") for c in COLUMNS},
         "ratio_samples_per_s": _ratio(best, theirs, "samples_per_s"),
@@ -194,10 +195,13 @@ def format_model_bench(result: dict, experiment: str) -> str:
              f"{'views ms':>10}{'compile s':>11}",
              _row("voxfm eager", result["eager"]),
              _row("voxfm compiled (trainer.compile=true)", result["compiled"], "not run (compile=false)"),
-             _row(r["name"], None if r["out_of_memory"] else r, "out of memory")]
+             _row(r["name"], None if r["out_of_memory"] or r.get("absent") else r,
+                  "none" if r.get("absent") else "out of memory")]
     if result["compiled_vs_eager"] is not None:
         lines.append(f"  compiled / eager: {result['compiled_vs_eager']}x samples/s")
-    if r["out_of_memory"]:
+    if r.get("absent"):
+        lines.append(f"  voxfm / MONAI: {r['note']}")
+    elif r["out_of_memory"]:
         lines.append("  voxfm / MONAI: MONAI ran out of memory at these shapes")
     else:
         vs = ", ".join(f"{c} {x}x" for c, x in result["vs_reference"].items() if x is not None)

@@ -1,10 +1,10 @@
 """`callbacks.probe`: pick checkpoints by downstream value, not by loss.
 
-Every `every_n_steps` (on rank 0) the current backbone is copied into a segmentation network (the full
-ResEnc UNet with a new head, or UNETR around a patch-16 ViT), fine-tuned for `steps` on `n_train` labelled
-volumes, and scored with Dice on held-out ones (`voxfm finetune`'s data split and its loop, `finetune.loop`). The
-mean Dice is logged as `probe/mean_dice`. Training state is untouched: the probe works on a copy, under its
-own random generator.
+Every `every_n_steps` (on rank 0) the current backbone (the EMA teacher's, where the objective keeps one) is copied
+into a segmentation network (the full ResEnc UNet with a new head, or UNETR around a patch-16 ViT), fine-tuned for
+`steps` on `n_train` labelled volumes, and scored with Dice on held-out ones (`voxfm finetune`'s data split and its
+loop, `finetune.loop`). The mean Dice is logged as `probe/mean_dice`. Training state is untouched: the probe works
+on a copy, under its own random generator.
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ from data.labelled import label_values, read_labelled, split, to_labelled
 from pretrain.export.formats import backbone_weights
 from pretrain.finetune.loop import SegmentationModule, crop_batches, evaluate, train_steps
 from pretrain.finetune.model import segmenter_with_weights
+
+
+def probed_backbone(pl_module) -> torch.nn.Module:
+    """The backbone `voxfm export` would export: the EMA teacher's for objectives that keep one (self-distillation),
+    else the trained one."""
+    objective = pl_module.objective
+    return objective.teacher_backbone if objective.declaration.teacher else pl_module.backbone
 
 
 class Probe(L.Callback):
@@ -53,7 +60,7 @@ class Probe(L.Callback):
         step = trainer.global_step
         if step % self.every or not trainer.is_global_zero:
             return
-        result = self.run(pl_module.backbone)
+        result = self.run(probed_backbone(pl_module))
         pl_module.log("probe/mean_dice", result["mean_dice"], batch_size=1, rank_zero_only=True)
         print(f"voxfm: probe at step {step}: mean Dice {result['mean_dice']:.4f} ({result['seconds']:.1f} s, "
               f"{self.steps} steps on {len(self.train)} volume(s), {self.split})", flush=True)

@@ -39,7 +39,8 @@ def _loss_errors(node: dict, where: str, crop: list[int]) -> list[str]:
 
 def _objective_errors(cfg: dict, model: Declared, objective: Declared) -> list[str]:
     views = {**constructor_defaults(cfg["objective"]["views"].get("_target_")), **cfg["objective"]["views"]}
-    crop, masking, n_views, overlap = triple(views["crop_size"]), views["masking"], views["n_views"], views["overlap"]
+    crop, masking, n_views = triple(views["crop_size"]), views["masking"], views["n_views"]
+    overlap = views.get("overlap", 1.0)  # multi-crop views have none: their crops are resampled from the region
     needs, backbone, name = objective.declaration, model.declaration, _name(objective.target)
     errors = []
     if needs.backbone != "any" and needs.backbone != backbone.kind:

@@ -77,6 +77,9 @@ class OptimSchema:
     fused: bool | None
     lr_scaling: Literal["none", "linear", "sqrt"]
     reference_batch: int = field(**bounded(ge=1))
+    layer_decay: float = field(**bounded(gt=0.0, le=1.0))
+    weight_decay_end: float | None = field(**bounded(ge=0.0))
+    freeze_last_layer_steps: int = field(**bounded(ge=0))
 
 
 @dataclass

@@ -28,6 +28,21 @@ class ViewPipelineSchema:
 
 
 @dataclass
+class MultiCropSchema:
+    crop_size: int | list[int]
+    local_size: int | list[int]
+    n_local: int = field(**bounded(ge=0))
+    n_views: Literal[2]
+    global_scale: list[float]
+    local_scale: list[float]
+    flip_prob: float = field(**bounded(ge=0.0, le=1.0))
+    rotate_prob: float = field(**bounded(ge=0.0, le=1.0))
+    rotate_plane: list[int] | None
+    augment: Any
+    masking: Any
+
+
+@dataclass
 class AugmentSchema:
     gamma_prob: float = field(**bounded(ge=0.0, le=1.0))
     gamma_range: list[float]
@@ -45,6 +60,15 @@ class MaskingSchema:
 
 
 @dataclass
+class BlockMaskingSchema:
+    patch_size: int | list[int]
+    ratio_range: list[float]
+    probability: float = field(**bounded(ge=0.0, le=1.0))
+    min_block: int = field(**bounded(ge=1))
+    max_block: int = field(**bounded(ge=1))
+
+
+@dataclass
 class AdamWSchema:
     lr: float = field(**bounded(gt=0.0))
     betas: list[float]
@@ -57,6 +81,8 @@ TARGETS: dict[str, type] = {
     "data.views.ViewPipeline": ViewPipelineSchema,
     "data.augment.IntensityAugment": AugmentSchema,
     "data.masking.RandomPatchMasking": MaskingSchema,
+    "data.multicrop.MultiCropPipeline": MultiCropSchema,
+    "data.masking.BlockMasking": BlockMaskingSchema,
     "torch.optim.AdamW": AdamWSchema,
     "torch.optim.Adam": AdamWSchema,
 }

@@ -36,6 +36,7 @@ def inflate_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 def vit_monai(state: dict[str, torch.Tensor], backbone, in_channels: int | None) -> tuple[dict, dict]:
     weights = clone_state(state)
+    weights.pop("cls_token", None)  # a segmentation ViT (classification=False) has none; the model card says so
     hidden = backbone.hidden_size
     for i in range(backbone.num_layers):
         weights[f"blocks.{i}.norm_cross_attn.weight"] = torch.ones(hidden)

@@ -87,6 +87,24 @@ def exported_classes(meta: dict) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _class_token_lines(meta: dict, export_format: str) -> list[str]:
+    """What became of a class token (self-distillation trains one), said where the export has or drops it."""
+    model = meta["config"]["model"]
+    if meta.get("architecture") == "vit" and model.get("class_token"):
+        kept = export_format == "full"
+        return ["", "## Class token",
+                "The ViT was pretrained with a class token (the summary the self-distillation loss reads). "
+                + ("It is kept here as `backbone.cls_token`." if kept else
+                   "MONAI's segmentation ViT (`classification=False`, what UNETR builds) has none, so this export "
+                   "leaves it out and loads strictly without it; the patch tokens, which a decoder reads, are "
+                   "unchanged. `format=full` keeps it.")]
+    if meta.get("architecture") == "primus" and model.get("num_register_tokens"):
+        return ["", "## Class token",
+                "The first register token served as the class token in pretraining; the register tokens are kept "
+                "(`register_tokens`, as nnU-Net's Primus names them)."]
+    return []
+
+
 def loading_snippet(meta: dict, export_format: str) -> str:
     if export_format == "full":
         return LOAD_FULL
@@ -149,6 +167,7 @@ def write_model_card(out: Path, meta: dict, export_format: str) -> None:
                          "register tokens) by name; this Primus is given as its class and arguments, which nnU-Net's "
                          "`get_network_from_plans` builds but `nnUNetv2_train_pretrained` refuses without a trainer "
                          "of your own (and its loader copies `down_projection` and `eva`, not register tokens).")
+    lines += _class_token_lines(meta, export_format)
     if meta.get("architecture") == "primus":
         lines += ["", "## MONAI", "MONAI (1.6.1) has no Primus and no network with EVA blocks and 3D RoPE that "
                   "these weights could load into: the supported routes are nnU-Net (`format=nnssl`), "

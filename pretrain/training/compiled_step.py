@@ -22,7 +22,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 # What an objective reads from a batch: tensors and Python constants. Bookkeeping (modality strings, source
 # indices, worker counts) stays out of the compiled call: dynamo would guard on those values and recompile.
-OBJECTIVE_INPUTS = ("image", "mask", "n_visible", "n_views", "log_step")
+OBJECTIVE_INPUTS = ("image", "mask", "n_visible", "n_views", "log_step", "local", "n_local", "masks",
+                    "n_masked_images", "max_hidden")
 
 
 def objective_inputs(batch: dict) -> dict:

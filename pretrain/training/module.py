@@ -13,7 +13,8 @@ from torch import nn
 from pretrain.errors import Diverged
 from pretrain.training.compiled_step import CompiledStep, objective_inputs
 from pretrain.training.logging_steps import is_logging_step
-from pretrain.training.schedule import warmup_cosine
+from pretrain.training.param_groups import LAST_LAYER, param_groups
+from pretrain.training.schedule import cosine, held_until, warmup_cosine
 
 
 def step_generator(device: torch.device, seed: int, step: int, rank: int) -> torch.Generator:
@@ -33,13 +34,17 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
 
 class PretrainModule(L.LightningModule):
     """view_pipeline: the device-side views the objective's config chooses (crops, augmentation, masks):
-    `view_pipeline(batch, generator) -> batch`. objective: `objective(batch, backbone) -> (loss, logs)`."""
+    `view_pipeline(batch, generator) -> batch`. objective: `objective(batch, backbone) -> (loss, logs)`.
+    DINOv2's optimisation recipe, each off by default: layer_decay (< 1: layer-wise lr decay,
+    `pretrain/training/param_groups.py`), weight_decay_end (weight decay cosine from the optimiser's to this over
+    total_steps), freeze_last_layer_steps (parameters named `last_layer` stay still for that many steps)."""
 
     def __init__(self, backbone: nn.Module, objective: nn.Module,
                  view_pipeline: Callable[[dict, torch.Generator], dict],
                  optimizer: Callable[..., torch.optim.Optimizer], warmup_steps: int, total_steps: int,
                  min_lr_factor: float = 0.01, seed: int = 0, fused: bool | None = None,
-                 max_nonfinite_steps: int = 10, compile_step: bool = False):
+                 max_nonfinite_steps: int = 10, compile_step: bool = False, layer_decay: float = 1.0,
+                 weight_decay_end: float | None = None, freeze_last_layer_steps: int = 0):
         super().__init__()
         self.compiled = CompiledStep(compile_step)  # the whole step (pretrain/training/compiled_step.py)
         self.max_nonfinite_steps = max_nonfinite_steps
@@ -55,6 +60,21 @@ class PretrainModule(L.LightningModule):
         self.view_pipeline = view_pipeline
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
         self.min_lr_factor, self.seed = min_lr_factor, seed
+        self.layer_decay, self.weight_decay_end = layer_decay, weight_decay_end
+        self.freeze_last_layer_steps = freeze_last_layer_steps
+        self._check_recipe()
+        self._decay_groups: list[int] = []  # indices of the groups with weight decay, set by configure_optimizers
+        self._weight_decay = 0.0  # the optimiser's own weight decay: the schedule's value at step 0
+
+    def _check_recipe(self) -> None:
+        if self.freeze_last_layer_steps < 0:
+            raise ValueError(f"freeze_last_layer_steps={self.freeze_last_layer_steps}: expected an int >= 0")
+        if self.freeze_last_layer_steps and not any(LAST_LAYER in n for n, p in self.named_parameters()
+                                                    if p.requires_grad):
+            raise ValueError(f"freeze_last_layer_steps={self.freeze_last_layer_steps}: no trainable parameter named "
+                             f"*{LAST_LAYER}* in this backbone or objective (DINO heads have one); use 0")
+        if self.weight_decay_end is not None and self.weight_decay_end < 0:
+            raise ValueError(f"weight_decay_end={self.weight_decay_end}: expected a value >= 0 or None (constant)")
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Views, augmentation and masks are drawn here, on the training device, so the objective is a pure
@@ -80,6 +100,18 @@ class PretrainModule(L.LightningModule):
 
     def _objective(self, inputs: dict) -> tuple[torch.Tensor, dict]:
         return self.objective(inputs, self.backbone)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        """The weight decay of this step (`weight_decay_end`) on the decay groups, before its optimiser step: a
+        function of the step alone, so a resumed run sets what the uninterrupted one did. A Python float: no sync."""
+        if self.weight_decay_end is None:
+            return
+        decay = cosine(self.global_step, self._weight_decay, self.weight_decay_end, self.total_steps)
+        groups = self.trainer.optimizers[0].param_groups  # DeepSpeed's optimiser shows its inner one's groups
+        for i in self._decay_groups:
+            groups[i]["weight_decay"] = decay
+        if is_logging_step(self.trainer, batch_idx):
+            self.log("train/weight_decay", decay, batch_size=1)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, logs = self.loss(batch)
@@ -165,19 +197,25 @@ class PretrainModule(L.LightningModule):
         self._skipped_restored, self._nonfinite = int(checkpoint.get("voxfm_skipped_steps", 0)), None
 
     def configure_optimizers(self):
-        """AdamW without weight decay on norms, biases, tokens and embeddings (ndim < 2 or mask tokens),
-        as in MAE/DINOv2; fused unless optim.fused=false or fp16."""
+        """AdamW without weight decay on norms, biases, tokens and embeddings (ndim < 2 or mask tokens), as in
+        MAE/DINOv2, in the groups of `param_groups` (two unless layer_decay or freeze_last_layer_steps asks for
+        more); fused unless optim.fused=false or fp16. A group's base lr = optimiser lr × lr_scale × its layer
+        multiplier; one LambdaLR gives every group the warm-up + cosine, a held last layer 0 before that."""
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        no_decay = [p for n, p in named if p.ndim < 2 or "mask_token" in n]
-        decay = [p for n, p in named if not (p.ndim < 2 or "mask_token" in n)]
-        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = param_groups(named, self.backbone, self.layer_decay, self.freeze_last_layer_steps > 0)
         extra = {"fused": True} if self._use_fused() else {}
         if self.lr_scale != 1.0:  # optim.lr_scaling, set by run_pretrain once the world size is known
             extra["lr"] = self.optimizer_factory.keywords["lr"] * self.lr_scale
-        optimizer = self.optimizer_factory(groups, **extra)
+        optimizer = self.optimizer_factory([g.optimizer_group() for g in groups], **extra)
+        for group, spec in zip(optimizer.param_groups, groups):
+            if spec.lr_mult != 1.0:  # a new value, never in place: a tensor lr is shared by every group
+                group["lr"] = group["lr"] * spec.lr_mult
+        self._decay_groups = [i for i, spec in enumerate(groups) if spec.decay]
+        self._weight_decay = optimizer.defaults.get("weight_decay", 0.0)
         schedule = partial(warmup_cosine, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
                            min_factor=self.min_lr_factor)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        held = partial(held_until, schedule=schedule, start=self.freeze_last_layer_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [held if g.last_layer else schedule for g in groups])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _use_fused(self) -> bool:

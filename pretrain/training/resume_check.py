@@ -10,6 +10,8 @@ Three kinds of keys (a key matches an entry when it equals it or lies under it, 
   loader), compile. Changed without asking.
 - everything else (optimiser, schedule, batch, data mix, precision, clipping, new keys): changed
   only when named in `resume.allow_changes=[optim.optimizer.lr, ...]`.
+A key voxfm added after a checkpoint was written (`ADDED`) is absent from its stored config; at the value that
+does what the run did without it, it is no change, so such runs resume as they are.
 Allowed and free changes are returned for `events.jsonl`.
 """
 
@@ -26,6 +28,7 @@ FREE = ("run_dir", "init_from", "resume", "logger", "callbacks", "trainer.max_st
         "trainer.max_nonfinite_steps", "trainer.compile", "trainer.activation_checkpointing", "trainer.peak_tflops",
         "data.num_workers", "data.loader", "data.max_sample_mb", "strategy")
 ABSENT = "<absent>"
+ADDED = {"optim.layer_decay": 1.0, "optim.weight_decay_end": None, "optim.freeze_last_layer_steps": 0}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -56,6 +59,8 @@ def check_resume_config(old: dict, new: dict, allow_changes: list[str], checkpoi
     """→ the changes to record, {key: [old, new]}; raises ConfigError with one line per refused key."""
     refused, recorded = [], {}
     for key, (before, after) in config_changes(old, new).items():
+        if before == ABSENT and key in ADDED and after == ADDED[key]:
+            continue
         change = f"{key}: {before!r} → {after!r}"
         if covered(key, FROZEN):
             refused.append(f"{change} (changes the model or the data contract: start a new run_dir, or init_from "

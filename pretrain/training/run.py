@@ -93,12 +93,16 @@ def build_module(cfg: DictConfig) -> PretrainModule:
         objective.attach_teacher(backbone)
     mode = compile_mode(cfg.trainer.compile, OmegaConf.to_container(cfg.strategy))
     parallelize(backbone, cfg.trainer.activation_checkpointing, mode)
-    return PretrainModule(
-        backbone=backbone, objective=objective, view_pipeline=views,
-        optimizer=instantiate(cfg.optim.optimizer), warmup_steps=cfg.optim.warmup_steps,
-        total_steps=cfg.trainer.max_steps, min_lr_factor=cfg.optim.min_lr_factor, seed=cfg.seed, fused=cfg.optim.fused,
-        max_nonfinite_steps=cfg.trainer.max_nonfinite_steps, compile_step=mode == "step",
-    )
+    optim = cfg.optim
+    with config_errors():  # e.g. optim.freeze_last_layer_steps without a `last_layer` to hold
+        return PretrainModule(
+            backbone=backbone, objective=objective, view_pipeline=views,
+            optimizer=instantiate(optim.optimizer), warmup_steps=optim.warmup_steps,
+            total_steps=cfg.trainer.max_steps, min_lr_factor=optim.min_lr_factor, seed=cfg.seed, fused=optim.fused,
+            max_nonfinite_steps=cfg.trainer.max_nonfinite_steps, compile_step=mode == "step",
+            layer_decay=optim.layer_decay, weight_decay_end=optim.weight_decay_end,
+            freeze_last_layer_steps=optim.freeze_last_layer_steps,
+        )
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Preemption | None = None,

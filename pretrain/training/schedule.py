@@ -1,8 +1,10 @@
-"""Learning-rate schedules as pure functions of the optimiser step."""
+"""Learning-rate and weight-decay schedules as pure functions of the optimiser step: a resumed run sets the values
+the uninterrupted one did at the same step."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_factor: float = 0.0) -> float:
@@ -13,6 +15,19 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_factor: fl
     span = max(total_steps - warmup_steps, 1)
     progress = min((step - warmup_steps) / span, 1.0)
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def held_until(step: int, schedule: Callable[[int], float], start: int) -> float:
+    """0 for the first `start` steps, then `schedule(step)`: a parameter group that stays still at first (DINO's
+    last layer, `optim.freeze_last_layer_steps`). AdamW at lr 0 moves neither the weights nor their decay."""
+    return 0.0 if step < start else schedule(step)
+
+
+def cosine(step: int, start: float, end: float, total_steps: int) -> float:
+    """`start` at step 0 → `end` at `total_steps` along a half cosine, held after (DINOv2's weight-decay schedule,
+    `optim.weight_decay_end`)."""
+    progress = min(step / max(total_steps, 1), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def lr_scale(rule: str, global_batch: int, reference_batch: int) -> float:

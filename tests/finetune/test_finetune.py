@@ -9,7 +9,7 @@ from data.ingest import run_shard
 from pretrain.cli.compose import load_config
 from pretrain.cli.main import main
 from pretrain.export.run import run_export
-from pretrain.training.run import run_pretrain
+from pretrain.training.run import build_module, run_pretrain
 
 FAST = ["steps=6", "trainer.progress_bar=false", "trainer.checkpoint_every_n_steps=3", "data.batch_size=1",
         "data.crop_size=[16,16,16]", "sw_batch_size=8"]
@@ -178,3 +178,16 @@ def test_primus_fine_tunes_its_pretrained_encoder_with_a_new_decoder(labelled, p
         assert arm["architecture"] == "primus" and arm["steps"] == 6 and len(arm["per_class"]) == 3
     with pytest.raises(Exception, match="input shape its position embedding was learnt for"):
         segmenter_from_export(str(primus_export), n_classes=4, crop_size=[16] * 3, unetr={})
+
+
+def test_the_probe_scores_the_teacher_of_a_self_distillation_run(labelled, shard_dir, tmp_path, capsys):
+    from pretrain.callbacks.probe import probed_backbone
+
+    unetr = ["model.patch_size=16", "model.num_layers=12"]  # UNETR's ViT
+    run_pretrain(load_config("pretrain", [
+        "experiment=demo_dino", *unetr, f"data.shards={shard_dir}", f"run_dir={tmp_path}", "trainer.max_steps=2",
+        "trainer.progress_bar=false", "trainer.images_every_n_steps=0", "data.num_workers=0",
+        f"callbacks.probe={{shards:'{labelled}',every_n_steps:2,steps:2,crop_size:[32,32,32],n_train:2,batch_size:1}}"]))
+    assert "voxfm: probe at step 2: mean Dice" in capsys.readouterr().out
+    module = build_module(load_config("pretrain", ["experiment=demo_dino", *unetr, "data.shards=/x", "run_dir=/y"]))
+    assert probed_backbone(module) is module.objective.teacher_backbone  # what the probe above scored

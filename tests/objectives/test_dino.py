@@ -1,5 +1,8 @@
-"""objective=dino (first form): an EMA teacher that takes no gradient, moves by exactly m·t + (1−m)·s, is saved
-and restored with the run; the student gets every gradient; ZeRO-3 is refused before launch."""
+"""objective=dino: an EMA teacher that takes no gradient, moves by exactly m·t + (1−m)·s, is saved and restored
+with the run and exported (loading strictly through the model card's snippet); the student — backbone, both heads,
+mask token — gets every gradient from 2 global + 2 local crops with iBOT masks; ZeRO-3 is refused before launch."""
+
+import os
 
 import torch
 
@@ -8,6 +11,7 @@ from pretrain.cli.main import main
 from pretrain.training.checkpoints import load_checkpoint
 from pretrain.training.module import step_generator
 from pretrain.training.run import build_module
+from tests.exports import model_card_snippet
 
 
 def _module(seed: int = 0):
@@ -26,13 +30,20 @@ def _batch(module):
 def test_the_student_gets_every_gradient_the_teacher_none_and_the_loss_is_deterministic():
     module = _module()
     batch = _batch(module)
+    assert batch["image"].shape[0] == 8 and batch["local"].shape == (8, 1, 16, 16, 16)  # 2 global, 2 local crops
+    assert batch["masks"].any(dim=1).sum() == 4  # iBOT masks half the global crops
     loss, logs = module.objective(batch, module.backbone)
-    assert {"dino_loss", "koleo", "teacher_entropy", "effective_rank", "gram_mean"} <= set(logs)
+    assert {"dino_loss", "ibot_loss", "koleo", "teacher_entropy", "effective_rank", "gram_mean",
+            "teacher_momentum", "teacher_temperature"} <= set(logs)
     loss.backward()
-    student = [*module.backbone.named_parameters(), *module.objective.head.named_parameters()]
-    assert all(p.grad is not None for name, p in student if p.requires_grad)
-    assert all(not p.requires_grad and p.grad is None for p in module.objective.teacher_backbone.parameters())
-    assert all(p.grad is None for p in module.objective.teacher_head.parameters())
+    objective = module.objective
+    student = [*module.backbone.named_parameters(), *objective.head.named_parameters(),
+               *objective.ibot_head.named_parameters(), ("mask_token", objective.mask_token)]
+    assert module.backbone.cls_token is not None
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for name, p in student if p.requires_grad)
+    teacher = [*objective.teacher_backbone.parameters(), *objective.teacher_head.parameters(),
+               *objective.teacher_ibot_head.parameters()]
+    assert all(not p.requires_grad and p.grad is None for p in teacher)
     again = _module()
     assert torch.equal(again.objective(_batch(again), again.backbone)[0], loss)
 
@@ -84,3 +95,13 @@ def test_the_export_is_the_teacher_backbone(shard_dir, tmp_path):
     key = "blocks.0.attn.qkv.weight"
     assert torch.equal(exported[key], state["objective.teacher_backbone." + key])
     assert not torch.equal(exported[key], state["backbone." + key])
+    assert "cls_token" not in exported and "objective.teacher_backbone.cls_token" in state
+    assert "leaves it out and loads strictly" in (tmp_path / "out" / "README.md").read_text()
+    scope = {}
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path / "out")
+        exec(model_card_snippet(tmp_path / "out"), scope)  # strict=True inside
+    finally:
+        os.chdir(cwd)
+    assert torch.equal(scope["net"].state_dict()[key], exported[key])

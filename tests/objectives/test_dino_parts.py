@@ -9,10 +9,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from data.masking import BlockMasking
 from pretrain.objectives.dino.ema import ema_update, teacher_momentum
 from pretrain.objectives.dino.heads import DINOHead
 from pretrain.objectives.dino.koleo import koleo
-from pretrain.objectives.dino.masking import block_mask, block_masks
 from pretrain.objectives.dino.monitors import effective_rank, gram_off_diagonal, normalised_entropy
 from pretrain.objectives.dino.targets import centred_softmax, sinkhorn_knopp, teacher_temperature, updated_centre
 
@@ -62,17 +62,24 @@ def test_koleo_equals_its_formula_on_a_hand_made_batch():
 
 def test_block_masks_hit_the_ratio_and_form_3d_blocks():
     g = torch.Generator().manual_seed(2)
+    grid, n = (12, 12, 12), 12**3
     for ratio in (0.2, 0.5, 0.75):
-        mask = block_mask((12, 12, 12), ratio, g)
-        assert abs(mask.float().mean().item() - ratio) <= 27 / 12**3 + 1e-6  # at most one box past the target
-        padded = F.pad(mask[None, None].float(), (1, 1, 1, 1, 1, 1))[0, 0]
-        neighbours = sum(padded.roll(s, d)[1:-1, 1:-1, 1:-1] for d in range(3) for s in (1, -1))
-        assert (neighbours[mask] >= 1).all()  # no isolated token: every hidden one is part of a box of side >= 2
-    masks = block_masks(200, (6, 6, 6), (0.2, 0.75), 0.5, g)
+        masking = BlockMasking(patch_size=8, ratio_range=(ratio, ratio), probability=1.0)
+        masks = masking(20, (96, 96, 96), g)  # [20, N]
+        hidden = masks.float().mean(dim=1)
+        assert (hidden >= ratio - 0.5 / n).all() and (hidden <= ratio + 27 / n).all()  # at most one box past
+        for mask in masks.view(20, *grid):
+            padded = F.pad(mask[None, None].float(), (1, 1, 1, 1, 1, 1))[0, 0]
+            neighbours = sum(padded.roll(s, d)[1:-1, 1:-1, 1:-1] for d in range(3) for s in (1, -1))
+            assert (neighbours[mask] >= 1).all()  # no isolated token: every hidden one is part of a box of side >= 2
+        assert int(masks.sum(dim=1).max()) <= masking.max_hidden(grid)
+    masking = BlockMasking(patch_size=16, ratio_range=(0.2, 0.75), probability=0.5)
+    masks = masking(200, (96, 96, 96), g)
     masked = masks.any(dim=1)
-    assert 0.4 < masked.float().mean() < 0.6  # half the images
+    assert int(masked.sum()) == 100 == masking.n_masked_images(200)  # exactly half the images
     ratios = masks[masked].float().mean(dim=1)
     assert ratios.min() >= 0.2 - 1e-6 and ratios.max() <= 0.75 + 27 / 216
+    assert abs(ratios.mean().item() - 0.475) < 0.05  # uniform over the range, slightly past it by the last box
 
 
 def test_ema_update_is_exactly_m_t_plus_one_minus_m_s_on_a_cosine_schedule():

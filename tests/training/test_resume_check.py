@@ -46,6 +46,14 @@ def test_optimisation_changes_need_permission():
     assert check_resume_config(old, new, ["optim"], "x") == {LR: [1e-3, 5e-4], "optim.warmup_steps": [10, 3]}
 
 
+def test_a_checkpoint_from_before_a_key_was_added_resumes_at_its_neutral_value():
+    old, new = _config(), _config()
+    del old["optim"]["layer_decay"], old["optim"]["weight_decay_end"], old["optim"]["freeze_last_layer_steps"]
+    assert check_resume_config(old, new, [], "x") == {}
+    with pytest.raises(ValueError, match=r"optim.layer_decay: '<absent>' → 0.75 \(to change it"):
+        check_resume_config(old, _config("optim.layer_decay=0.75"), [], "x")
+
+
 def test_harmless_changes_need_no_permission_and_are_recorded():
     old, new = _config(), _config("trainer.max_steps=600", "data.num_workers=0", "run_dir=/elsewhere",
                                   "trainer.keep_last_n=5", "logger=wandb")

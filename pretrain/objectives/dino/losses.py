@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from pretrain.objectives.dino.targets import all_reduced
+from pretrain.training.distributed import world
+
 
 def dino_loss(student_logits: list[torch.Tensor], teacher_probs: list[torch.Tensor],
               student_temperature: float = 0.1) -> torch.Tensor:
@@ -28,10 +31,12 @@ def ibot_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, masks: 
               student_temperature: float = 0.1) -> torch.Tensor:
     """student_logits, teacher_probs: [B, N, K] patch tokens; masks: bool [B, N], True = hidden from the student →
     the cross-entropy on hidden tokens only, averaged within each image, then over the images with any hidden
-    token (0 if none has)."""
+    token of the global batch (0 if none has). Across ranks the image count is all-reduced and each rank's sum
+    scaled by the world size, so the ranks' mean (DDP's gradient average) is the one-process loss."""
     per_token = -(teacher_probs * torch.log_softmax(student_logits.float() / student_temperature, dim=-1)).sum(-1)
     weights = masks.float()
     counts = weights.sum(dim=1)
     per_image = (per_token * weights).sum(dim=1) / counts.clamp_min(1.0)
     masked_images = (counts > 0).float()
-    return (per_image * masked_images).sum() / masked_images.sum().clamp_min(1.0)
+    images = all_reduced(masked_images.sum().detach().reshape(1))[0]
+    return (per_image * masked_images).sum() * world()[1] / images.clamp_min(1.0)

@@ -9,7 +9,8 @@ import torch.distributed as dist
 from pretrain.training.distributed import world
 
 
-def _all_reduce(x: torch.Tensor) -> torch.Tensor:
+def all_reduced(x: torch.Tensor) -> torch.Tensor:
+    """x summed over the ranks, in place (x itself with one process)."""
     if world()[1] > 1:
         dist.all_reduce(x)
     return x
@@ -29,28 +30,36 @@ def centred_softmax(teacher_logits: torch.Tensor, centre: torch.Tensor, temperat
 
 
 @torch.no_grad()
-def updated_centre(centre: torch.Tensor, teacher_logits: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
-    """m · centre + (1 − m) · mean of the teacher's logits over the global batch → [1, K]."""
-    total = _all_reduce(teacher_logits.float().sum(dim=0, keepdim=True))
-    count = _all_reduce(torch.tensor([teacher_logits.shape[0]], device=teacher_logits.device, dtype=torch.float32))
-    return centre * momentum + total / count * (1 - momentum)
+def updated_centre(centre: torch.Tensor, teacher_logits: torch.Tensor, momentum: float = 0.9,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
+    """m · centre + (1 − m) · mean of the teacher's logits over the global batch → [1, K]. teacher_logits: [..., K];
+    valid: bool [...] (None: all rows), the rows that count (iBOT's hidden tokens, padded to a static shape)."""
+    logits = teacher_logits.float().reshape(-1, teacher_logits.shape[-1])
+    weights = torch.ones(logits.shape[0], device=logits.device) if valid is None else valid.reshape(-1).float()
+    total = all_reduced((logits * weights[:, None]).sum(dim=0, keepdim=True))
+    count = all_reduced(weights.sum().reshape(1))
+    return centre * momentum + total / count.clamp_min(1.0) * (1 - momentum)
 
 
 @torch.no_grad()
-def sinkhorn_knopp(teacher_logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
-    """[B, K] → assignments [B, K]: each sample's row sums to 1 and each prototype receives an equal share of the
-    global batch, B_total / K (DINOv2's SinkhornKnopp teacher, with sums all-reduced across ranks)."""
-    scaled = teacher_logits.float() / temperature
+def sinkhorn_knopp(teacher_logits: torch.Tensor, temperature: float, iterations: int = 3,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
+    """[..., K] → assignments [..., K]: each sample's row sums to 1 and each prototype receives an equal share of
+    the global batch, B_total / K (DINOv2's SinkhornKnopp teacher, with sums all-reduced across ranks). valid: bool
+    [...] (None: all rows): the rows that take part; the others come out as zeros."""
+    shape = teacher_logits.shape
+    scaled = teacher_logits.float().reshape(-1, shape[-1]) / temperature
+    weights = torch.ones(scaled.shape[0], device=scaled.device) if valid is None else valid.reshape(-1).float()
     top = scaled.max()
     if world()[1] > 1:
         dist.all_reduce(top, op=dist.ReduceOp.MAX)
-    q = torch.exp(scaled - top).T  # [K, B]; the global max cancels in the first normalisation (no overflow)
-    b_total = _all_reduce(torch.tensor([q.shape[1]], device=q.device, dtype=torch.float32))
+    q = (torch.exp(scaled - top) * weights[:, None]).T  # [K, B]; the global max cancels in the first normalisation
+    b_total = all_reduced(weights.sum().reshape(1))
     k = q.shape[0]
-    q /= _all_reduce(q.sum())
+    q /= all_reduced(q.sum()).clamp_min(1e-30)
     for _ in range(iterations):
-        q /= _all_reduce(q.sum(dim=1, keepdim=True))  # every prototype: mass 1/K
+        q /= all_reduced(q.sum(dim=1, keepdim=True)).clamp_min(1e-30)  # every prototype: mass 1/K
         q /= k
-        q /= q.sum(dim=0, keepdim=True)  # every sample: mass 1/B_total
+        q /= q.sum(dim=0, keepdim=True).clamp_min(1e-30)  # every sample: mass 1/B_total
         q /= b_total
-    return (q * b_total).T
+    return (q * b_total).T.reshape(shape)

@@ -1,0 +1,141 @@
+"""Self-distillation's views, cut on the training device: 2 global and N local crops of each region (DINO's
+multi-crop), resized, flipped, rotated, normalised, augmented, and iBOT's block masks on the global crops.
+
+A crop covers a cube of `scale`^(1/3) of the region's smallest side (scale: a fraction of its volume, drawn per
+crop), placed at random inside the region, with flips of each RAS axis and a 90° rotation in one plane. All of that
+is one affine map per crop, drawn eagerly (`draw`); the pure part (`apply`) turns the maps into sampling grids and
+reads every crop of one size with one trilinear `grid_sample` over the batch — the views of each region are laid
+side by side along the grid's first axis, so the region is not copied per view. Crops of different sizes are
+batched per size (global, local): no padding. Axes are the volume's RAS axes ([B, C, X, Y, Z]).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from data.augment import IntensityAugment
+from data.crops import triple
+from data.masking import BlockMasking
+
+
+def crop_maps(n: int, region: tuple[int, int, int], scale: tuple[float, float], flip_prob: float,
+              rotate_prob: float, plane: tuple[int, int] | None, g: torch.Generator) -> torch.Tensor:
+    """→ [n, 3, 4] affine maps (grid_sample's convention: output coordinates in [-1, 1] → input coordinates, axes
+    in (Z, Y, X) order) of n random crops of a region of size `region`."""
+    dev = g.device
+    fraction = (scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=g, device=dev)) ** (1 / 3)
+    extent = torch.tensor(region, device=dev, dtype=torch.float32)
+    half = fraction[:, None] * extent.min() / extent  # [n, 3] half-extent of the cube along each input axis
+    centre = (2 * torch.rand(n, 3, generator=g, device=dev) - 1) * (1 - half)
+    flips = torch.rand(n, 3, generator=g, device=dev) < flip_prob
+    sign = 1.0 - 2.0 * flips.float()  # [n, 3] per output axis
+    transpose = torch.rand(n, generator=g, device=dev) < (rotate_prob if plane is not None else 0.0)
+    perm = torch.eye(3, device=dev).repeat(n, 1, 1)  # [n, in, out]: output axis `out` reads input axis `in`
+    if plane is not None:
+        p, q = plane
+        swap = torch.eye(3, device=dev)[[{p: q, q: p}.get(i, i) for i in range(3)]]
+        perm = torch.where(transpose.view(n, 1, 1), swap, perm)
+    linear = half[:, :, None] * perm * sign[:, None, :]  # [n, in (X, Y, Z), out (X, Y, Z)]
+    theta = torch.cat([linear, centre[:, :, None]], dim=2)
+    return theta.flip(1)[:, :, [2, 1, 0, 3]]  # (X, Y, Z) → grid_sample's (W, H, D) = (Z, Y, X) on both sides
+
+
+def sample_crops(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+    """x [B, C, *R] float, theta [V·B, 3, 4] view-major → crops [V·B, C, *size], trilinear, in one `grid_sample`."""
+    b, c = x.shape[:2]
+    v = theta.shape[0] // b
+    grid = F.affine_grid(theta, [theta.shape[0], c, *size], align_corners=False)  # [V·B, *size, 3]
+    grid = grid.view(v, b, *size, 3).transpose(0, 1).reshape(b, v * size[0], size[1], size[2], 3)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # [B, C, V·s0, ..]
+    return out.view(b, c, v, *size).transpose(0, 2).reshape(v * b, c, *size)  # view-major
+
+
+class MultiCropPipeline:
+    """Batch {"region": [B, C, *R] stored dtype, "low", "high": [B]} → adds "image" [2B, C, *crop_size] (the global
+    crops, view-major), "local" [n_local·B, C, *local_size] (view-major), "n_views" 2, "n_local", and "masks"
+    [2B, N] bool (iBOT, True = hidden from the student), "n_masked_images", "max_hidden" when a masking is given."""
+
+    def __init__(self, crop_size, local_size=48, n_local: int = 8, n_views: int = 2,
+                 global_scale: tuple[float, float] = (0.5, 1.0), local_scale: tuple[float, float] = (0.2, 0.5),
+                 flip_prob: float = 0.5, rotate_prob: float = 0.5, rotate_plane: tuple[int, int] | None = (0, 1),
+                 augment: IntensityAugment | None = None, masking: BlockMasking | None = None):
+        self.crop_size, self.local_size = triple(crop_size), triple(local_size)
+        if n_views != 2:
+            raise ValueError(f"views.n_views={n_views}: multi-crop cuts 2 global crops per region")
+        if n_local < 0:
+            raise ValueError(f"views.n_local={n_local}: expected >= 0")
+        for name, (low, high) in (("global_scale", global_scale), ("local_scale", local_scale)):
+            if not 0.0 < low <= high <= 1.0:
+                raise ValueError(f"views.{name}={[low, high]}: expected fractions of the region, 0 < low <= high <= 1")
+        for name, p in (("flip_prob", flip_prob), ("rotate_prob", rotate_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"views.{name}={p}: expected a probability in [0, 1]")
+        for name, size in (("crop_size", self.crop_size), ("local_size", self.local_size)):
+            if rotate_plane is not None and size[rotate_plane[0]] != size[rotate_plane[1]]:
+                raise ValueError(f"views.rotate_plane={list(rotate_plane)}: views.{name}={list(size)} is not square "
+                                 "in that plane")
+        self.n_views, self.n_local = n_views, n_local
+        self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
+        self.flip_prob, self.rotate_prob = flip_prob, rotate_prob
+        self.rotate_plane = None if rotate_plane is None else tuple(rotate_plane)
+        self.augment, self.masking = augment, masking
+        if masking is not None:
+            masking.grid(self.crop_size)  # fails now, not at the first step
+            if any(s % p for s, p in zip(self.local_size, masking.patch_size)):
+                raise ValueError(f"views.local_size={list(self.local_size)} is not divisible by the patch "
+                                 f"{list(masking.patch_size)}")
+
+    def region_size_needed(self) -> tuple[int, int, int]:
+        return self.crop_size  # a global crop at scale 1 is the whole region, resampled to crop_size
+
+    def check_region(self, region_size) -> None:
+        have = triple(region_size)
+        if any(h < n for h, n in zip(have, self.crop_size)):
+            raise ValueError(f"data.region_size={list(have)} is smaller than the global crop {list(self.crop_size)}")
+
+    def draw(self, b: int, region: tuple[int, int, int], g: torch.Generator, channels: int = 1) -> dict:
+        """Every random number of a batch of `b` regions, eagerly: the crops' affine maps, intensity parameters
+        and noise per crop, the masks' boxes."""
+        geometry = (self.flip_prob, self.rotate_prob, self.rotate_plane, g)
+        draws = {"global_maps": crop_maps(2 * b, region, self.global_scale, *geometry),
+                 "local_maps": crop_maps(self.n_local * b, region, self.local_scale, *geometry)}
+        if self.augment is not None:
+            for name, n, size in (("global", 2 * b, self.crop_size), ("local", self.n_local * b, self.local_size)):
+                draws[f"{name}_intensity"] = self.augment.parameters(n, g)
+                draws[f"{name}_noise"] = self.augment.noise((n, channels, *size), g)
+        if self.masking is not None:
+            draws["mask_noise"] = self.masking.noise(2 * b, self.crop_size, g)
+        return draws
+
+    def apply(self, region: torch.Tensor, low: torch.Tensor, high: torch.Tensor, draws: dict) -> dict:
+        """The deterministic part (compiled under trainer.compile): region [B, C, *R], low/high [B] → {"image",
+        "local", "masks"}."""
+        span = (high - low).view(-1, 1, 1, 1, 1)
+        x = ((region.float() - low.view(-1, 1, 1, 1, 1)) / span).clamp(0.0, 1.0)
+        out = {"image": sample_crops(x, draws["global_maps"], self.crop_size)}
+        if self.n_local:
+            out["local"] = sample_crops(x, draws["local_maps"], self.local_size)
+        if self.augment is not None:
+            for name, key in (("global", "image"), ("local", "local")):
+                if key in out:
+                    out[key] = self.augment.apply(out[key], draws[f"{name}_intensity"])
+        if self.masking is not None:
+            out["masks"] = self.masking.from_noise(draws["mask_noise"], self.masking.grid(self.crop_size))
+        return out
+
+    def __call__(self, batch: dict, g: torch.Generator, apply=None) -> dict:
+        region = batch["region"]
+        self.check_region(region.shape[2:])
+        draws = self.draw(region.shape[0], tuple(region.shape[2:]), g, channels=region.shape[1])
+        noise = {name: draws.pop(f"{name}_noise", None) for name in ("global", "local")}  # eager, as in ViewPipeline
+        out = {**batch, **(apply or self.apply)(region, batch["low"], batch["high"], draws)}
+        if self.augment is not None:
+            out["image"] = self.augment.add_noise(out["image"], noise["global"])
+            if "local" in out:
+                out["local"] = self.augment.add_noise(out["local"], noise["local"])
+        out["n_views"], out["n_local"] = self.n_views, self.n_local
+        if self.masking is not None:  # Python ints: the objective picks masked images and tokens with static shapes
+            out["n_masked_images"] = self.masking.n_masked_images(out["masks"].shape[0])
+            out["max_hidden"] = self.masking.max_hidden(self.masking.grid(self.crop_size))
+        return out
