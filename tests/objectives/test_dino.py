@@ -105,3 +105,20 @@ def test_the_export_is_the_teacher_backbone(shard_dir, tmp_path):
     finally:
         os.chdir(cwd)
     assert torch.equal(scope["net"].state_dict()[key], exported[key])
+
+
+def test_primus_distils_through_its_register_token_and_rope_on_local_crops():
+    torch.manual_seed(0)
+    module = build_module(load_config("pretrain", [
+        "experiment=demo_dino", "model=primus_tiny", "~model.class_token", "model.num_register_tokens=1",
+        "objective.views.masking.patch_size=${model.patch_embed_size}", "data.shards=/x", "run_dir=/y"]))
+    batch = _batch(module)
+    loss, logs = module.objective(batch, module.backbone)
+    loss.backward()
+    backbone = module.backbone
+    assert backbone.register_tokens.grad.abs().sum() > 0  # the class token of self-distillation
+    assert ((16, 16, 16), "cpu") not in backbone._rope_tables and ((2, 2, 2), "cpu") in backbone._rope_tables
+    trained = [p for p in backbone.encoder_parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for p in trained)
+    assert all(p.grad is None for p in backbone.up_projection.parameters())  # the decoder is frozen
+    assert torch.isfinite(loss) and "ibot_loss" in logs

@@ -106,3 +106,25 @@ def test_zero_bf16_feeds_the_stage_images_to_bf16_weights(tmp_path, shard_dir):
     losses = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     assert len(list((run_dir / "images").glob("*.png"))) == 2
+
+
+def test_zero2_dino_teacher_follows_the_whole_student(tmp_path, shard_dir):
+    """The EMA teacher under ZeRO-2 (2 processes) reads the full, updated student weights: at momentum 0 it equals
+    the student exactly after the last step, on the consolidated checkpoint; DINOv2's recipe runs with it."""
+    from pretrain.training.checkpoints import consolidate_deepspeed
+
+    run_dir = tmp_path / "run"
+    env = {**ENV, "MASTER_PORT": str(free_port())}
+    cmd = [sys.executable, "-m", "pretrain", "pretrain", "experiment=demo_dino", "strategy=deepspeed_zero2",
+           f"data.shards={shard_dir}", f"run_dir={run_dir}", "trainer.accelerator=cpu", "trainer.devices=2",
+           "trainer.max_steps=3", "trainer.progress_bar=false", "data.num_workers=0", "trainer.images_every_n_steps=0",
+           "objective.loss.momentum_start=0.0", "objective.loss.momentum_end=0.0", "optim.layer_decay=0.9",
+           "optim.weight_decay_end=0.2", "optim.freeze_last_layer_steps=1"]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = consolidate_deepspeed(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    assert int(state["objective.teacher_steps"]) == 3
+    student = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    teacher = {k[len("objective.teacher_backbone."):]: v for k, v in state.items()
+               if k.startswith("objective.teacher_backbone.")}
+    assert student.keys() == teacher.keys() and all(torch.equal(teacher[k], v) for k, v in student.items())
