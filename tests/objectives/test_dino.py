@@ -122,3 +122,19 @@ def test_primus_distils_through_its_register_token_and_rope_on_local_crops():
     assert trained and all(p.grad is not None for p in trained)
     assert all(p.grad is None for p in backbone.up_projection.parameters())  # the decoder is frozen
     assert torch.isfinite(loss) and "ibot_loss" in logs
+
+
+def test_the_dino_loss_alone_has_no_ibot_parameters_and_ibot_without_masks_is_refused():
+    import pytest
+
+    alone = build_module(load_config("pretrain", ["experiment=demo_dino", "objective.loss.ibot_weight=0",
+                                                  "objective.views.masking=null", "data.shards=/x", "run_dir=/y"]))
+    assert alone.objective.ibot_head is None and alone.objective.mask_token is None  # nothing unused under DDP
+    loss, logs = alone.objective(_batch(alone), alone.backbone)
+    loss.backward()
+    assert "ibot_loss" not in logs and all(p.grad is not None for p in alone.objective.head.parameters()
+                                           if p.requires_grad)
+    unmasked = build_module(load_config("pretrain", ["experiment=demo_dino", "objective.views.masking=null",
+                                                     "data.shards=/x", "run_dir=/y"]))
+    with pytest.raises(ValueError, match="ibot_weight=0 for the DINO loss alone"):
+        unmasked.objective(_batch(unmasked), unmasked.backbone)

@@ -68,8 +68,10 @@ class DINOObjective(nn.Module):
                              "centring: collapses, for testing the alarm)")
         patch_out_dim = patch_out_dim or out_dim
         self.head = DINOHead(spec.feature_dim, out_dim, hidden_dim, bottleneck_dim)
-        self.ibot_head = DINOHead(spec.feature_dim, patch_out_dim, hidden_dim, bottleneck_dim)
-        self.mask_token = nn.Parameter(torch.zeros(spec.feature_dim))  # the student's hidden patches (iBOT)
+        self.ibot_head = self.mask_token = None  # ibot_weight=0: the DINO loss alone (no unused parameters for DDP)
+        if ibot_weight > 0:
+            self.ibot_head = DINOHead(spec.feature_dim, patch_out_dim, hidden_dim, bottleneck_dim)
+            self.mask_token = nn.Parameter(torch.zeros(spec.feature_dim))  # the student's hidden patches
         self.student_temperature, self.targets = student_temperature, targets
         self.weights = (dino_weight, ibot_weight, koleo_weight)
         self.temperatures = (teacher_temperature_start, teacher_temperature, teacher_warmup_steps)
@@ -81,13 +83,14 @@ class DINOObjective(nn.Module):
         self._steps = 0  # the same count on the host
         self.teacher_backbone: nn.Module | None = None
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
-        self.teacher_ibot_head = copy.deepcopy(self.ibot_head).requires_grad_(False)
+        self.teacher_ibot_head = None if self.ibot_head is None else copy.deepcopy(self.ibot_head).requires_grad_(False)
 
     def attach_teacher(self, backbone: nn.Module) -> None:
         """The teacher's backbone: a copy of the freshly built student (the same start, as in DINO)."""
         self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.teacher_head.load_state_dict(self.head.state_dict())
-        self.teacher_ibot_head.load_state_dict(self.ibot_head.state_dict())
+        if self.ibot_head is not None:
+            self.teacher_ibot_head.load_state_dict(self.ibot_head.state_dict())
 
     def train(self, mode: bool = True) -> DINOObjective:
         super().train(mode)
@@ -102,10 +105,9 @@ class DINOObjective(nn.Module):
 
     def pairs(self, backbone: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(teacher, student) parameters in matching order: backbone, DINO head, iBOT head."""
-        student = [*backbone.parameters(), *self.head.parameters(), *self.ibot_head.parameters()]
-        teacher = [*self.teacher_backbone.parameters(), *self.teacher_head.parameters(),
-                   *self.teacher_ibot_head.parameters()]
-        return teacher, student
+        ibot = [] if self.ibot_head is None else [(self.teacher_ibot_head, self.ibot_head)]
+        pairs = [(self.teacher_backbone, backbone), (self.teacher_head, self.head), *ibot]
+        return [p for t, _ in pairs for p in t.parameters()], [p for _, s in pairs for p in s.parameters()]
 
     def momentum(self, total_steps: int) -> float:
         """The momentum of the next EMA update (a host float: no device read)."""
@@ -147,6 +149,11 @@ class DINOObjective(nn.Module):
         if self.teacher_backbone is None:
             raise RuntimeError("objective=dino has no teacher: build it with pretrain.training.run.build_module")
         image, masks, temperature = batch["image"], batch.get("masks"), self._teacher_temperature()
+        if self.ibot_head is None:
+            masks = None
+        elif masks is None or batch["n_masked_images"] == 0:
+            raise ValueError("objective.loss.ibot_weight > 0 needs masked global crops: set objective.views.masking "
+                             "(probability > 0), or objective.loss.ibot_weight=0 for the DINO loss alone")
         with torch.no_grad():
             teacher_cls, teacher_patches = self.teacher_backbone.features(image)
             probs = self._targets(self.teacher_head(teacher_cls), self.centre, temperature)
@@ -160,7 +167,7 @@ class DINOObjective(nn.Module):
         dino_w, ibot_w, koleo_w = self.weights
         loss = dino_w * distillation + koleo_w * spread
         logs = {"dino_loss": distillation.detach(), "koleo": spread.detach()}
-        if masks is not None and batch["n_masked_images"] > 0:
+        if masks is not None:
             hidden, valid, (rows, positions) = hidden_tokens(student_patches, masks, batch["n_masked_images"],
                                                             batch["max_hidden"])
             with torch.no_grad():
