@@ -125,7 +125,8 @@ class BlockMasking:
         covered = newly[:, :k].cumsum(dim=1)  # tokens hidden by boxes 0..j
         target = torch.round(noise["ratio"] * coords.shape[2])
         last = (covered < target[:, None]).sum(dim=1)  # the box that reaches the target
-        return (first <= last[:, None]) & (target > 0)[:, None] & noise["masked"][:, None]
+        hidden = (first <= last[:, None]) & (first < k)  # never a token no box covers (boxes that fall short)
+        return hidden & (target > 0)[:, None] & noise["masked"][:, None]
 
     def __call__(self, n: int, spatial: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
         return self.from_noise(self.noise(n, spatial, generator), self.grid(tuple(spatial)))

@@ -1,8 +1,8 @@
 """Self-distillation's views, cut on the training device: 2 global and N local crops of each region (DINO's
 multi-crop), resized, flipped, rotated, normalised, augmented, and iBOT's block masks on the global crops.
 
-A crop covers a cube of `scale`^(1/3) of the region's smallest side (scale: a fraction of its volume, drawn per
-crop), placed at random inside the region, with flips of each RAS axis and a 90° rotation in one plane. All of that
+A crop covers a box of its own shape, `scale`^(1/3) of the largest such box in the region (scale: a fraction of its
+volume, drawn per crop), placed at random inside the region, with flips of each RAS axis and a 90° rotation in one plane. All of that
 is one affine map per crop, drawn eagerly (`draw`); the pure part (`apply`) turns the maps into sampling grids and
 reads every crop of one size with one trilinear `grid_sample` over the batch — the views of each region are laid
 side by side along the grid's first axis, so the region is not copied per view. Crops of different sizes are
@@ -20,13 +20,17 @@ from data.masking import BlockMasking
 
 
 def crop_maps(n: int, region: tuple[int, int, int], scale: tuple[float, float], flip_prob: float,
-              rotate_prob: float, plane: tuple[int, int] | None, g: torch.Generator) -> torch.Tensor:
+              rotate_prob: float, plane: tuple[int, int] | None, g: torch.Generator,
+              size: tuple[int, int, int] = (1, 1, 1)) -> torch.Tensor:
     """→ [n, 3, 4] affine maps (grid_sample's convention: output coordinates in [-1, 1] → input coordinates, axes
-    in (Z, Y, X) order) of n random crops of a region of size `region`."""
+    in (Z, Y, X) order) of n random crops of a region of size `region`, each a box of the crop's shape `size` (the
+    largest that fits, scaled by `scale`^(1/3)), so every axis is resampled by the same factor."""
     dev = g.device
     fraction = (scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=g, device=dev)) ** (1 / 3)
     extent = torch.tensor(region, device=dev, dtype=torch.float32)
-    half = fraction[:, None] * extent.min() / extent  # [n, 3] half-extent of the cube along each input axis
+    shape = torch.tensor(size, device=dev, dtype=torch.float32)
+    fit = (extent / shape).min()  # region voxels per crop voxel of the largest box of that shape
+    half = fraction[:, None] * fit * shape / extent  # [n, 3] half-extent along each input axis (1: the whole axis)
     centre = (2 * torch.rand(n, 3, generator=g, device=dev) - 1) * (1 - half)
     flips = torch.rand(n, 3, generator=g, device=dev) < flip_prob
     sign = 1.0 - 2.0 * flips.float()  # [n, 3] per output axis
@@ -48,7 +52,7 @@ def sample_crops(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int, int
     grid = F.affine_grid(theta, [theta.shape[0], c, *size], align_corners=False)  # [V·B, *size, 3]
     grid = grid.view(v, b, *size, 3).transpose(0, 1).reshape(b, v * size[0], size[1], size[2], 3)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # [B, C, V·s0, ..]
-    return out.view(b, c, v, *size).transpose(0, 2).reshape(v * b, c, *size)  # view-major
+    return out.view(b, c, v, *size).permute(2, 0, 1, 3, 4, 5).reshape(v * b, c, *size)  # view-major
 
 
 class MultiCropPipeline:
@@ -57,7 +61,7 @@ class MultiCropPipeline:
     [2B, N] bool (iBOT, True = hidden from the student), "n_masked_images", "max_hidden" when a masking is given."""
 
     def __init__(self, crop_size, local_size=48, n_local: int = 8, n_views: int = 2,
-                 global_scale: tuple[float, float] = (0.5, 1.0), local_scale: tuple[float, float] = (0.2, 0.5),
+                 global_scale: tuple[float, float] = (0.32, 1.0), local_scale: tuple[float, float] = (0.05, 0.32),
                  flip_prob: float = 0.5, rotate_prob: float = 0.5, rotate_plane: tuple[int, int] | None = (0, 1),
                  augment: IntensityAugment | None = None, masking: BlockMasking | None = None):
         self.crop_size, self.local_size = triple(crop_size), triple(local_size)
@@ -98,8 +102,8 @@ class MultiCropPipeline:
         """Every random number of a batch of `b` regions, eagerly: the crops' affine maps, intensity parameters
         and noise per crop, the masks' boxes."""
         geometry = (self.flip_prob, self.rotate_prob, self.rotate_plane, g)
-        draws = {"global_maps": crop_maps(2 * b, region, self.global_scale, *geometry),
-                 "local_maps": crop_maps(self.n_local * b, region, self.local_scale, *geometry)}
+        draws = {"global_maps": crop_maps(2 * b, region, self.global_scale, *geometry, size=self.crop_size),
+                 "local_maps": crop_maps(self.n_local * b, region, self.local_scale, *geometry, size=self.local_size)}
         if self.augment is not None:
             for name, n, size in (("global", 2 * b, self.crop_size), ("local", self.n_local * b, self.local_size)):
                 draws[f"{name}_intensity"] = self.augment.parameters(n, g)

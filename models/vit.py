@@ -73,7 +73,9 @@ class MLP(nn.Module):
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: a residual branch dropped for whole samples, the rest scaled by 1 / keep."""
+    """Stochastic depth: a residual branch dropped for whole samples, the rest scaled by 1 / keep. It draws from
+    torch's global generator, as dropout does (and Primus's drop path): the one draw of a step that is not a
+    function of (seed, step, rank) — a resumed run drops other branches than the uninterrupted one would have."""
     if not training or rate == 0.0:
         return x
     keep = 1.0 - rate

@@ -92,7 +92,7 @@ def reference_step(module, lr: float, device: torch.device, autocast, views: int
     name, why) when MONAI has no step to compare with.
     The backbone's declared kind says which: tokens (a ViT) → MAE, a CNN → DynUNet."""
     cnn = module.backbone.declaration.kind == "cnn"
-    if not cnn and not hasattr(module.objective, "decoder"):  # self-distillation, contrastive on a ViT
+    if not cnn and not module.objective.declaration.reconstructs:  # MAE's reference: self-distillation has none
         return None, "MONAI", "no MONAI reference: MONAI has no such step"
     build, name = (monai_dynunet_step, DYNUNET_NAME) if cnn else (monai_mae_step, MAE_NAME)
     try:  # MONAI running out of memory where voxfm fits is a result, not a crash

@@ -59,6 +59,13 @@ def _objective_errors(cfg: dict, model: Declared, objective: Declared) -> list[s
         if needs.mask_cell_is_token and patch is not None and cell != triple(patch):
             errors.append(f"objective.views.masking.patch_size={masking['patch_size']}: must equal "
                           f"model.patch_size={patch} (one mask cell per token)")
+    if "local_size" in views:  # multi-crop: the local crops go through the same patch embedding
+        arguments = {**model.defaults(), **cfg["model"]}
+        patch = arguments.get("patch_size", arguments.get("patch_embed_size"))
+        local = triple(views["local_size"])
+        if patch is not None and any(s % p for s, p in zip(local, triple(patch))):
+            errors.append(f"objective.views.local_size={list(local)}: must be divisible by the model's patch "
+                          f"{list(triple(patch))}")
     if list(crop) != triple(cfg["data"]["crop_size"]):
         errors.append(f"objective.views.crop_size={views['crop_size']}: must equal data.crop_size")
     region = cfg["data"]["region_size"]

@@ -96,8 +96,9 @@ def _class_token_lines(meta: dict, export_format: str) -> list[str]:
                 "The ViT was pretrained with a class token (the summary the self-distillation loss reads). "
                 + ("It is kept here as `backbone.cls_token`." if kept else
                    "MONAI's segmentation ViT (`classification=False`, what UNETR builds) has none, so this export "
-                   "leaves it out and loads strictly without it; the patch tokens, which a decoder reads, are "
-                   "unchanged. `format=full` keeps it.")]
+                   "leaves it out and loads strictly without it. The class token took part in every layer's "
+                   "attention, so without it the patch features shift somewhat: fine-tuning absorbs that. "
+                   "`format=full` keeps it.")]
     if meta.get("architecture") == "primus" and model.get("num_register_tokens"):
         return ["", "## Class token",
                 "The first register token served as the class token in pretraining; the register tokens are kept "

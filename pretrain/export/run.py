@@ -110,6 +110,15 @@ def teacher_prefix(config: dict) -> str | None:
     return "objective.teacher_backbone." if declared is not None and declared.declaration.teacher else None
 
 
+def fp32_teacher(state: dict[str, torch.Tensor], backbone: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The teacher backbone's fp32 copies a half-precision (DeepSpeed bf16) run keeps (`objective.teacher_fp32.t<i>`,
+    in parameter order, the backbone's first) by parameter name; {} for runs whose teacher is fp32 itself."""
+    masters = "objective.teacher_fp32.t"
+    if masters + "0" not in state:
+        return {}
+    return {name: state[f"{masters}{i}"] for i, (name, _) in enumerate(backbone.named_parameters())}
+
+
 def run_export(checkpoint: str, output: str, in_channels: int | None = None, export_format: str = "monai") -> Path:
     if export_format not in FORMATS:
         raise ConfigError(f"format={export_format!r}; allowed: {', '.join(FORMATS)}")
@@ -143,6 +152,8 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, exp
     backbone = backbone_class(**backbone_kwargs)  # only to read the architecture's kwargs
     prefix = teacher_prefix(config) or BACKBONE_PREFIX  # self-distillation: the EMA teacher is the model to keep
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if prefix != BACKBONE_PREFIX:
+        state.update(fp32_teacher(ckpt["state_dict"], backbone))
     weights, arch = exported_weights(state, backbone, in_channels)
     meta.update(arch, channel_inflation=None if in_channels in (None, 1) else {"from": 1, "to": in_channels})
     if export_format == "nnunet":

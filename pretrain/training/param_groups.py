@@ -4,8 +4,9 @@ two groups every run had before (decay, no decay), in that order, so such runs a
 
 Layer ids (`optim.layer_decay`), from the backbone's `repeated_blocks()` — L blocks:
 - a parameter inside `repeated_blocks()[i]` → i + 1;
+- Primus's register tokens (its class token in self-distillation) → 0, though registered after its blocks;
 - any other backbone parameter by its place in `backbone.named_parameters()` (registration order): before the first
-  block's parameters → 0 (patch embedding, position embedding, class and register tokens); after the last block's
+  block's parameters → 0 (patch embedding, position embedding, class token); after the last block's
   → L + 1 (final norm, a decoder registered after the blocks); between two blocks → the id of the block before it;
 - every parameter outside the backbone (objective heads, mask tokens, projectors) → L + 1.
 The learning rate of layer id k is multiplied by `layer_decay ** (L + 1 - k)`: the output side learns at the full
@@ -31,14 +32,19 @@ def decays(name: str, p: nn.Parameter) -> bool:
     return not (p.ndim < 2 or any(token in name for token in NO_DECAY_NAMES))
 
 
+INPUT_SIDE = ("register_tokens",)  # tokens that enter with the patches: layer 0 wherever they are registered
+
+
 def layer_ids(backbone: nn.Module) -> tuple[dict[int, int], int]:
     """→ ({id(parameter): layer id} for every backbone parameter, L) by the rule in this module's docstring."""
     blocks = backbone.repeated_blocks()
     depth = len(blocks)
     in_block = {id(p): i + 1 for i, block in enumerate(blocks) for p in block.parameters()}
     ids, latest = {}, 0  # latest: the id of the last block whose parameters came before
-    for _, p in backbone.named_parameters():
-        if id(p) in in_block:
+    for name, p in backbone.named_parameters():
+        if name.startswith(INPUT_SIDE):
+            ids[id(p)] = 0
+        elif id(p) in in_block:
             latest = ids[id(p)] = in_block[id(p)]
         else:
             ids[id(p)] = latest if latest < depth else depth + 1

@@ -78,6 +78,15 @@ def probe_callback(cfg: DictConfig) -> list:
     return [Probe(**OmegaConf.to_container(probe))]
 
 
+def trainer_precision(cfg: DictConfig) -> str:
+    return cfg.trainer.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+
+
+def half_precision_weights(cfg: DictConfig) -> bool:
+    """DeepSpeed under bf16/fp16 keeps the module's parameters in that precision (DDP keeps fp32 under autocast)."""
+    return str(cfg.strategy.name).startswith("deepspeed") and trainer_precision(cfg).startswith(("bf16", "16"))
+
+
 def build_module(cfg: DictConfig) -> PretrainModule:
     """Backbone from `model`, objective (completed with the backbone's spec) and device-side views from
     `objective.views`. A constructor's ValueError is about the config it was given: a ConfigError."""
@@ -90,7 +99,7 @@ def build_module(cfg: DictConfig) -> PretrainModule:
     if not objective.declaration.trains_decoder and backbone.declaration.decoder:
         backbone.freeze_decoder()  # unused by the loss: frozen, so DDP needs no unused-parameter search
     if objective.declaration.teacher:  # a copy of the plain student, before speed-ups wrap its blocks
-        objective.attach_teacher(backbone)
+        objective.attach_teacher(backbone, half_precision_weights=half_precision_weights(cfg))
     mode = compile_mode(cfg.trainer.compile, OmegaConf.to_container(cfg.strategy))
     parallelize(backbone, cfg.trainer.activation_checkpointing, mode)
     optim = cfg.optim
@@ -108,7 +117,7 @@ def build_module(cfg: DictConfig) -> PretrainModule:
 def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Preemption | None = None,
                   load_universal: bool = False) -> L.Trainer:
     t = cfg.trainer
-    precision = t.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")
+    precision = trainer_precision(cfg)
     # flushed at every logging step, so a killed run loses no metrics it had logged
     loggers = [CSVLogger(save_dir=str(run_dir), name="metrics", flush_logs_every_n_steps=t.log_every_n_steps)]
     wandb = None

@@ -25,14 +25,18 @@ def test_experiment_composes_and_instantiates(experiment):
     module = build_module(cfg)  # at the experiment's real size
     stage = module.view_pipeline
     assert stage.crop_size == tuple(cfg.data.crop_size)
-    if cfg.objective.views.masking is not None:
-        assert stage.masking.mask_ratio == cfg.objective.views.masking.mask_ratio
+    masking = cfg.objective.views.masking
+    if masking is not None and "mask_ratio" in masking:
+        assert stage.masking.mask_ratio == masking.mask_ratio
+    if masking is not None and "ratio_range" in masking:  # iBOT's block masks
+        assert stage.masking.ratio_range == tuple(masking.ratio_range)
     if hasattr(module.backbone, "grid"):
         assert list(module.backbone.grid) == [c // p for c, p in zip(cfg.data.crop_size, module.backbone.patch_size)]
     n_params = sum(p.numel() for p in module.backbone.parameters())
     expected = {  # millions of backbone parameters
         "mae_vit_b": (85, 90), "mae_contrastive_vit_b": (85, 90), "mae_primus_m": (140, 160),
-        "mim_resenc_l": (100, 105), "simclr_resenc_l": (100, 105),
+        "mim_resenc_l": (100, 105), "simclr_resenc_l": (100, 105), "dino_vit_b": (85, 90),
+        "dino_primus_m": (140, 160),
     }
     if experiment in expected:
         low, high = expected[experiment]
@@ -42,6 +46,14 @@ def test_experiment_composes_and_instantiates(experiment):
         assert stage.masking.mask_ratio == 0.75
     if experiment == "mae_primus_m":
         assert module.backbone.patch_size == (8, 8, 8) and module.backbone.grid == (20, 20, 20)
+    if experiment.startswith("dino_"):  # 2 global 96³ + 8 local 48³ crops, a class token, 65,536 prototypes each
+        assert stage.n_views == 2 and stage.n_local == 8 and stage.local_size == (48, 48, 48)
+        assert module.backbone.pooled is not None and module.objective.head.last_layer.weight.shape[0] == 65536
+        assert module.objective.teacher_backbone is not None
+    if experiment == "dino_vit_b":
+        assert module.backbone.cls_token is not None
+    if experiment == "dino_primus_m":
+        assert module.backbone.register_tokens is not None and stage.masking.patch_size == (8, 8, 8)
     if "simclr" in experiment or "contrastive" in experiment:
         assert stage.n_views == 2
     if experiment.startswith("simclr"):  # the UNet decoder is frozen: no unused trainable parameter under DDP

@@ -27,6 +27,16 @@ def test_a_crop_at_scale_one_is_the_region_and_flips_and_rotations_are_exact():
     assert torch.allclose(rotated, x.transpose(2, 3), atol=1e-6)
 
 
+def test_channels_stay_with_their_image_and_a_box_crop_keeps_its_shape():
+    x = torch.rand(2, 3, 8, 8, 8)
+    g = torch.Generator().manual_seed(5)
+    crops = sample_crops(x, crop_maps(4, (8, 8, 8), (1.0, 1.0), 0.0, 0.0, None, g), (8, 8, 8))
+    assert torch.allclose(crops, x.repeat(2, 1, 1, 1, 1), atol=1e-6)  # every channel of image i in row i
+    ramp = torch.arange(16.0).view(1, 1, 16, 1, 1).expand(1, 1, 16, 16, 16).contiguous()
+    box = sample_crops(ramp, crop_maps(1, (16, 16, 16), (1.0, 1.0), 0.0, 0.0, None, g, size=(8, 8, 4)), (8, 8, 4))
+    assert torch.allclose(box[0, 0, 1:, 0, 0] - box[0, 0, :-1, 0, 0], torch.full((7,), 2.0), atol=1e-4)  # X: 16 → 8
+
+
 def test_a_smaller_scale_reads_a_sub_cube_resampled_to_the_crop():
     ramp = torch.arange(32.0).view(1, 1, 32, 1, 1).expand(1, 1, 32, 32, 32).contiguous()  # value = X index
     g = torch.Generator().manual_seed(2)

@@ -138,3 +138,40 @@ def test_the_dino_loss_alone_has_no_ibot_parameters_and_ibot_without_masks_is_re
                                                      "data.shards=/x", "run_dir=/y"]))
     with pytest.raises(ValueError, match="ibot_weight=0 for the DINO loss alone"):
         unmasked.objective(_batch(unmasked), unmasked.backbone)
+
+
+def test_a_half_precision_run_keeps_an_fp32_teacher_that_moves_exports_and_resumes():
+    """DeepSpeed bf16 casts every parameter to bf16: the EMA runs on fp32 copies (buffers, which it leaves alone)."""
+    from pretrain.export.run import fp32_teacher
+
+    half = build_module(load_config("pretrain", ["experiment=demo_dino", "strategy=deepspeed_zero2",
+                                                 "trainer.precision=bf16-mixed", "data.shards=/x", "run_dir=/y"]))
+    objective, backbone = half.objective, half.backbone
+    assert objective.teacher_fp32 is not None and _module().objective.teacher_fp32 is None  # DDP: none
+    with torch.no_grad():
+        for p in half.parameters():  # what DeepSpeed's bf16 does to the module it wraps
+            p.data = p.data.to(torch.bfloat16)
+        for p in backbone.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    masters = [t.clone() for t in objective.teacher_fp32.tensors()]
+    student = [p.float() for p in objective.pairs(backbone)[1]]
+    m = objective.update_teacher(backbone, 300)
+    for t0, s, t1, teacher in zip(masters, student, objective.teacher_fp32.tensors(), objective.pairs(backbone)[0]):
+        assert t1.dtype == torch.float32 and torch.equal(t1, t0 * m + s * (1 - m))
+        assert torch.equal(teacher, t1.to(torch.bfloat16))
+    moved = sum(int((a != b).sum()) for a, b in zip(masters, objective.teacher_fp32.tensors()))
+    assert moved > 0.9 * sum(t.numel() for t in masters)  # in bf16 most of these steps would round away
+    state = {f"objective.{k}": v for k, v in objective.state_dict().items()}
+    exported, key = fp32_teacher(state, backbone), "blocks.0.attn.qkv.weight"
+    index = [n for n, _ in backbone.named_parameters()].index(key)
+    assert torch.equal(exported[key], objective.teacher_fp32.tensors()[index])  # the export reads the fp32 copy
+    fp32 = _module()  # the same run resumed without half precision takes the exact teacher
+    fp32.objective.load_state_dict(objective.state_dict())
+    assert torch.equal(fp32.objective.teacher_backbone.state_dict()[key], exported[key])
+
+
+def test_local_crops_the_patch_does_not_divide_are_refused_before_launch(shard_dir, tmp_path, capsys):
+    assert main(["pretrain", "experiment=demo_dino", f"data.shards={shard_dir}", f"run_dir={tmp_path}",
+                 "objective.views.local_size=[12,12,12]"]) == 2
+    assert "objective.views.local_size=[12, 12, 12]: must be divisible by the model's patch [8, 8, 8]" in \
+        capsys.readouterr().err

@@ -7,9 +7,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import weight_norm
 
 NORMALISE_EPS = 1e-6  # F.normalize's default 1e-12 underflows in bf16/fp16 and gives NaNs
+
+
+class Prototypes(nn.Module):
+    """The last layer: K prototype vectors, each normalised to length 1 in the forward — DINO's weight-normalised
+    linear layer with its norms fixed at 1, written out (a parametrised module cannot be pickled, and
+    `strategy=ddp_spawn` pickles the model). Parameter `weight` [K, bottleneck]: only its directions matter."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, F.normalize(self.weight, dim=1, eps=NORMALISE_EPS))
 
 
 class DINOHead(nn.Module):
@@ -29,10 +42,7 @@ class DINOHead(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
-        with torch.no_grad():
-            self.last_layer.parametrizations.weight.original0.fill_(1.0)  # every prototype's norm: 1, fixed
-        self.last_layer.parametrizations.weight.original0.requires_grad_(False)
+        self.last_layer = Prototypes(bottleneck_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., in_dim] → prototype logits [..., out_dim]."""

@@ -28,15 +28,14 @@ def dino_loss(student_logits: list[torch.Tensor], teacher_probs: list[torch.Tens
 
 
 def ibot_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, masks: torch.Tensor,
-              student_temperature: float = 0.1) -> torch.Tensor:
-    """student_logits, teacher_probs: [B, N, K] patch tokens; masks: bool [B, N], True = hidden from the student →
-    the cross-entropy on hidden tokens only, averaged within each image, then over the images with any hidden
-    token of the global batch (0 if none has). Across ranks the image count is all-reduced and each rank's sum
-    scaled by the world size, so the ranks' mean (DDP's gradient average) is the one-process loss."""
+              student_temperature: float = 0.1, n_images: int | None = None) -> torch.Tensor:
+    """student_logits, teacher_probs: [B, N, K] patch tokens; masks: bool [B, N], True = hidden from the student;
+    n_images: the global crops these rows were picked from (default B; unmasked crops count, as in DINOv2 and iBOT)
+    → the cross-entropy on hidden tokens only, averaged within each image, summed, divided by the global batch's
+    crops. Across ranks that count is all-reduced and each rank's sum scaled by the world size, so the ranks' mean
+    (DDP's gradient average) is the one-process loss."""
     per_token = -(teacher_probs * torch.log_softmax(student_logits.float() / student_temperature, dim=-1)).sum(-1)
     weights = masks.float()
-    counts = weights.sum(dim=1)
-    per_image = (per_token * weights).sum(dim=1) / counts.clamp_min(1.0)
-    masked_images = (counts > 0).float()
-    images = all_reduced(masked_images.sum().detach().reshape(1))[0]
-    return (per_image * masked_images).sum() * world()[1] / images.clamp_min(1.0)
+    per_image = (per_token * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+    count = torch.tensor([float(masks.shape[0] if n_images is None else n_images)], device=masks.device)
+    return per_image.sum() * world()[1] / all_reduced(count)[0]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from models.spec import BackboneSpec
-from pretrain.objectives.dino.ema import ema_update, teacher_momentum
+from pretrain.objectives.dino.ema import FP32Teacher, ema_update, teacher_momentum
 from pretrain.objectives.dino.heads import DINOHead
 from pretrain.objectives.dino.koleo import koleo
 from pretrain.objectives.dino.losses import dino_loss, ibot_loss
@@ -82,15 +82,20 @@ class DINOObjective(nn.Module):
         self.register_buffer("last_momentum", torch.zeros(()), persistent=False)  # logged with the next step
         self._steps = 0  # the same count on the host
         self.teacher_backbone: nn.Module | None = None
+        self.teacher_fp32: FP32Teacher | None = None  # half-precision weights only (see `attach_teacher`)
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
         self.teacher_ibot_head = None if self.ibot_head is None else copy.deepcopy(self.ibot_head).requires_grad_(False)
 
-    def attach_teacher(self, backbone: nn.Module) -> None:
-        """The teacher's backbone: a copy of the freshly built student (the same start, as in DINO)."""
+    def attach_teacher(self, backbone: nn.Module, half_precision_weights: bool = False) -> None:
+        """The teacher's backbone: a copy of the freshly built student (the same start, as in DINO).
+        half_precision_weights: the strategy will cast the parameters to bf16/fp16 (DeepSpeed): the EMA then runs
+        on fp32 copies (`ema.FP32Teacher`)."""
         self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.teacher_head.load_state_dict(self.head.state_dict())
         if self.ibot_head is not None:
             self.teacher_ibot_head.load_state_dict(self.ibot_head.state_dict())
+        if half_precision_weights:
+            self.teacher_fp32 = FP32Teacher(self.pairs(backbone)[0])
 
     def train(self, mode: bool = True) -> DINOObjective:
         super().train(mode)
@@ -100,8 +105,18 @@ class DINOObjective(nn.Module):
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        masters = [k for k in state_dict if k.startswith(prefix + "teacher_fp32.")]
+        if masters and self.teacher_fp32 is None:  # a half-precision run resumed in fp32: its exact teacher
+            for key, name in zip(sorted(masters, key=lambda k: int(k.rsplit(".t", 1)[1])), self.teacher_names()):
+                state_dict[prefix + name] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._steps = int(self.teacher_steps)  # a resumed run continues the schedules (one read, at load)
+
+    def teacher_names(self) -> list[str]:
+        """The teacher's parameter names, in `pairs` order (FP32Teacher's t0, t1, ...)."""
+        modules = {"teacher_backbone": self.teacher_backbone, "teacher_head": self.teacher_head,
+                   "teacher_ibot_head": self.teacher_ibot_head}
+        return [f"{m}.{n}" for m, module in modules.items() if module is not None for n, _ in module.named_parameters()]
 
     def pairs(self, backbone: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(teacher, student) parameters in matching order: backbone, DINO head, iBOT head."""
@@ -117,7 +132,10 @@ class DINOObjective(nn.Module):
     def update_teacher(self, backbone: nn.Module, total_steps: int) -> float:
         """teacher ← m·teacher + (1−m)·student for the backbone and both heads; → m."""
         momentum = self.momentum(total_steps)
-        ema_update(*self.pairs(backbone), momentum)
+        if self.teacher_fp32 is None:
+            ema_update(*self.pairs(backbone), momentum)
+        else:
+            self.teacher_fp32.update(*self.pairs(backbone), momentum)
         self.last_momentum.fill_(momentum)  # a kernel argument, not a copy: no sync
         self._steps += 1
         self.teacher_steps += 1
@@ -163,7 +181,7 @@ class DINOObjective(nn.Module):
             crops += list(backbone.features(batch["local"])[0].chunk(batch["n_local"]))
         logits = self.head(torch.cat(crops)).split([c.shape[0] for c in crops])
         distillation = dino_loss(list(logits), list(probs.chunk(2)), self.student_temperature)
-        spread = sum(koleo(c) for c in crops[:2]) / 2
+        spread = sum(koleo(c) for c in crops[:2])  # summed over the two global crops, as DINOv2 does
         dino_w, ibot_w, koleo_w = self.weights
         loss = dino_w * distillation + koleo_w * spread
         logs = {"dino_loss": distillation.detach(), "koleo": spread.detach()}
@@ -174,7 +192,8 @@ class DINOObjective(nn.Module):
                 index = positions.unsqueeze(-1).expand(-1, -1, teacher_patches.shape[-1])
                 targets = teacher_patches[rows].gather(1, index)
                 patch_probs = self._targets(self.teacher_ibot_head(targets), self.patch_centre, temperature, valid)
-            patch_loss = ibot_loss(self.ibot_head(hidden), patch_probs, valid, self.student_temperature)
+            patch_loss = ibot_loss(self.ibot_head(hidden), patch_probs, valid, self.student_temperature,
+                                   n_images=image.shape[0])
             loss = loss + ibot_w * patch_loss
             logs["ibot_loss"] = patch_loss.detach()
         logs["loss"] = loss.detach()
