@@ -2,11 +2,11 @@
 multi-crop), resized, flipped, rotated, normalised, augmented, and iBOT's block masks on the global crops.
 
 A crop covers a box of its own shape, `scale`^(1/3) of the largest such box in the region (scale: a fraction of its
-volume, drawn per crop), placed at random inside the region, with flips of each RAS axis and a 90° rotation in one plane. All of that
-is one affine map per crop, drawn eagerly (`draw`); the pure part (`apply`) turns the maps into sampling grids and
-reads every crop of one size with one trilinear `grid_sample` over the batch — the views of each region are laid
-side by side along the grid's first axis, so the region is not copied per view. Crops of different sizes are
-batched per size (global, local): no padding. Axes are the volume's RAS axes ([B, C, X, Y, Z]).
+volume, drawn per crop), placed at random inside the region, with flips of each RAS axis and a 90° rotation in one
+plane. All of that is one affine map per crop, drawn eagerly (`draw`); the pure part (`apply`) turns the maps into
+sampling grids and reads every crop of one size with one trilinear `grid_sample` over the batch — the views of
+each region are laid side by side along the grid's first axis, so the region is not copied per view. Crops of
+different sizes are batched per size (global, local): no padding. Axes are the volume's RAS axes ([B, C, X, Y, Z]).
 """
 
 from __future__ import annotations
