@@ -49,6 +49,10 @@ def _objective_errors(cfg: dict, model: Declared, objective: Declared) -> list[s
         errors.append(f"objective.views.n_views={n_views}: {name} needs {needs.views}")
     if needs.masks and masking is None:
         errors.append("objective.views.masking=null: a masked objective needs a masking")
+    loss = {**objective.defaults(), **cfg["objective"]["loss"]}
+    if needs.masks_if and (loss.get(needs.masks_if) or 0) > 0 and masking is None:
+        errors.append(f"objective.views.masking=null: objective.loss.{needs.masks_if}={loss[needs.masks_if]} needs "
+                      f"masked views; set a masking, or objective.loss.{needs.masks_if}=0")
     if masking is not None:
         masking = {**constructor_defaults(masking.get("_target_")), **masking}
         cell = triple(masking["patch_size"])

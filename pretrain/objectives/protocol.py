@@ -19,6 +19,7 @@ class ObjectiveDeclaration:
         uses only `backbone.pooled(x)`);
     views: views of each region per sample (`objective.views.n_views` must equal it), None: any;
     masks: hides parts of each view (`objective.views.masking` must be set);
+    masks_if: the name of a loss argument that, when > 0, needs masks (DINO's `ibot_weight`), or None;
     mask_cell_is_token: one mask cell per patch token (`masking.patch_size` must equal `model.patch_size`);
     trains_decoder: False → a CNN backbone's own decoder is frozen (unused by the loss);
     reconstructs: has `reconstruct(batch, backbone) -> {"original", "masked", "reconstruction"}` for pictures;
@@ -29,6 +30,7 @@ class ObjectiveDeclaration:
     backbone: Literal["tokens", "cnn", "any"]
     views: int | None = 1
     masks: bool = False
+    masks_if: str | None = None
     mask_cell_is_token: bool = False
     trains_decoder: bool = True
     reconstructs: bool = False

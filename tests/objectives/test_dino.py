@@ -170,8 +170,11 @@ def test_a_half_precision_run_keeps_an_fp32_teacher_that_moves_exports_and_resum
     assert torch.equal(fp32.objective.teacher_backbone.state_dict()[key], exported[key])
 
 
-def test_local_crops_the_patch_does_not_divide_are_refused_before_launch(shard_dir, tmp_path, capsys):
-    assert main(["pretrain", "experiment=demo_dino", f"data.shards={shard_dir}", f"run_dir={tmp_path}",
-                 "objective.views.local_size=[12,12,12]"]) == 2
+def test_local_crops_the_patch_does_not_divide_and_ibot_without_masks_are_refused_before_launch(shard_dir, tmp_path,
+                                                                                               capsys):
+    common = ["pretrain", "experiment=demo_dino", f"data.shards={shard_dir}", f"run_dir={tmp_path}"]
+    assert main([*common, "objective.views.local_size=[12,12,12]"]) == 2
     assert "objective.views.local_size=[12, 12, 12]: must be divisible by the model's patch [8, 8, 8]" in \
         capsys.readouterr().err
+    assert main([*common, "objective.views.masking=null"]) == 2
+    assert "objective.loss.ibot_weight=1.0 needs masked views" in capsys.readouterr().err

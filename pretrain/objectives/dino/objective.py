@@ -47,7 +47,8 @@ class DINOObjective(nn.Module):
     [2B, N] (optional, with "n_masked_images", "max_hidden")} + student backbone → (loss, logs)."""
 
     declaration = ObjectiveDeclaration(
-        backbone="tokens", views=2, mask_cell_is_token=True, trains_decoder=False, teacher=True,
+        backbone="tokens", views=2, mask_cell_is_token=True, masks_if="ibot_weight", trains_decoder=False,
+        teacher=True,
         bounds={"out_dim": {"ge": 2}, "hidden_dim": {"ge": 1}, "bottleneck_dim": {"ge": 1},
                 "patch_out_dim": {"ge": 2}, "student_temperature": {"gt": 0.0}, "teacher_temperature": {"gt": 0.0},
                 "teacher_temperature_start": {"gt": 0.0}, "teacher_warmup_steps": {"ge": 0},
