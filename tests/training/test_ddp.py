@@ -14,8 +14,10 @@ pytestmark = pytest.mark.distributed
 
 
 # ddp_spawn pickles the model, which nnU-Net's blocks forbid (a lambda inside): ResEnc runs use ddp, whose
-# launcher starts the second rank as a subprocess. simclr also gathers its negatives across the two ranks.
-@pytest.mark.parametrize("experiment,strategy", [("demo", "ddp_spawn"), ("demo_simclr", "ddp")])
+# launcher starts the second rank as a subprocess. simclr also gathers its negatives across the two ranks; dino
+# all-reduces its centres and moves its EMA teacher on both ranks (and its heads must pickle for ddp_spawn).
+@pytest.mark.parametrize("experiment,strategy", [("demo", "ddp_spawn"), ("demo_simclr", "ddp"),
+                                                 ("demo_dino", "ddp_spawn")])
 def test_two_rank_ddp_run_reaches_max_steps(tmp_path, shard_dir, experiment, strategy):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "pretrain", "pretrain", f"experiment={experiment}", f"data.shards={shard_dir}",
@@ -27,6 +29,8 @@ def test_two_rank_ddp_run_reaches_max_steps(tmp_path, shard_dir, experiment, str
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 6
+    if experiment == "demo_dino":
+        assert int(ckpt["state_dict"]["objective.teacher_steps"]) == 6
     assert {"step000003.ckpt", "step000006.ckpt"} <= {p.name for p in (run_dir / "checkpoints").iterdir()}
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert [(e["event"], e["step"]) for e in events] == [("start", 0), ("end", 6)]
