@@ -33,17 +33,27 @@ def shard_dir(tmp_path_factory, phantom_dir) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def mim_run(tmp_path_factory, shard_dir) -> Path:
-    """A tiny ResEnc (demo_mim) pretrained 2 steps on the phantom shards, for the export and fine-tune tests."""
+def _two_step_run(tmp_path_factory, shard_dir, experiment: str) -> Path:
     from pretrain.cli.compose import load_config
     from pretrain.training.run import run_pretrain
 
-    run = tmp_path_factory.mktemp("mim_run")
-    run_pretrain(load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={run}",
+    run = tmp_path_factory.mktemp(f"{experiment}_run")
+    run_pretrain(load_config("pretrain", [f"experiment={experiment}", f"data.shards={shard_dir}", f"run_dir={run}",
                                           "trainer.max_steps=2", "trainer.progress_bar=false",
                                           "trainer.images_every_n_steps=0", "data.num_workers=0"]))
     return run
+
+
+@pytest.fixture(scope="session")
+def mim_run(tmp_path_factory, shard_dir) -> Path:
+    """A tiny ResEnc (demo_mim) pretrained 2 steps on the phantom shards, for the export and fine-tune tests."""
+    return _two_step_run(tmp_path_factory, shard_dir, "demo_mim")
+
+
+@pytest.fixture(scope="session")
+def primus_run(tmp_path_factory, shard_dir) -> Path:
+    """A tiny Primus (demo_primus) pretrained 2 steps, for the nnssl export and fine-tune tests."""
+    return _two_step_run(tmp_path_factory, shard_dir, "demo_primus")
 
 
 @pytest.fixture

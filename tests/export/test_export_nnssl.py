@@ -14,11 +14,9 @@ import torch
 
 from models.primus import PRESETS, Primus
 from models.resenc import ResEncUNet
-from pretrain.cli.compose import load_config
 from pretrain.export.formats import backbone_weights
 from pretrain.export.nnssl import PRIMUS_CLASS, architecture_plans, nnssl_checkpoint
 from pretrain.export.run import run_export
-from pretrain.training.run import run_pretrain
 from tests.exports import model_card_snippet, voxfm_encoder
 from tests.models.reference_primus import reference_primus
 
@@ -39,15 +37,6 @@ DYNAMIC_ARCHITECTURE_PLANS = ["n_stages", "features_per_stage", "conv_op", "kern
                               "n_blocks_per_stage", "n_conv_per_stage_decoder", "conv_bias", "norm_op",
                               "norm_op_kwargs", "dropout_op", "dropout_op_kwargs", "nonlin", "nonlin_kwargs"]
 NNSSL_ARGS = {"drop_path_rate": 0.2, "init_values": 0.1, "scale_attn_inner": True}
-
-
-@pytest.fixture(scope="module")
-def primus_run(tmp_path_factory, shard_dir):
-    run = tmp_path_factory.mktemp("primus_run")
-    run_pretrain(load_config("pretrain", ["experiment=demo_primus", f"data.shards={shard_dir}", f"run_dir={run}",
-                                          "trainer.max_steps=2", "trainer.progress_bar=false",
-                                          "trainer.images_every_n_steps=0", "data.num_workers=0"]))
-    return run
 
 
 def nnunet_network(plan: dict, input_channels: int, num_classes: int) -> torch.nn.Module:

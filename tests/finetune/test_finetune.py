@@ -150,12 +150,8 @@ def test_either_network_builds_from_random_initialisation(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def primus_export(tmp_path_factory, shard_dir):
-    run = tmp_path_factory.mktemp("primus_run")
-    run_pretrain(load_config("pretrain", ["experiment=demo_primus", f"data.shards={shard_dir}", f"run_dir={run}",
-                                          "trainer.max_steps=2", "trainer.progress_bar=false",
-                                          "trainer.images_every_n_steps=0", "data.num_workers=0"]))
-    return run_export(str(run), str(tmp_path_factory.mktemp("primus_export")), export_format="nnssl")
+def primus_export(tmp_path_factory, primus_run):
+    return run_export(str(primus_run), str(tmp_path_factory.mktemp("primus_export")), export_format="nnssl")
 
 
 def test_primus_fine_tunes_its_pretrained_encoder_with_a_new_decoder(labelled, primus_export, tmp_path):
