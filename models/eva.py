@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.vit import LayerNorm
+from models.vit import LayerNorm, drop_path
 
 
 def axial_rope(grid: tuple[int, int, int], dim: int, temperature: float = 10_000.0) -> torch.Tensor:
@@ -95,10 +95,7 @@ class DropPath(nn.Module):
         self.rate = rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        return x * x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+        return drop_path(x, self.rate, self.training)
 
 
 class EvaBlock(nn.Module):

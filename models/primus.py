@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.eva import Eva, axial_rope
 from models.rules import patch_divides, rope_fits
 from models.spec import BackboneDeclaration, BackboneSpec
-from models.vit import _triple
+from models.vit import _triple, resized_positions
 
 PRESETS = {"S": (12, 6, 396), "B": (12, 12, 792), "M": (16, 12, 864), "L": (24, 16, 1056)}  # depth, heads, dim
 
@@ -199,10 +198,7 @@ class Primus(nn.Module):
         if masks is not None:
             tokens = torch.where(masks.unsqueeze(-1), mask_token.to(tokens.dtype), tokens)
         if self.eva.pos_embed is not None:
-            table = self.eva.pos_embed[0, self.eva.num_prefix_tokens:]
-            if grid != tuple(self.grid):
-                cube = table.T.reshape(1, -1, *self.grid)
-                table = F.interpolate(cube, size=grid, mode="trilinear", align_corners=False)[0].flatten(1).T
+            table = resized_positions(self.eva.pos_embed[0, self.eva.num_prefix_tokens:], self.grid, grid)
             tokens = tokens + table.to(tokens.dtype)
         rope = None
         if self.eva.rope is not None:

@@ -29,6 +29,15 @@ def sincos_position_embedding(grid: tuple[int, int, int], hidden_size: int) -> n
         return build_sincos_position_embedding(list(grid), hidden_size, spatial_dims=3)
 
 
+def resized_positions(table: torch.Tensor, grid: tuple[int, int, int], new_grid: tuple[int, int, int]) -> torch.Tensor:
+    """A position table [N, C] in raster order of `grid` → the table of `new_grid`, interpolated trilinearly (as
+    DINO does for its local crops); the table itself when the grids are equal."""
+    if tuple(new_grid) == tuple(grid):
+        return table
+    cube = table.T.reshape(1, -1, *grid)
+    return F.interpolate(cube, size=tuple(new_grid), mode="trilinear", align_corners=False)[0].flatten(1).T
+
+
 def _triple(v: int | tuple[int, ...]) -> tuple[int, int, int]:
     return (v, v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
 
@@ -127,11 +136,7 @@ class PatchEmbedding(nn.Module):
     def positions(self, grid: tuple[int, int, int]) -> torch.Tensor:
         """The position embedding [N, hidden] for a patch grid: the table itself on the training grid, else the
         table interpolated (trilinear) to `grid`, as DINO does for its local crops."""
-        table = self.position_embeddings[0]
-        if tuple(grid) == tuple(self.grid):
-            return table
-        cube = table.T.reshape(1, -1, *self.grid)
-        return F.interpolate(cube, size=tuple(grid), mode="trilinear", align_corners=False)[0].flatten(1).T
+        return resized_positions(self.position_embeddings[0], self.grid, grid)
 
     def masked(self, x: torch.Tensor, masks: torch.Tensor | None = None,
                mask_token: torch.Tensor | None = None) -> torch.Tensor:
