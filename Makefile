@@ -48,7 +48,7 @@ test-fast: install   # unit tests only (no slow or distributed marker): under 2 
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow and not distributed" tests
 
 lint: install
-	$(BIN)/ruff check pretrain models data scripts tests
+	$(BIN)/ruff check __init__.py __main__.py pretrain models data scripts tests
 
 bench: install
 	$(BIN)/voxfm bench data shards=$(OUT)/shards

@@ -26,12 +26,21 @@ from pathlib import Path
 import nibabel as nib
 from tqdm import tqdm
 
-from data import payload
-from data.inputs import InputVolume, discover, file_hash, group_series, pseudonym, relative, sample_key, scan_dicom_file
-from data.locks import locks_folder
-from data.preprocess import PreprocessOptions, check_mb, preprocess
-from data.shards import REPORT, ShardSetWriter, load_index, write_json_atomic
-from data.volumes import RejectedVolume, Volume, load_volume, n_frames
+from voxfm.data import payload
+from voxfm.data.inputs import (
+    InputVolume,
+    discover,
+    file_hash,
+    group_series,
+    pseudonym,
+    relative,
+    sample_key,
+    scan_dicom_file,
+)
+from voxfm.data.locks import locks_folder
+from voxfm.data.preprocess import PreprocessOptions, check_mb, preprocess
+from voxfm.data.shards import REPORT, ShardSetWriter, load_index, write_json_atomic
+from voxfm.data.volumes import RejectedVolume, Volume, load_volume, n_frames
 
 Unit = list[tuple[InputVolume, str]]  # one subject's inputs with their content hashes
 
@@ -74,7 +83,7 @@ def read_input(vol: InputVolume, opts: PreprocessOptions, frame: int | None) -> 
     if not vol.files:
         _check_nifti_mb(vol.path, opts.max_mb, frame)
         return load_volume(vol.path, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy, frame)
-    from data.dicom import load_series
+    from voxfm.data.dicom import load_series
 
     return load_series(list(vol.files), opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy, opts.max_mb)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data import payload
-from data.montage import montage
-from data.preprocess import normalise
-from data.shards import INDEX, REPORT, load_index, read_samples
+from voxfm.data import payload
+from voxfm.data.montage import montage
+from voxfm.data.preprocess import normalise
+from voxfm.data.shards import INDEX, REPORT, load_index, read_samples
 
 
 def _distribution(values: list[list[float]]) -> dict:

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from data import payload
-from data.crops import crop_start, pad_to, triple
-from data.preprocess import normalise
-from data.shards import load_index, read_samples
+from voxfm.data import payload
+from voxfm.data.crops import crop_start, pad_to, triple
+from voxfm.data.preprocess import normalise
+from voxfm.data.shards import load_index, read_samples
 
 
 @dataclass

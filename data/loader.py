@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import torch
 
-from data.device_feed import DeviceFeed, PinnedBuffers, buffer_count, collate_into
-from data.stream import QUEUED_PER_WORKER, RegionStream, check_group, collate_regions
+from voxfm.data.device_feed import DeviceFeed, PinnedBuffers, buffer_count, collate_into
+from voxfm.data.stream import QUEUED_PER_WORKER, RegionStream, check_group, collate_regions
 
 _RUNNING: dict[int, tuple[threading.Event, list[threading.Thread]]] = {}
 

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from data.crops import triple
+from voxfm.data.crops import triple
 
 
 class RandomPatchMasking:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.crops import random_crop
+from voxfm.data.crops import random_crop
 
 log = logging.getLogger("voxfm.data")
 

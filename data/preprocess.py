@@ -13,8 +13,8 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
-from data.resample import resample
-from data.volumes import RejectedVolume, Volume
+from voxfm.data.resample import resample
+from voxfm.data.volumes import RejectedVolume, Volume
 
 Modality = Literal["CT", "MR", "PET"]
 MODALITIES: tuple[str, ...] = ("CT", "MR", "PET")

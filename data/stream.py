@@ -24,11 +24,11 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from data import payload
-from data.crops import padded, random_crop, triple
-from data.pool import FeedCounters, Volume, VolumePool, sample_bytes
-from data.preprocess import MODALITIES, normalise
-from data.sources import epoch_samples, mix, parse_sources, resampled_samples
+from voxfm.data import payload
+from voxfm.data.crops import padded, random_crop, triple
+from voxfm.data.pool import FeedCounters, Volume, VolumePool, sample_bytes
+from voxfm.data.preprocess import MODALITIES, normalise
+from voxfm.data.sources import epoch_samples, mix, parse_sources, resampled_samples
 
 log = logging.getLogger("voxfm.data")
 MAX_SKIPPED_IN_A_ROW = 1000  # nothing but damaged data this long: the shard set itself is unusable

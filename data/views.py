@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from data.augment import IntensityAugment
-from data.crops import triple, view_shift
-from data.masking import RandomPatchMasking
+from voxfm.data.augment import IntensityAugment
+from voxfm.data.crops import triple, view_shift
+from voxfm.data.masking import RandomPatchMasking
 
 
 def _randint(n: int, high: int, g: torch.Generator) -> torch.Tensor:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.rules import decoder_fits
-from models.vit import Block, LayerNorm, _init_weights, sincos_position_embedding
+from voxfm.models.rules import decoder_fits
+from voxfm.models.vit import Block, LayerNorm, _init_weights, sincos_position_embedding
 
 
 class MAEDecoder(nn.Module):

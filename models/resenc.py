@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from torch import nn
 
-from models.rules import stage_counts
-from models.spec import BackboneDeclaration, BackboneSpec
+from voxfm.models.rules import stage_counts
+from voxfm.models.spec import BackboneDeclaration, BackboneSpec
 
 
 def resenc_kwargs(in_channels: int, out_channels: int, features_per_stage, n_blocks_per_stage,

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import nn
 
-from models.rules import heads_divide, patch_divides, sincos_fits
-from models.spec import BackboneDeclaration, BackboneSpec
+from voxfm.models.rules import heads_divide, patch_divides, sincos_fits
+from voxfm.models.spec import BackboneDeclaration, BackboneSpec
 
 
 def sincos_position_embedding(grid: tuple[int, int, int], hidden_size: int) -> nn.Parameter:

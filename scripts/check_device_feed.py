@@ -10,8 +10,8 @@ import sys
 
 import torch
 
-from data.loader import ThreadLoader
-from data.stream import RegionStream
+from voxfm.data.loader import ThreadLoader
+from voxfm.data.stream import RegionStream
 
 
 def batches(shards: str, n: int, threads: int, pin: bool) -> list[dict]:

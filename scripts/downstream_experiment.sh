@@ -11,22 +11,22 @@ mkdir -p "$OUT"
 "$PY" scripts/make_demo_corpus.py "$OUT/raw" > /dev/null
 printf "path,modality\n%s,CT\n%s,MR\n%s,MR\n" "$R/ct_head_invesalius.nii.gz" "$R/mri_t1_colin27_ch2.nii.gz" \
   "$R/mri_t1_itk_kmeans.nii.gz" > "$OUT/real_images.csv"
-"$PY" -m pretrain shard input="$OUT/raw/manifest.csv" output="$OUT/shards" progress=false
-"$PY" -m pretrain shard input="$OUT/real_images.csv" output="$OUT/shards" progress=false
+"$PY" -m voxfm shard input="$OUT/raw/manifest.csv" output="$OUT/shards" progress=false
+"$PY" -m voxfm shard input="$OUT/real_images.csv" output="$OUT/shards" progress=false
 start=$(date +%s)
-"$PY" -m pretrain pretrain experiment=demo_mim data.shards="$OUT/shards" run_dir="$OUT/pretrain" \
+"$PY" -m voxfm pretrain experiment=demo_mim data.shards="$OUT/shards" run_dir="$OUT/pretrain" \
   trainer.max_steps="$STEPS" trainer.progress_bar=false trainer.images_every_n_steps=0 > "$OUT/pretrain.log" 2>&1
 echo "pretraining: $STEPS steps in $(( $(date +%s) - start )) s"
-"$PY" -m pretrain export checkpoint="$OUT/pretrain" output="$OUT/export"
+"$PY" -m voxfm export checkpoint="$OUT/pretrain" output="$OUT/export"
 declare -A IMAGE=([ct]=ct_head_invesalius [aal]=mri_t1_colin27_ch2 [kmeans]=mri_t1_itk_kmeans)
 declare -A LABEL=([ct]=ct_head_invesalius_label [aal]=mri_t1_colin27_ch2_aal_label [kmeans]=mri_t1_itk_kmeans_label)
 declare -A MOD=([ct]=CT [aal]=MR [kmeans]=MR)
 for task in ct aal kmeans; do
   printf "path,modality,label\n%s,%s,%s\n" "$R/${IMAGE[$task]}.nii.gz" "${MOD[$task]}" "$R/${LABEL[$task]}.nii.gz" \
     > "$OUT/$task.csv"
-  "$PY" -m pretrain shard input="$OUT/$task.csv" output="$OUT/labelled_$task" progress=false > /dev/null
+  "$PY" -m voxfm shard input="$OUT/$task.csv" output="$OUT/labelled_$task" progress=false > /dev/null
   for seed in $SEEDS; do
-    "$PY" -m pretrain finetune experiment=demo_finetune backbone="$OUT/export" data.shards="$OUT/labelled_$task" \
+    "$PY" -m voxfm finetune experiment=demo_finetune backbone="$OUT/export" data.shards="$OUT/labelled_$task" \
       run_dir="$OUT/finetune_${task}_seed$seed" compare_scratch=true seed="$seed" steps="$FT_STEPS" \
       trainer.progress_bar=false > "$OUT/finetune_${task}_seed$seed.log" 2>&1
   done

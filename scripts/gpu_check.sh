@@ -3,7 +3,7 @@
 #   OUT=<dir> bash scripts/gpu_check.sh             # on the GPU: mae_vit_b bf16 200 steps + resume, bench model/loop
 #   OUT=<dir> TINY=1 bash scripts/gpu_check.sh      # rehearsal on CPU: demo twins, a few steps, tiny shapes
 #   BUDGET=<s>                                      # stop starting steps after this many seconds (default: none)
-# Installs nothing: run it where `voxfm` is importable (python -m pretrain); scripts/gpu_lease.sh installs the
+# Installs nothing: run it where `voxfm` is importable (python -m voxfm); scripts/gpu_lease.sh installs the
 # wheels on the lent machine first. Steps run most important first, each under the time left: the batch-1024
 # ViT-B MAE step (eager and compiled beside MONAI, with a kernel profile), the SDPA backend microbenchmark, the
 # rest of the workloads in README's Design section, pretrain's loop beside its bare step and an in-memory feed
@@ -64,7 +64,7 @@ bench() {
     exp=${spec%%:*}; extra=(); [ "$spec" != "$exp" ] && read -r -a extra <<< "${spec#*:}"
     i=$((i + 1))
     echo "$exp ${extra[*]}" > "$OUT/bench/$i-$exp.args"
-    T 40 "bench/$i-$exp" "$PY" -m pretrain bench model experiment="$exp" "${BENCH_ARGS[@]}" "${extra[@]}"
+    T 40 "bench/$i-$exp" "$PY" -m voxfm bench model experiment="$exp" "${BENCH_ARGS[@]}" "${extra[@]}"
     case $? in 0) ;; 125) echo '{"not_started": true}' >> "$OUT/bench/$i-$exp.txt" ;;
       *) echo '{"failed": true}' >> "$OUT/bench/$i-$exp.txt" ;; esac
   done
@@ -73,29 +73,29 @@ bench() {
 # phantoms (images.csv: the images; labelled.csv: images + labels, for fine-tuning) sharded on half the cores
 # while the benchmark workloads (synthetic batches) run on the GPU
 ( "$PY" -c "
-from data.phantoms import write_phantoms
+from voxfm.data.phantoms import write_phantoms
 images = [str(p) for p in write_phantoms('$WORK/raw', n=$N, shape=($SHAPE, $SHAPE, $SHAPE))]
 open('$WORK/images.csv', 'w').write('\\n'.join(['path', *images]) + '\\n')
 labelled = [f'{p},{p.replace(\".nii.gz\", \"_label.nii.gz\")}' for p in images]
 open('$WORK/labelled.csv', 'w').write('\\n'.join(['path,label', *labelled]) + '\\n')" \
-  && T 30 shard "$PY" -m pretrain shard input="$WORK/images.csv" output="$WORK/shards" progress=false \
+  && T 30 shard "$PY" -m voxfm shard input="$WORK/images.csv" output="$WORK/shards" progress=false \
        workers=$(( ($(nproc) + 1) / 2 )) ) &
 sharding=$!
 bench "${LARGE[0]}"
-T 40 bench_attention "$PY" -m pretrain bench attention "${ATTENTION_ARGS[@]}"  # the SDPA backend per shape
+T 40 bench_attention "$PY" -m voxfm bench attention "${ATTENTION_ARGS[@]}"  # the SDPA backend per shape
 bench "${LARGE[@]:1}"
 wait $sharding || { echo "sharding the phantoms failed: see shard.txt"; "$PY" "$(dirname "$0")/gpu_table.py" "$OUT"; exit 1; }
 
 # the one-copy feed: device batches equal to the host's, no hidden sync, threaded workers stop cleanly
-T 30 device_feed env PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" scripts/check_device_feed.py "$WORK/shards"
+T 30 device_feed "$PY" scripts/check_device_feed.py "$WORK/shards"
 
 # pretrain's loop with the real loader on the phantoms, beside its bare step and an in-memory feed
 for exp in "${LOOP[@]}"; do
-  T 90 "bench_loop_$exp" "$PY" -m pretrain bench loop experiment="$exp" shards="$WORK/shards" "${LOOP_ARGS[@]}"
+  T 90 "bench_loop_$exp" "$PY" -m voxfm bench loop experiment="$exp" shards="$WORK/shards" "${LOOP_ARGS[@]}"
 done
 
 # pretraining and its resume
-pretrain_run() { T "$1" "$2" "$PY" -m pretrain pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run" \
+pretrain_run() { T "$1" "$2" "$PY" -m voxfm pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run" \
   trainer.log_every_n_steps=10 trainer.checkpoint_every_n_steps=100 trainer.progress_bar=false "${@:3}"; }
 start=$(date +%s)
 pretrain_run 60 pretrain trainer.max_steps=$STEPS && echo $(( $(date +%s) - start )) > "$OUT/train_s.txt" \
@@ -107,7 +107,7 @@ cp -r "$WORK/run/images" "$OUT/" 2>/dev/null
 # DeepSpeed ZeRO-2/3 (bf16 on the GPU) and torch.compile: a short run each, samples/s from their metrics
 for variant in "strategy=deepspeed_zero2" "strategy=deepspeed_zero3" "trainer.compile=true"; do
   name=$(echo "$variant" | tr -c 'a-z0-9_\n' '_')
-  T 60 "variant_$name" "$PY" -m pretrain pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_$name" \
+  T 60 "variant_$name" "$PY" -m voxfm pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_$name" \
     $variant trainer.max_steps=$VSTEPS trainer.log_every_n_steps=5 trainer.checkpoint_every_n_steps=$VSTEPS \
     trainer.progress_bar=false
   cp "$WORK/run_$name/metrics/version_0/metrics.csv" "$OUT/metrics_$name.csv" 2>/dev/null
@@ -115,14 +115,14 @@ done
 
 # fine-tuning (bf16 on the GPU): a ResEnc pretrained a few steps, exported, then pretrained vs scratch on the
 # labelled phantoms (finetune_resenc: the full ResEnc-L UNet, 160³)
-T 90 finetune_pretrain "$PY" -m pretrain pretrain "${FT_PRE[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_ft" \
+T 90 finetune_pretrain "$PY" -m voxfm pretrain "${FT_PRE[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_ft" \
     trainer.max_steps=$FT_STEPS trainer.progress_bar=false trainer.images_every_n_steps=0 \
-  && T 60 finetune_pretrain "$PY" -m pretrain export checkpoint="$WORK/run_ft" output="$WORK/ft_export" \
-  && T 60 finetune_pretrain "$PY" -m pretrain shard input="$WORK/labelled.csv" output="$WORK/labelled" progress=false \
-  && T 60 finetune "$PY" -m pretrain finetune "${FT[@]}" backbone="$WORK/ft_export" data.shards="$WORK/labelled" \
+  && T 60 finetune_pretrain "$PY" -m voxfm export checkpoint="$WORK/run_ft" output="$WORK/ft_export" \
+  && T 60 finetune_pretrain "$PY" -m voxfm shard input="$WORK/labelled.csv" output="$WORK/labelled" progress=false \
+  && T 60 finetune "$PY" -m voxfm finetune "${FT[@]}" backbone="$WORK/ft_export" data.shards="$WORK/labelled" \
        run_dir="$WORK/finetune" compare_scratch=true steps=$FT_STEPS trainer.progress_bar=false \
   && cp "$WORK/finetune/results.json" "$WORK/finetune/results.md" "$OUT/"
 
 bench "${BENCH[@]}"
-T 20 bench_data "$PY" -m pretrain bench data shards="$WORK/shards"
+T 20 bench_data "$PY" -m voxfm bench data shards="$WORK/shards"
 "$PY" "$(dirname "$0")/gpu_table.py" "$OUT"

@@ -6,7 +6,10 @@
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 WANDB_MODE=offline
+# the checkout is the package `voxfm` (pyproject.toml: package-dir voxfm = .): a link named voxfm makes it importable
+# without building it (the lent machine may lack setuptools' build dependencies)
+mkdir -p /tmp/voxfm_root && ln -sfn "$PWD" /tmp/voxfm_root/voxfm
+export PYTHONPATH=/tmp/site:/tmp/voxfm_root PYTHONUNBUFFERED=1 WANDB_MODE=offline
 nvidia-smi -L
 results=/tmp/gpu_check
 mkdir -p "$results"

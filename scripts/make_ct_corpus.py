@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from data.phantoms import ct_phantom
+from voxfm.data.phantoms import ct_phantom
 
 
 def main(output: str, n: int = 8, shape=(512, 512, 300), spacing=(0.7, 0.7, 1.5)) -> Path:

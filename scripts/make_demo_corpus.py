@@ -13,7 +13,7 @@ from pathlib import Path
 
 import nibabel
 
-from data.phantoms import write_phantoms
+from voxfm.data.phantoms import write_phantoms
 
 # anatomical.nii: a real T1 MR; example4d.nii.gz: a 4D fMRI run, which `voxfm shard` rejects with a reason.
 NIBABEL_FILES = {"anatomical.nii": "MR", "example4d.nii.gz": "MR"}

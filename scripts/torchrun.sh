@@ -14,4 +14,4 @@ export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$HOME/.cache/voxfm/in
 [ "$GPUS_PER_NODE" -gt 0 ] || { echo "torchrun.sh: no GPU found; set GPUS_PER_NODE (and trainer.accelerator=cpu)" >&2; exit 2; }
 exec "${PYTHON:-python}" -m torch.distributed.run --nnodes "$NNODES" --nproc_per_node "$GPUS_PER_NODE" \
   --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-  -m pretrain pretrain trainer.num_nodes="$NNODES" trainer.devices="$GPUS_PER_NODE" strategy="$STRATEGY" "$@"
+  -m voxfm pretrain trainer.num_nodes="$NNODES" trainer.devices="$GPUS_PER_NODE" strategy="$STRATEGY" "$@"

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
-    from data.phantoms import write_phantoms
+    from voxfm.data.phantoms import write_phantoms
 
     out = tmp_path_factory.mktemp("phantoms")
     write_phantoms(out, n=6, seed=1, shape=(40, 40, 32))
@@ -21,7 +21,7 @@ def phantom_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shard_dir(tmp_path_factory, phantom_dir) -> Path:
     """Phantoms (labels excluded) sharded once for the whole session."""
-    from data.ingest import run_shard
+    from voxfm.data.ingest import run_shard
 
     images = tmp_path_factory.mktemp("images")
     for p in phantom_dir.glob("*.nii.gz"):
@@ -34,8 +34,8 @@ def shard_dir(tmp_path_factory, phantom_dir) -> Path:
 
 
 def _two_step_run(tmp_path_factory, shard_dir, experiment: str) -> Path:
-    from pretrain.cli.compose import load_config
-    from pretrain.training.run import run_pretrain
+    from voxfm.pretrain.cli.compose import load_config
+    from voxfm.pretrain.training.run import run_pretrain
 
     run = tmp_path_factory.mktemp(f"{experiment}_run")
     run_pretrain(load_config("pretrain", [f"experiment={experiment}", f"data.shards={shard_dir}", f"run_dir={run}",

@@ -23,15 +23,15 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from data import payload
-from data.crops import random_crop, random_crops
-from data.device_feed import PinnedBuffers, collate_into
-from data.loader import ThreadLoader
-from data.preprocess import normalise
-from data.shards import shard_urls
-from data.stream import RegionStream, load_volume, region_loader, region_record
-from pretrain.bench.timing import best_time, time_call
-from pretrain.errors import ConfigError
+from voxfm.data import payload
+from voxfm.data.crops import random_crop, random_crops
+from voxfm.data.device_feed import PinnedBuffers, collate_into
+from voxfm.data.loader import ThreadLoader
+from voxfm.data.preprocess import normalise
+from voxfm.data.shards import shard_urls
+from voxfm.data.stream import RegionStream, load_volume, region_loader, region_record
+from voxfm.pretrain.bench.timing import best_time, time_call
+from voxfm.pretrain.errors import ConfigError
 
 GPU_SAMPLES_PER_S = 9000  # ViT-B MAE 96³ on one H100: the goal (README, Design)
 BATCH = 32  # regions per batch: mae_vit_b's per-GPU batch

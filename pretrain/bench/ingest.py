@@ -14,12 +14,12 @@ import tempfile
 import nibabel as nib
 import numpy as np
 
-from data import payload
-from data.ingest import process_unit
-from data.inputs import discover, file_hash
-from data.preprocess import PreprocessOptions
-from pretrain.bench.timing import best_time
-from pretrain.errors import ConfigError
+from voxfm.data import payload
+from voxfm.data.ingest import process_unit
+from voxfm.data.inputs import discover, file_hash
+from voxfm.data.preprocess import PreprocessOptions
+from voxfm.pretrain.bench.timing import best_time
+from voxfm.pretrain.errors import ConfigError
 
 
 def _single_core() -> None:

@@ -29,12 +29,12 @@ import torch
 from lightning.pytorch.callbacks import ModelSummary
 from omegaconf import DictConfig, OmegaConf
 
-from data.device_feed import DeviceFeed, PinnedBuffers
-from pretrain.bench.model import significant, voxfm_step
-from pretrain.bench.timing import time_call, timer_name
-from pretrain.callbacks.checkpointing import FinalCheckpoint
-from pretrain.training.module import PretrainModule
-from pretrain.training.run import build_loader, build_module, build_stream, build_trainer, trains_on_gpu
+from voxfm.data.device_feed import DeviceFeed, PinnedBuffers
+from voxfm.pretrain.bench.model import significant, voxfm_step
+from voxfm.pretrain.bench.timing import time_call, timer_name
+from voxfm.pretrain.callbacks.checkpointing import FinalCheckpoint
+from voxfm.pretrain.training.module import PretrainModule
+from voxfm.pretrain.training.run import build_loader, build_module, build_stream, build_trainer, trains_on_gpu
 
 ROWS = ("bare", "loop", "synthetic")
 

@@ -19,11 +19,11 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from pretrain.bench.reference import reference_step
-from pretrain.bench.timing import sync, time_call, timer_name
-from pretrain.callbacks.efficiency import measured_peak_tflops
-from pretrain.training.module import step_generator
-from pretrain.training.run import build_module
+from voxfm.pretrain.bench.reference import reference_step
+from voxfm.pretrain.bench.timing import sync, time_call, timer_name
+from voxfm.pretrain.callbacks.efficiency import measured_peak_tflops
+from voxfm.pretrain.training.module import step_generator
+from voxfm.pretrain.training.run import build_module
 
 COLUMNS = ("eager", "compiled")
 

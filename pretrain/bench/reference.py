@@ -11,8 +11,8 @@ import contextlib
 
 import torch
 
-from pretrain.objectives.mae import patchify
-from pretrain.objectives.mim import cube_visibility
+from voxfm.pretrain.objectives.mae import patchify
+from voxfm.pretrain.objectives.mim import cube_visibility
 
 MAE_NAME, DYNUNET_NAME = "MONAI MaskedAutoEncoderViT", "MONAI DynUNet (res_block, same widths)"
 

@@ -28,7 +28,7 @@ class FinalCheckpoint(L.Callback):
         self.checkpoint_dir = Path(checkpoint_dir)
 
     def _last_step(self) -> int | None:
-        from pretrain.training.checkpoints import load_checkpoint
+        from voxfm.pretrain.training.checkpoints import load_checkpoint
 
         last = self.checkpoint_dir / "last.ckpt"
         try:

@@ -17,8 +17,8 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pretrain.bench.timing import time_call
-from pretrain.training.logging_steps import is_logging_step
+from voxfm.pretrain.bench.timing import time_call
+from voxfm.pretrain.training.logging_steps import is_logging_step
 
 BACKWARD_FACTOR = 3.0
 

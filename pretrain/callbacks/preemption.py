@@ -20,8 +20,8 @@ from pathlib import Path
 
 import lightning as L
 
-from pretrain.errors import Preempted
-from pretrain.training.logging_steps import is_logging_step
+from voxfm.pretrain.errors import Preempted
+from voxfm.pretrain.training.logging_steps import is_logging_step
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 

@@ -14,11 +14,11 @@ import time
 import lightning as L
 import torch
 
-from data.crops import triple
-from data.labelled import label_values, read_labelled, split, to_labelled
-from pretrain.export.formats import backbone_weights
-from pretrain.finetune.loop import SegmentationModule, crop_batches, evaluate, train_steps
-from pretrain.finetune.model import segmenter_with_weights
+from voxfm.data.crops import triple
+from voxfm.data.labelled import label_values, read_labelled, split, to_labelled
+from voxfm.pretrain.export.formats import backbone_weights
+from voxfm.pretrain.finetune.loop import SegmentationModule, crop_batches, evaluate, train_steps
+from voxfm.pretrain.finetune.model import segmenter_with_weights
 
 
 def probed_backbone(pl_module) -> torch.nn.Module:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Checkpoint
 
-from pretrain.training.checkpoints import PERIODIC
+from voxfm.pretrain.training.checkpoints import PERIODIC
 
 
 def to_prune(steps: list[int], keep_last_n: int | None, keep_every_n_steps: int | None) -> set[int]:

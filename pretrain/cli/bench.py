@@ -9,9 +9,9 @@ import tempfile
 
 from omegaconf import DictConfig
 
-from pretrain.cli.compose import checked_config, compose_config
-from pretrain.config.commands import BenchLoopSchema, BenchModelSchema
-from pretrain.errors import ConfigError
+from voxfm.pretrain.cli.compose import checked_config, compose_config
+from voxfm.pretrain.config.commands import BenchLoopSchema, BenchModelSchema
+from voxfm.pretrain.errors import ConfigError
 
 # the keys of conf/bench/<name>.yaml; the other overrides shape the experiment
 BENCH_MODEL_KEYS = tuple(f.name for f in dataclasses.fields(BenchModelSchema))
@@ -39,7 +39,7 @@ def bench_ingest(overrides: list[str]) -> None:
     cfg = checked_config("bench/ingest", overrides)
     if cfg is None:
         return
-    from pretrain.bench.ingest import bench_ingest, format_ingest_bench
+    from voxfm.pretrain.bench.ingest import bench_ingest, format_ingest_bench
 
     result = bench_ingest(cfg.input, cfg.max_volumes, cfg.repeats, list(cfg.spacing))
     print(json.dumps(result))
@@ -60,7 +60,7 @@ def bench_data(overrides: list[str]) -> None:
 
         region_size = list(exp.data.region_size or instantiate(exp.objective.views).region_size_needed())
         per_volume = exp.data.regions_per_volume
-    from pretrain.bench.data import bench_data, format_data_bench
+    from voxfm.pretrain.bench.data import bench_data, format_data_bench
 
     result = bench_data(cfg.shards, cfg.max_samples, cfg.repeats, region_size, per_volume)
     print(json.dumps({"experiment": experiment, **result}))
@@ -74,7 +74,7 @@ def bench_model(overrides: list[str]) -> None:
     if cfg is None:
         return
     pretrain = compose_config("pretrain", ["data.shards=unused", "run_dir=unused", *rest])
-    from pretrain.bench.model import bench_model, format_model_bench
+    from voxfm.pretrain.bench.model import bench_model, format_model_bench
 
     result = bench_model(pretrain, cfg.warmup, cfg.steps, cfg.profile, cfg.compile)
     table = result.pop("profile", None)
@@ -97,7 +97,7 @@ def bench_loop(overrides: list[str]) -> None:
         if pretrain.trainer.max_steps < cfg.warmup + cfg.steps:
             raise ConfigError(f"trainer.max_steps={pretrain.trainer.max_steps}: the bench runs warmup + steps = "
                               f"{cfg.warmup + cfg.steps} steps; raise trainer.max_steps or lower steps")
-        from pretrain.bench.loop import bench_loop, format_loop_bench
+        from voxfm.pretrain.bench.loop import bench_loop, format_loop_bench
 
         result = bench_loop(pretrain, cfg.warmup, cfg.steps)
     print(json.dumps({"experiment": experiment, **result}))
@@ -108,7 +108,7 @@ def bench_attention(overrides: list[str]) -> None:
     cfg = checked_config("bench/attention", overrides)
     if cfg is None:
         return
-    from pretrain.bench.attention import bench_attention, format_attention_bench
+    from voxfm.pretrain.bench.attention import bench_attention, format_attention_bench
 
     result = bench_attention(dict(cfg.shapes), cfg.warmup, cfg.steps, cfg.scale, cfg.backends)
     print(json.dumps(result))

@@ -16,14 +16,14 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from pretrain.config.packages import check_packages
-from pretrain.config.renamed import TARGETS, notice, renamed_override
-from pretrain.errors import ConfigError
+from voxfm.pretrain.config.packages import check_packages
+from voxfm.pretrain.config.renamed import notice, renamed_override, renamed_target
+from voxfm.pretrain.errors import ConfigError
 
 
 def _packaged_conf() -> Path:
     """conf/ is a package (YAML as package data), so a wheel install finds it as well as a source checkout."""
-    import conf
+    from voxfm import conf
 
     return Path(conf.__file__).resolve().parent
 
@@ -55,9 +55,8 @@ def _renamed_targets(node) -> None:
     """Old class names in the composed config (an experiment file of an older release) → their new names."""
     if isinstance(node, DictConfig):
         target = node.get("_target_") if "_target_" in node else None
-        if isinstance(target, str) and target in TARGETS:
-            notice(target, TARGETS[target])
-            node["_target_"] = TARGETS[target]
+        if renamed_target(target) != target:
+            node["_target_"] = renamed_target(target)
         for key in node:
             if not (OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key)):
                 _renamed_targets(node[key])
@@ -104,7 +103,7 @@ def checked_config(command: str, overrides: list[str]) -> DictConfig | None:
     if cfg is None:
         return None
     if command != "pretrain":
-        from pretrain.config.commands import validate_command
+        from voxfm.pretrain.config.commands import validate_command
 
         plain = resolved(cfg)
         validate_command(command, plain)
@@ -114,7 +113,7 @@ def checked_config(command: str, overrides: list[str]) -> DictConfig | None:
     missing = missing_keys(cfg)
     if missing:
         raise ConfigError("missing required setting(s): " + ", ".join(f"{k}=..." for k in missing))
-    from pretrain.config.schema import validate_pretrain
+    from voxfm.pretrain.config.schema import validate_pretrain
 
     plain = resolved(cfg)
     check_packages(plain)  # first: a quick read of source files, while the shard-set check loads webdataset

@@ -1,4 +1,4 @@
-"""The `voxfm` command: `voxfm <subcommand> key=value ...` (Hydra overrides). `python -m pretrain` too.
+"""The `voxfm` command: `voxfm <subcommand> key=value ...` (Hydra overrides). `python -m voxfm` too.
 
 Every command's config is composed and checked against its schema (`pretrain.config`) before torch, Lightning or
 a data library is imported; what goes wrong is reported in one line with the exit code of
@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import sys
 
-from pretrain.cli.bench import BENCHES
-from pretrain.cli.compose import CONF_DIR, checked_config
-from pretrain.cli.programs import PROGRAMS
-from pretrain.config.packages import from_import_error
-from pretrain.errors import ConfigError, exit_code
+from voxfm.pretrain.cli.bench import BENCHES
+from voxfm.pretrain.cli.compose import CONF_DIR, checked_config
+from voxfm.pretrain.cli.programs import PROGRAMS
+from voxfm.pretrain.config.packages import from_import_error
+from voxfm.pretrain.errors import ConfigError, exit_code
 
-USAGE = """usage: voxfm <command> [key=value ...]
+USAGE = """usage: voxfm <command> [key=value ...]     (voxfm --version: the installed version)
 
 commands:
   shard     input=<dir|manifest.csv> output=<dir> [workers=N]
@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from voxfm import __version__
+
+        print(f"voxfm {__version__}")
         return 0
     command, overrides = argv[0], argv[1:]
     if command not in (*PROGRAMS, "bench"):

@@ -7,11 +7,11 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.errors import OutputWriteError, config_errors
+from voxfm.pretrain.errors import OutputWriteError, config_errors
 
 
 def shard(cfg: DictConfig) -> None:
-    from data.ingest import WorkerDied, run_shard
+    from voxfm.data.ingest import WorkerDied, run_shard
 
     try:
         # run_shard turns every input's failure into a rejection: a ValueError out of it is about its arguments
@@ -36,21 +36,21 @@ def shard(cfg: DictConfig) -> None:
 
 def pretrain(cfg: DictConfig) -> None:
     """The CLI has run `validate_pretrain` and the package check on this config (`pretrain.cli.main`)."""
-    from pretrain.training.run import run_pretrain
+    from voxfm.pretrain.training.run import run_pretrain
 
     run_pretrain(cfg, validated=True)
 
 
 def export(cfg: DictConfig) -> None:
-    from pretrain.export.run import run_export
+    from voxfm.pretrain.export.run import run_export
 
     out = run_export(cfg.checkpoint, cfg.output, cfg.in_channels, cfg.format)
     print(f"exported ({cfg.format}) to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
 
 
 def finetune(cfg: DictConfig) -> None:
-    from data.shards import shard_urls
-    from pretrain.finetune.run import results_table, run_finetune
+    from voxfm.data.shards import shard_urls
+    from voxfm.pretrain.finetune.run import results_table, run_finetune
 
     with config_errors():  # data.shards= names a shard set (data/'s check, before a network is built)
         shard_urls(cfg.data.shards)
@@ -60,7 +60,7 @@ def finetune(cfg: DictConfig) -> None:
 
 
 def inspect(cfg: DictConfig) -> None:
-    from data.inspect import format_summary, inspect_shards
+    from voxfm.data.inspect import format_summary, inspect_shards
 
     # inspect_shards reads the shard set it is given: its ValueErrors say that shards= is not one voxfm can read
     with config_errors():

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from data.crops import view_shift
-from models.rules import shape_errors, triple
-from pretrain.config.declarations import Declared, constructor_defaults, read_declared
+from voxfm.data.crops import view_shift
+from voxfm.models.rules import shape_errors, triple
+from voxfm.pretrain.config.declarations import Declared, constructor_defaults, read_declared
 
 KIND_NAMES = {"tokens": "a token (ViT-like) backbone", "cnn": "a CNN backbone with encoder stages (model=resenc_*)"}
 
@@ -104,7 +104,7 @@ def _device_errors(trainer: dict, strategy: dict, model: Declared, gpus: int) ->
 
 
 def _shard_errors(data: dict) -> list[str]:
-    from data.sources import parse_sources
+    from voxfm.data.sources import parse_sources
 
     try:
         parse_sources(data["shards"], data["sources"])

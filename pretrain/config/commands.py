@@ -14,9 +14,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pretrain.config.schema import check_node
-from pretrain.config.targets import bounded
-from pretrain.errors import ConfigError
+from voxfm.pretrain.config.schema import check_node
+from voxfm.pretrain.config.targets import bounded
+from voxfm.pretrain.errors import ConfigError
 
 MISSING = "???"  # OmegaConf's mark of a required value not given
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from models.spec import BackboneDeclaration
-from pretrain.objectives.protocol import ObjectiveDeclaration
+from voxfm.models.spec import BackboneDeclaration
+from voxfm.pretrain.objectives.protocol import ObjectiveDeclaration
 
 KINDS = {"BackboneDeclaration": BackboneDeclaration, "ObjectiveDeclaration": ObjectiveDeclaration}
 REQUIRED = object()  # a constructor parameter without a default
@@ -122,10 +122,10 @@ def constructor_defaults(target: str) -> dict:
 def declared_backbones() -> dict[str, Declared]:
     """Every class of voxfm's `models` package that declares itself a backbone: the only classes a stored config
     (checkpoint, export) may name."""
-    import models
+    from voxfm import models
 
     found = {}
-    for info in pkgutil.iter_modules(models.__path__, "models."):
+    for info in pkgutil.iter_modules(models.__path__, "voxfm.models."):
         path = source_file(info.name)
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):

@@ -14,10 +14,10 @@ import ast
 import importlib.util
 from functools import cache
 
-from pretrain.config.declarations import source_file
-from pretrain.errors import ConfigError
+from voxfm.pretrain.config.declarations import source_file
+from voxfm.pretrain.errors import ConfigError
 
-FIRST_PARTY = ("data", "models", "pretrain")  # voxfm's packages (pyproject.toml), read to follow their imports
+FIRST_PARTY = ("voxfm",)  # voxfm itself, whose modules are read to follow their imports
 
 # package → (what it is, how to install it); pyproject.toml's `nnunet` extra and the Makefile pin the same version
 INSTALL = {
@@ -34,8 +34,11 @@ def missing_package_errors(cfg: dict, path: str = "") -> list[str]:
     if isinstance(cfg, dict):
         target = cfg.get("_target_")
         if isinstance(target, str) and "." in target:
-            for package in sorted(_missing_imports(target.rsplit(".", 1)[0])):
+            imported = _external_imports(target.rsplit(".", 1)[0])
+            for package in sorted({name.split(".")[0] for name in imported} - _installed_set(imported)):
                 errors.append(f"{path or 'config'}._target_={target}: {needs(package)}")
+            for package, err in sorted(_broken(imported).items()):
+                errors.append(f"{path or 'config'}._target_={target}: {needs(package, err)}")
         for key, value in cfg.items():
             errors += missing_package_errors(value, f"{path}.{key}" if path else str(key))
     elif isinstance(cfg, list):
@@ -50,8 +53,10 @@ def check_packages(cfg: dict) -> None:
         raise ConfigError("; ".join(errors))
 
 
-def needs(package: str) -> str:
+def needs(package: str, broken: str | None = None) -> str:
     what, install = INSTALL.get(package, (f"the Python package {package}", f"install {package}"))
+    if broken:
+        return f"needs {what}, which is installed but fails to import ({broken}); reinstall it: {install}"
     return f"needs {what}, which is not installed: {install}"
 
 
@@ -67,24 +72,49 @@ def from_import_error(err: BaseException) -> ConfigError | None:
     return None
 
 
-def _missing_imports(module: str) -> set[str]:
-    """Top-level packages that `module` (and the voxfm modules it imports at top level) import but are absent."""
+def _external_imports(module: str) -> set[str]:
+    """Modules of other packages that `module` (and the voxfm modules it imports at top level) import."""
     if module.split(".")[0] not in FIRST_PARTY:
-        top = module.split(".")[0]
-        return set() if _installed(top) else {top}
-    missing, seen, todo = set(), set(), [module]
+        return {module}
+    external, seen, todo = set(), set(), [module]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
         for imported in _top_level_imports(name):
-            top = imported.split(".")[0]
-            if top in FIRST_PARTY:
+            if imported.split(".")[0] in FIRST_PARTY:
                 todo.append(imported)
-            elif not _installed(top):
-                missing.add(top)
-    return missing
+            else:
+                external.add(imported)
+    return external
+
+
+def _installed_set(imported: set[str]) -> set[str]:
+    return {top for top in {name.split(".")[0] for name in imported} if _installed(top)}
+
+
+def _broken(imported: set[str]) -> dict[str, str]:
+    """The optional packages (`INSTALL`) among `imported` that are installed but fail to import (a build for
+    another torch, a missing dependency of theirs): {package: "ErrorType: message"}. Only these are imported here
+    (they import torch: about a second, spent once the config needs them)."""
+    broken = {}
+    for name in sorted(imported):
+        top = name.split(".")[0]
+        if top in INSTALL and top not in broken and _installed(top):
+            err = _import_error(name)
+            if err:
+                broken[top] = err
+    return broken
+
+
+@cache
+def _import_error(module: str) -> str | None:
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # whatever a broken install raises: ImportError, RuntimeError, OSError, ...
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+    return None
 
 
 @cache

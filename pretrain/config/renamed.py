@@ -1,4 +1,9 @@
-"""Keys and classes renamed in voxfm 0.1: the old names keep working until 0.2, with a one-line notice.
+"""Keys, classes and modules renamed in voxfm 0.1: the old names keep working until 0.2, with a one-line notice.
+
+voxfm's packages were top-level `pretrain`, `models`, `data` before they moved under the one import root
+`voxfm`: a class path of that time (`models.vit.ViT` in a checkpoint, a run_dir's config.yaml, an export's
+backbone.json or a user's own experiment file) is read as `voxfm.models.vit.ViT`. This module is the one place
+that maps old names.
 
 `objective.stage` is now `objective.views` (the device-side view pipeline: crops, augmentation, masks; "stage"
 also meant an encoder stage and a Lightning stage), and its class `data.views.ViewStage` is `ViewPipeline`.
@@ -12,7 +17,9 @@ import sys
 
 UNTIL = "0.2"
 KEYS = {"objective.stage": "objective.views"}
-TARGETS = {"data.views.ViewStage": "data.views.ViewPipeline"}
+TARGETS = {"data.views.ViewStage": "voxfm.data.views.ViewPipeline",
+           "voxfm.data.views.ViewStage": "voxfm.data.views.ViewPipeline"}
+OLD_ROOTS = ("pretrain", "models", "data")  # the top-level packages of voxfm before `voxfm`
 _told: set[str] = set()
 
 
@@ -52,9 +59,23 @@ def upgraded(config: dict) -> dict:
     return config
 
 
+def renamed_target(target):
+    """A `_target_` of an older release (a renamed class, or a module of the old top-level packages) → its name
+    now; any other value unchanged."""
+    if not isinstance(target, str):
+        return target
+    if target in TARGETS:
+        notice(target, TARGETS[target])
+        return TARGETS[target]
+    if target.split(".")[0] in OLD_ROOTS and target.count(".") >= 2:
+        notice("pretrain.*, models.*, data.*", "voxfm.pretrain.*, voxfm.models.*, voxfm.data.*")
+        return "voxfm." + target
+    return target
+
+
 def _targets(value):
     if isinstance(value, dict):
-        return {k: (TARGETS.get(v, v) if k == "_target_" else _targets(v)) for k, v in value.items()}
+        return {k: (renamed_target(v) if k == "_target_" else _targets(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [_targets(v) for v in value]
     return value

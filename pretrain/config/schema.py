@@ -17,9 +17,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from pretrain.config.declarations import read_declared
-from pretrain.config.targets import TARGETS, bounded, declared_schema
-from pretrain.errors import ConfigError
+from voxfm.pretrain.config.declarations import read_declared
+from voxfm.pretrain.config.targets import TARGETS, bounded, declared_schema
+from voxfm.pretrain.errors import ConfigError
 
 
 @dataclass
@@ -255,7 +255,7 @@ def validate_pretrain(cfg: dict) -> None:
     missing = [f.name for f in dataclasses.fields(PretrainSchema) if f.name not in cfg]
     errors += [f"{name}: missing" for name in missing]
     if not errors:
-        from pretrain.config.checks import combination_errors  # numpy (data.crops): only `pretrain` needs it
+        from voxfm.pretrain.config.checks import combination_errors  # numpy (data.crops): only `pretrain` needs it
 
         errors = combination_errors(cfg, visible_gpus())
     if errors:

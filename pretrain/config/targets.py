@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Literal
 
-from pretrain.config.declarations import Declared
+from voxfm.pretrain.config.declarations import Declared
 
 
 def bounded(**bounds) -> dict:
@@ -78,11 +78,11 @@ class AdamWSchema:
 
 
 TARGETS: dict[str, type] = {
-    "data.views.ViewPipeline": ViewPipelineSchema,
-    "data.augment.IntensityAugment": AugmentSchema,
-    "data.masking.RandomPatchMasking": MaskingSchema,
-    "data.multicrop.MultiCropPipeline": MultiCropSchema,
-    "data.masking.BlockMasking": BlockMaskingSchema,
+    "voxfm.data.views.ViewPipeline": ViewPipelineSchema,
+    "voxfm.data.augment.IntensityAugment": AugmentSchema,
+    "voxfm.data.masking.RandomPatchMasking": MaskingSchema,
+    "voxfm.data.multicrop.MultiCropPipeline": MultiCropSchema,
+    "voxfm.data.masking.BlockMasking": BlockMaskingSchema,
     "torch.optim.AdamW": AdamWSchema,
     "torch.optim.Adam": AdamWSchema,
 }

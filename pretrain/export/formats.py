@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from pretrain.errors import ConfigError
+from voxfm.pretrain.errors import ConfigError
 
 REQUIRES_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pretrain.config.declarations import declared_backbones
+from voxfm.pretrain.config.declarations import declared_backbones
 
 # The classes a loading snippet may build: it resolves names from backbone.json through a dict of these (only
 # those the export names), never with `pydoc.locate`, so a tampered backbone.json cannot name another callable.

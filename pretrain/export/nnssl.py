@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from models.primus import PRESETS, Primus
-from pretrain.export.formats import REQUIRES_IMPORT, primus_to_nnunet_axes, to_nnunet_axes
+from voxfm.models.primus import PRESETS, Primus
+from voxfm.pretrain.export.formats import REQUIRES_IMPORT, primus_to_nnunet_axes, to_nnunet_axes
 
 # nnssl's DynamicArchitecturePlans fields, in its order: ResidualEncoderUNet's arguments but input_channels and
 # num_classes (and deep_supervision), which nnU-Net supplies

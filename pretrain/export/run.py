@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from data.crops import triple
-from pretrain.config.declarations import read_declared
-from pretrain.errors import ConfigError
-from pretrain.export.formats import clone_state, exported_weights, nnunet_plans_fragment, to_nnunet_axes
-from pretrain.export.model_card import write_model_card
-from pretrain.export.nnssl import nnssl_checkpoint
-from pretrain.training.checkpoints import (
+from voxfm.data.crops import triple
+from voxfm.pretrain.config.declarations import read_declared
+from voxfm.pretrain.config.renamed import upgraded
+from voxfm.pretrain.errors import ConfigError
+from voxfm.pretrain.export.formats import clone_state, exported_weights, nnunet_plans_fragment, to_nnunet_axes
+from voxfm.pretrain.export.model_card import write_model_card
+from voxfm.pretrain.export.nnssl import nnssl_checkpoint
+from voxfm.pretrain.training.checkpoints import (
     backbone_arguments,
     check_config_tree,
     consolidate_deepspeed,
@@ -87,6 +88,7 @@ def _stored_config(ckpt: dict, ckpt_path: Path) -> tuple[dict, dict]:
     if config is None:
         raise ConfigError(f"checkpoint={ckpt_path} was not written by voxfm pretrain (no voxfm_config)")
     check_config_tree(config, f"checkpoint={ckpt_path}: voxfm_config")
+    config = upgraded(config)  # class paths of an older release (`models.vit.ViT`) under today's names
     stored = ckpt.get("voxfm_data") or {}
     check_config_tree(stored, f"checkpoint={ckpt_path}: voxfm_data")
     for key in ("model", "objective", "data"):

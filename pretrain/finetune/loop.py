@@ -18,8 +18,8 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from torch.utils.data import DataLoader
 
-from data.labelled import CropStream, Labelled
-from pretrain.finetune.model import encoder_parameters
+from voxfm.data.labelled import CropStream, Labelled
+from voxfm.pretrain.finetune.model import encoder_parameters
 
 
 def crop_batches(volumes: list[Labelled], crop_size, batch_size: int, seed: int,

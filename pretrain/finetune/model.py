@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from models.weights import load_strict
-from pretrain.config.declarations import declared_backbones
-from pretrain.errors import ConfigError, config_errors
+from voxfm.models.weights import load_strict
+from voxfm.pretrain.config.declarations import declared_backbones
+from voxfm.pretrain.errors import ConfigError, config_errors
 
 SEG_HEAD = "decoder.seg_layers."  # ResEnc's segmentation layers: replaced by this task's
 # the architectures voxfm's backbones declare (`declared_backbones`), the names backbone.json may carry
@@ -56,13 +56,13 @@ def build_segmenter(architecture: str, kwargs: dict, n_classes: int, crop_size, 
                      hidden_size=kwargs["hidden_size"], mlp_dim=kwargs["mlp_dim"], num_heads=kwargs["num_heads"],
                      proj_type="conv", **unetr)
     if architecture == "primus":  # the whole network as nnU-Net fine-tunes it: the pretrained encoder, a new decoder
-        from models.primus import Primus
+        from voxfm.models.primus import Primus
 
         if list(kwargs["input_shape"]) != list(crop_size):  # nnU-Net too fine-tunes at the pretraining shape
             raise ConfigError(f"data.crop_size={list(crop_size)}: a Primus export fine-tunes at the input shape its "
                               f"position embedding was learnt for, {list(kwargs['input_shape'])}")
         return Primus(**{**kwargs, "num_classes": n_classes})
-    from models.resenc import ResEncUNet
+    from voxfm.models.resenc import ResEncUNet
 
     return ResEncUNet(in_channels=kwargs["input_channels"], out_channels=n_classes,
                       features_per_stage=kwargs["features_per_stage"], n_blocks_per_stage=kwargs["n_blocks_per_stage"],
@@ -98,7 +98,7 @@ def encoder_parameters(net: torch.nn.Module) -> list[torch.nn.Parameter]:
     """What `freeze_encoder=true` freezes: UNETR's ViT, Primus's tokeniser and EVA encoder, or the ResEnc encoder."""
     from monai.networks.nets import UNETR
 
-    from models.primus import Primus
+    from voxfm.models.primus import Primus
 
     if isinstance(net, UNETR):
         return list(net.vit.parameters())

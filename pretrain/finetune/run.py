@@ -19,14 +19,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from data.crops import triple
-from data.labelled import label_values, read_labelled, split, to_labelled
-from pretrain.errors import ConfigError
-from pretrain.export.formats import backbone_weights
-from pretrain.finetune.loop import SegmentationModule, crop_batches, evaluate
-from pretrain.finetune.model import build_segmenter, read_export, segmenter_from_export
-from pretrain.training.checkpoint_io import AtomicCheckpointIO
-from pretrain.training.checkpoints import find_resume_checkpoint
+from voxfm.data.crops import triple
+from voxfm.data.labelled import label_values, read_labelled, split, to_labelled
+from voxfm.pretrain.errors import ConfigError
+from voxfm.pretrain.export.formats import backbone_weights
+from voxfm.pretrain.finetune.loop import SegmentationModule, crop_batches, evaluate
+from voxfm.pretrain.finetune.model import build_segmenter, read_export, segmenter_from_export
+from voxfm.pretrain.training.checkpoint_io import AtomicCheckpointIO
+from voxfm.pretrain.training.checkpoints import find_resume_checkpoint
 
 
 def _trainer(cfg: DictConfig, arm_dir: Path) -> L.Trainer:

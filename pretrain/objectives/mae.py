@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.mae_decoder import MAEDecoder
-from models.spec import BackboneSpec
-from pretrain.objectives.protocol import ObjectiveDeclaration
+from voxfm.models.mae_decoder import MAEDecoder
+from voxfm.models.spec import BackboneSpec
+from voxfm.pretrain.objectives.protocol import ObjectiveDeclaration
 
 
 def patchify(x: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:

@@ -8,11 +8,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from models.heads import ProjectionHead
-from models.spec import BackboneSpec
-from pretrain.objectives.mae import MAEObjective
-from pretrain.objectives.protocol import ObjectiveDeclaration
-from pretrain.objectives.simclr import nt_xent
+from voxfm.models.heads import ProjectionHead
+from voxfm.models.spec import BackboneSpec
+from voxfm.pretrain.objectives.mae import MAEObjective
+from voxfm.pretrain.objectives.protocol import ObjectiveDeclaration
+from voxfm.pretrain.objectives.simclr import nt_xent
 
 
 class MAEContrastiveObjective(nn.Module):

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.spec import BackboneSpec
-from pretrain.objectives.protocol import ObjectiveDeclaration
+from voxfm.models.spec import BackboneSpec
+from voxfm.pretrain.objectives.protocol import ObjectiveDeclaration
 
 
 def cube_visibility(mask: torch.Tensor, spatial: tuple[int, int, int]) -> torch.Tensor:

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.heads import ProjectionHead
-from models.spec import BackboneSpec
-from pretrain.objectives.protocol import ObjectiveDeclaration
-from pretrain.training.distributed import gather_with_grad, world
+from voxfm.models.heads import ProjectionHead
+from voxfm.models.spec import BackboneSpec
+from voxfm.pretrain.objectives.protocol import ObjectiveDeclaration
+from voxfm.pretrain.training.distributed import gather_with_grad, world
 
 
 def nt_xent(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

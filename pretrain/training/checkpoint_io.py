@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from pretrain.errors import CheckpointWriteError
+from voxfm.pretrain.errors import CheckpointWriteError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from pretrain.config.declarations import declared_backbones
-from pretrain.errors import ConfigError
+from voxfm.pretrain.config.declarations import declared_backbones
+from voxfm.pretrain.errors import ConfigError
 
 PERIODIC = re.compile(r"step(\d+)\.ckpt")
 DEEPSPEED_MODEL_STATES = ("checkpoint/mp_rank_00_model_states.pt",

@@ -14,8 +14,8 @@ from pathlib import Path
 import lightning as L
 from safetensors.torch import load_file
 
-from models.weights import load_strict
-from pretrain.errors import ConfigError, config_errors
+from voxfm.models.weights import load_strict
+from voxfm.pretrain.errors import ConfigError, config_errors
 
 
 def read_full_export(folder: str) -> tuple[dict, dict]:

@@ -10,11 +10,11 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 
-from pretrain.errors import Diverged
-from pretrain.training.compiled_step import CompiledStep, objective_inputs
-from pretrain.training.logging_steps import is_logging_step
-from pretrain.training.param_groups import LAST_LAYER, param_groups
-from pretrain.training.schedule import cosine, held_until, warmup_cosine
+from voxfm.pretrain.errors import Diverged
+from voxfm.pretrain.training.compiled_step import CompiledStep, objective_inputs
+from voxfm.pretrain.training.logging_steps import is_logging_step
+from voxfm.pretrain.training.param_groups import LAST_LAYER, param_groups
+from voxfm.pretrain.training.schedule import cosine, held_until, warmup_cosine
 
 
 def step_generator(device: torch.device, seed: int, step: int, rank: int) -> torch.Generator:

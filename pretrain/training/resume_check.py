@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pretrain.errors import ConfigError
+from voxfm.pretrain.errors import ConfigError
 
 FROZEN = ("model", "objective", "seed", "data.crop_size", "data.region_size")
 FREE = ("run_dir", "init_from", "resume", "logger", "callbacks", "trainer.max_steps", "trainer.accelerator",

@@ -17,30 +17,30 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from data.device_feed import buffer_count
-from data.loader import QUEUED_PER_WORKER, ThreadLoader
-from data.locks import folder_lock
-from data.pool import memory_line
-from data.shards import describe_shard_set
-from data.stream import RegionStream, region_loader
-from pretrain.callbacks.checkpointing import ConfigInCheckpoint, FinalCheckpoint
-from pretrain.callbacks.efficiency import Efficiency
-from pretrain.callbacks.images import ReconstructionImages
-from pretrain.callbacks.monitoring import DataStats, ProgressBar, Throughput
-from pretrain.callbacks.preemption import Preemption
-from pretrain.callbacks.retention import Retention
-from pretrain.callbacks.teardown import ShutDownProcessGroup, shut_down_process_group
-from pretrain.config.renamed import renamed_key, upgraded
-from pretrain.config.schema import validate_pretrain
-from pretrain.errors import ConfigError, config_errors
-from pretrain.training.checkpoint_io import AtomicCheckpointIO
-from pretrain.training.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint, load_checkpoint
-from pretrain.training.init_from import ContinueFromStep, init_module
-from pretrain.training.module import PretrainModule
-from pretrain.training.resume_check import check_resume_config
-from pretrain.training.schedule import lr_scale
-from pretrain.training.speedups import compile_mode, parallelize
-from pretrain.training.strategy import build_strategy, universal_checkpoint
+from voxfm.data.device_feed import buffer_count
+from voxfm.data.loader import QUEUED_PER_WORKER, ThreadLoader
+from voxfm.data.locks import folder_lock
+from voxfm.data.pool import memory_line
+from voxfm.data.shards import describe_shard_set
+from voxfm.data.stream import RegionStream, region_loader
+from voxfm.pretrain.callbacks.checkpointing import ConfigInCheckpoint, FinalCheckpoint
+from voxfm.pretrain.callbacks.efficiency import Efficiency
+from voxfm.pretrain.callbacks.images import ReconstructionImages
+from voxfm.pretrain.callbacks.monitoring import DataStats, ProgressBar, Throughput
+from voxfm.pretrain.callbacks.preemption import Preemption
+from voxfm.pretrain.callbacks.retention import Retention
+from voxfm.pretrain.callbacks.teardown import ShutDownProcessGroup, shut_down_process_group
+from voxfm.pretrain.config.renamed import renamed_key, upgraded
+from voxfm.pretrain.config.schema import validate_pretrain
+from voxfm.pretrain.errors import ConfigError, config_errors
+from voxfm.pretrain.training.checkpoint_io import AtomicCheckpointIO
+from voxfm.pretrain.training.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint, load_checkpoint
+from voxfm.pretrain.training.init_from import ContinueFromStep, init_module
+from voxfm.pretrain.training.module import PretrainModule
+from voxfm.pretrain.training.resume_check import check_resume_config
+from voxfm.pretrain.training.schedule import lr_scale
+from voxfm.pretrain.training.speedups import compile_mode, parallelize
+from voxfm.pretrain.training.strategy import build_strategy, universal_checkpoint
 
 
 def log_event(run_dir: Path, **event) -> None:
@@ -54,7 +54,7 @@ def first_shard_set(data: DictConfig) -> str:
 
 
 def source_names(data: DictConfig) -> list[str]:
-    from data.sources import parse_sources
+    from voxfm.data.sources import parse_sources
 
     sources = OmegaConf.to_container(data.sources) if data.sources else None
     return [s.name for s in parse_sources(data.shards, sources)]
@@ -64,7 +64,7 @@ def collapse_callback(cfg: DictConfig, run_dir: Path) -> list:
     collapse = cfg.get("callbacks", {}).get("collapse")
     if not collapse:
         return []
-    from pretrain.callbacks.collapse import CollapseAlarm
+    from voxfm.pretrain.callbacks.collapse import CollapseAlarm
 
     return [CollapseAlarm(**OmegaConf.to_container(collapse), on_event=partial(log_event, run_dir))]
 
@@ -73,7 +73,7 @@ def probe_callback(cfg: DictConfig) -> list:
     probe = cfg.get("callbacks", {}).get("probe")
     if not probe:
         return []
-    from pretrain.callbacks.probe import Probe
+    from voxfm.pretrain.callbacks.probe import Probe
 
     return [Probe(**OmegaConf.to_container(probe))]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
-from pretrain.errors import CheckpointWriteError
-from pretrain.training.checkpoints import deepspeed_weights_only
+from voxfm.pretrain.errors import CheckpointWriteError
+from voxfm.pretrain.training.checkpoints import deepspeed_weights_only
 
 
 class VoxfmDeepSpeedStrategy(DeepSpeedStrategy):

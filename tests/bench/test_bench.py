@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from pretrain.bench.attention import bench_attention, scaled_shape
-from pretrain.bench.data import bench_data, format_data_bench
-from pretrain.bench.timing import time_call
-from pretrain.cli.main import main
+from voxfm.pretrain.bench.attention import bench_attention, scaled_shape
+from voxfm.pretrain.bench.data import bench_data, format_data_bench
+from voxfm.pretrain.bench.timing import time_call
+from voxfm.pretrain.cli.main import main
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +116,7 @@ def test_ingest_bench_times_voxfm_and_monai_on_the_same_files(phantom_dir, capsy
 def test_data_bench_takes_the_regions_an_experiment_cuts(shard_dir, capsys):
     from hydra.utils import instantiate
 
-    from pretrain.cli.compose import load_config
+    from voxfm.pretrain.cli.compose import load_config
 
     assert main(["bench", "data", f"shards={shard_dir}", "experiment=demo_simclr", "repeats=1", "max_samples=2"]) == 0
     result = json.loads(capsys.readouterr().out.splitlines()[0])

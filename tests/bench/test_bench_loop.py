@@ -6,9 +6,9 @@ import time
 import pytest
 import torch
 
-from pretrain.bench.loop import ROWS, FeedMark, TimedFeed, feed_figures, format_loop_bench
-from pretrain.cli.main import main
 from tests.conftest import REPO
+from voxfm.pretrain.bench.loop import ROWS, FeedMark, TimedFeed, feed_figures, format_loop_bench
+from voxfm.pretrain.cli.main import main
 
 
 def _batch(worker: int, read_bytes: int | None = None, reads: int = 0, b: int = 2) -> dict:
@@ -121,7 +121,7 @@ def test_loop_bench_config_errors_exit_2_before_torch_is_imported():
              ["bench", "loop", "experiment=demo"],
              ["bench", "loop", "shards=/s"],
              ["bench", "loop", "experiment=demo", "shards=/s", "trainer.max_steps=ten"]]
-    code = ("import json, sys; from pretrain.cli.main import main; "
+    code = ("import json, sys; from voxfm.pretrain.cli.main import main; "
             f"rcs = [main(a) for a in {cases!r}]; "
             "print(json.dumps([rcs, 'torch' in sys.modules, 'lightning' in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

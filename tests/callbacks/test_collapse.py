@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 
-from pretrain.cli.main import main
+from voxfm.pretrain.cli.main import main
 
 COMMON = ["experiment=demo_dino", "data.num_workers=0", "trainer.progress_bar=false", "trainer.images_every_n_steps=0"]
 
@@ -16,8 +16,8 @@ COMMON = ["experiment=demo_dino", "data.num_workers=0", "trainer.progress_bar=fa
 def test_the_alarm_pickles_for_ddp_spawn_and_reads_its_thresholds():
     from functools import partial
 
-    from pretrain.callbacks.collapse import CollapseAlarm
-    from pretrain.training.run import log_event
+    from voxfm.pretrain.callbacks.collapse import CollapseAlarm
+    from voxfm.pretrain.training.run import log_event
 
     alarm = pickle.loads(pickle.dumps(CollapseAlarm(min_effective_rank=3.0, on_event=partial(log_event, "/x"))))
     healthy = {"train/effective_rank": 5.0, "train/gram_mean": 0.2, "train/gram_std": 0.3}

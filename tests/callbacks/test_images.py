@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from pretrain.callbacks.images import middle_slices, pick_samples, reconstruction_grid
+from voxfm.pretrain.callbacks.images import middle_slices, pick_samples, reconstruction_grid
 
 
 def test_samples_are_picked_across_modalities_first():
@@ -38,8 +38,8 @@ def test_callback_writes_a_png_and_logs_it_to_wandb(tmp_path):
 
     from PIL import Image
 
-    from pretrain.callbacks.images import ReconstructionImages
-    from pretrain.objectives.protocol import ObjectiveDeclaration
+    from voxfm.pretrain.callbacks.images import ReconstructionImages
+    from voxfm.pretrain.objectives.protocol import ObjectiveDeclaration
 
     volumes = {k: torch.rand(2, 1, 8, 8, 8) for k in ("original", "masked", "reconstruction")}
     objective = SimpleNamespace(reconstruct=lambda batch, backbone: volumes,

@@ -1,9 +1,9 @@
 """Retention: the newest `trainer.keep_last_n` periodic checkpoints plus `keep_every_n_steps` milestones stay,
 `last.ckpt` and half-written `.tmp` files are never touched, and resume still finds the newest."""
 
-from pretrain.callbacks.retention import prune_checkpoints, to_prune
-from pretrain.cli.main import main
-from pretrain.training.checkpoints import find_resume_checkpoint
+from voxfm.pretrain.callbacks.retention import prune_checkpoints, to_prune
+from voxfm.pretrain.cli.main import main
+from voxfm.pretrain.training.checkpoints import find_resume_checkpoint
 
 
 def test_which_steps_go():

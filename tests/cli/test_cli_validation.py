@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,12 +12,12 @@ from contextlib import nullcontext
 import pytest
 from hydra.errors import InstantiationException
 
-from pretrain.cli.compose import load_config, resolved
-from pretrain.cli.main import main
-from pretrain.config import commands
-from pretrain.config.packages import INSTALL, from_import_error, missing_package_errors
-from pretrain.errors import EXIT_CODES, ConfigError, Diverged, FolderLocked, exit_code
 from tests.conftest import REPO
+from voxfm.pretrain.cli.compose import load_config, resolved
+from voxfm.pretrain.cli.main import main
+from voxfm.pretrain.config import commands
+from voxfm.pretrain.config.packages import INSTALL, from_import_error, missing_package_errors
+from voxfm.pretrain.errors import EXIT_CODES, ConfigError, Diverged, FolderLocked, exit_code
 
 BAD = [  # (argv, the key its one error line starts with)
     (["shard", "input=/in", "output=/out", "workers=abc"], "workers='abc': expected int"),
@@ -39,7 +40,7 @@ BAD = [  # (argv, the key its one error line starts with)
 
 
 def test_every_command_exits_2_with_one_line_naming_the_key_before_torch_is_imported():
-    code = ("import json, sys; from pretrain.cli.main import main; "
+    code = ("import json, sys; from voxfm.pretrain.cli.main import main; "
             f"rcs = [main(a) for a in {[argv for argv, _ in BAD]!r}]; "
             "print(json.dumps([rcs, 'torch' in sys.modules, 'lightning' in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -80,8 +81,8 @@ def test_each_schema_declares_exactly_the_keys_of_its_yaml(name, overrides):
 
 @pytest.mark.parametrize("literal, module, name", [
     (commands.Codec, "data.payload", "CODECS"), (commands.Frames, "data.preprocess", "FRAMES"),
-    (commands.ExportFormat, "pretrain.export.run", "FORMATS"),
-    (commands.AttentionBackend, "pretrain.bench.attention", "BACKENDS"),
+    (commands.ExportFormat, "voxfm.pretrain.export.run", "FORMATS"),
+    (commands.AttentionBackend, "voxfm.pretrain.bench.attention", "BACKENDS"),
 ])
 def test_allowed_values_equal_those_of_the_code_that_uses_them(literal, module, name):
     assert set(typing.get_args(literal)) == set(getattr(importlib.import_module(module), name))
@@ -95,24 +96,24 @@ def test_the_exit_code_table_maps_classes_and_a_plain_value_error_is_a_crash():
 
 
 def test_a_value_error_from_the_run_propagates_with_its_traceback(monkeypatch, tmp_path):
-    import pretrain.export.run
+    import voxfm.pretrain.export.run
 
     def broken(*args, **kwargs):
         raise ValueError("operands could not be broadcast together")
 
-    monkeypatch.setattr(pretrain.export.run, "run_export", broken)
+    monkeypatch.setattr(voxfm.pretrain.export.run, "run_export", broken)
     with pytest.raises(ValueError, match="operands could not be broadcast"):
         main(["export", f"checkpoint={tmp_path}", f"output={tmp_path / 'out'}"])
 
 
 def test_diverged_exits_3_and_config_error_2_from_a_run(monkeypatch, tmp_path, capsys):
-    import pretrain.export.run
+    import voxfm.pretrain.export.run
 
     for raised, code in ((Diverged("loss is nan"), 3), (ConfigError("checkpoint=x: no checkpoint there"), 2)):
         def run(*args, raised=raised, **kwargs):
             raise raised
 
-        monkeypatch.setattr(pretrain.export.run, "run_export", run)
+        monkeypatch.setattr(voxfm.pretrain.export.run, "run_export", run)
         assert main(["export", f"checkpoint={tmp_path}", f"output={tmp_path / 'out'}"]) == code
         assert capsys.readouterr().err.count("\n") == 1
 
@@ -129,7 +130,7 @@ def test_the_readme_exit_codes_section_agrees_with_the_table():
 PRETRAIN_WITHOUT_NNUNET = """
 import sys
 sys.modules["dynamic_network_architectures"] = None  # as after a plain `pip install .`
-from pretrain.cli.main import main
+from voxfm.pretrain.cli.main import main
 rc = main({args!r})
 print(rc, "torch" in sys.modules)
 """
@@ -145,7 +146,7 @@ def test_a_resenc_model_without_nnunets_networks_exits_2_with_the_install_comman
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["2", "False"], out.stdout + out.stderr
     (line,) = out.stderr.strip().splitlines()
-    assert line.startswith(f"voxfm {command}: error: model._target_=models.resenc.ResEncUNet: needs nnU-Net's "
+    assert line.startswith(f"voxfm {command}: error: model._target_=voxfm.models.resenc.ResEncUNet: needs nnU-Net's "
                            "networks"), line
     assert 'pip install "voxfm[nnunet]"' in line and "--no-deps dynamic-network-architectures==0.4.4" in line
 
@@ -173,21 +174,37 @@ def test_an_installed_config_needs_nothing_and_a_wrapped_import_error_is_recogni
 
 def test_validate_pretrain_runs_once_per_voxfm_pretrain_and_still_for_direct_callers(shard_dir, tmp_path,
                                                                                        monkeypatch):
-    import pretrain.config.schema
-    import pretrain.training.run
+    import voxfm.pretrain.config.schema
+    import voxfm.pretrain.training.run
 
     calls = []
-    real = pretrain.config.schema.validate_pretrain
+    real = voxfm.pretrain.config.schema.validate_pretrain
 
     def counted(cfg):
         calls.append(cfg)
         return real(cfg)
 
-    monkeypatch.setattr(pretrain.config.schema, "validate_pretrain", counted)
-    monkeypatch.setattr(pretrain.training.run, "validate_pretrain", counted)
-    monkeypatch.setattr(pretrain.training.run, "_train", lambda cfg, run_dir: run_dir)
+    monkeypatch.setattr(voxfm.pretrain.config.schema, "validate_pretrain", counted)
+    monkeypatch.setattr(voxfm.pretrain.training.run, "validate_pretrain", counted)
+    monkeypatch.setattr(voxfm.pretrain.training.run, "_train", lambda cfg, run_dir: run_dir)
     args = ["experiment=demo", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'run'}"]
     assert main(["pretrain", *args]) == 0 and len(calls) == 1
     with pytest.raises(ConfigError, match="trainer.max_steps"):
-        pretrain.training.run.run_pretrain(load_config("pretrain", [*args, "trainer.max_steps=0"]))
+        voxfm.pretrain.training.run.run_pretrain(load_config("pretrain", [*args, "trainer.max_steps=0"]))
     assert len(calls) == 2
+
+
+def test_a_backbone_package_that_fails_to_import_exits_2_with_the_install_command(shard_dir, tmp_path):
+    broken = tmp_path / "site" / "dynamic_network_architectures"  # as a build against another torch fails
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("import torch\nraise ImportError('operator torchvision::nms does not exist')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run([sys.executable, "-m", "voxfm", "pretrain", "experiment=demo_mim", f"data.shards={shard_dir}",
+                          f"run_dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert "model._target_=voxfm.models.resenc.ResEncUNet: needs nnU-Net's networks" in line
+    assert "installed but fails to import (ImportError: operator torchvision::nms does not exist)" in line
+    assert "--no-deps dynamic-network-architectures==0.4.4" in line and "Error locating target" not in out.stderr
+    assert not (tmp_path / "run").exists()

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from pretrain.cli.compose import CONF_DIR, load_config, missing_keys
-from pretrain.cli.main import main
-from pretrain.training.run import build_module
+from voxfm.pretrain.cli.compose import CONF_DIR, load_config, missing_keys
+from voxfm.pretrain.cli.main import main
+from voxfm.pretrain.training.run import build_module
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 

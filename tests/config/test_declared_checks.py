@@ -2,9 +2,9 @@
 
 import pytest
 
-from pretrain.cli.main import main
-from pretrain.config.declarations import declared_backbones, read_declared
-from pretrain.config.schema import _conforms
+from voxfm.pretrain.cli.main import main
+from voxfm.pretrain.config.declarations import declared_backbones, read_declared
+from voxfm.pretrain.config.schema import _conforms
 
 
 @pytest.mark.parametrize("experiment,override,expected", [
@@ -19,9 +19,10 @@ def test_a_rule_from_a_declaration_fails_before_anything_is_built(shard_dir, cap
 
 
 def test_declarations_are_read_from_source():
-    declared = read_declared("pretrain.objectives.simclr.SimCLRObjective")
+    declared = read_declared("voxfm.pretrain.objectives.simclr.SimCLRObjective")
     assert declared.declaration.views == 2 and not declared.declaration.trains_decoder
     assert set(declared.arguments) == {"proj_hidden", "proj_dim", "temperature"}
     assert read_declared("monai.networks.nets.ViT") is None and read_declared("no.such.Thing") is None
-    assert sorted(declared_backbones()) == ["models.primus.Primus", "models.resenc.ResEncUNet", "models.vit.ViT"]
+    assert sorted(declared_backbones()) == ["voxfm.models.primus.Primus", "voxfm.models.resenc.ResEncUNet",
+                                            "voxfm.models.vit.ViT"]
     assert _conforms([8, 16], tuple[int, ...]) and not _conforms(5.0, int | tuple[int, ...])

@@ -9,11 +9,11 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from pretrain.cli.compose import CONF_DIR, load_config
-from pretrain.cli.main import main
-from pretrain.config.checks import combination_errors
-from pretrain.config.schema import TARGETS, PretrainSchema, check_node, validate_pretrain
 from tests.conftest import REPO
+from voxfm.pretrain.cli.compose import CONF_DIR, load_config
+from voxfm.pretrain.cli.main import main
+from voxfm.pretrain.config.checks import combination_errors
+from voxfm.pretrain.config.schema import TARGETS, PretrainSchema, check_node, validate_pretrain
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
@@ -69,7 +69,7 @@ def test_a_bad_setting_fails_with_one_line_naming_it(overrides, expected, shard_
 
 def test_validation_happens_before_torch_or_lightning_is_imported(shard_dir):
     args = ["pretrain", "experiment=demo", f"data.shards={shard_dir}", "run_dir=/y", "trainer.max_steps=ten"]
-    code = (f"import sys; from pretrain.cli.main import main; rc = main({args!r}); "
+    code = (f"import sys; from voxfm.pretrain.cli.main import main; rc = main({args!r}); "
             "print(rc, 'torch' in sys.modules, 'lightning' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.stdout.split() == ["2", "False", "False"], out.stdout + out.stderr

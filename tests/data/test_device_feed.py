@@ -8,9 +8,9 @@ import threading
 import pytest
 import torch
 
-from data.device_feed import PinnedBuffers, collate_into
-from data.stream import collate_regions
 from tests.conftest import REPO
+from voxfm.data.device_feed import PinnedBuffers, collate_into
+from voxfm.data.stream import collate_regions
 
 
 def _samples(n, dtype=torch.int16, seed=0):

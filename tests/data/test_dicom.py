@@ -10,12 +10,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from data import payload
-from data.dicom import load_series
-from data.ingest import run_shard
-from data.phantoms import phantom
-from data.volumes import RejectedVolume
 from tests.dicom_series import write_series
+from voxfm.data import payload
+from voxfm.data.dicom import load_series
+from voxfm.data.ingest import run_shard
+from voxfm.data.phantoms import phantom
+from voxfm.data.volumes import RejectedVolume
 
 
 def _shard_voxels(out, sample):

@@ -12,9 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from data import payload
-from data.phantoms import phantom, write_phantoms
 from tests.dicom_series import write_series
+from voxfm.data import payload
+from voxfm.data.phantoms import phantom, write_phantoms
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,7 @@ def test_messy_folder_every_input_sharded_or_rejected_with_its_reason(tmp_path):
     src, out = tmp_path / "messy", tmp_path / "shards"
     expected_bad = _messy_folder(src, real)
     log = open(tmp_path / "log.txt", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "pretrain", "shard", f"input={src}", f"output={out}", "workers=2",
+    proc = subprocess.Popen([sys.executable, "-m", "voxfm", "shard", f"input={src}", f"output={out}", "workers=2",
                              "preprocess.frames=all", "progress=false"], stdout=log, stderr=log)
     peak = 0
     while proc.poll() is None:

@@ -12,8 +12,8 @@ import time
 import nibabel as nib
 import numpy as np
 
-from data.ingest import run_shard
-from data.phantoms import write_phantoms
+from voxfm.data.ingest import run_shard
+from voxfm.data.phantoms import write_phantoms
 
 
 def _tar_keys(out):
@@ -30,7 +30,7 @@ def test_killed_midway_and_rerun_every_volume_is_sharded_exactly_once(tmp_path):
     images = [p for p in src.glob("*.nii.gz") if "_label" not in p.name]
     for p in src.glob("*_label.nii.gz"):
         p.unlink()
-    cmd = [sys.executable, "-m", "pretrain", "shard", f"input={src}", f"output={out}", "workers=2",
+    cmd = [sys.executable, "-m", "voxfm", "shard", f"input={src}", f"output={out}", "workers=2",
            "shard_max_mb=0.05", "progress=false"]
     log = open(tmp_path / "log.txt", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
@@ -96,7 +96,7 @@ def test_a_subjects_volumes_share_a_shard(tmp_path):
 def test_a_worker_killed_mid_run_stops_the_run_with_a_reason_and_a_rerun_finishes(tmp_path, phantom_dir, monkeypatch):
     import pytest
 
-    import data.ingest as ingest
+    import voxfm.data.ingest as ingest
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()

@@ -3,7 +3,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from pretrain.cli.main import main
+from voxfm.pretrain.cli.main import main
 
 
 def test_inspect_writes_a_summary_and_a_montage_of_non_empty_slices(shard_dir, tmp_path, capsys):

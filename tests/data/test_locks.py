@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from data.locks import LOCK_NAME, FolderLocked, folder_lock
-from pretrain.cli.main import main
 from tests.conftest import REPO
+from voxfm.data.locks import LOCK_NAME, FolderLocked, folder_lock
+from voxfm.pretrain.cli.main import main
 
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
 HOLD = """
 import os, sys, time
-from data.locks import folder_lock
+from voxfm.data.locks import folder_lock
 with folder_lock(sys.argv[1], "output"):
     child = os.fork()  # a forked worker outliving its parent must not keep the lock
     if child == 0:
@@ -37,7 +37,7 @@ def stalled(*args, **kwargs):
         time.sleep(0.05)
     return original(*args, **kwargs)
 m.{function} = stalled
-from pretrain.cli.main import main
+from voxfm.pretrain.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -83,7 +83,7 @@ def _pretrain_args(shard_dir, run_dir, max_steps):
 @pytest.mark.slow
 def test_a_second_pretrain_on_a_run_dir_exits_2_and_the_first_finishes(tmp_path, shard_dir, capsys):
     run, go = tmp_path / "run", tmp_path / "go"
-    first = _start_stalled("pretrain.training.run", "build_module", _pretrain_args(shard_dir, run, 2), run, go)
+    first = _start_stalled("voxfm.pretrain.training.run", "build_module", _pretrain_args(shard_dir, run, 2), run, go)
     try:
         assert main(_pretrain_args(shard_dir, run, 2)) == 2
         err = capsys.readouterr().err
@@ -107,7 +107,7 @@ def test_a_second_pretrain_on_a_run_dir_exits_2_and_the_first_finishes(tmp_path,
 def test_a_second_shard_into_an_output_exits_2_and_the_first_finishes(tmp_path, phantom_dir, capsys):
     out, go = tmp_path / "shards", tmp_path / "go"
     args = ["shard", f"input={phantom_dir}", f"output={out}", "progress=false", "workers=2"]
-    first = _start_stalled("data.ingest", "discover", args, out, go)
+    first = _start_stalled("voxfm.data.ingest", "discover", args, out, go)
     try:
         assert main(args) == 2
         err = capsys.readouterr().err

@@ -5,9 +5,9 @@ generator, block masks on the global crops only."""
 import pytest
 import torch
 
-from data.augment import IntensityAugment
-from data.masking import BlockMasking
-from data.multicrop import MultiCropPipeline, crop_maps, sample_crops
+from voxfm.data.augment import IntensityAugment
+from voxfm.data.masking import BlockMasking
+from voxfm.data.multicrop import MultiCropPipeline, crop_maps, sample_crops
 
 
 def _regions(b=3, size=24):

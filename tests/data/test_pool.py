@@ -9,11 +9,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from data import payload
-from data.loader import ThreadLoader
-from data.phantoms import ct_phantom
-from data.pool import Volume, VolumePool
-from data.stream import RegionStream
+from voxfm.data import payload
+from voxfm.data.loader import ThreadLoader
+from voxfm.data.phantoms import ct_phantom
+from voxfm.data.pool import Volume, VolumePool
+from voxfm.data.stream import RegionStream
 
 
 def write_tar(path, volumes: list[np.ndarray], damaged: set[int] = frozenset()) -> None:
@@ -128,7 +128,7 @@ def test_damaged_samples_are_skipped_and_counted_with_the_pool_on(tmp_path):
 
 
 def test_a_run_prints_the_loaders_memory_and_logs_the_feed_figures(shard_dir, tmp_path, capsys):
-    from pretrain.cli.main import main
+    from voxfm.pretrain.cli.main import main
 
     assert main(["pretrain", "experiment=demo", f"data.shards={shard_dir}", f"run_dir={tmp_path}",
                  "data.regions_per_volume=12", "data.pool_gib=0.25", "data.pool_volumes=5", "data.batch_size=4",

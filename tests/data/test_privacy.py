@@ -8,11 +8,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from data.ingest import run_shard
-from data.inputs import pseudonym
-from data.phantoms import phantom
-from pretrain.export.run import run_export, shareable_config
 from tests.dicom_series import write_series
+from voxfm.data.ingest import run_shard
+from voxfm.data.inputs import pseudonym
+from voxfm.data.phantoms import phantom
+from voxfm.pretrain.export.run import run_export, shareable_config
 
 AFFINE = np.diag([-1.2, -0.9, 2.5, 1.0])
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.crops import random_crops
-from data.stream import RegionStream, collate_regions, region_loader
+from voxfm.data.crops import random_crops
+from voxfm.data.stream import RegionStream, collate_regions, region_loader
 
 
 def test_loader_yields_raw_regions_with_their_normalisation(shard_dir):
@@ -76,8 +76,8 @@ def test_brace_patterns_expand_to_the_shards(shard_dir):
 def test_big_endian_payloads_become_native_regions():
     import json
 
-    from data import payload
-    from data.stream import cut_regions
+    from voxfm.data import payload
+    from voxfm.data.stream import cut_regions
 
     vol = np.arange(16**3, dtype=">i2").reshape(16, 16, 16)
     sample = {"json": json.dumps({"normalisation": {"low": 0.0, "high": 4096.0}, "foreground_points": [],
@@ -96,7 +96,7 @@ def _damaged_set(shard_dir, out, n: int = 70, every: int = 10):
 
     import blosc2
 
-    from data import payload
+    from voxfm.data import payload
 
     def forged(frame, shape=None, dtype=None):
         schunk = blosc2.schunk_from_cframe(frame, True)
@@ -139,7 +139,7 @@ def _damaged_set(shard_dir, out, n: int = 70, every: int = 10):
 def test_a_run_over_damaged_samples_completes_and_counts_each_skip(shard_dir, tmp_path, capsys, caplog, pool_gib):
     """One exact pass (resampled=false) over 80 samples, 8 damaged: 72 good regions = 9 steps of 8. With the volume
     pool on, the pool reads ahead into the next pass: the skips it met by the last batch are counted too."""
-    from pretrain.cli.main import main
+    from voxfm.pretrain.cli.main import main
 
     shards, damaged = _damaged_set(shard_dir, tmp_path / "damaged", n=80)
     assert damaged == 8

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from data.augment import IntensityAugment
-from data.masking import RandomPatchMasking
-from data.views import ViewPipeline, crop_views
-from pretrain.training.module import step_generator
+from voxfm.data.augment import IntensityAugment
+from voxfm.data.masking import RandomPatchMasking
+from voxfm.data.views import ViewPipeline, crop_views
+from voxfm.pretrain.training.module import step_generator
 
 
 def _g(step=0):

@@ -8,12 +8,12 @@ from monai.networks.nets import UNETR
 from monai.networks.nets import ViT as MonaiViT
 from safetensors.torch import load_file
 
-from models.vit import ViT
-from pretrain.cli.compose import load_config
-from pretrain.export.formats import vit_monai
-from pretrain.export.run import run_export
-from pretrain.training.run import run_pretrain
 from tests.exports import model_card_snippet, voxfm_encoder
+from voxfm.models.vit import ViT
+from voxfm.pretrain.cli.compose import load_config
+from voxfm.pretrain.export.formats import vit_monai
+from voxfm.pretrain.export.run import run_export
+from voxfm.pretrain.training.run import run_pretrain
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ import json
 import pytest
 import torch
 
-from models.primus import PRESETS, Primus
-from models.resenc import ResEncUNet
-from pretrain.export.formats import backbone_weights
-from pretrain.export.nnssl import PRIMUS_CLASS, architecture_plans, nnssl_checkpoint
-from pretrain.export.run import run_export
 from tests.exports import model_card_snippet, voxfm_encoder
 from tests.models.reference_primus import reference_primus
+from voxfm.models.primus import PRESETS, Primus
+from voxfm.models.resenc import ResEncUNet
+from voxfm.pretrain.export.formats import backbone_weights
+from voxfm.pretrain.export.nnssl import PRIMUS_CLASS, architecture_plans, nnssl_checkpoint
+from voxfm.pretrain.export.run import run_export
 
 # The fields nnssl writes: AbstractTrainer.save_checkpoint less what add_adaptation_plan.py drops (MIC-DKFZ/nnssl
 # src/nnssl/training/nnsslTrainer/AbstractTrainer.py, utilities/add_adaptation_plan.py), AdaptationPlan and

@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.weights import load_strict
-from pretrain.cli.compose import load_config
-from pretrain.export.run import run_export
-from pretrain.training.run import run_pretrain
 from tests.exports import model_card_snippet, voxfm_encoder
+from voxfm.models.weights import load_strict
+from voxfm.pretrain.cli.compose import load_config
+from voxfm.pretrain.export.run import run_export
+from voxfm.pretrain.training.run import run_pretrain
 
 pytestmark = pytest.mark.slow
 
@@ -83,13 +83,13 @@ def test_full_format_keeps_every_weight_of_the_pretraining_module(mim_run, tmp_p
     weights = load_file(str(out / "model.safetensors"))
     ckpt = torch.load(mim_run / "checkpoints" / "last.ckpt", weights_only=True)
     assert set(weights) == set(ckpt["state_dict"]) and meta["step"] == ckpt["global_step"] == 2
-    assert meta["config"]["model"]["_target_"] == "models.resenc.ResEncUNet"
+    assert meta["config"]["model"]["_target_"] == "voxfm.models.resenc.ResEncUNet"
     monkeypatch.chdir(out)
     exec(model_card_snippet(out), {})  # noqa: S102
 
 
 def test_a_failed_load_names_missing_unexpected_and_mismatched_keys(mim_run, tmp_path):
-    from models.resenc import ResEncUNet
+    from voxfm.models.resenc import ResEncUNet
 
     out = run_export(str(mim_run), str(tmp_path / "export"))
     state = load_file(str(out / "backbone.safetensors"))
@@ -107,8 +107,8 @@ def test_a_failed_load_names_missing_unexpected_and_mismatched_keys(mim_run, tmp
 def test_a_full_export_continues_pretraining_from_its_step_with_its_weights(mim_run, tmp_path, shard_dir):
     from safetensors.torch import load_file as load
 
-    from pretrain.training.init_from import init_module
-    from pretrain.training.run import build_module
+    from voxfm.pretrain.training.init_from import init_module
+    from voxfm.pretrain.training.run import build_module
 
     out = run_export(str(mim_run), str(tmp_path / "full"), export_format="full")
     cfg = load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'new'}",
@@ -136,8 +136,8 @@ def test_a_full_export_continues_pretraining_from_its_step_with_its_weights(mim_
 
 
 def test_init_from_a_mismatched_model_names_the_bad_keys(mim_run, tmp_path, shard_dir):
-    from pretrain.training.init_from import init_module
-    from pretrain.training.run import build_module
+    from voxfm.pretrain.training.init_from import init_module
+    from voxfm.pretrain.training.run import build_module
 
     out = run_export(str(mim_run), str(tmp_path / "full"), export_format="full")
     cfg = load_config("pretrain", ["experiment=demo", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'x'}"])

@@ -9,20 +9,20 @@ import threading
 import pytest
 import torch
 
-from data.shards import describe_shard_set, shard_urls
-from models.vit import ViT
-from pretrain.cli.main import main
-from pretrain.export.run import run_export
+from voxfm.data.shards import describe_shard_set, shard_urls
+from voxfm.models.vit import ViT
+from voxfm.pretrain.cli.main import main
+from voxfm.pretrain.export.run import run_export
 
-VIT = {"_target_": "models.vit.ViT", "in_channels": 1, "img_size": [32, 32, 32], "patch_size": 8, "hidden_size": 48,
-       "mlp_dim": 96, "num_layers": 1, "num_heads": 4}
+VIT = {"_target_": "voxfm.models.vit.ViT", "in_channels": 1, "img_size": [32, 32, 32], "patch_size": 8,
+       "hidden_size": 48, "mlp_dim": 96, "num_layers": 1, "num_heads": 4}
 
 
 def _checkpoint(folder, model: dict):
     """A last.ckpt made only of dicts and tensors (it passes `weights_only=True`) with the given stored model."""
     folder.mkdir(parents=True, exist_ok=True)
     ckpt = {"global_step": 1, "state_dict": {"backbone.norm.weight": torch.ones(48)},
-            "voxfm_config": {"model": model, "objective": {"loss": {"_target_": "pretrain.objectives.mae.MAE"}},
+            "voxfm_config": {"model": model, "objective": {"loss": {"_target_": "voxfm.pretrain.objectives.mae.MAE"}},
                              "data": {"crop_size": [32, 32, 32]}}}
     torch.save(ckpt, folder / "last.ckpt")
     torch.load(folder / "last.ckpt", weights_only=True)
@@ -48,7 +48,7 @@ def test_a_checkpoint_that_names_a_command_runs_nothing_and_exits_2(tmp_path, ca
     ({**VIT, "_target_": "os.system"}, "voxfm_config.model._target_='os.system': refused"),
     ({**VIT, "img_size": [32, {"_target_": "os.getcwd"}, 32]}, "voxfm_config.model.img_size[1]: refused a nested"),
     ({**VIT, "mlp_dim": {"a": 1}}, "voxfm_config.model.mlp_dim: refused a dict"),
-    ({**VIT, "depth": 3}, "voxfm_config.model.depth: not an argument of models.vit.ViT"),
+    ({**VIT, "depth": 3}, "voxfm_config.model.depth: not an argument of voxfm.models.vit.ViT"),
 ])
 def test_every_hydra_key_foreign_target_or_non_plain_argument_is_refused_by_name(tmp_path, model, key):
     ckpt = _checkpoint(tmp_path / "run", model)
@@ -119,7 +119,7 @@ def test_a_malformed_index_gives_one_line(shard_dir, tmp_path, damage, message, 
 
 
 def test_a_remote_index_over_the_size_cap_is_refused(shard_dir, monkeypatch):
-    monkeypatch.setattr("data.shards.MAX_REMOTE_INDEX_BYTES", 100)
+    monkeypatch.setattr("voxfm.data.shards.MAX_REMOTE_INDEX_BYTES", 100)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shard_dir))
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

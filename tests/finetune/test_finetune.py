@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from data.ingest import run_shard
-from pretrain.cli.compose import load_config
-from pretrain.cli.main import main
-from pretrain.export.run import run_export
-from pretrain.training.run import build_module, run_pretrain
+from voxfm.data.ingest import run_shard
+from voxfm.pretrain.cli.compose import load_config
+from voxfm.pretrain.cli.main import main
+from voxfm.pretrain.export.run import run_export
+from voxfm.pretrain.training.run import build_module, run_pretrain
 
 FAST = ["steps=6", "trainer.progress_bar=false", "trainer.checkpoint_every_n_steps=3", "data.batch_size=1",
         "data.crop_size=[16,16,16]", "sw_batch_size=8"]
@@ -64,7 +64,7 @@ def test_compare_scratch_trains_both_arms_alike_and_a_rerun_resumes(labelled, re
 def test_resenc_finetune_starts_from_the_export_with_a_new_head(resenc_export):
     from safetensors.torch import load_file
 
-    from pretrain.finetune.model import segmenter_from_export
+    from voxfm.pretrain.finetune.model import segmenter_from_export
 
     net, meta = segmenter_from_export(str(resenc_export), n_classes=5, crop_size=[16] * 3, unetr={})
     exported = load_file(str(resenc_export / "backbone.safetensors"))
@@ -77,10 +77,10 @@ def test_resenc_finetune_starts_from_the_export_with_a_new_head(resenc_export):
 def test_unetr_takes_a_vit_export_as_its_encoder_and_freezing_leaves_it_untrained(tmp_path):
     from safetensors.torch import save_file
 
-    from models.vit import ViT
-    from pretrain.export.formats import vit_monai
-    from pretrain.finetune.loop import SegmentationModule
-    from pretrain.finetune.model import encoder_parameters, segmenter_from_export
+    from voxfm.models.vit import ViT
+    from voxfm.pretrain.export.formats import vit_monai
+    from voxfm.pretrain.finetune.loop import SegmentationModule
+    from voxfm.pretrain.finetune.model import encoder_parameters, segmenter_from_export
 
     vit = ViT(1, 32, 16, hidden_size=48, mlp_dim=96, num_layers=12, num_heads=4, pos_embed_type="learnable")
     weights, meta = vit_monai(vit.state_dict(), vit, None)
@@ -136,13 +136,13 @@ def test_the_probe_logs_downstream_dice_without_changing_the_pretraining_run(lab
 def test_either_network_builds_from_random_initialisation(tmp_path):
     from omegaconf import OmegaConf
 
-    from pretrain.finetune.run import _network
+    from voxfm.pretrain.finetune.run import _network
 
     base = load_config("finetune", ["backbone=none", "data.shards=x", f"run_dir={tmp_path}"])
     net, architecture = _network(base, "scratch", 4, [32] * 3)
     assert architecture == "resenc" and net(torch.randn(1, 1, 32, 32, 32)).shape == (1, 4, 32, 32, 32)
     OmegaConf.set_struct(base, False)
-    base.model = {"_target_": "models.vit.ViT", "in_channels": 1, "img_size": 32, "patch_size": 16,
+    base.model = {"_target_": "voxfm.models.vit.ViT", "in_channels": 1, "img_size": 32, "patch_size": 16,
                   "hidden_size": 48, "mlp_dim": 96, "num_layers": 12, "num_heads": 4, "pos_embed_type": "learnable"}
     net, architecture = _network(base, "scratch", 4, [32] * 3)
     assert architecture == "vit" and type(net).__name__ == "UNETR"
@@ -157,7 +157,7 @@ def primus_export(tmp_path_factory, primus_run):
 def test_primus_fine_tunes_its_pretrained_encoder_with_a_new_decoder(labelled, primus_export, tmp_path):
     from safetensors.torch import load_file
 
-    from pretrain.finetune.model import segmenter_from_export
+    from voxfm.pretrain.finetune.model import segmenter_from_export
 
     net, meta = segmenter_from_export(str(primus_export), n_classes=4, crop_size=[32] * 3, unetr={})
     exported, own = load_file(str(primus_export / "backbone.safetensors")), net.state_dict()
@@ -177,7 +177,7 @@ def test_primus_fine_tunes_its_pretrained_encoder_with_a_new_decoder(labelled, p
 
 
 def test_the_probe_scores_the_teacher_of_a_self_distillation_run(labelled, shard_dir, tmp_path, capsys):
-    from pretrain.callbacks.probe import probed_backbone
+    from voxfm.pretrain.callbacks.probe import probed_backbone
 
     unetr = ["model.patch_size=16", "model.num_layers=12"]  # UNETR's ViT
     run_pretrain(load_config("pretrain", [

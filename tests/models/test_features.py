@@ -4,9 +4,9 @@ positions (and RoPE on their own grid), hidden patches entering as the mask toke
 
 import torch
 
-from models.eva import axial_rope
-from models.primus import Primus
-from models.vit import ViT
+from voxfm.models.eva import axial_rope
+from voxfm.models.primus import Primus
+from voxfm.models.vit import ViT
 
 
 def test_vit_features_class_token_and_local_crops():

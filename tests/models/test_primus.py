@@ -5,8 +5,8 @@ token."""
 import pytest
 import torch
 
-from models.primus import PRESETS, Primus
 from tests.models.reference_primus import reference_primus
+from voxfm.models.primus import PRESETS, Primus
 
 NNSSL = {"drop_path_rate": 0.2, "init_values": 0.1, "scale_attn_inner": True}  # nnssl's Primus presets
 
@@ -58,7 +58,7 @@ def test_rope_logits_depend_only_on_the_offset_between_tokens():
     q, k = torch.randn(1, 1, 1, 24, generator=g), torch.randn(1, 1, 1, 24, generator=g)
 
     def logit(a, b):
-        from models.eva import rotate
+        from voxfm.models.eva import rotate
 
         return (rotate(q, table[a].view(1, 1, 1, -1)) * rotate(k, table[b].view(1, 1, 1, -1))).sum()
 

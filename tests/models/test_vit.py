@@ -2,7 +2,7 @@ import pytest
 import torch
 from monai.networks.nets import ViT as MonaiViT
 
-from models.vit import LayerNorm, ViT
+from voxfm.models.vit import LayerNorm, ViT
 
 
 def tiny(**kw):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from data.views import ViewPipeline
-from pretrain.training.module import step_generator
+from voxfm.data.views import ViewPipeline
+from voxfm.pretrain.training.module import step_generator
 
 
 def smooth_regions(b: int, size: int, seed: int = 0) -> dict:

@@ -6,12 +6,12 @@ import os
 
 import torch
 
-from pretrain.cli.compose import load_config
-from pretrain.cli.main import main
-from pretrain.training.checkpoints import load_checkpoint
-from pretrain.training.module import step_generator
-from pretrain.training.run import build_module
 from tests.exports import model_card_snippet
+from voxfm.pretrain.cli.compose import load_config
+from voxfm.pretrain.cli.main import main
+from voxfm.pretrain.training.checkpoints import load_checkpoint
+from voxfm.pretrain.training.module import step_generator
+from voxfm.pretrain.training.run import build_module
 
 
 def _module(seed: int = 0):
@@ -142,7 +142,7 @@ def test_the_dino_loss_alone_has_no_ibot_parameters_and_ibot_without_masks_is_re
 
 def test_a_half_precision_run_keeps_an_fp32_teacher_that_moves_exports_and_resumes():
     """DeepSpeed bf16 casts every parameter to bf16: the EMA runs on fp32 copies (buffers, which it leaves alone)."""
-    from pretrain.export.run import fp32_teacher
+    from voxfm.pretrain.export.run import fp32_teacher
 
     half = build_module(load_config("pretrain", ["experiment=demo_dino", "strategy=deepspeed_zero2",
                                                  "trainer.precision=bf16-mixed", "data.shards=/x", "run_dir=/y"]))

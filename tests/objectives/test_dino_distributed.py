@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from models.vit import ViT
-from pretrain.objectives.dino.objective import DINOObjective
+from voxfm.models.vit import ViT
+from voxfm.pretrain.objectives.dino.objective import DINOObjective
 
 B, LOCAL = 4, 2  # regions in the global batch, local crops per region
 

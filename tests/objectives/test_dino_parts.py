@@ -10,12 +10,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from data.masking import BlockMasking
-from pretrain.objectives.dino.ema import ema_update, teacher_momentum
-from pretrain.objectives.dino.heads import DINOHead
-from pretrain.objectives.dino.koleo import koleo
-from pretrain.objectives.dino.monitors import effective_rank, gram_off_diagonal, normalised_entropy
-from pretrain.objectives.dino.targets import centred_softmax, sinkhorn_knopp, teacher_temperature, updated_centre
+from voxfm.data.masking import BlockMasking
+from voxfm.pretrain.objectives.dino.ema import ema_update, teacher_momentum
+from voxfm.pretrain.objectives.dino.heads import DINOHead
+from voxfm.pretrain.objectives.dino.koleo import koleo
+from voxfm.pretrain.objectives.dino.monitors import effective_rank, gram_off_diagonal, normalised_entropy
+from voxfm.pretrain.objectives.dino.targets import centred_softmax, sinkhorn_knopp, teacher_temperature, updated_centre
 
 
 def test_dino_head_has_unit_norm_prototypes_that_stay_fixed_and_bounded_logits():
@@ -135,7 +135,7 @@ def test_centre_and_sinkhorn_over_two_processes_equal_one_process_on_the_whole_b
 
 
 def test_dino_loss_skips_same_crop_pairs_and_follows_its_formula():
-    from pretrain.objectives.dino.losses import dino_loss
+    from voxfm.pretrain.objectives.dino.losses import dino_loss
 
     g = torch.Generator().manual_seed(6)
     students = [torch.randn(4, 10, generator=g) for _ in range(3)]  # 2 globals + 1 local
@@ -150,7 +150,7 @@ def test_dino_loss_skips_same_crop_pairs_and_follows_its_formula():
 
 
 def test_ibot_loss_ignores_unmasked_tokens_and_normalises_per_image_over_all_crops():
-    from pretrain.objectives.dino.losses import ibot_loss
+    from voxfm.pretrain.objectives.dino.losses import ibot_loss
 
     g = torch.Generator().manual_seed(7)
     student, teacher = torch.randn(3, 8, 5, generator=g), torch.softmax(torch.randn(3, 8, 5, generator=g), -1)
@@ -167,7 +167,7 @@ def test_ibot_loss_ignores_unmasked_tokens_and_normalises_per_image_over_all_cro
 
 
 def test_teacher_information_is_zero_when_every_input_gets_the_same_distribution():
-    from pretrain.objectives.dino.monitors import teacher_information
+    from voxfm.pretrain.objectives.dino.monitors import teacher_information
 
     same = torch.softmax(torch.randn(1, 16, generator=torch.Generator().manual_seed(8)), -1).expand(8, -1)
     assert abs(float(teacher_information(same))) < 1e-6

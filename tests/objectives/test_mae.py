@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from data.masking import RandomPatchMasking
-from data.views import ViewPipeline
-from models.vit import ViT
-from pretrain.objectives.mae import MAEObjective, patchify, patchify_at, unpatchify, visible_ids
-from pretrain.training.module import step_generator
 from tests.objectives.helpers import assert_gradients_reach, overfit, smooth_regions, staged
+from voxfm.data.masking import RandomPatchMasking
+from voxfm.data.views import ViewPipeline
+from voxfm.models.vit import ViT
+from voxfm.pretrain.objectives.mae import MAEObjective, patchify, patchify_at, unpatchify, visible_ids
+from voxfm.pretrain.training.module import step_generator
 
 
 def test_patchify_follows_the_token_order_of_the_patch_embedding():

@@ -3,13 +3,13 @@ from functools import partial
 import pytest
 import torch
 
-from data.masking import RandomPatchMasking
-from data.views import ViewPipeline
-from models.vit import ViT
-from pretrain.objectives.mae import MAEObjective
-from pretrain.objectives.mae_contrastive import MAEContrastiveObjective
-from pretrain.objectives.simclr import nt_xent
 from tests.objectives.helpers import assert_gradients_reach, overfit, smooth_regions, staged
+from voxfm.data.masking import RandomPatchMasking
+from voxfm.data.views import ViewPipeline
+from voxfm.models.vit import ViT
+from voxfm.pretrain.objectives.mae import MAEObjective
+from voxfm.pretrain.objectives.mae_contrastive import MAEContrastiveObjective
+from voxfm.pretrain.objectives.simclr import nt_xent
 
 
 def _setup(mae_weight=1.0, contrastive_weight=0.5):

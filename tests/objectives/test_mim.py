@@ -2,13 +2,6 @@ import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
-from data.masking import RandomPatchMasking
-from data.views import ViewPipeline
-from models.resenc import ResEncUNet, resenc_kwargs
-from pretrain.cli.compose import load_config
-from pretrain.objectives.mim import MIMObjective, cube_visibility
-from pretrain.training.checkpoints import load_checkpoint
-from pretrain.training.run import run_pretrain
 from tests.objectives.helpers import (
     TINY_RESENC,
     assert_gradients_reach,
@@ -17,6 +10,13 @@ from tests.objectives.helpers import (
     smooth_regions,
     staged,
 )
+from voxfm.data.masking import RandomPatchMasking
+from voxfm.data.views import ViewPipeline
+from voxfm.models.resenc import ResEncUNet, resenc_kwargs
+from voxfm.pretrain.cli.compose import load_config
+from voxfm.pretrain.objectives.mim import MIMObjective, cube_visibility
+from voxfm.pretrain.training.checkpoints import load_checkpoint
+from voxfm.pretrain.training.run import run_pretrain
 
 
 def _setup():

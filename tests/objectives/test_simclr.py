@@ -8,10 +8,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from data.views import ViewPipeline
-from models.resenc import ResEncUNet
-from models.vit import ViT
-from pretrain.objectives.simclr import SimCLRObjective, nt_xent
 from tests.objectives.helpers import (
     TINY_RESENC,
     assert_gradients_reach,
@@ -20,6 +16,10 @@ from tests.objectives.helpers import (
     smooth_regions,
     staged,
 )
+from voxfm.data.views import ViewPipeline
+from voxfm.models.resenc import ResEncUNet
+from voxfm.models.vit import ViT
+from voxfm.pretrain.objectives.simclr import SimCLRObjective, nt_xent
 
 
 def _backbone(kind: str):

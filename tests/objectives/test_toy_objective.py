@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from pretrain.cli.main import main
 from tests.conftest import REPO
+from voxfm.pretrain.cli.main import main
 
 TOY = ["hydra.searchpath=[file://" + str(REPO / "tests" / "objectives" / "toy" / "conf") + "]", "objective=toy",
        "model=vit_tiny", "data.crop_size=[32,32,32]", "data.batch_size=2", "data.num_workers=0",

@@ -7,7 +7,7 @@ import time
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from pretrain.cli.main import main
+from voxfm.pretrain.cli.main import main
 
 original = TorchCheckpointIO.save_checkpoint
 

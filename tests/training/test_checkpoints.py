@@ -1,6 +1,6 @@
 import torch
 
-from pretrain.training.checkpoints import find_resume_checkpoint
+from voxfm.pretrain.training.checkpoints import find_resume_checkpoint
 
 
 def _save(path, step):

@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 
-from pretrain.cli.compose import load_config
-from pretrain.training.module import step_generator
-from pretrain.training.run import build_module, run_pretrain
 from tests.conftest import REPO
+from voxfm.pretrain.cli.compose import load_config
+from voxfm.pretrain.training.module import step_generator
+from voxfm.pretrain.training.run import build_module, run_pretrain
 
 TWINS = ["demo", "demo_mim", "demo_simclr", "demo_mae_contrastive", "demo_primus"]
 
@@ -74,7 +74,7 @@ def test_compiled_run_is_killed_and_resumes_without_recompiling(tmp_path, shard_
     run_dir, eager_dir = tmp_path / "run", tmp_path / "eager"
     run_pretrain(load_config("pretrain", _pretrain_args(experiment, shard_dir, eager_dir, False, log_every, log_every)))
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "TORCH_LOGS": "recompiles"}
-    command = [sys.executable, "-m", "pretrain", "pretrain", *_pretrain_args(experiment, shard_dir, run_dir, True,
+    command = [sys.executable, "-m", "voxfm", "pretrain", *_pretrain_args(experiment, shard_dir, run_dir, True,
                                                                                    max_steps, log_every)]
     first_log = tmp_path / "first.log"
     with open(first_log, "w") as log:

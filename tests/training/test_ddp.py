@@ -20,7 +20,7 @@ pytestmark = pytest.mark.distributed
                                                  ("demo_dino", "ddp_spawn")])
 def test_two_rank_ddp_run_reaches_max_steps(tmp_path, shard_dir, experiment, strategy):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pretrain", "pretrain", f"experiment={experiment}", f"data.shards={shard_dir}",
+    cmd = [sys.executable, "-m", "voxfm", "pretrain", f"experiment={experiment}", f"data.shards={shard_dir}",
            f"run_dir={run_dir}", "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3",
            "trainer.accelerator=cpu", "trainer.devices=2", f"strategy={strategy}",
            "data.num_workers=0", "trainer.progress_bar=false", "trainer.log_every_n_steps=2"]
@@ -45,7 +45,7 @@ def test_a_two_rank_ddp_checkpoint_resumes_on_one_process(tmp_path, shard_dir):
     """World size 2 → 1: a DDP checkpoint holds the whole model and optimiser, so any world size resumes it."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "MASTER_PORT": str(free_port())}
-    base = [sys.executable, "-m", "pretrain", "pretrain", "experiment=demo", f"data.shards={shard_dir}",
+    base = [sys.executable, "-m", "voxfm", "pretrain", "experiment=demo", f"data.shards={shard_dir}",
             f"run_dir={run_dir}", "trainer.checkpoint_every_n_steps=2", "data.num_workers=0",
             "trainer.progress_bar=false", "trainer.accelerator=cpu"]
     two = subprocess.run([*base, "trainer.max_steps=4", "trainer.devices=2", "strategy=ddp_spawn"], cwd=REPO, env=env,

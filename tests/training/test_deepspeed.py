@@ -16,8 +16,8 @@ import torch
 from monai.networks.nets import ViT as MonaiViT
 from safetensors.torch import load_file
 
-from pretrain.training.checkpoints import find_resume_checkpoint, load_checkpoint
 from tests.conftest import REPO, free_port
+from voxfm.pretrain.training.checkpoints import find_resume_checkpoint, load_checkpoint
 
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu",
        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".venv" / "torch_extensions"))}
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.distributed
 
 
 def _cmd(stage, shards, run_dir):
-    return [sys.executable, "-m", "pretrain", "pretrain", "experiment=demo", f"strategy=deepspeed_zero{stage}",
+    return [sys.executable, "-m", "voxfm", "pretrain", "experiment=demo", f"strategy=deepspeed_zero{stage}",
             f"data.shards={shards}", f"run_dir={run_dir}", "trainer.accelerator=cpu", "trainer.devices=2",
             "trainer.max_steps=8", "trainer.checkpoint_every_n_steps=2", "trainer.progress_bar=false",
             "trainer.images_every_n_steps=4", "data.num_workers=0", "model.num_layers=4"]
@@ -58,7 +58,7 @@ def test_zero_trains_resumes_after_a_kill_and_exports(tmp_path, shard_dir, stage
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events][-2:] == ["resume", "end"] and events[-1]["step"] == 8
 
-    export = subprocess.run([sys.executable, "-m", "pretrain", "export", f"checkpoint={run_dir}",
+    export = subprocess.run([sys.executable, "-m", "voxfm", "export", f"checkpoint={run_dir}",
                              f"output={tmp_path / 'export'}"], cwd=REPO, env=ENV, capture_output=True, text=True)
     assert export.returncode == 0, export.stderr[-3000:]
     meta = json.loads((tmp_path / "export" / "backbone.json").read_text())
@@ -80,7 +80,7 @@ def test_zero_trains_resumes_after_a_kill_and_exports(tmp_path, shard_dir, stage
                           "trainer.max_steps=9"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     assert "step000008.ckpt.universal at step 8" in one.stdout and "1 rank(s)" in one.stdout
-    from pretrain.training.checkpoints import consolidate_deepspeed
+    from voxfm.pretrain.training.checkpoints import consolidate_deepspeed
 
     def distance(a, b):
         return sum((a[k].float() - b[k].float()).pow(2).sum() for k in b if k.startswith("backbone.")).sqrt()
@@ -111,11 +111,11 @@ def test_zero_bf16_feeds_the_stage_images_to_bf16_weights(tmp_path, shard_dir):
 def test_zero2_dino_teacher_follows_the_whole_student(tmp_path, shard_dir):
     """The EMA teacher under ZeRO-2 (2 processes) reads the full, updated student weights: at momentum 0 it equals
     the student exactly after the last step, on the consolidated checkpoint; DINOv2's recipe runs with it."""
-    from pretrain.training.checkpoints import consolidate_deepspeed
+    from voxfm.pretrain.training.checkpoints import consolidate_deepspeed
 
     run_dir = tmp_path / "run"
     env = {**ENV, "MASTER_PORT": str(free_port())}
-    cmd = [sys.executable, "-m", "pretrain", "pretrain", "experiment=demo_dino", "strategy=deepspeed_zero2",
+    cmd = [sys.executable, "-m", "voxfm", "pretrain", "experiment=demo_dino", "strategy=deepspeed_zero2",
            f"data.shards={shard_dir}", f"run_dir={run_dir}", "trainer.accelerator=cpu", "trainer.devices=2",
            "trainer.max_steps=3", "trainer.progress_bar=false", "data.num_workers=0", "trainer.images_every_n_steps=0",
            "objective.loss.momentum_start=0.0", "objective.loss.momentum_end=0.0", "optim.layer_decay=0.9",

@@ -13,8 +13,8 @@ import pytest
 from monai.networks.nets import ViT as MonaiViT
 from safetensors.torch import load_file
 
-from pretrain.training.checkpoints import find_resume_checkpoint
 from tests.conftest import REPO
+from voxfm.pretrain.training.checkpoints import find_resume_checkpoint
 
 pytestmark = pytest.mark.distributed
 
@@ -60,7 +60,7 @@ def test_three_kills_then_the_run_ends_at_max_steps(tmp_path, shard_dir):
     proc.wait()
     steps_seen.append(find_resume_checkpoint(ckpts)[1])
 
-    final = subprocess.run([sys.executable, "-m", "pretrain", "pretrain", "experiment=demo", f"data.shards={shard_dir}",
+    final = subprocess.run([sys.executable, "-m", "voxfm", "pretrain", "experiment=demo", f"data.shards={shard_dir}",
                             f"run_dir={run_dir}", "trainer.max_steps=30", "trainer.checkpoint_every_n_steps=5",
                             "trainer.progress_bar=false", "data.num_workers=1", "model.num_layers=4"],
                            cwd=REPO, env=env, capture_output=True, text=True)
@@ -69,7 +69,7 @@ def test_three_kills_then_the_run_ends_at_max_steps(tmp_path, shard_dir):
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     resumes = [e["step"] for e in events if e["event"] == "resume"]
     assert resumes == steps_seen and events[-1] == {**events[-1], "event": "end", "step": 30}
-    export = subprocess.run([sys.executable, "-m", "pretrain", "export", f"checkpoint={run_dir}",
+    export = subprocess.run([sys.executable, "-m", "voxfm", "export", f"checkpoint={run_dir}",
                              f"output={tmp_path / 'export'}"], cwd=REPO, env=env, capture_output=True, text=True)
     assert export.returncode == 0, export.stderr[-3000:]
     meta = json.loads((tmp_path / "export" / "backbone.json").read_text())

@@ -5,10 +5,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pretrain.cli.compose import load_config
-from pretrain.training.checkpoints import load_checkpoint
-from pretrain.training.module import skips_on_device
-from pretrain.training.run import build_module, run_pretrain
+from voxfm.pretrain.cli.compose import load_config
+from voxfm.pretrain.training.checkpoints import load_checkpoint
+from voxfm.pretrain.training.module import skips_on_device
+from voxfm.pretrain.training.run import build_module, run_pretrain
 
 
 def test_fused_adamw_clips_gradients_under_bf16_mixed(tmp_path, shard_dir):

@@ -14,14 +14,14 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data.views import ViewPipeline
-from models.vit import ViT
-from pretrain.cli.compose import load_config
-from pretrain.cli.main import main
-from pretrain.config.schema import PretrainSchema, check_node
-from pretrain.objectives.protocol import ObjectiveDeclaration
-from pretrain.training.module import PretrainModule
-from pretrain.training.run import build_module
+from voxfm.data.views import ViewPipeline
+from voxfm.models.vit import ViT
+from voxfm.pretrain.cli.compose import load_config
+from voxfm.pretrain.cli.main import main
+from voxfm.pretrain.config.schema import PretrainSchema, check_node
+from voxfm.pretrain.objectives.protocol import ObjectiveDeclaration
+from voxfm.pretrain.training.module import PretrainModule
+from voxfm.pretrain.training.run import build_module
 
 LR, WD, TOTAL = 1e-3, 0.05, 8
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from models.resenc import ResEncUNet
-from models.vit import ViT
-from pretrain.training.speedups import parallelize, repeated_blocks
+from voxfm.models.resenc import ResEncUNet
+from voxfm.models.vit import ViT
+from voxfm.pretrain.training.speedups import parallelize, repeated_blocks
 
 MAKERS = {
     "vit": lambda: ViT(1, 16, 4, 48, 96, 2, 4),

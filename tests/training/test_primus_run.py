@@ -1,6 +1,6 @@
 """demo_primus (a tiny Primus MAE): trains, exports as format=full, and seeds a new run with init_from."""
 
-from pretrain.cli.main import main
+from voxfm.pretrain.cli.main import main
 
 
 def test_demo_primus_trains_exports_and_seeds_a_new_run(shard_dir, tmp_path, capsys):
@@ -11,7 +11,7 @@ def test_demo_primus_trains_exports_and_seeds_a_new_run(shard_dir, tmp_path, cap
     assert {p.name for p in (tmp_path / "full").iterdir()} >= {"full.json", "model.safetensors", "README.md"}
     assert "MONAI (1.6.1) has no Primus" in (tmp_path / "full" / "README.md").read_text()
     assert main(["export", f"checkpoint={tmp_path / 'run'}", f"output={tmp_path / 'monai'}"]) == 2
-    assert "format=monai: models.primus.Primus exports as" in capsys.readouterr().err
+    assert "format=monai: voxfm.models.primus.Primus exports as" in capsys.readouterr().err
     assert main(["pretrain", *common, f"run_dir={tmp_path / 'seeded'}", f"init_from={tmp_path / 'full'}",
                  "trainer.max_steps=6"]) == 0
     out = capsys.readouterr().out

@@ -12,11 +12,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from data.stream import RegionStream, region_loader
-from pretrain.training.checkpoints import load_checkpoint
-from pretrain.training.module import step_generator
-from pretrain.training.run import build_module
 from tests.conftest import REPO
+from voxfm.data.stream import RegionStream, region_loader
+from voxfm.pretrain.training.checkpoints import load_checkpoint
+from voxfm.pretrain.training.module import step_generator
+from voxfm.pretrain.training.run import build_module
 
 DEMOS = {  # experiment → extra overrides (a little more work per step so the kill lands mid-run)
     "demo": ["model.num_layers=4", "data.batch_size=8"],
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cli_shards(tmp_path_factory, phantom_dir):
     out = tmp_path_factory.mktemp("cli_shards")
-    shard = subprocess.run([sys.executable, "-m", "pretrain", "shard", f"input={phantom_dir}", f"output={out}",
+    shard = subprocess.run([sys.executable, "-m", "voxfm", "shard", f"input={phantom_dir}", f"output={out}",
                             "progress=false"], cwd=REPO, env=ENV, capture_output=True, text=True)
     assert shard.returncode == 0, shard.stderr[-3000:]
     assert "sharded 12/12 inputs" in shard.stdout
@@ -42,7 +42,7 @@ def cli_shards(tmp_path_factory, phantom_dir):
 
 
 def _pretrain_cmd(experiment, shards, run_dir):
-    return [sys.executable, "-m", "pretrain", "pretrain", f"experiment={experiment}", f"data.shards={shards}",
+    return [sys.executable, "-m", "voxfm", "pretrain", f"experiment={experiment}", f"data.shards={shards}",
             f"run_dir={run_dir}", "trainer.max_steps=40", "trainer.checkpoint_every_n_steps=10",
             "trainer.progress_bar=false", "data.num_workers=0", *DEMOS[experiment]]
 

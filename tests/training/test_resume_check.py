@@ -6,9 +6,9 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from pretrain.cli.compose import load_config
-from pretrain.cli.main import main
-from pretrain.training.resume_check import ABSENT, check_resume_config, config_changes
+from voxfm.pretrain.cli.compose import load_config
+from voxfm.pretrain.cli.main import main
+from voxfm.pretrain.training.resume_check import ABSENT, check_resume_config, config_changes
 
 MASK = "objective.views.masking.mask_ratio"
 LR = "optim.optimizer.lr"

@@ -1,6 +1,6 @@
 import pytest
 
-from pretrain.training.schedule import warmup_cosine
+from voxfm.pretrain.training.schedule import warmup_cosine
 
 
 def test_warmup_then_cosine_to_the_floor():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pretrain.objectives.dino.heads import NORMALISE_EPS
+from voxfm.pretrain.objectives.dino.heads import NORMALISE_EPS
 
 
 def koleo(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

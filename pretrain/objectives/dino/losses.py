@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from pretrain.objectives.dino.targets import all_reduced
-from pretrain.training.distributed import world
+from voxfm.pretrain.objectives.dino.targets import all_reduced
+from voxfm.pretrain.training.distributed import world
 
 
 def dino_loss(student_logits: list[torch.Tensor], teacher_probs: list[torch.Tensor],

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pretrain.objectives.dino.heads import NORMALISE_EPS
+from voxfm.pretrain.objectives.dino.heads import NORMALISE_EPS
 
 
 @torch.no_grad()

@@ -19,14 +19,19 @@ import copy
 import torch
 from torch import nn
 
-from models.spec import BackboneSpec
-from pretrain.objectives.dino.ema import FP32Teacher, ema_update, teacher_momentum
-from pretrain.objectives.dino.heads import DINOHead
-from pretrain.objectives.dino.koleo import koleo
-from pretrain.objectives.dino.losses import dino_loss, ibot_loss
-from pretrain.objectives.dino.monitors import effective_rank, gram_off_diagonal, normalised_entropy, teacher_information
-from pretrain.objectives.dino.targets import centred_softmax, sinkhorn_knopp, updated_centre
-from pretrain.objectives.protocol import ObjectiveDeclaration
+from voxfm.models.spec import BackboneSpec
+from voxfm.pretrain.objectives.dino.ema import FP32Teacher, ema_update, teacher_momentum
+from voxfm.pretrain.objectives.dino.heads import DINOHead
+from voxfm.pretrain.objectives.dino.koleo import koleo
+from voxfm.pretrain.objectives.dino.losses import dino_loss, ibot_loss
+from voxfm.pretrain.objectives.dino.monitors import (
+    effective_rank,
+    gram_off_diagonal,
+    normalised_entropy,
+    teacher_information,
+)
+from voxfm.pretrain.objectives.dino.targets import centred_softmax, sinkhorn_knopp, updated_centre
+from voxfm.pretrain.objectives.protocol import ObjectiveDeclaration
 
 
 def hidden_tokens(patches: torch.Tensor, masks: torch.Tensor, n_images: int, per_image: int

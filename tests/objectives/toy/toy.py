@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.spec import BackboneSpec
-from pretrain.objectives.protocol import ObjectiveDeclaration
+from voxfm.models.spec import BackboneSpec
+from voxfm.pretrain.objectives.protocol import ObjectiveDeclaration
 
 
 class ToyObjective(nn.Module):

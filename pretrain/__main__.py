@@ -1,3 +1,0 @@
-from pretrain.cli.main import main
-
-raise SystemExit(main())
