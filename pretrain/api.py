@@ -98,7 +98,7 @@ def build_loader(cfg: DictConfig | list[str] | None = None, **keys):
 
 def shard(*overrides: str, **keys) -> dict:
     """`voxfm shard input=... output=...`: NIfTI volumes and DICOM series into shards; its report (report.json)."""
-    from voxfm.data.ingest import run_shard
+    from voxfm.data.ingest.run import run_shard
     from voxfm.pretrain.errors import config_errors
 
     cfg = compose("shard", *overrides, **keys)

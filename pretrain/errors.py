@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from voxfm.data.locks import FolderLocked  # data/ does not import pretrain/; its lock error is mapped here
+from voxfm.data.ingest.locks import FolderLocked  # data/ does not import pretrain/; its lock error is mapped here
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on purpose with its state on disk; the same command resumes
 

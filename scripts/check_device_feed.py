@@ -1,5 +1,5 @@
-"""GPU check of the one-copy feed (data/device_feed.py): batches from the thread loader arrive on the device equal to
-the host batches, with no hidden host sync or pageable copy, threaded and not, and the loader stops cleanly.
+"""GPU check of the one-copy feed (data/stream/device_feed.py): batches from the thread loader arrive on the device
+equal to the host batches, with no hidden host sync or pageable copy, threaded and not, and the loader stops cleanly.
 
 usage: python scripts/check_device_feed.py <shard_dir>   (CUDA only; `make gpu-check` runs it)
 """
@@ -10,8 +10,8 @@ import sys
 
 import torch
 
-from voxfm.data.loader import ThreadLoader
-from voxfm.data.stream import RegionStream
+from voxfm.data.stream.loader import ThreadLoader
+from voxfm.data.stream.regions import RegionStream
 
 
 def batches(shards: str, n: int, threads: int, pin: bool) -> list[dict]:

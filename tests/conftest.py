@@ -21,7 +21,7 @@ def phantom_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shard_dir(tmp_path_factory, phantom_dir) -> Path:
     """Phantoms (labels excluded) sharded once for the whole session."""
-    from voxfm.data.ingest import run_shard
+    from voxfm.data.ingest.run import run_shard
 
     images = tmp_path_factory.mktemp("images")
     for p in phantom_dir.glob("*.nii.gz"):

@@ -5,7 +5,7 @@ Each volume of the shard set is decoded from its stored payload, re-encoded with
 and written as .nii.gz with nibabel's defaults; all are timed on one thread, best of `repeats`.
 The worker line times what a data-loader worker does per volume — decode it once, cut the `regions_per_volume`
 regions it serves from the pool in the stored dtype, write them in batches of `BATCH` into a reused buffer (a GPU
-run's pinned buffers, data/device_feed.py) — next to the former CPU path that cut 16 float32-normalised crops per
+run's pinned buffers, data/stream/device_feed.py) — next to the former CPU path that cut 16 float32-normalised crops per
 read, and turns regions/s into CPU cores per GPU at `GPU_SAMPLES_PER_S` one-view samples/s. The loader lines run
 the real stream (volume pool on) through each loader, hand-over included; on a machine without CUDA their batches
 are fresh tensors (first-touch page faults included).
@@ -23,13 +23,13 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from voxfm.data import payload
-from voxfm.data.crops import random_crop, random_crops
-from voxfm.data.device_feed import PinnedBuffers, collate_into
-from voxfm.data.loader import ThreadLoader
-from voxfm.data.preprocess import normalise
-from voxfm.data.shards import shard_urls
-from voxfm.data.stream import RegionStream, load_volume, region_loader, region_record
+from voxfm.data.ingest import payload
+from voxfm.data.ingest.preprocess import normalise
+from voxfm.data.stream.crops import random_crop, random_crops
+from voxfm.data.stream.device_feed import PinnedBuffers, collate_into
+from voxfm.data.stream.loader import ThreadLoader
+from voxfm.data.stream.regions import RegionStream, load_volume, region_loader, region_record
+from voxfm.data.stream.shards import shard_urls
 from voxfm.pretrain.bench.timing import best_time, time_call
 from voxfm.pretrain.errors import ConfigError
 

@@ -14,10 +14,10 @@ import tempfile
 import nibabel as nib
 import numpy as np
 
-from voxfm.data import payload
-from voxfm.data.ingest import process_unit
-from voxfm.data.inputs import discover, file_hash
-from voxfm.data.preprocess import PreprocessOptions
+from voxfm.data.ingest import payload
+from voxfm.data.ingest.inputs import discover, file_hash
+from voxfm.data.ingest.preprocess import PreprocessOptions
+from voxfm.data.ingest.run import process_unit
 from voxfm.pretrain.bench.timing import best_time
 from voxfm.pretrain.errors import ConfigError
 

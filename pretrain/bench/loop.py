@@ -5,7 +5,7 @@
   on one batch, moved to the device once, under the loop's autocast;
 - (b) loop: `voxfm pretrain`'s Lightning fit (`build_module`, `build_trainer`) fed by its real loader on the shards;
 - (c) synthetic: that fit fed the real loader's first batch forever, handed over as the loader hands batches over
-  (pinned, through `data/device_feed.py` on CUDA): no reads, no decoding.
+  (pinned, through `data/stream/device_feed.py` on CUDA): no reads, no decoding.
 
 They run (b), (c), (a): (a) and (c) take (b)'s first batch and (a) the loop's precision plugin. (b)/(c) is what the
 feed costs, (c)/(a) what the loop adds to the step: Lightning's hooks, voxfm's callbacks and logging steps, the
@@ -29,7 +29,7 @@ import torch
 from lightning.pytorch.callbacks import ModelSummary
 from omegaconf import DictConfig, OmegaConf
 
-from voxfm.data.device_feed import DeviceFeed, PinnedBuffers
+from voxfm.data.stream.device_feed import DeviceFeed, PinnedBuffers
 from voxfm.pretrain.bench.model import significant, voxfm_step
 from voxfm.pretrain.bench.timing import time_call, timer_name
 from voxfm.pretrain.callbacks.checkpointing import FinalCheckpoint

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from voxfm.data.montage import middle_slices
+from voxfm.data.ingest.montage import middle_slices
 
 KINDS = ("original", "masked", "reconstruction")
 MIN_TILE = 96  # pixels: small CPU crops are enlarged (nearest) so a grid stays readable

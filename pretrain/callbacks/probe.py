@@ -14,9 +14,9 @@ import time
 import lightning as L
 import torch
 
-from voxfm.data.crops import triple
-from voxfm.data.labelled import label_values, read_labelled, split, to_labelled
+from voxfm.data.stream.crops import triple
 from voxfm.pretrain.export.formats import backbone_weights
+from voxfm.pretrain.finetune.labelled import label_values, read_labelled, split, to_labelled
 from voxfm.pretrain.finetune.loop import SegmentationModule, crop_batches, evaluate, train_steps
 from voxfm.pretrain.finetune.model import segmenter_with_weights
 

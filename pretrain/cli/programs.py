@@ -11,7 +11,7 @@ from voxfm.pretrain.errors import OutputWriteError, config_errors
 
 
 def shard(cfg: DictConfig) -> None:
-    from voxfm.data.ingest import WorkerDied, run_shard
+    from voxfm.data.ingest.run import WorkerDied, run_shard
 
     try:
         # run_shard turns every input's failure into a rejection: a ValueError out of it is about its arguments
@@ -49,7 +49,7 @@ def export(cfg: DictConfig) -> None:
 
 
 def finetune(cfg: DictConfig) -> None:
-    from voxfm.data.shards import shard_urls
+    from voxfm.data.stream.shards import shard_urls
     from voxfm.pretrain.finetune.run import results_table, run_finetune
 
     with config_errors():  # data.shards= names a shard set (data/'s check, before a network is built)
@@ -60,7 +60,7 @@ def finetune(cfg: DictConfig) -> None:
 
 
 def inspect(cfg: DictConfig) -> None:
-    from voxfm.data.inspect import format_summary, inspect_shards
+    from voxfm.data.ingest.inspect import format_summary, inspect_shards
 
     # inspect_shards reads the shard set it is given: its ValueErrors say that shards= is not one voxfm can read
     with config_errors():

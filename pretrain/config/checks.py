@@ -2,7 +2,7 @@
 
 Plain Python on the resolved config (no torch import), so these fail before anything is built. What an objective
 needs and what a backbone is come from their declarations (`pretrain/config/declarations.py`); the shape rules
-from `models/rules.py` and the region rule from `data/crops.py`, the same functions the model and the view
+from `models/rules.py` and the region rule from `data/stream/crops.py`, the same functions the model and the view
 pipeline use.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from voxfm.data.crops import view_shift
+from voxfm.data.stream.crops import view_shift
 from voxfm.models.rules import shape_errors, triple
 from voxfm.pretrain.config.declarations import Declared, constructor_defaults, read_declared
 
@@ -104,7 +104,7 @@ def _device_errors(trainer: dict, strategy: dict, model: Declared, gpus: int) ->
 
 
 def _shard_errors(data: dict) -> list[str]:
-    from voxfm.data.sources import parse_sources
+    from voxfm.data.stream.sources import parse_sources
 
     try:
         parse_sources(data["shards"], data["sources"])

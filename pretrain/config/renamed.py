@@ -2,8 +2,9 @@
 
 voxfm's packages were top-level `pretrain`, `models`, `data` before they moved under the one import root
 `voxfm`: a class path of that time (`models.vit.ViT` in a checkpoint, a run_dir's config.yaml, an export's
-backbone.json or a user's own experiment file) is read as `voxfm.models.vit.ViT`. This module is the one place
-that maps old names.
+backbone.json or a user's own experiment file) is read as `voxfm.models.vit.ViT`, and a module of the flat `data/`
+of that time under its place now (`data.views.ViewPipeline` → `voxfm.data.views.pipeline.ViewPipeline`). This
+module is the one place that maps old names.
 
 `objective.stage` is now `objective.views` (the device-side view pipeline: crops, augmentation, masks; "stage"
 also meant an encoder stage and a Lightning stage), and its class `data.views.ViewStage` is `ViewPipeline`.
@@ -17,9 +18,18 @@ import sys
 
 UNTIL = "0.2"
 KEYS = {"objective.stage": "objective.views"}
-TARGETS = {"data.views.ViewStage": "voxfm.data.views.ViewPipeline",
-           "voxfm.data.views.ViewStage": "voxfm.data.views.ViewPipeline"}
+TARGETS = {"data.views.ViewStage": "voxfm.data.views.pipeline.ViewPipeline",
+           "voxfm.data.views.pipeline.ViewStage": "voxfm.data.views.pipeline.ViewPipeline"}
 OLD_ROOTS = ("pretrain", "models", "data")  # the top-level packages of voxfm before `voxfm`
+MODULES = {  # data/ was flat before it was split into ingest/, stream/ and views/
+    **{f"data.{m}": f"voxfm.data.ingest.{m}" for m in ("inputs", "dicom", "volumes", "preprocess", "resample",
+                                                       "payload", "locks", "inspect", "montage")},
+    "data.ingest": "voxfm.data.ingest.run", "data.shards": "voxfm.data.ingest.shard_set",
+    **{f"data.{m}": f"voxfm.data.stream.{m}" for m in ("sources", "pool", "loader", "device_feed", "crops")},
+    "data.stream": "voxfm.data.stream.regions", "data.views": "voxfm.data.views.pipeline",
+    **{f"data.{m}": f"voxfm.data.views.{m}" for m in ("multicrop", "masking", "augment")},
+    "data.labelled": "voxfm.pretrain.finetune.labelled",
+}
 _told: set[str] = set()
 
 
@@ -67,9 +77,11 @@ def renamed_target(target):
     if target in TARGETS:
         notice(target, TARGETS[target])
         return TARGETS[target]
-    if target.split(".")[0] in OLD_ROOTS and target.count(".") >= 2:
-        notice("pretrain.*, models.*, data.*", "voxfm.pretrain.*, voxfm.models.*, voxfm.data.*")
-        return "voxfm." + target
+    module, _, name = target.rpartition(".")
+    if module in MODULES or (module.split(".")[0] in OLD_ROOTS and "." in module):
+        new = f"{MODULES[module]}.{name}" if module in MODULES else "voxfm." + target
+        notice(target, new)
+        return new
     return target
 
 

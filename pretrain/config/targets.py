@@ -78,11 +78,11 @@ class AdamWSchema:
 
 
 TARGETS: dict[str, type] = {
-    "voxfm.data.views.ViewPipeline": ViewPipelineSchema,
-    "voxfm.data.augment.IntensityAugment": AugmentSchema,
-    "voxfm.data.masking.RandomPatchMasking": MaskingSchema,
-    "voxfm.data.multicrop.MultiCropPipeline": MultiCropSchema,
-    "voxfm.data.masking.BlockMasking": BlockMaskingSchema,
+    "voxfm.data.views.pipeline.ViewPipeline": ViewPipelineSchema,
+    "voxfm.data.views.augment.IntensityAugment": AugmentSchema,
+    "voxfm.data.views.masking.RandomPatchMasking": MaskingSchema,
+    "voxfm.data.views.multicrop.MultiCropPipeline": MultiCropSchema,
+    "voxfm.data.views.masking.BlockMasking": BlockMaskingSchema,
     "torch.optim.AdamW": AdamWSchema,
     "torch.optim.Adam": AdamWSchema,
 }

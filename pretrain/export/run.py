@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from voxfm.data.crops import triple
+from voxfm.data.stream.crops import triple
 from voxfm.pretrain.config.declarations import read_declared
 from voxfm.pretrain.config.renamed import upgraded
 from voxfm.pretrain.errors import ConfigError

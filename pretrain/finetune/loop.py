@@ -18,7 +18,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from torch.utils.data import DataLoader
 
-from voxfm.data.labelled import CropStream, Labelled
+from voxfm.pretrain.finetune.labelled import CropStream, Labelled
 from voxfm.pretrain.finetune.model import encoder_parameters
 
 

@@ -19,10 +19,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from voxfm.data.crops import triple
-from voxfm.data.labelled import label_values, read_labelled, split, to_labelled
+from voxfm.data.stream.crops import triple
 from voxfm.pretrain.errors import ConfigError
 from voxfm.pretrain.export.formats import backbone_weights
+from voxfm.pretrain.finetune.labelled import label_values, read_labelled, split, to_labelled
 from voxfm.pretrain.finetune.loop import SegmentationModule, crop_batches, evaluate
 from voxfm.pretrain.finetune.model import build_segmenter, read_export, segmenter_from_export
 from voxfm.pretrain.training.checkpoint_io import AtomicCheckpointIO

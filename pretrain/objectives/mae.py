@@ -61,7 +61,7 @@ class MAEObjective(nn.Module):
 
     The loss is the mean squared error on hidden patches only; with `norm_pix_loss` each target
     patch is standardised by its own mean and variance (MAE's best setting). Every row hides the same
-    number of patches (`data/masking.py`), so the hidden ones gather into static shapes.
+    number of patches (`data/views/masking.py`), so the hidden ones gather into static shapes.
     """
 
     declaration = ObjectiveDeclaration(

@@ -17,12 +17,12 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from voxfm.data.device_feed import buffer_count
-from voxfm.data.loader import QUEUED_PER_WORKER, ThreadLoader
-from voxfm.data.locks import folder_lock
-from voxfm.data.pool import memory_line
-from voxfm.data.shards import describe_shard_set
-from voxfm.data.stream import RegionStream, region_loader
+from voxfm.data.ingest.locks import folder_lock
+from voxfm.data.ingest.shard_set import describe_shard_set
+from voxfm.data.stream.device_feed import buffer_count
+from voxfm.data.stream.loader import QUEUED_PER_WORKER, ThreadLoader
+from voxfm.data.stream.pool import memory_line
+from voxfm.data.stream.regions import RegionStream, region_loader
 from voxfm.pretrain.callbacks.checkpointing import ConfigInCheckpoint, FinalCheckpoint
 from voxfm.pretrain.callbacks.efficiency import Efficiency
 from voxfm.pretrain.callbacks.images import ReconstructionImages
@@ -54,7 +54,7 @@ def first_shard_set(data: DictConfig) -> str:
 
 
 def source_names(data: DictConfig) -> list[str]:
-    from voxfm.data.sources import parse_sources
+    from voxfm.data.stream.sources import parse_sources
 
     sources = OmegaConf.to_container(data.sources) if data.sources else None
     return [s.name for s in parse_sources(data.shards, sources)]

@@ -90,7 +90,7 @@ def test_loop_bench_prints_its_table_for_the_cpu_twins(experiment, shard_dir, ca
         assert row["samples_per_s"] == pytest.approx(2 / (row["step_ms"] / 1e3), rel=0.02)
     assert result["bare"]["data_wait"] is None and result["bare"]["shard_gb_per_s"] is None
     assert 0 <= result["loop"]["data_wait"] <= 1 and 0 <= result["synthetic"]["data_wait"] <= 1
-    assert result["loop"]["shard_gb_per_s"] >= 0  # the batches carry their worker's reads (data/stream.py)
+    assert result["loop"]["shard_gb_per_s"] >= 0  # the batches carry their worker's reads (data/stream/regions.py)
     assert result["synthetic"]["shard_gb_per_s"] == 0.0  # one batch, read once, before the timed steps
     assert result["synthetic"]["regions_per_read"] is None
     rate = {name: result[name]["samples_per_s"] for name in ROWS}

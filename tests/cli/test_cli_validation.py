@@ -80,7 +80,8 @@ def test_each_schema_declares_exactly_the_keys_of_its_yaml(name, overrides):
 
 
 @pytest.mark.parametrize("literal, module, name", [
-    (commands.Codec, "data.payload", "CODECS"), (commands.Frames, "data.preprocess", "FRAMES"),
+    (commands.Codec, "voxfm.data.ingest.payload", "CODECS"),
+    (commands.Frames, "voxfm.data.ingest.preprocess", "FRAMES"),
     (commands.ExportFormat, "voxfm.pretrain.export.run", "FORMATS"),
     (commands.AttentionBackend, "voxfm.pretrain.bench.attention", "BACKENDS"),
 ])

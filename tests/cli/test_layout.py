@@ -42,3 +42,24 @@ def test_every_config_target_is_a_voxfm_or_torch_class():
     targets = [(p, t) for p in (REPO / "conf").rglob("*.yaml")
                for t in re.findall(r"_target_:\s*([\w.]+)", p.read_text())]
     assert targets and all(t.startswith(("voxfm.", "torch.")) for _, t in targets), targets
+
+
+def imports_of(folder: str) -> set[str]:
+    """voxfm modules that the code under `folder` imports, at the top or inside functions."""
+    found = set()
+    for path in (REPO / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module)
+    return {name for name in found if name.startswith("voxfm.")}
+
+
+def test_the_layers_depend_one_way():
+    """pretrain/ uses data/ and models/, never the reverse; inside data/, views → stream → ingest."""
+    for low in ("data", "models"):
+        assert not {m for m in imports_of(low) if m.startswith("voxfm.pretrain")}, low
+    assert not {m for m in imports_of("models") if m.startswith("voxfm.data")}
+    assert not {m for m in imports_of("data/ingest") if m.startswith(("voxfm.data.stream", "voxfm.data.views"))}
+    assert not {m for m in imports_of("data/stream") if m.startswith("voxfm.data.views")}

@@ -2,7 +2,7 @@
 
 from omegaconf import OmegaConf
 
-from voxfm.data.views import ViewPipeline, ViewStage
+from voxfm.data.views.pipeline import ViewPipeline, ViewStage
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.config.renamed import renamed_override, upgraded
 
@@ -23,7 +23,8 @@ def test_an_old_experiment_file_is_read_under_the_new_name_and_the_command_line_
         "    masking:\n      mask_ratio: 0.5\n")
     base = [f"hydra.searchpath=[file://{tmp_path}]", "experiment=old", "data.shards=x", "run_dir=y"]
     views = OmegaConf.to_container(load_config("pretrain", base).objective.views)
-    assert views["flip_prob"] == 0.25 and views["_target_"] == "voxfm.data.views.ViewPipeline" and "augment" in views
+    assert views["flip_prob"] == 0.25 and views["_target_"] == "voxfm.data.views.pipeline.ViewPipeline"
+    assert "augment" in views
     assert views["masking"]["mask_ratio"] == 0.5
     for override in ("objective.views.masking.mask_ratio=0.9", "objective.stage.masking.mask_ratio=0.9"):
         assert load_config("pretrain", [*base, override]).objective.views.masking.mask_ratio == 0.9
@@ -32,6 +33,6 @@ def test_an_old_experiment_file_is_read_under_the_new_name_and_the_command_line_
 def test_a_stored_config_of_the_old_release_upgrades():
     old = {"objective": {"loss": {"_target_": "x.Y"}, "stage": {"_target_": "data.views.ViewStage", "n_views": 2}},
            "seed": 0}
-    views = {"_target_": "voxfm.data.views.ViewPipeline", "n_views": 2}
+    views = {"_target_": "voxfm.data.views.pipeline.ViewPipeline", "n_views": 2}
     assert upgraded(old) == {"objective": {"loss": {"_target_": "x.Y"}, "views": views}, "seed": 0}
     assert ViewStage is ViewPipeline

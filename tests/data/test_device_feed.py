@@ -1,4 +1,4 @@
-"""One copy from decoded volume to device (data/device_feed.py): regions stacked straight into reused pinned
+"""One copy from decoded volume to device (data/stream/device_feed.py): regions stacked straight into reused pinned
 buffers; on CUDA, the copy one batch ahead on a side stream."""
 
 import subprocess
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from voxfm.data.device_feed import PinnedBuffers, collate_into
-from voxfm.data.stream import collate_regions
+from voxfm.data.stream.device_feed import PinnedBuffers, collate_into
+from voxfm.data.stream.regions import collate_regions
 
 
 def _samples(n, dtype=torch.int16, seed=0):

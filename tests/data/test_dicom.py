@@ -11,11 +11,11 @@ import pydicom
 import pytest
 
 from tests.dicom_series import write_series
-from voxfm.data import payload
-from voxfm.data.dicom import load_series
-from voxfm.data.ingest import run_shard
+from voxfm.data.ingest import payload
+from voxfm.data.ingest.dicom import load_series
+from voxfm.data.ingest.run import run_shard
+from voxfm.data.ingest.volumes import RejectedVolume
 from voxfm.data.phantoms import phantom
-from voxfm.data.volumes import RejectedVolume
 
 
 def _shard_voxels(out, sample):

@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from voxfm.data.ingest import run_shard
-from voxfm.data.inputs import discover
+from voxfm.data.ingest.inputs import discover
+from voxfm.data.ingest.run import run_shard
 from voxfm.data.phantoms import phantom
 
 
@@ -132,7 +132,7 @@ def test_4d_series_follow_preprocess_frames(tmp_path, mode, expected):
         assert "preprocess.frames=first or all" in report["rejected"][0]["reason"]
         return
     assert [s["frame"] for s in samples] == list(range(expected))
-    from voxfm.data import payload
+    from voxfm.data.ingest import payload
 
     with tarfile.open(out / samples[-1]["shard"]) as tar:
         frame = payload.decode(tar.extractfile(f"{samples[-1]['key']}.image.b2").read())
@@ -140,20 +140,20 @@ def test_4d_series_follow_preprocess_frames(tmp_path, mode, expected):
 
 
 def test_any_exception_from_one_input_rejects_it_with_type_and_message(tmp_path, phantom_dir, monkeypatch):
-    import voxfm.data.ingest
+    import voxfm.data.ingest.run
 
     src = tmp_path / "in"
     src.mkdir()
     for p in sorted(phantom_dir.glob("phantom00[0-1]_??.nii.gz")):
         shutil.copy(p, src / p.name)
-    real = voxfm.data.ingest.preprocess
+    real = voxfm.data.ingest.run.preprocess
 
     def flaky(volume, *args, **kwargs):
         if volume.path.endswith("phantom000_ct.nii.gz"):
             raise ZeroDivisionError("a bug in one volume's preprocessing")
         return real(volume, *args, **kwargs)
 
-    monkeypatch.setattr(voxfm.data.ingest, "preprocess", flaky)
+    monkeypatch.setattr(voxfm.data.ingest.run, "preprocess", flaky)
     report = run_shard(str(src), str(tmp_path / "out"), {}, progress=False, workers=1)
     assert report["n_inputs"] == 2 == report["n_sharded"] + report["n_rejected"] and report["n_sharded"] == 1
     (rejected,) = report["rejected"]
@@ -168,7 +168,7 @@ def test_any_exception_from_one_input_rejects_it_with_type_and_message(tmp_path,
 def test_shard_cli_bad_arguments_exit_2_and_an_unwritable_output_exits_4(tmp_path, phantom_dir, monkeypatch, capsys):
     import errno
 
-    from voxfm.data.shards import ShardSetWriter
+    from voxfm.data.ingest.shard_set import ShardSetWriter
     from voxfm.pretrain.cli.main import main
 
     (tmp_path / "a_file").write_text("")
@@ -203,7 +203,7 @@ def _storage_orders(real_dir):
     affine[:3, 3] = [-20.0, 10.0, 5.0]
     yield "phantom", "CT", data, affine
     if real_dir is not None:
-        from voxfm.data.resample import to_ras
+        from voxfm.data.ingest.resample import to_ras
 
         img = nib.load(real_dir / "mri_t1_itk_kmeans.nii.gz")
         voxels, ras = to_ras(np.asanyarray(img.dataobj), img.affine)
@@ -213,7 +213,7 @@ def _storage_orders(real_dir):
 def test_the_same_scan_stored_ras_las_or_as_an_lps_dicom_series_shards_to_the_same_grid(tmp_path):
     """Issue 13 item 12: the grid is anchored in world space, not at the stored first voxel."""
     from tests.dicom_series import write_series
-    from voxfm.data import payload
+    from voxfm.data.ingest import payload
 
     real_dir = Path(os.environ["VOXFM_REAL_DATA"]) if os.environ.get("VOXFM_REAL_DATA") else None
     for name, modality, data, affine in _storage_orders(real_dir):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.dicom_series import write_series
-from voxfm.data import payload
+from voxfm.data.ingest import payload
 from voxfm.data.phantoms import phantom, write_phantoms
 
 pytestmark = pytest.mark.slow

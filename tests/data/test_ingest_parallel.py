@@ -12,7 +12,7 @@ import time
 import nibabel as nib
 import numpy as np
 
-from voxfm.data.ingest import run_shard
+from voxfm.data.ingest.run import run_shard
 from voxfm.data.phantoms import write_phantoms
 
 
@@ -96,7 +96,7 @@ def test_a_subjects_volumes_share_a_shard(tmp_path):
 def test_a_worker_killed_mid_run_stops_the_run_with_a_reason_and_a_rerun_finishes(tmp_path, phantom_dir, monkeypatch):
     import pytest
 
-    import voxfm.data.ingest as ingest
+    import voxfm.data.ingest.run as ingest
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()

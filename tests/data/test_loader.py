@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from voxfm.data.loader import ThreadLoader
-from voxfm.data.stream import RegionStream
+from voxfm.data.stream.loader import ThreadLoader
+from voxfm.data.stream.regions import RegionStream
 
 
 def test_thread_loader_yields_batches_of_regions(shard_dir):

@@ -12,13 +12,13 @@ import time
 import pytest
 
 from tests.conftest import REPO
-from voxfm.data.locks import LOCK_NAME, FolderLocked, folder_lock
+from voxfm.data.ingest.locks import LOCK_NAME, FolderLocked, folder_lock
 from voxfm.pretrain.cli.main import main
 
 ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
 HOLD = """
 import os, sys, time
-from voxfm.data.locks import folder_lock
+from voxfm.data.ingest.locks import folder_lock
 with folder_lock(sys.argv[1], "output"):
     child = os.fork()  # a forked worker outliving its parent must not keep the lock
     if child == 0:
@@ -107,7 +107,7 @@ def test_a_second_pretrain_on_a_run_dir_exits_2_and_the_first_finishes(tmp_path,
 def test_a_second_shard_into_an_output_exits_2_and_the_first_finishes(tmp_path, phantom_dir, capsys):
     out, go = tmp_path / "shards", tmp_path / "go"
     args = ["shard", f"input={phantom_dir}", f"output={out}", "progress=false", "workers=2"]
-    first = _start_stalled("voxfm.data.ingest", "discover", args, out, go)
+    first = _start_stalled("voxfm.data.ingest.run", "discover", args, out, go)
     try:
         assert main(args) == 2
         err = capsys.readouterr().err

@@ -1,13 +1,13 @@
-"""Multi-crop views on the device (data/multicrop.py): each crop is the affine map it draws — the whole region at
+"""Multi-crop views on the device (data/views/multicrop.py): each crop is the affine map it draws — the whole region at
 scale 1, flips and the 90° rotation exactly —, global and local crops batched per size, a pure function of the
 generator, block masks on the global crops only."""
 
 import pytest
 import torch
 
-from voxfm.data.augment import IntensityAugment
-from voxfm.data.masking import BlockMasking
-from voxfm.data.multicrop import MultiCropPipeline, crop_maps, sample_crops
+from voxfm.data.views.augment import IntensityAugment
+from voxfm.data.views.masking import BlockMasking
+from voxfm.data.views.multicrop import MultiCropPipeline, crop_maps, sample_crops
 
 
 def _regions(b=3, size=24):

@@ -1,4 +1,4 @@
-"""The pool of decoded volumes (data/pool.py): shard bytes per region, distinct volumes per batch, staggered
+"""The pool of decoded volumes (data/stream/pool.py): shard bytes per region, distinct volumes per batch, staggered
 refresh, the memory budget, a stream that is a pure function of its seed, and damaged samples still skipped."""
 
 import io
@@ -9,11 +9,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from voxfm.data import payload
-from voxfm.data.loader import ThreadLoader
+from voxfm.data.ingest import payload
 from voxfm.data.phantoms import ct_phantom
-from voxfm.data.pool import Volume, VolumePool
-from voxfm.data.stream import RegionStream
+from voxfm.data.stream.loader import ThreadLoader
+from voxfm.data.stream.pool import Volume, VolumePool
+from voxfm.data.stream.regions import RegionStream
 
 
 def write_tar(path, volumes: list[np.ndarray], damaged: set[int] = frozenset()) -> None:

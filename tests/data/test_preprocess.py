@@ -2,8 +2,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from voxfm.data.preprocess import PreprocessOptions, normalise, preprocess, uncrop
-from voxfm.data.volumes import RejectedVolume, Volume, load_volume
+from voxfm.data.ingest.preprocess import PreprocessOptions, normalise, preprocess, uncrop
+from voxfm.data.ingest.volumes import RejectedVolume, Volume, load_volume
 
 TINY = {"foreground_crop": False, "min_shape": 1}  # keep the whole of a test volume smaller than real scans
 
@@ -117,7 +117,7 @@ def test_options_fail_fast_naming_the_argument():
 
 
 def test_integer_sources_are_stored_in_native_byte_order():
-    from voxfm.data.preprocess import cast_like
+    from voxfm.data.ingest.preprocess import cast_like
 
     out = cast_like(np.array([[[1.4, -2.6]]], np.float32), np.dtype(">i2"))
     assert out.dtype == np.dtype("int16") and out.dtype.isnative and out.tolist() == [[[1, -3]]]
@@ -125,7 +125,7 @@ def test_integer_sources_are_stored_in_native_byte_order():
 
 def test_resampled_grid_is_centred_in_world_space_whatever_the_storage_order():
     """Label ties (0.75 -> 1.5 mm puts every output voxel between two inputs) break the same way too."""
-    from voxfm.data.resample import resample
+    from voxfm.data.ingest.resample import resample
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, (20, 17, 11)).astype(np.uint8)

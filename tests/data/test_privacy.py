@@ -9,8 +9,8 @@ import pydicom
 import pytest
 
 from tests.dicom_series import write_series
-from voxfm.data.ingest import run_shard
-from voxfm.data.inputs import pseudonym
+from voxfm.data.ingest.inputs import pseudonym
+from voxfm.data.ingest.run import run_shard
 from voxfm.data.phantoms import phantom
 from voxfm.pretrain.export.run import run_export, shareable_config
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from voxfm.data.ingest import run_shard
-from voxfm.data.shards import shard_urls
-from voxfm.data.stream import decode_sample
+from voxfm.data.ingest.run import run_shard
+from voxfm.data.stream.regions import decode_sample
+from voxfm.data.stream.shards import shard_urls
 
 PAIRS = [
     ("ct_head_invesalius", "CT"),
@@ -45,7 +45,7 @@ def test_real_scans_shard_to_ras_at_target_spacing_and_a_bad_file_is_rejected(tm
 
     import tarfile
 
-    from voxfm.data import payload
+    from voxfm.data.ingest import payload
 
     with tarfile.open(shard_urls(tmp_path / "shards")[0]) as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}

@@ -10,9 +10,9 @@ from collections import Counter
 
 import pytest
 
-from voxfm.data.ingest import run_shard
-from voxfm.data.sources import epoch_samples
-from voxfm.data.stream import RegionStream, collate_regions
+from voxfm.data.ingest.run import run_shard
+from voxfm.data.stream.regions import RegionStream, collate_regions
+from voxfm.data.stream.sources import epoch_samples
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_epoch_mode_splits_a_pass_exactly_over_2_ranks_x_2_workers(many_shards, 
     shards = str(many_shards / "shard-{000000..000000}.tar") if use_pattern else str(many_shards)
     stream = RegionStream(shards, 16, resampled=False)
     stream_pass = functools.partial(epoch_samples, passes=1)
-    monkeypatch.setattr("voxfm.data.stream.epoch_samples", stream_pass)  # one pass, so each slot's stream ends
+    monkeypatch.setattr("voxfm.data.stream.regions.epoch_samples", stream_pass)  # one pass, so each slot's stream ends
     seen = Counter()
     for rank in range(2):
         for worker in range(2):

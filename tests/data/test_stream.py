@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from voxfm.data.crops import random_crops
-from voxfm.data.stream import RegionStream, collate_regions, region_loader
+from voxfm.data.stream.crops import random_crops
+from voxfm.data.stream.regions import RegionStream, collate_regions, region_loader
 
 
 def test_loader_yields_raw_regions_with_their_normalisation(shard_dir):
@@ -76,8 +76,8 @@ def test_brace_patterns_expand_to_the_shards(shard_dir):
 def test_big_endian_payloads_become_native_regions():
     import json
 
-    from voxfm.data import payload
-    from voxfm.data.stream import cut_regions
+    from voxfm.data.ingest import payload
+    from voxfm.data.stream.regions import cut_regions
 
     vol = np.arange(16**3, dtype=">i2").reshape(16, 16, 16)
     sample = {"json": json.dumps({"normalisation": {"low": 0.0, "high": 4096.0}, "foreground_points": [],
@@ -96,7 +96,7 @@ def _damaged_set(shard_dir, out, n: int = 70, every: int = 10):
 
     import blosc2
 
-    from voxfm.data import payload
+    from voxfm.data.ingest import payload
 
     def forged(frame, shape=None, dtype=None):
         schunk = blosc2.schunk_from_cframe(frame, True)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from voxfm.data.augment import IntensityAugment
-from voxfm.data.masking import RandomPatchMasking
-from voxfm.data.views import ViewPipeline, crop_views
+from voxfm.data.views.augment import IntensityAugment
+from voxfm.data.views.masking import RandomPatchMasking
+from voxfm.data.views.pipeline import ViewPipeline, crop_views
 from voxfm.pretrain.training.module import step_generator
 
 

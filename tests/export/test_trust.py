@@ -9,7 +9,8 @@ import threading
 import pytest
 import torch
 
-from voxfm.data.shards import describe_shard_set, shard_urls
+from voxfm.data.ingest.shard_set import describe_shard_set
+from voxfm.data.stream.shards import shard_urls
 from voxfm.models.vit import ViT
 from voxfm.pretrain.cli.main import main
 from voxfm.pretrain.export.run import run_export
@@ -119,7 +120,7 @@ def test_a_malformed_index_gives_one_line(shard_dir, tmp_path, damage, message, 
 
 
 def test_a_remote_index_over_the_size_cap_is_refused(shard_dir, monkeypatch):
-    monkeypatch.setattr("voxfm.data.shards.MAX_REMOTE_INDEX_BYTES", 100)
+    monkeypatch.setattr("voxfm.data.stream.shards.MAX_REMOTE_INDEX_BYTES", 100)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shard_dir))
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from voxfm.data.ingest import run_shard
+from voxfm.data.ingest.run import run_shard
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.cli.main import main
 from voxfm.pretrain.export.run import run_export

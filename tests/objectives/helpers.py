@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from voxfm.data.views import ViewPipeline
+from voxfm.data.views.pipeline import ViewPipeline
 from voxfm.pretrain.training.module import step_generator
 
 

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from voxfm.data.masking import BlockMasking
+from voxfm.data.views.masking import BlockMasking
 from voxfm.pretrain.objectives.dino.ema import ema_update, teacher_momentum
 from voxfm.pretrain.objectives.dino.heads import DINOHead
 from voxfm.pretrain.objectives.dino.koleo import koleo

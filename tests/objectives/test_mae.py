@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from tests.objectives.helpers import assert_gradients_reach, overfit, smooth_regions, staged
-from voxfm.data.masking import RandomPatchMasking
-from voxfm.data.views import ViewPipeline
+from voxfm.data.views.masking import RandomPatchMasking
+from voxfm.data.views.pipeline import ViewPipeline
 from voxfm.models.vit import ViT
 from voxfm.pretrain.objectives.mae import MAEObjective, patchify, patchify_at, unpatchify, visible_ids
 from voxfm.pretrain.training.module import step_generator

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from tests.objectives.helpers import assert_gradients_reach, overfit, smooth_regions, staged
-from voxfm.data.masking import RandomPatchMasking
-from voxfm.data.views import ViewPipeline
+from voxfm.data.views.masking import RandomPatchMasking
+from voxfm.data.views.pipeline import ViewPipeline
 from voxfm.models.vit import ViT
 from voxfm.pretrain.objectives.mae import MAEObjective
 from voxfm.pretrain.objectives.mae_contrastive import MAEContrastiveObjective

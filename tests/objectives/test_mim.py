@@ -10,8 +10,8 @@ from tests.objectives.helpers import (
     smooth_regions,
     staged,
 )
-from voxfm.data.masking import RandomPatchMasking
-from voxfm.data.views import ViewPipeline
+from voxfm.data.views.masking import RandomPatchMasking
+from voxfm.data.views.pipeline import ViewPipeline
 from voxfm.models.resenc import ResEncUNet, resenc_kwargs
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.objectives.mim import MIMObjective, cube_visibility

@@ -16,7 +16,7 @@ from tests.objectives.helpers import (
     smooth_regions,
     staged,
 )
-from voxfm.data.views import ViewPipeline
+from voxfm.data.views.pipeline import ViewPipeline
 from voxfm.models.resenc import ResEncUNet
 from voxfm.models.vit import ViT
 from voxfm.pretrain.objectives.simclr import SimCLRObjective, nt_xent

@@ -39,7 +39,7 @@ def test_a_checkpoint_of_the_old_release_exports_the_same_bytes(tmp_path):
     assert (new / "backbone.safetensors").read_bytes() == (old / "backbone.safetensors").read_bytes()
     meta = json.loads((new / "backbone.json").read_text())
     assert meta["config"]["model"]["_target_"] == "voxfm.models.vit.ViT"
-    assert meta["config"]["objective"]["views"]["_target_"] == "voxfm.data.views.ViewPipeline"
+    assert meta["config"]["objective"]["views"]["_target_"] == "voxfm.data.views.pipeline.ViewPipeline"
 
 
 def test_an_export_of_the_old_release_loads():

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from voxfm.data.views import ViewPipeline
+from voxfm.data.views.pipeline import ViewPipeline
 from voxfm.models.vit import ViT
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.cli.main import main

@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import REPO
-from voxfm.data.stream import RegionStream, region_loader
+from voxfm.data.stream.regions import RegionStream, region_loader
 from voxfm.pretrain.training.checkpoints import load_checkpoint
 from voxfm.pretrain.training.module import step_generator
 from voxfm.pretrain.training.run import build_module

@@ -2,5 +2,5 @@
 temperature schedule), the KoLeo regulariser, the EMA teacher update (and its fp32 copies for half-precision
 weights), the collapse monitors and the two losses — each a small function or module with its formula tested on its
 own (`tests/objectives/test_dino_parts.py`) — and `objective.py`, which puts them together. The multi-crop views and
-iBOT's block masks are in `data/multicrop.py` and `data/masking.py`.
+iBOT's block masks are in `data/views/multicrop.py` and `data/views/masking.py`.
 """

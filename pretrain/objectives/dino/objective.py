@@ -1,5 +1,5 @@
 """Self-distillation with an EMA teacher (DINOv2 / iBOT): the student sees 2 global and N local crops of each region
-(`data/multicrop.py`), the teacher the global crops only. The DINO loss matches the student's class token of every
+(`data/views/multicrop.py`), the teacher the global crops only. The DINO loss matches the student's class token of every
 crop to the teacher's of the *other* global crops; the iBOT loss matches the student's hidden patch tokens of the
 global crops (block masks, replaced by a learned mask token) to the teacher's unmasked tokens at the same
 positions; KoLeo spreads the student's class tokens of each global crop. Targets: centred teacher softmax (one

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxfm.data.crops import random_crop
+from voxfm.data.stream.crops import random_crop
 
 log = logging.getLogger("voxfm.data")
 
@@ -140,7 +140,7 @@ def memory_line(pool_gib: float, pool_volumes: int, regions_per_volume: int, n_w
                 region_size, batches: int, pinned: bool, max_sample_mb: float) -> str:
     """What the loader of one rank may hold, printed at the start: the pool's budget plus the stated overhead (per
     worker, the volumes being read or just spent; the `batches` between the workers and the step: pinned buffers
-    of a power-of-two size on CUDA, data/device_feed.py)."""
+    of a power-of-two size on CUDA, data/stream/device_feed.py)."""
     workers = max(n_workers, 1)
     batch_bytes = batch_size * math.prod(region_size) * 4  # float32 at most (int16 for CT)
     if pinned:

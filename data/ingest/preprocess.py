@@ -1,6 +1,6 @@
 """Per-volume preprocessing: RAS orientation, target spacing, intensity normalisation, foreground crop.
 
-Orientation and resampling are in `data/resample.py`; intensity normalisation is only *recorded* here
+Orientation and resampling are in `data/ingest/resample.py`; intensity normalisation is only *recorded* here
 and applied when streaming, so shards keep the scanner's values (HU for CT). Air/background around
 the body is cropped away (with a margin) and the crop recorded, so it can be undone (`uncrop`).
 """
@@ -13,8 +13,8 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
-from voxfm.data.resample import resample
-from voxfm.data.volumes import RejectedVolume, Volume
+from voxfm.data.ingest.resample import resample
+from voxfm.data.ingest.volumes import RejectedVolume, Volume
 
 Modality = Literal["CT", "MR", "PET"]
 MODALITIES: tuple[str, ...] = ("CT", "MR", "PET")

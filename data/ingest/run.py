@@ -26,8 +26,8 @@ from pathlib import Path
 import nibabel as nib
 from tqdm import tqdm
 
-from voxfm.data import payload
-from voxfm.data.inputs import (
+from voxfm.data.ingest import payload
+from voxfm.data.ingest.inputs import (
     InputVolume,
     discover,
     file_hash,
@@ -37,10 +37,10 @@ from voxfm.data.inputs import (
     sample_key,
     scan_dicom_file,
 )
-from voxfm.data.locks import locks_folder
-from voxfm.data.preprocess import PreprocessOptions, check_mb, preprocess
-from voxfm.data.shards import REPORT, ShardSetWriter, load_index, write_json_atomic
-from voxfm.data.volumes import RejectedVolume, Volume, load_volume, n_frames
+from voxfm.data.ingest.locks import locks_folder
+from voxfm.data.ingest.preprocess import PreprocessOptions, check_mb, preprocess
+from voxfm.data.ingest.shard_set import REPORT, ShardSetWriter, load_index, write_json_atomic
+from voxfm.data.ingest.volumes import RejectedVolume, Volume, load_volume, n_frames
 
 Unit = list[tuple[InputVolume, str]]  # one subject's inputs with their content hashes
 
@@ -83,7 +83,7 @@ def read_input(vol: InputVolume, opts: PreprocessOptions, frame: int | None) -> 
     if not vol.files:
         _check_nifti_mb(vol.path, opts.max_mb, frame)
         return load_volume(vol.path, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy, frame)
-    from voxfm.data.dicom import load_series
+    from voxfm.data.ingest.dicom import load_series
 
     return load_series(list(vol.files), opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy, opts.max_mb)
 

@@ -1,6 +1,6 @@
 """Views cut on the training device: crop, flip/rotate, normalise, augment and mask whole batches.
 
-CPU workers deliver regions in their stored dtype (`data/stream.py`). Here, per sample and from one
+CPU workers deliver regions in their stored dtype (`data/stream/regions.py`). Here, per sample and from one
 generator seeded by (seed, step, rank): a crop offset (two offsets whose crops overlap by a set
 fraction, for contrastive learning), flips of each RAS axis and a 90° rotation in one RAS plane.
 All of that is folded into the gather indices of a single indexing op, so a batch of views costs
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from voxfm.data.augment import IntensityAugment
-from voxfm.data.crops import triple, view_shift
-from voxfm.data.masking import RandomPatchMasking
+from voxfm.data.stream.crops import triple, view_shift
+from voxfm.data.views.augment import IntensityAugment
+from voxfm.data.views.masking import RandomPatchMasking
 
 
 def _randint(n: int, high: int, g: torch.Generator) -> torch.Tensor:

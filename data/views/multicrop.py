@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from voxfm.data.augment import IntensityAugment
-from voxfm.data.crops import triple
-from voxfm.data.masking import BlockMasking
+from voxfm.data.stream.crops import triple
+from voxfm.data.views.augment import IntensityAugment
+from voxfm.data.views.masking import BlockMasking
 
 
 def crop_maps(n: int, region: tuple[int, int, int], scale: tuple[float, float], flip_prob: float,

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from voxfm.data import payload
-from voxfm.data.crops import crop_start, pad_to, triple
-from voxfm.data.preprocess import normalise
-from voxfm.data.shards import load_index, read_samples
+from voxfm.data.ingest import payload
+from voxfm.data.ingest.preprocess import normalise
+from voxfm.data.ingest.shard_set import load_index, read_samples
+from voxfm.data.stream.crops import crop_start, pad_to, triple
 
 
 @dataclass

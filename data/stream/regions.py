@@ -3,12 +3,12 @@
 Each data-loader worker on each rank draws shards at random with replacement (`ResampledShards`)
 from a seed that mixes (seed, rank, worker), so the stream is infinite, differs per rank and
 worker, and needs no shared filesystem listing beyond the shard URLs; or, with `resampled=False`,
-reads exact passes split by (rank, worker). Several shard sets mix by weight (`data/sources.py`).
+reads exact passes split by (rank, worker). Several shard sets mix by weight (`data/stream/sources.py`).
 A truncated shard or a damaged sample is skipped with a warning and counted, never fatal. Workers decode whole
 volumes (blosc2) and cut **regions** in the stored dtype (int16 for CT), each with its volume's normalisation
 record: `data.regions_per_volume` from each volume read, spread over many batches by a pool of decoded volumes
-(`data/pool.py`, `data.pool_gib`). Views, normalisation and augmentation happen later, batched on
-the training device (`data/views.py`): a CPU core only decodes and copies.
+(`data/stream/pool.py`, `data.pool_gib`). Views, normalisation and augmentation happen later, batched on
+the training device (`data/views/pipeline.py`): a CPU core only decodes and copies.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
-from voxfm.data import payload
-from voxfm.data.crops import padded, random_crop, triple
-from voxfm.data.pool import FeedCounters, Volume, VolumePool, sample_bytes
-from voxfm.data.preprocess import MODALITIES, normalise
-from voxfm.data.sources import epoch_samples, mix, parse_sources, resampled_samples
+from voxfm.data.ingest import payload
+from voxfm.data.ingest.preprocess import MODALITIES, normalise
+from voxfm.data.stream.crops import padded, random_crop, triple
+from voxfm.data.stream.pool import FeedCounters, Volume, VolumePool, sample_bytes
+from voxfm.data.stream.sources import epoch_samples, mix, parse_sources, resampled_samples
 
 log = logging.getLogger("voxfm.data")
 MAX_SKIPPED_IN_A_ROW = 1000  # nothing but damaged data this long: the shard set itself is unusable
@@ -173,7 +173,7 @@ class SkipCounter:
 
 class RegionStream(IterableDataset):
     """Infinite stream of regions, each volume read serving `regions_per_volume` of them: from a pool of decoded
-    volumes (`data/pool.py`) in groups of `group` regions from distinct volumes when `pool_gib` > 0 (the rank's
+    volumes (`data/stream/pool.py`) in groups of `group` regions from distinct volumes when `pool_gib` > 0 (the rank's
     budget, shared by its workers), else cut all at once from each volume and mixed by a shuffle buffer."""
 
     def __init__(self, shards: str | None, region_size, regions_per_volume: int = 4, foreground_prob: float = 0.67,

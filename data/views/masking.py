@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from voxfm.data.crops import triple
+from voxfm.data.stream.crops import triple
 
 
 class RandomPatchMasking:

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import torch
 
-from voxfm.data.device_feed import DeviceFeed, PinnedBuffers, buffer_count, collate_into
-from voxfm.data.stream import QUEUED_PER_WORKER, RegionStream, check_group, collate_regions
+from voxfm.data.stream.device_feed import DeviceFeed, PinnedBuffers, buffer_count, collate_into
+from voxfm.data.stream.regions import QUEUED_PER_WORKER, RegionStream, check_group, collate_regions
 
 _RUNNING: dict[int, tuple[threading.Event, list[threading.Thread]]] = {}
 
@@ -50,7 +50,7 @@ class ThreadLoader:
             if buffers is None:
                 yield collate_regions(samples)
                 continue
-            batch = collate_into(samples, buffers, stop)  # one copy, into a pinned buffer (data/device_feed.py)
+            batch = collate_into(samples, buffers, stop)  # one copy, into a pinned buffer (data/stream/device_feed.py)
             samples = None  # the regions are views: let spent volumes go before the next batch is cut
             if batch is None:
                 return

@@ -1,4 +1,5 @@
-"""Writing a shard set: WebDataset tars of a target size, plus `index.json` kept current per shard.
+"""The shard set format: writing WebDataset tars of a target size plus `index.json` kept current per shard, and
+reading a local set's index and samples (`voxfm.data.stream.shards` finds a set's shards for streaming).
 
 One sample = `<key>.image.b2` (blosc2 voxels), optional `<key>.label.b2`, and `<key>.json` (metadata).
 A shard is written under a temporary name and renamed when complete, then the index is rewritten
@@ -6,7 +7,7 @@ atomically, so a crash loses at most the shard in progress and a rerun picks up 
 
 An index.json is data, never instructions: the shard names it lists must be plain file names (no folder, no
 scheme), joined to the absolute folder, so a `pipe:` command can only ever come from the user's own
-`data.shards`; a remote index is read up to `MAX_REMOTE_INDEX_BYTES`.
+`data.shards`.
 """
 
 from __future__ import annotations
@@ -19,13 +20,10 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from braceexpand import braceexpand
-
 INDEX = "index.json"
 REPORT = "report.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
 SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")  # what `voxfm shard` writes, and a little more
-MAX_REMOTE_INDEX_BYTES = 64 << 20
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -67,48 +65,6 @@ def load_index(output: Path) -> dict:
     if not path.exists():
         return {"format": "voxfm-shards/1", "config": None, "shards": [], "samples": []}
     return parse_index(path.read_text(), str(path), config_required=False)
-
-
-def _remote_index(url: str) -> list[str]:
-    """`http(s)://host/set/` → the shard URLs its index.json names."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url + INDEX, timeout=30) as response:
-            text = response.read(MAX_REMOTE_INDEX_BYTES + 1)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"data.shards={url}: cannot read {url + INDEX} ({type(err).__name__}: {err})") from err
-    if len(text) > MAX_REMOTE_INDEX_BYTES:
-        raise ValueError(f"data.shards={url}: {url + INDEX} is over {MAX_REMOTE_INDEX_BYTES:,} bytes; refused "
-                         "(a shard set's index is a few MB)")
-    names = [s["name"] for s in parse_index(text, f"data.shards={url}: {INDEX}")["shards"]]
-    if not names:
-        raise ValueError(f"data.shards={url}: the shard set is empty")
-    return [url + n for n in names]
-
-
-def shard_urls(shards: str | Path) -> list[str]:
-    """A shard set folder (with index.json) → its tar paths; `http(s)://.../` (ending in a slash) → the shards
-    its index.json names; a brace pattern (`shard-{000000..000099}.tar`, local, a URL or a `pipe:` command)
-    → what it expands to. Local paths must exist: failing here beats a stream that skips unreadable
-    shards forever."""
-    if str(shards).startswith(("http://", "https://")) and str(shards).endswith("/"):
-        return _remote_index(str(shards))
-    path = Path(str(shards))
-    if path.is_dir():
-        index = path / INDEX
-        if not index.exists():
-            raise ValueError(f"data.shards={shards}: folder has no {INDEX}; create one with `voxfm shard`")
-        names = [s["name"] for s in parse_index(index.read_text(), f"data.shards={shards}: {INDEX}")["shards"]]
-        if not names:
-            raise ValueError(f"data.shards={shards}: the shard set is empty (see its {REPORT})")
-        # absolute: `Path(".") / "pipe:cmd"` is the string "pipe:cmd", which webdataset would run
-        return [str(path.absolute() / n) for n in names]
-    urls = [u for part in str(shards).split("::") for u in braceexpand(part)]  # webdataset's URL list syntax
-    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
-    if missing:
-        raise ValueError(f"data.shards={shards}: {len(missing)} of {len(urls)} shard(s) not found, e.g. {missing[0]}")
-    return urls
 
 
 def read_samples(folder: Path, samples: list[dict], parts: tuple[str, ...]) -> Iterator[tuple[dict, dict]]:

@@ -19,9 +19,9 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from voxfm.data.dicom import is_dicom, read_header
-from voxfm.data.preprocess import MODALITIES
-from voxfm.data.volumes import RejectedVolume, is_nifti
+from voxfm.data.ingest.dicom import is_dicom, read_header
+from voxfm.data.ingest.preprocess import MODALITIES
+from voxfm.data.ingest.volumes import RejectedVolume, is_nifti
 
 MANIFEST_COLUMNS = ("path", "modality", "dataset", "subject", "label")
 DICOM_MODALITIES = {"CT": "CT", "MR": "MR", "PT": "PET"}

@@ -1,4 +1,5 @@
-"""Loading NIfTI volumes with the checks that decide whether a file is sharded or rejected (DICOM: data/dicom.py)."""
+"""Loading NIfTI volumes with the checks that decide whether a file is sharded or rejected (DICOM:
+data/ingest/dicom.py)."""
 
 from __future__ import annotations
 

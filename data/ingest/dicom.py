@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from voxfm.data.preprocess import check_mb
-from voxfm.data.volumes import RejectedVolume, Volume, check_spacing, check_voxels
+from voxfm.data.ingest.preprocess import check_mb
+from voxfm.data.ingest.volumes import RejectedVolume, Volume, check_spacing, check_voxels
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 MAX_TILT_DEGREES = 0.5  # slices stepping off their own normal by more than this: a tilted gantry

@@ -4,7 +4,7 @@ Each sample draws its own parameters from the caller's generator; a transform th
 to a sample gets its identity parameters, so the whole batch is one chain of elementwise ops
 (no per-sample branches, no host sync) that compiles; Gaussian noise is drawn and added only for the samples
 that get it (a full-volume draw for every sample was most of the stage's memory traffic). Spatial flips and
-rotations are folded into the crop's gather indices instead (`data/views.py`): they cost nothing there.
+rotations are folded into the crop's gather indices instead (`data/views/pipeline.py`): they cost nothing there.
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from voxfm.data import payload
-from voxfm.data.montage import montage
-from voxfm.data.preprocess import normalise
-from voxfm.data.shards import INDEX, REPORT, load_index, read_samples
+from voxfm.data.ingest import payload
+from voxfm.data.ingest.montage import montage
+from voxfm.data.ingest.preprocess import normalise
+from voxfm.data.ingest.shard_set import INDEX, REPORT, load_index, read_samples
 
 
 def _distribution(values: list[list[float]]) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from voxfm.data.shards import shard_urls
+from voxfm.data.stream.shards import shard_urls
 
 
 @dataclass(frozen=True)
