@@ -90,6 +90,7 @@ class Primus(nn.Module):
         bounds={"input_channels": {"ge": 1}, "embed_dim": {"ge": 1}, "num_classes": {"ge": 1},
                 "eva_depth": {"ge": 1}, "eva_numheads": {"ge": 1}, "num_register_tokens": {"ge": 0},
                 "drop_path_rate": {"ge": 0.0, "lt": 1.0}},
+        token_size="patch_embed_size",
     )
 
     def __init__(

@@ -19,7 +19,9 @@ class BackboneDeclaration:
     formats: the `voxfm export format=` values it supports;
     decoder: has a decoder of its own, which objectives that train the encoder alone freeze (`freeze_decoder()`);
     unpicklable: why its modules cannot be pickled (so no `strategy=ddp_spawn`), or None;
-    bounds: {argument: {"ge" | "gt" | "le" | "lt": number}}, checked with the config before anything is built.
+    bounds: {argument: {"ge" | "gt" | "le" | "lt": number}}, checked with the config before anything is built;
+    token_size: the constructor argument that holds a token's edge in voxels ("patch_size"), the mask cell an
+        objective's `masking.patch_size: null` means; None for a backbone without tokens.
     Every backbone also has `pooled(x) -> [B, spec.feature_dim]`, `spec` and `repeated_blocks()`."""
 
     kind: Literal["tokens", "cnn"]
@@ -29,6 +31,7 @@ class BackboneDeclaration:
     decoder: bool = False
     unpicklable: str | None = None
     bounds: dict = field(default_factory=dict)
+    token_size: str | None = None
 
 
 @dataclass(frozen=True)

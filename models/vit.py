@@ -174,6 +174,7 @@ class ViT(nn.Module):
         kind="tokens", architecture="vit", export_class="monai.networks.nets.ViT", formats=("monai", "full"),
         bounds={"in_channels": {"ge": 1}, "hidden_size": {"ge": 1}, "mlp_dim": {"ge": 1}, "num_layers": {"ge": 1},
                 "num_heads": {"ge": 1}},
+        token_size="patch_size",
     )
 
     def __init__(

@@ -48,7 +48,30 @@ def load_config(name: str, overrides: list[str]) -> DictConfig:
                 if override.key_or_group.startswith("objective.views.") and not override.is_delete():
                     OmegaConf.update(cfg, override.key_or_group, override.value(), force_add=True)
     _renamed_targets(cfg)
+    _mask_cell_follows_the_backbone(cfg)
     return cfg
+
+
+def _mask_cell_follows_the_backbone(cfg: DictConfig) -> None:
+    """`objective.views.masking.patch_size: null` is the backbone's token edge: the argument its declaration names
+    (`token_size`), as an interpolation, so `--cfg` and the checks see the number. A backbone without tokens leaves
+    it null, and the config checks refuse that in one line."""
+    if not isinstance(cfg.get("model"), DictConfig) or not isinstance(cfg.get("objective"), DictConfig):
+        return
+    masking = OmegaConf.select(cfg, "objective.views.masking", default=None)
+    if not isinstance(masking, DictConfig) or "patch_size" not in masking or masking.patch_size is not None:
+        return
+    from voxfm.pretrain.config.declarations import read_declared
+
+    target = cfg.model.get("_target_")
+    try:
+        declared = read_declared(target) if isinstance(target, str) else None
+    except ValueError:
+        return  # the schema check names the broken declaration
+    token_size = declared.declaration.token_size if declared is not None else None
+    if token_size is not None:
+        masking.patch_size = f"${{model.{token_size}}}" if token_size in cfg.model else \
+            declared.defaults().get(token_size)
 
 
 def _renamed_targets(node) -> None:
@@ -80,10 +103,15 @@ def compose_config(name: str, overrides: list[str]) -> DictConfig:
 
 
 def composed_or_shown(name: str, overrides: list[str]) -> DictConfig | None:
-    """`compose_config`, or None after printing it when the overrides hold `--cfg`."""
+    """`compose_config`, or None after printing it, resolved, when the overrides hold `--cfg`; a value that does not
+    resolve is printed as it is written and then named in a ConfigError (exit 2)."""
     cfg = compose_config(name, [o for o in overrides if o != "--cfg"])
     if "--cfg" in overrides:
-        print(OmegaConf.to_yaml(cfg))
+        try:
+            print(OmegaConf.to_yaml(cfg, resolve=True))
+        except OmegaConfBaseException as err:
+            print(OmegaConf.to_yaml(cfg))
+            raise ConfigError(f"--cfg printed the config unresolved: {str(err).splitlines()[0]}") from None
         return None
     return cfg
 

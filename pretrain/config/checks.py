@@ -21,6 +21,12 @@ def _name(target: str) -> str:
     return target.rsplit(".", 1)[-1]
 
 
+def _token_size(model: Declared, config: dict):
+    """The backbone's token edge (the argument its declaration names), or None for a backbone without tokens."""
+    name = model.declaration.token_size
+    return {**model.defaults(), **config}.get(name) if name else None
+
+
 def _model_errors(model: Declared, config: dict, crop: list[int]) -> list[str]:
     arguments = {**model.defaults(), **{k: v for k, v in config.items() if not k.startswith("_")}}
     return shape_errors(arguments, crop, "data.crop_size", "model.")
@@ -53,19 +59,21 @@ def _objective_errors(cfg: dict, model: Declared, objective: Declared) -> list[s
     if needs.masks_if and (loss.get(needs.masks_if) or 0) > 0 and masking is None:
         errors.append(f"objective.views.masking=null: objective.loss.{needs.masks_if}={loss[needs.masks_if]} needs "
                       f"masked views; set a masking, or objective.loss.{needs.masks_if}=0")
-    if masking is not None:
+    if masking is not None and masking.get("patch_size", 0) is None:
+        if not errors:  # a backbone of the wrong kind is the reason to give
+            errors.append(f"objective.views.masking.patch_size=null: one cell per token, but model._target_="
+                          f"{model.target} has no tokens; give the cell's edge in voxels (a multiple of its stride)")
+    elif masking is not None:
         masking = {**constructor_defaults(masking.get("_target_")), **masking}
         cell = triple(masking["patch_size"])
         if any(c % p for c, p in zip(crop, cell)):
             errors.append(f"objective.views.masking.patch_size={masking['patch_size']}: must divide the crop {crop}")
-        arguments = {**model.defaults(), **cfg["model"]}
-        patch = arguments.get("patch_size", arguments.get("patch_embed_size"))
+        patch = _token_size(model, cfg["model"])
         if needs.mask_cell_is_token and patch is not None and cell != triple(patch):
             errors.append(f"objective.views.masking.patch_size={masking['patch_size']}: must equal "
-                          f"model.patch_size={patch} (one mask cell per token)")
+                          f"model.{model.declaration.token_size}={patch} (one mask cell per token)")
     if "local_size" in views:  # multi-crop: the local crops go through the same patch embedding
-        arguments = {**model.defaults(), **cfg["model"]}
-        patch = arguments.get("patch_size", arguments.get("patch_embed_size"))
+        patch = _token_size(model, cfg["model"])
         local = triple(views["local_size"])
         if patch is not None and any(s % p for s, p in zip(local, triple(patch))):
             errors.append(f"objective.views.local_size={list(local)}: must be divisible by the model's patch "

@@ -259,7 +259,8 @@ def validate_pretrain(cfg: dict) -> None:
 
         errors = combination_errors(cfg, visible_gpus())
     if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+        raise ConfigError("invalid configuration: " + errors[0] if len(errors) == 1 else
+                          "invalid configuration:\n  " + "\n  ".join(errors))
 
 
 def visible_gpus() -> int:

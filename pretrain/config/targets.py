@@ -56,12 +56,12 @@ class AugmentSchema:
 @dataclass
 class MaskingSchema:
     mask_ratio: float = field(**bounded(gt=0.0, lt=1.0))
-    patch_size: int | list[int]
+    patch_size: int | list[int] | None  # None: the backbone's token (filled in when the config is composed)
 
 
 @dataclass
 class BlockMaskingSchema:
-    patch_size: int | list[int]
+    patch_size: int | list[int] | None
     ratio_range: list[float]
     probability: float = field(**bounded(ge=0.0, le=1.0))
     min_block: int = field(**bounded(ge=1))

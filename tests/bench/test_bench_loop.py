@@ -131,7 +131,7 @@ def test_loop_bench_config_errors_exit_2_before_torch_is_imported():
     assert lines[0] == "voxfm bench loop: error: steps=0: expected a value >= 1"
     assert lines[1] == "voxfm bench loop: error: missing required setting(s): shards=..."
     assert lines[2].endswith("missing required setting(s): experiment=... (e.g. experiment=demo)")
-    assert "trainer.max_steps='ten': expected int" in lines[4]  # after the line "invalid configuration:"
+    assert "invalid configuration: trainer.max_steps='ten': expected int" in lines[3]
 
 
 def test_loop_bench_needs_a_shard_set_and_steps_the_run_allows(shard_dir, capsys):

@@ -92,3 +92,64 @@ def test_cli_help_and_errors(capsys):
 
 def test_conf_dir_is_the_repository_conf():
     assert CONF_DIR == Path(__file__).resolve().parents[2] / "conf"
+
+
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+OBJECTIVES = sorted(p.stem for p in (CONF_DIR / "objective").glob("*.yaml"))
+
+
+def test_every_model_objective_pair_composes_and_resolves_or_is_refused_in_one_line(shard_dir, capsys):
+    from voxfm.pretrain.cli.compose import checked_config, resolved
+    from voxfm.pretrain.errors import ConfigError
+
+    outcomes = {}
+    for model in MODELS:
+        for objective in OBJECTIVES:
+            args = [f"model={model}", f"objective={objective}", f"data.shards={shard_dir}", "run_dir=/y"]
+            try:
+                cfg = resolved(checked_config("pretrain", args))
+            except ConfigError as err:
+                assert "\n" not in str(err) and "needs" in str(err), (model, objective, str(err))
+                outcomes[model, objective] = "refused"
+                continue
+            masking = cfg["objective"]["views"]["masking"]
+            if masking is not None:  # the mask cell follows the backbone: one cell per token
+                token = cfg["model"].get("patch_size", cfg["model"].get("patch_embed_size"))
+                assert masking["patch_size"] == (token if objective != "mim" else 32), (model, objective)
+            outcomes[model, objective] = "ok"
+    refused = sorted(pair for pair, outcome in outcomes.items() if outcome == "refused")
+    assert refused == sorted([(m, "mim") for m in MODELS if not m.startswith("resenc")]
+                             + [(m, o) for m in MODELS if m.startswith("resenc")
+                                for o in ("dino", "mae", "mae_contrastive")])
+    assert len(outcomes) == len(MODELS) * len(OBJECTIVES) == 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["vit_tiny", "primus_tiny", "resenc_tiny"])
+def test_every_pair_a_tiny_backbone_composes_into_builds(model, shard_dir):
+    from voxfm.pretrain.cli.compose import checked_config
+    from voxfm.pretrain.errors import ConfigError
+
+    built = 0
+    for objective in OBJECTIVES:
+        args = [f"model={model}", f"objective={objective}", f"data.shards={shard_dir}", "run_dir=/y",
+                "data.crop_size=[64,64,64]"]  # 8 of mim's 32³ cells
+        try:
+            cfg = checked_config("pretrain", args)
+        except ConfigError:
+            continue
+        module = build_module(cfg)
+        assert module.view_pipeline.crop_size == (64, 64, 64)
+        built += 1
+    assert built == (2 if model == "resenc_tiny" else 4), built
+
+
+def test_cfg_prints_the_config_resolved(shard_dir, capsys):
+    assert main(["pretrain", "model=primus_tiny", "objective=mae", f"data.shards={shard_dir}", "run_dir=/y",
+                 "data.crop_size=[32,32,32]", "--cfg"]) == 0
+    out = capsys.readouterr().out
+    assert "${" not in out and "patch_size: 8" in out and "img_size" not in out
+    assert main(["pretrain", "experiment=demo", f"data.shards={shard_dir}", "run_dir=/y", "+x=${nowhere}",
+                 "--cfg"]) == 2
+    captured = capsys.readouterr()
+    assert "x: ${nowhere}" in captured.out and "--cfg printed the config unresolved" in captured.err
