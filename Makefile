@@ -6,7 +6,10 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 OUT ?= out/demo
 
-.PHONY: install demo test test-fast lint bench gpu-check clean
+.PHONY: help install demo test test-fast lint format bench gpu-check clean
+
+help:   ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  make \1\t\2/' | expand -t 22
 
 $(BIN)/voxfm: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +24,9 @@ $(BIN)/voxfm: pyproject.toml $(CONSTRAINTS)
 		"nnunetv2==2.8.1" "batchgenerators==0.25.5" "timm==1.0.22"
 	@touch $@
 
-install: $(BIN)/voxfm
+install: $(BIN)/voxfm   ## .venv with the CPU torch pin, voxfm (editable) and nnU-Net's networks
 
-demo: install
+demo: install   ## demo corpus -> shard -> inspect -> pretrain (tiny ViT MAE, CPU) -> export -> data bench
 	rm -rf $(OUT)
 	$(BIN)/python scripts/make_demo_corpus.py $(OUT)/raw
 	$(BIN)/voxfm shard input=$(OUT)/raw/manifest.csv output=$(OUT)/shards
@@ -41,20 +44,25 @@ demo: install
 # DeepSpeed JIT-builds its ops on first use (~1 min each): cached inside the environment, paid once per install
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-test: install
+test: install   ## the whole suite (CPU)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q tests
 
-test-fast: install   # unit tests only (no slow or distributed marker): under 2 minutes on two cores
+test-fast: install   ## unit tests only (no slow or distributed marker): under 2 minutes on two cores
 	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow and not distributed" tests
 
-lint: install
+lint: install   ## ruff check, and ruff format --check
 	$(BIN)/ruff check __init__.py __main__.py pretrain models data scripts tests
+	$(BIN)/ruff format --check __init__.py __main__.py pretrain models data scripts tests
 
-bench: install
+format: install   ## ruff format and the import order ruff check fixes
+	$(BIN)/ruff format __init__.py __main__.py pretrain models data scripts tests
+	$(BIN)/ruff check --fix --select I __init__.py __main__.py pretrain models data scripts tests
+
+bench: install   ## the data bench on the demo shards
 	$(BIN)/voxfm bench data shards=$(OUT)/shards
 
-gpu-check: install   # on a GPU machine; TINY=1 rehearses it on CPU
+gpu-check: install   ## on a GPU machine; TINY=1 rehearses it on CPU
 	OUT=$${OUT:-out/gpu_check} PYTHON=$(abspath $(BIN)/python) bash scripts/gpu_check.sh
 
-clean:
+clean:   ## remove .venv, out/ and build files
 	rm -rf $(VENV) out *.egg-info

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from voxfm.models.adapters.primus import PrimusAdapter
 from voxfm.models.eva import Eva, axial_rope
 from voxfm.models.rules import patch_divides, rope_fits
 from voxfm.models.spec import BackboneDeclaration, BackboneSpec
@@ -90,8 +91,9 @@ class Primus(nn.Module):
         bounds={"input_channels": {"ge": 1}, "embed_dim": {"ge": 1}, "num_classes": {"ge": 1},
                 "eva_depth": {"ge": 1}, "eva_numheads": {"ge": 1}, "num_register_tokens": {"ge": 0},
                 "drop_path_rate": {"ge": 0.0, "lt": 1.0}},
-        token_size="patch_embed_size",
+        token_size="patch_embed_size", rules=("patch_embed_size", "rope"),
     )
+    adapter = PrimusAdapter
 
     def __init__(
         self,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from torch import nn
 
+from voxfm.models.adapters.resenc import ResEncAdapter
 from voxfm.models.rules import stage_counts
 from voxfm.models.spec import BackboneDeclaration, BackboneSpec
 
@@ -48,7 +49,9 @@ class ResEncUNet(ResidualEncoderUNet):
         formats=("monai", "nnunet", "nnssl", "full"), decoder=True,
         unpicklable="nnU-Net's ResEnc blocks cannot be pickled",
         bounds={"in_channels": {"ge": 1}, "out_channels": {"ge": 1}, "kernel_size": {"ge": 1}},
+        rules=("unet_stride", "unet_stages"),
     )
+    adapter = ResEncAdapter
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1,
                  features_per_stage: tuple[int, ...] = (32, 64, 128, 256, 320, 320),

@@ -75,24 +75,26 @@ def stage_counts(features_per_stage, n_blocks_per_stage, n_conv_per_stage_decode
     return None
 
 
-def shape_errors(arguments: dict, size, size_key: str, where: str = "") -> list[str]:
-    """Every rule whose arguments a backbone has, applied to its complete arguments (defaults filled in)."""
-    a = arguments
-    found = []
-    if "patch_size" in a:
-        found.append(patch_divides(size, a["patch_size"], size_key, where))
-    if "patch_embed_size" in a:
-        found.append(patch_divides(size, a["patch_embed_size"], size_key, where, "patch_embed_size"))
-    if "embed_dim" in a and "eva_numheads" in a:
-        found.append(rope_fits(a["embed_dim"], a["eva_numheads"], a.get("use_rot_pos_emb", True), where))
-    if "hidden_size" in a and "num_heads" in a:
-        found.append(heads_divide(a["hidden_size"], a["num_heads"], where))
-    if "hidden_size" in a and "pos_embed_type" in a:
-        found.append(sincos_fits(a["hidden_size"], a["pos_embed_type"], where))
-    if "decoder_hidden" in a and "decoder_heads" in a:
-        found.append(decoder_fits(a["decoder_hidden"], a["decoder_heads"], where + "decoder_"))
-    if "features_per_stage" in a:
-        found.append(stride_divides(size, a["features_per_stage"], a.get("strides"), size_key))
-        found.append(stage_counts(a["features_per_stage"], a["n_blocks_per_stage"], a["n_conv_per_stage_decoder"],
-                                  where))
-    return [f for f in found if f]
+# The rules a declaration may name (`BackboneDeclaration.rules`, `ObjectiveDeclaration.rules`), each applied to
+# the complete arguments `a` (defaults filled in) for a crop `size` named `key` in errors.
+RULES = {
+    "patch_size": lambda a, size, key, where: patch_divides(size, a["patch_size"], key, where),
+    "patch_embed_size": lambda a, size, key, where: patch_divides(size, a["patch_embed_size"], key, where,
+                                                                  "patch_embed_size"),
+    "rope": lambda a, size, key, where: rope_fits(a["embed_dim"], a["eva_numheads"], a.get("use_rot_pos_emb", True),
+                                                  where),
+    "heads": lambda a, size, key, where: heads_divide(a["hidden_size"], a["num_heads"], where),
+    "sincos": lambda a, size, key, where: sincos_fits(a["hidden_size"], a["pos_embed_type"], where),
+    "decoder": lambda a, size, key, where: decoder_fits(a["decoder_hidden"], a["decoder_heads"], where + "decoder_"),
+    "unet_stride": lambda a, size, key, where: stride_divides(size, a["features_per_stage"], a.get("strides"), key),
+    "unet_stages": lambda a, size, key, where: stage_counts(a["features_per_stage"], a["n_blocks_per_stage"],
+                                                            a["n_conv_per_stage_decoder"], where),
+}
+
+
+def shape_errors(arguments: dict, size, size_key: str, where: str, rules) -> list[str]:
+    """The named `rules` (keys of `RULES`, as a declaration states them) on complete `arguments`."""
+    unknown = [r for r in rules if r not in RULES]
+    if unknown:
+        return [f"{where.rstrip('.') or 'config'}: declares unknown shape rule(s) {unknown}; known: {sorted(RULES)}"]
+    return [f for f in (RULES[r](arguments, size, size_key, where) for r in rules) if f]

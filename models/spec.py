@@ -21,7 +21,10 @@ class BackboneDeclaration:
     unpicklable: why its modules cannot be pickled (so no `strategy=ddp_spawn`), or None;
     bounds: {argument: {"ge" | "gt" | "le" | "lt": number}}, checked with the config before anything is built;
     token_size: the constructor argument that holds a token's edge in voxels ("patch_size"), the mask cell an
-        objective's `masking.patch_size: null` means; None for a backbone without tokens.
+        objective's `masking.patch_size: null` means; None for a backbone without tokens;
+    rules: the shape rules of `models/rules.py` (`RULES` keys) its arguments obey, checked with the config.
+    The class also names its adapter (`adapter = ...`, `models/adapters/`), and it keeps the contract of
+    `models/protocols.py` for its kind.
     Every backbone also has `pooled(x) -> [B, spec.feature_dim]`, `spec` and `repeated_blocks()`."""
 
     kind: Literal["tokens", "cnn"]
@@ -32,6 +35,7 @@ class BackboneDeclaration:
     unpicklable: str | None = None
     bounds: dict = field(default_factory=dict)
     token_size: str | None = None
+    rules: tuple = ()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from torch import nn
 
+from voxfm.models.adapters.vit import ViTAdapter
 from voxfm.models.rules import heads_divide, patch_divides, sincos_fits
 from voxfm.models.spec import BackboneDeclaration, BackboneSpec
 
@@ -174,8 +175,9 @@ class ViT(nn.Module):
         kind="tokens", architecture="vit", export_class="monai.networks.nets.ViT", formats=("monai", "full"),
         bounds={"in_channels": {"ge": 1}, "hidden_size": {"ge": 1}, "mlp_dim": {"ge": 1}, "num_layers": {"ge": 1},
                 "num_heads": {"ge": 1}},
-        token_size="patch_size",
+        token_size="patch_size", rules=("patch_size", "heads", "sincos"),
     )
+    adapter = ViTAdapter
 
     def __init__(
         self,

@@ -76,7 +76,7 @@ def _config(cfg_or_overrides, keys: dict) -> DictConfig:
 def build_module(cfg: DictConfig | list[str] | None = None, **keys):
     """The pretraining LightningModule (backbone, objective, device-side views, optimiser) of a pretrain config,
     as `voxfm pretrain` builds it, for a `lightning.Trainer` of your own."""
-    from voxfm.pretrain.training.run import build_module as build
+    from voxfm.pretrain.launch.build import build_module as build
 
     return build(_config(cfg, keys))
 
@@ -87,8 +87,8 @@ def build_loader(cfg: DictConfig | list[str] | None = None, **keys):
     from hydra.utils import instantiate
 
     from voxfm.pretrain.errors import config_errors
-    from voxfm.pretrain.training.run import build_loader as loader
-    from voxfm.pretrain.training.run import build_stream, trains_on_gpu
+    from voxfm.pretrain.launch.build import build_loader as loader
+    from voxfm.pretrain.launch.build import build_stream, trains_on_gpu
 
     cfg = _config(cfg, keys)
     with config_errors():
@@ -109,7 +109,7 @@ def shard(*overrides: str, **keys) -> dict:
 
 def pretrain(*overrides: str, **keys) -> Path:
     """`voxfm pretrain ...`: trains until `trainer.max_steps` (a run_dir with checkpoints resumes); the run_dir."""
-    from voxfm.pretrain.training.run import run_pretrain
+    from voxfm.pretrain.launch.run import run_pretrain
 
     cfg = compose("pretrain", *overrides, **keys)
     run_pretrain(cfg, validated=True)

@@ -35,7 +35,7 @@ def shard_dir(tmp_path_factory, phantom_dir) -> Path:
 
 def _two_step_run(tmp_path_factory, shard_dir, experiment: str) -> Path:
     from voxfm.pretrain.cli.compose import load_config
-    from voxfm.pretrain.training.run import run_pretrain
+    from voxfm.pretrain.launch.run import run_pretrain
 
     run = tmp_path_factory.mktemp(f"{experiment}_run")
     run_pretrain(load_config("pretrain", [f"experiment={experiment}", f"data.shards={shard_dir}", f"run_dir={run}",

@@ -2,8 +2,8 @@
 
 from omegaconf import OmegaConf
 
+from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.training.checkpoints import load_checkpoint
-from voxfm.pretrain.training.run import build_module
 
 
 def voxfm_encoder(ckpt_path):

@@ -1,1 +1,1 @@
-"""`voxfm bench`: data, ingest, model and attention benchmarks, all timed by `pretrain/bench/timing.py`."""
+"""`voxfm bench`: data, ingest, model and attention benchmarks, all timed by `pretrain/runtime/timing.py`."""

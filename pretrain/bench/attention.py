@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from voxfm.pretrain.bench.timing import time_call, timer_name
 from voxfm.pretrain.errors import ConfigError
+from voxfm.pretrain.runtime.timing import time_call, timer_name
 
 BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
 CPU_BACKENDS = ("FLASH_ATTENTION", "MATH")  # the others are CUDA kernels

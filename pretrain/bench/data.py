@@ -30,8 +30,8 @@ from voxfm.data.stream.device_feed import PinnedBuffers, collate_into
 from voxfm.data.stream.loader import ThreadLoader
 from voxfm.data.stream.regions import RegionStream, load_volume, region_loader, region_record
 from voxfm.data.stream.shards import shard_urls
-from voxfm.pretrain.bench.timing import best_time, time_call
 from voxfm.pretrain.errors import ConfigError
+from voxfm.pretrain.runtime.timing import best_time, time_call
 
 GPU_SAMPLES_PER_S = 9000  # ViT-B MAE 96³ on one H100: the goal (README, Design)
 BATCH = 32  # regions per batch: mae_vit_b's per-GPU batch

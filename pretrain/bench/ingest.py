@@ -18,8 +18,8 @@ from voxfm.data.ingest import payload
 from voxfm.data.ingest.inputs import discover, file_hash
 from voxfm.data.ingest.preprocess import PreprocessOptions
 from voxfm.data.ingest.run import process_unit
-from voxfm.pretrain.bench.timing import best_time
 from voxfm.pretrain.errors import ConfigError
+from voxfm.pretrain.runtime.timing import best_time
 
 
 def _single_core() -> None:

@@ -11,7 +11,7 @@ They run (b), (c), (a): (a) and (c) take (b)'s first batch and (a) the loop's pr
 feed costs, (c)/(a) what the loop adds to the step: Lightning's hooks, voxfm's callbacks and logging steps, the
 non-finite check, gradient clipping, the lr schedule, the hand-over to the device. Each runs `warmup` untimed steps
 (compilation, cuDNN's search and the first batch's FLOP count happen there), then `steps` timed ones in one
-interval: CUDA events on a GPU, perf_counter on CPU (`pretrain/bench/timing.py`). Samples are views, as in
+interval: CUDA events on a GPU, perf_counter on CPU (`pretrain/runtime/timing.py`). Samples are views, as in
 `voxfm bench model`. The fits stop after their timed steps, without a final checkpoint.
 """
 
@@ -31,10 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from voxfm.data.stream.device_feed import DeviceFeed, PinnedBuffers
 from voxfm.pretrain.bench.model import significant, voxfm_step
-from voxfm.pretrain.bench.timing import time_call, timer_name
 from voxfm.pretrain.callbacks.checkpointing import FinalCheckpoint
+from voxfm.pretrain.launch.build import build_loader, build_module, build_stream, build_trainer, trains_on_gpu
+from voxfm.pretrain.runtime.timing import time_call, timer_name
 from voxfm.pretrain.training.module import PretrainModule
-from voxfm.pretrain.training.run import build_loader, build_module, build_stream, build_trainer, trains_on_gpu
 
 ROWS = ("bare", "loop", "synthetic")
 
@@ -162,10 +162,10 @@ def peak_rss_gib() -> float:
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB on Linux
 
 
-def real_batches(cfg: DictConfig, module: PretrainModule) -> Iterable[dict]:
-    """`voxfm pretrain`'s loader on `cfg.data`, its stream built as `pretrain.training.run._train` builds it."""
+def real_batches(cfg: DictConfig, module: PretrainModule, on_gpu: bool) -> Iterable[dict]:
+    """`voxfm pretrain`'s loader on `cfg.data`, its stream built as `pretrain.launch.run._train` builds it."""
     region_size = cfg.data.region_size or module.view_pipeline.region_size_needed()
-    return build_loader(build_stream(cfg.data, region_size, seed=cfg.seed), cfg.data, trains_on_gpu(cfg.trainer))
+    return build_loader(build_stream(cfg.data, region_size, seed=cfg.seed), cfg.data, on_gpu)
 
 
 def repeated(batch: dict) -> Iterable[dict]:
@@ -184,13 +184,13 @@ def _forever(batch: dict) -> Iterator[dict]:
 
 
 def fit(cfg: DictConfig, run_dir: Path, batches: Callable[[PretrainModule], Iterable[dict]], warmup: int,
-        steps: int) -> tuple[dict, TimedFeed, L.Trainer]:
+        steps: int, on_gpu: bool) -> tuple[dict, TimedFeed, L.Trainer]:
     """One `voxfm pretrain` fit fed by `batches(module)`, stopped after `warmup + steps` batches → (its row, the
-    feed, the trainer)."""
+    feed, the trainer). `on_gpu`: `trains_on_gpu(cfg.trainer)`, derived once by `bench_loop`."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg)
     feed = TimedFeed(batches(module))
-    trainer = build_trainer(cfg, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    trainer = build_trainer(cfg, run_dir, OmegaConf.to_container(cfg, resolve=True), on_gpu)
     # neither is part of a step: the summary prints before the JSON line, the final checkpoint saves after the steps
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, (FinalCheckpoint, ModelSummary))]
     window = StepWindow(feed, warmup, steps)
@@ -212,13 +212,14 @@ def _free(device: torch.device) -> None:
 
 def bench_loop(cfg: DictConfig, warmup: int = 5, steps: int = 20) -> dict:
     """cfg: a `voxfm pretrain` config (one device; `run_dir` a scratch folder) → the figures of the three rows."""
-    run_dir = Path(cfg.run_dir)
-    loop, feed, trainer = fit(cfg, run_dir / "loop", lambda module: real_batches(cfg, module), warmup, steps)
+    run_dir, on_gpu = Path(cfg.run_dir), trains_on_gpu(cfg.trainer)
+    loop, feed, trainer = fit(cfg, run_dir / "loop", lambda module: real_batches(cfg, module, on_gpu), warmup, steps,
+                              on_gpu)
     batch, device, plugin = feed.first, trainer.strategy.root_device, trainer.precision_plugin
     precision = str(trainer.precision)
     del feed, trainer
     _free(device)
-    synthetic, _, trainer = fit(cfg, run_dir / "synthetic", lambda _: repeated(batch), warmup, steps)
+    synthetic, _, trainer = fit(cfg, run_dir / "synthetic", lambda _: repeated(batch), warmup, steps, on_gpu)
     del trainer
     _free(device)
     per_row = reset_peak_rss()

@@ -4,7 +4,7 @@ the same shapes, in one process.
 One precision (bf16 autocast on CUDA, fp32 on CPU). voxfm's step is the training module's own pieces: the device
 views (`module.views`: crop, augmentation, masks), objective + backbone (`module.loss`), backward and AdamW; the
 compiled column builds the module with `trainer.compile=true`, the eager one with false. The reference steps are in
-`pretrain/bench/reference.py`. Time is device time (`pretrain/bench/timing.py`: CUDA events, perf_counter on CPU),
+`pretrain/bench/reference.py`. Time is device time (`pretrain/runtime/timing.py`: CUDA events, perf_counter on CPU),
 the mean over `steps` calls after `warmup`; compilation happens in the warm-up and is reported on its own. FLOPs
 are counted with `FlopCounterMode` on one step run eagerly; MFU is against a matmul ceiling measured on the spot.
 """
@@ -20,10 +20,9 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from voxfm.pretrain.bench.reference import reference_step
-from voxfm.pretrain.bench.timing import sync, time_call, timer_name
-from voxfm.pretrain.callbacks.efficiency import measured_peak_tflops
+from voxfm.pretrain.launch.build import build_module
+from voxfm.pretrain.runtime.timing import measured_peak_tflops, sync, time_call, timer_name
 from voxfm.pretrain.training.module import step_generator
-from voxfm.pretrain.training.run import build_module
 
 COLUMNS = ("eager", "compiled")
 

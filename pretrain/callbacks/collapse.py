@@ -10,7 +10,7 @@ from collections.abc import Callable
 import lightning as L
 
 from voxfm.pretrain.errors import Diverged
-from voxfm.pretrain.training.logging_steps import is_logging_step
+from voxfm.pretrain.runtime.logging_steps import is_logging_step
 
 MEANINGS = {  # monitor → what its breach means
     "train/teacher_entropy": "< {min_teacher_entropy}: the teacher picks one prototype for everything",

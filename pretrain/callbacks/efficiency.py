@@ -17,19 +17,10 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from voxfm.pretrain.bench.timing import time_call
-from voxfm.pretrain.training.logging_steps import is_logging_step
+from voxfm.pretrain.runtime.logging_steps import is_logging_step
+from voxfm.pretrain.runtime.timing import measured_peak_tflops
 
 BACKWARD_FACTOR = 3.0
-
-
-def measured_peak_tflops(device: torch.device) -> float:
-    """A square matmul's rate: bf16 on CUDA, fp32 elsewhere (the precision each trains in)."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    n = 8192 if device.type == "cuda" else 1024
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    seconds = time_call(lambda: a @ b, device, warmup=2, steps=10 if device.type == "cuda" else 3)
-    return 2 * n**3 / seconds / 1e12
 
 
 class Efficiency(L.Callback):

@@ -8,7 +8,7 @@ import time
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from voxfm.pretrain.training.logging_steps import is_logging_step
+from voxfm.pretrain.runtime.logging_steps import is_logging_step
 
 
 class Throughput(L.Callback):

@@ -21,7 +21,7 @@ from pathlib import Path
 import lightning as L
 
 from voxfm.pretrain.errors import Preempted
-from voxfm.pretrain.training.logging_steps import is_logging_step
+from voxfm.pretrain.runtime.logging_steps import is_logging_step
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 

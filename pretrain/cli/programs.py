@@ -36,7 +36,7 @@ def shard(cfg: DictConfig) -> None:
 
 def pretrain(cfg: DictConfig) -> None:
     """The CLI has run `validate_pretrain` and the package check on this config (`pretrain.cli.main`)."""
-    from voxfm.pretrain.training.run import run_pretrain
+    from voxfm.pretrain.launch.run import run_pretrain
 
     run_pretrain(cfg, validated=True)
 

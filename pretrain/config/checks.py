@@ -29,14 +29,15 @@ def _token_size(model: Declared, config: dict):
 
 def _model_errors(model: Declared, config: dict, crop: list[int]) -> list[str]:
     arguments = {**model.defaults(), **{k: v for k, v in config.items() if not k.startswith("_")}}
-    return shape_errors(arguments, crop, "data.crop_size", "model.")
+    return shape_errors(arguments, crop, "data.crop_size", "model.", model.declaration.rules)
 
 
 def _loss_errors(node: dict, where: str, crop: list[int]) -> list[str]:
     """The shape rules on an objective's arguments (its decoder's), and on any declared node nested in them."""
     declared = read_declared(node["_target_"])
     arguments = {**(declared.defaults() if declared else {}), **node}
-    errors = shape_errors(arguments, crop, "data.crop_size", where + ".")
+    rules = declared.declaration.rules if declared else ()
+    errors = shape_errors(arguments, crop, "data.crop_size", where + ".", rules)
     for key, value in node.items():
         if isinstance(value, dict) and isinstance(value.get("_target_"), str):
             errors += _loss_errors(value, f"{where}.{key}", crop)

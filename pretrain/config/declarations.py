@@ -11,7 +11,9 @@ imported (`importlib.util.find_spec`), never the module.
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
+import os
 import pkgutil
 from dataclasses import dataclass
 from functools import cache
@@ -118,18 +120,39 @@ def constructor_defaults(target: str) -> dict:
     return {k: d for k, (_, d) in _arguments(cls).items() if d is not REQUIRED} if cls is not None else {}
 
 
+BACKBONES_ENV = "VOXFM_BACKBONES"  # modules of a user's own backbones, comma-separated (README, adding a backbone)
+
+
 @cache
 def declared_backbones() -> dict[str, Declared]:
-    """Every class of voxfm's `models` package that declares itself a backbone: the only classes a stored config
-    (checkpoint, export) may name."""
+    """Every class that declares itself a backbone in voxfm's `models` package, or in a module named by the
+    environment variable VOXFM_BACKBONES: the only classes a stored config (checkpoint, export) may name. A file
+    cannot add to it, only the user's environment."""
     from voxfm import models
 
+    modules = [info.name for info in pkgutil.iter_modules(models.__path__, "voxfm.models.")]
+    modules += [m.strip() for m in os.environ.get(BACKBONES_ENV, "").split(",") if m.strip()]
     found = {}
-    for info in pkgutil.iter_modules(models.__path__, "voxfm.models."):
-        path = source_file(info.name)
+    for module in modules:
+        path = source_file(module)
+        if path is None:
+            raise ValueError(f"{BACKBONES_ENV}: no module {module!r} (a dotted module that Python can import)")
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
-            declared = read_declared(f"{info.name}.{cls.name}")
+            declared = read_declared(f"{module}.{cls.name}")
             if declared is not None and isinstance(declared.declaration, BackboneDeclaration):
                 found[declared.target] = declared
     return found
+
+
+def backbone_class_for(architecture: str) -> type:
+    """The backbone class that declares `architecture` (the name an export carries): imported only once found
+    among `declared_backbones()`; an unknown name is a ConfigError, never a fallback."""
+    from voxfm.pretrain.errors import ConfigError
+
+    targets = {d.declaration.architecture: target for target, d in declared_backbones().items()}
+    if architecture not in targets:
+        raise ConfigError(f"architecture={architecture!r}: no declared backbone has it; known: "
+                          f"{', '.join(sorted(targets))}")
+    module, _, name = targets[architecture].rpartition(".")
+    return getattr(importlib.import_module(module), name)

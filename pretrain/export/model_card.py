@@ -87,25 +87,6 @@ def exported_classes(meta: dict) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _class_token_lines(meta: dict, export_format: str) -> list[str]:
-    """What became of a class token (self-distillation trains one), said where the export has or drops it."""
-    model = meta["config"]["model"]
-    if meta.get("architecture") == "vit" and model.get("class_token"):
-        kept = export_format == "full"
-        return ["", "## Class token",
-                "The ViT was pretrained with a class token (the summary the self-distillation loss reads). "
-                + ("It is kept here as `backbone.cls_token`." if kept else
-                   "MONAI's segmentation ViT (`classification=False`, what UNETR builds) has none, so this export "
-                   "leaves it out and loads strictly without it. The class token took part in every layer's "
-                   "attention, so without it the patch features shift somewhat: fine-tuning absorbs that. "
-                   "`format=full` keeps it.")]
-    if meta.get("architecture") == "primus" and model.get("num_register_tokens"):
-        return ["", "## Class token",
-                "The first register token served as the class token in pretraining; the register tokens are kept "
-                "(`register_tokens`, as nnU-Net's Primus names them)."]
-    return []
-
-
 def loading_snippet(meta: dict, export_format: str) -> str:
     if export_format == "full":
         return LOAD_FULL
@@ -120,7 +101,8 @@ def loading_snippet(meta: dict, export_format: str) -> str:
     return LOAD_MONAI.replace("IMPORTS", "import " + ", ".join(modules)).replace("CLASSES", classes)
 
 
-def write_model_card(out: Path, meta: dict, export_format: str) -> None:
+def write_model_card(out: Path, meta: dict, export_format: str, adapter) -> None:
+    """adapter: the backbone's (`models/adapters/`), whose notes (class token, other homes) end the card."""
     snippet = loading_snippet(meta, export_format)
     model = meta["config"]["model"]
     lines = [
@@ -155,7 +137,7 @@ def write_model_card(out: Path, meta: dict, export_format: str) -> None:
                   "convolution makes the network insensitive to such an affine intensity change, apart from clipping."]
     if export_format == "nnssl":
         name = meta["nnssl_architecture"]["arch_class_name"]
-        trainer = " -tr PretrainedTrainer_Primus" if meta["architecture"] == "primus" else ""
+        trainer = adapter.nnssl_trainer
         spacing = meta["spacing"][::-1] if meta["spacing"] else None  # like_nnssl names the data by it
         identifier = ("Spacing__" + "_".join(f"{s:.2f}" for s in spacing) if spacing else "<spacing>") + "___Norm__Z"
         lines += ["", "## Fine-tuning with nnU-Net (`nnUNetv2_train_pretrained`)",
@@ -163,14 +145,5 @@ def write_model_card(out: Path, meta: dict, export_format: str) -> None:
                   f"The adaptation plan names `{name}`. The weights are in nnU-Net's axis order ([C, Z, Y, X] of the "
                   "RAS image): kernels were transposed at export (for Primus also its position embeddings and RoPE "
                   "blocks reordered), so nnU-Net's network computes voxfm's features."]
-        if meta["architecture"] == "primus" and name == meta["class"]:
-            lines.append("nnU-Net's pretrained trainers build only the Primus presets (PrimusS/B/M/L: patch 8, no "
-                         "register tokens) by name; this Primus is given as its class and arguments, which nnU-Net's "
-                         "`get_network_from_plans` builds but `nnUNetv2_train_pretrained` refuses without a trainer "
-                         "of your own (and its loader copies `down_projection` and `eva`, not register tokens).")
-    lines += _class_token_lines(meta, export_format)
-    if meta.get("architecture") == "primus":
-        lines += ["", "## MONAI", "MONAI (1.6.1) has no Primus and no network with EVA blocks and 3D RoPE that "
-                  "these weights could load into: the supported routes are nnU-Net (`format=nnssl`), "
-                  "`dynamic_network_architectures`' Primus (same parameter names), and `voxfm finetune`."]
+    lines += adapter.card_notes(meta, export_format)
     (out / "README.md").write_text("\n".join(lines) + "\n")

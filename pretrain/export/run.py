@@ -22,10 +22,11 @@ import torch
 from safetensors.torch import save_file
 
 from voxfm.data.stream.crops import triple
+from voxfm.models.adapters.common import clone_state
 from voxfm.pretrain.config.declarations import read_declared
 from voxfm.pretrain.config.renamed import upgraded
 from voxfm.pretrain.errors import ConfigError
-from voxfm.pretrain.export.formats import clone_state, exported_weights, nnunet_plans_fragment, to_nnunet_axes
+from voxfm.pretrain.export.formats import exported_weights, nnunet_plans_fragment
 from voxfm.pretrain.export.model_card import write_model_card
 from voxfm.pretrain.export.nnssl import nnssl_checkpoint
 from voxfm.pretrain.training.checkpoints import (
@@ -149,7 +150,7 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, exp
         save_file(clone_state(ckpt["state_dict"]), str(out / "model.safetensors"))
         meta["architecture"] = architecture
         (out / "full.json").write_text(json.dumps(meta, indent=1))
-        write_model_card(out, meta, export_format)
+        write_model_card(out, meta, export_format, backbone_class.adapter)
         return out
     backbone = backbone_class(**backbone_kwargs)  # only to read the architecture's kwargs
     prefix = teacher_prefix(config) or BACKBONE_PREFIX  # self-distillation: the EMA teacher is the model to keep
@@ -159,17 +160,18 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, exp
     weights, arch = exported_weights(state, backbone, in_channels)
     meta.update(arch, channel_inflation=None if in_channels in (None, 1) else {"from": 1, "to": in_channels})
     if export_format == "nnunet":
-        weights, kwargs = to_nnunet_axes(weights, arch["kwargs"])
+        weights, kwargs = backbone_class.adapter.nnunet_axes(weights, arch["kwargs"])
         torch.save({"network_weights": weights, "voxfm": {k: v for k, v in meta.items() if k != "config"}},
                    out / "nnunet_pretrained.pth")
-        fragment = nnunet_plans_fragment(declared.export_class, kwargs, list(triple(config["data"]["crop_size"])),
+        fragment = nnunet_plans_fragment(arch, kwargs, list(triple(config["data"]["crop_size"])),
                                          data["spacing"], data["normalisation"], data["modalities"])
         (out / "nnunet_plans_fragment.json").write_text(json.dumps(fragment, indent=1))
         meta["nnunet_kwargs"] = kwargs
     elif export_format == "nnssl":
         init_args = {k: meta[k] for k in ("config", "step", "checkpoint")}  # what voxfm pretraining ran with
-        checkpoint = nnssl_checkpoint(weights, arch, list(triple(config["data"]["crop_size"])), data["spacing"],
-                                      data["normalisation"], f"voxfm.{meta['objective']}", init_args)
+        checkpoint = nnssl_checkpoint(backbone_class.adapter, weights, arch, list(triple(config["data"]["crop_size"])),
+                                      data["spacing"], data["normalisation"], f"voxfm.{meta['objective']}",
+                                      init_args)
         torch.save(checkpoint, out / "checkpoint_final.pth")
         plan = checkpoint["nnssl_adaptation_plan"]
         (out / "adaptation_plan.json").write_text(json.dumps({**plan, "trainer_name": checkpoint["trainer_name"]},
@@ -178,5 +180,5 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, exp
     if export_format != "nnunet":  # voxfm's axis order: what `voxfm finetune backbone=<this folder>` reads
         save_file(weights, str(out / "backbone.safetensors"))
     (out / "backbone.json").write_text(json.dumps(meta, indent=1))
-    write_model_card(out, meta, export_format)
+    write_model_card(out, meta, export_format, backbone_class.adapter)
     return out

@@ -1,9 +1,14 @@
-"""Segmentation networks for fine-tuning, from a `voxfm export` (format=monai) or from random initialisation.
+"""Segmentation networks for fine-tuning, from a `voxfm export` or from random initialisation; each backbone
+family's adapter (`models/adapters/`) builds its segmenter and loads the export into it:
 
 - ViT export → MONAI `UNETR` with the exported ViT as its encoder (`UNETR.vit`, strict load).
 - ResEnc export → the full ResEnc UNet (nnU-Net's `ResidualEncoderUNet`): encoder and decoder from the
   export, a new segmentation head (`decoder.seg_layers`) for this task's classes.
+- Primus export → the whole Primus, a new patch decoder.
+- `format=full` export → its backbone built from its stored config (the allowlist) and described as the family's
+  own export would describe it.
 - `backbone: none` → the same network from random initialisation (the scratch arm).
+An architecture no declared backbone has is an error, never a fallback.
 """
 
 from __future__ import annotations
@@ -14,78 +19,73 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from voxfm.models.weights import load_strict
-from voxfm.pretrain.config.declarations import declared_backbones
+from voxfm.pretrain.config.declarations import backbone_class_for, declared_backbones
 from voxfm.pretrain.errors import ConfigError, config_errors
 
-SEG_HEAD = "decoder.seg_layers."  # ResEnc's segmentation layers: replaced by this task's
-# the architectures voxfm's backbones declare (`declared_backbones`), the names backbone.json may carry
-ARCHITECTURES = tuple(sorted({d.declaration.architecture for d in declared_backbones().values()}, reverse=True))
+
+def architectures() -> tuple[str, ...]:
+    """The architectures voxfm's backbones declare (`declared_backbones`): the names an export may carry."""
+    return tuple(sorted({d.declaration.architecture for d in declared_backbones().values()}, reverse=True))
 
 
 def read_export(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An export folder → (its description: architecture, kwargs, ...; its backbone's weights)."""
     path = Path(folder)
+    if (path / "full.json").is_file() and (path / "model.safetensors").is_file():
+        return _read_full(path, folder)
     if not (path / "backbone.json").is_file() or not (path / "backbone.safetensors").is_file():
         raise ConfigError(f"backbone={folder}: expected a `voxfm export` folder (backbone.json + "
-                          "backbone.safetensors), or backbone=none")
+                          "backbone.safetensors, or format=full's full.json + model.safetensors), or backbone=none")
     meta = json.loads((path / "backbone.json").read_text())
     check_export_meta(meta, f"backbone={folder}: backbone.json")
     return meta, load_file(str(path / "backbone.safetensors"))
 
 
+def _read_full(path: Path, folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A format=full export: the backbone its stored config names (through the allowlist, never `instantiate`),
+    with the exported backbone weights, described as the family's own export would describe it."""
+    from voxfm.pretrain.config.renamed import upgraded
+    from voxfm.pretrain.export.formats import exported_weights
+    from voxfm.pretrain.training.checkpoints import backbone_from_config, check_config_tree
+
+    meta = json.loads((path / "full.json").read_text())
+    check_config_tree(meta, f"backbone={folder}: full.json")
+    config = upgraded(meta.get("config") if isinstance(meta, dict) and isinstance(meta.get("config"), dict) else {})
+    backbone = backbone_from_config(config.get("model"), f"backbone={folder}: full.json: config.model")
+    state = {k[len("backbone."):]: v for k, v in load_file(str(path / "model.safetensors")).items()
+             if k.startswith("backbone.")}
+    weights, description = exported_weights(state, backbone, None)
+    return {**meta, **description}, weights
+
+
 def check_export_meta(meta, where: str) -> None:
-    """backbone.json is data: a known architecture and a mapping of kwargs, from which `build_segmenter` reads
-    the values it needs by name (it never resolves a class the file names)."""
-    if not isinstance(meta, dict) or meta.get("architecture") not in ARCHITECTURES:
+    """backbone.json is data: a known architecture and a mapping of kwargs, from which the segmenter reads the
+    values it needs by name (it never resolves a class the file names)."""
+    known = architectures()
+    if not isinstance(meta, dict) or meta.get("architecture") not in known:
         got = meta.get("architecture") if isinstance(meta, dict) else meta
-        raise ConfigError(f"{where}: architecture={got!r}; allowed: {', '.join(ARCHITECTURES)}")
+        raise ConfigError(f"{where}: architecture={got!r}; allowed: {', '.join(known)}")
     if not isinstance(meta.get("kwargs"), dict):
         raise ConfigError(f"{where}: kwargs is missing or not a mapping")
 
 
 def build_segmenter(architecture: str, kwargs: dict, n_classes: int, crop_size, unetr: dict) -> torch.nn.Module:
-    """architecture "vit": UNETR around a ViT of `kwargs` (MONAI ViT kwargs); "primus": Primus with a new head;
-    "resenc": ResEncUNet kwargs."""
-    if architecture == "vit":
-        from monai.networks.nets import UNETR
-
-        if list(kwargs["patch_size"]) != [16, 16, 16]:
-            raise ConfigError(f"UNETR needs a patch-16 ViT; this backbone has patch {kwargs['patch_size']} (a patch-8 "
-                              "ViT has no segmentation network in voxfm; pretrain Primus, model=primus_*, instead)")
-        return UNETR(in_channels=kwargs["in_channels"], out_channels=n_classes, img_size=tuple(crop_size),
-                     hidden_size=kwargs["hidden_size"], mlp_dim=kwargs["mlp_dim"], num_heads=kwargs["num_heads"],
-                     proj_type="conv", **unetr)
-    if architecture == "primus":  # the whole network as nnU-Net fine-tunes it: the pretrained encoder, a new decoder
-        from voxfm.models.primus import Primus
-
-        if list(kwargs["input_shape"]) != list(crop_size):  # nnU-Net too fine-tunes at the pretraining shape
-            raise ConfigError(f"data.crop_size={list(crop_size)}: a Primus export fine-tunes at the input shape its "
-                              f"position embedding was learnt for, {list(kwargs['input_shape'])}")
-        return Primus(**{**kwargs, "num_classes": n_classes})
-    from voxfm.models.resenc import ResEncUNet
-
-    return ResEncUNet(in_channels=kwargs["input_channels"], out_channels=n_classes,
-                      features_per_stage=kwargs["features_per_stage"], n_blocks_per_stage=kwargs["n_blocks_per_stage"],
-                      n_conv_per_stage_decoder=kwargs["n_conv_per_stage_decoder"],
-                      strides=[s[0] for s in kwargs["strides"]], kernel_size=kwargs["kernel_sizes"][0][0])
+    """The fine-tuning network of `architecture` from an export's `kwargs` (random weights); it carries its
+    adapter as `voxfm_adapter` (what `encoder_parameters` asks)."""
+    adapter = backbone_class_for(architecture).adapter
+    with config_errors():  # the export's kwargs do not fit this fine-tune's settings (crop, patch)
+        net = adapter.segmenter(kwargs, n_classes, crop_size, unetr)
+    net.voxfm_adapter = adapter
+    return net
 
 
 def segmenter_with_weights(meta: dict, weights: dict[str, torch.Tensor], n_classes: int, crop_size, unetr: dict,
                            what: str) -> torch.nn.Module:
     """The segmentation network of an exported backbone (`meta`: architecture and kwargs) with its weights in the
-    encoder (and, for ResEnc, the decoder)."""
+    encoder (and where the family keeps it, the decoder); the pretraining head is replaced by this task's."""
     net = build_segmenter(meta["architecture"], meta["kwargs"], n_classes, crop_size, unetr)
-    if meta["architecture"] == "vit":
-        with config_errors():  # the export does not fit the network this config builds
-            load_strict(net.vit, weights, what)
-    else:
-        own = net.state_dict()
-        # the pretraining head (reconstruction) is replaced by this task's segmentation layers; Primus's whole
-        # PatchDecode, whose widths follow the class count (as nnU-Net's pretrained trainer takes only the
-        # tokeniser, the encoder and the position embedding)
-        head = SEG_HEAD if meta["architecture"] == "resenc" else net.decoder_prefix
-        with config_errors():
-            load_strict(net, {k: (own[k] if k.startswith(head) else v) for k, v in weights.items()}, what)
+    with config_errors():  # the export does not fit the network this config builds
+        net.voxfm_adapter.load_pretrained(net, weights, what)
     return net
 
 
@@ -95,13 +95,5 @@ def segmenter_from_export(folder: str, n_classes: int, crop_size, unetr: dict) -
 
 
 def encoder_parameters(net: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """What `freeze_encoder=true` freezes: UNETR's ViT, Primus's tokeniser and EVA encoder, or the ResEnc encoder."""
-    from monai.networks.nets import UNETR
-
-    from voxfm.models.primus import Primus
-
-    if isinstance(net, UNETR):
-        return list(net.vit.parameters())
-    if isinstance(net, Primus):
-        return list(net.encoder_parameters())
-    return list(net.encoder.parameters())
+    """What `freeze_encoder=true` freezes: UNETR's ViT, Primus's tokeniser and EVA encoder, the ResEnc encoder."""
+    return list(net.voxfm_adapter.encoder_parameters(net))

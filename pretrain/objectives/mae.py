@@ -67,6 +67,7 @@ class MAEObjective(nn.Module):
     declaration = ObjectiveDeclaration(
         backbone="tokens", views=None, masks=True, mask_cell_is_token=True, reconstructs=True,
         bounds={"decoder_hidden": {"ge": 6}, "decoder_layers": {"ge": 1}, "decoder_heads": {"ge": 1}},
+        rules=("decoder",),
     )
 
     def __init__(self, spec: BackboneSpec, decoder_hidden: int = 384, decoder_layers: int = 4,

@@ -20,6 +20,7 @@ class ObjectiveDeclaration:
     views: views of each region per sample (`objective.views.n_views` must equal it), None: any;
     masks: hides parts of each view (`objective.views.masking` must be set);
     masks_if: the name of a loss argument that, when > 0, needs masks (DINO's `ibot_weight`), or None;
+    rules: shape rules of `models/rules.py` its own arguments obey (the MAE decoder's: "decoder");
     mask_cell_is_token: one mask cell per patch token (`masking.patch_size` must equal `model.patch_size`);
     trains_decoder: False → a CNN backbone's own decoder is frozen (unused by the loss);
     reconstructs: has `reconstruct(batch, backbone) -> {"original", "masked", "reconstruction"}` for pictures;
@@ -36,3 +37,4 @@ class ObjectiveDeclaration:
     reconstructs: bool = False
     teacher: bool = False
     bounds: dict = field(default_factory=dict)
+    rules: tuple = ()

@@ -14,7 +14,7 @@ from torch import nn
 from voxfm.models.heads import ProjectionHead
 from voxfm.models.spec import BackboneSpec
 from voxfm.pretrain.objectives.protocol import ObjectiveDeclaration
-from voxfm.pretrain.training.distributed import gather_with_grad, world
+from voxfm.pretrain.runtime.distributed import gather_with_grad, world
 
 
 def nt_xent(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

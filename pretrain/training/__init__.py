@@ -1,1 +1,2 @@
-"""A pretraining run: Lightning module, trainer and strategy, schedule, checkpoints, speed-ups from outside."""
+"""Training a pretraining run: the Lightning module, strategy, schedule, checkpoints, speed-ups applied from outside.
+Assembled into a run by `pretrain/launch/`; imports none of callbacks/, bench/ or launch/."""

@@ -11,8 +11,8 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 
 from voxfm.pretrain.errors import Diverged
+from voxfm.pretrain.runtime.logging_steps import is_logging_step
 from voxfm.pretrain.training.compiled_step import CompiledStep, objective_inputs
-from voxfm.pretrain.training.logging_steps import is_logging_step
 from voxfm.pretrain.training.param_groups import LAST_LAYER, param_groups
 from voxfm.pretrain.training.schedule import cosine, held_until, warmup_cosine
 

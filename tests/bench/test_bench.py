@@ -4,8 +4,8 @@ import pytest
 
 from voxfm.pretrain.bench.attention import bench_attention, scaled_shape
 from voxfm.pretrain.bench.data import bench_data, format_data_bench
-from voxfm.pretrain.bench.timing import time_call
 from voxfm.pretrain.cli.main import main
+from voxfm.pretrain.runtime.timing import time_call
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ def test_the_alarm_pickles_for_ddp_spawn_and_reads_its_thresholds():
     from functools import partial
 
     from voxfm.pretrain.callbacks.collapse import CollapseAlarm
-    from voxfm.pretrain.training.run import log_event
+    from voxfm.pretrain.launch.build import log_event
 
     alarm = pickle.loads(pickle.dumps(CollapseAlarm(min_effective_rank=3.0, on_event=partial(log_event, "/x"))))
     healthy = {"train/effective_rank": 5.0, "train/gram_mean": 0.2, "train/gram_std": 0.3}

@@ -176,7 +176,7 @@ def test_an_installed_config_needs_nothing_and_a_wrapped_import_error_is_recogni
 def test_validate_pretrain_runs_once_per_voxfm_pretrain_and_still_for_direct_callers(shard_dir, tmp_path,
                                                                                        monkeypatch):
     import voxfm.pretrain.config.schema
-    import voxfm.pretrain.training.run
+    import voxfm.pretrain.launch.run
 
     calls = []
     real = voxfm.pretrain.config.schema.validate_pretrain
@@ -186,12 +186,12 @@ def test_validate_pretrain_runs_once_per_voxfm_pretrain_and_still_for_direct_cal
         return real(cfg)
 
     monkeypatch.setattr(voxfm.pretrain.config.schema, "validate_pretrain", counted)
-    monkeypatch.setattr(voxfm.pretrain.training.run, "validate_pretrain", counted)
-    monkeypatch.setattr(voxfm.pretrain.training.run, "_train", lambda cfg, run_dir: run_dir)
+    monkeypatch.setattr(voxfm.pretrain.launch.run, "validate_pretrain", counted)
+    monkeypatch.setattr(voxfm.pretrain.launch.run, "_train", lambda cfg, run_dir: run_dir)
     args = ["experiment=demo", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'run'}"]
     assert main(["pretrain", *args]) == 0 and len(calls) == 1
     with pytest.raises(ConfigError, match="trainer.max_steps"):
-        voxfm.pretrain.training.run.run_pretrain(load_config("pretrain", [*args, "trainer.max_steps=0"]))
+        voxfm.pretrain.launch.run.run_pretrain(load_config("pretrain", [*args, "trainer.max_steps=0"]))
     assert len(calls) == 2
 
 

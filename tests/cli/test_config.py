@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 
 from voxfm.pretrain.cli.compose import CONF_DIR, load_config, missing_keys
 from voxfm.pretrain.cli.main import main
-from voxfm.pretrain.training.run import build_module
+from voxfm.pretrain.launch.build import build_module
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 

@@ -83,7 +83,7 @@ def _pretrain_args(shard_dir, run_dir, max_steps):
 @pytest.mark.slow
 def test_a_second_pretrain_on_a_run_dir_exits_2_and_the_first_finishes(tmp_path, shard_dir, capsys):
     run, go = tmp_path / "run", tmp_path / "go"
-    first = _start_stalled("voxfm.pretrain.training.run", "build_module", _pretrain_args(shard_dir, run, 2), run, go)
+    first = _start_stalled("voxfm.pretrain.launch.run", "build_module", _pretrain_args(shard_dir, run, 2), run, go)
     try:
         assert main(_pretrain_args(shard_dir, run, 2)) == 2
         err = capsys.readouterr().err

@@ -9,11 +9,11 @@ from monai.networks.nets import ViT as MonaiViT
 from safetensors.torch import load_file
 
 from tests.exports import model_card_snippet, voxfm_encoder
+from voxfm.models.adapters.vit import ViTAdapter
 from voxfm.models.vit import ViT
 from voxfm.pretrain.cli.compose import load_config
-from voxfm.pretrain.export.formats import vit_monai
 from voxfm.pretrain.export.run import run_export
-from voxfm.pretrain.training.run import run_pretrain
+from voxfm.pretrain.launch.run import run_pretrain
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_export_loads_strictly_into_monai_and_matches_voxfm(run_dir, tmp_path):
 def test_exported_weights_load_strictly_into_unetr_vit():
     """UNETR fixes patch 16, 12 layers and learnable position embeddings: such a backbone loads strictly."""
     backbone = ViT(1, 32, 16, hidden_size=48, mlp_dim=96, num_layers=12, num_heads=4, pos_embed_type="learnable")
-    weights, _ = vit_monai(backbone.state_dict(), backbone, None)
+    weights, _ = ViTAdapter.export_weights(backbone.state_dict(), backbone, None)
     unetr = UNETR(in_channels=1, out_channels=3, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96,
                   num_heads=4, proj_type="conv").eval()
     unetr.vit.load_state_dict(weights, strict=True)

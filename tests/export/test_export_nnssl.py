@@ -14,10 +14,11 @@ import torch
 
 from tests.exports import model_card_snippet, voxfm_encoder
 from tests.models.reference_primus import reference_primus
+from voxfm.models.adapters.primus import PrimusAdapter
 from voxfm.models.primus import PRESETS, Primus
 from voxfm.models.resenc import ResEncUNet
 from voxfm.pretrain.export.formats import backbone_weights
-from voxfm.pretrain.export.nnssl import PRIMUS_CLASS, architecture_plans, nnssl_checkpoint
+from voxfm.pretrain.export.nnssl import nnssl_checkpoint
 from voxfm.pretrain.export.run import run_export
 
 # The fields nnssl writes: AbstractTrainer.save_checkpoint less what add_adaptation_plan.py drops (MIC-DKFZ/nnssl
@@ -108,7 +109,8 @@ def test_nnssl_file_of_demo_primus_builds_nnunets_primus_and_gives_voxfms_output
     checkpoint = read_as_nnunet(out)
     plan = checkpoint["nnssl_adaptation_plan"]
     arch = plan["architecture_plans"]
-    assert arch["arch_class_name"] == PRIMUS_CLASS and arch["arch_kwargs_requiring_import"] == []  # not a preset
+    assert arch["arch_class_name"] == Primus.declaration.export_class  # not a preset
+    assert arch["arch_kwargs_requiring_import"] == []
     assert (plan["key_to_encoder"], plan["key_to_stem"], plan["keys_to_in_proj"], plan["key_to_lpe"]) == (
         "eva", "down_projection", ["down_projection.proj"], "eva.pos_embed")
     assert checkpoint["trainer_name"] == "voxfm.MAEObjective" and plan["pretrain_num_input_channels"] == 1
@@ -151,7 +153,7 @@ def _sharp_primus(**kwargs) -> Primus:
 
 def _nnssl(backbone, crop) -> dict:
     weights, description = backbone_weights(backbone)
-    return nnssl_checkpoint(weights, description, list(crop), [1.5, 1.5, 1.5], None, "test", {})
+    return nnssl_checkpoint(type(backbone).adapter, weights, description, list(crop), [1.5, 1.5, 1.5], None, "test", {})
 
 
 @pytest.mark.slow
@@ -196,12 +198,12 @@ def test_only_networks_equal_to_a_preset_take_its_name():
          "num_register_tokens": 0, "use_rot_pos_emb": True, "use_abs_pos_embed": True, "mlp_ratio": 4 * 2 / 3,
          "drop_path_rate": 0.0, "proj_drop_rate": 0.0, "attn_drop_rate": 0.0, "init_values": 0.1,
          "scale_attn_inner": True, "input_channels": 1, "num_classes": 1}
-    assert architecture_plans("primus", m)["arch_class_name"] == "PrimusM"
-    assert architecture_plans("primus", {**m, "embed_dim": 396, "eva_numheads": 6, "eva_depth": 12}
+    assert PrimusAdapter.nnssl_plans(m)["arch_class_name"] == "PrimusM"
+    assert PrimusAdapter.nnssl_plans({**m, "embed_dim": 396, "eva_numheads": 6, "eva_depth": 12}
                               )["arch_class_name"] == "PrimusS"
     for change in ({"num_register_tokens": 2}, {"patch_embed_size": [16, 16, 16]}, {"init_values": None},
                    {"scale_attn_inner": False}, {"eva_depth": 12}):
-        plans = architecture_plans("primus", {**m, **change})
-        assert plans["arch_class_name"] == PRIMUS_CLASS
+        plans = PrimusAdapter.nnssl_plans({**m, **change})
+        assert plans["arch_class_name"] == Primus.declaration.export_class
         assert plans["arch_kwargs"] == {k: v for k, v in {**m, **change}.items()
                                         if k not in ("input_channels", "num_classes")}

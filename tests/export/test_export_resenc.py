@@ -11,7 +11,7 @@ from tests.exports import model_card_snippet, voxfm_encoder
 from voxfm.models.weights import load_strict
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.export.run import run_export
-from voxfm.pretrain.training.run import run_pretrain
+from voxfm.pretrain.launch.run import run_pretrain
 
 pytestmark = pytest.mark.slow
 
@@ -107,8 +107,8 @@ def test_a_failed_load_names_missing_unexpected_and_mismatched_keys(mim_run, tmp
 def test_a_full_export_continues_pretraining_from_its_step_with_its_weights(mim_run, tmp_path, shard_dir):
     from safetensors.torch import load_file as load
 
+    from voxfm.pretrain.launch.build import build_module
     from voxfm.pretrain.training.init_from import init_module
-    from voxfm.pretrain.training.run import build_module
 
     out = run_export(str(mim_run), str(tmp_path / "full"), export_format="full")
     cfg = load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'new'}",
@@ -136,8 +136,8 @@ def test_a_full_export_continues_pretraining_from_its_step_with_its_weights(mim_
 
 
 def test_init_from_a_mismatched_model_names_the_bad_keys(mim_run, tmp_path, shard_dir):
+    from voxfm.pretrain.launch.build import build_module
     from voxfm.pretrain.training.init_from import init_module
-    from voxfm.pretrain.training.run import build_module
 
     out = run_export(str(mim_run), str(tmp_path / "full"), export_format="full")
     cfg = load_config("pretrain", ["experiment=demo", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'x'}"])

@@ -9,7 +9,8 @@ from voxfm.data.ingest.run import run_shard
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.cli.main import main
 from voxfm.pretrain.export.run import run_export
-from voxfm.pretrain.training.run import build_module, run_pretrain
+from voxfm.pretrain.launch.build import build_module
+from voxfm.pretrain.launch.run import run_pretrain
 
 FAST = ["steps=6", "trainer.progress_bar=false", "trainer.checkpoint_every_n_steps=3", "data.batch_size=1",
         "data.crop_size=[16,16,16]", "sw_batch_size=8"]
@@ -77,13 +78,13 @@ def test_resenc_finetune_starts_from_the_export_with_a_new_head(resenc_export):
 def test_unetr_takes_a_vit_export_as_its_encoder_and_freezing_leaves_it_untrained(tmp_path):
     from safetensors.torch import save_file
 
+    from voxfm.models.adapters.vit import ViTAdapter
     from voxfm.models.vit import ViT
-    from voxfm.pretrain.export.formats import vit_monai
     from voxfm.pretrain.finetune.loop import SegmentationModule
     from voxfm.pretrain.finetune.model import encoder_parameters, segmenter_from_export
 
     vit = ViT(1, 32, 16, hidden_size=48, mlp_dim=96, num_layers=12, num_heads=4, pos_embed_type="learnable")
-    weights, meta = vit_monai(vit.state_dict(), vit, None)
+    weights, meta = ViTAdapter.export_weights(vit.state_dict(), vit, None)
     save_file(weights, str(tmp_path / "backbone.safetensors"))
     (tmp_path / "backbone.json").write_text(json.dumps(meta))
     net, _ = segmenter_from_export(str(tmp_path), n_classes=3, crop_size=[32] * 3, unetr={"feature_size": 8})

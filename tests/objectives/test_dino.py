@@ -9,9 +9,9 @@ import torch
 from tests.exports import model_card_snippet
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.cli.main import main
+from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.training.checkpoints import load_checkpoint
 from voxfm.pretrain.training.module import step_generator
-from voxfm.pretrain.training.run import build_module
 
 
 def _module(seed: int = 0):

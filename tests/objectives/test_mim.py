@@ -14,9 +14,9 @@ from voxfm.data.views.masking import RandomPatchMasking
 from voxfm.data.views.pipeline import ViewPipeline
 from voxfm.models.resenc import ResEncUNet, resenc_kwargs
 from voxfm.pretrain.cli.compose import load_config
+from voxfm.pretrain.launch.run import run_pretrain
 from voxfm.pretrain.objectives.mim import MIMObjective, cube_visibility
 from voxfm.pretrain.training.checkpoints import load_checkpoint
-from voxfm.pretrain.training.run import run_pretrain
 
 
 def _setup():

@@ -13,8 +13,9 @@ import torch
 
 from tests.conftest import REPO
 from voxfm.pretrain.cli.compose import load_config
+from voxfm.pretrain.launch.build import build_module
+from voxfm.pretrain.launch.run import run_pretrain
 from voxfm.pretrain.training.module import step_generator
-from voxfm.pretrain.training.run import build_module, run_pretrain
 
 TWINS = ["demo", "demo_mim", "demo_simclr", "demo_mae_contrastive", "demo_primus"]
 

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-import voxfm.pretrain.training.run
+import voxfm.pretrain.launch.run
 from tests.conftest import REPO
 from voxfm.pretrain.callbacks.preemption import Preemption
 from voxfm.pretrain.cli.main import main
@@ -65,7 +65,7 @@ def test_a_signal_checkpoints_exits_75_and_the_rerun_continues(tmp_path, shard_d
 def _poisoned_run(monkeypatch, run_dir, shard_dir, nan_steps, max_steps, k=10, extra=()):
     """`voxfm pretrain` (exit code) with a NaN loss at `nan_steps`; logging every 4 steps, so a NaN step that is no
     logging step is decided on the device alone. Returns (exit code, module, weights at the start of each step)."""
-    build_module, built, seen = voxfm.pretrain.training.run.build_module, [], {}
+    build_module, built, seen = voxfm.pretrain.launch.run.build_module, [], {}
 
     def poisoned_module(cfg):
         module = build_module(cfg)
@@ -81,7 +81,7 @@ def _poisoned_run(monkeypatch, run_dir, shard_dir, nan_steps, max_steps, k=10, e
         built.append(module)
         return module
 
-    monkeypatch.setattr(voxfm.pretrain.training.run, "build_module", poisoned_module)
+    monkeypatch.setattr(voxfm.pretrain.launch.run, "build_module", poisoned_module)
     code = main(["pretrain", "experiment=demo", f"data.shards={shard_dir}", f"run_dir={run_dir}",
                  f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=2",
                  f"trainer.max_nonfinite_steps={k}", "trainer.progress_bar=false", "trainer.images_every_n_steps=0",

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import voxfm.pretrain.training.run
+import voxfm.pretrain.launch.run
 from voxfm.pretrain.cli.compose import load_config
-from voxfm.pretrain.training.logging_steps import is_logging_step
+from voxfm.pretrain.runtime.logging_steps import is_logging_step
 
 READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default)
 
@@ -65,7 +65,7 @@ class StepWindows(L.Callback):
 def count_reads(monkeypatch, overrides: list[str]) -> TensorReads:
     """Runs `run_pretrain` with a read counter around it; returns the counter."""
     counter = TensorReads()
-    build_trainer = voxfm.pretrain.training.run.build_trainer
+    build_trainer = voxfm.pretrain.launch.run.build_trainer
 
     def with_windows(*args, **kwargs):
         trainer = build_trainer(*args, **kwargs)
@@ -78,10 +78,10 @@ def count_reads(monkeypatch, overrides: list[str]) -> TensorReads:
         counter.count()
         return tolist(self)
 
-    monkeypatch.setattr(voxfm.pretrain.training.run, "build_trainer", with_windows)
+    monkeypatch.setattr(voxfm.pretrain.launch.run, "build_trainer", with_windows)
     monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
     with counter:
-        voxfm.pretrain.training.run.run_pretrain(load_config("pretrain", overrides))
+        voxfm.pretrain.launch.run.run_pretrain(load_config("pretrain", overrides))
     return counter
 
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from voxfm.pretrain.cli.compose import load_config
+from voxfm.pretrain.launch.build import build_module
+from voxfm.pretrain.launch.run import run_pretrain
 from voxfm.pretrain.training.checkpoints import load_checkpoint
 from voxfm.pretrain.training.module import skips_on_device
-from voxfm.pretrain.training.run import build_module, run_pretrain
 
 
 def test_fused_adamw_clips_gradients_under_bf16_mixed(tmp_path, shard_dir):

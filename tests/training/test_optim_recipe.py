@@ -19,9 +19,9 @@ from voxfm.models.vit import ViT
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.cli.main import main
 from voxfm.pretrain.config.schema import PretrainSchema, check_node
+from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.objectives.protocol import ObjectiveDeclaration
 from voxfm.pretrain.training.module import PretrainModule
-from voxfm.pretrain.training.run import build_module
 
 LR, WD, TOTAL = 1e-3, 0.05, 8
 

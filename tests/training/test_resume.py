@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 
 from tests.conftest import REPO
 from voxfm.data.stream.regions import RegionStream, region_loader
+from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.training.checkpoints import load_checkpoint
 from voxfm.pretrain.training.module import step_generator
-from voxfm.pretrain.training.run import build_module
 
 DEMOS = {  # experiment → extra overrides (a little more work per step so the kill lands mid-run)
     "demo": ["model.num_layers=4", "data.batch_size=8"],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from voxfm.pretrain.objectives.dino.targets import all_reduced
-from voxfm.pretrain.training.distributed import world
+from voxfm.pretrain.runtime.distributed import world
 
 
 def dino_loss(student_logits: list[torch.Tensor], teacher_probs: list[torch.Tensor],

@@ -171,7 +171,7 @@ class DINOObjective(nn.Module):
         if batch.get("n_views", 2) != self.declaration.views:
             raise ValueError("objective=dino needs two global crops per region: set objective.views.n_views=2")
         if self.teacher_backbone is None:
-            raise RuntimeError("objective=dino has no teacher: build it with pretrain.training.run.build_module")
+            raise RuntimeError("objective=dino has no teacher: build it with pretrain.launch.build.build_module")
         image, masks, temperature = batch["image"], batch.get("masks"), self._teacher_temperature()
         if self.ibot_head is None:
             masks = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from voxfm.pretrain.training.distributed import world
+from voxfm.pretrain.runtime.distributed import world
 
 
 def all_reduced(x: torch.Tensor) -> torch.Tensor:

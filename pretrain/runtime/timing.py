@@ -1,4 +1,5 @@
-"""The one timer every `voxfm bench` uses: device time with CUDA events on CUDA, `perf_counter` elsewhere.
+"""The one timer every `voxfm bench` and the `Efficiency` callback use: device time with CUDA events on CUDA,
+`perf_counter` elsewhere; and the matmul rate both take as a device's peak when none is given.
 
 A host clock around asynchronous CUDA work measures when the host queued the kernels, not when the GPU ran
 them; events recorded on the stream bracket the GPU's own execution (idle gaps the host leaves included,
@@ -75,3 +76,12 @@ def wall_time(fn: Callable[[], object], device: torch.device | str = "cpu") -> f
     fn()
     sync(device)
     return time.perf_counter() - start
+
+
+def measured_peak_tflops(device: torch.device) -> float:
+    """A square matmul's rate: bf16 on CUDA, fp32 elsewhere (the precision each trains in)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    seconds = time_call(lambda: a @ b, device, warmup=2, steps=10 if device.type == "cuda" else 3)
+    return 2 * n**3 / seconds / 1e12

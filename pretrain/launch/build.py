@@ -1,11 +1,11 @@
-"""`voxfm pretrain`: build data, backbone and objective from the config, train, resume automatically."""
+"""The builders of a `voxfm pretrain` run, each from its part of the config: the module (backbone, objective,
+views, speed-ups), the trainer with voxfm's callbacks, the region stream and its loader. `launch.run` assembles a
+run from them; `voxfm bench loop` and the Python API build the same pieces."""
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -17,11 +17,8 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from voxfm.data.ingest.locks import folder_lock
 from voxfm.data.ingest.shard_set import describe_shard_set
-from voxfm.data.stream.device_feed import buffer_count
-from voxfm.data.stream.loader import QUEUED_PER_WORKER, ThreadLoader
-from voxfm.data.stream.pool import memory_line
+from voxfm.data.stream.loader import ThreadLoader
 from voxfm.data.stream.regions import RegionStream, region_loader
 from voxfm.pretrain.callbacks.checkpointing import ConfigInCheckpoint, FinalCheckpoint
 from voxfm.pretrain.callbacks.efficiency import Efficiency
@@ -29,18 +26,12 @@ from voxfm.pretrain.callbacks.images import ReconstructionImages
 from voxfm.pretrain.callbacks.monitoring import DataStats, ProgressBar, Throughput
 from voxfm.pretrain.callbacks.preemption import Preemption
 from voxfm.pretrain.callbacks.retention import Retention
-from voxfm.pretrain.callbacks.teardown import ShutDownProcessGroup, shut_down_process_group
-from voxfm.pretrain.config.renamed import renamed_key, upgraded
-from voxfm.pretrain.config.schema import validate_pretrain
+from voxfm.pretrain.callbacks.teardown import ShutDownProcessGroup
 from voxfm.pretrain.errors import ConfigError, config_errors
 from voxfm.pretrain.training.checkpoint_io import AtomicCheckpointIO
-from voxfm.pretrain.training.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint, load_checkpoint
-from voxfm.pretrain.training.init_from import ContinueFromStep, init_module
 from voxfm.pretrain.training.module import PretrainModule
-from voxfm.pretrain.training.resume_check import check_resume_config
-from voxfm.pretrain.training.schedule import lr_scale
 from voxfm.pretrain.training.speedups import compile_mode, parallelize
-from voxfm.pretrain.training.strategy import build_strategy, universal_checkpoint
+from voxfm.pretrain.training.strategy import build_strategy
 
 
 def log_event(run_dir: Path, **event) -> None:
@@ -114,8 +105,9 @@ def build_module(cfg: DictConfig) -> PretrainModule:
         )
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Preemption | None = None,
+def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, on_gpu: bool, preemption: Preemption | None = None,
                   load_universal: bool = False) -> L.Trainer:
+    """`on_gpu`: `trains_on_gpu(cfg.trainer)`, derived once by the caller (it also decides the loader's pinning)."""
     t = cfg.trainer
     precision = trainer_precision(cfg)
     # flushed at every logging step, so a killed run loses no metrics it had logged
@@ -132,7 +124,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # voxfm's Preemption callback checkpoints and requeues, not Lightning's
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    on_gpu = trains_on_gpu(t)
     if on_gpu:  # a pretraining run's shapes never change: cuDNN picks its fastest convolutions once
         torch.backends.cudnn.benchmark = True
     # the bar reads its metrics' values (a host sync) when it refreshes: at logging steps only
@@ -157,29 +148,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, preemption: Pree
     )
 
 
-def launcher_rank() -> int:
-    """This process's global rank as torchrun or SLURM announce it (0 for a single process or Lightning's launcher)."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
-
-
-def is_job_owner() -> bool:
-    """The one process per job that locks run_dir and writes config.yaml: global rank 0 under torchrun or SLURM,
-    else Lightning's launcher on node 0 (the ranks it starts carry LOCAL_RANK > 0, other nodes NODE_RANK > 0)."""
-    local, node = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("NODE_RANK", 0))
-    return launcher_rank() == 0 and local == 0 and node == 0
-
-
-def write_config(run_dir: Path, cfg: DictConfig) -> None:
-    """run_dir/config.yaml = this run's config; an earlier, different one is kept as config.<its mtime>.yaml."""
-    path, text = run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True)
-    if path.exists() and path.read_text() != text:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(path.stat().st_mtime))
-        path.rename(run_dir / f"config.{stamp}.yaml")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def build_stream(data: DictConfig, region_size, seed: int) -> RegionStream:
     """The region stream `data` describes; `seed` already includes the resume step."""
     return RegionStream(data.shards, region_size, data.regions_per_volume, data.foreground_prob, data.shuffle_buffer,
@@ -189,6 +157,7 @@ def build_stream(data: DictConfig, region_size, seed: int) -> RegionStream:
 
 
 def trains_on_gpu(trainer: DictConfig) -> bool:
+    """The one test of whether a run trains on a GPU: `trainer.accelerator` says so, or is `auto` with one visible."""
     return trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
 
 
@@ -199,76 +168,3 @@ def build_loader(stream: RegionStream, data: DictConfig, on_gpu: bool):
     if data.loader == "process":
         return region_loader(stream, data.batch_size, data.num_workers)
     raise ConfigError(f"data.loader={data.loader!r}; allowed: 'thread', 'process'")
-
-
-def run_pretrain(cfg: DictConfig, validated: bool = False) -> Path:
-    """Train until `trainer.max_steps`; returns the final checkpoint. Same run_dir again = resume. One job per
-    run_dir: a second one raises `FolderLocked` (exit 2) naming the holder. `validated=True`: the caller (the CLI)
-    has already run `validate_pretrain` on this cfg."""
-    if not validated:
-        validate_pretrain(OmegaConf.to_container(cfg, resolve=True))
-    # torchrun / SLURM / Lightning's DDP launcher start every rank here; one holds the lock for the whole job
-    with folder_lock(cfg.run_dir, "run_dir") if is_job_owner() else nullcontext():
-        return _train(cfg, Path(cfg.run_dir))
-
-
-def _train(cfg: DictConfig, run_dir: Path) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    resume, resume_step = find_resume_checkpoint(run_dir / "checkpoints")
-    changes = {}
-    if resume is not None:  # every rank checks (each must stop); nothing is written before this passes
-        stored = load_checkpoint(resume, mmap=True).get("voxfm_config")
-        if stored is not None:
-            allowed = [renamed_key(k) for k in cfg.resume.allow_changes]
-            changes = check_resume_config(upgraded(stored), config, allowed, resume)
-    if is_job_owner():
-        write_config(run_dir, cfg)
-    L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
-    module = build_module(cfg)
-    if cfg.init_from and resume is None:  # a new run seeded by a format=full export: its weights and step
-        resume_step = init_module(module, cfg.init_from, cfg.trainer.max_steps)
-        L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
-    # A resumed run draws fresh regions (seeded by the resume step) rather than replaying the first ones.
-    region_size = cfg.data.region_size or module.view_pipeline.region_size_needed()
-    stream = build_stream(cfg.data, region_size, seed=cfg.seed + resume_step)
-    universal = bool(resume and is_deepspeed_checkpoint(resume) and cfg.strategy.get("universal_checkpoint"))
-    if universal:  # another world size can resume a DeepSpeed run through DeepSpeed's universal format
-        resume = universal_checkpoint(resume, convert=launcher_rank() == 0)
-    preemption = Preemption(run_dir / "checkpoints", on_event=partial(log_event, run_dir))  # picklable: ddp_spawn
-    trainer = build_trainer(cfg, run_dir, config, preemption, load_universal=universal)
-    if cfg.init_from and resume is None:
-        trainer.callbacks.append(ContinueFromStep(resume_step))
-    global_batch = cfg.data.batch_size * trainer.world_size * cfg.trainer.accumulate_grad_batches
-    module.lr_scale = lr_scale(cfg.optim.lr_scaling, global_batch, cfg.optim.reference_batch)
-    lr = float(cfg.optim.optimizer.lr) * module.lr_scale
-    if trainer.is_global_zero:
-        if resume:
-            print(f"voxfm: resuming from {resume} at step {resume_step}", flush=True)
-        elif cfg.init_from:
-            print(f"voxfm: starting from {cfg.init_from} at step {resume_step} (its weights, a fresh optimiser)",
-                  flush=True)
-        pinned = trains_on_gpu(cfg.trainer) and cfg.data.loader == "thread"
-        batches = (buffer_count(cfg.data.num_workers, QUEUED_PER_WORKER) if pinned
-                   else QUEUED_PER_WORKER * max(cfg.data.num_workers, 1) + cfg.data.num_workers)
-        print("voxfm: " + memory_line(cfg.data.pool_gib, cfg.data.pool_volumes, cfg.data.regions_per_volume,
-                                      cfg.data.num_workers, cfg.data.batch_size, stream.region_size, batches, pinned,
-                                      cfg.data.max_sample_mb), flush=True)
-        print(f"voxfm: {trainer.world_size} rank(s), global batch {global_batch} regions, peak lr {lr:.3g} "
-              f"(optim.lr_scaling={cfg.optim.lr_scaling})", flush=True)
-        log_event(run_dir, event="resume" if resume else "start", step=resume_step,
-                  checkpoint=str(resume) if resume else cfg.init_from, world_size=trainer.world_size,
-                  global_batch=global_batch, lr=lr, **({"changes": changes} if changes else {}))
-    try:
-        trainer.fit(module, train_dataloaders=build_loader(stream, cfg.data, trains_on_gpu(cfg.trainer)),
-                    ckpt_path=str(resume) if resume else None, weights_only=True)
-    finally:  # also when fit raised (ShutDownProcessGroup covers a finished fit in every rank)
-        shut_down_process_group()
-    if preemption.result is not None:
-        raise preemption.result
-    if trainer.is_global_zero:
-        # read back from disk: under ddp_spawn this process's trainer never sees the workers' steps
-        final, step = find_resume_checkpoint(run_dir / "checkpoints")
-        log_event(run_dir, event="end", step=step)
-        print(f"voxfm: finished at step {step}; latest checkpoint {final}", flush=True)
-    return run_dir / "checkpoints" / "last.ckpt"

@@ -1,0 +1,136 @@
+"""`voxfm pretrain`: build data, backbone and objective from the config, train, resume automatically.
+
+The composition root of a run: it locks run_dir, checks a resume against the stored config, derives once the facts
+several parts need (the resume step, whether it trains on a GPU) and hands them down as plain values to the
+builders (`launch.build`) and the fit. Nothing under training/, callbacks/ or objectives/ imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from voxfm.data.ingest.locks import folder_lock
+from voxfm.data.stream.device_feed import buffer_count
+from voxfm.data.stream.loader import QUEUED_PER_WORKER
+from voxfm.data.stream.pool import memory_line
+from voxfm.pretrain.callbacks.preemption import Preemption
+from voxfm.pretrain.callbacks.teardown import shut_down_process_group
+from voxfm.pretrain.config.renamed import renamed_key, upgraded
+from voxfm.pretrain.config.schema import validate_pretrain
+from voxfm.pretrain.launch.build import (
+    build_loader,
+    build_module,
+    build_stream,
+    build_trainer,
+    log_event,
+    trains_on_gpu,
+)
+from voxfm.pretrain.training.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint, load_checkpoint
+from voxfm.pretrain.training.init_from import ContinueFromStep, init_module
+from voxfm.pretrain.training.resume_check import check_resume_config
+from voxfm.pretrain.training.schedule import lr_scale
+from voxfm.pretrain.training.strategy import universal_checkpoint
+
+
+def launcher_rank() -> int:
+    """This process's global rank as torchrun or SLURM announce it (0 for a single process or Lightning's launcher)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
+
+
+def is_job_owner() -> bool:
+    """The one process per job that locks run_dir and writes config.yaml: global rank 0 under torchrun or SLURM,
+    else Lightning's launcher on node 0 (the ranks it starts carry LOCAL_RANK > 0, other nodes NODE_RANK > 0)."""
+    local, node = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("NODE_RANK", 0))
+    return launcher_rank() == 0 and local == 0 and node == 0
+
+
+def write_config(run_dir: Path, cfg: DictConfig) -> None:
+    """run_dir/config.yaml = this run's config; an earlier, different one is kept as config.<its mtime>.yaml."""
+    path, text = run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True)
+    if path.exists() and path.read_text() != text:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(path.stat().st_mtime))
+        path.rename(run_dir / f"config.{stamp}.yaml")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_pretrain(cfg: DictConfig, validated: bool = False) -> Path:
+    """Train until `trainer.max_steps`; returns the final checkpoint. Same run_dir again = resume. One job per
+    run_dir: a second one raises `FolderLocked` (exit 2) naming the holder. `validated=True`: the caller (the CLI)
+    has already run `validate_pretrain` on this cfg."""
+    if not validated:
+        validate_pretrain(OmegaConf.to_container(cfg, resolve=True))
+    # torchrun / SLURM / Lightning's DDP launcher start every rank here; one holds the lock for the whole job
+    with folder_lock(cfg.run_dir, "run_dir") if is_job_owner() else nullcontext():
+        return _train(cfg, Path(cfg.run_dir))
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    resume, resume_step = find_resume_checkpoint(run_dir / "checkpoints")
+    changes = {}
+    if resume is not None:  # every rank checks (each must stop); nothing is written before this passes
+        stored = load_checkpoint(resume, mmap=True).get("voxfm_config")
+        if stored is not None:
+            allowed = [renamed_key(k) for k in cfg.resume.allow_changes]
+            changes = check_resume_config(upgraded(stored), config, allowed, resume)
+    if is_job_owner():
+        write_config(run_dir, cfg)
+    L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
+    module = build_module(cfg)
+    if cfg.init_from and resume is None:  # a new run seeded by a format=full export: its weights and step
+        resume_step = init_module(module, cfg.init_from, cfg.trainer.max_steps)
+        L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
+    # A resumed run draws fresh regions (seeded by the resume step) rather than replaying the first ones.
+    region_size = cfg.data.region_size or module.view_pipeline.region_size_needed()
+    stream = build_stream(cfg.data, region_size, seed=cfg.seed + resume_step)
+    universal = bool(resume and is_deepspeed_checkpoint(resume) and cfg.strategy.get("universal_checkpoint"))
+    if universal:  # another world size can resume a DeepSpeed run through DeepSpeed's universal format
+        resume = universal_checkpoint(resume, convert=launcher_rank() == 0)
+    preemption = Preemption(run_dir / "checkpoints", on_event=partial(log_event, run_dir))  # picklable: ddp_spawn
+    on_gpu = trains_on_gpu(cfg.trainer)
+    trainer = build_trainer(cfg, run_dir, config, on_gpu, preemption, load_universal=universal)
+    if cfg.init_from and resume is None:
+        trainer.callbacks.append(ContinueFromStep(resume_step))
+    global_batch = cfg.data.batch_size * trainer.world_size * cfg.trainer.accumulate_grad_batches
+    module.lr_scale = lr_scale(cfg.optim.lr_scaling, global_batch, cfg.optim.reference_batch)
+    lr = float(cfg.optim.optimizer.lr) * module.lr_scale
+    if trainer.is_global_zero:
+        if resume:
+            print(f"voxfm: resuming from {resume} at step {resume_step}", flush=True)
+        elif cfg.init_from:
+            print(f"voxfm: starting from {cfg.init_from} at step {resume_step} (its weights, a fresh optimiser)",
+                  flush=True)
+        pinned = on_gpu and cfg.data.loader == "thread"
+        batches = (buffer_count(cfg.data.num_workers, QUEUED_PER_WORKER) if pinned
+                   else QUEUED_PER_WORKER * max(cfg.data.num_workers, 1) + cfg.data.num_workers)
+        print("voxfm: " + memory_line(cfg.data.pool_gib, cfg.data.pool_volumes, cfg.data.regions_per_volume,
+                                      cfg.data.num_workers, cfg.data.batch_size, stream.region_size, batches, pinned,
+                                      cfg.data.max_sample_mb), flush=True)
+        print(f"voxfm: {trainer.world_size} rank(s), global batch {global_batch} regions, peak lr {lr:.3g} "
+              f"(optim.lr_scaling={cfg.optim.lr_scaling})", flush=True)
+        log_event(run_dir, event="resume" if resume else "start", step=resume_step,
+                  checkpoint=str(resume) if resume else cfg.init_from, world_size=trainer.world_size,
+                  global_batch=global_batch, lr=lr, **({"changes": changes} if changes else {}))
+    try:
+        trainer.fit(module, train_dataloaders=build_loader(stream, cfg.data, on_gpu),
+                    ckpt_path=str(resume) if resume else None, weights_only=True)
+    finally:  # also when fit raised (ShutDownProcessGroup covers a finished fit in every rank)
+        shut_down_process_group()
+    if preemption.result is not None:
+        raise preemption.result
+    if trainer.is_global_zero:
+        # read back from disk: under ddp_spawn this process's trainer never sees the workers' steps
+        final, step = find_resume_checkpoint(run_dir / "checkpoints")
+        log_event(run_dir, event="end", step=step)
+        print(f"voxfm: finished at step {step}; latest checkpoint {final}", flush=True)
+    return run_dir / "checkpoints" / "last.ckpt"
