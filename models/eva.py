@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from voxfm.models.vit import LayerNorm, drop_path
+from voxfm.models.vit_blocks import LayerNorm, drop_path
 
 
 def axial_rope(grid: tuple[int, int, int], dim: int, temperature: float = 10_000.0) -> torch.Tensor:

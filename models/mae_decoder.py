@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from voxfm.models.rules import decoder_fits
-from voxfm.models.vit import Block, LayerNorm, _init_weights, sincos_position_embedding
+from voxfm.models.vit_blocks import Block, LayerNorm, _init_weights, sincos_position_embedding
 
 
 class MAEDecoder(nn.Module):

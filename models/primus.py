@@ -22,7 +22,7 @@ from voxfm.models.adapters.primus import PrimusAdapter
 from voxfm.models.eva import Eva, axial_rope
 from voxfm.models.rules import patch_divides, rope_fits
 from voxfm.models.spec import BackboneDeclaration, BackboneSpec
-from voxfm.models.vit import _triple, resized_positions
+from voxfm.models.vit_blocks import _triple, resized_positions
 
 PRESETS = {"S": (12, 6, 396), "B": (12, 12, 792), "M": (16, 12, 864), "L": (24, 16, 1056)}  # depth, heads, dim
 

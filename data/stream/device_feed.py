@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from voxfm.data.stream.regions import batch_dtype, batch_shape, collate_regions, stack_into
+from voxfm.data.stream.batches import batch_dtype, batch_shape, collate_regions, stack_into
 
 
 class PinnedBuffers:

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 
 import torch
 
+from voxfm.data.stream.batches import collate_regions
 from voxfm.data.stream.device_feed import DeviceFeed, PinnedBuffers, buffer_count, collate_into
-from voxfm.data.stream.regions import QUEUED_PER_WORKER, RegionStream, check_group, collate_regions
+from voxfm.data.stream.regions import QUEUED_PER_WORKER, RegionStream, check_group
 
 _RUNNING: dict[int, tuple[threading.Event, list[threading.Thread]]] = {}
 

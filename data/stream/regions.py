@@ -1,4 +1,4 @@
-"""Streaming shards into training regions with webdataset.
+"""The region stream: shards into training regions with webdataset, and its data loader.
 
 Each data-loader worker on each rank draws shards at random with replacement (`ResampledShards`)
 from a seed that mixes (seed, rank, worker), so the stream is infinite, differs per rank and
@@ -6,16 +6,15 @@ worker, and needs no shared filesystem listing beyond the shard URLs; or, with `
 reads exact passes split by (rank, worker). Several shard sets mix by weight (`data/stream/sources.py`).
 A truncated shard or a damaged sample is skipped with a warning and counted, never fatal. Workers decode whole
 volumes (blosc2) and cut **regions** in the stored dtype (int16 for CT), each with its volume's normalisation
-record: `data.regions_per_volume` from each volume read, spread over many batches by a pool of decoded volumes
-(`data/stream/pool.py`, `data.pool_gib`). Views, normalisation and augmentation happen later, batched on
-the training device (`data/views/pipeline.py`): a CPU core only decodes and copies.
+record (`data/stream/samples.py`): `data.regions_per_volume` from each volume read, spread over many batches by a
+pool of decoded volumes (`data/stream/pool.py`, `data.pool_gib`), and collate them into batches
+(`data/stream/batches.py`). Views, normalisation and augmentation happen later, batched on the training device
+(`data/views/pipeline.py`): a CPU core only decodes and copies.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from collections.abc import Iterator
 from functools import partial
 
@@ -25,130 +24,15 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset
 
 from voxfm.data.ingest import payload
-from voxfm.data.ingest.preprocess import MODALITIES, normalise
-from voxfm.data.stream.crops import padded, random_crop, triple
+from voxfm.data.stream.batches import collate_regions
+from voxfm.data.stream.crops import random_crop, triple
 from voxfm.data.stream.pool import FeedCounters, Volume, VolumePool, sample_bytes
+from voxfm.data.stream.samples import load_volume, region_record
 from voxfm.data.stream.sources import epoch_samples, mix, parse_sources, resampled_samples
 
 log = logging.getLogger("voxfm.data")
 MAX_SKIPPED_IN_A_ROW = 1000  # nothing but damaged data this long: the shard set itself is unusable
 QUEUED_PER_WORKER = 4  # batches a loader keeps ready per worker
-# torch cannot promote these when a batch mixes dtypes: widened losslessly per region
-UNPROMOTABLE = {np.dtype(np.uint16): np.int32, np.dtype(np.uint32): np.int64}
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def sample_meta(raw: bytes) -> dict:
-    """A sample's JSON, with every field the stream and the training step use checked here, so a damaged sample
-    is skipped and counted where it is read, never failing later in collation or a callback: a modality in
-    `MODALITIES`, finite normalisation with low < high, a 3-D shape, foreground points as [x, y, z]."""
-    meta = json.loads(raw)
-    if not isinstance(meta, dict):
-        raise ValueError(f"metadata: expected a JSON object, got {type(meta).__name__}")
-    if not isinstance(meta.get("modality"), str) or meta["modality"] not in MODALITIES:
-        raise ValueError(f"metadata: modality={meta.get('modality')!r}; allowed: {', '.join(MODALITIES)}")
-    norm = meta.get("normalisation")
-    low, high = (norm.get("low"), norm.get("high")) if isinstance(norm, dict) else (None, None)
-    if not (_number(low) and _number(high) and low < high):
-        raise ValueError(f"metadata: normalisation low={low!r}, high={high!r}; expected finite numbers, low < high")
-    shape = meta.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(n, int) and n >= 1 for n in shape)):
-        raise ValueError(f"metadata: shape={shape!r}; expected 3 positive integers")
-    points = meta.get("foreground_points")
-    if not (isinstance(points, list) and all(isinstance(p, list) and len(p) == 3 and all(
-            isinstance(c, int) and not isinstance(c, bool) for c in p) for p in points)):
-        raise ValueError("metadata: foreground_points must be a list of [x, y, z] integer voxel coordinates")
-    return meta
-
-
-def decode_volume(sample: dict, max_sample_mb: float = payload.MAX_SAMPLE_MB) -> tuple[np.ndarray, dict]:
-    """Raw webdataset sample → (volume [X, Y, Z] in its stored dtype, checked metadata); the payload is checked
-    against the metadata's shape and the byte budget before it is decoded."""
-    meta = sample_meta(sample["json"])
-    return payload.decode(sample["image.b2"], meta["shape"], max_sample_mb), meta
-
-
-def decode_sample(sample: dict, max_sample_mb: float = payload.MAX_SAMPLE_MB) -> tuple[np.ndarray, dict]:
-    """Raw webdataset sample → (normalised float32 volume [X, Y, Z] in [0, 1], metadata)."""
-    vol, meta = decode_volume(sample, max_sample_mb)
-    return normalise(vol, meta["normalisation"]), meta
-
-
-def load_volume(sample: dict, region_size, max_sample_mb: float = payload.MAX_SAMPLE_MB, source: int = 0) -> Volume:
-    """One raw webdataset sample → a decoded `Volume` to cut regions from: stored dtype in native byte order, padded
-    to at least `region_size` with the volume's background level."""
-    vol, meta = decode_volume(sample, max_sample_mb)
-    norm = meta["normalisation"]
-    if not vol.dtype.isnative:  # e.g. big-endian NIfTI sharded before the writer made it native: torch refuses it
-        vol = vol.astype(vol.dtype.newbyteorder("="))
-    vol, points = padded(vol, meta["foreground_points"], triple(region_size), norm["low"])
-    return Volume(vol, points, float(norm["low"]), float(norm["high"]), meta["modality"], source,
-                  f"{sample.get('__url__')}#{sample.get('__key__')}")
-
-
-def region_record(region: np.ndarray, volume: Volume) -> dict:
-    """A region (a view of its volume: the batch collation is its only copy) with what the step needs of its volume.
-    Measured on the real scans, a copy per region doubled a worker's time (fresh pages for every 1.8 MB region)."""
-    wide = UNPROMOTABLE.get(region.dtype)
-    return {"region": torch.from_numpy(region if wide is None else region.astype(wide))[None], "low": volume.low,
-            "high": volume.high, "modality": volume.modality, "source": volume.source, "volume": volume.key}
-
-
-def cut_regions(sample: dict, region_size, n: int, foreground_prob: float, rng: np.random.Generator,
-                max_sample_mb: float = payload.MAX_SAMPLE_MB) -> list[dict]:
-    """One raw webdataset sample → `n` regions {"region": [1, X, Y, Z] stored dtype, "low", "high", "modality", ...}
-    cut at once (the path without a volume pool, `data.pool_gib=0`)."""
-    volume = load_volume(sample, region_size, max_sample_mb)
-    return [region_record(random_crop(volume.array, volume.points, triple(region_size), foreground_prob, rng), volume)
-            for _ in range(n)]
-
-
-def collate_regions(samples: list[dict], stack: bool = True) -> dict:
-    """Stack regions; a batch mixing dtypes (int16 CT with float32 MR) is promoted to the widest. A batch comes
-    from one worker: it carries that worker's count of skipped damaged data, its shard bytes and samples read so
-    far, each region's source and the number of distinct volumes, as Python values: bookkeeping that stays on the
-    host, so counting it never reads a device tensor. `stack=False`: the rest without "region"
-    (`data/device_feed.collate_into` writes that into a pinned buffer)."""
-    batch = {
-        "low": torch.tensor([s["low"] for s in samples], dtype=torch.float32),
-        "high": torch.tensor([s["high"] for s in samples], dtype=torch.float32),
-        "modality": [s["modality"] for s in samples],
-        "source": [s.get("source", 0) for s in samples],  # [B] source indices
-        "worker": samples[0].get("worker", 0),
-        "skipped": max(s.get("skipped", 0) for s in samples),
-        "volumes": len({s.get("volume", i) for i, s in enumerate(samples)}),  # distinct volumes in the batch
-        "read_bytes": max(s.get("read_bytes", 0) for s in samples),  # the worker's shard bytes read so far
-        "reads": max(s.get("reads", 0) for s in samples),  # ... and samples read
-    }
-    if stack:
-        dtype = batch_dtype(samples)
-        batch["region"] = stack_into(samples, torch.empty(batch_shape(samples), dtype=dtype))
-    return batch
-
-
-def batch_dtype(samples: list[dict]) -> torch.dtype:
-    """The widest of the regions' dtypes (int16 CT beside float32 MR: float32)."""
-    dtype = samples[0]["region"].dtype
-    for s in samples[1:]:
-        dtype = torch.promote_types(dtype, s["region"].dtype)
-    return dtype
-
-
-def batch_shape(samples: list[dict]) -> tuple[int, ...]:
-    return (len(samples), *samples[0]["region"].shape)
-
-
-def stack_into(samples: list[dict], out: torch.Tensor) -> torch.Tensor:
-    """The regions (strided views of their volumes) copied into `out` [B, 1, X, Y, Z] by numpy: on one core 2.5x
-    faster than torch's strided int16 copy (0.9 vs 2.3 ms per 96³ region, BENCHMARKS.md), and it never starts
-    torch's intra-op threads in a data worker."""
-    target = out.numpy()
-    for i, s in enumerate(samples):
-        np.copyto(target[i], s["region"].numpy(), casting="same_kind")
-    return out
 
 
 class SkipCounter:

@@ -28,7 +28,8 @@ from voxfm.data.ingest.preprocess import normalise
 from voxfm.data.stream.crops import random_crop, random_crops
 from voxfm.data.stream.device_feed import PinnedBuffers, collate_into
 from voxfm.data.stream.loader import ThreadLoader
-from voxfm.data.stream.regions import RegionStream, load_volume, region_loader, region_record
+from voxfm.data.stream.regions import RegionStream, region_loader
+from voxfm.data.stream.samples import load_volume, region_record
 from voxfm.data.stream.shards import shard_urls
 from voxfm.pretrain.errors import ConfigError
 from voxfm.pretrain.runtime.timing import best_time, time_call

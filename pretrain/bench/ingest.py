@@ -17,7 +17,7 @@ import numpy as np
 from voxfm.data.ingest import payload
 from voxfm.data.ingest.inputs import discover, file_hash
 from voxfm.data.ingest.preprocess import PreprocessOptions
-from voxfm.data.ingest.run import process_unit
+from voxfm.data.ingest.units import process_unit
 from voxfm.pretrain.errors import ConfigError
 from voxfm.pretrain.runtime.timing import best_time
 

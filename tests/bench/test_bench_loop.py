@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from voxfm.pretrain.bench.loop import ROWS, FeedMark, TimedFeed, feed_figures, format_loop_bench
+from voxfm.pretrain.bench.feed import FeedMark, TimedFeed, feed_figures
+from voxfm.pretrain.bench.loop import ROWS, format_loop_bench
 from voxfm.pretrain.cli.main import main
 
 

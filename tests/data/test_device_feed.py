@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tests.conftest import REPO
+from voxfm.data.stream.batches import collate_regions
 from voxfm.data.stream.device_feed import PinnedBuffers, collate_into
-from voxfm.data.stream.regions import collate_regions
 
 
 def _samples(n, dtype=torch.int16, seed=0):

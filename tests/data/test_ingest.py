@@ -140,20 +140,20 @@ def test_4d_series_follow_preprocess_frames(tmp_path, mode, expected):
 
 
 def test_any_exception_from_one_input_rejects_it_with_type_and_message(tmp_path, phantom_dir, monkeypatch):
-    import voxfm.data.ingest.run
+    import voxfm.data.ingest.units
 
     src = tmp_path / "in"
     src.mkdir()
     for p in sorted(phantom_dir.glob("phantom00[0-1]_??.nii.gz")):
         shutil.copy(p, src / p.name)
-    real = voxfm.data.ingest.run.preprocess
+    real = voxfm.data.ingest.units.preprocess
 
     def flaky(volume, *args, **kwargs):
         if volume.path.endswith("phantom000_ct.nii.gz"):
             raise ZeroDivisionError("a bug in one volume's preprocessing")
         return real(volume, *args, **kwargs)
 
-    monkeypatch.setattr(voxfm.data.ingest.run, "preprocess", flaky)
+    monkeypatch.setattr(voxfm.data.ingest.units, "preprocess", flaky)
     report = run_shard(str(src), str(tmp_path / "out"), {}, progress=False, workers=1)
     assert report["n_inputs"] == 2 == report["n_sharded"] + report["n_rejected"] and report["n_sharded"] == 1
     (rejected,) = report["rejected"]

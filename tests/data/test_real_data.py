@@ -5,7 +5,7 @@ import json
 import pytest
 
 from voxfm.data.ingest.run import run_shard
-from voxfm.data.stream.regions import decode_sample
+from voxfm.data.stream.samples import decode_sample
 from voxfm.data.stream.shards import shard_urls
 
 PAIRS = [

@@ -11,7 +11,8 @@ from collections import Counter
 import pytest
 
 from voxfm.data.ingest.run import run_shard
-from voxfm.data.stream.regions import RegionStream, collate_regions
+from voxfm.data.stream.batches import collate_regions
+from voxfm.data.stream.regions import RegionStream
 from voxfm.data.stream.sources import epoch_samples
 
 

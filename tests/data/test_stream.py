@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from voxfm.data.stream.batches import collate_regions
 from voxfm.data.stream.crops import random_crops
-from voxfm.data.stream.regions import RegionStream, collate_regions, region_loader
+from voxfm.data.stream.regions import RegionStream, region_loader
 
 
 def test_loader_yields_raw_regions_with_their_normalisation(shard_dir):
@@ -77,7 +78,7 @@ def test_big_endian_payloads_become_native_regions():
     import json
 
     from voxfm.data.ingest import payload
-    from voxfm.data.stream.regions import cut_regions
+    from voxfm.data.stream.samples import cut_regions
 
     vol = np.arange(16**3, dtype=">i2").reshape(16, 16, 16)
     sample = {"json": json.dumps({"normalisation": {"low": 0.0, "high": 4096.0}, "foreground_points": [],

@@ -2,7 +2,8 @@ import pytest
 import torch
 from monai.networks.nets import ViT as MonaiViT
 
-from voxfm.models.vit import LayerNorm, ViT
+from voxfm.models.vit import ViT
+from voxfm.models.vit_blocks import LayerNorm
 
 
 def tiny(**kw):
