@@ -40,8 +40,10 @@ def ct_phantom(shape: tuple[int, int, int], rng: np.random.Generator) -> np.ndar
     """A body-CT-like volume [X, Y, Z] in HU (int16): air outside, a soft-tissue trunk with fat under the skin,
     two lungs, a bone ring (ribs) and a spine, a few organs and lesions, and noise. Built from broadcast axes, not
     full grids, so a 512×512×300 volume needs about three copies of itself in memory."""
-    x, y, z = (np.linspace(-1, 1, s, dtype=np.float32).reshape([-1 if i == a else 1 for i in range(3)])
-               for a, s in enumerate(shape))
+    x, y, z = (
+        np.linspace(-1, 1, s, dtype=np.float32).reshape([-1 if i == a else 1 for i in range(3)])
+        for a, s in enumerate(shape)
+    )
 
     def inside(cx, cy, rx, ry, cz=0.0, rz=2.0):
         return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2 <= 1.0

@@ -48,8 +48,9 @@ class Rope(nn.Module):
 
 
 class EvaAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_prefix_tokens: int, scale_norm: bool, attn_drop: float,
-                 proj_drop: float):
+    def __init__(
+        self, dim: int, num_heads: int, num_prefix_tokens: int, scale_norm: bool, attn_drop: float, proj_drop: float
+    ):
         super().__init__()
         self.num_heads, self.num_prefix_tokens, self.attn_drop = num_heads, num_prefix_tokens, attn_drop
         self.q_proj = nn.Linear(dim, dim)
@@ -62,8 +63,9 @@ class EvaAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
         """x: [B, N, C] (prefix tokens first); rope: [B or 1, N - prefix, 2 * head_dim] or None."""
         b, n, c = x.shape
-        q, k, v = (proj(x).view(b, n, self.num_heads, -1).transpose(1, 2)
-                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            proj(x).view(b, n, self.num_heads, -1).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )
         if rope is not None:
             p, table = self.num_prefix_tokens, rope.unsqueeze(1)
             q = torch.cat([q[:, :, :p], rotate(q[:, :, p:], table)], dim=2).type_as(v)
@@ -99,8 +101,18 @@ class DropPath(nn.Module):
 
 
 class EvaBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, num_prefix_tokens: int, scale_attn_inner: bool,
-                 init_values: float | None, drop_path: float, proj_drop: float, attn_drop: float):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        num_prefix_tokens: int,
+        scale_attn_inner: bool,
+        init_values: float | None,
+        drop_path: float,
+        proj_drop: float,
+        attn_drop: float,
+    ):
         super().__init__()
         self.norm1 = LayerNorm(dim)
         self.attn = EvaAttention(dim, num_heads, num_prefix_tokens, scale_attn_inner, attn_drop, proj_drop)
@@ -119,9 +131,22 @@ class EvaBlock(nn.Module):
 
 
 class Eva(nn.Module):
-    def __init__(self, embed_dim: int, depth: int, num_heads: int, grid: tuple[int, int, int], num_reg_tokens: int,
-                 use_rot_pos_emb: bool, use_abs_pos_emb: bool, mlp_ratio: float, drop_path_rate: float,
-                 proj_drop_rate: float, attn_drop_rate: float, init_values: float | None, scale_attn_inner: bool):
+    def __init__(
+        self,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        grid: tuple[int, int, int],
+        num_reg_tokens: int,
+        use_rot_pos_emb: bool,
+        use_abs_pos_emb: bool,
+        mlp_ratio: float,
+        drop_path_rate: float,
+        proj_drop_rate: float,
+        attn_drop_rate: float,
+        init_values: float | None,
+        scale_attn_inner: bool,
+    ):
         super().__init__()
         self.num_prefix_tokens = num_reg_tokens
         n = math.prod(grid)
@@ -132,8 +157,19 @@ class Eva(nn.Module):
             self.rope = None
         rates = np.linspace(0, drop_path_rate, depth)
         self.blocks = nn.ModuleList(
-            EvaBlock(embed_dim, num_heads, mlp_ratio, num_reg_tokens, scale_attn_inner, init_values, float(rates[i]),
-                     proj_drop_rate, attn_drop_rate) for i in range(depth))
+            EvaBlock(
+                embed_dim,
+                num_heads,
+                mlp_ratio,
+                num_reg_tokens,
+                scale_attn_inner,
+                init_values,
+                float(rates[i]),
+                proj_drop_rate,
+                attn_drop_rate,
+            )
+            for i in range(depth)
+        )
         self.norm = LayerNorm(embed_dim)
         self._init_weights()
 

@@ -10,8 +10,16 @@ from voxfm.models.vit_blocks import Block, LayerNorm, _init_weights, sincos_posi
 
 
 class MAEDecoder(nn.Module):
-    def __init__(self, encoder_hidden: int, grid: tuple[int, int, int], patch_voxels: int,
-                 hidden_size: int = 384, num_layers: int = 4, num_heads: int = 12, mlp_ratio: float = 4.0):
+    def __init__(
+        self,
+        encoder_hidden: int,
+        grid: tuple[int, int, int],
+        patch_voxels: int,
+        hidden_size: int = 384,
+        num_layers: int = 4,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+    ):
         super().__init__()
         problem = decoder_fits(hidden_size, num_heads)
         if problem:

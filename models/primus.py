@@ -69,8 +69,11 @@ class PatchDecode(nn.Module):
         channels = [embed_dim] + [_round_to_8(embed_dim / reduction ** (k + 1)) for k in range(n)]
         channels[-1] = out_channels
         stages: list[nn.Module] = [
-            nn.Sequential(nn.ConvTranspose3d(channels[s], channels[s + 1], kernel_size=strides[s], stride=strides[s]),
-                          LayerNormNd(channels[s + 1]), nn.GELU())
+            nn.Sequential(
+                nn.ConvTranspose3d(channels[s], channels[s + 1], kernel_size=strides[s], stride=strides[s]),
+                LayerNormNd(channels[s + 1]),
+                nn.GELU(),
+            )
             for s in range(n - 1)
         ]
         stages.append(nn.ConvTranspose3d(channels[-2], channels[-1], kernel_size=strides[-1], stride=strides[-1]))
@@ -85,13 +88,22 @@ class Primus(nn.Module):
     `embed` / `encode` / `pooled` for the pretraining objectives (patch tokens in raster order of the patch grid)."""
 
     declaration = BackboneDeclaration(
-        kind="tokens", architecture="primus",
-        export_class="dynamic_network_architectures.architectures.primus.Primus", formats=("nnssl", "full"),
+        kind="tokens",
+        architecture="primus",
+        export_class="dynamic_network_architectures.architectures.primus.Primus",
+        formats=("nnssl", "full"),
         decoder=True,
-        bounds={"input_channels": {"ge": 1}, "embed_dim": {"ge": 1}, "num_classes": {"ge": 1},
-                "eva_depth": {"ge": 1}, "eva_numheads": {"ge": 1}, "num_register_tokens": {"ge": 0},
-                "drop_path_rate": {"ge": 0.0, "lt": 1.0}},
-        token_size="patch_embed_size", rules=("patch_embed_size", "rope"),
+        bounds={
+            "input_channels": {"ge": 1},
+            "embed_dim": {"ge": 1},
+            "num_classes": {"ge": 1},
+            "eva_depth": {"ge": 1},
+            "eva_numheads": {"ge": 1},
+            "num_register_tokens": {"ge": 0},
+            "drop_path_rate": {"ge": 0.0, "lt": 1.0},
+        },
+        token_size="patch_embed_size",
+        rules=("patch_embed_size", "rope"),
     )
     adapter = PrimusAdapter
 
@@ -116,26 +128,50 @@ class Primus(nn.Module):
     ):
         super().__init__()
         patch, shape = _triple(patch_embed_size), _triple(input_shape)
-        for problem in (patch_divides(shape, list(patch), "input_shape", patch_key="patch_embed_size"),
-                        rope_fits(embed_dim, eva_numheads, use_rot_pos_emb)):
+        for problem in (
+            patch_divides(shape, list(patch), "input_shape", patch_key="patch_embed_size"),
+            rope_fits(embed_dim, eva_numheads, use_rot_pos_emb),
+        ):
             if problem:
                 raise ValueError(problem)
         self.input_channels, self.embed_dim, self.patch_size, self.input_shape = input_channels, embed_dim, patch, shape
         self.num_classes, self.eva_depth, self.eva_numheads = num_classes, eva_depth, eva_numheads
         self.grid = tuple(s // p for s, p in zip(shape, patch))
         self.kwargs = {  # what builds the same network in nnU-Net (export, model card)
-            "input_channels": input_channels, "embed_dim": embed_dim, "patch_embed_size": list(patch),
-            "num_classes": num_classes, "eva_depth": eva_depth, "eva_numheads": eva_numheads,
-            "input_shape": list(shape), "num_register_tokens": num_register_tokens,
-            "use_rot_pos_emb": use_rot_pos_emb, "use_abs_pos_embed": use_abs_pos_embed, "mlp_ratio": mlp_ratio,
-            "drop_path_rate": drop_path_rate, "proj_drop_rate": proj_drop_rate, "attn_drop_rate": attn_drop_rate,
-            "init_values": init_values, "scale_attn_inner": scale_attn_inner,
+            "input_channels": input_channels,
+            "embed_dim": embed_dim,
+            "patch_embed_size": list(patch),
+            "num_classes": num_classes,
+            "eva_depth": eva_depth,
+            "eva_numheads": eva_numheads,
+            "input_shape": list(shape),
+            "num_register_tokens": num_register_tokens,
+            "use_rot_pos_emb": use_rot_pos_emb,
+            "use_abs_pos_embed": use_abs_pos_embed,
+            "mlp_ratio": mlp_ratio,
+            "drop_path_rate": drop_path_rate,
+            "proj_drop_rate": proj_drop_rate,
+            "attn_drop_rate": attn_drop_rate,
+            "init_values": init_values,
+            "scale_attn_inner": scale_attn_inner,
         }
         self.down_projection = PatchEmbed(patch, input_channels, embed_dim)
         self.up_projection = PatchDecode(patch, embed_dim, num_classes)
-        self.eva = Eva(embed_dim, eva_depth, eva_numheads, self.grid, num_register_tokens, use_rot_pos_emb,
-                       use_abs_pos_embed, mlp_ratio, drop_path_rate, proj_drop_rate, attn_drop_rate, init_values,
-                       scale_attn_inner)
+        self.eva = Eva(
+            embed_dim,
+            eva_depth,
+            eva_numheads,
+            self.grid,
+            num_register_tokens,
+            use_rot_pos_emb,
+            use_abs_pos_embed,
+            mlp_ratio,
+            drop_path_rate,
+            proj_drop_rate,
+            attn_drop_rate,
+            init_values,
+            scale_attn_inner,
+        )
         self.register_buffer("mask_token", torch.zeros(1, 1, embed_dim))
         self._rope_tables: dict = {}  # RoPE of other grids (local crops), made on first use
         self.register_tokens = None
@@ -155,7 +191,7 @@ class Primus(nn.Module):
             tokens = tokens.gather(1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
         if self.eva.pos_embed is None:
             return tokens
-        table = self.eva.pos_embed[0, self.eva.num_prefix_tokens:].to(tokens.dtype)
+        table = self.eva.pos_embed[0, self.eva.num_prefix_tokens :].to(tokens.dtype)
         return tokens + (table if ids is None else table[ids])
 
     def encode(self, tokens: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -166,7 +202,7 @@ class Primus(nn.Module):
         if self.eva.rope is not None:
             table = self.eva.rope.pos_embed
             rope = table.unsqueeze(0) if ids is None else table[ids]
-        return self._run(tokens, rope)[:, self.eva.num_prefix_tokens:]
+        return self._run(tokens, rope)[:, self.eva.num_prefix_tokens :]
 
     def _run(self, tokens: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
         """Position-embedded patch tokens [B, n, C] → normed [B, prefix + n, C], register tokens first."""
@@ -189,8 +225,9 @@ class Primus(nn.Module):
             self._rope_tables[key] = axial_rope(grid, dim).to(device)
         return self._rope_tables[key]
 
-    def features(self, x: torch.Tensor, masks: torch.Tensor | None = None,
-                 mask_token: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(
+        self, x: torch.Tensor, masks: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, C, *S], any S the patch divides → (global feature [B, C]: the first register token, or the mean
         patch token without registers; patch features [B, N, C]). On another grid than the training one the
         absolute positions are interpolated (trilinear) and RoPE takes that grid's positions. masks [B, N] bool:
@@ -201,7 +238,7 @@ class Primus(nn.Module):
         if masks is not None:
             tokens = torch.where(masks.unsqueeze(-1), mask_token.to(tokens.dtype), tokens)
         if self.eva.pos_embed is not None:
-            table = resized_positions(self.eva.pos_embed[0, self.eva.num_prefix_tokens:], self.grid, grid)
+            table = resized_positions(self.eva.pos_embed[0, self.eva.num_prefix_tokens :], self.grid, grid)
             tokens = tokens + table.to(tokens.dtype)
         rope = None
         if self.eva.rope is not None:
@@ -238,5 +275,11 @@ class Primus(nn.Module):
 
     @property
     def spec(self) -> BackboneSpec:
-        return BackboneSpec(self.input_channels, self.embed_dim, self.patch_size, self.grid, layers=self.eva_depth,
-                            heads=self.eva_numheads)
+        return BackboneSpec(
+            self.input_channels,
+            self.embed_dim,
+            self.patch_size,
+            self.grid,
+            layers=self.eva_depth,
+            heads=self.eva_numheads,
+        )

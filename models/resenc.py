@@ -20,8 +20,15 @@ from voxfm.models.rules import stage_counts
 from voxfm.models.spec import BackboneDeclaration, BackboneSpec
 
 
-def resenc_kwargs(in_channels: int, out_channels: int, features_per_stage, n_blocks_per_stage,
-                  n_conv_per_stage_decoder, strides=None, kernel_size: int = 3) -> dict:
+def resenc_kwargs(
+    in_channels: int,
+    out_channels: int,
+    features_per_stage,
+    n_blocks_per_stage,
+    n_conv_per_stage_decoder,
+    strides=None,
+    kernel_size: int = 3,
+) -> dict:
     """The keyword arguments of `ResidualEncoderUNet` for a preset, with nnU-Net's 3D defaults
     (InstanceNorm with affine, LeakyReLU, conv bias, first stage at full resolution)."""
     n = len(features_per_stage)
@@ -30,12 +37,22 @@ def resenc_kwargs(in_channels: int, out_channels: int, features_per_stage, n_blo
         raise ValueError(problem)
     strides = [1] + [2] * (n - 1) if strides is None else list(strides)
     return {
-        "input_channels": in_channels, "n_stages": n, "features_per_stage": list(features_per_stage),
-        "conv_op": nn.Conv3d, "kernel_sizes": [[kernel_size] * 3] * n, "strides": [[s] * 3 for s in strides],
-        "n_blocks_per_stage": list(n_blocks_per_stage), "num_classes": out_channels,
-        "n_conv_per_stage_decoder": list(n_conv_per_stage_decoder), "conv_bias": True,
-        "norm_op": nn.InstanceNorm3d, "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-        "dropout_op": None, "dropout_op_kwargs": None, "nonlin": nn.LeakyReLU, "nonlin_kwargs": {"inplace": True},
+        "input_channels": in_channels,
+        "n_stages": n,
+        "features_per_stage": list(features_per_stage),
+        "conv_op": nn.Conv3d,
+        "kernel_sizes": [[kernel_size] * 3] * n,
+        "strides": [[s] * 3 for s in strides],
+        "n_blocks_per_stage": list(n_blocks_per_stage),
+        "num_classes": out_channels,
+        "n_conv_per_stage_decoder": list(n_conv_per_stage_decoder),
+        "conv_bias": True,
+        "norm_op": nn.InstanceNorm3d,
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": nn.LeakyReLU,
+        "nonlin_kwargs": {"inplace": True},
         "deep_supervision": False,
     }
 
@@ -44,22 +61,36 @@ class ResEncUNet(ResidualEncoderUNet):
     """x: [B, in_channels, X, Y, Z] → [B, out_channels, X, Y, Z]; X, Y, Z divisible by `total_stride`."""
 
     declaration = BackboneDeclaration(
-        kind="cnn", architecture="resenc",
+        kind="cnn",
+        architecture="resenc",
         export_class="dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
-        formats=("monai", "nnunet", "nnssl", "full"), decoder=True,
+        formats=("monai", "nnunet", "nnssl", "full"),
+        decoder=True,
         unpicklable="nnU-Net's ResEnc blocks cannot be pickled",
         bounds={"in_channels": {"ge": 1}, "out_channels": {"ge": 1}, "kernel_size": {"ge": 1}},
         rules=("unet_stride", "unet_stages"),
     )
     adapter = ResEncAdapter
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1,
-                 features_per_stage: tuple[int, ...] = (32, 64, 128, 256, 320, 320),
-                 n_blocks_per_stage: tuple[int, ...] = (1, 3, 4, 6, 6, 6),
-                 n_conv_per_stage_decoder: tuple[int, ...] = (1, 1, 1, 1, 1), strides: tuple[int, ...] | None = None,
-                 kernel_size: int = 3):
-        self.preset = resenc_kwargs(in_channels, out_channels, features_per_stage, n_blocks_per_stage,
-                                    n_conv_per_stage_decoder, strides, kernel_size)
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        features_per_stage: tuple[int, ...] = (32, 64, 128, 256, 320, 320),
+        n_blocks_per_stage: tuple[int, ...] = (1, 3, 4, 6, 6, 6),
+        n_conv_per_stage_decoder: tuple[int, ...] = (1, 1, 1, 1, 1),
+        strides: tuple[int, ...] | None = None,
+        kernel_size: int = 3,
+    ):
+        self.preset = resenc_kwargs(
+            in_channels,
+            out_channels,
+            features_per_stage,
+            n_blocks_per_stage,
+            n_conv_per_stage_decoder,
+            strides,
+            kernel_size,
+        )
         super().__init__(**self.preset)
         self.apply(ResidualEncoderUNet.initialize)
         self.in_channels, self.out_channels = in_channels, out_channels

@@ -32,10 +32,19 @@ class ViT(nn.Module):
     class token when there is one)."""
 
     declaration = BackboneDeclaration(
-        kind="tokens", architecture="vit", export_class="monai.networks.nets.ViT", formats=("monai", "full"),
-        bounds={"in_channels": {"ge": 1}, "hidden_size": {"ge": 1}, "mlp_dim": {"ge": 1}, "num_layers": {"ge": 1},
-                "num_heads": {"ge": 1}},
-        token_size="patch_size", rules=("patch_size", "heads", "sincos"),
+        kind="tokens",
+        architecture="vit",
+        export_class="monai.networks.nets.ViT",
+        formats=("monai", "full"),
+        bounds={
+            "in_channels": {"ge": 1},
+            "hidden_size": {"ge": 1},
+            "mlp_dim": {"ge": 1},
+            "num_layers": {"ge": 1},
+            "num_heads": {"ge": 1},
+        },
+        token_size="patch_size",
+        rules=("patch_size", "heads", "sincos"),
     )
     adapter = ViTAdapter
 
@@ -59,8 +68,11 @@ class ViT(nn.Module):
             raise ValueError(f"drop_path_rate={drop_path_rate}: expected a rate in [0, 1)")
         if pos_embed_type not in ("sincos", "learnable"):
             raise ValueError(f"pos_embed_type={pos_embed_type!r}; allowed: 'sincos', 'learnable'")
-        for problem in (patch_divides(img_size, list(patch_size), "img_size"), heads_divide(hidden_size, num_heads),
-                        sincos_fits(hidden_size, pos_embed_type)):
+        for problem in (
+            patch_divides(img_size, list(patch_size), "img_size"),
+            heads_divide(hidden_size, num_heads),
+            sincos_fits(hidden_size, pos_embed_type),
+        ):
             if problem:
                 raise ValueError(problem)
         self.in_channels, self.img_size, self.patch_size = in_channels, img_size, patch_size
@@ -103,8 +115,9 @@ class ViT(nn.Module):
         tokens = self.norm(tokens)
         return (tokens[:, 0] if prefix else None), tokens[:, prefix:]
 
-    def features(self, x: torch.Tensor, masks: torch.Tensor | None = None,
-                 mask_token: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(
+        self, x: torch.Tensor, masks: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, C, *S], any S the patch divides → (global feature [B, hidden]: the class token, or the mean patch
         token without one; patch features [B, N, hidden]). masks [B, N] bool: those patches enter as `mask_token`
         (self-distillation's student; see `PatchEmbedding.masked`)."""
@@ -124,15 +137,24 @@ class ViT(nn.Module):
 
     @property
     def spec(self) -> BackboneSpec:
-        return BackboneSpec(self.in_channels, self.hidden_size, self.patch_size, self.grid, layers=self.num_layers,
-                            heads=self.num_heads)
+        return BackboneSpec(
+            self.in_channels, self.hidden_size, self.patch_size, self.grid, layers=self.num_layers, heads=self.num_heads
+        )
 
     def monai_kwargs(self) -> dict:
         """Arguments that build the matching `monai.networks.nets.ViT` (see `pretrain/export/run.py`): a segmentation
         backbone (`classification=False`), so a class token is left out of the export (`export/formats.py`)."""
         return {
-            "in_channels": self.in_channels, "img_size": list(self.img_size), "patch_size": list(self.patch_size),
-            "hidden_size": self.hidden_size, "mlp_dim": self.mlp_dim, "num_layers": self.num_layers,
-            "num_heads": self.num_heads, "proj_type": "conv", "pos_embed_type": self.pos_embed_type,
-            "classification": False, "qkv_bias": self.qkv_bias, "spatial_dims": 3,
+            "in_channels": self.in_channels,
+            "img_size": list(self.img_size),
+            "patch_size": list(self.patch_size),
+            "hidden_size": self.hidden_size,
+            "mlp_dim": self.mlp_dim,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "proj_type": "conv",
+            "pos_embed_type": self.pos_embed_type,
+            "classification": False,
+            "qkv_bias": self.qkv_bias,
+            "spatial_dims": 3,
         }

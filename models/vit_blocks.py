@@ -85,8 +85,9 @@ class Block(nn.Module):
     """Pre-norm transformer block (MONAI `TransformerBlock` without the unused cross-attention), with stochastic
     depth on both residual branches (no parameters)."""
 
-    def __init__(self, hidden_size: int, mlp_dim: int, num_heads: int, qkv_bias: bool = False,
-                 drop_path_rate: float = 0.0):
+    def __init__(
+        self, hidden_size: int, mlp_dim: int, num_heads: int, qkv_bias: bool = False, drop_path_rate: float = 0.0
+    ):
         super().__init__()
         self.norm1 = LayerNorm(hidden_size)
         self.attn = Attention(hidden_size, num_heads, qkv_bias)
@@ -128,8 +129,9 @@ class PatchEmbedding(nn.Module):
         table interpolated (trilinear) to `grid`, as DINO does for its local crops."""
         return resized_positions(self.position_embeddings[0], self.grid, grid)
 
-    def masked(self, x: torch.Tensor, masks: torch.Tensor | None = None,
-               mask_token: torch.Tensor | None = None) -> torch.Tensor:
+    def masked(
+        self, x: torch.Tensor, masks: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: [B, C, *S] with any S the patch divides → tokens [B, N, hidden] of its grid with their (interpolated)
         position embedding; with masks [B, N] bool (True = hidden) those patches are replaced by `mask_token`
         [hidden] before the position is added (iBOT)."""

@@ -10,8 +10,11 @@ def load_report(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[
     return {
         "missing": sorted(k for k in own if k not in state),
         "unexpected": sorted(k for k in state if k not in own),
-        "shape_mismatch": sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                                 for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)),
+        "shape_mismatch": sorted(
+            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in own
+            if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+        ),
     }
 
 

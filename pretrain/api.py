@@ -103,8 +103,15 @@ def shard(*overrides: str, **keys) -> dict:
 
     cfg = compose("shard", *overrides, **keys)
     with config_errors():
-        return run_shard(cfg.input, cfg.output, OmegaConf.to_container(cfg.preprocess), cfg.shard_max_mb, cfg.codec,
-                         cfg.progress, cfg.workers)
+        return run_shard(
+            cfg.input,
+            cfg.output,
+            OmegaConf.to_container(cfg.preprocess),
+            cfg.shard_max_mb,
+            cfg.codec,
+            cfg.progress,
+            cfg.workers,
+        )
 
 
 def pretrain(*overrides: str, **keys) -> Path:
@@ -157,24 +164,28 @@ def load_backbone(export_dir: str | Path) -> Backbone:
         config = upgraded(meta.get("config") or {})
         network = backbone_from_config(config.get("model"), f"{path}/full.json: config.model")
         prefix = "backbone."
-        weights = {k[len(prefix):]: v for k, v in load_file(str(path / "model.safetensors")).items()
-                   if k.startswith(prefix)}
+        weights = {
+            k[len(prefix) :]: v for k, v in load_file(str(path / "model.safetensors")).items() if k.startswith(prefix)
+        }
     elif (path / "backbone.json").is_file() and (path / "backbone.safetensors").is_file():
         meta = _read_json(path / "backbone.json")
         allowed = {name: name for name in SNIPPET_CLASSES}
         names = [meta.get("class"), *(meta.get("kwargs", {}).get(k) for k in meta.get("kwargs_requires_import", []))]
         refused = [n for n in names if n is not None and not (isinstance(n, str) and n in allowed)]
         if refused or not isinstance(meta.get("kwargs"), dict):
-            raise ConfigError(f"{path}/backbone.json names {refused or 'no kwargs'}; voxfm loads only "
-                              f"{sorted(allowed)}")
+            raise ConfigError(
+                f"{path}/backbone.json names {refused or 'no kwargs'}; voxfm loads only {sorted(allowed)}"
+            )
         kwargs = {k: _class(v) if v and k in meta["kwargs_requires_import"] else v for k, v in meta["kwargs"].items()}
         with config_errors():
             network = _class(meta["class"])(**kwargs)
         weights = load_file(str(path / "backbone.safetensors"))
     else:
-        raise ConfigError(f"{path}: not a `voxfm export` folder of format monai or full (backbone.json + "
-                          "backbone.safetensors, or full.json + model.safetensors); nnunet and nnssl exports load "
-                          "with nnU-Net's own loaders (see the folder's README.md)")
+        raise ConfigError(
+            f"{path}: not a `voxfm export` folder of format monai or full (backbone.json + "
+            "backbone.safetensors, or full.json + model.safetensors); nnunet and nnssl exports load "
+            "with nnU-Net's own loaders (see the folder's README.md)"
+        )
     with config_errors():
         load_strict(network, weights, str(path))
     network.eval()

@@ -38,8 +38,10 @@ class Preempted(Exception):
 
     def __init__(self, step: int, signum: int, checkpoint: Path):
         self.step, self.signum, self.checkpoint = step, signum, checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {checkpoint}; "
-                         "rerun the same command to resume")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {checkpoint}; "
+            "rerun the same command to resume"
+        )
 
 
 # The one table of exit codes (README.md, "Exit codes", says the same): exception → (code, the words before its

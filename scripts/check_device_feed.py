@@ -37,8 +37,7 @@ def main(shards: str) -> None:
         assert torch.equal(d["region"].cpu(), h["region"]) and torch.equal(d["low"].cpu(), h["low"])
     threaded = batches(shards, 40, 3, pin=True)  # three workers sharing the pinned buffers, then a clean stop
     assert all(b["region"].is_cuda and b["region"].shape[0] == 4 for b in threaded)
-    print("device feed: 12 batches equal to the host's, no sync; 40 threaded batches on",
-          torch.cuda.get_device_name())
+    print("device feed: 12 batches equal to the host's, no sync; 40 threaded batches on", torch.cuda.get_device_name())
 
 
 if __name__ == "__main__":

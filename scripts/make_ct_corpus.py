@@ -46,6 +46,9 @@ if __name__ == "__main__":
     if not args or args[0] in ("-h", "--help"):
         print(__doc__)
         raise SystemExit(0 if args else 2)
-    main(args[0], int(args[1]) if len(args) > 1 else 8,
-         _triple(args[2], int) if len(args) > 2 else (512, 512, 300),
-         _triple(args[3], float) if len(args) > 3 else (0.7, 0.7, 1.5))
+    main(
+        args[0],
+        int(args[1]) if len(args) > 1 else 8,
+        _triple(args[2], int) if len(args) > 2 else (512, 512, 300),
+        _triple(args[3], float) if len(args) > 3 else (0.7, 0.7, 1.5),
+    )

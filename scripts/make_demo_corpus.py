@@ -25,14 +25,28 @@ def main(output: str, n_phantoms: int = 12) -> Path:
     for path in write_phantoms(out / "phantoms", n_phantoms):
         modality = "CT" if path.name.endswith("_ct.nii.gz") else "MR"
         label = path.with_name(path.name.replace(".nii.gz", "_label.nii.gz"))
-        rows.append({"path": str(path.resolve()), "modality": modality, "dataset": "phantoms",
-                     "subject": path.name.split("_")[0], "label": str(label.resolve())})
+        rows.append(
+            {
+                "path": str(path.resolve()),
+                "modality": modality,
+                "dataset": "phantoms",
+                "subject": path.name.split("_")[0],
+                "label": str(label.resolve()),
+            }
+        )
     source = Path(nibabel.__file__).parent / "tests" / "data"
     (out / "nibabel").mkdir(parents=True, exist_ok=True)
     for name, modality in NIBABEL_FILES.items():
         shutil.copy(source / name, out / "nibabel" / name)
-        rows.append({"path": str((out / "nibabel" / name).resolve()), "modality": modality, "dataset": "nibabel",
-                     "subject": name.split(".")[0], "label": ""})
+        rows.append(
+            {
+                "path": str((out / "nibabel" / name).resolve()),
+                "modality": modality,
+                "dataset": "nibabel",
+                "subject": name.split(".")[0],
+                "label": "",
+            }
+        )
     manifest = out / "manifest.csv"
     with open(manifest, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "modality", "dataset", "subject", "label"])

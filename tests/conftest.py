@@ -38,9 +38,20 @@ def _two_step_run(tmp_path_factory, shard_dir, experiment: str) -> Path:
     from voxfm.pretrain.launch.run import run_pretrain
 
     run = tmp_path_factory.mktemp(f"{experiment}_run")
-    run_pretrain(load_config("pretrain", [f"experiment={experiment}", f"data.shards={shard_dir}", f"run_dir={run}",
-                                          "trainer.max_steps=2", "trainer.progress_bar=false",
-                                          "trainer.images_every_n_steps=0", "data.num_workers=0"]))
+    run_pretrain(
+        load_config(
+            "pretrain",
+            [
+                f"experiment={experiment}",
+                f"data.shards={shard_dir}",
+                f"run_dir={run}",
+                "trainer.max_steps=2",
+                "trainer.progress_bar=false",
+                "trainer.images_every_n_steps=0",
+                "data.num_workers=0",
+            ],
+        )
+    )
     return run
 
 

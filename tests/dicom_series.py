@@ -12,8 +12,15 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def write_series(data: np.ndarray, affine: np.ndarray, folder: Path, rng: np.random.Generator,
-                 patient: str = "P001", intercept: int = -1024, modality: str = "CT") -> list[Path]:
+def write_series(
+    data: np.ndarray,
+    affine: np.ndarray,
+    folder: Path,
+    rng: np.random.Generator,
+    patient: str = "P001",
+    intercept: int = -1024,
+    modality: str = "CT",
+) -> list[Path]:
     """data [X, Y, Z] (integers) with its RAS affine → one file per Z slice under `folder`, with random names
     in nested sub-folders, stored as unsigned values + RescaleIntercept. Returns the file paths."""
     intercept = min(intercept, int(data.min()))  # stored values must be >= 0

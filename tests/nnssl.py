@@ -15,17 +15,56 @@ from tests.models.reference_primus import reference_primus
 # ArchitecturePlans (adaptation_planning/adaptation_plan.py), Plan and ConfigurationPlan
 # (experiment_planning/experiment_planners/plan.py), DynamicArchitecturePlans for a ResidualEncoderUNet.
 CHECKPOINT = ["network_weights", "init_args", "trainer_name", "nnssl_adaptation_plan"]
-ADAPTATION_PLAN = ["architecture_plans", "pretrain_plan", "pretrain_num_input_channels",
-                   "recommended_downstream_patchsize", "key_to_encoder", "key_to_stem", "keys_to_in_proj", "key_to_lpe"]
+ADAPTATION_PLAN = [
+    "architecture_plans",
+    "pretrain_plan",
+    "pretrain_num_input_channels",
+    "recommended_downstream_patchsize",
+    "key_to_encoder",
+    "key_to_stem",
+    "keys_to_in_proj",
+    "key_to_lpe",
+]
 ARCHITECTURE_PLANS = ["arch_class_name", "arch_kwargs", "arch_kwargs_requiring_import"]
-PLAN = ["dataset_name", "plans_name", "original_median_spacing_after_transp", "image_reader_writer",
-        "transpose_forward", "transpose_backward", "configurations", "experiment_planner_used"]
-CONFIGURATION_PLAN = ["data_identifier", "preprocessor_name", "spacing_style", "normalization_schemes",
-                      "use_mask_for_norm", "resampling_fn_data", "resampling_fn_data_kwargs", "resampling_fn_mask",
-                      "resampling_fn_mask_kwargs", "spacing", "patch_size"]
-DYNAMIC_ARCHITECTURE_PLANS = ["n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides",
-                              "n_blocks_per_stage", "n_conv_per_stage_decoder", "conv_bias", "norm_op",
-                              "norm_op_kwargs", "dropout_op", "dropout_op_kwargs", "nonlin", "nonlin_kwargs"]
+PLAN = [
+    "dataset_name",
+    "plans_name",
+    "original_median_spacing_after_transp",
+    "image_reader_writer",
+    "transpose_forward",
+    "transpose_backward",
+    "configurations",
+    "experiment_planner_used",
+]
+CONFIGURATION_PLAN = [
+    "data_identifier",
+    "preprocessor_name",
+    "spacing_style",
+    "normalization_schemes",
+    "use_mask_for_norm",
+    "resampling_fn_data",
+    "resampling_fn_data_kwargs",
+    "resampling_fn_mask",
+    "resampling_fn_mask_kwargs",
+    "spacing",
+    "patch_size",
+]
+DYNAMIC_ARCHITECTURE_PLANS = [
+    "n_stages",
+    "features_per_stage",
+    "conv_op",
+    "kernel_sizes",
+    "strides",
+    "n_blocks_per_stage",
+    "n_conv_per_stage_decoder",
+    "conv_bias",
+    "norm_op",
+    "norm_op_kwargs",
+    "dropout_op",
+    "dropout_op_kwargs",
+    "nonlin",
+    "nonlin_kwargs",
+]
 NNSSL_ARGS = {"drop_path_rate": 0.2, "init_values": 0.1, "scale_attn_inner": True}
 
 
@@ -41,19 +80,36 @@ def nnunet_network(plan: dict, input_channels: int, num_classes: int) -> torch.n
     arch, patch = plan["architecture_plans"], plan["recommended_downstream_patchsize"]
     name = arch["arch_class_name"]
     if name in ("PrimusS", "PrimusB", "PrimusM", "PrimusL"):  # get_network_from_name
-        return getattr(primus, name)(input_channels=input_channels, output_channels=num_classes,
-                                     patch_embed_size=(8, 8, 8), input_shape=patch)
+        return getattr(primus, name)(
+            input_channels=input_channels, output_channels=num_classes, patch_embed_size=(8, 8, 8), input_shape=patch
+        )
     if name == "ResEncL":
         return ResidualEncoderUNet(
-            input_channels=input_channels, n_stages=6, features_per_stage=[32, 64, 128, 256, 320, 320],
-            conv_op=torch.nn.Conv3d, kernel_sizes=[[3, 3, 3] for _ in range(6)],
+            input_channels=input_channels,
+            n_stages=6,
+            features_per_stage=[32, 64, 128, 256, 320, 320],
+            conv_op=torch.nn.Conv3d,
+            kernel_sizes=[[3, 3, 3] for _ in range(6)],
             strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
-            n_blocks_per_stage=[1, 3, 4, 6, 6, 6], num_classes=num_classes, n_conv_per_stage_decoder=[1, 1, 1, 1, 1],
-            conv_bias=True, norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
-            nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
+            n_blocks_per_stage=[1, 3, 4, 6, 6, 6],
+            num_classes=num_classes,
+            n_conv_per_stage_decoder=[1, 1, 1, 1, 1],
+            conv_bias=True,
+            norm_op=torch.nn.InstanceNorm3d,
+            norm_op_kwargs={"eps": 1e-5, "affine": True},
+            nonlin=torch.nn.LeakyReLU,
+            nonlin_kwargs={"inplace": True},
+            deep_supervision=False,
+        )
     deep_supervision = False if name.endswith("ResidualEncoderUNet") else None  # Primus takes no such argument
-    return get_network_from_plans(name, arch["arch_kwargs"], arch["arch_kwargs_requiring_import"] or [],
-                                  input_channels, num_classes, deep_supervision=deep_supervision)
+    return get_network_from_plans(
+        name,
+        arch["arch_kwargs"],
+        arch["arch_kwargs_requiring_import"] or [],
+        input_channels,
+        num_classes,
+        deep_supervision=deep_supervision,
+    )
 
 
 def load_as_nnunet(net: torch.nn.Module, checkpoint: dict) -> torch.nn.Module:
@@ -62,7 +118,7 @@ def load_as_nnunet(net: torch.nn.Module, checkpoint: dict) -> torch.nn.Module:
     weights, plan = checkpoint["network_weights"], checkpoint["nnssl_adaptation_plan"]
     net.load_state_dict(weights, strict=True)
     for key, own in ((plan["key_to_encoder"], net.key_to_encoder), (plan["key_to_stem"], net.key_to_stem)):
-        part = {k[len(key) + 1:]: v for k, v in weights.items() if k.startswith(key + ".")}
+        part = {k[len(key) + 1 :]: v for k, v in weights.items() if k.startswith(key + ".")}
         net.get_submodule(own).load_state_dict(part, strict=True)
     if plan["key_to_lpe"]:
         assert net.get_parameter(net.key_to_lpe).shape == weights[plan["key_to_lpe"]].shape

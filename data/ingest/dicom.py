@@ -42,8 +42,12 @@ def read_header(path: str) -> dict:
     uid = ds.get("SeriesInstanceUID")
     if not uid:
         raise RejectedVolume("unreadable DICOM: no SeriesInstanceUID")
-    return {"series": str(uid), "subject": str(ds.get("PatientID", "") or ""),
-            "modality": str(ds.get("Modality", "") or ""), "has_pixels": "PixelData" in ds or "FloatPixelData" in ds}
+    return {
+        "series": str(uid),
+        "subject": str(ds.get("PatientID", "") or ""),
+        "modality": str(ds.get("Modality", "") or ""),
+        "has_pixels": "PixelData" in ds or "FloatPixelData" in ds,
+    }
 
 
 def _float_list(ds, tag: str, n: int, path: str) -> np.ndarray:
@@ -65,8 +69,10 @@ def _geometry(datasets: list, paths: list[str]) -> tuple[np.ndarray, np.ndarray,
     orientations = [_float_list(ds, "ImageOrientationPatient", 6, p) for ds, p in zip(datasets, paths)]
     if any(not np.allclose(o, orientations[0], atol=1e-4) for o in orientations):
         raise RejectedVolume("DICOM series mixes slice orientations (ImageOrientationPatient differs)")
-    grids = {(_int(ds, "Rows", p), _int(ds, "Columns", p), *np.round(_float_list(ds, "PixelSpacing", 2, p), 5))
-             for ds, p in zip(datasets, paths)}
+    grids = {
+        (_int(ds, "Rows", p), _int(ds, "Columns", p), *np.round(_float_list(ds, "PixelSpacing", 2, p), 5))
+        for ds, p in zip(datasets, paths)
+    }
     if len(grids) > 1:
         raise RejectedVolume(f"DICOM series mixes pixel grids (Rows, Columns, PixelSpacing): {sorted(grids)}")
     row_dir, col_dir = orientations[0][:3], orientations[0][3:]
@@ -83,13 +89,17 @@ def _check_slices(positions: np.ndarray, normal: np.ndarray) -> np.ndarray:
         raise RejectedVolume("DICOM series has several slices at one position (several acquisitions in one series?)")
     tilt = np.degrees(np.arccos(np.clip(along / np.linalg.norm(steps, axis=1), -1.0, 1.0)))
     if tilt.max() > MAX_TILT_DEGREES:
-        raise RejectedVolume(f"gantry tilt: slices step {tilt.max():.1f}° off their normal (> {MAX_TILT_DEGREES}°); "
-                             "resample the series to an orthogonal grid first")
+        raise RejectedVolume(
+            f"gantry tilt: slices step {tilt.max():.1f}° off their normal (> {MAX_TILT_DEGREES}°); "
+            "resample the series to an orthogonal grid first"
+        )
     median = float(np.median(along))
     worst = int(np.argmax(np.abs(along - median)))
     if abs(along[worst] - median) > SPACING_TOLERANCE * median:
-        raise RejectedVolume(f"missing or uneven slices: a gap of {along[worst]:.2f} mm after slice {worst} where the "
-                             f"series steps {median:.2f} mm")
+        raise RejectedVolume(
+            f"missing or uneven slices: a gap of {along[worst]:.2f} mm after slice {worst} where the "
+            f"series steps {median:.2f} mm"
+        )
     return (positions[-1] - positions[0]) / (len(positions) - 1)
 
 
@@ -111,11 +121,16 @@ def _rescaled(stack: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) -> 
         if out.min() >= np.iinfo(np.int16).min and out.max() <= np.iinfo(np.int16).max:
             return out.astype(np.int16)
         return out
-    return (stack.astype(np.float32) * slopes.astype(np.float32) + intercepts.astype(np.float32))
+    return stack.astype(np.float32) * slopes.astype(np.float32) + intercepts.astype(np.float32)
 
 
-def load_series(paths: list[str], max_voxels: int, spacing_bounds: tuple[float, float] = (0.1, 10.0),
-                max_anisotropy: float = 10.0, max_mb: float = 4096.0) -> Volume:
+def load_series(
+    paths: list[str],
+    max_voxels: int,
+    spacing_bounds: tuple[float, float] = (0.1, 10.0),
+    max_anisotropy: float = 10.0,
+    max_mb: float = 4096.0,
+) -> Volume:
     """The files of one series → Volume [columns, rows, slices] with its RAS affine; the same checks as
     `load_volume` (geometry and spacing from the headers before any pixel is decoded, then the voxels)."""
     import pydicom
@@ -123,8 +138,10 @@ def load_series(paths: list[str], max_voxels: int, spacing_bounds: tuple[float, 
     # pixel data is deferred: read only once every header check has passed
     datasets = [pydicom.dcmread(p, defer_size="4 KB") for p in paths]
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in datasets):
-        raise RejectedVolume("multi-frame DICOM object (enhanced CT/MR or cine): not read by voxfm; convert it to "
-                             "NIfTI (e.g. dcm2niix) first")
+        raise RejectedVolume(
+            "multi-frame DICOM object (enhanced CT/MR or cine): not read by voxfm; convert it to "
+            "NIfTI (e.g. dcm2niix) first"
+        )
     if len(datasets) < 2:
         raise RejectedVolume("DICOM series with a single slice: not a 3D volume")
     row_dir, col_dir, spacing, positions = _geometry(datasets, paths)

@@ -29,14 +29,14 @@ DICOM_MODALITIES = {"CT": "CT", "MR": "MR", "PT": "PET"}
 
 @dataclass(frozen=True)
 class InputVolume:
-    path: str                      # the NIfTI file, or the folder that holds a DICOM series
-    modality: str | None = None    # None: inferred from intensities
+    path: str  # the NIfTI file, or the folder that holds a DICOM series
+    modality: str | None = None  # None: inferred from intensities
     dataset: str = ""
     subject: str = ""
     label: str | None = None
-    files: tuple[str, ...] = ()    # a DICOM series' files (empty for NIfTI)
+    files: tuple[str, ...] = ()  # a DICOM series' files (empty for NIfTI)
     series_uid: str | None = None
-    root: str = ""                 # the input root: recorded paths are relative to it
+    root: str = ""  # the input root: recorded paths are relative to it
 
 
 @dataclass
@@ -82,11 +82,13 @@ def _modality(value: str, where: str) -> str | None:
 def _scan_folder(folder: Path, template: InputVolume | None, found: Discovered) -> None:
     for p in sorted(p for p in folder.rglob("*") if p.is_file()):
         if is_nifti(p) and template is None:
-            found.nifti.append(InputVolume(path=str(p.resolve()), dataset=p.parent.name, subject=stem(str(p)),
-                                           root=found.root))
+            found.nifti.append(
+                InputVolume(path=str(p.resolve()), dataset=p.parent.name, subject=stem(str(p)), root=found.root)
+            )
         elif is_dicom(p):
-            found.dicom_files.append((str(p.resolve()),
-                                      template or InputVolume(path="", dataset=folder.name, root=found.root)))
+            found.dicom_files.append(
+                (str(p.resolve()), template or InputVolume(path="", dataset=folder.name, root=found.root))
+            )
         else:
             found.ignored.append(str(p.resolve()))
 
@@ -109,10 +111,14 @@ def read_manifest(path: Path, found: Discovered) -> None:
     for i, row in enumerate(rows, start=2):
         src = resolve(row["path"].strip())
         label = (row.get("label") or "").strip()
-        vol = InputVolume(path=src, modality=_modality(row.get("modality") or "", f"input={path} line {i}"),
-                          dataset=(row.get("dataset") or "").strip() or path.stem,
-                          subject=(row.get("subject") or "").strip() or stem(src),
-                          label=resolve(label) if label else None, root=found.root)
+        vol = InputVolume(
+            path=src,
+            modality=_modality(row.get("modality") or "", f"input={path} line {i}"),
+            dataset=(row.get("dataset") or "").strip() or path.stem,
+            subject=(row.get("subject") or "").strip() or stem(src),
+            label=resolve(label) if label else None,
+            root=found.root,
+        )
         if Path(src).is_dir():
             _scan_folder(Path(src), vol, found)
         else:
@@ -171,9 +177,15 @@ def group_series(scanned: list[tuple[str, InputVolume, dict, str]]) -> tuple[lis
         template, header = members[0][1], members[0][2]
         folder = os.path.commonpath(files) if len(files) > 1 else str(Path(files[0]).parent)
         subject = template.subject or header["subject"] or Path(folder).name
-        vol = replace(template, path=folder, files=tuple(files), series_uid=uid, subject=subject,
-                      dataset=template.dataset or Path(folder).name,
-                      modality=template.modality or DICOM_MODALITIES.get(header["modality"]))
+        vol = replace(
+            template,
+            path=folder,
+            files=tuple(files),
+            series_uid=uid,
+            subject=subject,
+            dataset=template.dataset or Path(folder).name,
+            modality=template.modality or DICOM_MODALITIES.get(header["modality"]),
+        )
         inputs.append((vol, hashlib.sha256("".join(sorted(m[3] for m in members)).encode()).hexdigest()))
     return sorted(inputs, key=lambda iv: (iv[0].path, iv[0].series_uid or "")), no_image
 

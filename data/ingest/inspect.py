@@ -22,8 +22,10 @@ from voxfm.data.ingest.shard_set import INDEX, REPORT, load_index, read_samples
 def _distribution(values: list[list[float]]) -> dict:
     """Per axis: min, median, max."""
     arr = np.asarray(values, dtype=np.float64)
-    return {k: [round(float(v), 3) for v in f(arr, axis=0)] for k, f in
-            (("min", np.min), ("median", np.median), ("max", np.max))}
+    return {
+        k: [round(float(v), 3) for v in f(arr, axis=0)]
+        for k, f in (("min", np.min), ("median", np.median), ("max", np.max))
+    }
 
 
 def _counts(values) -> dict:
@@ -65,14 +67,17 @@ def _read(folder: Path, picked: list[dict]) -> list[tuple[dict, np.ndarray]]:
 
 def format_summary(summary: dict) -> str:
     gb = summary["bytes"] / 1e9
-    lines = [f"{summary['n_samples']} samples in {summary['n_shards']} shard(s), {gb:.3f} GB, "
-             f"{summary['voxels'] / 1e9:.3f} G voxels",
-             f"modalities: {summary['by_modality']}", f"datasets: {summary['by_dataset']}",
-             f"spacing (mm) min/median/max: {summary['spacing']['min']} / {summary['spacing']['median']} / "
-             f"{summary['spacing']['max']}",
-             f"shape (voxels) min/median/max: {summary['shape']['min']} / {summary['shape']['median']} / "
-             f"{summary['shape']['max']}",
-             f"original orientations: {summary['original_orientation']}"]
+    lines = [
+        f"{summary['n_samples']} samples in {summary['n_shards']} shard(s), {gb:.3f} GB, "
+        f"{summary['voxels'] / 1e9:.3f} G voxels",
+        f"modalities: {summary['by_modality']}",
+        f"datasets: {summary['by_dataset']}",
+        f"spacing (mm) min/median/max: {summary['spacing']['min']} / {summary['spacing']['median']} / "
+        f"{summary['spacing']['max']}",
+        f"shape (voxels) min/median/max: {summary['shape']['min']} / {summary['shape']['median']} / "
+        f"{summary['shape']['max']}",
+        f"original orientations: {summary['original_orientation']}",
+    ]
     if summary["rejected_by_reason"] is not None:
         lines.append(f"rejected {summary['n_rejected']}, ignored {summary['n_ignored']} file(s)")
         lines += [f"  {count:>6}  {reason}" for reason, count in summary["rejected_by_reason"].items()]
@@ -91,10 +96,14 @@ def inspect_shards(shards: str, output: str | None, n_samples: int = 8, seed: in
     out = Path(output) if output else folder / "inspect"
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    picked = [index["samples"][i] for i in sorted(rng.choice(len(index["samples"]),
-                                                             min(n_samples, len(index["samples"])), replace=False))]
-    rows = [(f"{m['key'][:40]}  {m['modality']}  {m['shape']}  {m['spacing']} mm", normalise(vol, m["normalisation"]))
-            for m, vol in _read(folder, picked)]
+    picked = [
+        index["samples"][i]
+        for i in sorted(rng.choice(len(index["samples"]), min(n_samples, len(index["samples"])), replace=False))
+    ]
+    rows = [
+        (f"{m['key'][:40]}  {m['modality']}  {m['shape']}  {m['spacing']} mm", normalise(vol, m["normalisation"]))
+        for m, vol in _read(folder, picked)
+    ]
     montage(rows).save(out / "montage.png")
     summary["montage"] = str(out / "montage.png")
     summary["montage_samples"] = [m["key"] for m in picked]

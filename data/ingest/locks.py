@@ -50,8 +50,10 @@ def _holder(path: Path) -> str:
         except (OSError, ValueError):
             info = None
         if isinstance(info, dict):
-            return (f"host {info.get('host')}, pid {info.get('pid')}, started {info.get('started')}, "
-                    f"command: {info.get('command')}")
+            return (
+                f"host {info.get('host')}, pid {info.get('pid')}, started {info.get('started')}, "
+                f"command: {info.get('command')}"
+            )
         time.sleep(0.05)
     return "holder unknown (no readable lock content)"
 
@@ -70,20 +72,30 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[Path]:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise FolderLocked(f"{what}={folder} is in use by another voxfm job ({_holder(path)}); wait for it to end "
-                           f"or use another folder (the lock, {path}, is released when that process ends)") from None
+        raise FolderLocked(
+            f"{what}={folder} is in use by another voxfm job ({_holder(path)}); wait for it to end "
+            f"or use another folder (the lock, {path}, is released when that process ends)"
+        ) from None
     except OSError as err:
         os.close(fd)
         if err.errno not in UNSUPPORTED:
             raise
-        print(f"voxfm: warning: {folder}'s file system does not support locks ({err}); two jobs on this "
-              "folder will not be stopped", file=sys.stderr, flush=True)
+        print(
+            f"voxfm: warning: {folder}'s file system does not support locks ({err}); two jobs on this "
+            "folder will not be stopped",
+            file=sys.stderr,
+            flush=True,
+        )
         yield path
         return
     _held.add(fd)
     try:
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+        info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         yield path

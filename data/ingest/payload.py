@@ -38,8 +38,9 @@ def encode(arr: np.ndarray, codec: Codec = "lz4hc") -> bytes:
 
 # What ingest writes: a source's own integer type (NIfTI/DICOM), float32, or a label map's uint8 / int32.
 DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "float16", "float32")
-_DTYPE_STRS = {np.dtype(n).newbyteorder(order).str: np.dtype(n).newbyteorder(order)
-               for n in DTYPES for order in "<>"}  # e.g. "<i2", ">i2" (big-endian NIfTI), "|u1"
+_DTYPE_STRS = {
+    np.dtype(n).newbyteorder(order).str: np.dtype(n).newbyteorder(order) for n in DTYPES for order in "<>"
+}  # e.g. "<i2", ">i2" (big-endian NIfTI), "|u1"
 MAX_SAMPLE_MB = 2048  # default byte budget of one decoded volume (`data.max_sample_mb`)
 
 
@@ -58,16 +59,21 @@ def decode(frame: bytes, shape=None, max_mb: float = MAX_SAMPLE_MB) -> np.ndarra
     schunk, stored, dtype = _header(frame)
     if not isinstance(dtype, str) or dtype not in _DTYPE_STRS:
         raise ValueError(f"payload: dtype {dtype!r} refused; allowed: {', '.join(DTYPES)}")
-    if (not isinstance(stored, (list, tuple)) or len(stored) != 3
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in stored)):
+    if (
+        not isinstance(stored, (list, tuple))
+        or len(stored) != 3
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in stored)
+    ):
         raise ValueError(f"payload: shape {stored!r} refused; expected 3 positive integers [X, Y, Z]")
     if shape is not None and list(stored) != list(shape):
         raise ValueError(f"payload: shape {list(stored)} differs from the sample's metadata shape {shape}")
     dtype = _DTYPE_STRS[dtype]
     nbytes = math.prod(stored) * dtype.itemsize
     if nbytes > max_mb * 2**20:
-        raise ValueError(f"payload: {list(stored)} {dtype} decodes to {nbytes / 2**20:.0f} MiB, over the budget of "
-                         f"{max_mb} MiB (data.max_sample_mb)")
+        raise ValueError(
+            f"payload: {list(stored)} {dtype} decodes to {nbytes / 2**20:.0f} MiB, over the budget of "
+            f"{max_mb} MiB (data.max_sample_mb)"
+        )
     if nbytes != schunk.nbytes:
         raise ValueError(f"payload: {list(stored)} {dtype} needs {nbytes} bytes but the frame holds {schunk.nbytes}")
     out = np.empty(tuple(stored), dtype=dtype)

@@ -44,22 +44,26 @@ class PreprocessOptions:
             if not _same_kind(getattr(self, f.name), f.default):
                 raise ValueError(f"preprocess.{f.name}={getattr(self, f.name)!r}: expected {_expected(f.default)}")
         if self.max_voxels < 1 or self.max_mb <= 0:
-            raise ValueError(f"preprocess.max_voxels={self.max_voxels}, preprocess.max_mb={self.max_mb}: expected "
-                             "positive limits")
+            raise ValueError(
+                f"preprocess.max_voxels={self.max_voxels}, preprocess.max_mb={self.max_mb}: expected positive limits"
+            )
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
             raise ValueError(f"preprocess.spacing={list(self.spacing)}: expected 3 positive values in mm")
         if self.ct_window[0] >= self.ct_window[1]:
             raise ValueError(f"preprocess.ct_window={list(self.ct_window)}: expected [low, high], low < high")
         if not 0 < self.spacing_bounds[0] < self.spacing_bounds[1]:
-            raise ValueError(f"preprocess.spacing_bounds={list(self.spacing_bounds)}: expected [low, high] mm, "
-                             "0 < low < high")
+            raise ValueError(
+                f"preprocess.spacing_bounds={list(self.spacing_bounds)}: expected [low, high] mm, 0 < low < high"
+            )
         if self.frames not in FRAMES:
             raise ValueError(f"preprocess.frames={self.frames!r}; allowed: {', '.join(FRAMES)}")
         if self.max_anisotropy < 1:
             raise ValueError(f"preprocess.max_anisotropy={self.max_anisotropy}: expected >= 1")
         if self.crop_margin_mm < 0 or self.min_shape < 1:
-            raise ValueError(f"preprocess.crop_margin_mm={self.crop_margin_mm}, preprocess.min_shape={self.min_shape}: "
-                             "expected a margin >= 0 mm and a shape >= 1 voxel")
+            raise ValueError(
+                f"preprocess.crop_margin_mm={self.crop_margin_mm}, preprocess.min_shape={self.min_shape}: "
+                "expected a margin >= 0 mm and a shape >= 1 voxel"
+            )
         if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
             raise ValueError(f"preprocess.percentiles={list(self.percentiles)}: expected 0 <= low < high <= 100")
 
@@ -84,8 +88,9 @@ def check_mb(shape, itemsize: int, max_mb: float) -> None:
     Counted at >= 4 bytes a voxel: resampling works on a float32 copy, whatever the stored type."""
     n_bytes = int(np.prod(shape, dtype=np.int64)) * max(int(itemsize), 4)
     if n_bytes > max_mb * 2**20:
-        raise RejectedVolume(f"too large: {list(shape)} voxels = {n_bytes / 2**20:.0f} MB in memory > "
-                             f"preprocess.max_mb={max_mb}")
+        raise RejectedVolume(
+            f"too large: {list(shape)} voxels = {n_bytes / 2**20:.0f} MB in memory > preprocess.max_mb={max_mb}"
+        )
 
 
 def cast_like(resampled: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -160,7 +165,7 @@ def uncrop(stored: np.ndarray, meta: dict, fill: float = 0) -> np.ndarray:
         return stored
     out = np.full(crop["uncropped_shape"], fill, dtype=stored.dtype)
     x, y, z = crop["offset"]
-    out[x:x + stored.shape[0], y:y + stored.shape[1], z:z + stored.shape[2]] = stored
+    out[x : x + stored.shape[0], y : y + stored.shape[1], z : z + stored.shape[2]] = stored
     return out
 
 
@@ -172,8 +177,9 @@ def voxel_spacing(affine: np.ndarray) -> list[float]:
     return [round(float(s), 4) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
 
 
-def crop_to_foreground(image: np.ndarray, affine: np.ndarray, mask: np.ndarray,
-                       opts: PreprocessOptions) -> tuple[tuple[slice, ...], np.ndarray, dict | None]:
+def crop_to_foreground(
+    image: np.ndarray, affine: np.ndarray, mask: np.ndarray, opts: PreprocessOptions
+) -> tuple[tuple[slice, ...], np.ndarray, dict | None]:
     """The box to keep (slices), the affine of the cropped grid, and the record that undoes the crop."""
     if not opts.foreground_crop:
         return (slice(None),) * 3, affine, None
@@ -188,8 +194,9 @@ def crop_to_foreground(image: np.ndarray, affine: np.ndarray, mask: np.ndarray,
 def preprocess(volume: Volume, modality: str | None, opts: PreprocessOptions, label: Volume | None = None):
     """Volume (+ optional label map on the same grid) → (image, label, metadata) in RAS at target spacing,
     cropped to the foreground."""
-    if label is not None and (label.data.shape != volume.data.shape
-                              or not np.allclose(label.affine, volume.affine, atol=1e-3)):
+    if label is not None and (
+        label.data.shape != volume.data.shape or not np.allclose(label.affine, volume.affine, atol=1e-3)
+    ):
         raise RejectedVolume(f"label grid {label.data.shape} does not match image grid {volume.data.shape}")
     modality_inferred = modality is None
     modality = infer_modality(volume.data) if modality is None else modality
@@ -203,8 +210,9 @@ def preprocess(volume: Volume, modality: str | None, opts: PreprocessOptions, la
     image = np.ascontiguousarray(image[box])  # C order for the codec: one copy, of the kept voxels only
     if min(image.shape) < opts.min_shape:
         where = "after foreground crop" if crop else "after resampling"
-        raise RejectedVolume(f"too small {where}: {list(image.shape)} voxels, an edge < preprocess.min_shape="
-                             f"{opts.min_shape}")
+        raise RejectedVolume(
+            f"too small {where}: {list(image.shape)} voxels, an edge < preprocess.min_shape={opts.min_shape}"
+        )
     offset = np.array([b.start or 0 for b in box])
     rng = np.random.default_rng(0)  # fixed: the same input always gives the same shard
     meta = {

@@ -82,8 +82,10 @@ def _ordered(pool: ProcessPoolExecutor | None, fn: Callable, items: Iterable, wi
     except BrokenProcessPool as err:
         # the pool does not say which task died, and every unfinished one fails alike: name all in flight
         what = "; ".join(", ".join(v.path for v, _ in i[:3]) if isinstance(i, list) else str(i) for i, _ in pending)
-        raise WorkerDied(f"a worker process died (killed for lack of memory?) while working on one of: {what}; "
-                         "finished shards are kept: rerun the same command to continue, with fewer workers=") from err
+        raise WorkerDied(
+            f"a worker process died (killed for lack of memory?) while working on one of: {what}; "
+            "finished shards are kept: rerun the same command to continue, with fewer workers="
+        ) from err
 
 
 def _hash_or_reason(path: str) -> tuple[str, str | None]:
@@ -106,8 +108,9 @@ def _scan(found, pool, progress: bool) -> tuple[list[tuple[InputVolume, str]], l
                 rejected.append({"path": vol.path, "reason": reason})
             bar.update()
         paths = [f for f, _ in found.dicom_files]
-        for (file, template), (header, digest, reason) in zip(found.dicom_files,
-                                                              _ordered(pool, scan_dicom_file, paths, 64)):
+        for (file, template), (header, digest, reason) in zip(
+            found.dicom_files, _ordered(pool, scan_dicom_file, paths, 64)
+        ):
             if reason is not None:
                 rejected.append({"path": file, "reason": reason})
             else:
@@ -136,8 +139,15 @@ def _plan(inputs, index: dict) -> tuple[list[Unit], int, list[dict]]:
 
 
 @locks_folder("output", "output")  # one job per shard set: a second exits 2 naming the holder
-def run_shard(input_path: str, output: str, preprocess: dict, shard_max_mb: float = 256.0, codec: str = "lz4hc",
-              progress: bool = True, workers: int = 0) -> dict:
+def run_shard(
+    input_path: str,
+    output: str,
+    preprocess: dict,
+    shard_max_mb: float = 256.0,
+    codec: str = "lz4hc",
+    progress: bool = True,
+    workers: int = 0,
+) -> dict:
     """Shard every input or reject it with a reason; `workers=0` uses every core."""
     opts = PreprocessOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in preprocess.items()})
     if codec not in payload.CODECS:
@@ -155,14 +165,18 @@ def run_shard(input_path: str, output: str, preprocess: dict, shard_max_mb: floa
     stored = dict(index["config"] or {})
     salt = stored.pop("subject_salt", None) or secrets.token_hex(16)  # once per shard set: pseudonyms stay
     if index["config"] is not None and stored != config:
-        raise ValueError(f"output={output} holds shards made with other settings {stored}; "
-                         f"use a new output folder for {config}")
+        raise ValueError(
+            f"output={output} holds shards made with other settings {stored}; use a new output folder for {config}"
+        )
     if not isinstance(salt, str):
         raise ValueError(f"output={output}: index.json config.subject_salt={salt!r}: expected a string")
     index["config"] = {**config, "subject_salt": salt}
     n_workers = workers or available_cores()
-    pool = (ProcessPoolExecutor(n_workers, mp_context=get_context("fork"), initializer=_init_worker)
-            if n_workers > 1 else None)
+    pool = (
+        ProcessPoolExecutor(n_workers, mp_context=get_context("fork"), initializer=_init_worker)
+        if n_workers > 1
+        else None
+    )
     try:
         inputs, rejected, no_image = _scan(found, pool, progress)
         inputs = [(replace(vol, subject=pseudonym(vol.subject, salt)), digest) for vol, digest in inputs]
@@ -193,8 +207,9 @@ def run_shard(input_path: str, output: str, preprocess: dict, shard_max_mb: floa
             pool.shutdown(cancel_futures=True)
     write_json_atomic(out / "index.json", index)
     ignored = [relative(p, found.root) for p in found.ignored + no_image]
-    rejected = [{"path": relative(r["path"], found.root), "reason": _strip_root(r["reason"], found.root)}
-                for r in rejected]
+    rejected = [
+        {"path": relative(r["path"], found.root), "reason": _strip_root(r["reason"], found.root)} for r in rejected
+    ]
     seconds = time.perf_counter() - start
     report = {
         "n_inputs": n_inputs,

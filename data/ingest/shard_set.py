@@ -35,8 +35,10 @@ def write_json_atomic(path: Path, obj) -> None:
 def shard_name(name, where: str) -> str:
     """`name` if it is a plain shard file name (e.g. shard-000000.tar), else a ValueError naming it."""
     if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
-        raise ValueError(f"{where}={name!r}: refused; a shard name must be a plain file name such as "
-                         "shard-000000.tar (letters, digits, '_', '-', '.', ending in .tar; no folder, no scheme)")
+        raise ValueError(
+            f"{where}={name!r}: refused; a shard name must be a plain file name such as "
+            "shard-000000.tar (letters, digits, '_', '-', '.', ending in .tar; no folder, no scheme)"
+        )
     return name
 
 
@@ -51,12 +53,12 @@ def parse_index(text: str | bytes, where: str, config_required: bool = True) -> 
         raise ValueError(f"{where}: expected a JSON object, got {type(index).__name__}")
     for key in ("shards", "samples"):
         if not isinstance(index.get(key), list) or not all(isinstance(e, dict) for e in index[key]):
-            raise ValueError(f"{where}: \"{key}\" must be a list of objects")
+            raise ValueError(f'{where}: "{key}" must be a list of objects')
     for i, entry in enumerate(index["shards"]):
         shard_name(entry.get("name"), f"{where}: shards[{i}].name")
     config = index.get("config")
     if not (isinstance(config, dict) or (config is None and not config_required)):
-        raise ValueError(f"{where}: \"config\" must be an object, got {json.dumps(config)}")
+        raise ValueError(f'{where}: "config" must be an object, got {json.dumps(config)}')
     return index
 
 
@@ -74,8 +76,13 @@ def read_samples(folder: Path, samples: list[dict], parts: tuple[str, ...]) -> I
         with tarfile.open(folder / shard) as tar:
             names = set(tar.getnames())
             for s in (s for s in samples if s["shard"] == shard):
-                yield s, {p: tar.extractfile(f"{s['key']}.{p}").read() if f"{s['key']}.{p}" in names else None
-                          for p in parts}
+                yield (
+                    s,
+                    {
+                        p: tar.extractfile(f"{s['key']}.{p}").read() if f"{s['key']}.{p}" in names else None
+                        for p in parts
+                    },
+                )
 
 
 class ShardSetWriter:
@@ -131,23 +138,33 @@ def describe_shard_set(shards: str | Path) -> dict:
     index = parse_index((path / INDEX).read_text(), f"data.shards={shards}: {INDEX}")
     pre = index["config"].get("preprocess")
     if not isinstance(pre, dict) or any(k not in pre for k in ("spacing", "percentiles", "ct_window")):
-        raise ValueError(f"data.shards={shards}: {INDEX} has no config.preprocess with spacing, percentiles and "
-                         "ct_window; reshard with `voxfm shard`")
+        raise ValueError(
+            f"data.shards={shards}: {INDEX} has no config.preprocess with spacing, percentiles and "
+            "ct_window; reshard with `voxfm shard`"
+        )
     modalities: dict[str, int] = {}
     datasets: dict[str, int] = {}
     for s in index["samples"]:  # str(): a damaged entry is counted as what it says, and skipped when streamed
         modality, dataset = str(s.get("modality")), str(s.get("dataset", ""))
         modalities[modality] = modalities.get(modality, 0) + 1
         datasets[dataset] = datasets.get(dataset, 0) + 1
-    robust = {"scheme": "percentile", "percentiles": pre["percentiles"],
-              "note": "per volume: clip to these percentiles of its own voxels, map to [0, 1]"}
+    robust = {
+        "scheme": "percentile",
+        "percentiles": pre["percentiles"],
+        "note": "per volume: clip to these percentiles of its own voxels, map to [0, 1]",
+    }
     return {
         "spacing": pre["spacing"],
         "orientation": "RAS",
         "normalisation": {
-            "CT": {"scheme": "window", "low": pre["ct_window"][0], "high": pre["ct_window"][1],
-                   "note": "clip HU to [low, high], map to [0, 1]"},
-            "MR": robust, "PET": robust,
+            "CT": {
+                "scheme": "window",
+                "low": pre["ct_window"][0],
+                "high": pre["ct_window"][1],
+                "note": "clip HU to [low, high], map to [0, 1]",
+            },
+            "MR": robust,
+            "PET": robust,
         },
         "modalities": modalities,
         "datasets": datasets,

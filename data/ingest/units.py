@@ -43,8 +43,9 @@ def read_input(vol: InputVolume, opts: PreprocessOptions, frame: int | None) -> 
     return load_series(list(vol.files), opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy, opts.max_mb)
 
 
-def shard_one(vol: InputVolume, opts: PreprocessOptions, codec: str,
-              frame: int | None = None) -> tuple[dict[str, bytes], dict]:
+def shard_one(
+    vol: InputVolume, opts: PreprocessOptions, codec: str, frame: int | None = None
+) -> tuple[dict[str, bytes], dict]:
     image = read_input(vol, opts, frame)
     try:
         if vol.label:
@@ -68,9 +69,15 @@ def process_unit(unit: Unit, opts: PreprocessOptions, codec: str) -> list[tuple[
             samples = []
             for frame in frames_to_shard(vol, opts.frames):
                 files, meta = shard_one(vol, opts, codec, frame)
-                meta.update(dataset=vol.dataset, subject=vol.subject, source_path=relative(vol.path, vol.root),
-                            content_hash=digest, label_path=relative(vol.label, vol.root) if vol.label else None,
-                            frame=frame, n_files=len(vol.files) or 1)
+                meta.update(
+                    dataset=vol.dataset,
+                    subject=vol.subject,
+                    source_path=relative(vol.path, vol.root),
+                    content_hash=digest,
+                    label_path=relative(vol.label, vol.root) if vol.label else None,
+                    frame=frame,
+                    n_files=len(vol.files) or 1,
+                )
                 if opts.keep_dicom_uids and vol.series_uid:
                     meta["series_uid"] = vol.series_uid
                 key = sample_key(vol, digest) + ("" if frame is None else f"_f{frame:04d}")

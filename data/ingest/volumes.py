@@ -39,8 +39,9 @@ def check_spacing(affine: np.ndarray, bounds: tuple[float, float], max_anisotrop
     if spacing.min() < bounds[0] or spacing.max() > bounds[1]:
         raise RejectedVolume(f"implausible spacing: {shown} mm is outside preprocess.spacing_bounds={list(bounds)}")
     if spacing.max() / spacing.min() > max_anisotropy:
-        raise RejectedVolume(f"implausible spacing: {shown} mm is more anisotropic than "
-                             f"preprocess.max_anisotropy={max_anisotropy}")
+        raise RejectedVolume(
+            f"implausible spacing: {shown} mm is more anisotropic than preprocess.max_anisotropy={max_anisotropy}"
+        )
 
 
 def n_frames(path: str | Path) -> int:
@@ -52,8 +53,13 @@ def n_frames(path: str | Path) -> int:
     return int(shape[3]) if len(shape) == 4 else 1
 
 
-def load_volume(path: str | Path, max_voxels: int, spacing_bounds: tuple[float, float] = (0.1, 10.0),
-                max_anisotropy: float = 10.0, frame: int | None = None) -> Volume:
+def load_volume(
+    path: str | Path,
+    max_voxels: int,
+    spacing_bounds: tuple[float, float] = (0.1, 10.0),
+    max_anisotropy: float = 10.0,
+    frame: int | None = None,
+) -> Volume:
     """Read one NIfTI volume; raise `RejectedVolume` with a reason for anything unusable.
 
     The header (shape, size, affine, spacing) is checked before any voxel is read, so an absurd header costs

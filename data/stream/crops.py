@@ -43,19 +43,27 @@ def padded(vol: np.ndarray, fg_points: list, size: tuple[int, int, int], value: 
     return pad_to(vol, size, value), [[int(c) + p for c, p in zip(point, pads)] for point in fg_points]
 
 
-def random_crop(vol: np.ndarray, fg_points: list, size: tuple[int, int, int], foreground_prob: float,
-                rng: np.random.Generator) -> np.ndarray:
+def random_crop(
+    vol: np.ndarray, fg_points: list, size: tuple[int, int, int], foreground_prob: float, rng: np.random.Generator
+) -> np.ndarray:
     """One crop (a view) of `size` out of a volume at least that large, centred near a foreground point with
     probability `foreground_prob` (when the volume has any), else placed uniformly."""
     centre = None
     if fg_points and rng.random() < foreground_prob:
         centre = np.asarray(fg_points[rng.integers(len(fg_points))])
     x, y, z = crop_start(vol.shape, size, centre, rng)
-    return vol[x:x + size[0], y:y + size[1], z:z + size[2]]
+    return vol[x : x + size[0], y : y + size[1], z : z + size[2]]
 
 
-def random_crops(vol: np.ndarray, fg_points: list, size: tuple[int, int, int], n: int,
-                 foreground_prob: float, rng: np.random.Generator, pad_value: float = 0) -> list[np.ndarray]:
+def random_crops(
+    vol: np.ndarray,
+    fg_points: list,
+    size: tuple[int, int, int],
+    n: int,
+    foreground_prob: float,
+    rng: np.random.Generator,
+    pad_value: float = 0,
+) -> list[np.ndarray]:
     """`n` crops (views) of shape `size` out of `vol`, both [X, Y, Z] (see `random_crop`); a volume smaller than
     the crop is padded first."""
     vol, fg_points = padded(vol, fg_points, size, pad_value)

@@ -87,8 +87,11 @@ class DeviceFeed:
 
     def _start(self, host: dict, stream: torch.cuda.Stream) -> tuple[dict, torch.cuda.Event, torch.Tensor | None]:
         with torch.cuda.stream(stream):
-            moved = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                     for k, v in host.items() if k != "_buffer"}
+            moved = {
+                k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in host.items()
+                if k != "_buffer"
+            }
             done = torch.cuda.Event()
             done.record(stream)
         return moved, done, host.get("_buffer")
@@ -113,8 +116,7 @@ class DeviceFeed:
             if close is not None:
                 close()
 
-    def _ahead(self, source: Iterator[dict], stream: torch.cuda.Stream, copying: collections.deque
-               ) -> Iterator[dict]:
+    def _ahead(self, source: Iterator[dict], stream: torch.cuda.Stream, copying: collections.deque) -> Iterator[dict]:
         ahead = self._start(next(source), stream)
         while ahead is not None:
             batch, done, buffer = ahead

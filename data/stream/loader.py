@@ -35,16 +35,23 @@ def _stop_all() -> None:
 class ThreadLoader:
     """Iterable of collated batches from `num_threads` threads (0: in the caller's thread)."""
 
-    def __init__(self, stream: RegionStream, batch_size: int, num_threads: int, prefetch: int = QUEUED_PER_WORKER,
-                 pin_memory: bool | None = None):
+    def __init__(
+        self,
+        stream: RegionStream,
+        batch_size: int,
+        num_threads: int,
+        prefetch: int = QUEUED_PER_WORKER,
+        pin_memory: bool | None = None,
+    ):
         if batch_size < 1 or num_threads < 0:
             raise ValueError(f"data.batch_size={batch_size}, data.num_workers={num_threads}: expected >= 1 and >= 0")
         check_group(stream, batch_size)
         self.stream, self.batch_size, self.num_threads, self.prefetch = stream, batch_size, num_threads, prefetch
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
 
-    def _batches(self, worker: int, buffers: PinnedBuffers | None, stop: threading.Event | None = None
-                 ) -> Iterator[dict]:
+    def _batches(
+        self, worker: int, buffers: PinnedBuffers | None, stop: threading.Event | None = None
+    ) -> Iterator[dict]:
         regions = self.stream.worker_stream(worker, max(self.num_threads, 1))
         while True:
             samples = [next(regions) for _ in range(self.batch_size)]
@@ -63,8 +70,7 @@ class ThreadLoader:
             yield from self._host_batches(None)
             return
         buffers = PinnedBuffers(buffer_count(self.num_threads, self.prefetch))
-        yield from DeviceFeed(self._host_batches(buffers), buffers,
-                              torch.device("cuda", torch.cuda.current_device()))
+        yield from DeviceFeed(self._host_batches(buffers), buffers, torch.device("cuda", torch.cuda.current_device()))
 
     def _host_batches(self, buffers: PinnedBuffers | None) -> Iterator[dict]:
         if self.num_threads == 0:
@@ -91,8 +97,10 @@ class ThreadLoader:
             except BaseException as err:  # surfaced in the training thread, not lost in a worker
                 offer(err)
 
-        threads = [threading.Thread(target=work, args=(i,), daemon=True, name=f"voxfm-data-{i}")
-                   for i in range(self.num_threads)]
+        threads = [
+            threading.Thread(target=work, args=(i,), daemon=True, name=f"voxfm-data-{i}")
+            for i in range(self.num_threads)
+        ]
         for t in threads:
             t.start()
         _RUNNING[id(stop)] = (stop, threads)

@@ -64,12 +64,22 @@ class VolumePool:
     bounds the decoded arrays held (the pool stops filling once it is reached, so it exceeds it by less than one
     volume); at least one volume is always held."""
 
-    def __init__(self, volumes: Iterator[Volume], region_size: tuple[int, int, int], regions_per_volume: int,
-                 budget_bytes: float, max_volumes: int, foreground_prob: float, rng: np.random.Generator,
-                 on_full: Callable[[int, int], None] | None = None):
+    def __init__(
+        self,
+        volumes: Iterator[Volume],
+        region_size: tuple[int, int, int],
+        regions_per_volume: int,
+        budget_bytes: float,
+        max_volumes: int,
+        foreground_prob: float,
+        rng: np.random.Generator,
+        on_full: Callable[[int, int], None] | None = None,
+    ):
         if regions_per_volume < 1 or max_volumes < 1 or not budget_bytes > 0:
-            raise ValueError(f"regions_per_volume={regions_per_volume}, max_volumes={max_volumes}, "
-                             f"budget_bytes={budget_bytes}: expected >= 1, >= 1, > 0")
+            raise ValueError(
+                f"regions_per_volume={regions_per_volume}, max_volumes={max_volumes}, "
+                f"budget_bytes={budget_bytes}: expected >= 1, >= 1, > 0"
+            )
         self.volumes, self.region_size, self.per_volume = volumes, region_size, regions_per_volume
         self.budget, self.max_volumes, self.foreground_prob, self.rng = budget_bytes, max_volumes, foreground_prob, rng
         self.on_full = on_full
@@ -124,8 +134,9 @@ class VolumePool:
         out = []
         for i in self._picks(n):
             volume = self.held[i]
-            out.append((random_crop(volume.array, volume.points, self.region_size, self.foreground_prob, self.rng),
-                        volume))
+            out.append(
+                (random_crop(volume.array, volume.points, self.region_size, self.foreground_prob, self.rng), volume)
+            )
             volume.uses_left -= 1
         return out
 
@@ -136,8 +147,17 @@ class VolumePool:
             yield group
 
 
-def memory_line(pool_gib: float, pool_volumes: int, regions_per_volume: int, n_workers: int, batch_size: int,
-                region_size, batches: int, pinned: bool, max_sample_mb: float) -> str:
+def memory_line(
+    pool_gib: float,
+    pool_volumes: int,
+    regions_per_volume: int,
+    n_workers: int,
+    batch_size: int,
+    region_size,
+    batches: int,
+    pinned: bool,
+    max_sample_mb: float,
+) -> str:
     """What the loader of one rank may hold, printed at the start: the pool's budget plus the stated overhead (per
     worker, the volumes being read or just spent; the `batches` between the workers and the step: pinned buffers
     of a power-of-two size on CUDA, data/stream/device_feed.py)."""
@@ -147,8 +167,12 @@ def memory_line(pool_gib: float, pool_volumes: int, regions_per_volume: int, n_w
         batch_bytes = 2 ** math.ceil(math.log2(batch_bytes))
     queued = f"{batches} {'pinned ' if pinned else ''}batches of ≤ {batch_bytes / 2**30:.2f} GiB"
     if pool_gib <= 0:
-        return (f"data: no volume pool (data.pool_gib=0): each volume read serves {regions_per_volume} regions at "
-                f"once; {queued}")
-    return (f"data: volume pool ≤ {pool_gib:g} GiB per rank ({workers} worker(s) × ≤ {pool_volumes} decoded "
-            f"volumes within {pool_gib / workers:.2f} GiB each), each volume read serves {regions_per_volume} regions; "
-            f"overhead ≤ ~3 volumes per worker being read or spent (≤ {max_sample_mb:g} MB each) + {queued}")
+        return (
+            f"data: no volume pool (data.pool_gib=0): each volume read serves {regions_per_volume} regions at "
+            f"once; {queued}"
+        )
+    return (
+        f"data: volume pool ≤ {pool_gib:g} GiB per rank ({workers} worker(s) × ≤ {pool_volumes} decoded "
+        f"volumes within {pool_gib / workers:.2f} GiB each), each volume read serves {regions_per_volume} regions; "
+        f"overhead ≤ ~3 volumes per worker being read or spent (≤ {max_sample_mb:g} MB each) + {queued}"
+    )

@@ -44,11 +44,14 @@ class SkipCounter:
     def skip(self, err: BaseException) -> bool:
         self.count += 1
         self.in_a_row += 1
-        log.warning("voxfm: skipped damaged data (%d so far in this worker): %s: %s", self.count,
-                    type(err).__name__, err)
+        log.warning(
+            "voxfm: skipped damaged data (%d so far in this worker): %s: %s", self.count, type(err).__name__, err
+        )
         if self.in_a_row >= MAX_SKIPPED_IN_A_ROW:
-            raise RuntimeError(f"{self.in_a_row} damaged shards/samples in a row and nothing readable: check the "
-                               f"shard set (last error: {type(err).__name__}: {err})") from err
+            raise RuntimeError(
+                f"{self.in_a_row} damaged shards/samples in a row and nothing readable: check the "
+                f"shard set (last error: {type(err).__name__}: {err})"
+            ) from err
         return True  # webdataset: continue with the next sample
 
     def ok(self) -> None:
@@ -60,10 +63,21 @@ class RegionStream(IterableDataset):
     volumes (`data/stream/pool.py`) in groups of `group` regions from distinct volumes when `pool_gib` > 0 (the rank's
     budget, shared by its workers), else cut all at once from each volume and mixed by a shuffle buffer."""
 
-    def __init__(self, shards: str | None, region_size, regions_per_volume: int = 4, foreground_prob: float = 0.67,
-                 shuffle_buffer: int = 64, seed: int = 0, sources: list[dict] | None = None, resampled: bool = True,
-                 max_sample_mb: float = payload.MAX_SAMPLE_MB, pool_gib: float = 0.0, pool_volumes: int = 48,
-                 group: int = 32):
+    def __init__(
+        self,
+        shards: str | None,
+        region_size,
+        regions_per_volume: int = 4,
+        foreground_prob: float = 0.67,
+        shuffle_buffer: int = 64,
+        seed: int = 0,
+        sources: list[dict] | None = None,
+        resampled: bool = True,
+        max_sample_mb: float = payload.MAX_SAMPLE_MB,
+        pool_gib: float = 0.0,
+        pool_volumes: int = 48,
+        group: int = 32,
+    ):
         if regions_per_volume < 1:
             raise ValueError(f"data.regions_per_volume={regions_per_volume}: expected >= 1")
         if not max_sample_mb > 0:
@@ -71,8 +85,9 @@ class RegionStream(IterableDataset):
         if not 0.0 <= foreground_prob <= 1.0:
             raise ValueError(f"data.foreground_prob={foreground_prob}: expected a probability in [0, 1]")
         if pool_gib < 0 or pool_volumes < 1 or group < 1:
-            raise ValueError(f"data.pool_gib={pool_gib}, data.pool_volumes={pool_volumes}, group={group}: expected "
-                             ">= 0, >= 1, >= 1")
+            raise ValueError(
+                f"data.pool_gib={pool_gib}, data.pool_volumes={pool_volumes}, group={group}: expected >= 0, >= 1, >= 1"
+            )
         self.max_sample_mb = max_sample_mb
         self.sources = parse_sources(shards, sources)
         self.urls = [u for s in self.sources for u in s.urls]
@@ -81,9 +96,13 @@ class RegionStream(IterableDataset):
         self.shuffle_buffer, self.seed, self.resampled = shuffle_buffer, seed, resampled
         self.pool_gib, self.pool_volumes, self.group = pool_gib, pool_volumes, group
         if pool_gib == 0 and shuffle_buffer < 4 * regions_per_volume:
-            log.warning("voxfm: without a volume pool (data.pool_gib=0) each volume's %d regions are mixed by a "
-                        "shuffle buffer of only %d: a batch draws from few volumes; lower data.regions_per_volume or "
-                        "raise data.shuffle_buffer (or turn the pool on)", regions_per_volume, shuffle_buffer)
+            log.warning(
+                "voxfm: without a volume pool (data.pool_gib=0) each volume's %d regions are mixed by a "
+                "shuffle buffer of only %d: a batch draws from few volumes; lower data.regions_per_volume or "
+                "raise data.shuffle_buffer (or turn the pool on)",
+                regions_per_volume,
+                shuffle_buffer,
+            )
 
     @staticmethod
     def _rank_world() -> tuple[int, int]:
@@ -91,8 +110,9 @@ class RegionStream(IterableDataset):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
-    def _volumes(self, samples: Iterator[tuple[int, dict]], skips: SkipCounter, counters: FeedCounters
-                 ) -> Iterator[Volume]:
+    def _volumes(
+        self, samples: Iterator[tuple[int, dict]], skips: SkipCounter, counters: FeedCounters
+    ) -> Iterator[Volume]:
         """Loaded volumes; a damaged payload or metadata skips the sample, never the run. Every sample's bytes count
         as read."""
         for source, sample in samples:
@@ -101,29 +121,40 @@ class RegionStream(IterableDataset):
             try:
                 volume = load_volume(sample, self.region_size, self.max_sample_mb, source)
             except Exception as err:
-                skips.skip(RuntimeError(f"sample {sample.get('__key__')} of {sample.get('__url__')}: "
-                                        f"{type(err).__name__}: {err}"))
+                skips.skip(
+                    RuntimeError(
+                        f"sample {sample.get('__key__')} of {sample.get('__url__')}: {type(err).__name__}: {err}"
+                    )
+                )
                 continue
             skips.ok()
             yield volume
 
-    def _records(self, pairs: Iterator[tuple[np.ndarray, Volume]], skips: SkipCounter, counters: FeedCounters,
-                 worker: int) -> Iterator[dict]:
+    def _records(
+        self, pairs: Iterator[tuple[np.ndarray, Volume]], skips: SkipCounter, counters: FeedCounters, worker: int
+    ) -> Iterator[dict]:
         for region, volume in pairs:
             counters.regions += 1
-            yield {**region_record(region, volume), "worker": worker, "skipped": skips.count,
-                   "read_bytes": counters.read_bytes, "reads": counters.reads}
+            yield {
+                **region_record(region, volume),
+                "worker": worker,
+                "skipped": skips.count,
+                "read_bytes": counters.read_bytes,
+                "reads": counters.reads,
+            }
 
-    def samples(self, worker: int, n_workers: int = 1, skips: SkipCounter | None = None
-                ) -> Iterator[tuple[int, dict]]:
+    def samples(self, worker: int, n_workers: int = 1, skips: SkipCounter | None = None) -> Iterator[tuple[int, dict]]:
         """(source index, raw sample) for data worker `worker` of `n_workers` on this rank."""
         rank, world = self._rank_world()
         skips = skips or SkipCounter()
         slot, n_slots = rank * n_workers + worker, world * n_workers
         worker_seed = (self.seed * 1_000_003 + rank) * 1_009 + worker
-        streams = [resampled_samples(s.urls, self.seed, worker_seed + 7919 * i, skips.skip) if self.resampled
-                   else epoch_samples(s.urls, self.seed + 7919 * i, slot, n_slots, skips.skip)
-                   for i, s in enumerate(self.sources)]
+        streams = [
+            resampled_samples(s.urls, self.seed, worker_seed + 7919 * i, skips.skip)
+            if self.resampled
+            else epoch_samples(s.urls, self.seed + 7919 * i, slot, n_slots, skips.skip)
+            for i, s in enumerate(self.sources)
+        ]
         return mix(streams, [s.weight for s in self.sources], np.random.default_rng([self.seed, rank, worker, 1]))
 
     def worker_stream(self, worker: int, n_workers: int = 1, counters: FeedCounters | None = None) -> Iterator[dict]:
@@ -134,21 +165,36 @@ class RegionStream(IterableDataset):
         rng, skips, counters = np.random.default_rng(key), SkipCounter(), counters or FeedCounters()
         volumes = self._volumes(self.samples(worker, n_workers, skips), skips, counters)
         if self.pool_gib > 0:
-            pool = VolumePool(volumes, self.region_size, self.regions_per_volume, self.pool_gib * 2**30 / n_workers,
-                              self.pool_volumes, self.foreground_prob, rng, partial(self._pool_filled, worker))
-            return self._records((pair for group in pool.groups(self.group) for pair in group), skips, counters,
-                                 worker)
-        pairs = ((random_crop(v.array, v.points, self.region_size, self.foreground_prob, rng), v)
-                 for v in volumes for _ in range(self.regions_per_volume))
+            pool = VolumePool(
+                volumes,
+                self.region_size,
+                self.regions_per_volume,
+                self.pool_gib * 2**30 / n_workers,
+                self.pool_volumes,
+                self.foreground_prob,
+                rng,
+                partial(self._pool_filled, worker),
+            )
+            return self._records((pair for group in pool.groups(self.group) for pair in group), skips, counters, worker)
+        pairs = (
+            (random_crop(v.array, v.points, self.region_size, self.foreground_prob, rng), v)
+            for v in volumes
+            for _ in range(self.regions_per_volume)
+        )
         shuffle = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer // 2, seed=str(key))
         return iter(shuffle(self._records(pairs, skips, counters, worker)))
 
     def _pool_filled(self, worker: int, n: int, held_bytes: int) -> None:
         log.info("voxfm: data worker %d holds %d decoded volumes (%.2f GiB)", worker, n, held_bytes / 2**30)
         if n < self.group:
-            log.warning("voxfm: data worker %d's pool holds %d volumes, fewer than a batch (%d): a batch draws from "
-                        "at most %d distinct volumes; raise data.pool_gib (or data.pool_volumes)", worker, n,
-                        self.group, n)
+            log.warning(
+                "voxfm: data worker %d's pool holds %d volumes, fewer than a batch (%d): a batch draws from "
+                "at most %d distinct volumes; raise data.pool_gib (or data.pool_volumes)",
+                worker,
+                n,
+                self.group,
+                n,
+            )
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -158,12 +204,20 @@ class RegionStream(IterableDataset):
 def check_group(stream: RegionStream, batch_size: int) -> None:
     """A loader's batch must be the pool's group: a batch straddling two groups loses its distinct volumes."""
     if stream.pool_gib > 0 and stream.group != batch_size:
-        raise ValueError(f"the volume pool cuts groups of {stream.group} regions but the loader's batch is "
-                         f"{batch_size}: build the stream with group=batch_size")
+        raise ValueError(
+            f"the volume pool cuts groups of {stream.group} regions but the loader's batch is "
+            f"{batch_size}: build the stream with group=batch_size"
+        )
 
 
 def region_loader(stream: RegionStream, batch_size: int, num_workers: int) -> DataLoader:
     check_group(stream, batch_size)
-    return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_regions,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
-                      prefetch_factor=QUEUED_PER_WORKER if num_workers > 0 else None)
+    return DataLoader(
+        stream,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_regions,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+        prefetch_factor=QUEUED_PER_WORKER if num_workers > 0 else None,
+    )

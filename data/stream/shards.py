@@ -25,8 +25,10 @@ def _remote_index(url: str) -> list[str]:
     except (OSError, ValueError) as err:
         raise ValueError(f"data.shards={url}: cannot read {url + INDEX} ({type(err).__name__}: {err})") from err
     if len(text) > MAX_REMOTE_INDEX_BYTES:
-        raise ValueError(f"data.shards={url}: {url + INDEX} is over {MAX_REMOTE_INDEX_BYTES:,} bytes; refused "
-                         "(a shard set's index is a few MB)")
+        raise ValueError(
+            f"data.shards={url}: {url + INDEX} is over {MAX_REMOTE_INDEX_BYTES:,} bytes; refused "
+            "(a shard set's index is a few MB)"
+        )
     names = [s["name"] for s in parse_index(text, f"data.shards={url}: {INDEX}")["shards"]]
     if not names:
         raise ValueError(f"data.shards={url}: the shard set is empty")

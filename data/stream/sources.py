@@ -57,21 +57,25 @@ def parse_sources(shards: str | None, sources: list[dict] | None) -> list[Source
 
 def resampled_samples(urls: list[str], seed: int, worker_seed: int, handler: Callable) -> Iterator[dict]:
     """Endless: shards drawn at random with replacement, samples in shard order."""
-    return iter(wds.DataPipeline(
-        wds.ResampledShards(urls, seed=seed, worker_seed=lambda: worker_seed, deterministic=True),
-        wds.tarfile_to_samples(handler=handler),
-    ))
+    return iter(
+        wds.DataPipeline(
+            wds.ResampledShards(urls, seed=seed, worker_seed=lambda: worker_seed, deterministic=True),
+            wds.tarfile_to_samples(handler=handler),
+        )
+    )
 
 
-def epoch_samples(urls: list[str], seed: int, slot: int, n_slots: int, handler: Callable,
-                  passes: int | None = None) -> Iterator[dict]:
+def epoch_samples(
+    urls: list[str], seed: int, slot: int, n_slots: int, handler: Callable, passes: int | None = None
+) -> Iterator[dict]:
     """Passes (endless by default); pass p reads the shards in an order every slot agrees on (seed, p), and
     this slot gets exactly its share of the pass's samples."""
     for p in itertools.count() if passes is None else range(passes):
         order = [urls[i] for i in np.random.default_rng([seed, p]).permutation(len(urls))]
         if len(order) >= n_slots:
-            yield from wds.DataPipeline(wds.SimpleShardList(order[slot::n_slots]),
-                                        wds.tarfile_to_samples(handler=handler))
+            yield from wds.DataPipeline(
+                wds.SimpleShardList(order[slot::n_slots]), wds.tarfile_to_samples(handler=handler)
+            )
         else:
             samples = wds.DataPipeline(wds.SimpleShardList(order), wds.tarfile_to_samples(handler=handler))
             yield from itertools.islice(samples, slot, None, n_slots)

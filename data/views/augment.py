@@ -19,9 +19,16 @@ def _draw(n: int, g: torch.Generator, lo: float, hi: float) -> torch.Tensor:
 class IntensityAugment:
     """x in [0, 1] → x ** gamma → x * scale + shift → + N(0, noise_std²), each with its own probability."""
 
-    def __init__(self, gamma_prob: float = 0.3, gamma_range: tuple[float, float] = (0.7, 1.5),
-                 scale_prob: float = 0.5, scale_range: tuple[float, float] = (0.9, 1.1),
-                 shift_range: tuple[float, float] = (-0.1, 0.1), noise_prob: float = 0.2, noise_std: float = 0.02):
+    def __init__(
+        self,
+        gamma_prob: float = 0.3,
+        gamma_range: tuple[float, float] = (0.7, 1.5),
+        scale_prob: float = 0.5,
+        scale_range: tuple[float, float] = (0.9, 1.1),
+        shift_range: tuple[float, float] = (-0.1, 0.1),
+        noise_prob: float = 0.2,
+        noise_std: float = 0.02,
+    ):
         for name, p in (("gamma_prob", gamma_prob), ("scale_prob", scale_prob), ("noise_prob", noise_prob)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"augment.{name}={p}: expected a probability in [0, 1]")
@@ -35,6 +42,7 @@ class IntensityAugment:
 
     def parameters(self, n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         """Per-sample parameters [n] each (identity where a transform is not drawn)."""
+
         def apply(p: float) -> torch.Tensor:
             return torch.rand(n, generator=g, device=g.device) < p
 

@@ -62,8 +62,14 @@ class BlockMasking:
 
     CHUNK = 16  # boxes tested against every token at once: [n, CHUNK, N] booleans at a time
 
-    def __init__(self, patch_size: int | tuple[int, int, int] = 16, ratio_range: tuple[float, float] = (0.1, 0.5),
-                 probability: float = 0.5, min_block: int = 2, max_block: int = 3):
+    def __init__(
+        self,
+        patch_size: int | tuple[int, int, int] = 16,
+        ratio_range: tuple[float, float] = (0.1, 0.5),
+        probability: float = 0.5,
+        min_block: int = 2,
+        max_block: int = 3,
+    ):
         low, high = (float(r) for r in ratio_range)
         if not 0.0 <= low <= high < 1.0:
             raise ValueError(f"masking.ratio_range={[low, high]}: expected 0 <= low <= high < 1")
@@ -117,7 +123,10 @@ class BlockMasking:
         coords = torch.stack(torch.meshgrid(axes, indexing="ij"), dim=-1).reshape(1, 1, -1, 3)  # [1, 1, N, 3]
         first = torch.full((n, coords.shape[2]), k, dtype=torch.long, device=dev)  # first box covering each token
         for start in range(0, k, self.CHUNK):
-            c0, c1 = corners[:, start:start + self.CHUNK, None], (corners + sides)[:, start:start + self.CHUNK, None]
+            c0, c1 = (
+                corners[:, start : start + self.CHUNK, None],
+                (corners + sides)[:, start : start + self.CHUNK, None],
+            )
             inside = ((coords >= c0) & (coords < c1)).all(dim=-1)  # [n, chunk, N]
             index = torch.arange(start, start + inside.shape[1], device=dev).view(1, -1, 1)
             first = torch.minimum(first, torch.where(inside, index, k).amin(dim=1))

@@ -19,9 +19,16 @@ from voxfm.data.views.augment import IntensityAugment
 from voxfm.data.views.masking import BlockMasking
 
 
-def crop_maps(n: int, region: tuple[int, int, int], scale: tuple[float, float], flip_prob: float,
-              rotate_prob: float, plane: tuple[int, int] | None, g: torch.Generator,
-              size: tuple[int, int, int] = (1, 1, 1)) -> torch.Tensor:
+def crop_maps(
+    n: int,
+    region: tuple[int, int, int],
+    scale: tuple[float, float],
+    flip_prob: float,
+    rotate_prob: float,
+    plane: tuple[int, int] | None,
+    g: torch.Generator,
+    size: tuple[int, int, int] = (1, 1, 1),
+) -> torch.Tensor:
     """→ [n, 3, 4] affine maps (grid_sample's convention: output coordinates in [-1, 1] → input coordinates, axes
     in (Z, Y, X) order) of n random crops of a region of size `region`, each a box of the crop's shape `size` (the
     largest that fits, scaled by `scale`^(1/3)), so every axis is resampled by the same factor."""
@@ -60,10 +67,20 @@ class MultiCropPipeline:
     crops, view-major), "local" [n_local·B, C, *local_size] (view-major), "n_views" 2, "n_local", and "masks"
     [2B, N] bool (iBOT, True = hidden from the student), "n_masked_images", "max_hidden" when a masking is given."""
 
-    def __init__(self, crop_size, local_size=48, n_local: int = 8, n_views: int = 2,
-                 global_scale: tuple[float, float] = (0.32, 1.0), local_scale: tuple[float, float] = (0.05, 0.32),
-                 flip_prob: float = 0.5, rotate_prob: float = 0.5, rotate_plane: tuple[int, int] | None = (0, 1),
-                 augment: IntensityAugment | None = None, masking: BlockMasking | None = None):
+    def __init__(
+        self,
+        crop_size,
+        local_size=48,
+        n_local: int = 8,
+        n_views: int = 2,
+        global_scale: tuple[float, float] = (0.32, 1.0),
+        local_scale: tuple[float, float] = (0.05, 0.32),
+        flip_prob: float = 0.5,
+        rotate_prob: float = 0.5,
+        rotate_plane: tuple[int, int] | None = (0, 1),
+        augment: IntensityAugment | None = None,
+        masking: BlockMasking | None = None,
+    ):
         self.crop_size, self.local_size = triple(crop_size), triple(local_size)
         if n_views != 2:
             raise ValueError(f"views.n_views={n_views}: multi-crop cuts 2 global crops per region")
@@ -77,8 +94,9 @@ class MultiCropPipeline:
                 raise ValueError(f"views.{name}={p}: expected a probability in [0, 1]")
         for name, size in (("crop_size", self.crop_size), ("local_size", self.local_size)):
             if rotate_plane is not None and size[rotate_plane[0]] != size[rotate_plane[1]]:
-                raise ValueError(f"views.rotate_plane={list(rotate_plane)}: views.{name}={list(size)} is not square "
-                                 "in that plane")
+                raise ValueError(
+                    f"views.rotate_plane={list(rotate_plane)}: views.{name}={list(size)} is not square in that plane"
+                )
         self.n_views, self.n_local = n_views, n_local
         self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
         self.flip_prob, self.rotate_prob = flip_prob, rotate_prob
@@ -87,8 +105,9 @@ class MultiCropPipeline:
         if masking is not None:
             masking.grid(self.crop_size)  # fails now, not at the first step
             if any(s % p for s, p in zip(self.local_size, masking.patch_size)):
-                raise ValueError(f"views.local_size={list(self.local_size)} is not divisible by the patch "
-                                 f"{list(masking.patch_size)}")
+                raise ValueError(
+                    f"views.local_size={list(self.local_size)} is not divisible by the patch {list(masking.patch_size)}"
+                )
 
     def region_size_needed(self) -> tuple[int, int, int]:
         return self.crop_size  # a global crop at scale 1 is the whole region, resampled to crop_size
@@ -102,8 +121,10 @@ class MultiCropPipeline:
         """Every random number of a batch of `b` regions, eagerly: the crops' affine maps, intensity parameters
         and noise per crop, the masks' boxes."""
         geometry = (self.flip_prob, self.rotate_prob, self.rotate_plane, g)
-        draws = {"global_maps": crop_maps(2 * b, region, self.global_scale, *geometry, size=self.crop_size),
-                 "local_maps": crop_maps(self.n_local * b, region, self.local_scale, *geometry, size=self.local_size)}
+        draws = {
+            "global_maps": crop_maps(2 * b, region, self.global_scale, *geometry, size=self.crop_size),
+            "local_maps": crop_maps(self.n_local * b, region, self.local_scale, *geometry, size=self.local_size),
+        }
         if self.augment is not None:
             for name, n, size in (("global", 2 * b, self.crop_size), ("local", self.n_local * b, self.local_size)):
                 draws[f"{name}_intensity"] = self.augment.parameters(n, g)

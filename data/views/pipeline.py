@@ -22,8 +22,14 @@ def _randint(n: int, high: int, g: torch.Generator) -> torch.Tensor:
     return torch.randint(0, high + 1, (n,), generator=g, device=g.device)
 
 
-def crop_views(region: torch.Tensor, offsets: torch.Tensor, size: tuple[int, int, int], flips: torch.Tensor,
-               transpose: torch.Tensor, plane: tuple[int, int] = (0, 1)) -> torch.Tensor:
+def crop_views(
+    region: torch.Tensor,
+    offsets: torch.Tensor,
+    size: tuple[int, int, int],
+    flips: torch.Tensor,
+    transpose: torch.Tensor,
+    plane: tuple[int, int] = (0, 1),
+) -> torch.Tensor:
     """One gather: region [R, C, X, Y, Z] → views [B, C, *size], view i cut from region i % R (B = V·R: every
     view of a batch in one read).
 
@@ -54,9 +60,17 @@ class ViewPipeline:
     (views stacked view-major: sample i's views are rows i, B + i, ...), "offsets" [V, B, 3], "n_views",
     and "mask" [V*B, N] + "n_visible" when a masking is given."""
 
-    def __init__(self, crop_size, n_views: int = 1, overlap: float = 0.5, flip_prob: float = 0.5,
-                 rotate_prob: float = 0.5, rotate_plane: tuple[int, int] | None = (0, 1),
-                 augment: IntensityAugment | None = None, masking: RandomPatchMasking | None = None):
+    def __init__(
+        self,
+        crop_size,
+        n_views: int = 1,
+        overlap: float = 0.5,
+        flip_prob: float = 0.5,
+        rotate_prob: float = 0.5,
+        rotate_plane: tuple[int, int] | None = (0, 1),
+        augment: IntensityAugment | None = None,
+        masking: RandomPatchMasking | None = None,
+    ):
         self.crop_size = triple(crop_size)
         if n_views not in (1, 2):
             raise ValueError(f"views.n_views={n_views}; allowed: 1 (masked modelling), 2 (contrastive)")
@@ -70,8 +84,9 @@ class ViewPipeline:
             if len(rotate_plane) != 2 or not set(rotate_plane) <= {0, 1, 2} or rotate_plane[0] == rotate_plane[1]:
                 raise ValueError(f"views.rotate_plane={list(rotate_plane)}: expected two distinct RAS axes of 0, 1, 2")
             if self.crop_size[rotate_plane[0]] != self.crop_size[rotate_plane[1]]:
-                raise ValueError(f"views.rotate_plane={list(rotate_plane)}: crop {list(self.crop_size)} is not square "
-                                 "in that plane")
+                raise ValueError(
+                    f"views.rotate_plane={list(rotate_plane)}: crop {list(self.crop_size)} is not square in that plane"
+                )
         self.n_views, self.overlap = n_views, overlap
         self.flip_prob, self.rotate_prob, self.rotate_plane = flip_prob, rotate_prob, rotate_plane
         self.augment, self.masking = augment, masking
@@ -90,8 +105,10 @@ class ViewPipeline:
     def check_region(self, region_size) -> None:
         need, have = self.region_size_needed(), triple(region_size)
         if any(h < n for h, n in zip(have, need)):
-            raise ValueError(f"data.region_size={list(have)} is too small: {self.n_views} view(s) of "
-                             f"{list(self.crop_size)} with overlap {self.overlap} need at least {list(need)}")
+            raise ValueError(
+                f"data.region_size={list(have)} is too small: {self.n_views} view(s) of "
+                f"{list(self.crop_size)} with overlap {self.overlap} need at least {list(need)}"
+            )
 
     def offsets(self, b: int, region: tuple[int, int, int], g: torch.Generator) -> torch.Tensor:
         """→ [V, B, 3] crop corners inside the region."""
@@ -108,9 +125,11 @@ class ViewPipeline:
         takes no generator): offsets [V, B, 3], flips [V·B, 3], transpose [V·B], intensity parameters [V·B],
         mask noise [V·B, N], and the Gaussian noise of the samples that get it (applied eagerly, see `__call__`)."""
         vb = self.n_views * b
-        draws = {"offsets": self.offsets(b, region, g),
-                 "flips": torch.rand(vb, 3, generator=g, device=g.device) < self.flip_prob,
-                 "transpose": torch.rand(vb, generator=g, device=g.device) < self.rotate_prob}
+        draws = {
+            "offsets": self.offsets(b, region, g),
+            "flips": torch.rand(vb, 3, generator=g, device=g.device) < self.flip_prob,
+            "transpose": torch.rand(vb, generator=g, device=g.device) < self.rotate_prob,
+        }
         if self.rotate_plane is None:
             draws["transpose"] = torch.zeros_like(draws["transpose"])
         if self.augment is not None:
@@ -124,8 +143,9 @@ class ViewPipeline:
         """The deterministic part, a pure function of its tensors (compiled as one graph under trainer.compile):
         region [B, C, *R] stored dtype, low/high [B] → {"image": [V·B, C, *crop] float, "mask": [V·B, N]}."""
         offsets = draws["offsets"].flatten(0, 1)  # [V·B, 3], view-major like the images
-        crop = crop_views(region, offsets, self.crop_size, draws["flips"], draws["transpose"],
-                          self.rotate_plane or (0, 1))
+        crop = crop_views(
+            region, offsets, self.crop_size, draws["flips"], draws["transpose"], self.rotate_plane or (0, 1)
+        )
         low, high = low.repeat(self.n_views).view(-1, 1, 1, 1, 1), high.repeat(self.n_views).view(-1, 1, 1, 1, 1)
         x = ((crop.float() - low) / (high - low)).clamp(0.0, 1.0)
         out = {"image": x if self.augment is None else self.augment.apply(x, draws["intensity"])}

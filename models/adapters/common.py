@@ -18,8 +18,9 @@ def inflate_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return (weight.repeat(1, in_channels, 1, 1, 1) / in_channels).contiguous()
 
 
-def inflate(weights: dict[str, torch.Tensor], keys: list[str], kwargs: dict, channels_key: str,
-            in_channels: int | None) -> None:
+def inflate(
+    weights: dict[str, torch.Tensor], keys: list[str], kwargs: dict, channels_key: str, in_channels: int | None
+) -> None:
     """Inflates `keys` (the first convolution and its aliases) in place when `in_channels` asks for more channels
     than `kwargs[channels_key]`, and records the new count in `kwargs`."""
     if in_channels is not None and in_channels != kwargs[channels_key]:

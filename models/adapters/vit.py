@@ -11,7 +11,8 @@ from voxfm.models.weights import load_strict
 CLASS_TOKEN_NOTE = (
     "MONAI's segmentation ViT (`classification=False`, what UNETR builds) has none, so this export leaves it out and "
     "loads strictly without it. The class token took part in every layer's attention, so without it the patch "
-    "features shift somewhat: fine-tuning absorbs that. `format=full` keeps it.")
+    "features shift somewhat: fine-tuning absorbs that. `format=full` keeps it."
+)
 
 
 class ViTAdapter:
@@ -29,9 +30,16 @@ class ViTAdapter:
         kwargs = backbone.monai_kwargs()
         inflate(weights, ["patch_embedding.patch_embeddings.weight"], kwargs, "in_channels", in_channels)
         name = backbone.declaration.export_class
-        return weights, {"architecture": "vit", "class": name, "kwargs": kwargs,
-                         "kwargs_requires_import": [], "monai_class": name, "monai_kwargs": kwargs,
-                         "patch_size": kwargs["patch_size"], "img_size": kwargs["img_size"]}
+        return weights, {
+            "architecture": "vit",
+            "class": name,
+            "kwargs": kwargs,
+            "kwargs_requires_import": [],
+            "monai_class": name,
+            "monai_kwargs": kwargs,
+            "patch_size": kwargs["patch_size"],
+            "img_size": kwargs["img_size"],
+        }
 
     @staticmethod
     def segmenter(kwargs: dict, n_classes: int, crop_size, unetr: dict) -> torch.nn.Module:
@@ -39,11 +47,20 @@ class ViTAdapter:
         from monai.networks.nets import UNETR
 
         if list(kwargs["patch_size"]) != [16, 16, 16]:
-            raise ValueError(f"UNETR needs a patch-16 ViT; this backbone has patch {kwargs['patch_size']} (a patch-8 "
-                             "ViT has no segmentation network in voxfm; pretrain Primus, model=primus_*, instead)")
-        return UNETR(in_channels=kwargs["in_channels"], out_channels=n_classes, img_size=tuple(crop_size),
-                     hidden_size=kwargs["hidden_size"], mlp_dim=kwargs["mlp_dim"], num_heads=kwargs["num_heads"],
-                     proj_type="conv", **unetr)
+            raise ValueError(
+                f"UNETR needs a patch-16 ViT; this backbone has patch {kwargs['patch_size']} (a patch-8 "
+                "ViT has no segmentation network in voxfm; pretrain Primus, model=primus_*, instead)"
+            )
+        return UNETR(
+            in_channels=kwargs["in_channels"],
+            out_channels=n_classes,
+            img_size=tuple(crop_size),
+            hidden_size=kwargs["hidden_size"],
+            mlp_dim=kwargs["mlp_dim"],
+            num_heads=kwargs["num_heads"],
+            proj_type="conv",
+            **unetr,
+        )
 
     @staticmethod
     def load_pretrained(net: torch.nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
@@ -58,5 +75,8 @@ class ViTAdapter:
         if not meta["config"]["model"].get("class_token"):
             return []
         kept = "It is kept here as `backbone.cls_token`." if export_format == "full" else CLASS_TOKEN_NOTE
-        return ["", "## Class token",
-                "The ViT was pretrained with a class token (the summary the self-distillation loss reads). " + kept]
+        return [
+            "",
+            "## Class token",
+            "The ViT was pretrained with a class token (the summary the self-distillation loss reads). " + kept,
+        ]

@@ -58,8 +58,7 @@ def time_backend(backend: str, shape, device: torch.device, dtype: torch.dtype, 
     return {"ms": float(f"{seconds * 1e3:.4g}"), "tflop_per_s": float(f"{flops / seconds / 1e12:.4g}")}
 
 
-def bench_attention(shapes: dict, warmup: int = 3, steps: int = 10, scale: float | None = None,
-                    backends=None) -> dict:
+def bench_attention(shapes: dict, warmup: int = 3, steps: int = 10, scale: float | None = None, backends=None) -> dict:
     """shapes: {name: [B, H, N, d]} → {"rows": one per (shape, backend), "best": {name: fastest backend}, ...}.
     `scale` (default 1 on CUDA, 1/128 on CPU) shrinks the shapes; `backends` defaults to those of the device."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -77,22 +76,37 @@ def bench_attention(shapes: dict, warmup: int = 3, steps: int = 10, scale: float
             raise ConfigError(f"shapes.{name}={list(full)}: expected [batch, heads, tokens, head_dim], all >= 1")
         shape = scaled_shape(full, scale)
         for backend in backends:
-            rows.append({"shape": name, "size": list(shape), "backend": backend,
-                         **time_backend(backend, shape, device, dtype, warmup, steps)})
+            rows.append(
+                {
+                    "shape": name,
+                    "size": list(shape),
+                    "backend": backend,
+                    **time_backend(backend, shape, device, dtype, warmup, steps),
+                }
+            )
             if device.type == "cuda":  # the math backend's N² scores at 8,000 tokens: gone before the next
                 torch.cuda.empty_cache()
         timed = [r for r in rows if r["shape"] == name and "ms" in r]
         best[name] = min(timed, key=lambda r: r["ms"])["backend"] if timed else None
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "dtype": str(dtype).removeprefix("torch."), "scale": scale, "timer": timer_name(device),
-            "warmup": warmup, "steps": steps, "rows": rows, "best": best}
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
+        "scale": scale,
+        "timer": timer_name(device),
+        "warmup": warmup,
+        "steps": steps,
+        "rows": rows,
+        "best": best,
+    }
 
 
 def format_attention_bench(result: dict) -> str:
-    lines = [f"scaled_dot_product_attention forward + backward, {result['device']}, {result['dtype']}, shapes x"
-             f"{result['scale']:g} (batch x tokens); {result['timer']}, mean of {result['steps']} calls after "
-             f"{result['warmup']} warm-up",
-             f"  {'shape':<28}{'[B, H, N, d]':<22}{'backend':<21}{'ms':>10}{'TFLOP/s':>10}"]
+    lines = [
+        f"scaled_dot_product_attention forward + backward, {result['device']}, {result['dtype']}, shapes x"
+        f"{result['scale']:g} (batch x tokens); {result['timer']}, mean of {result['steps']} calls after "
+        f"{result['warmup']} warm-up",
+        f"  {'shape':<28}{'[B, H, N, d]':<22}{'backend':<21}{'ms':>10}{'TFLOP/s':>10}",
+    ]
     for r in result["rows"]:
         size = str(r["size"])
         if "ms" in r:

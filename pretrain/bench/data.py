@@ -64,8 +64,15 @@ def bench_worker(samples: list[tuple[bytes, dict]], region_size, regions_per_vol
     def old_path(sample):
         meta = json.loads(sample["json"])
         norm = meta["normalisation"]
-        crops = random_crops(payload.decode(sample["image.b2"]), meta["foreground_points"], region_size,
-                             FORMER_REGIONS_PER_READ, 0.67, rng, pad_value=norm["low"])
+        crops = random_crops(
+            payload.decode(sample["image.b2"]),
+            meta["foreground_points"],
+            region_size,
+            FORMER_REGIONS_PER_READ,
+            0.67,
+            rng,
+            pad_value=norm["low"],
+        )
         return torch.stack([torch.from_numpy(normalise(c, norm))[None] for c in crops])
 
     buffers = PinnedBuffers(limit=2, pin=False)  # reused as on a GPU, where the pinned buffers are (no fresh pages)
@@ -73,8 +80,10 @@ def bench_worker(samples: list[tuple[bytes, dict]], region_size, regions_per_vol
     def new_path(sample):
         volume = load_volume(sample, region_size)
         for start in range(0, regions_per_volume, BATCH):
-            regions = [region_record(random_crop(volume.array, volume.points, region_size, 0.67, rng), volume)
-                       for _ in range(min(BATCH, regions_per_volume - start))]
+            regions = [
+                region_record(random_crop(volume.array, volume.points, region_size, 0.67, rng), volume)
+                for _ in range(min(BATCH, regions_per_volume - start))
+            ]
             batch = collate_into(regions, buffers)
             buffers.give(batch["_buffer"])
 
@@ -83,16 +92,20 @@ def bench_worker(samples: list[tuple[bytes, dict]], region_size, regions_per_vol
     n = len(raw) * regions_per_volume
     rate = n / new_s
     shard_bytes = sum(len(frame) for frame, _ in samples)
-    return {"region_size": list(region_size), "regions_per_volume": regions_per_volume,
-            "regions_per_s_per_worker": round(rate, 1),
-            "float_crops_per_s_per_worker": round(len(raw) * FORMER_REGIONS_PER_READ / old_s, 1),
-            "cores_per_gpu": round(GPU_SAMPLES_PER_S / rate, 1),
-            "shard_mb_per_region": round(shard_bytes / n / 1e6, 3),
-            "shard_gb_per_s_per_gpu": round(GPU_SAMPLES_PER_S * shard_bytes / n / 1e9, 2)}
+    return {
+        "region_size": list(region_size),
+        "regions_per_volume": regions_per_volume,
+        "regions_per_s_per_worker": round(rate, 1),
+        "float_crops_per_s_per_worker": round(len(raw) * FORMER_REGIONS_PER_READ / old_s, 1),
+        "cores_per_gpu": round(GPU_SAMPLES_PER_S / rate, 1),
+        "shard_mb_per_region": round(shard_bytes / n / 1e6, 3),
+        "shard_gb_per_s_per_gpu": round(GPU_SAMPLES_PER_S * shard_bytes / n / 1e9, 2),
+    }
 
 
-def bench_loader(shards: str, region_size, regions_per_volume: int, loader: str, batch_size: int = BATCH,
-                 batches: int = 40) -> tuple[float, dict]:
+def bench_loader(
+    shards: str, region_size, regions_per_volume: int, loader: str, batch_size: int = BATCH, batches: int = 40
+) -> tuple[float, dict]:
     """Regions/s that one data worker (a process or a thread) delivers to the training loop, hand-over included,
     from the volume pool (a 4 GiB budget); and the last batch (its read counters)."""
     stream = RegionStream(shards, region_size, regions_per_volume, pool_gib=4.0, group=batch_size)
@@ -103,8 +116,9 @@ def bench_loader(shards: str, region_size, regions_per_volume: int, loader: str,
     return sum(b["region"].shape[0] for b in seen[5:]) / (seconds * batches), seen[-1]
 
 
-def bench_data(shards: str, max_samples: int = 16, repeats: int = 3, region_size=(96, 96, 96),
-               regions_per_volume: int = 200) -> dict:
+def bench_data(
+    shards: str, max_samples: int = 16, repeats: int = 3, region_size=(96, 96, 96), regions_per_volume: int = 200
+) -> dict:
     """→ {"formats": {name: {"mb_per_s_per_core", "ratio", "speedup"}}, ...} for the payload codecs and nibabel."""
     samples = read_payloads(shards, max_samples)
     if not samples:
@@ -136,10 +150,21 @@ def bench_data(shards: str, max_samples: int = 16, repeats: int = 3, region_size
         worker[f"{loader}_cores_per_gpu"] = round(GPU_SAMPLES_PER_S / rate, 1)
     mb = raw_bytes / 1e6
     nib_rate = mb / seconds["nibabel .nii.gz"]
-    formats = {name: {"mb_per_s_per_core": round(mb / s, 1), "ratio": round(raw_bytes / stored[name], 2),
-                      "speedup": round(mb / s / nib_rate, 2)} for name, s in seconds.items()}
-    return {"n_volumes": len(samples), "decoded_mb": round(mb, 1), "shard_codec": _shard_codec(shards),
-            "formats": formats, "worker": worker}
+    formats = {
+        name: {
+            "mb_per_s_per_core": round(mb / s, 1),
+            "ratio": round(raw_bytes / stored[name], 2),
+            "speedup": round(mb / s / nib_rate, 2),
+        }
+        for name, s in seconds.items()
+    }
+    return {
+        "n_volumes": len(samples),
+        "decoded_mb": round(mb, 1),
+        "shard_codec": _shard_codec(shards),
+        "formats": formats,
+        "worker": worker,
+    }
 
 
 def _shard_codec(shards: str) -> str | None:
@@ -148,22 +173,25 @@ def _shard_codec(shards: str) -> str | None:
 
 
 def format_data_bench(result: dict) -> str:
-    lines = [f"decode throughput, 1 core, {result['n_volumes']} volumes, {result['decoded_mb']} MB decoded "
-             f"(this shard set uses codec={result['shard_codec']}):",
-             f"  {'format':<18}{'MB/s per core':>14}{'compression':>13}{'vs nibabel':>12}"]
+    lines = [
+        f"decode throughput, 1 core, {result['n_volumes']} volumes, {result['decoded_mb']} MB decoded "
+        f"(this shard set uses codec={result['shard_codec']}):",
+        f"  {'format':<18}{'MB/s per core':>14}{'compression':>13}{'vs nibabel':>12}",
+    ]
     for name, f in result["formats"].items():
         lines.append(f"  {name:<18}{f['mb_per_s_per_core']:>14}{f['ratio']:>12}x{f['speedup']:>11}x")
     w = result["worker"]
-    lines += [f"one data worker (1 core), {w['regions_per_volume']} regions of {w['region_size']} per decoded volume "
-              f"(shard reads {w['shard_mb_per_region']} MB per region, {w['shard_gb_per_s_per_gpu']} GB/s per GPU):",
-              f"  {'path':<52}{'regions/s':>10}{'cores per GPU':>15}",
-              f"  {'decode + cut + collate, in the worker':<52}{w['regions_per_s_per_worker']:>10}"
-              f"{w['cores_per_gpu']:>15}",
-              f"  {'data.loader=thread (hand-over included)':<52}{w['thread_regions_per_s']:>10}"
-              f"{w['thread_cores_per_gpu']:>15}",
-              f"  {'data.loader=process (shared-memory hand-over)':<52}{w['process_regions_per_s']:>10}"
-              f"{w['process_cores_per_gpu']:>15}",
-              f"  {'former path: 16 float32 crops per read, in the worker':<52}{w['float_crops_per_s_per_worker']:>10}"
-              f"{round(GPU_SAMPLES_PER_S / w['float_crops_per_s_per_worker'], 1):>15}",
-              f"  (cores per GPU at {GPU_SAMPLES_PER_S} one-view samples/s)"]
+    lines += [
+        f"one data worker (1 core), {w['regions_per_volume']} regions of {w['region_size']} per decoded volume "
+        f"(shard reads {w['shard_mb_per_region']} MB per region, {w['shard_gb_per_s_per_gpu']} GB/s per GPU):",
+        f"  {'path':<52}{'regions/s':>10}{'cores per GPU':>15}",
+        f"  {'decode + cut + collate, in the worker':<52}{w['regions_per_s_per_worker']:>10}{w['cores_per_gpu']:>15}",
+        f"  {'data.loader=thread (hand-over included)':<52}{w['thread_regions_per_s']:>10}"
+        f"{w['thread_cores_per_gpu']:>15}",
+        f"  {'data.loader=process (shared-memory hand-over)':<52}{w['process_regions_per_s']:>10}"
+        f"{w['process_cores_per_gpu']:>15}",
+        f"  {'former path: 16 float32 crops per read, in the worker':<52}{w['float_crops_per_s_per_worker']:>10}"
+        f"{round(GPU_SAMPLES_PER_S / w['float_crops_per_s_per_worker'], 1):>15}",
+        f"  (cores per GPU at {GPU_SAMPLES_PER_S} one-view samples/s)",
+    ]
     return "\n".join(lines)

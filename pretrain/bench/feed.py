@@ -18,6 +18,7 @@ from voxfm.pretrain.bench.model import significant
 class FeedMark:
     """A feed's counters at one moment. reads: per data worker, the latest (shard bytes, volumes) read so far that
     its batches reported."""
+
     waited: float
     regions: int
     reads: dict[int, tuple[int, int]]
@@ -70,13 +71,17 @@ class TimedFeed:
             self._running.close()
 
 
-def feed_figures(start: FeedMark, end: FeedMark, first_reads: dict[int, tuple[int, int]], host_s: float,
-                 seconds: float) -> dict:
+def feed_figures(
+    start: FeedMark, end: FeedMark, first_reads: dict[int, tuple[int, int]], host_s: float, seconds: float
+) -> dict:
     """The feed between two marks: the share of host time spent waiting for the next batch, shard GB/s (all of
     this process's workers: one GPU's) and regions delivered per volume read; a worker first heard from between the
     marks counts from its first report. Without reports (a loader that does not count reads): None."""
-    figures = {"data_wait": round((end.waited - start.waited) / host_s, 3), "shard_gb_per_s": None,
-               "regions_per_read": None}
+    figures = {
+        "data_wait": round((end.waited - start.waited) / host_s, 3),
+        "shard_gb_per_s": None,
+        "regions_per_read": None,
+    }
     if end.reads:
         base = {w: start.reads.get(w, first_reads[w]) for w in end.reads}
         read_bytes = sum(end.reads[w][0] - base[w][0] for w in end.reads)
@@ -113,8 +118,11 @@ class StepWindow(L.Callback):
             last.synchronize()
         seconds = host if first is None else first.elapsed_time(last) / 1e3
         steps = self.ends[1] - self.ends[0]
-        return {"samples_per_s": significant(views * steps / seconds), "step_ms": significant(seconds / steps * 1e3),
-                **feed_figures(mark0, mark1, self.feed.first_reads, host, seconds)}
+        return {
+            "samples_per_s": significant(views * steps / seconds),
+            "step_ms": significant(seconds / steps * 1e3),
+            **feed_figures(mark0, mark1, self.feed.first_reads, host, seconds),
+        }
 
 
 def reset_peak_rss() -> bool:

@@ -46,24 +46,36 @@ def bench_ingest(input_path: str, max_volumes: int, repeats: int, spacing) -> di
     if not volumes:
         raise ConfigError(f"input={input_path}: no NIfTI volumes to benchmark")
     opts = PreprocessOptions(spacing=tuple(spacing))
-    monai = Compose([LoadImage(image_only=True), EnsureChannelFirst(),
-                     Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-                     Spacing(pixdim=tuple(spacing), mode="bilinear")])
+    monai = Compose(
+        [
+            LoadImage(image_only=True),
+            EnsureChannelFirst(),
+            Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+            Spacing(pixdim=tuple(spacing), mode="bilinear"),
+        ]
+    )
     rows, stored, gz = [], 0, 0
     for vol in volumes:
         runs: list = []  # each run's result, to read the outcome from (an append is nothing next to an ingest)
-        t_voxfm = best_time(lambda v=vol, out=runs: out.append(process_unit([(v, file_hash(v.path))], opts, "lz4hc")),
-                            repeats)
+        t_voxfm = best_time(
+            lambda v=vol, out=runs: out.append(process_unit([(v, file_hash(v.path))], opts, "lz4hc")), repeats
+        )
         t_monai = best_time(lambda v=vol: monai(v.path), repeats)
-        (_, _, outcome), = runs[-1]
+        ((_, _, outcome),) = runs[-1]
         if isinstance(outcome, str):
             rows.append({"path": vol.path, "rejected": outcome})
             continue
         _, files, meta = outcome[0]
         stored += len(files["image.b2"])
         gz += _gz_bytes(payload.decode(files["image.b2"]))
-        rows.append({"path": os.path.basename(vol.path), "shape": meta["original_shape"], "voxfm_s": round(t_voxfm, 4),
-                     "monai_s": round(t_monai, 4)})
+        rows.append(
+            {
+                "path": os.path.basename(vol.path),
+                "shape": meta["original_shape"],
+                "voxfm_s": round(t_voxfm, 4),
+                "monai_s": round(t_monai, 4),
+            }
+        )
     timed = [r for r in rows if "voxfm_s" in r]
     voxfm_s, monai_s = sum(r["voxfm_s"] for r in timed), sum(r["monai_s"] for r in timed)
     return {
@@ -83,7 +95,9 @@ def format_ingest_bench(result: dict) -> str:
             lines.append(f"{r['path']:<36} {str(r['shape']):<18} {r['voxfm_s']:>8.3f} {r['monai_s']:>8.3f}")
         else:
             lines.append(f"{os.path.basename(r['path']):<36} rejected: {r['rejected']}")
-    lines.append(f"per core: voxfm {result['voxfm_volumes_per_s_per_core']} volumes/s, MONAI LoadImage → Orientation → "
-                 f"Spacing {result['monai_volumes_per_s_per_core']} volumes/s ({result['speedup']}x); stored payload "
-                 f"{result['storage_vs_nii_gz']}x smaller than .nii.gz of the same arrays")
+    lines.append(
+        f"per core: voxfm {result['voxfm_volumes_per_s_per_core']} volumes/s, MONAI LoadImage → Orientation → "
+        f"Spacing {result['monai_volumes_per_s_per_core']} volumes/s ({result['speedup']}x); stored payload "
+        f"{result['storage_vs_nii_gz']}x smaller than .nii.gz of the same arrays"
+    )
     return "\n".join(lines)

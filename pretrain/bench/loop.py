@@ -58,8 +58,14 @@ def _forever(batch: dict) -> Iterator[dict]:
         yield dict(batch)
 
 
-def fit(cfg: DictConfig, run_dir: Path, batches: Callable[[PretrainModule], Iterable[dict]], warmup: int,
-        steps: int, on_gpu: bool) -> tuple[dict, TimedFeed, L.Trainer]:
+def fit(
+    cfg: DictConfig,
+    run_dir: Path,
+    batches: Callable[[PretrainModule], Iterable[dict]],
+    warmup: int,
+    steps: int,
+    on_gpu: bool,
+) -> tuple[dict, TimedFeed, L.Trainer]:
     """One `voxfm pretrain` fit fed by `batches(module)`, stopped after `warmup + steps` batches → (its row, the
     feed, the trainer). `on_gpu`: `trains_on_gpu(cfg.trainer)`, derived once by `bench_loop`."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -88,8 +94,9 @@ def _free(device: torch.device) -> None:
 def bench_loop(cfg: DictConfig, warmup: int = 5, steps: int = 20) -> dict:
     """cfg: a `voxfm pretrain` config (one device; `run_dir` a scratch folder) → the figures of the three rows."""
     run_dir, on_gpu = Path(cfg.run_dir), trains_on_gpu(cfg.trainer)
-    loop, feed, trainer = fit(cfg, run_dir / "loop", lambda module: real_batches(cfg, module, on_gpu), warmup, steps,
-                              on_gpu)
+    loop, feed, trainer = fit(
+        cfg, run_dir / "loop", lambda module: real_batches(cfg, module, on_gpu), warmup, steps, on_gpu
+    )
     batch, device, plugin = feed.first, trainer.strategy.root_device, trainer.precision_plugin
     precision = str(trainer.precision)
     del feed, trainer
@@ -100,14 +107,29 @@ def bench_loop(cfg: DictConfig, warmup: int = 5, steps: int = 20) -> dict:
     per_row = reset_peak_rss()
     step, _, views, _ = voxfm_step(cfg, device, plugin.forward_context, bool(cfg.trainer.compile), batch)
     seconds = time_call(step, device, warmup=warmup, steps=steps)
-    bare = {"samples_per_s": significant(views / seconds), "step_ms": significant(seconds * 1e3), "data_wait": None,
-            "shard_gb_per_s": None, "regions_per_read": None, "host_peak_gib": peak_rss_gib()}
+    bare = {
+        "samples_per_s": significant(views / seconds),
+        "step_ms": significant(seconds * 1e3),
+        "data_wait": None,
+        "shard_gb_per_s": None,
+        "regions_per_read": None,
+        "host_peak_gib": peak_rss_gib(),
+    }
     rows = {"bare": bare, "loop": loop, "synthetic": synthetic}
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "precision": precision,
-        "timer": timer_name(device), "warmup": warmup, "steps": steps, "views_per_step": views,
-        "batch_size": cfg.data.batch_size, "crop": list(cfg.data.crop_size), "compile": bool(cfg.trainer.compile),
-        "loader": cfg.data.loader, "workers": cfg.data.num_workers, "peak_rss_per_row": per_row, **rows,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": precision,
+        "timer": timer_name(device),
+        "warmup": warmup,
+        "steps": steps,
+        "views_per_step": views,
+        "batch_size": cfg.data.batch_size,
+        "crop": list(cfg.data.crop_size),
+        "compile": bool(cfg.trainer.compile),
+        "loader": cfg.data.loader,
+        "workers": cfg.data.num_workers,
+        "peak_rss_per_row": per_row,
+        **rows,
         "loop_vs_bare": round(loop["samples_per_s"] / bare["samples_per_s"], 2),
         "loop_vs_synthetic": round(loop["samples_per_s"] / synthetic["samples_per_s"], 2),
         "synthetic_vs_bare": round(synthetic["samples_per_s"] / bare["samples_per_s"], 2),
@@ -119,24 +141,37 @@ def _cell(value, width: int, pattern: str = "") -> str:
 
 
 def format_loop_bench(result: dict, experiment: str) -> str:
-    names = {"bare": "(a) bare step, one device batch", "loop": "(b) pretrain loop, real loader",
-             "synthetic": "(c) pretrain loop, in-memory batch"}
-    head = (f"{experiment}: {result['batch_size']} regions → {result['views_per_step']} views of {result['crop']} per "
-            f"step, {result['device']}, {result['precision']}, compile={str(result['compile']).lower()}, "
-            f"data.loader={result['loader']} x {result['workers']}; {result['timer']}, {result['steps']} steps after "
-            f"{result['warmup']} warm-up")
-    lines = [head, f"  {'':<38}{'samples/s':>11}{'step ms':>9}{'vs bare':>9}{'data wait':>11}{'shard GB/s':>12}"
-                   f"{'regions/read':>14}{'host peak GiB':>15}"]
+    names = {
+        "bare": "(a) bare step, one device batch",
+        "loop": "(b) pretrain loop, real loader",
+        "synthetic": "(c) pretrain loop, in-memory batch",
+    }
+    head = (
+        f"{experiment}: {result['batch_size']} regions → {result['views_per_step']} views of {result['crop']} per "
+        f"step, {result['device']}, {result['precision']}, compile={str(result['compile']).lower()}, "
+        f"data.loader={result['loader']} x {result['workers']}; {result['timer']}, {result['steps']} steps after "
+        f"{result['warmup']} warm-up"
+    )
+    lines = [
+        head,
+        f"  {'':<38}{'samples/s':>11}{'step ms':>9}{'vs bare':>9}{'data wait':>11}{'shard GB/s':>12}"
+        f"{'regions/read':>14}{'host peak GiB':>15}",
+    ]
     for name in ROWS:
         row = result[name]
         vs = round(row["samples_per_s"] / result["bare"]["samples_per_s"], 2)
-        lines.append(f"  {names[name]:<38}{row['samples_per_s']:>11}{row['step_ms']:>9}{vs:>9}"
-                     f"{_cell(row['data_wait'], 11, '.1%')}{_cell(row['shard_gb_per_s'], 12)}"
-                     f"{_cell(row['regions_per_read'], 14)}{row['host_peak_gib']:>15}")
-    lines += [f"  loop / bare: {result['loop_vs_bare']}x samples/s = the feed (b)/(c) {result['loop_vs_synthetic']}x "
-              f"x the loop around the step (c)/(a) {result['synthetic_vs_bare']}x",
-              "  data wait: host time blocked on the next batch / host time of the timed steps",
-              "  shard GB/s: bytes read by this process's data workers (one GPU's) / the timed seconds",
-              "  host peak GiB: peak resident set during each row" if result["peak_rss_per_row"] else
-              "  host peak GiB: the process's peak resident set so far (it cannot be reset here)"]
+        lines.append(
+            f"  {names[name]:<38}{row['samples_per_s']:>11}{row['step_ms']:>9}{vs:>9}"
+            f"{_cell(row['data_wait'], 11, '.1%')}{_cell(row['shard_gb_per_s'], 12)}"
+            f"{_cell(row['regions_per_read'], 14)}{row['host_peak_gib']:>15}"
+        )
+    lines += [
+        f"  loop / bare: {result['loop_vs_bare']}x samples/s = the feed (b)/(c) {result['loop_vs_synthetic']}x "
+        f"x the loop around the step (c)/(a) {result['synthetic_vs_bare']}x",
+        "  data wait: host time blocked on the next batch / host time of the timed steps",
+        "  shard GB/s: bytes read by this process's data workers (one GPU's) / the timed seconds",
+        "  host peak GiB: peak resident set during each row"
+        if result["peak_rss_per_row"]
+        else "  host peak GiB: the process's peak resident set so far (it cannot be reset here)",
+    ]
     return "\n".join(lines)

@@ -46,8 +46,12 @@ def _regions(cfg, module, device: torch.device) -> dict:
     b = cfg.data.batch_size
     g = torch.Generator().manual_seed(0)
     region = torch.randint(-1000, 1000, (b, 1, *size), generator=g, dtype=torch.int16)
-    return {"region": region.to(device), "low": torch.full((b,), -1000.0, device=device),
-            "high": torch.full((b,), 1000.0, device=device), "modality": ["CT"] * b}
+    return {
+        "region": region.to(device),
+        "low": torch.full((b,), -1000.0, device=device),
+        "high": torch.full((b,), 1000.0, device=device),
+        "modality": ["CT"] * b,
+    }
 
 
 def voxfm_step(cfg, device: torch.device, autocast, compiled: bool, batch: dict | None = None):
@@ -58,8 +62,11 @@ def voxfm_step(cfg, device: torch.device, autocast, compiled: bool, batch: dict 
     OmegaConf.update(cfg, "trainer.compile", compiled)
     module = build_module(cfg).to(device)
     optimizer = module.configure_optimizers()["optimizer"]
-    regions = _regions(cfg, module, device) if batch is None else \
-        {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    regions = (
+        _regions(cfg, module, device)
+        if batch is None
+        else {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    )
     counter = iter(range(1 << 62))
 
     def views():
@@ -90,14 +97,19 @@ def _measure(step, views: int, device: torch.device, warmup: int, steps: int, ce
     seconds = time_call(step, device, warmup=1, steps=steps)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     tflops = flops / seconds / 1e12
-    return {"samples_per_s": significant(views / seconds), "step_ms": significant(seconds * 1e3),
-            "gflop_per_step": significant(flops / 1e9), "tflop_per_s": significant(tflops),
-            "mfu": significant(tflops / ceiling),
-            "peak_gib": None if peak is None else round(peak, 2)}
+    return {
+        "samples_per_s": significant(views / seconds),
+        "step_ms": significant(seconds * 1e3),
+        "gflop_per_step": significant(flops / 1e9),
+        "tflop_per_s": significant(tflops),
+        "mfu": significant(tflops / ceiling),
+        "peak_gib": None if peak is None else round(peak, 2),
+    }
 
 
-def measure_voxfm(cfg, device: torch.device, autocast, compiled: bool, warmup: int, steps: int,
-                  ceiling: float) -> tuple[dict, int]:
+def measure_voxfm(
+    cfg, device: torch.device, autocast, compiled: bool, warmup: int, steps: int, ceiling: float
+) -> tuple[dict, int]:
     """→ (the figures of voxfm's step, views per step); a compiled step warms up at least twice, so a
     recompilation on the second call (new generator, optimiser state) stays out of the timing too."""
     step, views_only, views, module = voxfm_step(cfg, device, autocast, compiled)
@@ -120,8 +132,9 @@ def profile_table(step, device: torch.device, rows: int, steps: int = 3, warmup:
             step()
         sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return f"{steps} steps, by {key}:\n" + \
-        prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+    return f"{steps} steps, by {key}:\n" + prof.key_averages().table(
+        sort_by=key, row_limit=rows, max_name_column_width=60
+    )
 
 
 def _ratio(a: dict | None, b: dict | None, key: str) -> float | None:
@@ -156,17 +169,27 @@ def bench_model(cfg, warmup: int = 2, steps: int = 5, profile: int = 0, compiled
         if device.type == "cuda":
             torch.cuda.empty_cache()
         column = "compiled" if compiled else "eager"
-        table = f"profile of voxfm's {column} step, " + \
-            profile_table(voxfm_step(cfg, device, autocast, compiled)[0], device, profile)
+        table = f"profile of voxfm's {column} step, " + profile_table(
+            voxfm_step(cfg, device, autocast, compiled)[0], device, profile
+        )
     best = rows["compiled"] or rows["eager"]
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": "bf16-mixed" if device.type == "cuda" else "fp32", "timer": timer_name(device),
-        "warmup": warmup, "steps": steps,
-        "matmul_ceiling_tflop_per_s": significant(ceiling, 3), "views_per_step": views,
-        "crop": list(cfg.data.crop_size), **rows,
-        "reference": {"name": ref_name, "note": note, "out_of_memory": theirs is None and note == "out of memory",
-                      "absent": theirs is None and note != "out of memory", **(theirs or {})},
+        "precision": "bf16-mixed" if device.type == "cuda" else "fp32",
+        "timer": timer_name(device),
+        "warmup": warmup,
+        "steps": steps,
+        "matmul_ceiling_tflop_per_s": significant(ceiling, 3),
+        "views_per_step": views,
+        "crop": list(cfg.data.crop_size),
+        **rows,
+        "reference": {
+            "name": ref_name,
+            "note": note,
+            "out_of_memory": theirs is None and note == "out of memory",
+            "absent": theirs is None and note != "out of memory",
+            **(theirs or {}),
+        },
         "compiled_vs_eager": _ratio(rows["compiled"], rows["eager"], "samples_per_s"),
         "vs_reference": {c: _ratio(rows[c], theirs, "samples_per_s") for c in COLUMNS},
         "ratio_samples_per_s": _ratio(best, theirs, "samples_per_s"),
@@ -181,21 +204,28 @@ def _row(name: str, row: dict | None, note: str = "") -> str:
     peak = "-" if row.get("peak_gib") is None else row["peak_gib"]
     views = row.get("views_ms", "-")
     compiled = "-" if row.get("compile_s") is None else row["compile_s"]
-    return (f"  {name:<40}{row['samples_per_s']:>11}{row['step_ms']:>9}{row['gflop_per_step']:>12}"
-            f"{row['tflop_per_s']:>10}{row['mfu']:>8.1%}{peak:>10}{views:>10}{compiled:>11}")
+    return (
+        f"  {name:<40}{row['samples_per_s']:>11}{row['step_ms']:>9}{row['gflop_per_step']:>12}"
+        f"{row['tflop_per_s']:>10}{row['mfu']:>8.1%}{peak:>10}{views:>10}{compiled:>11}"
+    )
 
 
 def format_model_bench(result: dict, experiment: str) -> str:
     r = result["reference"]
-    lines = [f"{experiment}: {result['views_per_step']} views of {result['crop']} per step, {result['device']}, "
-             f"{result['precision']}, matmul ceiling {result['matmul_ceiling_tflop_per_s']} TFLOP/s; "
-             f"{result['timer']}, mean of {result['steps']} steps after {result['warmup']} warm-up",
-             f"  {'':<40}{'samples/s':>11}{'step ms':>9}{'GFLOP/step':>12}{'TFLOP/s':>10}{'MFU':>8}{'peak GiB':>10}"
-             f"{'views ms':>10}{'compile s':>11}",
-             _row("voxfm eager", result["eager"]),
-             _row("voxfm compiled (trainer.compile=true)", result["compiled"], "not run (compile=false)"),
-             _row(r["name"], None if r["out_of_memory"] or r.get("absent") else r,
-                  "none" if r.get("absent") else "out of memory")]
+    lines = [
+        f"{experiment}: {result['views_per_step']} views of {result['crop']} per step, {result['device']}, "
+        f"{result['precision']}, matmul ceiling {result['matmul_ceiling_tflop_per_s']} TFLOP/s; "
+        f"{result['timer']}, mean of {result['steps']} steps after {result['warmup']} warm-up",
+        f"  {'':<40}{'samples/s':>11}{'step ms':>9}{'GFLOP/step':>12}{'TFLOP/s':>10}{'MFU':>8}{'peak GiB':>10}"
+        f"{'views ms':>10}{'compile s':>11}",
+        _row("voxfm eager", result["eager"]),
+        _row("voxfm compiled (trainer.compile=true)", result["compiled"], "not run (compile=false)"),
+        _row(
+            r["name"],
+            None if r["out_of_memory"] or r.get("absent") else r,
+            "none" if r.get("absent") else "out of memory",
+        ),
+    ]
     if result["compiled_vs_eager"] is not None:
         lines.append(f"  compiled / eager: {result['compiled_vs_eager']}x samples/s")
     if r.get("absent"):
@@ -204,8 +234,12 @@ def format_model_bench(result: dict, experiment: str) -> str:
         lines.append("  voxfm / MONAI: MONAI ran out of memory at these shapes")
     else:
         vs = ", ".join(f"{c} {x}x" for c, x in result["vs_reference"].items() if x is not None)
-        lines.append(f"  voxfm / MONAI samples/s: {vs}; TFLOP/s {result['ratio_tflop_per_s']}x"
-                     + (f"  ({r['note']})" if r["note"] else ""))
-    lines.append("  voxfm's step includes its device-side views (crops, augmentation, masks: 'views ms'); MONAI's "
-                 "starts from ready tensors")
+        lines.append(
+            f"  voxfm / MONAI samples/s: {vs}; TFLOP/s {result['ratio_tflop_per_s']}x"
+            + (f"  ({r['note']})" if r["note"] else "")
+        )
+    lines.append(
+        "  voxfm's step includes its device-side views (crops, augmentation, masks: 'views ms'); MONAI's "
+        "starts from ready tensors"
+    )
     return "\n".join(lines)

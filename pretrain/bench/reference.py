@@ -31,10 +31,17 @@ def monai_mae_step(module, lr: float, device: torch.device, autocast, views: int
     decoder = module.objective.decoder
     img_size = [g * p for g, p in zip(spec.grid, spec.patch_size)]
     model = MaskedAutoEncoderViT(
-        in_channels=spec.in_channels, img_size=img_size, patch_size=spec.patch_size, hidden_size=spec.feature_dim,
-        mlp_dim=4 * spec.feature_dim, num_layers=spec.layers, num_heads=spec.heads,
-        masking_ratio=pipeline.masking.mask_ratio, decoder_hidden_size=decoder.proj.out_features,
-        decoder_mlp_dim=decoder.blocks[0].mlp.linear1.out_features, decoder_num_layers=len(decoder.blocks),
+        in_channels=spec.in_channels,
+        img_size=img_size,
+        patch_size=spec.patch_size,
+        hidden_size=spec.feature_dim,
+        mlp_dim=4 * spec.feature_dim,
+        num_layers=spec.layers,
+        num_heads=spec.heads,
+        masking_ratio=pipeline.masking.mask_ratio,
+        decoder_hidden_size=decoder.proj.out_features,
+        decoder_mlp_dim=decoder.blocks[0].mlp.linear1.out_features,
+        decoder_num_layers=len(decoder.blocks),
         decoder_num_heads=decoder.blocks[0].attn.num_heads,
     ).to(device)
     x = torch.rand(views, spec.in_channels, *img_size, device=device)
@@ -43,8 +50,12 @@ def monai_mae_step(module, lr: float, device: torch.device, autocast, views: int
         with autocast():
             model(x[:1])
     except RuntimeError:
-        model, x, autocast, note = model.to(torch.bfloat16), x.to(torch.bfloat16), contextlib.nullcontext, \
-            "bf16 weights: MONAI's MAE fails under autocast"
+        model, x, autocast, note = (
+            model.to(torch.bfloat16),
+            x.to(torch.bfloat16),
+            contextlib.nullcontext,
+            "bf16 weights: MONAI's MAE fails under autocast",
+        )
     optimizer = _adamw(model, lr, device)
 
     def step():
@@ -66,9 +77,16 @@ def monai_dynunet_step(module, lr: float, device: torch.device, autocast, views:
 
     net = module.backbone
     strides = net.stage_strides
-    model = DynUNet(spatial_dims=3, in_channels=net.in_channels, out_channels=net.out_channels,
-                    kernel_size=[3] * len(strides), strides=strides, upsample_kernel_size=strides[1:],
-                    filters=list(net.preset["features_per_stage"]), res_block=True).to(device)
+    model = DynUNet(
+        spatial_dims=3,
+        in_channels=net.in_channels,
+        out_channels=net.out_channels,
+        kernel_size=[3] * len(strides),
+        strides=strides,
+        upsample_kernel_size=strides[1:],
+        filters=list(net.preset["features_per_stage"]),
+        res_block=True,
+    ).to(device)
     optimizer = _adamw(model, lr, device)
     crop = module.view_pipeline.crop_size
     x = torch.rand(views, net.in_channels, *crop, device=device)

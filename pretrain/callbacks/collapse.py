@@ -21,14 +21,25 @@ MEANINGS = {  # monitor → what its breach means
 
 
 class CollapseAlarm(L.Callback):
-    def __init__(self, patience: int = 3, stop: bool = False, min_teacher_entropy: float = 0.1,
-                 min_teacher_information: float = 1e-4, min_effective_rank: float = 2.0,
-                 max_gram_mean: float = 0.995, max_gram_std: float = 0.01,
-                 on_event: Callable[..., None] | None = None):
+    def __init__(
+        self,
+        patience: int = 3,
+        stop: bool = False,
+        min_teacher_entropy: float = 0.1,
+        min_teacher_information: float = 1e-4,
+        min_effective_rank: float = 2.0,
+        max_gram_mean: float = 0.995,
+        max_gram_std: float = 0.01,
+        on_event: Callable[..., None] | None = None,
+    ):
         self.patience, self.stop, self.on_event = patience, stop, on_event
-        self.limits = {"min_teacher_entropy": min_teacher_entropy, "min_teacher_information": min_teacher_information,
-                       "min_effective_rank": min_effective_rank, "max_gram_mean": max_gram_mean,
-                       "max_gram_std": max_gram_std}  # plain data: the callback is pickled under ddp_spawn
+        self.limits = {
+            "min_teacher_entropy": min_teacher_entropy,
+            "min_teacher_information": min_teacher_information,
+            "min_effective_rank": min_effective_rank,
+            "max_gram_mean": max_gram_mean,
+            "max_gram_std": max_gram_std,
+        }  # plain data: the callback is pickled under ddp_spawn
         self.in_a_row = dict.fromkeys(MEANINGS, 0)
 
     def breached(self, name: str, m: dict) -> bool:
@@ -51,8 +62,10 @@ class CollapseAlarm(L.Callback):
             self.in_a_row[name] = self.in_a_row[name] + 1 if self.breached(name, metrics) else 0
             if self.in_a_row[name] != self.patience:
                 continue
-            message = (f"collapse: {name}={metrics[name]:.4g} {meaning.format(**self.limits)}, for {self.patience} "
-                       f"logging steps in a row (step {trainer.global_step})")
+            message = (
+                f"collapse: {name}={metrics[name]:.4g} {meaning.format(**self.limits)}, for {self.patience} "
+                f"logging steps in a row (step {trainer.global_step})"
+            )
             if trainer.is_global_zero:
                 print(f"voxfm: warning: {message}", flush=True)
                 if self.on_event is not None:

@@ -78,8 +78,10 @@ class Efficiency(L.Callback):
             busy = sum(start.elapsed_time(end) for start, end in self._spans) / 1e3
         else:
             busy = sum(end - start for start, end in self._spans)
-        logs = {"train/data_wait": self._wait / (self._wait + self._host),
-                "train/mfu": self.flops_per_step * len(self._spans) / busy / 1e12 / self.peak_tflops}
+        logs = {
+            "train/data_wait": self._wait / (self._wait + self._host),
+            "train/mfu": self.flops_per_step * len(self._spans) / busy / 1e12 / self.peak_tflops,
+        }
         if device.type == "cuda":  # the allocator's own record: no sync
             logs["train/peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         return logs

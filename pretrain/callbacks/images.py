@@ -72,6 +72,9 @@ class ReconstructionImages(L.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(picture).save(self.folder / f"step{step:06d}.png")
         if self.wandb is not None:
-            self.wandb.log_image(key="reconstructions", images=[picture], step=step,
-                                 caption=["rows: samples; columns: original / masked / reconstruction × "
-                                          "axial, coronal, sagittal"])
+            self.wandb.log_image(
+                key="reconstructions",
+                images=[picture],
+                step=step,
+                caption=["rows: samples; columns: original / masked / reconstruction × axial, coronal, sagittal"],
+            )

@@ -103,5 +103,8 @@ class DataStats(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         if self.total_skipped:
-            print(f"voxfm: rank {trainer.global_rank} skipped {self.total_skipped} damaged shard read(s) or "
-                  "sample(s) (warnings above; data/skipped_samples in the metrics)", flush=True)
+            print(
+                f"voxfm: rank {trainer.global_rank} skipped {self.total_skipped} damaged shard read(s) or "
+                "sample(s) (warnings above; data/skipped_samples in the metrics)",
+                flush=True,
+            )

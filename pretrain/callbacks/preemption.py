@@ -73,7 +73,8 @@ class Preemption(L.Callback):
             stop = self.received is not None
         else:  # every rank reaches the same logging steps, so the collectives match
             stop = is_logging_step(trainer, batch_idx) and trainer.strategy.reduce_boolean_decision(
-                self.received is not None, all=False)
+                self.received is not None, all=False
+            )
         if not stop:
             return
         step = trainer.global_step
@@ -85,8 +86,13 @@ class Preemption(L.Callback):
         if trainer.is_global_zero:
             requeue = requeue_slurm_job()
             if self.on_event is not None:
-                self.on_event(event="preempted", step=step, signal=signal.Signals(signum).name,
-                              checkpoint=str(path), requeue=requeue)
+                self.on_event(
+                    event="preempted",
+                    step=step,
+                    signal=signal.Signals(signum).name,
+                    checkpoint=str(path),
+                    requeue=requeue,
+                )
 
     def on_train_end(self, trainer, pl_module):
         for signum, handler in self._previous.items():

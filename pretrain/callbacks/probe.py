@@ -29,9 +29,18 @@ def probed_backbone(pl_module) -> torch.nn.Module:
 
 
 class Probe(L.Callback):
-    def __init__(self, shards: str, every_n_steps: int = 1000, steps: int = 50, n_train: int | None = 2,
-                 crop_size=(32, 32, 32), batch_size: int = 2, lr: float = 1e-3, val_fraction: float = 0.5,
-                 seed: int = 0):
+    def __init__(
+        self,
+        shards: str,
+        every_n_steps: int = 1000,
+        steps: int = 50,
+        n_train: int | None = 2,
+        crop_size=(32, 32, 32),
+        batch_size: int = 2,
+        lr: float = 1e-3,
+        val_fraction: float = 0.5,
+        seed: int = 0,
+    ):
         if every_n_steps < 1 or steps < 1:
             raise ValueError(f"callbacks.probe: every_n_steps={every_n_steps}, steps={steps}: expected >= 1")
         samples = read_labelled(shards)
@@ -62,5 +71,8 @@ class Probe(L.Callback):
             return
         result = self.run(probed_backbone(pl_module))
         pl_module.log("probe/mean_dice", result["mean_dice"], batch_size=1, rank_zero_only=True)
-        print(f"voxfm: probe at step {step}: mean Dice {result['mean_dice']:.4f} ({result['seconds']:.1f} s, "
-              f"{self.steps} steps on {len(self.train)} volume(s), {self.split})", flush=True)
+        print(
+            f"voxfm: probe at step {step}: mean Dice {result['mean_dice']:.4f} ({result['seconds']:.1f} s, "
+            f"{self.steps} steps on {len(self.train)} volume(s), {self.split})",
+            flush=True,
+        )

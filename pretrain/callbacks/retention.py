@@ -47,8 +47,9 @@ class Retention(Checkpoint):
     `ModelCheckpoint` listed before it (it moves checkpoint callbacks to the end, in order) and after
     `FinalCheckpoint` at the end of training."""
 
-    def __init__(self, checkpoint_dir: Path, keep_last_n: int | None, keep_every_n_steps: int | None,
-                 every_n_steps: int):
+    def __init__(
+        self, checkpoint_dir: Path, keep_last_n: int | None, keep_every_n_steps: int | None, every_n_steps: int
+    ):
         self.dir, self.keep_last_n, self.keep_every_n_steps = Path(checkpoint_dir), keep_last_n, keep_every_n_steps
         self.every_n_steps, self._pruned_at = every_n_steps, -1
 

@@ -24,8 +24,7 @@ def experiment_of(overrides: list[str]) -> tuple[str | None, list[str]]:
     return (named[-1] if named else None), [o for o in overrides if not o.startswith("experiment=")]
 
 
-def checked_bench(name: str, keys: tuple[str, ...], overrides: list[str]
-                  ) -> tuple[str, DictConfig | None, list[str]]:
+def checked_bench(name: str, keys: tuple[str, ...], overrides: list[str]) -> tuple[str, DictConfig | None, list[str]]:
     """→ (experiment, `conf/<name>.yaml` checked with the overrides of its `keys` (None after `--cfg` printed it),
     the other overrides, `experiment=` included): for the benches that run an experiment."""
     experiment, _ = experiment_of(overrides)
@@ -92,11 +91,22 @@ def bench_loop(overrides: list[str]) -> None:
     if cfg is None:
         return
     with tempfile.TemporaryDirectory(prefix="voxfm-bench-loop-") as run_dir:
-        pretrain = checked_config("pretrain", ["trainer.progress_bar=false", *rest, f"data.shards={cfg.shards}",
-                                               f"run_dir={run_dir}", "trainer.devices=1", "trainer.num_nodes=1"])
+        pretrain = checked_config(
+            "pretrain",
+            [
+                "trainer.progress_bar=false",
+                *rest,
+                f"data.shards={cfg.shards}",
+                f"run_dir={run_dir}",
+                "trainer.devices=1",
+                "trainer.num_nodes=1",
+            ],
+        )
         if pretrain.trainer.max_steps < cfg.warmup + cfg.steps:
-            raise ConfigError(f"trainer.max_steps={pretrain.trainer.max_steps}: the bench runs warmup + steps = "
-                              f"{cfg.warmup + cfg.steps} steps; raise trainer.max_steps or lower steps")
+            raise ConfigError(
+                f"trainer.max_steps={pretrain.trainer.max_steps}: the bench runs warmup + steps = "
+                f"{cfg.warmup + cfg.steps} steps; raise trainer.max_steps or lower steps"
+            )
         from voxfm.pretrain.bench.loop import bench_loop, format_loop_bench
 
         result = bench_loop(pretrain, cfg.warmup, cfg.steps)
@@ -115,5 +125,10 @@ def bench_attention(overrides: list[str]) -> None:
     print(format_attention_bench(result))
 
 
-BENCHES = {"data": bench_data, "model": bench_model, "loop": bench_loop, "ingest": bench_ingest,
-           "attention": bench_attention}
+BENCHES = {
+    "data": bench_data,
+    "model": bench_model,
+    "loop": bench_loop,
+    "ingest": bench_ingest,
+    "attention": bench_attention,
+}

@@ -70,8 +70,9 @@ def _mask_cell_follows_the_backbone(cfg: DictConfig) -> None:
         return  # the schema check names the broken declaration
     token_size = declared.declaration.token_size if declared is not None else None
     if token_size is not None:
-        masking.patch_size = f"${{model.{token_size}}}" if token_size in cfg.model else \
-            declared.defaults().get(token_size)
+        masking.patch_size = (
+            f"${{model.{token_size}}}" if token_size in cfg.model else declared.defaults().get(token_size)
+        )
 
 
 def _renamed_targets(node) -> None:

@@ -68,13 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, overrides = argv[0], argv[1:]
     if command not in (*PROGRAMS, "bench"):
-        print(f"voxfm: unknown command {command!r}; choose from {[*PROGRAMS, 'bench']}\n\n{_usage()}",
-              file=sys.stderr)
+        print(f"voxfm: unknown command {command!r}; choose from {[*PROGRAMS, 'bench']}\n\n{_usage()}", file=sys.stderr)
         return exit_code(ConfigError())[0]
     if command == "bench" and (not overrides or overrides[0] not in BENCHES):
-        print(f"voxfm bench: say what to benchmark, one of {list(BENCHES)}: `voxfm bench data shards=<dir>`, "
-              "`voxfm bench model experiment=<name>`, `voxfm bench loop experiment=<name> shards=<dir>`, "
-              "`voxfm bench ingest input=<dir>` or `voxfm bench attention`", file=sys.stderr)
+        print(
+            f"voxfm bench: say what to benchmark, one of {list(BENCHES)}: `voxfm bench data shards=<dir>`, "
+            "`voxfm bench model experiment=<name>`, `voxfm bench loop experiment=<name> shards=<dir>`, "
+            "`voxfm bench ingest input=<dir>` or `voxfm bench attention`",
+            file=sys.stderr,
+        )
         return exit_code(ConfigError())[0]
     try:
         run(command, overrides)

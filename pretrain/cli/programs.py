@@ -17,17 +17,28 @@ def shard(cfg: DictConfig) -> None:
         # run_shard turns every input's failure into a rejection: a ValueError out of it is about its arguments
         # (input=, output=, the options), checked in data/, which does not import pretrain/
         with config_errors():
-            report = run_shard(cfg.input, cfg.output, OmegaConf.to_container(cfg.preprocess), cfg.shard_max_mb,
-                               cfg.codec, cfg.progress, cfg.workers)
+            report = run_shard(
+                cfg.input,
+                cfg.output,
+                OmegaConf.to_container(cfg.preprocess),
+                cfg.shard_max_mb,
+                cfg.codec,
+                cfg.progress,
+                cfg.workers,
+            )
     except WorkerDied as err:
         print(f"voxfm shard: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     except OSError as err:  # inputs' errors are rejections (or a ValueError naming input=): this is the output
-        raise OutputWriteError(f"could not write output={cfg.output}: {err}; the shards published so far are "
-                               "kept: free space (or fix permissions) and rerun the same command") from None
-    print(f"sharded {report['n_sharded']}/{report['n_inputs']} inputs ({report['n_skipped']} already done), "
-          f"rejected {report['n_rejected']}, ignored {report['n_ignored']} other file(s); {report['n_shards']} "
-          f"shard(s) in {cfg.output} ({report['seconds']} s, {report['workers']} worker(s))")
+        raise OutputWriteError(
+            f"could not write output={cfg.output}: {err}; the shards published so far are "
+            "kept: free space (or fix permissions) and rerun the same command"
+        ) from None
+    print(
+        f"sharded {report['n_sharded']}/{report['n_inputs']} inputs ({report['n_skipped']} already done), "
+        f"rejected {report['n_rejected']}, ignored {report['n_ignored']} other file(s); {report['n_shards']} "
+        f"shard(s) in {cfg.output} ({report['seconds']} s, {report['workers']} worker(s))"
+    )
     for r in report["rejected"]:
         print(f"  rejected {r['path']}: {r['reason']}")
     if report["n_ignored"]:

@@ -58,12 +58,16 @@ def _objective_errors(cfg: dict, model: Declared, objective: Declared) -> list[s
         errors.append("objective.views.masking=null: a masked objective needs a masking")
     loss = {**objective.defaults(), **cfg["objective"]["loss"]}
     if needs.masks_if and (loss.get(needs.masks_if) or 0) > 0 and masking is None:
-        errors.append(f"objective.views.masking=null: objective.loss.{needs.masks_if}={loss[needs.masks_if]} needs "
-                      f"masked views; set a masking, or objective.loss.{needs.masks_if}=0")
+        errors.append(
+            f"objective.views.masking=null: objective.loss.{needs.masks_if}={loss[needs.masks_if]} needs "
+            f"masked views; set a masking, or objective.loss.{needs.masks_if}=0"
+        )
     if masking is not None and masking.get("patch_size", 0) is None:
         if not errors:  # a backbone of the wrong kind is the reason to give
-            errors.append(f"objective.views.masking.patch_size=null: one cell per token, but model._target_="
-                          f"{model.target} has no tokens; give the cell's edge in voxels (a multiple of its stride)")
+            errors.append(
+                f"objective.views.masking.patch_size=null: one cell per token, but model._target_="
+                f"{model.target} has no tokens; give the cell's edge in voxels (a multiple of its stride)"
+            )
     elif masking is not None:
         masking = {**constructor_defaults(masking.get("_target_")), **masking}
         cell = triple(masking["patch_size"])
@@ -71,14 +75,18 @@ def _objective_errors(cfg: dict, model: Declared, objective: Declared) -> list[s
             errors.append(f"objective.views.masking.patch_size={masking['patch_size']}: must divide the crop {crop}")
         patch = _token_size(model, cfg["model"])
         if needs.mask_cell_is_token and patch is not None and cell != triple(patch):
-            errors.append(f"objective.views.masking.patch_size={masking['patch_size']}: must equal "
-                          f"model.{model.declaration.token_size}={patch} (one mask cell per token)")
+            errors.append(
+                f"objective.views.masking.patch_size={masking['patch_size']}: must equal "
+                f"model.{model.declaration.token_size}={patch} (one mask cell per token)"
+            )
     if "local_size" in views:  # multi-crop: the local crops go through the same patch embedding
         patch = _token_size(model, cfg["model"])
         local = triple(views["local_size"])
         if patch is not None and any(s % p for s, p in zip(local, triple(patch))):
-            errors.append(f"objective.views.local_size={list(local)}: must be divisible by the model's patch "
-                          f"{list(triple(patch))}")
+            errors.append(
+                f"objective.views.local_size={list(local)}: must be divisible by the model's patch "
+                f"{list(triple(patch))}"
+            )
     if list(crop) != triple(cfg["data"]["crop_size"]):
         errors.append(f"objective.views.crop_size={views['crop_size']}: must equal data.crop_size")
     region = cfg["data"]["region_size"]
@@ -86,8 +94,7 @@ def _objective_errors(cfg: dict, model: Declared, objective: Declared) -> list[s
         shift = view_shift(crop, n_views, overlap)
         need = [c + s for c, s in zip(crop, shift)]
         if any(r < n for r, n in zip(triple(region), need)):
-            errors.append(f"data.region_size={region}: too small for {n_views} view(s) of {crop}; "
-                          f"at least {need}")
+            errors.append(f"data.region_size={region}: too small for {n_views} view(s) of {crop}; at least {need}")
     return errors
 
 
@@ -107,8 +114,9 @@ def _device_errors(trainer: dict, strategy: dict, model: Declared, gpus: int) ->
     if name != "deepspeed" and set(strategy) - {"name"}:
         errors.append(f"strategy={name}: {sorted(set(strategy) - {'name'})} apply to DeepSpeed only")
     if name == "deepspeed" and trainer["precision"] == "16-mixed":
-        errors.append("trainer.precision=16-mixed with DeepSpeed: use bf16-mixed (voxfm does not configure fp16 "
-                      "loss scaling)")
+        errors.append(
+            "trainer.precision=16-mixed with DeepSpeed: use bf16-mixed (voxfm does not configure fp16 loss scaling)"
+        )
     return errors
 
 
@@ -138,8 +146,15 @@ def combination_errors(cfg: dict, gpus: int) -> list[str]:
     crop = triple(cfg["data"]["crop_size"])
     teacher = []
     if objective.declaration.teacher and cfg["strategy"]["name"] == "deepspeed" and cfg["strategy"].get("stage") == 3:
-        teacher = [f"strategy.stage=3: objective={_name(objective.target)} updates an EMA teacher from the whole "
-                   "student after every step, which ZeRO-3 partitions across ranks; use strategy.stage=2 or ddp"]
-    return (teacher + _model_errors(model, cfg["model"], crop)
-            + _loss_errors(cfg["objective"]["loss"], "objective.loss", crop) + _objective_errors(cfg, model, objective)
-            + _device_errors(cfg["trainer"], cfg["strategy"], model, gpus) + _shard_errors(cfg["data"]))
+        teacher = [
+            f"strategy.stage=3: objective={_name(objective.target)} updates an EMA teacher from the whole "
+            "student after every step, which ZeRO-3 partitions across ranks; use strategy.stage=2 or ddp"
+        ]
+    return (
+        teacher
+        + _model_errors(model, cfg["model"], crop)
+        + _loss_errors(cfg["objective"]["loss"], "objective.loss", crop)
+        + _objective_errors(cfg, model, objective)
+        + _device_errors(cfg["trainer"], cfg["strategy"], model, gpus)
+        + _shard_errors(cfg["data"])
+    )

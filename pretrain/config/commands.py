@@ -157,9 +157,15 @@ class BenchAttentionSchema:
 
 
 SCHEMAS: dict[str, type] = {
-    "shard": ShardSchema, "inspect": InspectSchema, "export": ExportSchema, "finetune": FinetuneSchema,
-    "bench/data": BenchDataSchema, "bench/ingest": BenchIngestSchema, "bench/model": BenchModelSchema,
-    "bench/loop": BenchLoopSchema, "bench/attention": BenchAttentionSchema,
+    "shard": ShardSchema,
+    "inspect": InspectSchema,
+    "export": ExportSchema,
+    "finetune": FinetuneSchema,
+    "bench/data": BenchDataSchema,
+    "bench/ingest": BenchIngestSchema,
+    "bench/model": BenchModelSchema,
+    "bench/loop": BenchLoopSchema,
+    "bench/attention": BenchAttentionSchema,
 }
 
 
@@ -202,7 +208,7 @@ def _absent(node: dict, schema: type, path: str) -> list[str]:
 
 
 def _with_value_hints(errors: list[str], node: dict, schema: type, path: str) -> list[str]:
-    """"did you mean" for a string close to one of a Literal's values (`format=nnunett`)."""
+    """ "did you mean" for a string close to one of a Literal's values (`format=nnunett`)."""
     hints = typing.get_type_hints(schema)
     for key, value in node.items():
         annotation, where = hints.get(key), f"{path}{key}"
@@ -211,7 +217,7 @@ def _with_value_hints(errors: list[str], node: dict, schema: type, path: str) ->
         elif isinstance(value, str) and typing.get_origin(annotation) is Literal:
             allowed = [a for a in typing.get_args(annotation) if isinstance(a, str)]
             close, prefix = difflib.get_close_matches(value, allowed, n=1), f"{where}={value!r}:"
-            errors = [f"{e} (did you mean {where}={close[0]}?)" if close and e.startswith(prefix) else e
-                      for e in errors]
+            errors = [
+                f"{e} (did you mean {where}={close[0]}?)" if close and e.startswith(prefix) else e for e in errors
+            ]
     return errors
-

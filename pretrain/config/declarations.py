@@ -44,14 +44,19 @@ def _literal(node: ast.expr | None, where: str):
     try:
         return ast.literal_eval(node)
     except ValueError:
-        raise ValueError(f"{where}: a declaration holds literals only (numbers, strings, booleans, tuples, "
-                         "lists, dicts)") from None
+        raise ValueError(
+            f"{where}: a declaration holds literals only (numbers, strings, booleans, tuples, lists, dicts)"
+        ) from None
 
 
 def _declaration(cls: ast.ClassDef, target: str):
     for node in cls.body:
-        if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["declaration"]
-                and isinstance(node.value, ast.Call) and getattr(node.value.func, "id", None) in KINDS):
+        if (
+            isinstance(node, ast.Assign)
+            and [getattr(t, "id", None) for t in node.targets] == ["declaration"]
+            and isinstance(node.value, ast.Call)
+            and getattr(node.value.func, "id", None) in KINDS
+        ):
             if node.value.args:
                 raise ValueError(f"{target}.declaration: keyword arguments only")
             kwargs = {kw.arg: _literal(kw.value, f"{target}.declaration.{kw.arg}") for kw in node.value.keywords}
@@ -152,7 +157,8 @@ def backbone_class_for(architecture: str) -> type:
 
     targets = {d.declaration.architecture: target for target, d in declared_backbones().items()}
     if architecture not in targets:
-        raise ConfigError(f"architecture={architecture!r}: no declared backbone has it; known: "
-                          f"{', '.join(sorted(targets))}")
+        raise ConfigError(
+            f"architecture={architecture!r}: no declared backbone has it; known: {', '.join(sorted(targets))}"
+        )
     module, _, name = targets[architecture].rpartition(".")
     return getattr(importlib.import_module(module), name)

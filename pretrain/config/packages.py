@@ -24,7 +24,8 @@ INSTALL = {
     "dynamic_network_architectures": (
         "nnU-Net's networks (dynamic_network_architectures)",
         'pip install "voxfm[nnunet]" (with a CPU-only torch: pip install --no-deps '
-        "dynamic-network-architectures==0.4.4)"),
+        "dynamic-network-architectures==0.4.4)",
+    ),
 }
 
 
@@ -140,8 +141,11 @@ def _top_level_imports(module: str) -> tuple[str, ...]:
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level \
+            base = (
+                importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                if node.level
                 else node.module
+            )
             names.append(base)
             if base.split(".")[0] in FIRST_PARTY:
                 names += [f"{base}.{a.name}" for a in node.names if source_file(f"{base}.{a.name}") is not None]

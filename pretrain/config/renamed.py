@@ -18,15 +18,21 @@ import sys
 
 UNTIL = "0.2"
 KEYS = {"objective.stage": "objective.views"}
-TARGETS = {"data.views.ViewStage": "voxfm.data.views.pipeline.ViewPipeline",
-           "voxfm.data.views.pipeline.ViewStage": "voxfm.data.views.pipeline.ViewPipeline"}
+TARGETS = {
+    "data.views.ViewStage": "voxfm.data.views.pipeline.ViewPipeline",
+    "voxfm.data.views.pipeline.ViewStage": "voxfm.data.views.pipeline.ViewPipeline",
+}
 OLD_ROOTS = ("pretrain", "models", "data")  # the top-level packages of voxfm before `voxfm`
 MODULES = {  # data/ was flat before it was split into ingest/, stream/ and views/
-    **{f"data.{m}": f"voxfm.data.ingest.{m}" for m in ("inputs", "dicom", "volumes", "preprocess", "resample",
-                                                       "payload", "locks", "inspect", "montage")},
-    "data.ingest": "voxfm.data.ingest.run", "data.shards": "voxfm.data.ingest.shard_set",
+    **{
+        f"data.{m}": f"voxfm.data.ingest.{m}"
+        for m in ("inputs", "dicom", "volumes", "preprocess", "resample", "payload", "locks", "inspect", "montage")
+    },
+    "data.ingest": "voxfm.data.ingest.run",
+    "data.shards": "voxfm.data.ingest.shard_set",
     **{f"data.{m}": f"voxfm.data.stream.{m}" for m in ("sources", "pool", "loader", "device_feed", "crops")},
-    "data.stream": "voxfm.data.stream.regions", "data.views": "voxfm.data.views.pipeline",
+    "data.stream": "voxfm.data.stream.regions",
+    "data.views": "voxfm.data.views.pipeline",
     **{f"data.{m}": f"voxfm.data.views.{m}" for m in ("multicrop", "masking", "augment")},
     "data.labelled": "voxfm.pretrain.finetune.labelled",
 }
@@ -44,14 +50,14 @@ def renamed_key(key: str) -> str:
     for old, new in KEYS.items():
         if key == old or key.startswith(old + "."):
             notice(old, new)
-            return new + key[len(old):]
+            return new + key[len(old) :]
     return key
 
 
 def renamed_override(override: str) -> str:
     """`objective.stage.n_views=2` (also `+`, `++`, `~` forms) → `objective.views.n_views=2`."""
-    sign = override[:len(override) - len(override.lstrip("+~"))]
-    key, eq, value = override[len(sign):].partition("=")
+    sign = override[: len(override) - len(override.lstrip("+~"))]
+    key, eq, value = override[len(sign) :].partition("=")
     return sign + renamed_key(key) + eq + value
 
 

@@ -199,8 +199,12 @@ def _allowed(annotation) -> str:
 
 
 def _range_error(value, bounds: dict) -> str | None:
-    checks = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
-              "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+    checks = {
+        "ge": (lambda v, b: v >= b, ">="),
+        "gt": (lambda v, b: v > b, ">"),
+        "le": (lambda v, b: v <= b, "<="),
+        "lt": (lambda v, b: v < b, "<"),
+    }
     failed = [f"{sign} {bounds[k]}" for k, (ok, sign) in checks.items() if k in bounds and not ok(value, bounds[k])]
     return "expected a value " + " and ".join(failed) if failed else None
 
@@ -242,8 +246,10 @@ def check_value(value: dict, annotation, path: str) -> list[str]:
         except ValueError as err:
             return [f"{path}._target_={target!r}: {err}"]
         if declared is None:
-            return [f"{path}._target_={target!r}: unknown; known targets: {', '.join(sorted(TARGETS))}, or an "
-                    "objective or backbone class with a `declaration`"]
+            return [
+                f"{path}._target_={target!r}: unknown; known targets: {', '.join(sorted(TARGETS))}, or an "
+                "objective or backbone class with a `declaration`"
+            ]
         return check_node(value, declared_schema(declared), path)
     nested = [a for a in (annotation, *typing.get_args(annotation)) if dataclasses.is_dataclass(a)]
     return check_node(value, nested[0], path) if nested else []
@@ -259,8 +265,11 @@ def validate_pretrain(cfg: dict) -> None:
 
         errors = combination_errors(cfg, visible_gpus())
     if errors:
-        raise ConfigError("invalid configuration: " + errors[0] if len(errors) == 1 else
-                          "invalid configuration:\n  " + "\n  ".join(errors))
+        raise ConfigError(
+            "invalid configuration: " + errors[0]
+            if len(errors) == 1
+            else "invalid configuration:\n  " + "\n  ".join(errors)
+        )
 
 
 def visible_gpus() -> int:

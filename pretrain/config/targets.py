@@ -89,8 +89,18 @@ TARGETS: dict[str, type] = {
 
 
 # Annotation names a declared constructor may use; any other (a class, a callable) reads as Any.
-ANNOTATION_NAMES = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "tuple": tuple, "dict": dict,
-                    "None": None, "Literal": Literal, "Any": Any}
+ANNOTATION_NAMES = {
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "str": str,
+    "list": list,
+    "tuple": tuple,
+    "dict": dict,
+    "None": None,
+    "Literal": Literal,
+    "Any": Any,
+}
 
 
 def _annotation(text: str | None):
@@ -106,6 +116,8 @@ def declared_schema(declared: Declared) -> type:
     """A schema like the ones above, made from a declared class's constructor: its parameters, their annotations
     and the bounds its declaration states."""
     bounds = declared.declaration.bounds
-    fields = [(name, _annotation(text), field(**bounded(**bounds.get(name, {}))))
-              for name, (text, _) in declared.arguments.items()]
+    fields = [
+        (name, _annotation(text), field(**bounded(**bounds.get(name, {}))))
+        for name, (text, _) in declared.arguments.items()
+    ]
     return make_dataclass(declared.target.rsplit(".", 1)[-1] + "Schema", fields)

@@ -26,21 +26,29 @@ def backbone_weights(backbone, in_channels: int | None = None) -> tuple[dict, di
     return exported_weights(backbone.state_dict(), backbone, in_channels)
 
 
-def nnunet_plans_fragment(description: dict, kwargs: dict, patch_size, spacing, normalisation: dict | None,
-                          modalities) -> dict:
+def nnunet_plans_fragment(
+    description: dict, kwargs: dict, patch_size, spacing, normalisation: dict | None, modalities
+) -> dict:
     """What to merge into nnU-Net's plans (a configuration inheriting 3d_fullres) and dataset.json; description:
     the export's (its dotted nnU-Net class and the kwargs nnU-Net imports), kwargs: in nnU-Net's axis order."""
     arch = {k: v for k, v in kwargs.items() if k not in ("input_channels", "num_classes", "deep_supervision")}
     schemes = {"CT": "CTNormalization", "MR": "ZScoreNormalization", "PET": "ZScoreNormalization"}
     return {
         "dataset_json": {"overwrite_image_reader_writer": "NibabelIOWithReorient"},
-        "plans": {"configurations": {"3d_fullres_voxfm": {
-            "inherits_from": "3d_fullres",
-            "patch_size": list(reversed(patch_size)),
-            "spacing": list(reversed(spacing)) if spacing else None,
-            "architecture": {"network_class_name": description["class"], "arch_kwargs": arch,
-                             "_kw_requires_import": description["kwargs_requires_import"]},
-        }}},
+        "plans": {
+            "configurations": {
+                "3d_fullres_voxfm": {
+                    "inherits_from": "3d_fullres",
+                    "patch_size": list(reversed(patch_size)),
+                    "spacing": list(reversed(spacing)) if spacing else None,
+                    "architecture": {
+                        "network_class_name": description["class"],
+                        "arch_kwargs": arch,
+                        "_kw_requires_import": description["kwargs_requires_import"],
+                    },
+                }
+            }
+        },
         "normalization_schemes_by_modality": {m: schemes[m] for m in (modalities or {"CT": 0, "MR": 0})},
         "voxfm_normalisation": normalisation,
         "axis_order": "nnU-Net's [C, Z, Y, X] of the RAS-reoriented image; these weights are transposed for it",

@@ -12,8 +12,12 @@ from voxfm.pretrain.config.declarations import declared_backbones
 
 # The classes a loading snippet may build: it resolves names from backbone.json through a dict of these (only
 # those the export names), never with `pydoc.locate`, so a tampered backbone.json cannot name another callable.
-SNIPPET_CLASSES = (*(d.declaration.export_class for d in declared_backbones().values()), "torch.nn.modules.conv.Conv3d",
-                   "torch.nn.modules.instancenorm.InstanceNorm3d", "torch.nn.modules.activation.LeakyReLU")
+SNIPPET_CLASSES = (
+    *(d.declaration.export_class for d in declared_backbones().values()),
+    "torch.nn.modules.conv.Conv3d",
+    "torch.nn.modules.instancenorm.InstanceNorm3d",
+    "torch.nn.modules.activation.LeakyReLU",
+)
 
 LOAD_MONAI = """import json, safetensors.torch
 IMPORTS
@@ -73,8 +77,10 @@ strictly, but have not run these commands.
 def _normalisation_lines(norm: dict | None) -> list[str]:
     if not norm:
         return ["  - not recorded (checkpoint without shard-set metadata)"]
-    return [f"  - {m}: {json.dumps({k: v for k, v in n.items() if k != 'note'})} — {n.get('note', '')}"
-            for m, n in norm.items()]
+    return [
+        f"  - {m}: {json.dumps({k: v for k, v in n.items() if k != 'note'})} — {n.get('note', '')}"
+        for m, n in norm.items()
+    ]
 
 
 def exported_classes(meta: dict) -> list[str]:
@@ -94,8 +100,9 @@ def loading_snippet(meta: dict, export_format: str) -> str:
         return LOAD_NNSSL
     names = exported_classes(meta)
     if export_format == "nnunet":
-        return (LOAD_NNUNET.replace("INPUT_CHANNELS", str(meta["kwargs"]["input_channels"]))
-                .replace("CLASSES", "".join(f"    {json.dumps(n)},\n" for n in names)))
+        return LOAD_NNUNET.replace("INPUT_CHANNELS", str(meta["kwargs"]["input_channels"])).replace(
+            "CLASSES", "".join(f"    {json.dumps(n)},\n" for n in names)
+        )
     modules = sorted({n.rsplit(".", 1)[0] for n in names})
     classes = "".join(f"    {json.dumps(n)}: {n},\n" for n in names)
     return LOAD_MONAI.replace("IMPORTS", "import " + ", ".join(modules)).replace("CLASSES", classes)
@@ -130,20 +137,29 @@ def write_model_card(out: Path, meta: dict, export_format: str, adapter) -> None
         "```",
     ]
     if export_format == "nnunet":
-        lines += ["", "## Fine-tuning with nnU-Net v2", NNUNET_STEPS, "",
-                  "These weights are in nnU-Net's axis order ([C, Z, Y, X] of the RAS image): kernels were "
-                  "transposed at export, so nnU-Net's network computes voxfm's features. nnU-Net normalises CT with "
-                  "dataset percentiles and a z-score instead of the window above; the instance norm after the first "
-                  "convolution makes the network insensitive to such an affine intensity change, apart from clipping."]
+        lines += [
+            "",
+            "## Fine-tuning with nnU-Net v2",
+            NNUNET_STEPS,
+            "",
+            "These weights are in nnU-Net's axis order ([C, Z, Y, X] of the RAS image): kernels were "
+            "transposed at export, so nnU-Net's network computes voxfm's features. nnU-Net normalises CT with "
+            "dataset percentiles and a z-score instead of the window above; the instance norm after the first "
+            "convolution makes the network insensitive to such an affine intensity change, apart from clipping.",
+        ]
     if export_format == "nnssl":
         name = meta["nnssl_architecture"]["arch_class_name"]
         trainer = adapter.nnssl_trainer
         spacing = meta["spacing"][::-1] if meta["spacing"] else None  # like_nnssl names the data by it
         identifier = ("Spacing__" + "_".join(f"{s:.2f}" for s in spacing) if spacing else "<spacing>") + "___Norm__Z"
-        lines += ["", "## Fine-tuning with nnU-Net (`nnUNetv2_train_pretrained`)",
-                  NNSSL_STEPS.replace("IDENTIFIER", identifier).replace("TRAINER", trainer), "",
-                  f"The adaptation plan names `{name}`. The weights are in nnU-Net's axis order ([C, Z, Y, X] of the "
-                  "RAS image): kernels were transposed at export (for Primus also its position embeddings and RoPE "
-                  "blocks reordered), so nnU-Net's network computes voxfm's features."]
+        lines += [
+            "",
+            "## Fine-tuning with nnU-Net (`nnUNetv2_train_pretrained`)",
+            NNSSL_STEPS.replace("IDENTIFIER", identifier).replace("TRAINER", trainer),
+            "",
+            f"The adaptation plan names `{name}`. The weights are in nnU-Net's axis order ([C, Z, Y, X] of the "
+            "RAS image): kernels were transposed at export (for Primus also its position embeddings and RoPE "
+            "blocks reordered), so nnU-Net's network computes voxfm's features.",
+        ]
     lines += adapter.card_notes(meta, export_format)
     (out / "README.md").write_text("\n".join(lines) + "\n")

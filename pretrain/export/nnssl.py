@@ -21,35 +21,52 @@ from __future__ import annotations
 import torch
 
 
-def pretrain_plan(patch_size: list[int], spacing: list[float] | None, normalisation: dict | None,
-                  channels: int) -> dict:
+def pretrain_plan(
+    patch_size: list[int], spacing: list[float] | None, normalisation: dict | None, channels: int
+) -> dict:
     """nnssl's Plan with its one ConfigurationPlan, describing what voxfm's pretraining saw; patch_size and spacing
     in nnU-Net's axis order. nnU-Net reads the spacing (`-am like_pretrained`) and the patch size from it."""
     # nnssl's spacing styles are onemmiso, median and noresample; voxfm resamples to one fixed spacing
     style = "noresample" if spacing is None else "onemmiso" if all(s == 1 for s in spacing) else "fixed"
-    scheme = "voxfm: " + ("; ".join(f"{m} {n['scheme']}" for m, n in normalisation.items()) if normalisation
-                          else "not recorded")
+    scheme = "voxfm: " + (
+        "; ".join(f"{m} {n['scheme']}" for m, n in normalisation.items()) if normalisation else "not recorded"
+    )
     config = {
-        "data_identifier": "voxfm", "preprocessor_name": "voxfm shard",
+        "data_identifier": "voxfm",
+        "preprocessor_name": "voxfm shard",
         "spacing_style": style,
-        "normalization_schemes": [scheme] * channels, "use_mask_for_norm": [False] * channels,
+        "normalization_schemes": [scheme] * channels,
+        "use_mask_for_norm": [False] * channels,
         # the nnU-Net call closest to voxfm shard's separable linear resampling (labels: nearest)
         "resampling_fn_data": "resample_data_or_seg_to_shape",
         "resampling_fn_data_kwargs": {"is_seg": False, "order": 1, "order_z": 1, "force_separate_z": None},
         "resampling_fn_mask": "resample_data_or_seg_to_shape",
         "resampling_fn_mask_kwargs": {"is_seg": True, "order": 0, "order_z": 0, "force_separate_z": None},
-        "spacing": spacing[::-1] if spacing else None, "patch_size": patch_size,
+        "spacing": spacing[::-1] if spacing else None,
+        "patch_size": patch_size,
     }
-    return {"dataset_name": "voxfm", "plans_name": "voxfmPlans",
-            "original_median_spacing_after_transp": config["spacing"],  # every volume is resampled to it
-            "image_reader_writer": "NibabelIOWithReorient", "transpose_forward": [0, 1, 2],
-            "transpose_backward": [0, 1, 2], "configurations": {"voxfm": config},
-            "experiment_planner_used": "voxfm shard"}
+    return {
+        "dataset_name": "voxfm",
+        "plans_name": "voxfmPlans",
+        "original_median_spacing_after_transp": config["spacing"],  # every volume is resampled to it
+        "image_reader_writer": "NibabelIOWithReorient",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {"voxfm": config},
+        "experiment_planner_used": "voxfm shard",
+    }
 
 
-def nnssl_checkpoint(adapter, weights: dict[str, torch.Tensor], description: dict, crop_size: list[int],
-                     spacing: list[float] | None, normalisation: dict | None, trainer_name: str,
-                     init_args: dict) -> dict:
+def nnssl_checkpoint(
+    adapter,
+    weights: dict[str, torch.Tensor],
+    description: dict,
+    crop_size: list[int],
+    spacing: list[float] | None,
+    normalisation: dict | None,
+    trainer_name: str,
+    init_args: dict,
+) -> dict:
     """A backbone's exported weights and description (`formats.exported_weights`) → the dict nnssl saves as
     `checkpoint_final.pth`. adapter: the backbone's (`models.protocols.NNUNetAdapter`); crop_size: the pretraining
     crop, [X, Y, Z]."""
@@ -63,5 +80,9 @@ def nnssl_checkpoint(adapter, weights: dict[str, torch.Tensor], description: dic
         "recommended_downstream_patchsize": patch,
         **adapter.nnssl_keys,
     }
-    return {"network_weights": weights, "init_args": init_args, "trainer_name": trainer_name,
-            "nnssl_adaptation_plan": plan}
+    return {
+        "network_weights": weights,
+        "init_args": init_args,
+        "trainer_name": trainer_name,
+        "nnssl_adaptation_plan": plan,
+    }

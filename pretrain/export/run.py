@@ -50,8 +50,9 @@ def resolve_checkpoint(checkpoint: str) -> Path:
     if (path / "checkpoints").is_dir():
         path, _ = find_resume_checkpoint(path / "checkpoints")
     if path is None or not (path.is_file() or (path / "latest").is_file()):
-        raise ConfigError(f"checkpoint={checkpoint}: no checkpoint there (expected a .ckpt file or folder, or a "
-                         "run_dir)")
+        raise ConfigError(
+            f"checkpoint={checkpoint}: no checkpoint there (expected a .ckpt file or folder, or a run_dir)"
+        )
     return path
 
 
@@ -74,11 +75,15 @@ def shareable_config(config, key: str = ""):
 
 def _common_meta(ckpt: dict, ckpt_path: Path, config: dict, data: dict) -> dict:
     return {
-        "spacing": data["spacing"], "orientation": data["orientation"],
+        "spacing": data["spacing"],
+        "orientation": data["orientation"],
         "axis_order": "[C, X, Y, Z] with X → Right, Y → Anterior, Z → Superior (RAS, numpy/nibabel order)",
-        "normalisation": data["normalisation"], "pretraining_modalities": data["modalities"],
-        "pretraining_datasets": data.get("datasets"), "step": int(ckpt["global_step"]),
-        "objective": config["objective"]["loss"]["_target_"].rsplit(".", 1)[-1], "checkpoint": ckpt_path.name,
+        "normalisation": data["normalisation"],
+        "pretraining_modalities": data["modalities"],
+        "pretraining_datasets": data.get("datasets"),
+        "step": int(ckpt["global_step"]),
+        "objective": config["objective"]["loss"]["_target_"].rsplit(".", 1)[-1],
+        "checkpoint": ckpt_path.name,
         "config": shareable_config(config),
     }
 
@@ -107,7 +112,7 @@ def _stored_config(ckpt: dict, ckpt_path: Path) -> tuple[dict, dict]:
 
 
 def teacher_prefix(config: dict) -> str | None:
-    """"objective.teacher_backbone." when the stored objective declares an EMA teacher, else None."""
+    """ "objective.teacher_backbone." when the stored objective declares an EMA teacher, else None."""
     target = config.get("objective", {}).get("loss", {}).get("_target_")
     declared = read_declared(target) if isinstance(target, str) else None
     return "objective.teacher_backbone." if declared is not None and declared.declaration.teacher else None
@@ -132,21 +137,24 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, exp
     ckpt = consolidate_deepspeed(ckpt_path) if is_deepspeed_checkpoint(ckpt_path) else load_checkpoint(ckpt_path)
     config, data = _stored_config(ckpt, ckpt_path)
     # checked before anything is written, for every format; built from the allowlist, never `instantiate`d
-    backbone_class, backbone_kwargs = backbone_arguments(config["model"], f"checkpoint={ckpt_path}: "
-                                                                          "voxfm_config.model")
+    backbone_class, backbone_kwargs = backbone_arguments(config["model"], f"checkpoint={ckpt_path}: voxfm_config.model")
     declared = backbone_class.declaration
     architecture = declared.architecture
     if export_format not in declared.formats:
-        raise ConfigError(f"format={export_format}: {config['model']['_target_']} exports as "
-                          f"{', '.join(declared.formats)} "
-                          "(format=nnunet and nnssl need a backbone that nnU-Net builds, e.g. model=resenc_*)")
+        raise ConfigError(
+            f"format={export_format}: {config['model']['_target_']} exports as "
+            f"{', '.join(declared.formats)} "
+            "(format=nnunet and nnssl need a backbone that nnU-Net builds, e.g. model=resenc_*)"
+        )
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": f"voxfm-{export_format}/1", **_common_meta(ckpt, ckpt_path, config, data)}
     if export_format == "full":
         if in_channels is not None:
-            raise ConfigError("in_channels: format=full keeps the pretraining module as it is; inflate in "
-                             "format=monai, nnunet or nnssl")
+            raise ConfigError(
+                "in_channels: format=full keeps the pretraining module as it is; inflate in "
+                "format=monai, nnunet or nnssl"
+            )
         save_file(clone_state(ckpt["state_dict"]), str(out / "model.safetensors"))
         meta["architecture"] = architecture
         (out / "full.json").write_text(json.dumps(meta, indent=1))
@@ -154,28 +162,44 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, exp
         return out
     backbone = backbone_class(**backbone_kwargs)  # only to read the architecture's kwargs
     prefix = teacher_prefix(config) or BACKBONE_PREFIX  # self-distillation: the EMA teacher is the model to keep
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     if prefix != BACKBONE_PREFIX:
         state.update(fp32_teacher(ckpt["state_dict"], backbone))
     weights, arch = exported_weights(state, backbone, in_channels)
     meta.update(arch, channel_inflation=None if in_channels in (None, 1) else {"from": 1, "to": in_channels})
     if export_format == "nnunet":
         weights, kwargs = backbone_class.adapter.nnunet_axes(weights, arch["kwargs"])
-        torch.save({"network_weights": weights, "voxfm": {k: v for k, v in meta.items() if k != "config"}},
-                   out / "nnunet_pretrained.pth")
-        fragment = nnunet_plans_fragment(arch, kwargs, list(triple(config["data"]["crop_size"])),
-                                         data["spacing"], data["normalisation"], data["modalities"])
+        torch.save(
+            {"network_weights": weights, "voxfm": {k: v for k, v in meta.items() if k != "config"}},
+            out / "nnunet_pretrained.pth",
+        )
+        fragment = nnunet_plans_fragment(
+            arch,
+            kwargs,
+            list(triple(config["data"]["crop_size"])),
+            data["spacing"],
+            data["normalisation"],
+            data["modalities"],
+        )
         (out / "nnunet_plans_fragment.json").write_text(json.dumps(fragment, indent=1))
         meta["nnunet_kwargs"] = kwargs
     elif export_format == "nnssl":
         init_args = {k: meta[k] for k in ("config", "step", "checkpoint")}  # what voxfm pretraining ran with
-        checkpoint = nnssl_checkpoint(backbone_class.adapter, weights, arch, list(triple(config["data"]["crop_size"])),
-                                      data["spacing"], data["normalisation"], f"voxfm.{meta['objective']}",
-                                      init_args)
+        checkpoint = nnssl_checkpoint(
+            backbone_class.adapter,
+            weights,
+            arch,
+            list(triple(config["data"]["crop_size"])),
+            data["spacing"],
+            data["normalisation"],
+            f"voxfm.{meta['objective']}",
+            init_args,
+        )
         torch.save(checkpoint, out / "checkpoint_final.pth")
         plan = checkpoint["nnssl_adaptation_plan"]
-        (out / "adaptation_plan.json").write_text(json.dumps({**plan, "trainer_name": checkpoint["trainer_name"]},
-                                                             indent=1))
+        (out / "adaptation_plan.json").write_text(
+            json.dumps({**plan, "trainer_name": checkpoint["trainer_name"]}, indent=1)
+        )
         meta["nnssl_architecture"] = plan["architecture_plans"]
     if export_format != "nnunet":  # voxfm's axis order: what `voxfm finetune backbone=<this folder>` reads
         save_file(weights, str(out / "backbone.safetensors"))

@@ -35,8 +35,10 @@ def read_labelled(shards: str) -> list[tuple[dict, np.ndarray, np.ndarray]]:
     """(metadata, normalised image, raw label) of every sample with a label map, in index order."""
     folder = Path(shards)
     if not (folder / "index.json").exists():
-        raise ValueError(f"data.shards={shards}: no index.json; make the shard set with `voxfm shard` from a "
-                         "manifest with a `label` column")
+        raise ValueError(
+            f"data.shards={shards}: no index.json; make the shard set with `voxfm shard` from a "
+            "manifest with a `label` column"
+        )
     labelled = [s for s in load_index(folder)["samples"] if s.get("label_path")]
     out = []
     for s, parts in read_samples(folder, labelled, ("json", "image.b2", "label.b2")):
@@ -81,8 +83,14 @@ def to_labelled(samples: list, values: list[int]) -> list[Labelled]:
     out = []
     for meta, image, label in samples:
         mapped = np.searchsorted(np.asarray(values), label).astype(np.int64)  # values are sorted and cover the label
-        out.append(Labelled(meta["key"], meta["subject"], np.ascontiguousarray(image, dtype=np.float32),
-                            np.ascontiguousarray(mapped)))
+        out.append(
+            Labelled(
+                meta["key"],
+                meta["subject"],
+                np.ascontiguousarray(image, dtype=np.float32),
+                np.ascontiguousarray(mapped),
+            )
+        )
     return out
 
 
@@ -92,8 +100,7 @@ class CropStream(IterableDataset):
 
     def __init__(self, volumes: list[Labelled], crop_size, foreground_prob: float = 0.67, seed: int = 0):
         self.volumes, self.size, self.foreground_prob, self.seed = volumes, triple(crop_size), foreground_prob, seed
-        self.foreground = [np.argwhere(v.label > 0)[:: max(1, int(np.count_nonzero(v.label) // 4096))]
-                           for v in volumes]
+        self.foreground = [np.argwhere(v.label > 0)[:: max(1, int(np.count_nonzero(v.label) // 4096))] for v in volumes]
 
     def __iter__(self):
         rng = np.random.default_rng(self.seed)

@@ -22,11 +22,11 @@ from voxfm.pretrain.finetune.labelled import CropStream, Labelled
 from voxfm.pretrain.finetune.model import encoder_parameters
 
 
-def crop_batches(volumes: list[Labelled], crop_size, batch_size: int, seed: int,
-                 foreground_prob: float = 0.67) -> DataLoader:
+def crop_batches(
+    volumes: list[Labelled], crop_size, batch_size: int, seed: int, foreground_prob: float = 0.67
+) -> DataLoader:
     """Endless batches of (image, label) crops, each [B, 1, X, Y, Z], drawn in the loading process."""
-    return DataLoader(CropStream(volumes, crop_size, foreground_prob, seed=seed), batch_size=batch_size,
-                      num_workers=0)
+    return DataLoader(CropStream(volumes, crop_size, foreground_prob, seed=seed), batch_size=batch_size, num_workers=0)
 
 
 class SegmentationModule(L.LightningModule):
@@ -87,5 +87,7 @@ def evaluate(net: torch.nn.Module, volumes, n_classes: int, crop_size, sw_batch_
     per_volume = metric.aggregate().cpu().numpy()  # [volumes, classes - 1], NaN where a class is absent
     scored = np.isfinite(per_volume).sum(axis=0)
     per_class = np.where(scored > 0, np.nansum(per_volume, axis=0) / np.maximum(scored, 1), np.nan)
-    return {"mean_dice": float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan"),
-            "per_class": [None if not np.isfinite(d) else round(float(d), 4) for d in per_class]}
+    return {
+        "mean_dice": float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan"),
+        "per_class": [None if not np.isfinite(d) else round(float(d), 4) for d in per_class],
+    }

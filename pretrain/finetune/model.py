@@ -34,8 +34,10 @@ def read_export(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
     if (path / "full.json").is_file() and (path / "model.safetensors").is_file():
         return _read_full(path, folder)
     if not (path / "backbone.json").is_file() or not (path / "backbone.safetensors").is_file():
-        raise ConfigError(f"backbone={folder}: expected a `voxfm export` folder (backbone.json + "
-                          "backbone.safetensors, or format=full's full.json + model.safetensors), or backbone=none")
+        raise ConfigError(
+            f"backbone={folder}: expected a `voxfm export` folder (backbone.json + "
+            "backbone.safetensors, or format=full's full.json + model.safetensors), or backbone=none"
+        )
     meta = json.loads((path / "backbone.json").read_text())
     check_export_meta(meta, f"backbone={folder}: backbone.json")
     return meta, load_file(str(path / "backbone.safetensors"))
@@ -52,8 +54,11 @@ def _read_full(path: Path, folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
     check_config_tree(meta, f"backbone={folder}: full.json")
     config = upgraded(meta.get("config") if isinstance(meta, dict) and isinstance(meta.get("config"), dict) else {})
     backbone = backbone_from_config(config.get("model"), f"backbone={folder}: full.json: config.model")
-    state = {k[len("backbone."):]: v for k, v in load_file(str(path / "model.safetensors")).items()
-             if k.startswith("backbone.")}
+    state = {
+        k[len("backbone.") :]: v
+        for k, v in load_file(str(path / "model.safetensors")).items()
+        if k.startswith("backbone.")
+    }
     weights, description = exported_weights(state, backbone, None)
     return {**meta, **description}, weights
 
@@ -79,8 +84,9 @@ def build_segmenter(architecture: str, kwargs: dict, n_classes: int, crop_size, 
     return net
 
 
-def segmenter_with_weights(meta: dict, weights: dict[str, torch.Tensor], n_classes: int, crop_size, unetr: dict,
-                           what: str) -> torch.nn.Module:
+def segmenter_with_weights(
+    meta: dict, weights: dict[str, torch.Tensor], n_classes: int, crop_size, unetr: dict, what: str
+) -> torch.nn.Module:
     """The segmentation network of an exported backbone (`meta`: architecture and kwargs) with its weights in the
     encoder (and where the family keeps it, the decoder); the pretraining head is replaced by this task's."""
     net = build_segmenter(meta["architecture"], meta["kwargs"], n_classes, crop_size, unetr)

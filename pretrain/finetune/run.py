@@ -32,13 +32,28 @@ from voxfm.pretrain.training.checkpoints import find_resume_checkpoint
 def _trainer(cfg: DictConfig, arm_dir: Path) -> L.Trainer:
     t = cfg.trainer
     return L.Trainer(
-        max_steps=cfg.steps, accelerator=t.accelerator, devices=t.devices, precision=t.precision or "32-true",
-        logger=CSVLogger(save_dir=str(arm_dir), name="metrics"), log_every_n_steps=t.log_every_n_steps,
-        callbacks=[ModelCheckpoint(dirpath=str(arm_dir / "checkpoints"), filename="step{step:06d}",
-                                   auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every_n_steps,
-                                   save_top_k=-1, save_last=True)],
-        plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress_bar, enable_model_summary=False,
-        default_root_dir=str(arm_dir), limit_val_batches=0, num_sanity_val_steps=0,
+        max_steps=cfg.steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        precision=t.precision or "32-true",
+        logger=CSVLogger(save_dir=str(arm_dir), name="metrics"),
+        log_every_n_steps=t.log_every_n_steps,
+        callbacks=[
+            ModelCheckpoint(
+                dirpath=str(arm_dir / "checkpoints"),
+                filename="step{step:06d}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=t.checkpoint_every_n_steps,
+                save_top_k=-1,
+                save_last=True,
+            )
+        ],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(arm_dir),
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
     )
 
 
@@ -69,18 +84,27 @@ def run_arm(cfg: DictConfig, arm: str, train, val, n_classes: int, run_dir: Path
     trainer = _trainer(cfg, arm_dir)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)
     scores = evaluate(module.net, val, n_classes, crop, cfg.sw_batch_size, cfg.sw_overlap)
-    return {"architecture": architecture, "steps": int(trainer.global_step), "resumed_from": resume_step,
-            "wall_s": round(time.perf_counter() - start, 1), **scores}
+    return {
+        "architecture": architecture,
+        "steps": int(trainer.global_step),
+        "resumed_from": resume_step,
+        "wall_s": round(time.perf_counter() - start, 1),
+        **scores,
+    }
 
 
 def results_table(results: dict) -> str:
     arms = results["arms"]
     values = results["label_values"][1:]
-    lines = [f"# voxfm finetune — {results['shards']}", "",
-             f"seed {results['seed']}, {results['steps']} steps, split {results['split']}, "
-             f"{results['n_train']} train / {results['n_val']} validation volume(s)", "",
-             "| arm | mean Dice | steps | wall s | " + " | ".join(f"class {v}" for v in values[:12]) + " |",
-             "|---|---|---|---|" + "---|" * len(values[:12])]
+    lines = [
+        f"# voxfm finetune — {results['shards']}",
+        "",
+        f"seed {results['seed']}, {results['steps']} steps, split {results['split']}, "
+        f"{results['n_train']} train / {results['n_val']} validation volume(s)",
+        "",
+        "| arm | mean Dice | steps | wall s | " + " | ".join(f"class {v}" for v in values[:12]) + " |",
+        "|---|---|---|---|" + "---|" * len(values[:12]),
+    ]
     for name, arm in arms.items():
         per = ["—" if d is None else f"{d:.3f}" for d in arm["per_class"][:12]]
         row = f"| {name} | {arm['mean_dice']:.4f} | {arm['steps']} | {arm['wall_s']} | "
@@ -100,11 +124,19 @@ def run_finetune(cfg: DictConfig) -> dict:
     train_raw, val_raw, how = split(samples, cfg.data.val_fraction, cfg.seed, cfg.data.n_train)
     train, val = to_labelled(train_raw, values), to_labelled(val_raw, values)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    arms = (["pretrained", "scratch"] if cfg.compare_scratch else
-            ["scratch" if cfg.backbone == "none" else "pretrained"])
-    results = {"shards": str(cfg.data.shards), "backbone": str(cfg.backbone), "seed": cfg.seed, "steps": cfg.steps,
-               "split": how, "n_train": len(train), "n_val": len(val), "label_values": values,
-               "freeze_encoder": cfg.freeze_encoder, "arms": {}}
+    arms = ["pretrained", "scratch"] if cfg.compare_scratch else ["scratch" if cfg.backbone == "none" else "pretrained"]
+    results = {
+        "shards": str(cfg.data.shards),
+        "backbone": str(cfg.backbone),
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        "split": how,
+        "n_train": len(train),
+        "n_val": len(val),
+        "label_values": values,
+        "freeze_encoder": cfg.freeze_encoder,
+        "arms": {},
+    }
     for arm in arms:
         results["arms"][arm] = run_arm(cfg, arm, train, val, len(values), run_dir)
         (run_dir / "results.json").write_text(json.dumps(results, indent=1))

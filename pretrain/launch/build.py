@@ -96,17 +96,31 @@ def build_module(cfg: DictConfig) -> PretrainModule:
     optim = cfg.optim
     with config_errors():  # e.g. optim.freeze_last_layer_steps without a `last_layer` to hold
         return PretrainModule(
-            backbone=backbone, objective=objective, view_pipeline=views,
-            optimizer=instantiate(optim.optimizer), warmup_steps=optim.warmup_steps,
-            total_steps=cfg.trainer.max_steps, min_lr_factor=optim.min_lr_factor, seed=cfg.seed, fused=optim.fused,
-            max_nonfinite_steps=cfg.trainer.max_nonfinite_steps, compile_step=mode == "step",
-            layer_decay=optim.layer_decay, weight_decay_end=optim.weight_decay_end,
+            backbone=backbone,
+            objective=objective,
+            view_pipeline=views,
+            optimizer=instantiate(optim.optimizer),
+            warmup_steps=optim.warmup_steps,
+            total_steps=cfg.trainer.max_steps,
+            min_lr_factor=optim.min_lr_factor,
+            seed=cfg.seed,
+            fused=optim.fused,
+            max_nonfinite_steps=cfg.trainer.max_nonfinite_steps,
+            compile_step=mode == "step",
+            layer_decay=optim.layer_decay,
+            weight_decay_end=optim.weight_decay_end,
             freeze_last_layer_steps=optim.freeze_last_layer_steps,
         )
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, on_gpu: bool, preemption: Preemption | None = None,
-                  load_universal: bool = False) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig,
+    run_dir: Path,
+    config: dict,
+    on_gpu: bool,
+    preemption: Preemption | None = None,
+    load_universal: bool = False,
+) -> L.Trainer:
     """`on_gpu`: `trains_on_gpu(cfg.trainer)`, derived once by the caller (it also decides the loader's pinning)."""
     t = cfg.trainer
     precision = trainer_precision(cfg)
@@ -117,8 +131,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, on_gpu: bool, pr
         wandb = WandbLogger(save_dir=str(run_dir), config=config, **cfg.logger.wandb)
         loggers.append(wandb)
     checkpoints = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"), filename="step{step:06d}", auto_insert_metric_name=False,
-        every_n_train_steps=t.checkpoint_every_n_steps, save_top_k=-1, save_last=True,
+        dirpath=str(run_dir / "checkpoints"),
+        filename="step{step:06d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=t.checkpoint_every_n_steps,
+        save_top_k=-1,
+        save_last=True,
         enable_version_counter=False,  # one job per run_dir (its lock): never a `last-v1.ckpt` beside last.ckpt
     )
     plugins = [AtomicCheckpointIO()]
@@ -129,31 +147,56 @@ def build_trainer(cfg: DictConfig, run_dir: Path, config: dict, on_gpu: bool, pr
     # the bar reads its metrics' values (a host sync) when it refreshes: at logging steps only
     bar = [ProgressBar(t.log_every_n_steps, t.accumulate_grad_batches)] if t.progress_bar else []
     return L.Trainer(
-        max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
         strategy=build_strategy(OmegaConf.to_container(cfg.strategy), on_gpu, load_universal),
-        precision=precision, gradient_clip_val=t.gradient_clip_val,
-        accumulate_grad_batches=t.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
-        logger=loggers, callbacks=[checkpoints, LearningRateMonitor("step"), Throughput(),
-                                   ConfigInCheckpoint(config, describe_shard_set(first_shard_set(cfg.data))),
-                                   DataStats(source_names(cfg.data)),
-                                   ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb),
-                                   *([preemption] if preemption is not None else []),
-                                   FinalCheckpoint(run_dir / "checkpoints"), Efficiency(t.peak_tflops),
-                                   *probe_callback(cfg), *collapse_callback(cfg, run_dir), ShutDownProcessGroup(),
-                                   *bar,
-                                   Retention(run_dir / "checkpoints", t.keep_last_n, t.keep_every_n_steps,
-                                             t.checkpoint_every_n_steps)],
-        plugins=plugins, enable_progress_bar=t.progress_bar, enable_model_summary=True,
-        default_root_dir=str(run_dir), use_distributed_sampler=False,
+        precision=precision,
+        gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=loggers,
+        callbacks=[
+            checkpoints,
+            LearningRateMonitor("step"),
+            Throughput(),
+            ConfigInCheckpoint(config, describe_shard_set(first_shard_set(cfg.data))),
+            DataStats(source_names(cfg.data)),
+            ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb),
+            *([preemption] if preemption is not None else []),
+            FinalCheckpoint(run_dir / "checkpoints"),
+            Efficiency(t.peak_tflops),
+            *probe_callback(cfg),
+            *collapse_callback(cfg, run_dir),
+            ShutDownProcessGroup(),
+            *bar,
+            Retention(run_dir / "checkpoints", t.keep_last_n, t.keep_every_n_steps, t.checkpoint_every_n_steps),
+        ],
+        plugins=plugins,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=True,
+        default_root_dir=str(run_dir),
+        use_distributed_sampler=False,
     )
 
 
 def build_stream(data: DictConfig, region_size, seed: int) -> RegionStream:
     """The region stream `data` describes; `seed` already includes the resume step."""
-    return RegionStream(data.shards, region_size, data.regions_per_volume, data.foreground_prob, data.shuffle_buffer,
-                        seed=seed, sources=OmegaConf.to_container(data.sources) if data.sources else None,
-                        resampled=data.resampled, max_sample_mb=data.max_sample_mb, pool_gib=data.pool_gib,
-                        pool_volumes=data.pool_volumes, group=data.batch_size)
+    return RegionStream(
+        data.shards,
+        region_size,
+        data.regions_per_volume,
+        data.foreground_prob,
+        data.shuffle_buffer,
+        seed=seed,
+        sources=OmegaConf.to_container(data.sources) if data.sources else None,
+        resampled=data.resampled,
+        max_sample_mb=data.max_sample_mb,
+        pool_gib=data.pool_gib,
+        pool_volumes=data.pool_volumes,
+        group=data.batch_size,
+    )
 
 
 def trains_on_gpu(trainer: DictConfig) -> bool:

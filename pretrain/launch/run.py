@@ -108,22 +108,53 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
         if resume:
             print(f"voxfm: resuming from {resume} at step {resume_step}", flush=True)
         elif cfg.init_from:
-            print(f"voxfm: starting from {cfg.init_from} at step {resume_step} (its weights, a fresh optimiser)",
-                  flush=True)
+            print(
+                f"voxfm: starting from {cfg.init_from} at step {resume_step} (its weights, a fresh optimiser)",
+                flush=True,
+            )
         pinned = on_gpu and cfg.data.loader == "thread"
-        batches = (buffer_count(cfg.data.num_workers, QUEUED_PER_WORKER) if pinned
-                   else QUEUED_PER_WORKER * max(cfg.data.num_workers, 1) + cfg.data.num_workers)
-        print("voxfm: " + memory_line(cfg.data.pool_gib, cfg.data.pool_volumes, cfg.data.regions_per_volume,
-                                      cfg.data.num_workers, cfg.data.batch_size, stream.region_size, batches, pinned,
-                                      cfg.data.max_sample_mb), flush=True)
-        print(f"voxfm: {trainer.world_size} rank(s), global batch {global_batch} regions, peak lr {lr:.3g} "
-              f"(optim.lr_scaling={cfg.optim.lr_scaling})", flush=True)
-        log_event(run_dir, event="resume" if resume else "start", step=resume_step,
-                  checkpoint=str(resume) if resume else cfg.init_from, world_size=trainer.world_size,
-                  global_batch=global_batch, lr=lr, **({"changes": changes} if changes else {}))
+        batches = (
+            buffer_count(cfg.data.num_workers, QUEUED_PER_WORKER)
+            if pinned
+            else QUEUED_PER_WORKER * max(cfg.data.num_workers, 1) + cfg.data.num_workers
+        )
+        print(
+            "voxfm: "
+            + memory_line(
+                cfg.data.pool_gib,
+                cfg.data.pool_volumes,
+                cfg.data.regions_per_volume,
+                cfg.data.num_workers,
+                cfg.data.batch_size,
+                stream.region_size,
+                batches,
+                pinned,
+                cfg.data.max_sample_mb,
+            ),
+            flush=True,
+        )
+        print(
+            f"voxfm: {trainer.world_size} rank(s), global batch {global_batch} regions, peak lr {lr:.3g} "
+            f"(optim.lr_scaling={cfg.optim.lr_scaling})",
+            flush=True,
+        )
+        log_event(
+            run_dir,
+            event="resume" if resume else "start",
+            step=resume_step,
+            checkpoint=str(resume) if resume else cfg.init_from,
+            world_size=trainer.world_size,
+            global_batch=global_batch,
+            lr=lr,
+            **({"changes": changes} if changes else {}),
+        )
     try:
-        trainer.fit(module, train_dataloaders=build_loader(stream, cfg.data, on_gpu),
-                    ckpt_path=str(resume) if resume else None, weights_only=True)
+        trainer.fit(
+            module,
+            train_dataloaders=build_loader(stream, cfg.data, on_gpu),
+            ckpt_path=str(resume) if resume else None,
+            weights_only=True,
+        )
     finally:  # also when fit raised (ShutDownProcessGroup covers a finished fit in every rank)
         shut_down_process_group()
     if preemption.result is not None:

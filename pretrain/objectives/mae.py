@@ -18,8 +18,9 @@ def patchify(x: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
     return x.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(b, (nx // p0) * (ny // p1) * (nz // p2), p0 * p1 * p2 * c)
 
 
-def unpatchify(patches: torch.Tensor, patch_size: tuple[int, int, int], grid: tuple[int, int, int],
-               channels: int) -> torch.Tensor:
+def unpatchify(
+    patches: torch.Tensor, patch_size: tuple[int, int, int], grid: tuple[int, int, int], channels: int
+) -> torch.Tensor:
     """Inverse of `patchify`: [B, N, p0*p1*p2*C] → [B, C, X, Y, Z]."""
     b = patches.shape[0]
     (p0, p1, p2), (g0, g1, g2) = patch_size, grid
@@ -65,27 +66,38 @@ class MAEObjective(nn.Module):
     """
 
     declaration = ObjectiveDeclaration(
-        backbone="tokens", views=None, masks=True, mask_cell_is_token=True, reconstructs=True,
+        backbone="tokens",
+        views=None,
+        masks=True,
+        mask_cell_is_token=True,
+        reconstructs=True,
         bounds={"decoder_hidden": {"ge": 6}, "decoder_layers": {"ge": 1}, "decoder_heads": {"ge": 1}},
         rules=("decoder",),
     )
 
-    def __init__(self, spec: BackboneSpec, decoder_hidden: int = 384, decoder_layers: int = 4,
-                 decoder_heads: int = 12, norm_pix_loss: bool = True):
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        decoder_hidden: int = 384,
+        decoder_layers: int = 4,
+        decoder_heads: int = 12,
+        norm_pix_loss: bool = True,
+    ):
         super().__init__()
         if spec.patch_size is None or spec.grid is None:
             raise ValueError("objective=mae needs a ViT backbone (patch tokens); use objective=mim for CNNs")
         self.patch_size, self.grid, self.in_channels = spec.patch_size, spec.grid, spec.in_channels
         patch_voxels = spec.in_channels * self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
-        self.decoder = MAEDecoder(spec.feature_dim, spec.grid, patch_voxels, decoder_hidden, decoder_layers,
-                                  decoder_heads)
+        self.decoder = MAEDecoder(
+            spec.feature_dim, spec.grid, patch_voxels, decoder_hidden, decoder_layers, decoder_heads
+        )
         self.norm_pix_loss = norm_pix_loss
 
     def encode_visible(self, batch: dict, backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """→ latent [B, n_visible, C] of the visible tokens and ids [B, N] (`visible_then_hidden`): the visible
         positions ids[:, :n_visible], then the hidden ones."""
         ids = visible_then_hidden(batch["mask"])
-        ids_keep = ids[:, :n_visible_of(batch)]
+        ids_keep = ids[:, : n_visible_of(batch)]
         # only the visible patches are embedded and encoded, each at its own position (RoPE backbones need ids)
         return backbone.encode(backbone.embed(batch["image"], ids_keep), ids_keep), ids
 
@@ -112,7 +124,7 @@ class MAEObjective(nn.Module):
         log_visible = batch.get("log_step", True)
         # one call of the decoder's own forward (DeepSpeed ZeRO-3 gathers a module's weights around its forward)
         pred = self.decoder(latent, ids_keep, ids if log_visible else ids_hidden)
-        loss = self._squared_error(batch["image"], pred[:, -ids_hidden.shape[1]:], ids_hidden).mean()
+        loss = self._squared_error(batch["image"], pred[:, -ids_hidden.shape[1] :], ids_hidden).mean()
         logs = {"loss": loss.detach()}
         if log_visible:
             with torch.no_grad():
@@ -131,11 +143,14 @@ class MAEObjective(nn.Module):
         them); visible ones are the input."""
         x = batch["image"].float()
         latent, ids = self.encode_visible(batch, backbone)
-        pred = self.decoder(latent, ids[:, :latent.shape[1]]).float()
+        pred = self.decoder(latent, ids[:, : latent.shape[1]]).float()
         patches = patchify(x, self.patch_size)
         _, mean, std = self._normalise(patches)
         hidden = batch["mask"].unsqueeze(-1).float()
         recon = patches * (1 - hidden) + (pred * std + mean) * hidden
         shape = (self.patch_size, self.grid, self.in_channels)
-        return {"original": x, "masked": unpatchify(patches * (1 - hidden), *shape),
-                "reconstruction": unpatchify(recon, *shape)}
+        return {
+            "original": x,
+            "masked": unpatchify(patches * (1 - hidden), *shape),
+            "reconstruction": unpatchify(recon, *shape),
+        }

@@ -20,18 +20,36 @@ class MAEContrastiveObjective(nn.Module):
     loss = mae_weight * MAE(both views) + contrastive_weight * NT-Xent(head(mean visible latent))."""
 
     declaration = ObjectiveDeclaration(
-        backbone="tokens", views=2, masks=True, mask_cell_is_token=True, reconstructs=True,
-        bounds={"mae_weight": {"ge": 0.0}, "contrastive_weight": {"ge": 0.0}, "proj_hidden": {"ge": 1},
-                "proj_dim": {"ge": 1}, "temperature": {"gt": 0.0}},
+        backbone="tokens",
+        views=2,
+        masks=True,
+        mask_cell_is_token=True,
+        reconstructs=True,
+        bounds={
+            "mae_weight": {"ge": 0.0},
+            "contrastive_weight": {"ge": 0.0},
+            "proj_hidden": {"ge": 1},
+            "proj_dim": {"ge": 1},
+            "temperature": {"gt": 0.0},
+        },
     )
 
-    def __init__(self, spec: BackboneSpec, mae: Callable[[BackboneSpec], MAEObjective], mae_weight: float = 1.0,
-                 contrastive_weight: float = 0.1, proj_hidden: int = 2048, proj_dim: int = 128,
-                 temperature: float = 0.1):
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        mae: Callable[[BackboneSpec], MAEObjective],
+        mae_weight: float = 1.0,
+        contrastive_weight: float = 0.1,
+        proj_hidden: int = 2048,
+        proj_dim: int = 128,
+        temperature: float = 0.1,
+    ):
         super().__init__()
         if mae_weight < 0 or contrastive_weight < 0 or mae_weight + contrastive_weight == 0:
-            raise ValueError(f"objective.loss weights mae_weight={mae_weight}, contrastive_weight={contrastive_weight}:"
-                             " expected non-negative, not both zero")
+            raise ValueError(
+                f"objective.loss weights mae_weight={mae_weight}, contrastive_weight={contrastive_weight}:"
+                " expected non-negative, not both zero"
+            )
         self.mae = mae(spec)
         self.head = ProjectionHead(spec.feature_dim, proj_hidden, proj_dim)
         self.mae_weight, self.contrastive_weight, self.temperature = mae_weight, contrastive_weight, temperature
@@ -43,8 +61,12 @@ class MAEContrastiveObjective(nn.Module):
         mae_loss, mae_logs = self.mae.reconstruction_loss(batch, latent, ids)
         contrastive, accuracy = nt_xent(self.head(latent.mean(dim=1)), self.temperature)
         loss = self.mae_weight * mae_loss + self.contrastive_weight * contrastive
-        logs = {"loss": loss.detach(), "mae_loss": mae_logs["loss"], "contrastive_loss": contrastive.detach(),
-                "contrastive_acc": accuracy}
+        logs = {
+            "loss": loss.detach(),
+            "mae_loss": mae_logs["loss"],
+            "contrastive_loss": contrastive.detach(),
+            "contrastive_acc": accuracy,
+        }
         if "visible_loss" in mae_logs:  # logging steps only (`MAEObjective.reconstruction_loss`)
             logs["visible_loss"] = mae_logs["visible_loss"]
         return loss, logs

@@ -43,7 +43,9 @@ class SimCLRObjective(nn.Module):
     Works with any backbone that has `pooled(x) -> [B, feature_dim]` (ViT: mean token; ResEnc: mean bottleneck)."""
 
     declaration = ObjectiveDeclaration(  # a UNet backbone's decoder is frozen (see `build_module`)
-        backbone="any", views=2, trains_decoder=False,
+        backbone="any",
+        views=2,
+        trains_decoder=False,
         bounds={"proj_hidden": {"ge": 1}, "proj_dim": {"ge": 1}, "temperature": {"gt": 0.0}},
     )
 

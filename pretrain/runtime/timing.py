@@ -27,8 +27,13 @@ def timer_name(device: torch.device) -> str:
     return "CUDA events" if device.type == "cuda" else "perf_counter"
 
 
-def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", warmup: int = 0, steps: int = 1,
-              reduce: Reduce = "mean") -> float:
+def time_call(
+    fn: Callable[[], object],
+    device: torch.device | str = "cpu",
+    warmup: int = 0,
+    steps: int = 1,
+    reduce: Reduce = "mean",
+) -> float:
     """Seconds per call of `fn` after `warmup` untimed calls: the mean over `steps` calls (one interval around
     them all) or the best single call (one interval per call)."""
     device = torch.device(device)
@@ -42,8 +47,7 @@ def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", warm
     calls = steps if reduce == "mean" else 1
     sync(device)
     if device.type == "cuda":
-        marks = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                 for _ in range(intervals)]
+        marks = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(intervals)]
         for start, end in marks:
             start.record()
             for _ in range(calls):

@@ -28,4 +28,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             kept = sorted(p.name for p in path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
             raise CheckpointWriteError(
                 f"cannot write checkpoint {path} ({type(err).__name__}: {err}). Earlier checkpoints are intact "
-                f"({', '.join(kept) or 'none yet'}): free space or fix permissions, then rerun to resume") from err
+                f"({', '.join(kept) or 'none yet'}): free space or fix permissions, then rerun to resume"
+            ) from err

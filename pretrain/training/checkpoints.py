@@ -25,11 +25,15 @@ from voxfm.pretrain.config.declarations import declared_backbones
 from voxfm.pretrain.errors import ConfigError
 
 PERIODIC = re.compile(r"step(\d+)\.ckpt")
-DEEPSPEED_MODEL_STATES = ("checkpoint/mp_rank_00_model_states.pt",
-                          "checkpoint/zero_pp_rank_0_mp_rank_00_model_states.pt")
-DEEPSPEED_SAFE_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum",
-                          "deepspeed.runtime.fp16.loss_scaler.LossScaler",
-                          "deepspeed.utils.tensor_fragment.fragment_address")
+DEEPSPEED_MODEL_STATES = (
+    "checkpoint/mp_rank_00_model_states.pt",
+    "checkpoint/zero_pp_rank_0_mp_rank_00_model_states.pt",
+)
+DEEPSPEED_SAFE_GLOBALS = (
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
 PLAIN = (bool, int, float, str, type(None))
 
 
@@ -119,10 +123,14 @@ def check_plain(value, where: str) -> None:
             check_plain(v, f"{where}[{i}]")
         return
     if isinstance(value, dict) and "_target_" in value:
-        raise ConfigError(f"{where}: refused a nested _target_={value['_target_']!r}; a stored config is data, its "
-                          "arguments must be plain values (int, float, bool, string or lists of those)")
-    raise ConfigError(f"{where}: refused a {type(value).__name__}; a stored config is data, its arguments must be "
-                      "plain values (int, float, bool, string or lists of those)")
+        raise ConfigError(
+            f"{where}: refused a nested _target_={value['_target_']!r}; a stored config is data, its "
+            "arguments must be plain values (int, float, bool, string or lists of those)"
+        )
+    raise ConfigError(
+        f"{where}: refused a {type(value).__name__}; a stored config is data, its arguments must be "
+        "plain values (int, float, bool, string or lists of those)"
+    )
 
 
 def check_config_tree(value, where: str) -> None:
@@ -149,8 +157,10 @@ def backbone_arguments(model: dict, where: str) -> tuple[type, dict]:
     target = model.get("_target_")
     backbones = declared_backbones()
     if not isinstance(target, str) or target not in backbones:
-        raise ConfigError(f"{where}._target_={target!r}: refused; a stored config may only name voxfm's backbones "
-                          f"({', '.join(backbones)})")
+        raise ConfigError(
+            f"{where}._target_={target!r}: refused; a stored config may only name voxfm's backbones "
+            f"({', '.join(backbones)})"
+        )
     module, name = target.rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
     allowed = [p for p in inspect.signature(cls).parameters if p != "self"]
@@ -159,8 +169,10 @@ def backbone_arguments(model: dict, where: str) -> tuple[type, dict]:
         if key == "_target_":
             continue
         if not isinstance(key, str) or key.startswith("_"):
-            raise ConfigError(f"{where}.{key}: refused; a stored config is data: no _args_, _partial_, _recursive_, "
-                              "_convert_ or other Hydra keys")
+            raise ConfigError(
+                f"{where}.{key}: refused; a stored config is data: no _args_, _partial_, _recursive_, "
+                "_convert_ or other Hydra keys"
+            )
         if key not in allowed:
             raise ConfigError(f"{where}.{key}: not an argument of {target} (allowed: {', '.join(allowed)})")
         check_plain(value, f"{where}.{key}")

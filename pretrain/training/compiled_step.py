@@ -22,8 +22,18 @@ from lightning.pytorch.utilities import rank_zero_only
 
 # What an objective reads from a batch: tensors and Python constants. Bookkeeping (modality strings, source
 # indices, worker counts) stays out of the compiled call: dynamo would guard on those values and recompile.
-OBJECTIVE_INPUTS = ("image", "mask", "n_visible", "n_views", "log_step", "local", "n_local", "masks",
-                    "n_masked_images", "max_hidden")
+OBJECTIVE_INPUTS = (
+    "image",
+    "mask",
+    "n_visible",
+    "n_views",
+    "log_step",
+    "local",
+    "n_local",
+    "masks",
+    "n_masked_images",
+    "max_hidden",
+)
 
 
 def objective_inputs(batch: dict) -> dict:
@@ -34,8 +44,9 @@ def own_code(fn: Callable) -> Callable:
     """fn (a function or bound method) with a copy of its code object: dynamo caches graphs per code object, so
     each named variant gets a cache of its own instead of replacing or re-guarding another's."""
     func = getattr(fn, "__func__", fn)
-    copy = types.FunctionType(func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__,
-                              func.__closure__)
+    copy = types.FunctionType(
+        func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__, func.__closure__
+    )
     copy.__kwdefaults__, copy.__qualname__ = func.__kwdefaults__, func.__qualname__
     return types.MethodType(copy, fn.__self__) if hasattr(fn, "__self__") else copy
 
@@ -43,8 +54,11 @@ def own_code(fn: Callable) -> Callable:
 @rank_zero_only
 def _report(name: str, seconds: float) -> None:
     cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "the default inductor cache (/tmp/torchinductor_<user>)")
-    print(f"voxfm: torch.compile of {name}: first call {seconds:.1f} s (a backward compiles at its own first call; "
-          f"kernels cached in {cache})", flush=True)
+    print(
+        f"voxfm: torch.compile of {name}: first call {seconds:.1f} s (a backward compiles at its own first call; "
+        f"kernels cached in {cache})",
+        flush=True,
+    )
 
 
 class CompiledStep:
@@ -60,8 +74,7 @@ class CompiledStep:
         if not self.enabled:
             return fn
         if name not in self._functions:
-            self._functions[name] = self._timed(name, torch.compile(own_code(fn), fullgraph=True,
-                                                                     dynamic=False))
+            self._functions[name] = self._timed(name, torch.compile(own_code(fn), fullgraph=True, dynamic=False))
         return self._functions[name]
 
     def _timed(self, name: str, compiled: Callable) -> Callable:

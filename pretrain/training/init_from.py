@@ -21,8 +21,10 @@ from voxfm.pretrain.errors import ConfigError, config_errors
 def read_full_export(folder: str) -> tuple[dict, dict]:
     path = Path(folder)
     if not (path / "full.json").is_file() or not (path / "model.safetensors").is_file():
-        raise ConfigError(f"init_from={folder}: expected an export made with `voxfm export format=full` "
-                          "(full.json + model.safetensors)")
+        raise ConfigError(
+            f"init_from={folder}: expected an export made with `voxfm export format=full` "
+            "(full.json + model.safetensors)"
+        )
     meta = json.loads((path / "full.json").read_text())
     # full.json is data: only its step is read (the module is built from this run's own config)
     if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or isinstance(meta["step"], bool):

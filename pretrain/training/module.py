@@ -24,7 +24,6 @@ def step_generator(device: torch.device, seed: int, step: int, rank: int) -> tor
     return g
 
 
-
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Fused Adam(W) reads `found_inf` (float, 1.0 = skip) inside its kernel, CPU and CUDA alike (torch/optim/adam.py
     `_fused_adam`); foreach and single-tensor Adam refuse it, other optimisers ignore it. Asked of the optimiser, not
@@ -39,12 +38,23 @@ class PretrainModule(L.LightningModule):
     `pretrain/training/param_groups.py`), weight_decay_end (weight decay cosine from the optimiser's to this over
     total_steps), freeze_last_layer_steps (parameters named `last_layer` stay still for that many steps)."""
 
-    def __init__(self, backbone: nn.Module, objective: nn.Module,
-                 view_pipeline: Callable[[dict, torch.Generator], dict],
-                 optimizer: Callable[..., torch.optim.Optimizer], warmup_steps: int, total_steps: int,
-                 min_lr_factor: float = 0.01, seed: int = 0, fused: bool | None = None,
-                 max_nonfinite_steps: int = 10, compile_step: bool = False, layer_decay: float = 1.0,
-                 weight_decay_end: float | None = None, freeze_last_layer_steps: int = 0):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        objective: nn.Module,
+        view_pipeline: Callable[[dict, torch.Generator], dict],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        warmup_steps: int,
+        total_steps: int,
+        min_lr_factor: float = 0.01,
+        seed: int = 0,
+        fused: bool | None = None,
+        max_nonfinite_steps: int = 10,
+        compile_step: bool = False,
+        layer_decay: float = 1.0,
+        weight_decay_end: float | None = None,
+        freeze_last_layer_steps: int = 0,
+    ):
         super().__init__()
         self.compiled = CompiledStep(compile_step)  # the whole step (pretrain/training/compiled_step.py)
         self.max_nonfinite_steps = max_nonfinite_steps
@@ -69,10 +79,13 @@ class PretrainModule(L.LightningModule):
     def _check_recipe(self) -> None:
         if self.freeze_last_layer_steps < 0:
             raise ValueError(f"freeze_last_layer_steps={self.freeze_last_layer_steps}: expected an int >= 0")
-        if self.freeze_last_layer_steps and not any(LAST_LAYER in n for n, p in self.named_parameters()
-                                                    if p.requires_grad):
-            raise ValueError(f"freeze_last_layer_steps={self.freeze_last_layer_steps}: no trainable parameter named "
-                             f"*{LAST_LAYER}* in this backbone or objective (DINO heads have one); use 0")
+        if self.freeze_last_layer_steps and not any(
+            LAST_LAYER in n for n, p in self.named_parameters() if p.requires_grad
+        ):
+            raise ValueError(
+                f"freeze_last_layer_steps={self.freeze_last_layer_steps}: no trainable parameter named "
+                f"*{LAST_LAYER}* in this backbone or objective (DINO heads have one); use 0"
+            )
         if self.weight_decay_end is not None and self.weight_decay_end < 0:
             raise ValueError(f"weight_decay_end={self.weight_decay_end}: expected a value >= 0 or None (constant)")
 
@@ -147,8 +160,10 @@ class PretrainModule(L.LightningModule):
             optimizer.found_inf = skip
         elif bool(skip):  # the per-step read of the paths without found_inf
             if deepspeed:
-                raise Diverged(f"non-finite loss at step {self.global_step}: DeepSpeed cannot skip a step "
-                                         "here; rerun to resume from the newest checkpoint")
+                raise Diverged(
+                    f"non-finite loss at step {self.global_step}: DeepSpeed cannot skip a step "
+                    "here; rerun to resume from the newest checkpoint"
+                )
             optimizer.zero_grad(set_to_none=True)  # the optimiser skips parameters without a gradient
         # the last step too: a run of non-finite steps at the end must stop the run before its final checkpoint
         if is_logging_step(self.trainer) or self.global_step + 1 >= self.trainer.max_steps:
@@ -177,9 +192,11 @@ class PretrainModule(L.LightningModule):
             saved = self.trainer.checkpoint_callback
             last = (saved.best_model_path or saved.last_model_path) if saved is not None else ""  # newest periodic
             last = last or "none yet"
-            raise Diverged(f"non-finite loss at {longest} consecutive steps, the last at "
-                                     f"step {step - ago} (trainer.max_nonfinite_steps="
-                                     f"{self.max_nonfinite_steps}); last good checkpoint: {last}")
+            raise Diverged(
+                f"non-finite loss at {longest} consecutive steps, the last at "
+                f"step {step - ago} (trainer.max_nonfinite_steps="
+                f"{self.max_nonfinite_steps}); last good checkpoint: {last}"
+            )
 
     def on_train_end(self) -> None:
         """A non-finite run in the last steps, after the last logging step."""
@@ -212,8 +229,9 @@ class PretrainModule(L.LightningModule):
                 group["lr"] = group["lr"] * spec.lr_mult
         self._decay_groups = [i for i, spec in enumerate(groups) if spec.decay]
         self._weight_decay = optimizer.defaults.get("weight_decay", 0.0)
-        schedule = partial(warmup_cosine, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
-                           min_factor=self.min_lr_factor)
+        schedule = partial(
+            warmup_cosine, warmup_steps=self.warmup_steps, total_steps=self.total_steps, min_factor=self.min_lr_factor
+        )
         held = partial(held_until, schedule=schedule, start=self.freeze_last_layer_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [held if g.last_layer else schedule for g in groups])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -230,8 +248,9 @@ class PretrainModule(L.LightningModule):
         if gradient_clip_val and self._use_fused():
             if gradient_clip_algorithm not in (None, "norm"):
                 raise ValueError(f"gradient_clip_algorithm={gradient_clip_algorithm}: fused AdamW clips by norm")
-            norm = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                                  gradient_clip_val)
+            norm = torch.nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]], gradient_clip_val
+            )
             if getattr(optimizer, "found_inf", None) is not None:  # a finite loss with overflowing gradients: skip too
                 optimizer.found_inf = torch.maximum(optimizer.found_inf, (~torch.isfinite(norm)).float())
         else:

@@ -65,8 +65,12 @@ class Group:
         return {"params": self.params} if self.decay else {"params": self.params, "weight_decay": 0.0}
 
 
-def param_groups(named: list[tuple[str, nn.Parameter]], backbone: nn.Module, layer_decay: float = 1.0,
-                 freeze_last_layer: bool = False) -> list[Group]:
+def param_groups(
+    named: list[tuple[str, nn.Parameter]],
+    backbone: nn.Module,
+    layer_decay: float = 1.0,
+    freeze_last_layer: bool = False,
+) -> list[Group]:
     """named: the trainable (name, parameter) pairs of the whole module, backbone included. Groups ordered by (last
     layer apart, layer id, decay before no decay); with an option on, empty groups are left out."""
     if not 0.0 < layer_decay <= 1.0:

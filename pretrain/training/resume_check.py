@@ -22,11 +22,31 @@ from pathlib import Path
 from voxfm.pretrain.errors import ConfigError
 
 FROZEN = ("model", "objective", "seed", "data.crop_size", "data.region_size")
-FREE = ("run_dir", "init_from", "resume", "logger", "callbacks", "trainer.max_steps", "trainer.accelerator",
-        "trainer.devices", "trainer.num_nodes", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
-        "trainer.keep_last_n", "trainer.keep_every_n_steps", "trainer.progress_bar", "trainer.images_every_n_steps",
-        "trainer.max_nonfinite_steps", "trainer.compile", "trainer.activation_checkpointing", "trainer.peak_tflops",
-        "data.num_workers", "data.loader", "data.max_sample_mb", "strategy")
+FREE = (
+    "run_dir",
+    "init_from",
+    "resume",
+    "logger",
+    "callbacks",
+    "trainer.max_steps",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.log_every_n_steps",
+    "trainer.checkpoint_every_n_steps",
+    "trainer.keep_last_n",
+    "trainer.keep_every_n_steps",
+    "trainer.progress_bar",
+    "trainer.images_every_n_steps",
+    "trainer.max_nonfinite_steps",
+    "trainer.compile",
+    "trainer.activation_checkpointing",
+    "trainer.peak_tflops",
+    "data.num_workers",
+    "data.loader",
+    "data.max_sample_mb",
+    "strategy",
+)
 ABSENT = "<absent>"
 ADDED = {"optim.layer_decay": 1.0, "optim.weight_decay_end": None, "optim.freeze_last_layer_steps": 0}
 
@@ -51,8 +71,11 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple]:
     """{dotted key: (old value, new value)} for every key that differs; a key only one side has is `ABSENT`
     on the other."""
     a, b = flatten(old), flatten(new)
-    return {k: (a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(a.keys() | b.keys())
-            if a.get(k, ABSENT) != b.get(k, ABSENT)}
+    return {
+        k: (a.get(k, ABSENT), b.get(k, ABSENT))
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k, ABSENT) != b.get(k, ABSENT)
+    }
 
 
 def check_resume_config(old: dict, new: dict, allow_changes: list[str], checkpoint: str | Path) -> dict[str, list]:
@@ -63,13 +86,17 @@ def check_resume_config(old: dict, new: dict, allow_changes: list[str], checkpoi
             continue
         change = f"{key}: {before!r} → {after!r}"
         if covered(key, FROZEN):
-            refused.append(f"{change} (changes the model or the data contract: start a new run_dir, or init_from "
-                           "an export of this run)")
+            refused.append(
+                f"{change} (changes the model or the data contract: start a new run_dir, or init_from "
+                "an export of this run)"
+            )
         elif covered(key, FREE) or covered(key, allow_changes):
             recorded[key] = [before, after]
         else:
             refused.append(f"{change} (to change it on resume, add it to resume.allow_changes=[{key}])")
     if refused:
-        raise ConfigError(f"cannot resume from {checkpoint}: the config differs from the one it was trained with; "
-                          "nothing was written:\n  " + "\n  ".join(refused))
+        raise ConfigError(
+            f"cannot resume from {checkpoint}: the config differs from the one it was trained with; "
+            "nothing was written:\n  " + "\n  ".join(refused)
+        )
     return recorded

@@ -45,8 +45,9 @@ def compile_mode(trainer_compile: bool, strategy: dict) -> str | None:
     return "blocks" if strategy.get("name") == "deepspeed" and strategy.get("stage") == 3 else "step"
 
 
-def parallelize(backbone: nn.Module, activation_checkpointing: bool = False,
-                compiled: bool | str | None = None) -> nn.Module:
+def parallelize(
+    backbone: nn.Module, activation_checkpointing: bool = False, compiled: bool | str | None = None
+) -> nn.Module:
     """compiled: "blocks" (or True) compiles each repeated block here; "step" is applied by the training module
     (it compiles the stage and the objective around this backbone), None/False leaves the model eager."""
     per_block = compiled is True or compiled == "blocks"

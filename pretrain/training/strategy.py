@@ -31,8 +31,10 @@ class VoxfmDeepSpeedStrategy(DeepSpeedStrategy):
         try:
             super().save_checkpoint(checkpoint, tmp, storage_options)
         except (OSError, RuntimeError) as err:
-            raise CheckpointWriteError(f"cannot write DeepSpeed checkpoint {path} ({type(err).__name__}: {err}); "
-                                       "earlier checkpoints are intact: free space, then rerun to resume") from err
+            raise CheckpointWriteError(
+                f"cannot write DeepSpeed checkpoint {path} ({type(err).__name__}: {err}); "
+                "earlier checkpoints are intact: free space, then rerun to resume"
+            ) from err
         self.barrier("voxfm_ds_save_written")
         if self.is_global_zero:
             if path.is_dir():
@@ -61,8 +63,11 @@ def build_strategy(strategy: dict, on_gpu: bool, load_universal: bool = False):
         return name
     if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed is imported, here and in every rank
-    kwargs = {"stage": strategy["stage"], "offload_optimizer": strategy["offload_optimizer"],
-              "logging_batch_size_per_gpu": 1}
+    kwargs = {
+        "stage": strategy["stage"],
+        "offload_optimizer": strategy["offload_optimizer"],
+        "logging_batch_size_per_gpu": 1,
+    }
     built = VoxfmDeepSpeedStrategy(**kwargs) if on_gpu else CPUDeepSpeedStrategy(**kwargs)
     if load_universal:
         built.config["checkpoint"] = {"load_universal": True}
@@ -90,9 +95,15 @@ def universal_checkpoint(path: Path, convert: bool, timeout_s: float = 3600) -> 
 
     tmp = path.with_name(path.name + ".universal.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    args = argparse.Namespace(input_folder=str(path / "checkpoint"), output_folder=str(tmp / "checkpoint"),
-                              num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
-                              inject_missing_state=True)
+    args = argparse.Namespace(
+        input_folder=str(path / "checkpoint"),
+        output_folder=str(tmp / "checkpoint"),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,
+    )
     with deepspeed_weights_only():
         ds_to_universal.main(args)
     (tmp / "latest").write_text("checkpoint")

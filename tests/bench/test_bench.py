@@ -46,8 +46,15 @@ def _json_line(out: str) -> dict:
 def test_model_bench_prints_voxfm_next_to_monai_on_cpu(capsys):
     """compile=false: the eager column and the reference only (inductor takes tens of seconds on CPU)."""
     for experiment, reference in (("demo", "MONAI MaskedAutoEncoderViT"), ("demo_mim", "MONAI DynUNet")):
-        args = ["bench", "model", f"experiment={experiment}", "warmup=1", "steps=1", "data.batch_size=2",
-                "compile=false"]
+        args = [
+            "bench",
+            "model",
+            f"experiment={experiment}",
+            "warmup=1",
+            "steps=1",
+            "data.batch_size=2",
+            "compile=false",
+        ]
         assert main(args) == 0
         out = capsys.readouterr().out
         result = _json_line(out)
@@ -58,8 +65,9 @@ def test_model_bench_prints_voxfm_next_to_monai_on_cpu(capsys):
             assert row["samples_per_s"] > 0 and row["gflop_per_step"] > 0 and 0 < row["mfu"] < 1
         assert result["eager"]["views_ms"] > 0 and result["eager"]["compile_s"] is None
         assert result["compiled"] is None and result["compiled_vs_eager"] is None
-        assert result["ratio_samples_per_s"] == round(result["eager"]["samples_per_s"]
-                                                      / result["reference"]["samples_per_s"], 2)
+        assert result["ratio_samples_per_s"] == round(
+            result["eager"]["samples_per_s"] / result["reference"]["samples_per_s"], 2
+        )
         assert "voxfm / MONAI" in out and "samples/s" in out and "MFU" in out and "not run (compile=false)" in out
 
 
@@ -76,23 +84,37 @@ def test_model_bench_times_eager_and_compiled_in_one_run(capsys):
     assert compiled["gflop_per_step"] == eager["gflop_per_step"] > 0
     assert compiled["compile_s"] > 0 and eager["compile_s"] is None
     assert result["compiled_vs_eager"] == round(compiled["samples_per_s"] / eager["samples_per_s"], 2)
-    assert result["vs_reference"] == {c: round(result[c]["samples_per_s"] / reference["samples_per_s"], 2)
-                                      for c in ("eager", "compiled")}
+    assert result["vs_reference"] == {
+        c: round(result[c]["samples_per_s"] / reference["samples_per_s"], 2) for c in ("eager", "compiled")
+    }
     assert result["ratio_samples_per_s"] == result["vs_reference"]["compiled"]  # the headline: the compiled step
-    table = out[out.index("demo: "):]
+    table = out[out.index("demo: ") :]
     assert "voxfm eager" in table and "voxfm compiled" in table and "compile s" in table
     assert "compiled / eager" in table
 
 
 def test_model_bench_profiles_the_step_on_request(capsys):
     """profile=N: N operator rows after the table, out of the JSON line; the matmuls of the ViT are among them."""
-    assert main(["bench", "model", "experiment=demo", "warmup=1", "steps=1", "data.batch_size=2", "profile=5",
-                 "compile=false"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "model",
+                "experiment=demo",
+                "warmup=1",
+                "steps=1",
+                "data.batch_size=2",
+                "profile=5",
+                "compile=false",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert "profile" not in json.loads(lines[0])
     start = next(i for i, line in enumerate(lines) if line.startswith("profile of voxfm's eager step"))
     rules = [i for i, line in enumerate(lines) if i > start and line.strip() and set(line.strip()) <= {"-", " "}]
-    rows = lines[rules[1] + 1:rules[2]]  # the table: rule, header, rule, rows, rule
+    rows = lines[rules[1] + 1 : rules[2]]  # the table: rule, header, rule, rows, rule
     assert len(rows) == 5 and any("aten::mm" in r or "aten::addmm" in r for r in rows)
 
 
@@ -137,8 +159,9 @@ def test_one_timer_counts_warmup_and_timed_calls():
 def test_attention_bench_times_every_backend_and_picks_the_fastest_per_shape():
     """A row per (shape, backend); a backend the device lacks is reported, not raised; shapes shrink batch first."""
     shapes = {"short": [64, 2, 16, 8], "long": [2, 2, 64, 8]}
-    result = bench_attention(shapes, warmup=1, steps=2, scale=1 / 32,
-                             backends=["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"])
+    result = bench_attention(
+        shapes, warmup=1, steps=2, scale=1 / 32, backends=["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
+    )
     rows = {(r["shape"], r["backend"]): r for r in result["rows"]}
     assert len(result["rows"]) == 6 and {s for s, _ in rows} == set(shapes)
     assert rows["short", "MATH"]["size"] == [2, 2, 16, 8] and rows["long", "MATH"]["size"] == [1, 2, 4, 8]

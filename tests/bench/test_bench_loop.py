@@ -76,8 +76,15 @@ def _json_line(out: str) -> dict:
 def test_loop_bench_prints_its_table_for_the_cpu_twins(experiment, shard_dir, capsys):
     """The three rows at the same batch, loop / bare from their rates; the real loader waits, the in-memory feed
     does not read."""
-    args = ["bench", "loop", f"experiment={experiment}", f"shards={shard_dir}", "warmup=1", "steps=2",
-            "data.batch_size=2"]
+    args = [
+        "bench",
+        "loop",
+        f"experiment={experiment}",
+        f"shards={shard_dir}",
+        "warmup=1",
+        "steps=2",
+        "data.batch_size=2",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.startswith("{")  # the JSON line first: Lightning's model summary is not printed
@@ -98,7 +105,7 @@ def test_loop_bench_prints_its_table_for_the_cpu_twins(experiment, shard_dir, ca
     assert result["loop_vs_bare"] == round(rate["loop"] / rate["bare"], 2)
     assert result["loop_vs_synthetic"] == round(rate["loop"] / rate["synthetic"], 2)
     assert result["synthetic_vs_bare"] == round(rate["synthetic"] / rate["bare"], 2)
-    table = out[out.index(f"{experiment}: "):].splitlines()
+    table = out[out.index(f"{experiment}: ") :].splitlines()
     assert "samples/s" in table[1] and "data wait" in table[1] and "shard GB/s" in table[1]
     assert [line.split()[0] for line in table[2:5]] == ["(a)", "(b)", "(c)"]
     assert table[5].startswith(f"  loop / bare: {result['loop_vs_bare']}x")
@@ -109,8 +116,17 @@ def test_loop_bench_prints_its_table_for_the_cpu_twins(experiment, shard_dir, ca
 def test_loop_bench_reports_the_real_loaders_shard_reads(shard_dir, capsys):
     """No pool and one region per volume read: every region delivered costs one read, so regions per read is
     about 1 and the shard GB/s is positive; the in-memory feed reads nothing."""
-    args = ["bench", "loop", "experiment=demo", f"shards={shard_dir}", "warmup=2", "steps=4", "data.batch_size=2",
-            "data.pool_gib=0", "data.regions_per_volume=1"]
+    args = [
+        "bench",
+        "loop",
+        "experiment=demo",
+        f"shards={shard_dir}",
+        "warmup=2",
+        "steps=4",
+        "data.batch_size=2",
+        "data.pool_gib=0",
+        "data.regions_per_volume=1",
+    ]
     assert main(args) == 0
     result = _json_line(capsys.readouterr().out)
     assert result["loop"]["shard_gb_per_s"] > 0 and 0.5 <= result["loop"]["regions_per_read"] <= 2
@@ -118,13 +134,17 @@ def test_loop_bench_reports_the_real_loaders_shard_reads(shard_dir, capsys):
 
 
 def test_loop_bench_config_errors_exit_2_before_torch_is_imported():
-    cases = [["bench", "loop", "experiment=demo", "shards=/s", "steps=0"],
-             ["bench", "loop", "experiment=demo"],
-             ["bench", "loop", "shards=/s"],
-             ["bench", "loop", "experiment=demo", "shards=/s", "trainer.max_steps=ten"]]
-    code = ("import json, sys; from voxfm.pretrain.cli.main import main; "
-            f"rcs = [main(a) for a in {cases!r}]; "
-            "print(json.dumps([rcs, 'torch' in sys.modules, 'lightning' in sys.modules]))")
+    cases = [
+        ["bench", "loop", "experiment=demo", "shards=/s", "steps=0"],
+        ["bench", "loop", "experiment=demo"],
+        ["bench", "loop", "shards=/s"],
+        ["bench", "loop", "experiment=demo", "shards=/s", "trainer.max_steps=ten"],
+    ]
+    code = (
+        "import json, sys; from voxfm.pretrain.cli.main import main; "
+        f"rcs = [main(a) for a in {cases!r}]; "
+        "print(json.dumps([rcs, 'torch' in sys.modules, 'lightning' in sys.modules]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     rcs, torch_loaded, lightning_loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert rcs == [2] * len(cases) and not torch_loaded and not lightning_loaded, out.stderr
@@ -139,5 +159,7 @@ def test_loop_bench_needs_a_shard_set_and_steps_the_run_allows(shard_dir, capsys
     assert main(["bench", "loop", "experiment=demo", "shards=/nonexistent"]) == 2
     assert "data.shards=/nonexistent: 1 of 1 shard(s) not found" in capsys.readouterr().err
     assert main(["bench", "loop", "experiment=demo", f"shards={shard_dir}", "trainer.max_steps=10"]) == 2
-    assert capsys.readouterr().err == ("voxfm bench loop: error: trainer.max_steps=10: the bench runs warmup + steps "
-                                       "= 25 steps; raise trainer.max_steps or lower steps\n")
+    assert capsys.readouterr().err == (
+        "voxfm bench loop: error: trainer.max_steps=10: the bench runs warmup + steps "
+        "= 25 steps; raise trainer.max_steps or lower steps\n"
+    )

@@ -30,8 +30,11 @@ def test_the_alarm_pickles_for_ddp_spawn_and_reads_its_thresholds():
 def test_demo_dino_trains_300_steps_without_collapse(shard_dir, tmp_path, capsys):
     assert main(["pretrain", *COMMON, f"data.shards={shard_dir}", f"run_dir={tmp_path}"]) == 0
     assert "collapse" not in capsys.readouterr().out
-    rows = [r for r in csv.DictReader(open(tmp_path / "metrics" / "version_0" / "metrics.csv"))
-            if r.get("train/teacher_information")]
+    rows = [
+        r
+        for r in csv.DictReader(open(tmp_path / "metrics" / "version_0" / "metrics.csv"))
+        if r.get("train/teacher_information")
+    ]
     assert len(rows) == 30  # every logging step
     for r in rows:  # the thresholds of conf/callbacks/default.yaml, with margin
         assert float(r["train/teacher_entropy"]) > 0.5 and float(r["train/teacher_information"]) > 5e-4
@@ -40,9 +43,14 @@ def test_demo_dino_trains_300_steps_without_collapse(shard_dir, tmp_path, capsys
 
 @pytest.mark.slow
 def test_a_collapsing_configuration_is_flagged_and_stopped(shard_dir, tmp_path, capsys):
-    collapsing = ["objective.loss.targets=none", "objective.loss.teacher_temperature=0.1",
-                  "objective.loss.teacher_temperature_start=0.1", "objective.loss.koleo_weight=0",
-                  "optim.optimizer.lr=1e-2", "callbacks.collapse.stop=true"]
+    collapsing = [
+        "objective.loss.targets=none",
+        "objective.loss.teacher_temperature=0.1",
+        "objective.loss.teacher_temperature_start=0.1",
+        "objective.loss.koleo_weight=0",
+        "optim.optimizer.lr=1e-2",
+        "callbacks.collapse.stop=true",
+    ]
     assert main(["pretrain", *COMMON, *collapsing, f"data.shards={shard_dir}", f"run_dir={tmp_path}"]) == 3
     captured = capsys.readouterr()
     assert "collapse: train/teacher_information=" in captured.out and "every input the same" in captured.out

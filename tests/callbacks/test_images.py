@@ -42,8 +42,9 @@ def test_callback_writes_a_png_and_logs_it_to_wandb(tmp_path):
     from voxfm.pretrain.objectives.protocol import ObjectiveDeclaration
 
     volumes = {k: torch.rand(2, 1, 8, 8, 8) for k in ("original", "masked", "reconstruction")}
-    objective = SimpleNamespace(reconstruct=lambda batch, backbone: volumes,
-                                declaration=ObjectiveDeclaration(backbone="any", reconstructs=True))
+    objective = SimpleNamespace(
+        reconstruct=lambda batch, backbone: volumes, declaration=ObjectiveDeclaration(backbone="any", reconstructs=True)
+    )
     module = torch.nn.Module()
     module.objective, module.backbone = objective, None
     wandb = _Recorder()

@@ -25,18 +25,44 @@ def test_pruning_leaves_last_tmp_and_other_files(tmp_path):
     deleted = prune_checkpoints(tmp_path, 3, 4)
     assert sorted(p.name for p in deleted) == [f"step{s:06d}.ckpt" for s in (1, 2, 3, 5, 6, 7)]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "last.ckpt", "step000004.ckpt", "step000008.ckpt", "step000009.ckpt", "step000010.ckpt",
-        "step000011.ckpt.tmp", "step000012-v1.ckpt"]
+        "last.ckpt",
+        "step000004.ckpt",
+        "step000008.ckpt",
+        "step000009.ckpt",
+        "step000010.ckpt",
+        "step000011.ckpt.tmp",
+        "step000012-v1.ckpt",
+    ]
 
 
 def test_ten_saves_keep_exactly_the_configured_checkpoints(tmp_path, shard_dir):
     run = tmp_path / "run"
-    assert main(["pretrain", "experiment=demo", f"data.shards={shard_dir}", f"run_dir={run}", "trainer.max_steps=10",
-                 "trainer.checkpoint_every_n_steps=1", "trainer.keep_last_n=3", "trainer.keep_every_n_steps=4",
-                 "trainer.progress_bar=false", "trainer.images_every_n_steps=0", "data.num_workers=0"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "experiment=demo",
+                f"data.shards={shard_dir}",
+                f"run_dir={run}",
+                "trainer.max_steps=10",
+                "trainer.checkpoint_every_n_steps=1",
+                "trainer.keep_last_n=3",
+                "trainer.keep_every_n_steps=4",
+                "trainer.progress_bar=false",
+                "trainer.images_every_n_steps=0",
+                "data.num_workers=0",
+            ]
+        )
+        == 0
+    )
     ckpts = run / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == [
-        "last.ckpt", "step000004.ckpt", "step000008.ckpt", "step000009.ckpt", "step000010.ckpt"]
+        "last.ckpt",
+        "step000004.ckpt",
+        "step000008.ckpt",
+        "step000009.ckpt",
+        "step000010.ckpt",
+    ]
     assert find_resume_checkpoint(ckpts) == (ckpts / "last.ckpt", 10)
     (ckpts / "last.ckpt").unlink()
     assert find_resume_checkpoint(ckpts) == (ckpts / "step000010.ckpt", 10)

@@ -24,8 +24,14 @@ def test_the_readme_api_example_runs_verbatim(tmp_path, phantom_dir):
         if "_label" not in p.name:
             (tmp_path / "volumes" / p.name).symlink_to(p)
     (tmp_path / "example.py").write_text(readme_example())
-    out = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "WANDB_MODE": "offline"})
+    out = subprocess.run(
+        [sys.executable, "example.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "voxfm 0.1.0" and lines[-1] == "ViT [1.5, 1.5, 1.5] RAS"
@@ -35,8 +41,10 @@ def test_the_readme_api_example_runs_verbatim(tmp_path, phantom_dir):
 
 
 def test_import_voxfm_is_light_and_names_its_api():
-    code = ("import sys, voxfm; heavy = [m for m in ('torch', 'lightning', 'hydra') if m in sys.modules]; "
-            "print(voxfm.__version__, heavy, callable(voxfm.pretrain), callable(voxfm.load_backbone))")
+    code = (
+        "import sys, voxfm; heavy = [m for m in ('torch', 'lightning', 'hydra') if m in sys.modules]; "
+        "print(voxfm.__version__, heavy, callable(voxfm.pretrain), callable(voxfm.load_backbone))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO.parent)
     assert out.stdout.split() == ["0.1.0", "[]", "True", "True"], out.stdout + out.stderr
 
@@ -46,10 +54,16 @@ def test_a_bad_setting_raises_the_clis_config_error(shard_dir):
     from voxfm.pretrain.errors import ConfigError
 
     with pytest.raises(ConfigError, match="trainer.max_steps='ten'"):
-        voxfm.compose("pretrain", "experiment=demo", data={"shards": shard_dir}, run_dir="/y",
-                      trainer={"max_steps": "ten"})
-    cfg = voxfm.compose("pretrain", "experiment=demo", data={"shards": shard_dir, "crop_size": [32, 32, 32]},
-                        run_dir="/y", trainer={"compile": False})
+        voxfm.compose(
+            "pretrain", "experiment=demo", data={"shards": shard_dir}, run_dir="/y", trainer={"max_steps": "ten"}
+        )
+    cfg = voxfm.compose(
+        "pretrain",
+        "experiment=demo",
+        data={"shards": shard_dir, "crop_size": [32, 32, 32]},
+        run_dir="/y",
+        trainer={"compile": False},
+    )
     assert list(cfg.data.crop_size) == [32, 32, 32] and cfg.trainer.compile is False
     with pytest.raises(ConfigError, match="not a `voxfm export` folder"):
         voxfm.load_backbone("/nonexistent")

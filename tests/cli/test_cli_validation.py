@@ -27,8 +27,17 @@ BAD = [  # (argv, the key its one error line starts with)
     (["export", "format=nnunett"], "format='nnunett'"),
     (["finetune", "backbone=none", "data.shards=/s", "run_dir=/r", "steps=zero"], "steps='zero': expected int"),
     (["finetune", "steps=zero"], "steps='zero'"),
-    (["finetune", "experiment=demo_finetune", "backbone=none", "data.shards=/s", "run_dir=/r",
-      "data.val_fraction=1.5"], "data.val_fraction=1.5: expected a value < 1.0"),
+    (
+        [
+            "finetune",
+            "experiment=demo_finetune",
+            "backbone=none",
+            "data.shards=/s",
+            "run_dir=/r",
+            "data.val_fraction=1.5",
+        ],
+        "data.val_fraction=1.5: expected a value < 1.0",
+    ),
     (["inspect", "shards=/s", "n_samples=0"], "n_samples=0: expected a value >= 1"),
     (["bench", "data", "shards=/s", "repeats=many"], "repeats='many'"),
     (["bench", "ingest", "input=/i", "max_volumes=0"], "max_volumes=0"),
@@ -40,9 +49,11 @@ BAD = [  # (argv, the key its one error line starts with)
 
 
 def test_every_command_exits_2_with_one_line_naming_the_key_before_torch_is_imported():
-    code = ("import json, sys; from voxfm.pretrain.cli.main import main; "
-            f"rcs = [main(a) for a in {[argv for argv, _ in BAD]!r}]; "
-            "print(json.dumps([rcs, 'torch' in sys.modules, 'lightning' in sys.modules]))")
+    code = (
+        "import json, sys; from voxfm.pretrain.cli.main import main; "
+        f"rcs = [main(a) for a in {[argv for argv, _ in BAD]!r}]; "
+        "print(json.dumps([rcs, 'torch' in sys.modules, 'lightning' in sys.modules]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     rcs, torch_loaded, lightning_loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert rcs == [2] * len(BAD) and not torch_loaded and not lightning_loaded, out.stderr
@@ -55,22 +66,35 @@ def test_every_command_exits_2_with_one_line_naming_the_key_before_torch_is_impo
 
 def test_missing_settings_share_the_line_and_a_close_value_or_key_is_suggested(capsys):
     assert main(["shard", "workers=abc"]) == 2
-    assert capsys.readouterr().err.strip() == ("voxfm shard: error: workers='abc': expected int; missing required "
-                                               "setting(s): input=..., output=...")
+    assert capsys.readouterr().err.strip() == (
+        "voxfm shard: error: workers='abc': expected int; missing required setting(s): input=..., output=..."
+    )
     assert main(["export", "checkpoint=/c", "output=/o", "format=nnunett"]) == 2
-    assert "format='nnunett': expected one of 'monai', 'nnunet', 'nnssl', 'full' (did you mean format=nnunet?)" in \
-        capsys.readouterr().err
+    assert (
+        "format='nnunett': expected one of 'monai', 'nnunet', 'nnssl', 'full' (did you mean format=nnunet?)"
+        in capsys.readouterr().err
+    )
     assert main(["inspect", "shards=/s", "n_sample=3"]) == 2
     assert "n_sample: unknown key; did you mean n_samples?" in capsys.readouterr().err
     assert main(["bench", "attention", "~warmup"]) == 2
     assert capsys.readouterr().err == "voxfm bench attention: error: warmup: missing from the config\n"
 
 
-@pytest.mark.parametrize("name, overrides", [
-    ("shard", []), ("inspect", []), ("export", []), ("finetune", []),
-    *[("finetune", [f"finetune_experiment={e}"]) for e in ("demo_finetune", "finetune_resenc", "finetune_unetr")],
-    ("bench/data", []), ("bench/ingest", []), ("bench/model", []), ("bench/loop", []), ("bench/attention", []),
-])
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("shard", []),
+        ("inspect", []),
+        ("export", []),
+        ("finetune", []),
+        *[("finetune", [f"finetune_experiment={e}"]) for e in ("demo_finetune", "finetune_resenc", "finetune_unetr")],
+        ("bench/data", []),
+        ("bench/ingest", []),
+        ("bench/model", []),
+        ("bench/loop", []),
+        ("bench/attention", []),
+    ],
+)
 def test_each_schema_declares_exactly_the_keys_of_its_yaml(name, overrides):
     cfg = resolved(load_config(name, overrides))
     with pytest.raises(ConfigError) if commands._missing(cfg) else nullcontext() as err:
@@ -79,12 +103,15 @@ def test_each_schema_declares_exactly_the_keys_of_its_yaml(name, overrides):
         assert str(err.value).startswith("missing required setting(s): ") and ";" not in str(err.value)
 
 
-@pytest.mark.parametrize("literal, module, name", [
-    (commands.Codec, "voxfm.data.ingest.payload", "CODECS"),
-    (commands.Frames, "voxfm.data.ingest.preprocess", "FRAMES"),
-    (commands.ExportFormat, "voxfm.pretrain.export.run", "FORMATS"),
-    (commands.AttentionBackend, "voxfm.pretrain.bench.attention", "BACKENDS"),
-])
+@pytest.mark.parametrize(
+    "literal, module, name",
+    [
+        (commands.Codec, "voxfm.data.ingest.payload", "CODECS"),
+        (commands.Frames, "voxfm.data.ingest.preprocess", "FRAMES"),
+        (commands.ExportFormat, "voxfm.pretrain.export.run", "FORMATS"),
+        (commands.AttentionBackend, "voxfm.pretrain.bench.attention", "BACKENDS"),
+    ],
+)
 def test_allowed_values_equal_those_of_the_code_that_uses_them(literal, module, name):
     assert set(typing.get_args(literal)) == set(getattr(importlib.import_module(module), name))
 
@@ -111,6 +138,7 @@ def test_diverged_exits_3_and_config_error_2_from_a_run(monkeypatch, tmp_path, c
     import voxfm.pretrain.export.run
 
     for raised, code in ((Diverged("loss is nan"), 3), (ConfigError("checkpoint=x: no checkpoint there"), 2)):
+
         def run(*args, raised=raised, **kwargs):
             raise raised
 
@@ -121,7 +149,7 @@ def test_diverged_exits_3_and_config_error_2_from_a_run(monkeypatch, tmp_path, c
 
 def test_the_readme_exit_codes_section_agrees_with_the_table():
     text = (REPO / "README.md").read_text()
-    section = text[text.index("#### Exit codes"):].split("\n#", 1)[0]
+    section = text[text.index("#### Exit codes") :].split("\n#", 1)[0]
     rows = dict(re.findall(r"^\| `(\d+)` \| (.*) \|$", section, flags=re.M))
     assert set(rows) == {"0", "1"} | {str(code) for code, _ in EXIT_CODES.values()}
     for cls, (code, _) in EXIT_CODES.items():
@@ -139,16 +167,24 @@ print(rc, "torch" in sys.modules)
 
 @pytest.mark.parametrize("command", ["pretrain", "finetune"])
 def test_a_resenc_model_without_nnunets_networks_exits_2_with_the_install_command(shard_dir, tmp_path, command):
-    args = (["pretrain", "experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={tmp_path}"]
-            if command == "pretrain" else
-            ["finetune", "experiment=demo_finetune", "backbone=none", f"data.shards={shard_dir}",
-             f"run_dir={tmp_path}"])
+    args = (
+        ["pretrain", "experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={tmp_path}"]
+        if command == "pretrain"
+        else [
+            "finetune",
+            "experiment=demo_finetune",
+            "backbone=none",
+            f"data.shards={shard_dir}",
+            f"run_dir={tmp_path}",
+        ]
+    )
     code = PRETRAIN_WITHOUT_NNUNET.format(args=args)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["2", "False"], out.stdout + out.stderr
     (line,) = out.stderr.strip().splitlines()
-    assert line.startswith(f"voxfm {command}: error: model._target_=voxfm.models.resenc.ResEncUNet: needs nnU-Net's "
-                           "networks"), line
+    assert line.startswith(
+        f"voxfm {command}: error: model._target_=voxfm.models.resenc.ResEncUNet: needs nnU-Net's networks"
+    ), line
     assert 'pip install "voxfm[nnunet]"' in line and "--no-deps dynamic-network-architectures==0.4.4" in line
 
 
@@ -173,8 +209,7 @@ def test_an_installed_config_needs_nothing_and_a_wrapped_import_error_is_recogni
     assert from_import_error(ModuleNotFoundError("No module named 'foo'", name="foo")) is None
 
 
-def test_validate_pretrain_runs_once_per_voxfm_pretrain_and_still_for_direct_callers(shard_dir, tmp_path,
-                                                                                       monkeypatch):
+def test_validate_pretrain_runs_once_per_voxfm_pretrain_and_still_for_direct_callers(shard_dir, tmp_path, monkeypatch):
     import voxfm.pretrain.config.schema
     import voxfm.pretrain.launch.run
 
@@ -200,9 +235,22 @@ def test_a_backbone_package_that_fails_to_import_exits_2_with_the_install_comman
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("import torch\nraise ImportError('operator torchvision::nms does not exist')\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    out = subprocess.run([sys.executable, "-m", "voxfm", "pretrain", "experiment=demo_mim", f"data.shards={shard_dir}",
-                          f"run_dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "voxfm",
+            "pretrain",
+            "experiment=demo_mim",
+            f"data.shards={shard_dir}",
+            f"run_dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr[-2000:]
     (line,) = out.stderr.strip().splitlines()
     assert "model._target_=voxfm.models.resenc.ResEncUNet: needs nnU-Net's networks" in line

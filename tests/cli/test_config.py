@@ -13,8 +13,17 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def test_experiments_listed():
-    assert {"demo", "mae_vit_b", "mae_primus_m", "mim_resenc_l", "simclr_resenc_l", "mae_contrastive_vit_b",
-            "demo_mim", "demo_simclr", "demo_mae_contrastive"} <= set(EXPERIMENTS)
+    assert {
+        "demo",
+        "mae_vit_b",
+        "mae_primus_m",
+        "mim_resenc_l",
+        "simclr_resenc_l",
+        "mae_contrastive_vit_b",
+        "demo_mim",
+        "demo_simclr",
+        "demo_mae_contrastive",
+    } <= set(EXPERIMENTS)
 
 
 @pytest.mark.slow
@@ -34,8 +43,12 @@ def test_experiment_composes_and_instantiates(experiment):
         assert list(module.backbone.grid) == [c // p for c, p in zip(cfg.data.crop_size, module.backbone.patch_size)]
     n_params = sum(p.numel() for p in module.backbone.parameters())
     expected = {  # millions of backbone parameters
-        "mae_vit_b": (85, 90), "mae_contrastive_vit_b": (85, 90), "mae_primus_m": (140, 160),
-        "mim_resenc_l": (100, 105), "simclr_resenc_l": (100, 105), "dino_vit_b": (85, 90),
+        "mae_vit_b": (85, 90),
+        "mae_contrastive_vit_b": (85, 90),
+        "mae_primus_m": (140, 160),
+        "mim_resenc_l": (100, 105),
+        "simclr_resenc_l": (100, 105),
+        "dino_vit_b": (85, 90),
         "dino_primus_m": (140, 160),
     }
     if experiment in expected:
@@ -118,9 +131,10 @@ def test_every_model_objective_pair_composes_and_resolves_or_is_refused_in_one_l
                 assert masking["patch_size"] == (token if objective != "mim" else 32), (model, objective)
             outcomes[model, objective] = "ok"
     refused = sorted(pair for pair, outcome in outcomes.items() if outcome == "refused")
-    assert refused == sorted([(m, "mim") for m in MODELS if not m.startswith("resenc")]
-                             + [(m, o) for m in MODELS if m.startswith("resenc")
-                                for o in ("dino", "mae", "mae_contrastive")])
+    assert refused == sorted(
+        [(m, "mim") for m in MODELS if not m.startswith("resenc")]
+        + [(m, o) for m in MODELS if m.startswith("resenc") for o in ("dino", "mae", "mae_contrastive")]
+    )
     assert len(outcomes) == len(MODELS) * len(OBJECTIVES) == 50
 
 
@@ -132,8 +146,13 @@ def test_every_pair_a_tiny_backbone_composes_into_builds(model, shard_dir):
 
     built = 0
     for objective in OBJECTIVES:
-        args = [f"model={model}", f"objective={objective}", f"data.shards={shard_dir}", "run_dir=/y",
-                "data.crop_size=[64,64,64]"]  # 8 of mim's 32³ cells
+        args = [
+            f"model={model}",
+            f"objective={objective}",
+            f"data.shards={shard_dir}",
+            "run_dir=/y",
+            "data.crop_size=[64,64,64]",
+        ]  # 8 of mim's 32³ cells
         try:
             cfg = checked_config("pretrain", args)
         except ConfigError:
@@ -145,11 +164,24 @@ def test_every_pair_a_tiny_backbone_composes_into_builds(model, shard_dir):
 
 
 def test_cfg_prints_the_config_resolved(shard_dir, capsys):
-    assert main(["pretrain", "model=primus_tiny", "objective=mae", f"data.shards={shard_dir}", "run_dir=/y",
-                 "data.crop_size=[32,32,32]", "--cfg"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "model=primus_tiny",
+                "objective=mae",
+                f"data.shards={shard_dir}",
+                "run_dir=/y",
+                "data.crop_size=[32,32,32]",
+                "--cfg",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "${" not in out and "patch_size: 8" in out and "img_size" not in out
-    assert main(["pretrain", "experiment=demo", f"data.shards={shard_dir}", "run_dir=/y", "+x=${nowhere}",
-                 "--cfg"]) == 2
+    assert (
+        main(["pretrain", "experiment=demo", f"data.shards={shard_dir}", "run_dir=/y", "+x=${nowhere}", "--cfg"]) == 2
+    )
     captured = capsys.readouterr()
     assert "x: ${nowhere}" in captured.out and "--cfg printed the config unresolved" in captured.err

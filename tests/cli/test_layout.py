@@ -32,15 +32,21 @@ def test_no_module_imports_voxfm_under_an_old_top_level_name():
     bare = []
     for path in python_files():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
             bare += [f"{path.relative_to(REPO)}:{node.lineno}: {n}" for n in names if OLD.match(n)]
     assert bare == []
 
 
 def test_every_config_target_is_a_voxfm_or_torch_class():
-    targets = [(p, t) for p in (REPO / "conf").rglob("*.yaml")
-               for t in re.findall(r"_target_:\s*([\w.]+)", p.read_text())]
+    targets = [
+        (p, t) for p in (REPO / "conf").rglob("*.yaml") for t in re.findall(r"_target_:\s*([\w.]+)", p.read_text())
+    ]
     assert targets and all(t.startswith(("voxfm.", "torch.")) for _, t in targets), targets
 
 

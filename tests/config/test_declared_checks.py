@@ -7,12 +7,15 @@ from voxfm.pretrain.config.declarations import declared_backbones, read_declared
 from voxfm.pretrain.config.schema import _conforms
 
 
-@pytest.mark.parametrize("experiment,override,expected", [
-    ("demo", "objective.loss.decoder_hidden=50", "objective.loss.decoder_hidden=50: must be divisible by 6"),
-    ("demo_mae_contrastive", "objective.loss.mae.decoder_heads=5", "by objective.loss.mae.decoder_heads=5"),
-    ("demo_mim", "model.features_per_stage=32", "model.features_per_stage=32: expected a list of int"),
-    ("demo_mim", "objective=mae", "objective=MAEObjective needs a token (ViT-like) backbone"),
-])
+@pytest.mark.parametrize(
+    "experiment,override,expected",
+    [
+        ("demo", "objective.loss.decoder_hidden=50", "objective.loss.decoder_hidden=50: must be divisible by 6"),
+        ("demo_mae_contrastive", "objective.loss.mae.decoder_heads=5", "by objective.loss.mae.decoder_heads=5"),
+        ("demo_mim", "model.features_per_stage=32", "model.features_per_stage=32: expected a list of int"),
+        ("demo_mim", "objective=mae", "objective=MAEObjective needs a token (ViT-like) backbone"),
+    ],
+)
 def test_a_rule_from_a_declaration_fails_before_anything_is_built(shard_dir, capsys, experiment, override, expected):
     assert main(["pretrain", f"experiment={experiment}", f"data.shards={shard_dir}", "run_dir=/y", override]) == 2
     assert expected in capsys.readouterr().err
@@ -23,6 +26,9 @@ def test_declarations_are_read_from_source():
     assert declared.declaration.views == 2 and not declared.declaration.trains_decoder
     assert set(declared.arguments) == {"proj_hidden", "proj_dim", "temperature"}
     assert read_declared("monai.networks.nets.ViT") is None and read_declared("no.such.Thing") is None
-    assert sorted(declared_backbones()) == ["voxfm.models.primus.Primus", "voxfm.models.resenc.ResEncUNet",
-                                            "voxfm.models.vit.ViT"]
+    assert sorted(declared_backbones()) == [
+        "voxfm.models.primus.Primus",
+        "voxfm.models.resenc.ResEncUNet",
+        "voxfm.models.vit.ViT",
+    ]
     assert _conforms([8, 16], tuple[int, ...]) and not _conforms(5.0, int | tuple[int, ...])

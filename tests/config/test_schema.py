@@ -51,8 +51,10 @@ BAD = [  # (overrides, text the one-line error must contain)
     (["strategy=fsdp"], "Available options in 'strategy'"),
     (["strategy.name=fsdp"], "strategy.name='fsdp': expected one of 'auto', 'ddp', 'ddp_spawn', 'deepspeed'"),
     (["strategy=deepspeed_zero3", "strategy.stage=4"], "strategy.stage=4: expected a value <= 3"),
-    (["strategy=deepspeed_zero2", "strategy.stage=1", "strategy.offload_optimizer=true"],
-     "strategy.offload_optimizer=true: needs ZeRO stage 2 or 3"),
+    (
+        ["strategy=deepspeed_zero2", "strategy.stage=1", "strategy.offload_optimizer=true"],
+        "strategy.offload_optimizer=true: needs ZeRO stage 2 or 3",
+    ),
     (["objective.views.n_views=1"], "objective.views.n_views=1: SimCLRObjective needs 2"),
     (["strategy=ddp_spawn"], "ResEnc blocks cannot be pickled"),
     (["data.region_size=[32,32,32]"], "data.region_size=[32, 32, 32]: too small for 2 view(s)"),
@@ -69,7 +71,9 @@ def test_a_bad_setting_fails_with_one_line_naming_it(overrides, expected, shard_
 
 def test_validation_happens_before_torch_or_lightning_is_imported(shard_dir):
     args = ["pretrain", "experiment=demo", f"data.shards={shard_dir}", "run_dir=/y", "trainer.max_steps=ten"]
-    code = (f"import sys; from voxfm.pretrain.cli.main import main; rc = main({args!r}); "
-            "print(rc, 'torch' in sys.modules, 'lightning' in sys.modules)")
+    code = (
+        f"import sys; from voxfm.pretrain.cli.main import main; rc = main({args!r}); "
+        "print(rc, 'torch' in sys.modules, 'lightning' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.stdout.split() == ["2", "False", "False"], out.stdout + out.stderr

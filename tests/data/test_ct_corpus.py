@@ -12,8 +12,12 @@ from tests.conftest import REPO
 
 
 def test_ct_corpus_writes_int16_hu_volumes_at_the_asked_grid_and_spacing(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "make_ct_corpus.py"), str(tmp_path), "2",
-                          "64,48,20", "0.7,0.7,1.5"], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_ct_corpus.py"), str(tmp_path), "2", "64,48,20", "0.7,0.7,1.5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(open(tmp_path / "manifest.csv")))
     assert [r["modality"] for r in rows] == ["CT", "CT"]

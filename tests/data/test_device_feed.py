@@ -15,9 +15,21 @@ from voxfm.data.stream.device_feed import PinnedBuffers, collate_into
 
 def _samples(n, dtype=torch.int16, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [{"region": torch.randint(-1000, 1000, (1, 6, 6, 6), generator=g).to(dtype), "low": -1000.0,
-             "high": 1000.0, "modality": "CT", "source": 0, "volume": f"v{i % 3}", "worker": 1, "skipped": 2,
-             "read_bytes": 10 * i, "reads": i} for i in range(n)]
+    return [
+        {
+            "region": torch.randint(-1000, 1000, (1, 6, 6, 6), generator=g).to(dtype),
+            "low": -1000.0,
+            "high": 1000.0,
+            "modality": "CT",
+            "source": 0,
+            "volume": f"v{i % 3}",
+            "worker": 1,
+            "skipped": 2,
+            "read_bytes": 10 * i,
+            "reads": i,
+        }
+        for i in range(n)
+    ]
 
 
 def test_collate_into_writes_the_batch_of_collate_regions_into_a_reused_buffer():
@@ -26,8 +38,9 @@ def test_collate_into_writes_the_batch_of_collate_regions_into_a_reused_buffer()
     batch, expected = collate_into(samples, buffers), collate_regions(samples)
     assert torch.equal(batch["region"], expected["region"]) and batch["region"].dtype == torch.int16
     assert batch["region"].data_ptr() == batch["_buffer"].data_ptr()  # the buffer itself: no second copy
-    assert {k: v for k, v in batch.items() if k not in ("region", "_buffer", "low", "high")} == \
-        {k: v for k, v in expected.items() if k not in ("region", "low", "high")}
+    assert {k: v for k, v in batch.items() if k not in ("region", "_buffer", "low", "high")} == {
+        k: v for k, v in expected.items() if k not in ("region", "low", "high")
+    }
     assert batch["volumes"] == 3 and batch["read_bytes"] == 30 and batch["reads"] == 3
     buffers.give(batch["_buffer"])
     again = collate_into(_samples(4, seed=1), buffers)
@@ -53,8 +66,12 @@ def test_a_worker_waits_for_a_free_buffer_and_stops_when_told():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the side-stream copy needs CUDA (make gpu-check)")
 def test_on_cuda_batches_arrive_on_the_device_equal_to_the_host_batches(shard_dir):
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "check_device_feed.py"), str(shard_dir)], cwd=REPO,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "check_device_feed.py"), str(shard_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0 and "equal to the host's" in out.stdout, out.stderr
 
 

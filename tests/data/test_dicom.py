@@ -75,13 +75,16 @@ def _by_position(files):
     return sorted(files, key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2]))
 
 
-@pytest.mark.parametrize("damage,reason", [
-    ("tilt", "gantry tilt"),
-    ("missing", "missing or uneven slices"),
-    ("orientation", "mixes slice orientations"),
-    ("multiframe", "multi-frame DICOM object"),
-    ("duplicate", "several slices at one position"),
-])
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        ("tilt", "gantry tilt"),
+        ("missing", "missing or uneven slices"),
+        ("orientation", "mixes slice orientations"),
+        ("multiframe", "multi-frame DICOM object"),
+        ("duplicate", "several slices at one position"),
+    ],
+)
 def test_series_that_are_not_one_volume_are_rejected_with_their_reason(tmp_path, damage, reason):
     files = _by_position(_series(tmp_path))
     if damage == "tilt":  # each slice shifts 0.5 mm along y per 2 mm step: a 14° tilt

@@ -74,8 +74,10 @@ def test_small_shard_size_splits_into_several_shards(tmp_path, phantom_dir):
 
 def test_manifest_columns_are_read_and_checked(tmp_path, phantom_dir):
     manifest = tmp_path / "m.csv"
-    manifest.write_text(f"path,modality,dataset,subject,label\n"
-                        f"{phantom_dir}/phantom001_mr.nii.gz,mri,ds,s1,{phantom_dir}/phantom001_mr_label.nii.gz\n")
+    manifest.write_text(
+        f"path,modality,dataset,subject,label\n"
+        f"{phantom_dir}/phantom001_mr.nii.gz,mri,ds,s1,{phantom_dir}/phantom001_mr_label.nii.gz\n"
+    )
     found = discover(str(manifest))
     (vol,) = found.nifti
     assert found.ignored == [] and found.dicom_files == []
@@ -101,10 +103,12 @@ def test_implausible_spacing_is_rejected_from_the_header_and_every_file_is_accou
     report = run_shard(str(src), str(tmp_path / "out"), {}, progress=False)
     assert report["n_inputs"] == 3 == report["n_sharded"] + report["n_rejected"] and report["n_sharded"] == 1
     reasons = {r["path"].split("/")[-1]: r["reason"] for r in report["rejected"]}
-    assert reasons["thick_slices.nii.gz"] == ("implausible spacing: [0.9, 0.9, 53.0] mm is outside "
-                                              "preprocess.spacing_bounds=[0.1, 10.0]")
-    assert reasons["anisotropic.nii.gz"] == ("implausible spacing: [0.4, 0.4, 6.0] mm is more anisotropic than "
-                                             "preprocess.max_anisotropy=10.0")
+    assert reasons["thick_slices.nii.gz"] == (
+        "implausible spacing: [0.9, 0.9, 53.0] mm is outside preprocess.spacing_bounds=[0.1, 10.0]"
+    )
+    assert reasons["anisotropic.nii.gz"] == (
+        "implausible spacing: [0.4, 0.4, 6.0] mm is more anisotropic than preprocess.max_anisotropy=10.0"
+    )
     assert report["rejected_by_reason"] == {"implausible spacing": 2}
     assert report["n_ignored"] == 2 and sorted(p.split("/")[-1] for p in report["ignored"]) == ["notes.txt", "scan.dcm"]
     saved = json.loads((tmp_path / "out" / "report.json").read_text())

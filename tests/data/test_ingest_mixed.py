@@ -39,8 +39,12 @@ def _messy_folder(root: Path, real: Path | None) -> dict[str, str]:
     write_phantoms(root / "nifti", n=3, seed=7, shape=(40, 40, 32))  # RAS, LPS, LAS (+ their label maps)
     rng = np.random.default_rng(0)
     data, _ = phantom((36, 30, 28), "MR", rng)  # a coronal acquisition: voxel axes run R, S, A
-    nib.save(nib.Nifti1Image(data.transpose(0, 2, 1).copy(), np.array(
-        [[1.2, 0, 0, 0], [0, 0, 1.1, 0], [0, 1.3, 0, 0], [0, 0, 0, 1.0]])), root / "nifti" / "coronal.nii.gz")
+    nib.save(
+        nib.Nifti1Image(
+            data.transpose(0, 2, 1).copy(), np.array([[1.2, 0, 0, 0], [0, 0, 1.1, 0], [0, 1.3, 0, 0], [0, 0, 0, 1.0]])
+        ),
+        root / "nifti" / "coronal.nii.gz",
+    )
     series = np.stack([phantom((32, 32, 24), "MR", rng)[0] for _ in range(2)], axis=-1)
     nib.save(nib.Nifti1Image(series, np.diag([1.8, 1.8, 1.8, 1.0])), root / "fmri.nii.gz")
     if real is not None:
@@ -69,9 +73,15 @@ def _messy_folder(root: Path, real: Path | None) -> dict[str, str]:
     thick = phantom((32, 32, 6), "CT", rng)[0]
     nib.save(nib.Nifti1Image(thick, np.diag([0.8, 0.8, 50.0, 1.0])), bad / "slices_50mm.nii.gz")
     (root / "README.txt").write_text("scans exported from PACS\n")
-    return {"truncated.nii.gz": "unreadable voxels", "text.nii.gz": "unreadable", "nan.nii.gz": "NaN",
-            "huge_header.nii": "too large", "constant.nii.gz": "constant volume", "empty.nii.gz": "unreadable",
-            "slices_50mm.nii.gz": "implausible spacing"}
+    return {
+        "truncated.nii.gz": "unreadable voxels",
+        "text.nii.gz": "unreadable",
+        "nan.nii.gz": "NaN",
+        "huge_header.nii": "too large",
+        "constant.nii.gz": "constant volume",
+        "empty.nii.gz": "unreadable",
+        "slices_50mm.nii.gz": "implausible spacing",
+    }
 
 
 def test_messy_folder_every_input_sharded_or_rejected_with_its_reason(tmp_path):
@@ -79,8 +89,21 @@ def test_messy_folder_every_input_sharded_or_rejected_with_its_reason(tmp_path):
     src, out = tmp_path / "messy", tmp_path / "shards"
     expected_bad = _messy_folder(src, real)
     log = open(tmp_path / "log.txt", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "voxfm", "shard", f"input={src}", f"output={out}", "workers=2",
-                             "preprocess.frames=all", "progress=false"], stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "voxfm",
+            "shard",
+            f"input={src}",
+            f"output={out}",
+            "workers=2",
+            "preprocess.frames=all",
+            "progress=false",
+        ],
+        stdout=log,
+        stderr=log,
+    )
     peak = 0
     while proc.poll() is None:
         peak = max(peak, _tree_rss(proc.pid))

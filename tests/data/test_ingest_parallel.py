@@ -30,8 +30,17 @@ def test_killed_midway_and_rerun_every_volume_is_sharded_exactly_once(tmp_path):
     images = [p for p in src.glob("*.nii.gz") if "_label" not in p.name]
     for p in src.glob("*_label.nii.gz"):
         p.unlink()
-    cmd = [sys.executable, "-m", "voxfm", "shard", f"input={src}", f"output={out}", "workers=2",
-           "shard_max_mb=0.05", "progress=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "voxfm",
+        "shard",
+        f"input={src}",
+        f"output={out}",
+        "workers=2",
+        "shard_max_mb=0.05",
+        "progress=false",
+    ]
     log = open(tmp_path / "log.txt", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
     deadline = time.time() + 120

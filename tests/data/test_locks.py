@@ -43,9 +43,14 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _start_stalled(module, function, args, folder, go):
-    proc = subprocess.Popen([sys.executable, "-c", STALLED.format(module=module, function=function), *args],
-                            cwd=REPO, env={**ENV, "VOXFM_TEST_GO": str(go)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STALLED.format(module=module, function=function), *args],
+        cwd=REPO,
+        env={**ENV, "VOXFM_TEST_GO": str(go)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
         try:
@@ -59,8 +64,9 @@ def _start_stalled(module, function, args, folder, go):
 
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True
+    )
     grandchild = int(proc.stdout.readline())
     try:
         with pytest.raises(FolderLocked, match=f"pid {proc.pid}, started .*command: "):
@@ -75,9 +81,17 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
 
 
 def _pretrain_args(shard_dir, run_dir, max_steps):
-    return ["pretrain", "experiment=demo", f"data.shards={shard_dir}", f"run_dir={run_dir}",
-            f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=1", "trainer.progress_bar=false",
-            "trainer.images_every_n_steps=0", "data.num_workers=0"]
+    return [
+        "pretrain",
+        "experiment=demo",
+        f"data.shards={shard_dir}",
+        f"run_dir={run_dir}",
+        f"trainer.max_steps={max_steps}",
+        "trainer.checkpoint_every_n_steps=1",
+        "trainer.progress_bar=false",
+        "trainer.images_every_n_steps=0",
+        "data.num_workers=0",
+    ]
 
 
 @pytest.mark.slow

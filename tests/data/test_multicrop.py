@@ -12,8 +12,11 @@ from voxfm.data.views.multicrop import MultiCropPipeline, crop_maps, sample_crop
 
 def _regions(b=3, size=24):
     g = torch.Generator().manual_seed(0)
-    return {"region": torch.randint(-500, 1500, (b, 1, size, size, size), generator=g, dtype=torch.int16),
-            "low": torch.zeros(b), "high": torch.full((b,), 1000.0)}
+    return {
+        "region": torch.randint(-500, 1500, (b, 1, size, size, size), generator=g, dtype=torch.int16),
+        "low": torch.zeros(b),
+        "high": torch.full((b,), 1000.0),
+    }
 
 
 def test_a_crop_at_scale_one_is_the_region_and_flips_and_rotations_are_exact():
@@ -47,8 +50,13 @@ def test_a_smaller_scale_reads_a_sub_cube_resampled_to_the_crop():
 
 
 def test_the_pipeline_batches_per_size_masks_the_global_crops_and_replays_from_its_generator():
-    views = MultiCropPipeline(16, local_size=8, n_local=4, augment=IntensityAugment(),
-                              masking=BlockMasking(patch_size=4, ratio_range=(0.2, 0.5), probability=0.5))
+    views = MultiCropPipeline(
+        16,
+        local_size=8,
+        n_local=4,
+        augment=IntensityAugment(),
+        masking=BlockMasking(patch_size=4, ratio_range=(0.2, 0.5), probability=0.5),
+    )
     out = views(_regions(), torch.Generator().manual_seed(3))
     assert out["image"].shape == (6, 1, 16, 16, 16) and out["local"].shape == (12, 1, 8, 8, 8)
     assert out["masks"].shape == (6, 64) and int(out["masks"].any(dim=1).sum()) == out["n_masked_images"] == 3

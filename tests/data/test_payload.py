@@ -41,9 +41,11 @@ def test_an_object_dtype_frame_is_refused_without_crashing(tmp_path):
 
     frame = tmp_path / "object.b2"
     frame.write_bytes(_forged(np.arange(8**3, dtype=np.int64).reshape(8, 8, 8), dtype="|O"))
-    code = ("import sys; from pathlib import Path; from voxfm.data.ingest import payload\n"
-            "try:\n    a = payload.decode(Path(sys.argv[1]).read_bytes()); print(a.flat[5])\n"
-            "except ValueError as err:\n    print(err)")
+    code = (
+        "import sys; from pathlib import Path; from voxfm.data.ingest import payload\n"
+        "try:\n    a = payload.decode(Path(sys.argv[1]).read_bytes()); print(a.flat[5])\n"
+        "except ValueError as err:\n    print(err)"
+    )
     done = subprocess.run([sys.executable, "-c", code, str(frame)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "dtype '|O' refused" in done.stdout

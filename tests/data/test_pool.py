@@ -21,10 +21,16 @@ def write_tar(path, volumes: list[np.ndarray], damaged: set[int] = frozenset()) 
     payload that does not decode."""
     with tarfile.open(path, "w") as tar:
         for i, vol in enumerate(volumes):
-            meta = {"modality": "CT", "shape": list(vol.shape), "normalisation": {"low": -1000.0, "high": 1000.0},
-                    "foreground_points": [[s // 2 for s in vol.shape]]}
-            files = {"image.b2": b"not a frame" if i in damaged else payload.encode(vol),
-                     "json": json.dumps(meta).encode()}
+            meta = {
+                "modality": "CT",
+                "shape": list(vol.shape),
+                "normalisation": {"low": -1000.0, "high": 1000.0},
+                "foreground_points": [[s // 2 for s in vol.shape]],
+            }
+            files = {
+                "image.b2": b"not a frame" if i in damaged else payload.encode(vol),
+                "json": json.dumps(meta).encode(),
+            }
             for ext, data in files.items():
                 info = tarfile.TarInfo(f"v{i:04d}.{ext}")
                 info.size = len(data)
@@ -47,8 +53,9 @@ def many_small(tmp_path_factory):
     out = tmp_path_factory.mktemp("many_small")
     rng = np.random.default_rng(1)
     for s in range(2):
-        write_tar(out / f"shard-{s:06d}.tar", [rng.integers(-1000, 1000, (20, 20, 20), dtype=np.int16)
-                                               for _ in range(40)])
+        write_tar(
+            out / f"shard-{s:06d}.tar", [rng.integers(-1000, 1000, (20, 20, 20), dtype=np.int16) for _ in range(40)]
+        )
     return str(out / "shard-{000000..000001}.tar")
 
 
@@ -69,13 +76,15 @@ def test_shard_bytes_per_region_fall_by_the_ratio_of_regions_per_read_on_ct_size
 
 
 def test_a_batch_draws_from_min_batch_pool_distinct_volumes(many_small):
-    stream = RegionStream(many_small, 8, regions_per_volume=150, pool_gib=1.0, pool_volumes=40, group=32, seed=0,
-                          resampled=False)
+    stream = RegionStream(
+        many_small, 8, regions_per_volume=150, pool_gib=1.0, pool_volumes=40, group=32, seed=0, resampled=False
+    )
     batches = ThreadLoader(stream, batch_size=32, num_threads=2)
     seen = [b["volumes"] for _, b in zip(range(30), batches)]
     assert min(seen) == 32  # the floor the defaults promise is 24 of 32; a pool of >= 32 volumes gives all 32
-    small = RegionStream(many_small, 8, regions_per_volume=150, pool_gib=1.0, pool_volumes=24, group=32, seed=0,
-                         resampled=False)
+    small = RegionStream(
+        many_small, 8, regions_per_volume=150, pool_gib=1.0, pool_volumes=24, group=32, seed=0, resampled=False
+    )
     assert min(b["volumes"] for _, b in zip(range(30), ThreadLoader(small, 32, 1))) == 24  # pool < batch: the pool
 
 
@@ -87,8 +96,15 @@ def _volumes(n: int, nbytes_each: int = 8000):
 
 def test_pool_lifetimes_are_staggered_then_full_and_the_budget_bounds_what_is_held():
     served = Counter()
-    pool = VolumePool(_volumes(1000), (4, 4, 4), regions_per_volume=20, budget_bytes=10 * 8000, max_volumes=64,
-                      foreground_prob=0.0, rng=np.random.default_rng(0))
+    pool = VolumePool(
+        _volumes(1000),
+        (4, 4, 4),
+        regions_per_volume=20,
+        budget_bytes=10 * 8000,
+        max_volumes=64,
+        foreground_prob=0.0,
+        rng=np.random.default_rng(0),
+    )
     held = []
     for group, _ in zip(pool.groups(6), range(400)):
         assert len({v.key for _, v in group}) == 6
@@ -115,34 +131,66 @@ def test_the_pooled_stream_is_a_pure_function_of_seed_rank_and_worker(many_small
 
 def test_damaged_samples_are_skipped_and_counted_with_the_pool_on(tmp_path):
     rng = np.random.default_rng(2)
-    write_tar(tmp_path / "shard-000000.tar", [rng.integers(0, 100, (16, 16, 16), dtype=np.int16) for _ in range(20)],
-              damaged={3, 7, 11})
-    stream = RegionStream(str(tmp_path / "shard-{000000..000000}.tar"), 8, regions_per_volume=5, pool_gib=0.1,
-                          pool_volumes=4, group=4, resampled=False)
+    write_tar(
+        tmp_path / "shard-000000.tar",
+        [rng.integers(0, 100, (16, 16, 16), dtype=np.int16) for _ in range(20)],
+        damaged={3, 7, 11},
+    )
+    stream = RegionStream(
+        str(tmp_path / "shard-{000000..000000}.tar"),
+        8,
+        regions_per_volume=5,
+        pool_gib=0.1,
+        pool_volumes=4,
+        group=4,
+        resampled=False,
+    )
     regions = stream.worker_stream(0)
     seen = [next(regions) for _ in range(200)]  # more than two passes over 17 good volumes
     assert {r["volume"].split("#")[1] for r in seen} == {f"v{i:04d}" for i in range(20)} - {"v0003", "v0007", "v0011"}
     assert max(r["skipped"] for r in seen if r["reads"] <= 20) == 3  # the first pass: its 3 damaged samples
     assert seen[-1]["skipped"] == 3 * (seen[-1]["reads"] // 20) + sum(
-        i < seen[-1]["reads"] % 20 for i in (3, 7, 11))  # every pass counts its 3 again
+        i < seen[-1]["reads"] % 20 for i in (3, 7, 11)
+    )  # every pass counts its 3 again
 
 
 def test_a_run_prints_the_loaders_memory_and_logs_the_feed_figures(shard_dir, tmp_path, capsys):
     from voxfm.pretrain.cli.main import main
 
-    assert main(["pretrain", "experiment=demo", f"data.shards={shard_dir}", f"run_dir={tmp_path}",
-                 "data.regions_per_volume=12", "data.pool_gib=0.25", "data.pool_volumes=5", "data.batch_size=4",
-                 "data.num_workers=1", "trainer.max_steps=6", "trainer.log_every_n_steps=3",
-                 "trainer.checkpoint_every_n_steps=6", "trainer.images_every_n_steps=0",
-                 "trainer.progress_bar=false"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "experiment=demo",
+                f"data.shards={shard_dir}",
+                f"run_dir={tmp_path}",
+                "data.regions_per_volume=12",
+                "data.pool_gib=0.25",
+                "data.pool_volumes=5",
+                "data.batch_size=4",
+                "data.num_workers=1",
+                "trainer.max_steps=6",
+                "trainer.log_every_n_steps=3",
+                "trainer.checkpoint_every_n_steps=6",
+                "trainer.images_every_n_steps=0",
+                "trainer.progress_bar=false",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "volume pool ≤ 0.25 GiB per rank (1 worker(s) × ≤ 5 decoded volumes" in out
     assert "each volume read serves 12 regions" in out
     rows = (tmp_path / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     logged = [r.split(",") for r in rows[1:] if r.split(",")[header.index("data/regions_per_read")]]
-    windows = [{k: float(r[header.index(f"data/{k}")]) for k in
-                ("regions_per_read", "distinct_volumes", "shard_mb_per_region")} for r in logged]
+    windows = [
+        {
+            k: float(r[header.index(f"data/{k}")])
+            for k in ("regions_per_read", "distinct_volumes", "shard_mb_per_region")
+        }
+        for r in logged
+    ]
     assert len(windows) == 2  # steps 3 and 6: figures since the previous logging step
     # the first window (12 regions) includes the pool's first fill of 5 volumes; later windows only refills
     assert windows[0]["regions_per_read"] == pytest.approx(12 / 5) and 12 / 5 < windows[1]["regions_per_read"] <= 12

@@ -74,8 +74,9 @@ def test_foreground_crop_keeps_the_body_with_its_margin_and_can_be_undone():
     data[20:30, 10:25, 5:15] = 40  # a body
     affine = np.diag([-1.0, 1.0, 1.0, 1.0])
     opts = PreprocessOptions(spacing=(1.0, 1.0, 1.0), crop_margin_mm=4.0)
-    full, _, full_meta = preprocess(Volume(data, affine, "ct"), "CT", PreprocessOptions(spacing=(1.0,) * 3,
-                                                                                          foreground_crop=False))
+    full, _, full_meta = preprocess(
+        Volume(data, affine, "ct"), "CT", PreprocessOptions(spacing=(1.0,) * 3, foreground_crop=False)
+    )
     image, _, meta = preprocess(Volume(data, affine, "ct"), "CT", opts)
     assert image.size < full.size / 5 and (image == 40).sum() == (full == 40).sum()  # all of the body is kept
     assert meta["crop"]["uncropped_shape"] == list(full.shape) and full_meta["crop"] is None

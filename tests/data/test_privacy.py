@@ -94,14 +94,25 @@ def test_dicom_uids_only_with_the_opt_in_flag(tmp_path):
 
 
 def test_shareable_config_keeps_only_last_path_components():
-    config = {"run_dir": "/home/alice/runs/ct_mae", "init_from": None, "seed": 0,
-              "data": {"shards": "pipe:curl -s https://host.example/sets/ct/shard-{0..9}.tar",
-                       "sources": [{"name": "ct", "shards": "../sets/ct"}]},
-              "logger": {"save_dir": "~/wandb/"}, "trainer": {"precision": "bf16-mixed"}}
+    config = {
+        "run_dir": "/home/alice/runs/ct_mae",
+        "init_from": None,
+        "seed": 0,
+        "data": {
+            "shards": "pipe:curl -s https://host.example/sets/ct/shard-{0..9}.tar",
+            "sources": [{"name": "ct", "shards": "../sets/ct"}],
+        },
+        "logger": {"save_dir": "~/wandb/"},
+        "trainer": {"precision": "bf16-mixed"},
+    }
     assert shareable_config(config) == {
-        "run_dir": "ct_mae", "init_from": None, "seed": 0,
+        "run_dir": "ct_mae",
+        "init_from": None,
+        "seed": 0,
         "data": {"shards": "shard-{0..9}.tar", "sources": [{"name": "ct", "shards": "ct"}]},
-        "logger": {"save_dir": "wandb"}, "trainer": {"precision": "bf16-mixed"}}
+        "logger": {"save_dir": "wandb"},
+        "trainer": {"precision": "bf16-mixed"},
+    }
 
 
 @pytest.mark.parametrize("export_format", ["monai", "full"])

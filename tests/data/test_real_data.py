@@ -13,8 +13,11 @@ PAIRS = [
     ("mri_t1_colin27_ch2", "MR"),
     ("mri_t1_itk_kmeans", "MR"),
 ]
-LABELS = {"ct_head_invesalius": "ct_head_invesalius_label", "mri_t1_colin27_ch2": "mri_t1_colin27_ch2_aal_label",
-          "mri_t1_itk_kmeans": "mri_t1_itk_kmeans_label"}
+LABELS = {
+    "ct_head_invesalius": "ct_head_invesalius_label",
+    "mri_t1_colin27_ch2": "mri_t1_colin27_ch2_aal_label",
+    "mri_t1_itk_kmeans": "mri_t1_itk_kmeans_label",
+}
 
 
 pytestmark = pytest.mark.slow

@@ -46,14 +46,25 @@ def test_epoch_mode_splits_a_pass_exactly_over_2_ranks_x_2_workers(many_shards, 
     for rank in range(2):
         for worker in range(2):
             seen.update(_slot_samples(stream, rank, 2, worker, 2, monkeypatch))
-    expected = set(_keys(many_shards)) if not use_pattern else {
-        m.name.rsplit(".", 1)[0] for m in tarfile.open(many_shards / "shard-000000.tar") if m.name.endswith(".json")}
+    expected = (
+        set(_keys(many_shards))
+        if not use_pattern
+        else {
+            m.name.rsplit(".", 1)[0] for m in tarfile.open(many_shards / "shard-000000.tar") if m.name.endswith(".json")
+        }
+    )
     assert set(seen) == expected and set(seen.values()) == {1}  # every sample exactly once
 
 
 def test_weighted_sources_mix_in_their_proportions(many_shards, shard_dir):
-    stream = RegionStream(None, 16, sources=[{"shards": str(many_shards), "weight": 0.7, "name": "a"},
-                                             {"shards": str(shard_dir), "weight": 0.3, "name": "b"}])
+    stream = RegionStream(
+        None,
+        16,
+        sources=[
+            {"shards": str(many_shards), "weight": 0.7, "name": "a"},
+            {"shards": str(shard_dir), "weight": 0.3, "name": "b"},
+        ],
+    )
     draws = [source for (source, _), _ in zip(stream.samples(0), range(2000))]
     share = draws.count(0) / len(draws)
     assert len(draws) == 2000 and abs(share - 0.7) < 0.03, share
@@ -120,9 +131,23 @@ def test_pretraining_on_two_sources_one_damaged_completes_and_reports_skips_and_
     run = tmp_path / "run"
     damaged = _damage(shard_dir, tmp_path)
     sources = f"[{{shards:'{damaged}',weight:0.5,name:damaged}},{{shards:'{shard_dir}',name:clean}}]"
-    assert main(["pretrain", "experiment=demo", f"data.sources={sources}", f"run_dir={run}",
-                 "trainer.max_steps=6", "data.regions_per_volume=1", "data.shuffle_buffer=1", "data.num_workers=1",
-                 "trainer.log_every_n_steps=1", "trainer.progress_bar=false"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "experiment=demo",
+                f"data.sources={sources}",
+                f"run_dir={run}",
+                "trainer.max_steps=6",
+                "data.regions_per_volume=1",
+                "data.shuffle_buffer=1",
+                "data.num_workers=1",
+                "trainer.log_every_n_steps=1",
+                "trainer.progress_bar=false",
+            ]
+        )
+        == 0
+    )
     assert "damaged shard read(s) or sample(s)" in capsys.readouterr().out
     rows = (run / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
     column = rows[0].split(",").index("data/skipped_samples")
@@ -130,6 +155,9 @@ def test_pretraining_on_two_sources_one_damaged_completes_and_reports_skips_and_
     assert skipped and max(skipped) >= 1
     header = rows[0].split(",")
     assert "data/modality/CT" in header and "data/modality/MR" in header  # the realised mix by modality
-    mix = [float(r.split(",")[header.index("data/mix/damaged")]) for r in rows[1:]
-           if r.split(",")[header.index("data/mix/damaged")]]
+    mix = [
+        float(r.split(",")[header.index("data/mix/damaged")])
+        for r in rows[1:]
+        if r.split(",")[header.index("data/mix/damaged")]
+    ]
     assert mix and 0 < mix[-1] < 1 and "data/mix/clean" in header  # ... and by source

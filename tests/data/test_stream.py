@@ -10,8 +10,9 @@ from voxfm.data.stream.regions import RegionStream, region_loader
 
 
 def test_loader_yields_raw_regions_with_their_normalisation(shard_dir):
-    loader = region_loader(RegionStream(str(shard_dir), [32, 32, 32], regions_per_volume=2), batch_size=3,
-                           num_workers=0)
+    loader = region_loader(
+        RegionStream(str(shard_dir), [32, 32, 32], regions_per_volume=2), batch_size=3, num_workers=0
+    )
     it = iter(loader)
     for _ in range(5):  # more regions than volumes: the stream is infinite (resampled)
         batch = next(it)
@@ -22,8 +23,12 @@ def test_loader_yields_raw_regions_with_their_normalisation(shard_dir):
 
 
 def test_a_batch_mixing_dtypes_is_promoted_losslessly():
-    ct = {"region": torch.full((1, 2, 2, 2), -1000, dtype=torch.int16), "low": -1000.0, "high": 1000.0,
-          "modality": "CT"}
+    ct = {
+        "region": torch.full((1, 2, 2, 2), -1000, dtype=torch.int16),
+        "low": -1000.0,
+        "high": 1000.0,
+        "modality": "CT",
+    }
     mr = {"region": torch.full((1, 2, 2, 2), 0.5), "low": 0.0, "high": 1.0, "modality": "MR"}
     assert collate_regions([ct, ct])["region"].dtype == torch.int16
     mixed = collate_regions([ct, mr])
@@ -81,8 +86,17 @@ def test_big_endian_payloads_become_native_regions():
     from voxfm.data.stream.samples import cut_regions
 
     vol = np.arange(16**3, dtype=">i2").reshape(16, 16, 16)
-    sample = {"json": json.dumps({"normalisation": {"low": 0.0, "high": 4096.0}, "foreground_points": [],
-                                  "modality": "CT", "shape": [16, 16, 16]}).encode(), "image.b2": payload.encode(vol)}
+    sample = {
+        "json": json.dumps(
+            {
+                "normalisation": {"low": 0.0, "high": 4096.0},
+                "foreground_points": [],
+                "modality": "CT",
+                "shape": [16, 16, 16],
+            }
+        ).encode(),
+        "image.b2": payload.encode(vol),
+    }
     regions = cut_regions(sample, 8, 2, 0.5, np.random.default_rng(0))
     assert regions[0]["region"].dtype == torch.int16 and regions[0]["region"].shape == (1, 8, 8, 8)
     assert regions[0]["region"].min() >= 0 and regions[0]["region"].max() < 16**3
@@ -117,7 +131,7 @@ def _damaged_set(shard_dir, out, n: int = 70, every: int = 10):
     ]
     with tarfile.open(shard_dir / "shard-000000.tar") as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-    good = [(json.loads(files[k]), files[k[:-len("json")] + "image.b2"]) for k in sorted(files) if k.endswith(".json")]
+    good = [(json.loads(files[k]), files[k[: -len("json")] + "image.b2"]) for k in sorted(files) if k.endswith(".json")]
     buf, damaged = io.BytesIO(), 0
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for i in range(n):
@@ -144,15 +158,40 @@ def test_a_run_over_damaged_samples_completes_and_counts_each_skip(shard_dir, tm
 
     shards, damaged = _damaged_set(shard_dir, tmp_path / "damaged", n=80)
     assert damaged == 8
-    assert main(["pretrain", "experiment=demo", f"data.shards={shards}", f"run_dir={tmp_path / 'run'}",
-                 "data.resampled=false", "data.regions_per_volume=1", "data.shuffle_buffer=1", "data.batch_size=8",
-                 f"data.pool_gib={pool_gib}", "data.pool_volumes=16",
-                 "data.num_workers=0", "trainer.max_steps=9", "trainer.log_every_n_steps=1",
-                 "trainer.checkpoint_every_n_steps=9", "trainer.images_every_n_steps=0",
-                 "trainer.progress_bar=false"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "experiment=demo",
+                f"data.shards={shards}",
+                f"run_dir={tmp_path / 'run'}",
+                "data.resampled=false",
+                "data.regions_per_volume=1",
+                "data.shuffle_buffer=1",
+                "data.batch_size=8",
+                f"data.pool_gib={pool_gib}",
+                "data.pool_volumes=16",
+                "data.num_workers=0",
+                "trainer.max_steps=9",
+                "trainer.log_every_n_steps=1",
+                "trainer.checkpoint_every_n_steps=9",
+                "trainer.images_every_n_steps=0",
+                "trainer.progress_bar=false",
+            ]
+        )
+        == 0
+    )
     printed = re.search(r"skipped (\d+) damaged shard read\(s\) or sample\(s\)", capsys.readouterr().out)
     warned = caplog.text.count("voxfm: skipped damaged data")  # the workers may read past the last batch
     assert printed and (int(printed[1]) == damaged if pool_gib == 0 else damaged <= int(printed[1]) <= warned)
-    for reason in ("shape (2, ", "modality=['", "modality='XR'", "high=inf", "low=1.0, high=0.0",
-                   "dtype '|O' refused", "over the budget", "but the frame holds 128"):  # each skip says why
+    for reason in (
+        "shape (2, ",
+        "modality=['",
+        "modality='XR'",
+        "high=inf",
+        "low=1.0, high=0.0",
+        "dtype '|O' refused",
+        "over the budget",
+        "but the frame holds 128",
+    ):  # each skip says why
         assert reason in caplog.text, reason

@@ -15,8 +15,12 @@ def _g(step=0):
 
 def _batch(b=6, size=48, dtype=torch.int16):
     region = torch.randint(-1000, 1000, (b, 1, size, size, size)).to(dtype)
-    return {"region": region, "low": torch.full((b,), -1000.0), "high": torch.full((b,), 1000.0),
-            "modality": ["CT"] * b}
+    return {
+        "region": region,
+        "low": torch.full((b,), -1000.0),
+        "high": torch.full((b,), 1000.0),
+        "modality": ["CT"] * b,
+    }
 
 
 @pytest.mark.parametrize("overlap", [0.25, 0.5, 0.8])
@@ -32,8 +36,9 @@ def test_two_views_overlap_by_the_configured_fraction(overlap):
 
 
 def test_same_generator_same_views_and_masks():
-    stage = ViewPipeline(16, n_views=2, overlap=0.5, augment=IntensityAugment(),
-                      masking=RandomPatchMasking(0.75, patch_size=8))
+    stage = ViewPipeline(
+        16, n_views=2, overlap=0.5, augment=IntensityAugment(), masking=RandomPatchMasking(0.75, patch_size=8)
+    )
     batch = _batch(size=stage.region_size_needed()[0])
     a, b, c = stage(batch, _g(3)), stage(batch, _g(3)), stage(batch, _g(4))
     assert a["image"].shape == (12, 1, 16, 16, 16) and a["image"].dtype == torch.float32
@@ -79,7 +84,7 @@ def test_crop_reads_the_offset_window_and_normalises():
     off = out["offsets"][0]
     for i in range(2):
         x, y, z = off[i].tolist()
-        raw = batch["region"][i, 0, x:x + 8, y:y + 8, z:z + 8].float()
+        raw = batch["region"][i, 0, x : x + 8, y : y + 8, z : z + 8].float()
         assert torch.allclose(out["image"][i, 0], ((raw + 1000) / 2000).clamp(0, 1))
 
 
@@ -117,8 +122,13 @@ def test_noise_is_drawn_only_for_the_samples_that_get_it_and_replays():
 
 
 def test_all_views_come_from_one_draw_and_a_pure_apply():
-    stage = ViewPipeline(16, n_views=2, overlap=0.5, augment=IntensityAugment(noise_prob=0),
-                      masking=RandomPatchMasking(0.75, patch_size=8))
+    stage = ViewPipeline(
+        16,
+        n_views=2,
+        overlap=0.5,
+        augment=IntensityAugment(noise_prob=0),
+        masking=RandomPatchMasking(0.75, patch_size=8),
+    )
     batch = _batch(b=3, size=stage.region_size_needed()[0])
     draws = stage.draw(3, stage.region_size_needed(), _g(5))
     assert draws["offsets"].shape == (2, 3, 3) and draws["flips"].shape == (6, 3)

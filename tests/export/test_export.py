@@ -19,9 +19,18 @@ from voxfm.pretrain.launch.run import run_pretrain
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, shard_dir):
     run = tmp_path_factory.mktemp("run")
-    cfg = load_config("pretrain", ["experiment=demo", f"data.shards={shard_dir}", f"run_dir={run}",
-                                   "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=3",
-                                   "trainer.progress_bar=false", "data.num_workers=0"])
+    cfg = load_config(
+        "pretrain",
+        [
+            "experiment=demo",
+            f"data.shards={shard_dir}",
+            f"run_dir={run}",
+            "trainer.max_steps=6",
+            "trainer.checkpoint_every_n_steps=3",
+            "trainer.progress_bar=false",
+            "data.num_workers=0",
+        ],
+    )
     run_pretrain(cfg)
     return run
 
@@ -32,8 +41,12 @@ def test_export_loads_strictly_into_monai_and_matches_voxfm(run_dir, tmp_path):
     weights = load_file(str(out / "backbone.safetensors"))
     assert meta["monai_class"] == "monai.networks.nets.ViT" and meta["step"] == 6
     assert meta["spacing"] == [1.5, 1.5, 1.5] and meta["orientation"] == "RAS"
-    assert meta["normalisation"]["CT"] == {"scheme": "window", "low": -1000.0, "high": 1000.0,
-                                           "note": "clip HU to [low, high], map to [0, 1]"}
+    assert meta["normalisation"]["CT"] == {
+        "scheme": "window",
+        "low": -1000.0,
+        "high": 1000.0,
+        "note": "clip HU to [low, high], map to [0, 1]",
+    }
     assert meta["normalisation"]["MR"]["scheme"] == "percentile"
     assert meta["patch_size"] == [8, 8, 8] and meta["config"]["model"]["hidden_size"] == 48
 
@@ -46,13 +59,20 @@ def test_export_loads_strictly_into_monai_and_matches_voxfm(run_dir, tmp_path):
     assert diff < 1e-4
 
 
-
 def test_exported_weights_load_strictly_into_unetr_vit():
     """UNETR fixes patch 16, 12 layers and learnable position embeddings: such a backbone loads strictly."""
     backbone = ViT(1, 32, 16, hidden_size=48, mlp_dim=96, num_layers=12, num_heads=4, pos_embed_type="learnable")
     weights, _ = ViTAdapter.export_weights(backbone.state_dict(), backbone, None)
-    unetr = UNETR(in_channels=1, out_channels=3, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96,
-                  num_heads=4, proj_type="conv").eval()
+    unetr = UNETR(
+        in_channels=1,
+        out_channels=3,
+        img_size=32,
+        feature_size=8,
+        hidden_size=48,
+        mlp_dim=96,
+        num_heads=4,
+        proj_type="conv",
+    ).eval()
     unetr.vit.load_state_dict(weights, strict=True)
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
@@ -78,9 +98,20 @@ def test_export_of_a_missing_checkpoint_says_what_was_expected(tmp_path):
 
 def test_a_mae_contrastive_run_exports_into_monai(tmp_path, shard_dir):
     run = tmp_path / "run"
-    run_pretrain(load_config("pretrain", ["experiment=demo_mae_contrastive", f"data.shards={shard_dir}",
-                                          f"run_dir={run}", "trainer.max_steps=2", "trainer.progress_bar=false",
-                                          "trainer.images_every_n_steps=0", "data.num_workers=0"]))
+    run_pretrain(
+        load_config(
+            "pretrain",
+            [
+                "experiment=demo_mae_contrastive",
+                f"data.shards={shard_dir}",
+                f"run_dir={run}",
+                "trainer.max_steps=2",
+                "trainer.progress_bar=false",
+                "trainer.images_every_n_steps=0",
+                "data.num_workers=0",
+            ],
+        )
+    )
     out = run_export(str(run), str(tmp_path / "export"))
     meta = json.loads((out / "backbone.json").read_text())
     monai = MonaiViT(**meta["monai_kwargs"]).eval()
@@ -94,8 +125,14 @@ def test_a_mae_contrastive_run_exports_into_monai(tmp_path, shard_dir):
 def test_the_model_cards_loading_snippet_runs_verbatim(run_dir, tmp_path, monkeypatch):
     out = run_export(str(run_dir), str(tmp_path / "export"))
     card = (out / "README.md").read_text()
-    for words in ("spacing: [1.5, 1.5, 1.5] mm", "orientation: RAS", "axis order of the tensor: [C, X, Y, Z]",
-                  "CT: {\"scheme\": \"window\"", "modalities (volumes): {", "Intended use"):
+    for words in (
+        "spacing: [1.5, 1.5, 1.5] mm",
+        "orientation: RAS",
+        "axis order of the tensor: [C, X, Y, Z]",
+        'CT: {"scheme": "window"',
+        "modalities (volumes): {",
+        "Intended use",
+    ):
         assert words in card, words
     snippet = model_card_snippet(out)
     assert "pydoc" not in snippet and '"monai.networks.nets.ViT": monai.networks.nets.ViT,' in snippet

@@ -7,7 +7,6 @@ nnU-Net's pretrained fine-tuning (`like_nnssl.py`, `pretrainedTrainer.py`, `get_
 branch, not in the installed 2.8.1: `nnunet_network` repeats its dispatch, and builds everything that is not a preset
 through 2.8.1's own `get_network_from_plans`."""
 
-
 import pytest
 
 from tests.exports import model_card_snippet, voxfm_encoder
@@ -31,7 +30,11 @@ def test_nnssl_file_of_demo_primus_builds_nnunets_primus_and_gives_voxfms_output
     assert arch["arch_class_name"] == Primus.declaration.export_class  # not a preset
     assert arch["arch_kwargs_requiring_import"] == []
     assert (plan["key_to_encoder"], plan["key_to_stem"], plan["keys_to_in_proj"], plan["key_to_lpe"]) == (
-        "eva", "down_projection", ["down_projection.proj"], "eva.pos_embed")
+        "eva",
+        "down_projection",
+        ["down_projection.proj"],
+        "eva.pos_embed",
+    )
     assert checkpoint["trainer_name"] == "voxfm.MAEObjective" and plan["pretrain_num_input_channels"] == 1
     net = load_as_nnunet(nnunet_network(plan, 1, 1), checkpoint)  # primus_tiny: 1 input channel, 1 output
     assert same_function(voxfm_encoder(primus_run / "checkpoints" / "last.ckpt"), net, (32, 32, 32)) < 1e-4
@@ -42,8 +45,9 @@ def test_nnssl_file_of_demo_primus_builds_nnunets_primus_and_gives_voxfms_output
 
 
 @pytest.mark.slow
-def test_nnssl_file_of_demo_mim_builds_nnunets_resenc_from_its_kwargs_and_gives_voxfms_output(mim_run, tmp_path,
-                                                                                               monkeypatch):
+def test_nnssl_file_of_demo_mim_builds_nnunets_resenc_from_its_kwargs_and_gives_voxfms_output(
+    mim_run, tmp_path, monkeypatch
+):
     out = run_export(str(mim_run), str(tmp_path / "nnssl"), export_format="nnssl")
     checkpoint = read_as_nnunet(out)
     plan = checkpoint["nnssl_adaptation_plan"]

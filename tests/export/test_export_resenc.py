@@ -41,9 +41,15 @@ def test_a_tampered_backbone_json_cannot_make_the_snippet_call_anything_else(mim
     out = run_export(str(mim_run), str(tmp_path / "export"))
     marker = tmp_path / "marker"
     meta = json.loads((out / "backbone.json").read_text())
-    tampered = [{**meta, "class": "subprocess.call", "kwargs": {"args": f"touch {marker}", "shell": True},
-                 "kwargs_requires_import": []},
-                {**meta, "kwargs": {**meta["kwargs"], "nonlin": "os.system"}}]
+    tampered = [
+        {
+            **meta,
+            "class": "subprocess.call",
+            "kwargs": {"args": f"touch {marker}", "shell": True},
+            "kwargs_requires_import": [],
+        },
+        {**meta, "kwargs": {**meta["kwargs"], "nonlin": "os.system"}},
+    ]
     for bad, name in zip(tampered, ("'subprocess.call'", "'os.system'")):
         (out / "backbone.json").write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=f"backbone.json names {name}; this export loads only"):
@@ -64,8 +70,14 @@ def test_nnunet_format_loads_through_nnunets_own_functions_in_its_axis_order(mim
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     arch = config["architecture"]
-    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                                 input_channels=1, output_channels=1, deep_supervision=False).eval()
+    net = get_network_from_plans(
+        arch["network_class_name"],
+        arch["arch_kwargs"],
+        arch["_kw_requires_import"],
+        input_channels=1,
+        output_channels=1,
+        deep_supervision=False,
+    ).eval()
     net.load_state_dict(torch.load(out / "nnunet_pretrained.pth", weights_only=True)["network_weights"])
     ours = voxfm_encoder(mim_run / "checkpoints" / "last.ckpt")
     x = torch.randn(1, 1, 16, 20, 24)  # [C, X, Y, Z]: nnU-Net sees [C, Z, Y, X]
@@ -95,8 +107,9 @@ def test_a_failed_load_names_missing_unexpected_and_mismatched_keys(mim_run, tmp
     state = load_file(str(out / "backbone.safetensors"))
     state["extra.weight"] = torch.zeros(1)
     del state["encoder.stem.convs.0.conv.bias"]
-    wider = ResEncUNet(1, 1, features_per_stage=(8, 16, 48), n_blocks_per_stage=(1, 1, 1),
-                       n_conv_per_stage_decoder=(1, 1))
+    wider = ResEncUNet(
+        1, 1, features_per_stage=(8, 16, 48), n_blocks_per_stage=(1, 1, 1), n_conv_per_stage_decoder=(1, 1)
+    )
     with pytest.raises(ValueError) as err:
         load_strict(wider, state, "backbone.safetensors")
     text = str(err.value)
@@ -111,10 +124,20 @@ def test_a_full_export_continues_pretraining_from_its_step_with_its_weights(mim_
     from voxfm.pretrain.training.init_from import init_module
 
     out = run_export(str(mim_run), str(tmp_path / "full"), export_format="full")
-    cfg = load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'new'}",
-                                   f"init_from={out}", "trainer.max_steps=5", "trainer.progress_bar=false",
-                                   "trainer.images_every_n_steps=0", "data.num_workers=0",
-                                   "trainer.log_every_n_steps=1"])
+    cfg = load_config(
+        "pretrain",
+        [
+            "experiment=demo_mim",
+            f"data.shards={shard_dir}",
+            f"run_dir={tmp_path / 'new'}",
+            f"init_from={out}",
+            "trainer.max_steps=5",
+            "trainer.progress_bar=false",
+            "trainer.images_every_n_steps=0",
+            "data.num_workers=0",
+            "trainer.log_every_n_steps=1",
+        ],
+    )
     module = build_module(cfg)
     assert init_module(module, str(out), 5) == 2
     exported = load(str(out / "model.safetensors"))
@@ -128,8 +151,11 @@ def test_a_full_export_continues_pretraining_from_its_step_with_its_weights(mim_
     rows = (tmp_path / "new" / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
     steps = [int(r.split(",")[rows[0].split(",").index("step")]) for r in rows[1:]]
     assert min(steps) >= 2 and max(steps) >= 4
-    lr = [float(r.split(",")[rows[0].split(",").index("lr-AdamW/pg1")]) for r in rows[1:]
-          if r.split(",")[rows[0].split(",").index("lr-AdamW/pg1")]]
+    lr = [
+        float(r.split(",")[rows[0].split(",").index("lr-AdamW/pg1")])
+        for r in rows[1:]
+        if r.split(",")[rows[0].split(",").index("lr-AdamW/pg1")]
+    ]
     assert lr[0] == pytest.approx(3e-3 * 3 / 10)  # the warm-up schedule at step 2, not at step 0
     events = [json.loads(line) for line in (tmp_path / "new" / "events.jsonl").read_text().splitlines()]
     assert events[0]["event"] == "start" and events[0]["step"] == 2 and events[0]["checkpoint"] == str(out)

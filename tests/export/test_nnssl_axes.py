@@ -33,8 +33,17 @@ def _nnssl(backbone, crop) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("registers", [0, 2])
 def test_primus_in_nnunets_axis_order_computes_voxfms_function_on_a_non_cubic_grid(registers):
-    ours = _sharp_primus(input_channels=1, embed_dim=48, patch_embed_size=8, num_classes=2, eva_depth=2,
-                         eva_numheads=4, input_shape=(32, 24, 16), num_register_tokens=registers, **NNSSL_ARGS)
+    ours = _sharp_primus(
+        input_channels=1,
+        embed_dim=48,
+        patch_embed_size=8,
+        num_classes=2,
+        eva_depth=2,
+        eva_numheads=4,
+        input_shape=(32, 24, 16),
+        num_register_tokens=registers,
+        **NNSSL_ARGS,
+    )
     checkpoint = _nnssl(ours, (32, 24, 16))
     assert checkpoint["nnssl_adaptation_plan"]["recommended_downstream_patchsize"] == [16, 24, 32]
     theirs = load_as_nnunet(nnunet_network(checkpoint["nnssl_adaptation_plan"], 1, 2), checkpoint)
@@ -55,12 +64,23 @@ def test_presets_go_by_nnssls_names_and_load_into_nnunets_presets():
     resenc = ResEncUNet().eval()  # voxfm's default ResEnc is ResEnc-L
     checkpoint = _nnssl(resenc, (64, 32, 32))
     assert checkpoint["nnssl_adaptation_plan"]["architecture_plans"] == {
-        "arch_class_name": "ResEncL", "arch_kwargs": None, "arch_kwargs_requiring_import": None}
+        "arch_class_name": "ResEncL",
+        "arch_kwargs": None,
+        "arch_kwargs_requiring_import": None,
+    }
     net = load_as_nnunet(nnunet_network(checkpoint["nnssl_adaptation_plan"], 1, 1), checkpoint)
     assert same_function(resenc, net, (64, 32, 32)) < 1e-4
     depth, heads, dim = PRESETS["M"]
-    primus = _sharp_primus(input_channels=1, embed_dim=dim, patch_embed_size=8, num_classes=1, eva_depth=depth,
-                           eva_numheads=heads, input_shape=(16, 16, 24), **NNSSL_ARGS)
+    primus = _sharp_primus(
+        input_channels=1,
+        embed_dim=dim,
+        patch_embed_size=8,
+        num_classes=1,
+        eva_depth=depth,
+        eva_numheads=heads,
+        input_shape=(16, 16, 24),
+        **NNSSL_ARGS,
+    )
     checkpoint = _nnssl(primus, (16, 16, 24))
     assert checkpoint["nnssl_adaptation_plan"]["architecture_plans"]["arch_class_name"] == "PrimusM"
     net = load_as_nnunet(nnunet_network(checkpoint["nnssl_adaptation_plan"], 1, 1), checkpoint)
@@ -68,16 +88,38 @@ def test_presets_go_by_nnssls_names_and_load_into_nnunets_presets():
 
 
 def test_only_networks_equal_to_a_preset_take_its_name():
-    m = {"embed_dim": 864, "eva_depth": 16, "eva_numheads": 12, "patch_embed_size": [8, 8, 8], "input_shape": [64] * 3,
-         "num_register_tokens": 0, "use_rot_pos_emb": True, "use_abs_pos_embed": True, "mlp_ratio": 4 * 2 / 3,
-         "drop_path_rate": 0.0, "proj_drop_rate": 0.0, "attn_drop_rate": 0.0, "init_values": 0.1,
-         "scale_attn_inner": True, "input_channels": 1, "num_classes": 1}
+    m = {
+        "embed_dim": 864,
+        "eva_depth": 16,
+        "eva_numheads": 12,
+        "patch_embed_size": [8, 8, 8],
+        "input_shape": [64] * 3,
+        "num_register_tokens": 0,
+        "use_rot_pos_emb": True,
+        "use_abs_pos_embed": True,
+        "mlp_ratio": 4 * 2 / 3,
+        "drop_path_rate": 0.0,
+        "proj_drop_rate": 0.0,
+        "attn_drop_rate": 0.0,
+        "init_values": 0.1,
+        "scale_attn_inner": True,
+        "input_channels": 1,
+        "num_classes": 1,
+    }
     assert PrimusAdapter.nnssl_plans(m)["arch_class_name"] == "PrimusM"
-    assert PrimusAdapter.nnssl_plans({**m, "embed_dim": 396, "eva_numheads": 6, "eva_depth": 12}
-                              )["arch_class_name"] == "PrimusS"
-    for change in ({"num_register_tokens": 2}, {"patch_embed_size": [16, 16, 16]}, {"init_values": None},
-                   {"scale_attn_inner": False}, {"eva_depth": 12}):
+    assert (
+        PrimusAdapter.nnssl_plans({**m, "embed_dim": 396, "eva_numheads": 6, "eva_depth": 12})["arch_class_name"]
+        == "PrimusS"
+    )
+    for change in (
+        {"num_register_tokens": 2},
+        {"patch_embed_size": [16, 16, 16]},
+        {"init_values": None},
+        {"scale_attn_inner": False},
+        {"eva_depth": 12},
+    ):
         plans = PrimusAdapter.nnssl_plans({**m, **change})
         assert plans["arch_class_name"] == Primus.declaration.export_class
-        assert plans["arch_kwargs"] == {k: v for k, v in {**m, **change}.items()
-                                        if k not in ("input_channels", "num_classes")}
+        assert plans["arch_kwargs"] == {
+            k: v for k, v in {**m, **change}.items() if k not in ("input_channels", "num_classes")
+        }

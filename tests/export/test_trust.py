@@ -15,16 +15,30 @@ from voxfm.models.vit import ViT
 from voxfm.pretrain.cli.main import main
 from voxfm.pretrain.export.run import run_export
 
-VIT = {"_target_": "voxfm.models.vit.ViT", "in_channels": 1, "img_size": [32, 32, 32], "patch_size": 8,
-       "hidden_size": 48, "mlp_dim": 96, "num_layers": 1, "num_heads": 4}
+VIT = {
+    "_target_": "voxfm.models.vit.ViT",
+    "in_channels": 1,
+    "img_size": [32, 32, 32],
+    "patch_size": 8,
+    "hidden_size": 48,
+    "mlp_dim": 96,
+    "num_layers": 1,
+    "num_heads": 4,
+}
 
 
 def _checkpoint(folder, model: dict):
     """A last.ckpt made only of dicts and tensors (it passes `weights_only=True`) with the given stored model."""
     folder.mkdir(parents=True, exist_ok=True)
-    ckpt = {"global_step": 1, "state_dict": {"backbone.norm.weight": torch.ones(48)},
-            "voxfm_config": {"model": model, "objective": {"loss": {"_target_": "voxfm.pretrain.objectives.mae.MAE"}},
-                             "data": {"crop_size": [32, 32, 32]}}}
+    ckpt = {
+        "global_step": 1,
+        "state_dict": {"backbone.norm.weight": torch.ones(48)},
+        "voxfm_config": {
+            "model": model,
+            "objective": {"loss": {"_target_": "voxfm.pretrain.objectives.mae.MAE"}},
+            "data": {"crop_size": [32, 32, 32]},
+        },
+    }
     torch.save(ckpt, folder / "last.ckpt")
     torch.load(folder / "last.ckpt", weights_only=True)
     return folder / "last.ckpt"
@@ -41,16 +55,19 @@ def test_a_checkpoint_that_names_a_command_runs_nothing_and_exits_2(tmp_path, ca
     assert len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("model, key", [
-    ({**VIT, "_args_": ["x"]}, "voxfm_config.model._args_: refused"),
-    ({**VIT, "_partial_": True}, "voxfm_config.model._partial_: refused"),
-    ({**VIT, "_recursive_": False}, "voxfm_config.model._recursive_: refused"),
-    ({**VIT, "_convert_": "all"}, "voxfm_config.model._convert_: refused"),
-    ({**VIT, "_target_": "os.system"}, "voxfm_config.model._target_='os.system': refused"),
-    ({**VIT, "img_size": [32, {"_target_": "os.getcwd"}, 32]}, "voxfm_config.model.img_size[1]: refused a nested"),
-    ({**VIT, "mlp_dim": {"a": 1}}, "voxfm_config.model.mlp_dim: refused a dict"),
-    ({**VIT, "depth": 3}, "voxfm_config.model.depth: not an argument of voxfm.models.vit.ViT"),
-])
+@pytest.mark.parametrize(
+    "model, key",
+    [
+        ({**VIT, "_args_": ["x"]}, "voxfm_config.model._args_: refused"),
+        ({**VIT, "_partial_": True}, "voxfm_config.model._partial_: refused"),
+        ({**VIT, "_recursive_": False}, "voxfm_config.model._recursive_: refused"),
+        ({**VIT, "_convert_": "all"}, "voxfm_config.model._convert_: refused"),
+        ({**VIT, "_target_": "os.system"}, "voxfm_config.model._target_='os.system': refused"),
+        ({**VIT, "img_size": [32, {"_target_": "os.getcwd"}, 32]}, "voxfm_config.model.img_size[1]: refused a nested"),
+        ({**VIT, "mlp_dim": {"a": 1}}, "voxfm_config.model.mlp_dim: refused a dict"),
+        ({**VIT, "depth": 3}, "voxfm_config.model.depth: not an argument of voxfm.models.vit.ViT"),
+    ],
+)
 def test_every_hydra_key_foreign_target_or_non_plain_argument_is_refused_by_name(tmp_path, model, key):
     ckpt = _checkpoint(tmp_path / "run", model)
     for export_format in ("monai", "full"):
@@ -85,14 +102,36 @@ def test_an_index_naming_a_pipe_command_runs_nothing_with_data_shards_dot(shard_
     monkeypatch.chdir(folder)
     with pytest.raises(ValueError, match=r"shards\[0\].name='pipe:touch .*': refused; a shard name must be a plain"):
         shard_urls(".")
-    assert main(["pretrain", "experiment=demo", "data.shards=.", f"run_dir={tmp_path / 'run'}", "trainer.max_steps=1",
-                 "data.num_workers=0", "trainer.progress_bar=false"]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "experiment=demo",
+                "data.shards=.",
+                f"run_dir={tmp_path / 'run'}",
+                "trainer.max_steps=1",
+                "data.num_workers=0",
+                "trainer.progress_bar=false",
+            ]
+        )
+        == 2
+    )
     assert "a shard name must be a plain file name" in capsys.readouterr().err
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("name", ["/etc/passwd.tar", "../shards/shard-000000.tar", "sub/shard-000000.tar",
-                                  ".hidden.tar", "http://host/shard.tar", "c:\\x.tar", "shard-000000"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "/etc/passwd.tar",
+        "../shards/shard-000000.tar",
+        "sub/shard-000000.tar",
+        ".hidden.tar",
+        "http://host/shard.tar",
+        "c:\\x.tar",
+        "shard-000000",
+    ],
+)
 def test_absolute_relative_and_scheme_names_are_refused(shard_dir, tmp_path, name):
     folder = _index_folder(shard_dir, tmp_path / "set", [name])
     with pytest.raises(ValueError, match="a shard name must be a plain file name"):
@@ -104,12 +143,15 @@ def test_a_plain_index_resolves_to_absolute_paths(shard_dir, monkeypatch):
     assert shard_urls(".") == [str(shard_dir / "shard-000000.tar")]
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda index: {**index, "shards": [{"name": 7}]}, r"shards\[0\].name=7: refused"),
-    (lambda index: [index], "expected a JSON object, got list"),
-    (lambda index: {**index, "shards": {"name": "shard-000000.tar"}}, '"shards" must be a list of objects'),
-    (lambda index: {**index, "config": None}, '"config" must be an object, got null'),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda index: {**index, "shards": [{"name": 7}]}, r"shards\[0\].name=7: refused"),
+        (lambda index: [index], "expected a JSON object, got list"),
+        (lambda index: {**index, "shards": {"name": "shard-000000.tar"}}, '"shards" must be a list of objects'),
+        (lambda index: {**index, "config": None}, '"config" must be an object, got null'),
+    ],
+)
 @pytest.mark.parametrize("read", [shard_urls, describe_shard_set])
 def test_a_malformed_index_gives_one_line(shard_dir, tmp_path, damage, message, read):
     folder = _index_folder(shard_dir, tmp_path / "set", ["shard-000000.tar"])

@@ -12,8 +12,14 @@ from voxfm.pretrain.export.run import run_export
 from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.launch.run import run_pretrain
 
-FAST = ["steps=6", "trainer.progress_bar=false", "trainer.checkpoint_every_n_steps=3", "data.batch_size=1",
-        "data.crop_size=[16,16,16]", "sw_batch_size=8"]
+FAST = [
+    "steps=6",
+    "trainer.progress_bar=false",
+    "trainer.checkpoint_every_n_steps=3",
+    "data.batch_size=1",
+    "data.crop_size=[16,16,16]",
+    "sw_batch_size=8",
+]
 
 
 pytestmark = pytest.mark.slow
@@ -23,8 +29,10 @@ pytestmark = pytest.mark.slow
 def labelled(tmp_path_factory, phantom_dir):
     """The six phantoms with their label maps (0 background, 1 body, 2 organ, 3 lesion), one subject each."""
     out = tmp_path_factory.mktemp("labelled")
-    rows = ["path,label,subject"] + [f"{p},{str(p).replace('.nii.gz', '_label.nii.gz')},{p.name[:10]}"
-                                     for p in sorted(phantom_dir.glob("phantom*_??.nii.gz"))]
+    rows = ["path,label,subject"] + [
+        f"{p},{str(p).replace('.nii.gz', '_label.nii.gz')},{p.name[:10]}"
+        for p in sorted(phantom_dir.glob("phantom*_??.nii.gz"))
+    ]
     (out / "m.csv").write_text("\n".join(rows) + "\n")
     assert run_shard(str(out / "m.csv"), str(out / "shards"), {}, progress=False)["n_sharded"] == 6
     return out / "shards"
@@ -37,8 +45,20 @@ def resenc_export(tmp_path_factory, mim_run):
 
 def test_scratch_finetune_scores_held_out_subjects_per_class(labelled, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["finetune", "experiment=demo_finetune", "backbone=none", f"data.shards={labelled}",
-                 f"run_dir={run}", "data.val_fraction=0.34", *FAST]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "experiment=demo_finetune",
+                "backbone=none",
+                f"data.shards={labelled}",
+                f"run_dir={run}",
+                "data.val_fraction=0.34",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     results = json.loads((run / "results.json").read_text())
     assert results["label_values"] == [0, 1, 2, 3] and results["split"] == "by subject: 4 train, 2 validation"
     arm = results["arms"]["scratch"]
@@ -48,8 +68,16 @@ def test_scratch_finetune_scores_held_out_subjects_per_class(labelled, tmp_path,
 
 def test_compare_scratch_trains_both_arms_alike_and_a_rerun_resumes(labelled, resenc_export, tmp_path):
     run = tmp_path / "run"
-    args = ["finetune", "experiment=demo_finetune", f"backbone={resenc_export}", f"data.shards={labelled}",
-            f"run_dir={run}", "compare_scratch=true", "data.n_train=3", *FAST]
+    args = [
+        "finetune",
+        "experiment=demo_finetune",
+        f"backbone={resenc_export}",
+        f"data.shards={labelled}",
+        f"run_dir={run}",
+        "compare_scratch=true",
+        "data.n_train=3",
+        *FAST,
+    ]
     assert main(args) == 0
     first = json.loads((run / "results.json").read_text())
     assert set(first["arms"]) == {"pretrained", "scratch"} and first["n_train"] == 3
@@ -97,17 +125,37 @@ def test_unetr_takes_a_vit_export_as_its_encoder_and_freezing_leaves_it_untraine
 
 def test_finetune_on_the_real_labelled_scans_writes_the_comparison(real_data, resenc_export, tmp_path):
     """CT head + mask, MRI T1 + 116-region atlas, MRI T1 + 7 tissue classes: one subject each."""
-    tasks = {"ct": ("ct_head_invesalius", "CT"), "aal": ("mri_t1_colin27_ch2", "MR"),
-             "kmeans": ("mri_t1_itk_kmeans", "MR")}
-    labels = {"ct": "ct_head_invesalius_label", "aal": "mri_t1_colin27_ch2_aal_label",
-              "kmeans": "mri_t1_itk_kmeans_label"}
+    tasks = {
+        "ct": ("ct_head_invesalius", "CT"),
+        "aal": ("mri_t1_colin27_ch2", "MR"),
+        "kmeans": ("mri_t1_itk_kmeans", "MR"),
+    }
+    labels = {
+        "ct": "ct_head_invesalius_label",
+        "aal": "mri_t1_colin27_ch2_aal_label",
+        "kmeans": "mri_t1_itk_kmeans_label",
+    }
     for task, (name, modality) in tasks.items():
-        (tmp_path / f"{task}.csv").write_text(f"path,modality,label\n{real_data / (name + '.nii.gz')},{modality},"
-                                              f"{real_data / (labels[task] + '.nii.gz')}\n")
+        (tmp_path / f"{task}.csv").write_text(
+            f"path,modality,label\n{real_data / (name + '.nii.gz')},{modality},"
+            f"{real_data / (labels[task] + '.nii.gz')}\n"
+        )
         run_shard(str(tmp_path / f"{task}.csv"), str(tmp_path / task), {}, progress=False)
         run = tmp_path / f"run_{task}"
-        assert main(["finetune", "experiment=demo_finetune", f"backbone={resenc_export}",
-                     f"data.shards={tmp_path / task}", f"run_dir={run}", "compare_scratch=true", *FAST]) == 0
+        assert (
+            main(
+                [
+                    "finetune",
+                    "experiment=demo_finetune",
+                    f"backbone={resenc_export}",
+                    f"data.shards={tmp_path / task}",
+                    f"run_dir={run}",
+                    "compare_scratch=true",
+                    *FAST,
+                ]
+            )
+            == 0
+        )
         results = json.loads((run / "results.json").read_text())
         assert results["split"].startswith("one subject") and set(results["arms"]) == {"pretrained", "scratch"}
         assert len(results["label_values"]) > 2 and "| pretrained |" in (run / "results.md").read_text()
@@ -115,14 +163,27 @@ def test_finetune_on_the_real_labelled_scans_writes_the_comparison(real_data, re
 
 def test_the_probe_logs_downstream_dice_without_changing_the_pretraining_run(labelled, shard_dir, tmp_path, capsys):
     def pretrain(run, *extra):
-        run_pretrain(load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={run}",
-                                              "trainer.max_steps=4", "trainer.progress_bar=false",
-                                              "trainer.images_every_n_steps=0", "data.num_workers=0",
-                                              "trainer.log_every_n_steps=1", *extra]))
+        run_pretrain(
+            load_config(
+                "pretrain",
+                [
+                    "experiment=demo_mim",
+                    f"data.shards={shard_dir}",
+                    f"run_dir={run}",
+                    "trainer.max_steps=4",
+                    "trainer.progress_bar=false",
+                    "trainer.images_every_n_steps=0",
+                    "data.num_workers=0",
+                    "trainer.log_every_n_steps=1",
+                    *extra,
+                ],
+            )
+        )
         return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
-    probe = (f"+callbacks.probe={{shards:'{labelled}',every_n_steps:2,steps:3,crop_size:[16,16,16],n_train:2,"
-             "batch_size:1}")
+    probe = (
+        f"+callbacks.probe={{shards:'{labelled}',every_n_steps:2,steps:3,crop_size:[16,16,16],n_train:2,batch_size:1}}"
+    )
     with_probe = pretrain(tmp_path / "probe", probe.replace("+callbacks", "callbacks"))
     out = capsys.readouterr().out
     assert "voxfm: probe at step 2: mean Dice" in out and out.count("voxfm: probe at step") == 2  # steps 2 and 4
@@ -143,8 +204,17 @@ def test_either_network_builds_from_random_initialisation(tmp_path):
     net, architecture = _network(base, "scratch", 4, [32] * 3)
     assert architecture == "resenc" and net(torch.randn(1, 1, 32, 32, 32)).shape == (1, 4, 32, 32, 32)
     OmegaConf.set_struct(base, False)
-    base.model = {"_target_": "voxfm.models.vit.ViT", "in_channels": 1, "img_size": 32, "patch_size": 16,
-                  "hidden_size": 48, "mlp_dim": 96, "num_layers": 12, "num_heads": 4, "pos_embed_type": "learnable"}
+    base.model = {
+        "_target_": "voxfm.models.vit.ViT",
+        "in_channels": 1,
+        "img_size": 32,
+        "patch_size": 16,
+        "hidden_size": 48,
+        "mlp_dim": 96,
+        "num_layers": 12,
+        "num_heads": 4,
+        "pos_embed_type": "learnable",
+    }
     net, architecture = _network(base, "scratch", 4, [32] * 3)
     assert architecture == "vit" and type(net).__name__ == "UNETR"
     assert net(torch.randn(1, 1, 32, 32, 32)).shape == (1, 4, 32, 32, 32)
@@ -166,9 +236,22 @@ def test_primus_fine_tunes_its_pretrained_encoder_with_a_new_decoder(labelled, p
     kept = [k for k in exported if not k.startswith("up_projection.")]
     assert kept and all(torch.equal(own[k], exported[k]) for k in kept)  # tokeniser, encoder, positions
     run = tmp_path / "run"
-    assert main(["finetune", "experiment=demo_finetune_primus", f"backbone={primus_export}", f"data.shards={labelled}",
-                 f"run_dir={run}", "compare_scratch=true", "data.val_fraction=0.34", *FAST,
-                 "data.crop_size=[32,32,32]"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "experiment=demo_finetune_primus",
+                f"backbone={primus_export}",
+                f"data.shards={labelled}",
+                f"run_dir={run}",
+                "compare_scratch=true",
+                "data.val_fraction=0.34",
+                *FAST,
+                "data.crop_size=[32,32,32]",
+            ]
+        )
+        == 0
+    )
     results = json.loads((run / "results.json").read_text())
     assert set(results["arms"]) == {"pretrained", "scratch"}
     for arm in results["arms"].values():
@@ -181,10 +264,22 @@ def test_the_probe_scores_the_teacher_of_a_self_distillation_run(labelled, shard
     from voxfm.pretrain.callbacks.probe import probed_backbone
 
     unetr = ["model.patch_size=16", "model.num_layers=12"]  # UNETR's ViT
-    run_pretrain(load_config("pretrain", [
-        "experiment=demo_dino", *unetr, f"data.shards={shard_dir}", f"run_dir={tmp_path}", "trainer.max_steps=2",
-        "trainer.progress_bar=false", "trainer.images_every_n_steps=0", "data.num_workers=0",
-        f"callbacks.probe={{shards:'{labelled}',every_n_steps:2,steps:2,crop_size:[32,32,32],n_train:2,batch_size:1}}"]))
+    run_pretrain(
+        load_config(
+            "pretrain",
+            [
+                "experiment=demo_dino",
+                *unetr,
+                f"data.shards={shard_dir}",
+                f"run_dir={tmp_path}",
+                "trainer.max_steps=2",
+                "trainer.progress_bar=false",
+                "trainer.images_every_n_steps=0",
+                "data.num_workers=0",
+                f"callbacks.probe={{shards:'{labelled}',every_n_steps:2,steps:2,crop_size:[32,32,32],n_train:2,batch_size:1}}",
+            ],
+        )
+    )
     assert "voxfm: probe at step 2: mean Dice" in capsys.readouterr().out
     module = build_module(load_config("pretrain", ["experiment=demo_dino", *unetr, "data.shards=/x", "run_dir=/y"]))
     assert probed_backbone(module) is module.objective.teacher_backbone  # what the probe above scored

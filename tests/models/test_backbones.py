@@ -11,8 +11,11 @@ from voxfm.pretrain.config.declarations import backbone_class_for, declared_back
 from voxfm.pretrain.errors import ConfigError
 
 # a small config of each declared backbone (the ViT's has 12 layers, as UNETR, its segmenter, builds)
-TINY = {"voxfm.models.vit.ViT": "vit_s", "voxfm.models.primus.Primus": "primus_tiny",
-        "voxfm.models.resenc.ResEncUNet": "resenc_tiny"}
+TINY = {
+    "voxfm.models.vit.ViT": "vit_s",
+    "voxfm.models.primus.Primus": "primus_tiny",
+    "voxfm.models.resenc.ResEncUNet": "resenc_tiny",
+}
 KINDS = {"tokens": TokenBackbone, "cnn": CNNBackbone}
 
 
@@ -24,8 +27,16 @@ def test_every_declared_backbone_has_a_tiny_config_here():
 def test_a_backbone_keeps_its_contract_and_its_adapter_round_trips_its_export(target):
     declared = declared_backbones()[target]
     token = declared.declaration.token_size  # 16: UNETR, the ViT's segmenter, takes patch-16 ViTs only
-    cfg = load_config("pretrain", [f"model={TINY[target]}", "data.crop_size=[32,32,32]", "data.shards=/x",
-                                   "run_dir=/y", *([f"model.{token}=16"] if token else [])])
+    cfg = load_config(
+        "pretrain",
+        [
+            f"model={TINY[target]}",
+            "data.crop_size=[32,32,32]",
+            "data.shards=/x",
+            "run_dir=/y",
+            *([f"model.{token}=16"] if token else []),
+        ],
+    )
     backbone = instantiate(cfg.model)
     assert isinstance(backbone, KINDS[declared.declaration.kind]), (target, declared.declaration.kind)
     adapter = type(backbone).adapter

@@ -34,8 +34,9 @@ def test_vit_features_class_token_and_local_crops():
 
 def test_primus_features_register_token_and_rope_on_the_crop_grid():
     torch.manual_seed(0)
-    primus = Primus(embed_dim=48, eva_depth=2, eva_numheads=2, input_shape=16, patch_embed_size=4,
-                    num_register_tokens=1).eval()
+    primus = Primus(
+        embed_dim=48, eva_depth=2, eva_numheads=2, input_shape=16, patch_embed_size=4, num_register_tokens=1
+    ).eval()
     x = torch.rand(2, 1, 16, 16, 16)
     cls, patches = primus.features(x)
     assert torch.allclose(patches, primus.encode(primus.embed(x)), atol=1e-6)

@@ -19,8 +19,17 @@ def _pair(kwargs: dict):
 
 
 def _tiny(**extra) -> dict:
-    return {"input_channels": 1, "embed_dim": 48, "patch_embed_size": 8, "num_classes": 2, "eva_depth": 2,
-            "eva_numheads": 2, "input_shape": (32, 24, 16), **NNSSL, **extra}
+    return {
+        "input_channels": 1,
+        "embed_dim": 48,
+        "patch_embed_size": 8,
+        "num_classes": 2,
+        "eva_depth": 2,
+        "eva_numheads": 2,
+        "input_shape": (32, 24, 16),
+        **NNSSL,
+        **extra,
+    }
 
 
 @pytest.mark.parametrize("registers", [0, 3])
@@ -41,9 +50,19 @@ def test_tiny_primus_equals_nnunets_both_ways(registers):
 @pytest.mark.parametrize("registers", [0, pytest.param(4, marks=pytest.mark.slow)])
 def test_primus_m_with_nnssls_arguments_loads_into_nnunets_and_gives_its_output(registers):
     depth, heads, dim = PRESETS["M"]
-    ours, theirs = _pair({"input_channels": 1, "embed_dim": dim, "patch_embed_size": 8, "num_classes": 1,
-                          "eva_depth": depth, "eva_numheads": heads, "input_shape": 64,
-                          "num_register_tokens": registers, **NNSSL})
+    ours, theirs = _pair(
+        {
+            "input_channels": 1,
+            "embed_dim": dim,
+            "patch_embed_size": 8,
+            "num_classes": 1,
+            "eva_depth": depth,
+            "eva_numheads": heads,
+            "input_shape": 64,
+            "num_register_tokens": registers,
+            **NNSSL,
+        }
+    )
     assert len(ours.state_dict()) == len(theirs.state_dict()) == 16 * 23 + 16 + (registers > 0)
     theirs.load_state_dict(ours.state_dict(), strict=True)
     x = torch.randn(1, 1, 64, 64, 64)

@@ -13,10 +13,20 @@ from voxfm.pretrain.config.declarations import declared_backbones
 
 pytestmark = pytest.mark.slow
 
-TOY = ["hydra.searchpath=[file://" + str(REPO / "tests" / "models" / "toy" / "conf") + "]", "model=toy",
-       "objective=simclr", "objective.loss.proj_hidden=16", "objective.loss.proj_dim=8", "data.crop_size=[16,16,16]",
-       "data.batch_size=2", "data.num_workers=0", "data.regions_per_volume=2", "data.shuffle_buffer=4",
-       "trainer.progress_bar=false", "trainer.images_every_n_steps=0"]
+TOY = [
+    "hydra.searchpath=[file://" + str(REPO / "tests" / "models" / "toy" / "conf") + "]",
+    "model=toy",
+    "objective=simclr",
+    "objective.loss.proj_hidden=16",
+    "objective.loss.proj_dim=8",
+    "data.crop_size=[16,16,16]",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "data.regions_per_volume=2",
+    "data.shuffle_buffer=4",
+    "trainer.progress_bar=false",
+    "trainer.images_every_n_steps=0",
+]
 
 
 @pytest.fixture
@@ -36,8 +46,10 @@ def test_a_toy_backbone_composes_and_its_rules_are_checked(shard_dir, toy_backbo
     assert "must be divisible by the UNet's total stride 2" in capsys.readouterr().err
     mae = [a for a in base if not a.startswith(("objective", "data.crop_size"))]
     assert main([*mae, "objective=mae"]) == 2  # a CNN: masked autoencoding needs tokens, said in one line
-    assert "MAEObjective needs a token (ViT-like) backbone, got model._target_=tests.models.toy.toy.ToyBackbone" \
+    assert (
+        "MAEObjective needs a token (ViT-like) backbone, got model._target_=tests.models.toy.toy.ToyBackbone"
         in capsys.readouterr().err
+    )
 
 
 def test_a_toy_backbone_trains_exports_and_finetunes(shard_dir, phantom_dir, toy_backbones, tmp_path, capsys):
@@ -50,14 +62,29 @@ def test_a_toy_backbone_trains_exports_and_finetunes(shard_dir, phantom_dir, toy
     meta = json.loads((tmp_path / "full" / "full.json").read_text())
     assert meta["architecture"] == "toy" and "A test backbone" in (tmp_path / "full" / "README.md").read_text()
 
-    rows = ["path,label"] + [f"{p},{str(p).replace('.nii.gz', '_label.nii.gz')}"
-                             for p in sorted(phantom_dir.glob("phantom*_??.nii.gz"))]
+    rows = ["path,label"] + [
+        f"{p},{str(p).replace('.nii.gz', '_label.nii.gz')}" for p in sorted(phantom_dir.glob("phantom*_??.nii.gz"))
+    ]
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     run_shard(str(tmp_path / "m.csv"), str(tmp_path / "labelled"), {}, progress=False)
-    assert main(["finetune", "experiment=demo_finetune", f"backbone={tmp_path / 'full'}",
-                 f"data.shards={tmp_path / 'labelled'}", f"run_dir={tmp_path / 'ft'}", "steps=2",
-                 "data.crop_size=[16,16,16]", "data.batch_size=1", "trainer.progress_bar=false",
-                 "sw_batch_size=8", "freeze_encoder=true"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "experiment=demo_finetune",
+                f"backbone={tmp_path / 'full'}",
+                f"data.shards={tmp_path / 'labelled'}",
+                f"run_dir={tmp_path / 'ft'}",
+                "steps=2",
+                "data.crop_size=[16,16,16]",
+                "data.batch_size=1",
+                "trainer.progress_bar=false",
+                "sw_batch_size=8",
+                "freeze_encoder=true",
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "ft" / "results.json").read_text())
     assert results["arms"]["pretrained"]["architecture"] == "toy" and results["arms"]["pretrained"]["steps"] == 2
 

@@ -7,8 +7,18 @@ from voxfm.models.vit_blocks import LayerNorm
 
 
 def tiny(**kw):
-    return ViT(**{"in_channels": 1, "img_size": 32, "patch_size": 8, "hidden_size": 48, "mlp_dim": 96,
-                  "num_layers": 2, "num_heads": 4, **kw})
+    return ViT(
+        **{
+            "in_channels": 1,
+            "img_size": 32,
+            "patch_size": 8,
+            "hidden_size": 48,
+            "mlp_dim": 96,
+            "num_layers": 2,
+            "num_heads": 4,
+            **kw,
+        }
+    )
 
 
 @pytest.mark.parametrize("pos", ["sincos", "learnable"])
@@ -64,10 +74,15 @@ def test_sincos_position_embedding_is_fixed():
     assert not model.patch_embedding.position_embeddings.requires_grad
 
 
-@pytest.mark.parametrize("kw,match", [({"img_size": 30}, "divisible by patch_size"),
-                                      ({"hidden_size": 50, "num_heads": 5}, "divisible by 6"),
-                                      ({"num_heads": 5}, "num_heads=5"),
-                                      ({"pos_embed_type": "rope"}, "pos_embed_type='rope'")])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"img_size": 30}, "divisible by patch_size"),
+        ({"hidden_size": 50, "num_heads": 5}, "divisible by 6"),
+        ({"num_heads": 5}, "num_heads=5"),
+        ({"pos_embed_type": "rope"}, "pos_embed_type='rope'"),
+    ],
+)
 def test_bad_arguments_fail_fast(kw, match):
     with pytest.raises(ValueError, match=match):
         tiny(**kw)
@@ -77,8 +92,16 @@ def test_bad_arguments_fail_fast(kw, match):
 def test_embedding_only_some_positions_equals_embedding_all_then_picking(channels, pos):
     """MAE embeds only the visible patches (the conv as a matmul on them): same tokens, same weight gradients."""
     torch.manual_seed(0)
-    model = ViT(in_channels=channels, img_size=(32, 48, 16), patch_size=(8, 16, 4), hidden_size=48, mlp_dim=96,
-                num_layers=1, num_heads=4, pos_embed_type=pos)
+    model = ViT(
+        in_channels=channels,
+        img_size=(32, 48, 16),
+        patch_size=(8, 16, 4),
+        hidden_size=48,
+        mlp_dim=96,
+        num_layers=1,
+        num_heads=4,
+        pos_embed_type=pos,
+    )
     x = torch.randn(3, channels, 32, 48, 16)
     n = model.grid[0] * model.grid[1] * model.grid[2]
     ids = torch.stack([torch.randperm(n)[:7].sort().values for _ in range(3)])

@@ -22,8 +22,12 @@ def smooth_regions(b: int, size: int, seed: int = 0) -> dict:
             v += torch.rand(1, generator=g) * torch.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / r**2)
         vols.append(v)
     region = torch.stack(vols)[:, None]
-    return {"region": region, "low": torch.zeros(b), "high": torch.full((b,), float(region.max())),
-            "modality": ["MR"] * b}
+    return {
+        "region": region,
+        "low": torch.zeros(b),
+        "high": torch.full((b,), float(region.max())),
+        "modality": ["MR"] * b,
+    }
 
 
 TINY_RESENC = {"features_per_stage": (8, 16, 32), "n_blocks_per_stage": (1, 1, 1), "n_conv_per_stage_decoder": (1, 1)}

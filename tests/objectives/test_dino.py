@@ -22,8 +22,11 @@ def _module(seed: int = 0):
 def _batch(module):
     size = module.view_pipeline.region_size_needed()
     g = torch.Generator().manual_seed(0)
-    regions = {"region": torch.randint(-1000, 1000, (4, 1, *size), generator=g, dtype=torch.int16),
-               "low": torch.full((4,), -1000.0), "high": torch.full((4,), 1000.0)}
+    regions = {
+        "region": torch.randint(-1000, 1000, (4, 1, *size), generator=g, dtype=torch.int16),
+        "low": torch.full((4,), -1000.0),
+        "high": torch.full((4,), 1000.0),
+    }
     return module.view_pipeline(regions, step_generator(torch.device("cpu"), 0, 0, 0))
 
 
@@ -33,16 +36,31 @@ def test_the_student_gets_every_gradient_the_teacher_none_and_the_loss_is_determ
     assert batch["image"].shape[0] == 8 and batch["local"].shape == (8, 1, 16, 16, 16)  # 2 global, 2 local crops
     assert batch["masks"].any(dim=1).sum() == 4  # iBOT masks half the global crops
     loss, logs = module.objective(batch, module.backbone)
-    assert {"dino_loss", "ibot_loss", "koleo", "teacher_entropy", "effective_rank", "gram_mean",
-            "teacher_momentum", "teacher_temperature"} <= set(logs)
+    assert {
+        "dino_loss",
+        "ibot_loss",
+        "koleo",
+        "teacher_entropy",
+        "effective_rank",
+        "gram_mean",
+        "teacher_momentum",
+        "teacher_temperature",
+    } <= set(logs)
     loss.backward()
     objective = module.objective
-    student = [*module.backbone.named_parameters(), *objective.head.named_parameters(),
-               *objective.ibot_head.named_parameters(), ("mask_token", objective.mask_token)]
+    student = [
+        *module.backbone.named_parameters(),
+        *objective.head.named_parameters(),
+        *objective.ibot_head.named_parameters(),
+        ("mask_token", objective.mask_token),
+    ]
     assert module.backbone.cls_token is not None
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for name, p in student if p.requires_grad)
-    teacher = [*objective.teacher_backbone.parameters(), *objective.teacher_head.parameters(),
-               *objective.teacher_ibot_head.parameters()]
+    teacher = [
+        *objective.teacher_backbone.parameters(),
+        *objective.teacher_head.parameters(),
+        *objective.teacher_ibot_head.parameters(),
+    ]
     assert all(not p.requires_grad and p.grad is None for p in teacher)
     again = _module()
     assert torch.equal(again.objective(_batch(again), again.backbone)[0], loss)
@@ -64,31 +82,61 @@ def test_the_teacher_moves_by_exactly_the_scheduled_momentum():
 
 
 def test_the_teacher_is_saved_and_a_resumed_run_continues_its_schedule(shard_dir, tmp_path):
-    common = ["experiment=demo_dino", f"data.shards={shard_dir}", f"run_dir={tmp_path}", "data.num_workers=0",
-              "trainer.progress_bar=false", "trainer.images_every_n_steps=0", "trainer.checkpoint_every_n_steps=3"]
+    common = [
+        "experiment=demo_dino",
+        f"data.shards={shard_dir}",
+        f"run_dir={tmp_path}",
+        "data.num_workers=0",
+        "trainer.progress_bar=false",
+        "trainer.images_every_n_steps=0",
+        "trainer.checkpoint_every_n_steps=3",
+    ]
     assert main(["pretrain", *common, "trainer.max_steps=3"]) == 0
     first = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
     assert int(first["objective.teacher_steps"]) == 3
     teacher_keys = [k for k in first if k.startswith("objective.teacher_backbone.")]
-    assert teacher_keys and any(not torch.equal(first[k], first["backbone." + k.split(".", 2)[2]])
-                                for k in teacher_keys)  # the teacher lags the student
+    assert teacher_keys and any(
+        not torch.equal(first[k], first["backbone." + k.split(".", 2)[2]]) for k in teacher_keys
+    )  # the teacher lags the student
     assert main(["pretrain", *common, "trainer.max_steps=5"]) == 0
     last = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["state_dict"]
     assert int(last["objective.teacher_steps"]) == 5  # resumed at 3, not restarted
 
 
 def test_zero3_is_refused_before_launch(shard_dir, tmp_path, capsys):
-    assert main(["pretrain", "experiment=demo_dino", f"data.shards={shard_dir}", f"run_dir={tmp_path}",
-                 "strategy=deepspeed_zero3"]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "experiment=demo_dino",
+                f"data.shards={shard_dir}",
+                f"run_dir={tmp_path}",
+                "strategy=deepspeed_zero3",
+            ]
+        )
+        == 2
+    )
     assert "updates an EMA teacher from the whole student" in capsys.readouterr().err
 
 
 def test_the_export_is_the_teacher_backbone(shard_dir, tmp_path):
     from safetensors.torch import load_file
 
-    assert main(["pretrain", "experiment=demo_dino", f"data.shards={shard_dir}", f"run_dir={tmp_path / 'run'}",
-                 "data.num_workers=0", "trainer.progress_bar=false", "trainer.images_every_n_steps=0",
-                 "trainer.max_steps=2"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "experiment=demo_dino",
+                f"data.shards={shard_dir}",
+                f"run_dir={tmp_path / 'run'}",
+                "data.num_workers=0",
+                "trainer.progress_bar=false",
+                "trainer.images_every_n_steps=0",
+                "trainer.max_steps=2",
+            ]
+        )
+        == 0
+    )
     assert main(["export", f"checkpoint={tmp_path / 'run'}", f"output={tmp_path / 'out'}"]) == 0
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
     exported = load_file(str(tmp_path / "out" / "backbone.safetensors"))
@@ -109,9 +157,20 @@ def test_the_export_is_the_teacher_backbone(shard_dir, tmp_path):
 
 def test_primus_distils_through_its_register_token_and_rope_on_local_crops():
     torch.manual_seed(0)
-    module = build_module(load_config("pretrain", [
-        "experiment=demo_dino", "model=primus_tiny", "~model.class_token", "model.num_register_tokens=1",
-        "objective.views.masking.patch_size=${model.patch_embed_size}", "data.shards=/x", "run_dir=/y"]))
+    module = build_module(
+        load_config(
+            "pretrain",
+            [
+                "experiment=demo_dino",
+                "model=primus_tiny",
+                "~model.class_token",
+                "model.num_register_tokens=1",
+                "objective.views.masking.patch_size=${model.patch_embed_size}",
+                "data.shards=/x",
+                "run_dir=/y",
+            ],
+        )
+    )
     batch = _batch(module)
     loss, logs = module.objective(batch, module.backbone)
     loss.backward()
@@ -127,15 +186,29 @@ def test_primus_distils_through_its_register_token_and_rope_on_local_crops():
 def test_the_dino_loss_alone_has_no_ibot_parameters_and_ibot_without_masks_is_refused():
     import pytest
 
-    alone = build_module(load_config("pretrain", ["experiment=demo_dino", "objective.loss.ibot_weight=0",
-                                                  "objective.views.masking=null", "data.shards=/x", "run_dir=/y"]))
+    alone = build_module(
+        load_config(
+            "pretrain",
+            [
+                "experiment=demo_dino",
+                "objective.loss.ibot_weight=0",
+                "objective.views.masking=null",
+                "data.shards=/x",
+                "run_dir=/y",
+            ],
+        )
+    )
     assert alone.objective.ibot_head is None and alone.objective.mask_token is None  # nothing unused under DDP
     loss, logs = alone.objective(_batch(alone), alone.backbone)
     loss.backward()
-    assert "ibot_loss" not in logs and all(p.grad is not None for p in alone.objective.head.parameters()
-                                           if p.requires_grad)
-    unmasked = build_module(load_config("pretrain", ["experiment=demo_dino", "objective.views.masking=null",
-                                                     "data.shards=/x", "run_dir=/y"]))
+    assert "ibot_loss" not in logs and all(
+        p.grad is not None for p in alone.objective.head.parameters() if p.requires_grad
+    )
+    unmasked = build_module(
+        load_config(
+            "pretrain", ["experiment=demo_dino", "objective.views.masking=null", "data.shards=/x", "run_dir=/y"]
+        )
+    )
     with pytest.raises(ValueError, match="ibot_weight=0 for the DINO loss alone"):
         unmasked.objective(_batch(unmasked), unmasked.backbone)
 
@@ -144,8 +217,18 @@ def test_a_half_precision_run_keeps_an_fp32_teacher_that_moves_exports_and_resum
     """DeepSpeed bf16 casts every parameter to bf16: the EMA runs on fp32 copies (buffers, which it leaves alone)."""
     from voxfm.pretrain.export.run import fp32_teacher
 
-    half = build_module(load_config("pretrain", ["experiment=demo_dino", "strategy=deepspeed_zero2",
-                                                 "trainer.precision=bf16-mixed", "data.shards=/x", "run_dir=/y"]))
+    half = build_module(
+        load_config(
+            "pretrain",
+            [
+                "experiment=demo_dino",
+                "strategy=deepspeed_zero2",
+                "trainer.precision=bf16-mixed",
+                "data.shards=/x",
+                "run_dir=/y",
+            ],
+        )
+    )
     objective, backbone = half.objective, half.backbone
     assert objective.teacher_fp32 is not None and _module().objective.teacher_fp32 is None  # DDP: none
     with torch.no_grad():
@@ -170,11 +253,14 @@ def test_a_half_precision_run_keeps_an_fp32_teacher_that_moves_exports_and_resum
     assert torch.equal(fp32.objective.teacher_backbone.state_dict()[key], exported[key])
 
 
-def test_local_crops_the_patch_does_not_divide_and_ibot_without_masks_are_refused_before_launch(shard_dir, tmp_path,
-                                                                                               capsys):
+def test_local_crops_the_patch_does_not_divide_and_ibot_without_masks_are_refused_before_launch(
+    shard_dir, tmp_path, capsys
+):
     common = ["pretrain", "experiment=demo_dino", f"data.shards={shard_dir}", f"run_dir={tmp_path}"]
     assert main([*common, "objective.views.local_size=[12,12,12]"]) == 2
-    assert "objective.views.local_size=[12, 12, 12]: must be divisible by the model's patch [8, 8, 8]" in \
-        capsys.readouterr().err
+    assert (
+        "objective.views.local_size=[12, 12, 12]: must be divisible by the model's patch [8, 8, 8]"
+        in capsys.readouterr().err
+    )
     assert main([*common, "objective.views.masking=null"]) == 2
     assert "objective.loss.ibot_weight=1.0 needs masked views" in capsys.readouterr().err

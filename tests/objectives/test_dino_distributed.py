@@ -17,10 +17,16 @@ B, LOCAL = 4, 2  # regions in the global batch, local crops per region
 
 def _model(targets: str):
     torch.manual_seed(0)
-    backbone = ViT(img_size=16, patch_size=4, hidden_size=24, mlp_dim=32, num_layers=2, num_heads=2,
-                   class_token=True)
-    objective = DINOObjective(backbone.spec, out_dim=32, hidden_dim=16, bottleneck_dim=8, koleo_weight=0.0,
-                              teacher_warmup_steps=10, targets=targets)
+    backbone = ViT(img_size=16, patch_size=4, hidden_size=24, mlp_dim=32, num_layers=2, num_heads=2, class_token=True)
+    objective = DINOObjective(
+        backbone.spec,
+        out_dim=32,
+        hidden_dim=16,
+        bottleneck_dim=8,
+        koleo_weight=0.0,
+        teacher_warmup_steps=10,
+        targets=targets,
+    )
     objective.attach_teacher(backbone)
     with torch.no_grad():  # a student that has moved from its teacher, as after some steps
         for p in [*backbone.parameters(), *objective.head.parameters(), *objective.ibot_head.parameters()]:
@@ -33,9 +39,15 @@ def _batch():
     g = torch.Generator().manual_seed(1)
     masks = torch.rand(2 * B, 64, generator=g) < 0.4
     masks[[1, 3, 5, 7]] = False  # 2 masked global crops in each rank's half (view-major rows 0, 2 | 4, 6)
-    return {"image": torch.rand(2 * B, 1, 16, 16, 16, generator=g),
-            "local": torch.rand(LOCAL * B, 1, 8, 8, 8, generator=g), "masks": masks, "n_views": 2,
-            "n_local": LOCAL, "max_hidden": 64, "log_step": False}
+    return {
+        "image": torch.rand(2 * B, 1, 16, 16, 16, generator=g),
+        "local": torch.rand(LOCAL * B, 1, 8, 8, 8, generator=g),
+        "masks": masks,
+        "n_views": 2,
+        "n_local": LOCAL,
+        "max_hidden": 64,
+        "log_step": False,
+    }
 
 
 def _half(batch: dict, rank: int, world: int) -> dict:
@@ -53,8 +65,13 @@ def _step(backbone, objective, batch) -> dict:
     loss.backward()
     params = [*backbone.named_parameters(), *objective.named_parameters()]
     grads = {n: p.grad.clone() for n, p in params if p.requires_grad}
-    return {"loss": loss.detach(), "ibot": logs["ibot_loss"], "grads": grads,
-            "centre": objective.centre.clone(), "patch_centre": objective.patch_centre.clone()}
+    return {
+        "loss": loss.detach(),
+        "ibot": logs["ibot_loss"],
+        "grads": grads,
+        "centre": objective.centre.clone(),
+        "patch_centre": objective.patch_centre.clone(),
+    }
 
 
 def _rank(rank: int, world: int, init_file: str, out: str, targets: str) -> None:

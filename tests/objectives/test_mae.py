@@ -16,7 +16,7 @@ def test_patchify_follows_the_token_order_of_the_patch_embedding():
     # token n = (i, j, k) in raster order over the 2 x 2 x 2 grid, channel last
     i, j, k = 1, 0, 1
     n = i * 4 + j * 2 + k
-    block = x[0, :, 4 * i:4 * i + 4, 4 * j:4 * j + 4, 4 * k:4 * k + 4]  # [C, 4, 4, 4]
+    block = x[0, :, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4, 4 * k : 4 * k + 4]  # [C, 4, 4, 4]
     assert torch.equal(patches[0, n], block.permute(1, 2, 3, 0).reshape(-1))
     assert torch.equal(unpatchify(patches, (4, 4, 4), (2, 2, 2), 2), x)
 
@@ -81,7 +81,7 @@ def _reference_loss(obj: MAEObjective, vit: ViT, batch: dict) -> tuple[torch.Ten
     """The loss before it was restricted to hidden tokens: the decoder predicts every patch, the prediction is
     copied to fp32, every patch is patchified, the error is taken everywhere and masked → (loss, visible_loss)."""
     mask, d = batch["mask"], obj.decoder
-    ids_keep = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :batch["n_visible"]]
+    ids_keep = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, : batch["n_visible"]]
     visible = d.proj(vit.encode(vit.embed(batch["image"], ids_keep)))
     b, _, c = visible.shape
     tokens = d.mask_token.expand(b, d.n_tokens, c).scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, c), visible)
@@ -129,7 +129,7 @@ def test_decoder_keeps_the_autocast_dtype():
     batch = _hand_made_batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         latent, ids = obj.encode_visible(batch, vit)
-        tokens = obj.decoder.mix(latent, ids[:, :latent.shape[1]])
+        tokens = obj.decoder.mix(latent, ids[:, : latent.shape[1]])
         loss, _ = obj(batch, vit)
     assert latent.dtype == tokens.dtype == torch.bfloat16 and tokens.shape == (4, 64, 48)
     assert loss.dtype == torch.float32  # the error itself is taken in fp32

@@ -16,8 +16,15 @@ def _setup(mae_weight=1.0, contrastive_weight=0.5):
     torch.manual_seed(0)
     vit = ViT(1, 16, 4, 48, 96, 2, 4)
     mae = partial(MAEObjective, decoder_hidden=48, decoder_layers=1, decoder_heads=4)
-    obj = MAEContrastiveObjective(vit.spec, mae, mae_weight=mae_weight, contrastive_weight=contrastive_weight,
-                                  proj_hidden=32, proj_dim=16, temperature=0.1)
+    obj = MAEContrastiveObjective(
+        vit.spec,
+        mae,
+        mae_weight=mae_weight,
+        contrastive_weight=contrastive_weight,
+        proj_hidden=32,
+        proj_dim=16,
+        temperature=0.1,
+    )
     stage = ViewPipeline(16, n_views=2, overlap=0.5, masking=RandomPatchMasking(0.75, patch_size=4))
     return vit, obj, stage, smooth_regions(4, stage.region_size_needed()[0])
 

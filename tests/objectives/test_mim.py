@@ -83,10 +83,19 @@ def test_overfits_one_tiny_batch():
 @pytest.fixture(scope="module")
 def mim_run(tmp_path_factory, shard_dir):
     run = tmp_path_factory.mktemp("mim_run")
-    cfg = load_config("pretrain", ["experiment=demo_mim", f"data.shards={shard_dir}", f"run_dir={run}",
-                                   "trainer.max_steps=3", "trainer.checkpoint_every_n_steps=3",
-                                   "trainer.images_every_n_steps=3", "trainer.progress_bar=false",
-                                   "data.num_workers=0"])
+    cfg = load_config(
+        "pretrain",
+        [
+            "experiment=demo_mim",
+            f"data.shards={shard_dir}",
+            f"run_dir={run}",
+            "trainer.max_steps=3",
+            "trainer.checkpoint_every_n_steps=3",
+            "trainer.images_every_n_steps=3",
+            "trainer.progress_bar=false",
+            "data.num_workers=0",
+        ],
+    )
     run_pretrain(cfg)
     return run
 
@@ -97,11 +106,13 @@ def test_checkpoint_backbone_loads_strictly_into_nnunets_residual_encoder_unet(m
     model = ckpt["voxfm_config"]["model"]
     preset = {k: model[k] for k in ("features_per_stage", "n_blocks_per_stage", "n_conv_per_stage_decoder")}
     plain = ResidualEncoderUNet(**resenc_kwargs(model["in_channels"], model["out_channels"], **preset))
-    state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+    state = {k[len("backbone.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
     assert any(k.startswith("decoder.encoder.") for k in state) and any(".all_modules.0." in k for k in state)
     plain.load_state_dict(state, strict=True)
-    assert torch.equal(plain.state_dict()["encoder.stem.convs.0.conv.weight"],
-                       ckpt["state_dict"]["backbone.encoder.stem.convs.0.conv.weight"])
+    assert torch.equal(
+        plain.state_dict()["encoder.stem.convs.0.conv.weight"],
+        ckpt["state_dict"]["backbone.encoder.stem.convs.0.conv.weight"],
+    )
 
 
 def test_mim_run_writes_reconstruction_pictures(mim_run):
@@ -117,7 +128,8 @@ def test_resenc_l_preset_is_nnunets_residual_encoder_unet():
     from hydra.utils import instantiate
 
     ours = instantiate(cfg.model)
-    plain = ResidualEncoderUNet(**resenc_kwargs(1, 1, (32, 64, 128, 256, 320, 320), (1, 3, 4, 6, 6, 6),
-                                                (1, 1, 1, 1, 1)))
+    plain = ResidualEncoderUNet(
+        **resenc_kwargs(1, 1, (32, 64, 128, 256, 320, 320), (1, 3, 4, 6, 6, 6), (1, 1, 1, 1, 1))
+    )
     plain.load_state_dict(ours.state_dict(), strict=True)
     assert ours.total_stride == 32 and cfg.objective.views.masking.patch_size == 32

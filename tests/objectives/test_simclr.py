@@ -75,7 +75,7 @@ def _rank_main(rank: int, world: int, init_file: str, out: str, batch: dict) -> 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     backbone, obj, _, _ = _setup("resenc")
     b = batch["image"].shape[0] // 2 // world
-    views = batch["image"].view(2, -1, *batch["image"].shape[1:])[:, rank * b:(rank + 1) * b]
+    views = batch["image"].view(2, -1, *batch["image"].shape[1:])[:, rank * b : (rank + 1) * b]
     local = {"image": views.reshape(2 * b, *views.shape[2:]), "n_views": 2}
     loss, _ = obj(local, backbone)
     loss.backward()

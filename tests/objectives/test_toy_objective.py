@@ -8,10 +8,18 @@ import pytest
 from tests.conftest import REPO
 from voxfm.pretrain.cli.main import main
 
-TOY = ["hydra.searchpath=[file://" + str(REPO / "tests" / "objectives" / "toy" / "conf") + "]", "objective=toy",
-       "model=vit_tiny", "data.crop_size=[32,32,32]", "data.batch_size=2", "data.num_workers=0",
-       "data.regions_per_volume=2", "data.shuffle_buffer=4", "trainer.progress_bar=false",
-       "trainer.images_every_n_steps=0"]
+TOY = [
+    "hydra.searchpath=[file://" + str(REPO / "tests" / "objectives" / "toy" / "conf") + "]",
+    "objective=toy",
+    "model=vit_tiny",
+    "data.crop_size=[32,32,32]",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "data.regions_per_volume=2",
+    "data.shuffle_buffer=4",
+    "trainer.progress_bar=false",
+    "trainer.images_every_n_steps=0",
+]
 
 
 pytestmark = pytest.mark.slow

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.slow
 
 def _regions(module, batch_size: int) -> dict:
     size = module.view_pipeline.region_size_needed()
-    region = torch.randint(-1000, 1000, (batch_size, 1, *size), generator=torch.Generator().manual_seed(0),
-                           dtype=torch.int16)
+    region = torch.randint(
+        -1000, 1000, (batch_size, 1, *size), generator=torch.Generator().manual_seed(0), dtype=torch.int16
+    )
     return {"region": region, "low": torch.full((batch_size,), -1000.0), "high": torch.full((batch_size,), 1000.0)}
 
 
@@ -52,11 +53,18 @@ def test_stage_and_objective_trace_as_one_graph(experiment, log_step):
 
 
 def _pretrain_args(experiment, shard_dir, run_dir, compiled: bool, max_steps: int, log_every: int = 1) -> list[str]:
-    return [f"experiment={experiment}", f"data.shards={shard_dir}", f"run_dir={run_dir}",
-            f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=2",
-            f"trainer.log_every_n_steps={log_every}",
-            "trainer.progress_bar=false", "trainer.images_every_n_steps=0", "data.num_workers=1",
-            f"trainer.compile={str(compiled).lower()}"]
+    return [
+        f"experiment={experiment}",
+        f"data.shards={shard_dir}",
+        f"run_dir={run_dir}",
+        f"trainer.max_steps={max_steps}",
+        "trainer.checkpoint_every_n_steps=2",
+        f"trainer.log_every_n_steps={log_every}",
+        "trainer.progress_bar=false",
+        "trainer.images_every_n_steps=0",
+        "data.num_workers=1",
+        f"trainer.compile={str(compiled).lower()}",
+    ]
 
 
 def _losses(run_dir) -> dict[int, float]:
@@ -75,8 +83,13 @@ def test_compiled_run_is_killed_and_resumes_without_recompiling(tmp_path, shard_
     run_dir, eager_dir = tmp_path / "run", tmp_path / "eager"
     run_pretrain(load_config("pretrain", _pretrain_args(experiment, shard_dir, eager_dir, False, log_every, log_every)))
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "TORCH_LOGS": "recompiles"}
-    command = [sys.executable, "-m", "voxfm", "pretrain", *_pretrain_args(experiment, shard_dir, run_dir, True,
-                                                                                   max_steps, log_every)]
+    command = [
+        sys.executable,
+        "-m",
+        "voxfm",
+        "pretrain",
+        *_pretrain_args(experiment, shard_dir, run_dir, True, max_steps, log_every),
+    ]
     first_log = tmp_path / "first.log"
     with open(first_log, "w") as log:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -29,17 +29,27 @@ pytestmark = pytest.mark.slow
 
 
 def _cmd(shard_dir, run_dir, max_steps):
-    return [sys.executable, "-m", "voxfm", "pretrain", "experiment=demo", f"data.shards={shard_dir}",
-            f"run_dir={run_dir}", f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=5",
-            "trainer.progress_bar=false", "data.num_workers=1", "trainer.log_every_n_steps=1"]
+    return [
+        sys.executable,
+        "-m",
+        "voxfm",
+        "pretrain",
+        "experiment=demo",
+        f"data.shards={shard_dir}",
+        f"run_dir={run_dir}",
+        f"trainer.max_steps={max_steps}",
+        "trainer.checkpoint_every_n_steps=5",
+        "trainer.progress_bar=false",
+        "data.num_workers=1",
+        "trainer.log_every_n_steps=1",
+    ]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_signal_checkpoints_exits_75_and_the_rerun_continues(tmp_path, shard_dir, signum):
     run_dir = tmp_path / "run"
     log = open(tmp_path / "run.log", "w")  # a file: a pipe nobody reads while polling could fill and stall the run
-    proc = subprocess.Popen(_cmd(shard_dir, run_dir, 100000), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=log)
+    proc = subprocess.Popen(_cmd(shard_dir, run_dir, 100000), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=log)
     first = run_dir / "checkpoints" / "step000005.ckpt"
     deadline = time.time() + 300
     while not first.exists() and proc.poll() is None and time.time() < deadline:
@@ -82,10 +92,22 @@ def _poisoned_run(monkeypatch, run_dir, shard_dir, nan_steps, max_steps, k=10, e
         return module
 
     monkeypatch.setattr(voxfm.pretrain.launch.run, "build_module", poisoned_module)
-    code = main(["pretrain", "experiment=demo", f"data.shards={shard_dir}", f"run_dir={run_dir}",
-                 f"trainer.max_steps={max_steps}", "trainer.checkpoint_every_n_steps=2",
-                 f"trainer.max_nonfinite_steps={k}", "trainer.progress_bar=false", "trainer.images_every_n_steps=0",
-                 "trainer.log_every_n_steps=4", "data.num_workers=0", *extra])
+    code = main(
+        [
+            "pretrain",
+            "experiment=demo",
+            f"data.shards={shard_dir}",
+            f"run_dir={run_dir}",
+            f"trainer.max_steps={max_steps}",
+            "trainer.checkpoint_every_n_steps=2",
+            f"trainer.max_nonfinite_steps={k}",
+            "trainer.progress_bar=false",
+            "trainer.images_every_n_steps=0",
+            "trainer.log_every_n_steps=4",
+            "data.num_workers=0",
+            *extra,
+        ]
+    )
     return code, built[0], seen
 
 
@@ -107,8 +129,9 @@ def test_a_nan_step_is_skipped_without_updating_weights_and_counted(tmp_path, sh
     assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["voxfm_skipped_steps"] == 1
 
 
-def test_k_consecutive_nan_steps_exit_3_with_the_step_and_the_last_good_checkpoint(tmp_path, shard_dir, monkeypatch,
-                                                                                    capsys):
+def test_k_consecutive_nan_steps_exit_3_with_the_step_and_the_last_good_checkpoint(
+    tmp_path, shard_dir, monkeypatch, capsys
+):
     # steps 4-6 lie between the logging steps 3 and 7: the device counters carry the run to the check at step 7
     code, _, _ = _poisoned_run(monkeypatch, tmp_path, shard_dir, {4, 5, 6}, 20, k=3)
     assert code == 3
@@ -131,8 +154,16 @@ def test_a_full_disk_keeps_the_earlier_checkpoint_and_says_so(tmp_path, shard_di
 
     monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", full_disk)
     run_dir = tmp_path / "run"
-    args = ["pretrain", "experiment=demo", f"data.shards={shard_dir}", f"run_dir={run_dir}", "trainer.max_steps=6",
-            "trainer.checkpoint_every_n_steps=2", "trainer.progress_bar=false", "data.num_workers=0"]
+    args = [
+        "pretrain",
+        "experiment=demo",
+        f"data.shards={shard_dir}",
+        f"run_dir={run_dir}",
+        "trainer.max_steps=6",
+        "trainer.checkpoint_every_n_steps=2",
+        "trainer.progress_bar=false",
+        "data.num_workers=0",
+    ]
     assert main(args) == 4
     err = capsys.readouterr().err
     assert "cannot write checkpoint" in err and "No space left on device" in err and "step000002.ckpt" in err
@@ -147,13 +178,22 @@ def test_under_slurm_sigusr1_checkpoints_and_requeues_the_job(tmp_path, shard_di
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     (bin_dir / "scontrol").chmod(0o755)
-    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "voxfm", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
-             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
-             "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    slurm = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "voxfm",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
     run_dir = tmp_path / "run"
     log = open(tmp_path / "run.log", "w")
-    proc = subprocess.Popen(_cmd(shard_dir, run_dir, 100000), cwd=REPO, env={**ENV, **slurm},
-                            stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(
+        _cmd(shard_dir, run_dir, 100000), cwd=REPO, env={**ENV, **slurm}, stdout=subprocess.DEVNULL, stderr=log
+    )
     deadline = time.time() + 300
     while not (run_dir / "checkpoints" / "step000005.ckpt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -171,12 +211,18 @@ def test_several_ranks_agree_on_a_preemption_at_logging_steps_only(tmp_path):
     """The all-ranks decision is a collective and a read: made at logging steps only (every 4th step here)."""
     decisions, saved = [], []
     loop = SimpleNamespace(_batches_that_stepped=0, _broadcast_sigterm_tensor=None)
-    trainer = SimpleNamespace(world_size=2, log_every_n_steps=4, accumulate_grad_batches=1, should_stop=False,
-                              global_step=0,
-                              is_global_zero=False, fit_loop=SimpleNamespace(epoch_loop=loop), received_sigterm=True,
-                              strategy=SimpleNamespace(reduce_boolean_decision=lambda flag, **_: decisions.append(flag)
-                                                       or flag),
-                              save_checkpoint=lambda path, weights_only: saved.append(path.name))
+    trainer = SimpleNamespace(
+        world_size=2,
+        log_every_n_steps=4,
+        accumulate_grad_batches=1,
+        should_stop=False,
+        global_step=0,
+        is_global_zero=False,
+        fit_loop=SimpleNamespace(epoch_loop=loop),
+        received_sigterm=True,
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda flag, **_: decisions.append(flag) or flag),
+        save_checkpoint=lambda path, weights_only: saved.append(path.name),
+    )
     callback = Preemption(tmp_path)
     callback.on_train_start(trainer, None)
     try:

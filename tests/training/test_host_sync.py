@@ -87,10 +87,21 @@ def count_reads(monkeypatch, overrides: list[str]) -> TensorReads:
 
 @pytest.mark.parametrize("experiment", ["demo", "demo_mim", "demo_simclr", "demo_mae_contrastive"])
 def test_no_tensor_reads_outside_logging_steps(experiment, tmp_path, shard_dir, monkeypatch):
-    counter = count_reads(monkeypatch, [
-        f"experiment={experiment}", f"data.shards={shard_dir}", f"run_dir={tmp_path}", "trainer.max_steps=6",
-        "trainer.log_every_n_steps=3", "trainer.progress_bar=true", "trainer.images_every_n_steps=0",
-        "data.num_workers=0", "data.batch_size=2", "trainer.checkpoint_every_n_steps=1000"])
+    counter = count_reads(
+        monkeypatch,
+        [
+            f"experiment={experiment}",
+            f"data.shards={shard_dir}",
+            f"run_dir={tmp_path}",
+            "trainer.max_steps=6",
+            "trainer.log_every_n_steps=3",
+            "trainer.progress_bar=true",
+            "trainer.images_every_n_steps=0",
+            "data.num_workers=0",
+            "data.batch_size=2",
+            "trainer.checkpoint_every_n_steps=1000",
+        ],
+    )
     assert sorted(counter.logging) == list(range(6))
     assert [s for s, logs in counter.logging.items() if logs] == [2, 5]
     assert counter.reads[2] > 0 and counter.reads[5] > 0  # the counter sees reads: metrics, progress bar, NaN check

@@ -20,12 +20,21 @@ pytestmark = pytest.mark.distributed
 
 
 def _run(shard_dir, run_dir, env):
-    args = ["pretrain", "experiment=demo", f"data.shards={shard_dir}", f"run_dir={run_dir}", "trainer.max_steps=30",
-            "trainer.checkpoint_every_n_steps=5", "trainer.progress_bar=false", "data.num_workers=1",
-            "model.num_layers=4"]
+    args = [
+        "pretrain",
+        "experiment=demo",
+        f"data.shards={shard_dir}",
+        f"run_dir={run_dir}",
+        "trainer.max_steps=30",
+        "trainer.checkpoint_every_n_steps=5",
+        "trainer.progress_bar=false",
+        "data.num_workers=1",
+        "model.num_layers=4",
+    ]
     harness = REPO / "tests" / "training" / "slow_save_harness.py"
-    return subprocess.Popen([sys.executable, str(harness), *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, str(harness), *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def _wait_for(predicate, proc, seconds=300):
@@ -60,17 +69,38 @@ def test_three_kills_then_the_run_ends_at_max_steps(tmp_path, shard_dir):
     proc.wait()
     steps_seen.append(find_resume_checkpoint(ckpts)[1])
 
-    final = subprocess.run([sys.executable, "-m", "voxfm", "pretrain", "experiment=demo", f"data.shards={shard_dir}",
-                            f"run_dir={run_dir}", "trainer.max_steps=30", "trainer.checkpoint_every_n_steps=5",
-                            "trainer.progress_bar=false", "data.num_workers=1", "model.num_layers=4"],
-                           cwd=REPO, env=env, capture_output=True, text=True)
+    final = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "voxfm",
+            "pretrain",
+            "experiment=demo",
+            f"data.shards={shard_dir}",
+            f"run_dir={run_dir}",
+            "trainer.max_steps=30",
+            "trainer.checkpoint_every_n_steps=5",
+            "trainer.progress_bar=false",
+            "data.num_workers=1",
+            "model.num_layers=4",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert final.returncode == 0, final.stderr[-3000:]
     assert steps_seen[0] >= 5 and steps_seen[1] == 10 and steps_seen[2] >= 10, steps_seen
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     resumes = [e["step"] for e in events if e["event"] == "resume"]
     assert resumes == steps_seen and events[-1] == {**events[-1], "event": "end", "step": 30}
-    export = subprocess.run([sys.executable, "-m", "voxfm", "export", f"checkpoint={run_dir}",
-                             f"output={tmp_path / 'export'}"], cwd=REPO, env=env, capture_output=True, text=True)
+    export = subprocess.run(
+        [sys.executable, "-m", "voxfm", "export", f"checkpoint={run_dir}", f"output={tmp_path / 'export'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert export.returncode == 0, export.stderr[-3000:]
     meta = json.loads((tmp_path / "export" / "backbone.json").read_text())
     assert meta["step"] == 30

@@ -14,10 +14,21 @@ from voxfm.pretrain.training.module import skips_on_device
 
 def test_fused_adamw_clips_gradients_under_bf16_mixed(tmp_path, shard_dir):
     """Lightning refuses to clip for a fused optimiser under mixed precision; voxfm clips itself (no scaler in bf16)."""
-    cfg = load_config("pretrain", ["experiment=demo", f"data.shards={shard_dir}", f"run_dir={tmp_path}",
-                                   "trainer.max_steps=2", "trainer.precision=bf16-mixed", "optim.fused=true",
-                                   "trainer.gradient_clip_val=1.0", "trainer.progress_bar=false",
-                                   "trainer.images_every_n_steps=0", "data.num_workers=0"])
+    cfg = load_config(
+        "pretrain",
+        [
+            "experiment=demo",
+            f"data.shards={shard_dir}",
+            f"run_dir={tmp_path}",
+            "trainer.max_steps=2",
+            "trainer.precision=bf16-mixed",
+            "optim.fused=true",
+            "trainer.gradient_clip_val=1.0",
+            "trainer.progress_bar=false",
+            "trainer.images_every_n_steps=0",
+            "data.num_workers=0",
+        ],
+    )
     run_pretrain(cfg)
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 2
@@ -51,8 +62,9 @@ def _counted(module, flags):
 
 
 def test_nonfinite_runs_between_two_checks_are_caught_and_skips_survive_a_resume():
-    module = build_module(load_config("pretrain", ["experiment=demo", "data.shards=/x", "run_dir=/y",
-                                                   "trainer.max_nonfinite_steps=3"]))
+    module = build_module(
+        load_config("pretrain", ["experiment=demo", "data.shards=/x", "run_dir=/y", "trainer.max_nonfinite_steps=3"])
+    )
     module._trainer = SimpleNamespace(checkpoint_callback=None)  # what the check reads of the trainer
     _counted(module, [0, 1, 1, 0])  # steps 0-3: a run of 2
     module._check_nonfinite(3)

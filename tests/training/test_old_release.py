@@ -12,9 +12,18 @@ from voxfm.pretrain.cli.main import main
 
 FIXTURES = REPO / "tests" / "fixtures"
 # the settings the fixture was trained with (a 1-layer ViT of width 12, 2 steps of experiment=demo)
-TINY = ["model.hidden_size=12", "model.mlp_dim=24", "model.num_layers=1", "model.num_heads=2",
-        "objective.loss.decoder_hidden=12", "objective.loss.decoder_heads=2", "trainer.checkpoint_every_n_steps=1",
-        "trainer.progress_bar=false", "trainer.images_every_n_steps=0", "data.num_workers=0"]
+TINY = [
+    "model.hidden_size=12",
+    "model.mlp_dim=24",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "objective.loss.decoder_hidden=12",
+    "objective.loss.decoder_heads=2",
+    "trainer.checkpoint_every_n_steps=1",
+    "trainer.progress_bar=false",
+    "trainer.images_every_n_steps=0",
+    "data.num_workers=0",
+]
 
 
 @pytest.mark.slow
@@ -22,8 +31,20 @@ def test_a_run_dir_of_the_old_release_resumes(tmp_path, shard_dir, capsys):
     run = tmp_path / "run"
     shutil.copytree(FIXTURES / "run_v0_1", run)
     assert "_target_: models.vit.ViT" in (run / "config.yaml").read_text()
-    assert main(["pretrain", "experiment=demo", f"data.shards={shard_dir}", f"run_dir={run}", "trainer.max_steps=4",
-                 "resume.allow_changes=[data.shards]", *TINY]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "experiment=demo",
+                f"data.shards={shard_dir}",
+                f"run_dir={run}",
+                "trainer.max_steps=4",
+                "resume.allow_changes=[data.shards]",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert "resuming from" in out.out and "at step 2" in out.out and "finished at step 4" in out.out
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
@@ -61,8 +82,11 @@ def test_an_experiment_file_naming_the_old_modules_composes_to_the_new(tmp_path)
     from voxfm.pretrain.cli.compose import load_config
 
     (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "mine.yaml").write_text("_target_: models.vit.ViT\nin_channels: 1\n"
-                                                 "img_size: ${data.crop_size}\npatch_size: 8\n")
-    cfg = load_config("pretrain", [f"hydra.searchpath=[file://{tmp_path}]", "experiment=demo", "model=mine",
-                                   "data.shards=x", "run_dir=y"])
+    (tmp_path / "model" / "mine.yaml").write_text(
+        "_target_: models.vit.ViT\nin_channels: 1\nimg_size: ${data.crop_size}\npatch_size: 8\n"
+    )
+    cfg = load_config(
+        "pretrain",
+        [f"hydra.searchpath=[file://{tmp_path}]", "experiment=demo", "model=mine", "data.shards=x", "run_dir=y"],
+    )
     assert cfg.model._target_ == "voxfm.models.vit.ViT"

@@ -48,8 +48,9 @@ def _module(objective: nn.Module | None = None, **recipe) -> PretrainModule:
     backbone = ViT(img_size=16, patch_size=8, hidden_size=12, mlp_dim=16, num_layers=2, num_heads=2)
     views = ViewPipeline(crop_size=16, flip_prob=0.0, rotate_prob=0.0, rotate_plane=None)
     optimizer = partial(torch.optim.AdamW, lr=LR, betas=(0.9, 0.95), weight_decay=WD)
-    return PretrainModule(backbone, objective or HeadObjective(), views, optimizer, warmup_steps=2,
-                          total_steps=TOTAL, **recipe)
+    return PretrainModule(
+        backbone, objective or HeadObjective(), views, optimizer, warmup_steps=2, total_steps=TOTAL, **recipe
+    )
 
 
 def _lr_of(optimizer, p: torch.Tensor) -> float:
@@ -74,15 +75,22 @@ def test_layer_decay_scales_each_layer():
     module = _module(layer_decay=0.5)
     optimizer = module.configure_optimizers()["optimizer"]
     vit, base = module.backbone, LR
-    expected = {vit.patch_embedding.patch_embeddings.weight: base * 0.5 ** 3,
-                vit.patch_embedding.patch_embeddings.bias: base * 0.5 ** 3,
-                vit.blocks[0].attn.qkv.weight: base * 0.5 ** 2, vit.blocks[0].norm1.bias: base * 0.5 ** 2,
-                vit.blocks[1].mlp.linear2.weight: base * 0.5, vit.blocks[1].norm2.weight: base * 0.5,
-                vit.norm.weight: base, vit.norm.bias: base, module.objective.head.mlp.weight: base,
-                module.objective.head.last_layer.weight: base}
+    expected = {
+        vit.patch_embedding.patch_embeddings.weight: base * 0.5**3,
+        vit.patch_embedding.patch_embeddings.bias: base * 0.5**3,
+        vit.blocks[0].attn.qkv.weight: base * 0.5**2,
+        vit.blocks[0].norm1.bias: base * 0.5**2,
+        vit.blocks[1].mlp.linear2.weight: base * 0.5,
+        vit.blocks[1].norm2.weight: base * 0.5,
+        vit.norm.weight: base,
+        vit.norm.bias: base,
+        module.objective.head.mlp.weight: base,
+        module.objective.head.last_layer.weight: base,
+    }
     for p, lr in expected.items():
-        assert math.isclose(next(g["initial_lr"] for g in optimizer.param_groups if any(q is p for q in g["params"])),
-                            lr, rel_tol=1e-12)
+        assert math.isclose(
+            next(g["initial_lr"] for g in optimizer.param_groups if any(q is p for q in g["params"])), lr, rel_tol=1e-12
+        )
     assert len(optimizer.param_groups) == 8  # layers 0..3, each with decay and without
     trainable = [p for p in module.parameters() if p.requires_grad]
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
@@ -96,11 +104,18 @@ def _cosine_wd(step: int, end: float = 0.2) -> float:
 def test_weight_decay_follows_the_cosine_on_decay_groups_only():
     module = _module(weight_decay_end=0.2)
     optimizer = module.configure_optimizers()["optimizer"]
-    for step, expected in [(0, WD), (TOTAL // 2, (WD + 0.2) / 2), (TOTAL, 0.2), (TOTAL + 3, 0.2), (2, _cosine_wd(2)),
-                           (0, WD)]:  # back to 0: a function of the step alone, as a resumed run needs
+    for step, expected in [
+        (0, WD),
+        (TOTAL // 2, (WD + 0.2) / 2),
+        (TOTAL, 0.2),
+        (TOTAL + 3, 0.2),
+        (2, _cosine_wd(2)),
+        (0, WD),
+    ]:  # back to 0: a function of the step alone, as a resumed run needs
         loop = SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=step))
-        module._trainer = SimpleNamespace(global_step=step, optimizers=[optimizer], log_every_n_steps=0,
-                                          accumulate_grad_batches=1, fit_loop=loop)  # what the hook reads
+        module._trainer = SimpleNamespace(
+            global_step=step, optimizers=[optimizer], log_every_n_steps=0, accumulate_grad_batches=1, fit_loop=loop
+        )  # what the hook reads
         module.on_train_batch_start({}, 0)
         decay, no_decay = optimizer.param_groups
         assert math.isclose(decay["weight_decay"], expected, rel_tol=1e-12) and no_decay["weight_decay"] == 0.0
@@ -116,8 +131,10 @@ def test_the_last_layer_stays_still_for_its_steps_then_moves():
     module = _module(freeze_last_layer_steps=3, layer_decay=0.5)
     config = module.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
-    last, others = module.objective.head.last_layer.weight, [module.objective.head.mlp.weight,
-                                                             module.backbone.blocks[0].attn.qkv.weight]
+    last, others = (
+        module.objective.head.last_layer.weight,
+        [module.objective.head.mlp.weight, module.backbone.blocks[0].attn.qkv.weight],
+    )
     assert _lr_of(optimizer, last) == 0.0 and optimizer.param_groups[-1]["params"] == [last]
     assert optimizer.param_groups[-1]["initial_lr"] == LR  # outside the backbone: multiplier 1
     batch = module.views(_batch(), torch.Generator().manual_seed(2))
@@ -143,12 +160,20 @@ def test_freezing_a_last_layer_that_is_not_there_fails():
 def test_a_fit_sets_and_logs_the_weight_decay(tmp_path):
     """Lightning calls the hook: the decay group's value at the last step, `train/weight_decay` at logging steps."""
     module = _module(weight_decay_end=0.2, freeze_last_layer_steps=2)
-    trainer = L.Trainer(max_steps=4, accelerator="cpu", log_every_n_steps=2, logger=CSVLogger(tmp_path),
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        log_every_n_steps=2,
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, train_dataloaders=DataLoader([_batch() for _ in range(4)], batch_size=None))
     decay, no_decay, last_layer = trainer.optimizers[0].param_groups  # the value set before the last step, 3
-    assert [decay["weight_decay"], no_decay["weight_decay"], last_layer["weight_decay"]] == \
-        pytest.approx([_cosine_wd(3), 0.0, _cosine_wd(3)])
+    assert [decay["weight_decay"], no_decay["weight_decay"], last_layer["weight_decay"]] == pytest.approx(
+        [_cosine_wd(3), 0.0, _cosine_wd(3)]
+    )
     rows = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
     column = rows[0].split(",").index("train/weight_decay")
     logged = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
@@ -156,16 +181,23 @@ def test_a_fit_sets_and_logs_the_weight_decay(tmp_path):
 
 
 def test_the_config_check_takes_the_keys_and_refuses_bad_values(capsys):
-    overrides = ["experiment=demo_dino", "data.shards=/x", "run_dir=/y", "optim.layer_decay=0.75",
-                 "optim.weight_decay_end=0.2", "optim.freeze_last_layer_steps=5"]
+    overrides = [
+        "experiment=demo_dino",
+        "data.shards=/x",
+        "run_dir=/y",
+        "optim.layer_decay=0.75",
+        "optim.weight_decay_end=0.2",
+        "optim.freeze_last_layer_steps=5",
+    ]
     cfg = load_config("pretrain", overrides)
     assert check_node(OmegaConf.to_container(cfg, resolve=True), PretrainSchema, "") == []
     module = build_module(cfg)
     assert (module.layer_decay, module.weight_decay_end, module.freeze_last_layer_steps) == (0.75, 0.2, 5)
-    for bad, expected in [("optim.layer_decay=0", "optim.layer_decay=0: expected a value > 0.0"),
-                          ("optim.layer_decay=1.5", "optim.layer_decay=1.5: expected a value <= 1.0"),
-                          ("optim.freeze_last_layer_steps=-1",
-                           "optim.freeze_last_layer_steps=-1: expected a value >= 0"),
-                          ("optim.weight_decay_end=-0.1", "optim.weight_decay_end=-0.1: expected a value >= 0.0")]:
+    for bad, expected in [
+        ("optim.layer_decay=0", "optim.layer_decay=0: expected a value > 0.0"),
+        ("optim.layer_decay=1.5", "optim.layer_decay=1.5: expected a value <= 1.0"),
+        ("optim.freeze_last_layer_steps=-1", "optim.freeze_last_layer_steps=-1: expected a value >= 0"),
+        ("optim.weight_decay_end=-0.1", "optim.weight_decay_end=-0.1: expected a value >= 0.0"),
+    ]:
         assert main(["pretrain", "experiment=demo", "data.shards=/x", "run_dir=/y", bad]) == 2
         assert expected in capsys.readouterr().err

@@ -9,8 +9,9 @@ from voxfm.pretrain.training.speedups import parallelize, repeated_blocks
 
 MAKERS = {
     "vit": lambda: ViT(1, 16, 4, 48, 96, 2, 4),
-    "resenc": lambda: ResEncUNet(features_per_stage=(8, 16, 32), n_blocks_per_stage=(1, 2, 1),
-                                 n_conv_per_stage_decoder=(1, 1)),
+    "resenc": lambda: ResEncUNet(
+        features_per_stage=(8, 16, 32), n_blocks_per_stage=(1, 2, 1), n_conv_per_stage_decoder=(1, 1)
+    ),
 }
 
 

@@ -34,17 +34,33 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cli_shards(tmp_path_factory, phantom_dir):
     out = tmp_path_factory.mktemp("cli_shards")
-    shard = subprocess.run([sys.executable, "-m", "voxfm", "shard", f"input={phantom_dir}", f"output={out}",
-                            "progress=false"], cwd=REPO, env=ENV, capture_output=True, text=True)
+    shard = subprocess.run(
+        [sys.executable, "-m", "voxfm", "shard", f"input={phantom_dir}", f"output={out}", "progress=false"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert shard.returncode == 0, shard.stderr[-3000:]
     assert "sharded 12/12 inputs" in shard.stdout
     return out
 
 
 def _pretrain_cmd(experiment, shards, run_dir):
-    return [sys.executable, "-m", "voxfm", "pretrain", f"experiment={experiment}", f"data.shards={shards}",
-            f"run_dir={run_dir}", "trainer.max_steps=40", "trainer.checkpoint_every_n_steps=10",
-            "trainer.progress_bar=false", "data.num_workers=0", *DEMOS[experiment]]
+    return [
+        sys.executable,
+        "-m",
+        "voxfm",
+        "pretrain",
+        f"experiment={experiment}",
+        f"data.shards={shards}",
+        f"run_dir={run_dir}",
+        "trainer.max_steps=40",
+        "trainer.checkpoint_every_n_steps=10",
+        "trainer.progress_bar=false",
+        "data.num_workers=0",
+        *DEMOS[experiment],
+    ]
 
 
 def _step(ckpt) -> int:
@@ -53,13 +69,20 @@ def _step(ckpt) -> int:
 
 def _mean_loss(module, cfg, shards, n_batches=6) -> float:
     """The objective's loss on fixed batches (fixed regions, views and masks), without gradients."""
-    stream = RegionStream(str(shards), cfg.data.region_size or module.view_pipeline.region_size_needed(),
-                          cfg.data.regions_per_volume, cfg.data.foreground_prob, 8, seed=1234)
+    stream = RegionStream(
+        str(shards),
+        cfg.data.region_size or module.view_pipeline.region_size_needed(),
+        cfg.data.regions_per_volume,
+        cfg.data.foreground_prob,
+        8,
+        seed=1234,
+    )
     losses = []
     with torch.no_grad():
         for i, batch in zip(range(n_batches), region_loader(stream, cfg.data.batch_size, 0)):
-            loss, _ = module.objective(module.view_pipeline(batch, step_generator(torch.device("cpu"), 99, i, 0)),
-                                       module.backbone)
+            loss, _ = module.objective(
+                module.view_pipeline(batch, step_generator(torch.device("cpu"), 99, i, 0)), module.backbone
+            )
             losses.append(loss.item())
     return sum(losses) / len(losses)
 
@@ -67,8 +90,13 @@ def _mean_loss(module, cfg, shards, n_batches=6) -> float:
 @pytest.mark.parametrize("experiment", list(DEMOS))
 def test_killed_run_resumes_from_its_last_checkpoint_and_ends_at_max_steps(tmp_path, cli_shards, experiment):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(_pretrain_cmd(experiment, cli_shards, run_dir), cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _pretrain_cmd(experiment, cli_shards, run_dir),
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     step20 = run_dir / "checkpoints" / "step000020.ckpt"
     deadline = time.time() + 300
     while not step20.exists() and proc.poll() is None and time.time() < deadline:
@@ -80,8 +108,9 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_ends_at_max_steps(tmp_p
     killed_at = _step(newest)
     assert 20 <= killed_at < 40
 
-    second = subprocess.run(_pretrain_cmd(experiment, cli_shards, run_dir), cwd=REPO, env=ENV, capture_output=True,
-                            text=True)
+    second = subprocess.run(
+        _pretrain_cmd(experiment, cli_shards, run_dir), cwd=REPO, env=ENV, capture_output=True, text=True
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"at step {killed_at}" in second.stdout and "voxfm: resuming from" in second.stdout
     assert _step(run_dir / "checkpoints" / "last.ckpt") == 40

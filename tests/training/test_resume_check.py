@@ -29,20 +29,30 @@ def test_model_and_data_contract_changes_refuse_even_when_allowed():
     with pytest.raises(ValueError) as err:
         check_resume_config(old, new, [MASK, "model", "data"], "last.ckpt")
     lines = str(err.value).splitlines()[1:]
-    assert [line.split(":")[0].strip() for line in lines] == ["data.crop_size", "model.img_size", "model.num_layers",
-                                                              "objective.views.crop_size", MASK]
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "data.crop_size",
+        "model.img_size",
+        "model.num_layers",
+        "objective.views.crop_size",
+        MASK,
+    ]
     assert f"{MASK}: 0.75 → 0.5 (changes the model or the data contract" in str(err.value)
 
 
 def test_optimisation_changes_need_permission():
     old, new = _config(), _config(f"{LR}=5e-4", "optim.warmup_steps=3")
-    with pytest.raises(ValueError, match=rf"{LR}: 0.001 → 0.0005 \(to change it on resume, add it to "
-                                         rf"resume.allow_changes=\[{LR}\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{LR}: 0.001 → 0.0005 \(to change it on resume, add it to "
+        rf"resume.allow_changes=\[{LR}\]\)",
+    ):
         check_resume_config(old, new, [], "last.ckpt")
     with pytest.raises(ValueError, match=r"written:\n  optim.warmup_steps: 10 → 3 \(to change it[^\n]*$"):
         check_resume_config(old, new, [LR], "last.ckpt")  # the warm-up is not allowed: its line only
-    assert check_resume_config(old, new, [LR, "optim.warmup_steps"], "x") == {LR: [1e-3, 5e-4],
-                                                                             "optim.warmup_steps": [10, 3]}
+    assert check_resume_config(old, new, [LR, "optim.warmup_steps"], "x") == {
+        LR: [1e-3, 5e-4],
+        "optim.warmup_steps": [10, 3],
+    }
     assert check_resume_config(old, new, ["optim"], "x") == {LR: [1e-3, 5e-4], "optim.warmup_steps": [10, 3]}
 
 
@@ -55,16 +65,29 @@ def test_a_checkpoint_from_before_a_key_was_added_resumes_at_its_neutral_value()
 
 
 def test_harmless_changes_need_no_permission_and_are_recorded():
-    old, new = _config(), _config("trainer.max_steps=600", "data.num_workers=0", "run_dir=/elsewhere",
-                                  "trainer.keep_last_n=5", "logger=wandb")
+    old, new = (
+        _config(),
+        _config(
+            "trainer.max_steps=600", "data.num_workers=0", "run_dir=/elsewhere", "trainer.keep_last_n=5", "logger=wandb"
+        ),
+    )
     changes = check_resume_config(old, new, [], "x")
     assert changes["trainer.max_steps"] == [300, 600] and changes["run_dir"] == ["/r", "/elsewhere"]
     assert {"data.num_workers", "trainer.keep_last_n", "logger.wandb.project"} <= changes.keys()
 
 
 def _args(shard_dir, run, *extra):
-    return ["pretrain", "experiment=demo", f"data.shards={shard_dir}", f"run_dir={run}", "trainer.max_steps=2",
-            "trainer.progress_bar=false", "trainer.images_every_n_steps=0", "data.num_workers=0", *extra]
+    return [
+        "pretrain",
+        "experiment=demo",
+        f"data.shards={shard_dir}",
+        f"run_dir={run}",
+        "trainer.max_steps=2",
+        "trainer.progress_bar=false",
+        "trainer.images_every_n_steps=0",
+        "data.num_workers=0",
+        *extra,
+    ]
 
 
 def _events(run) -> list[dict]:

@@ -20,14 +20,39 @@ def _two_nodes(shard_dir, run_dir, max_steps):
     paths = [run_dir.parent / f"node{node}-{max_steps}.log" for node in (0, 1)]
     logs = [open(path, "w") for path in paths]
     for node in (0, 1):
-        env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "PYTHON": sys.executable,
-               "NNODES": "2", "NODE_RANK": str(node), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "GPUS_PER_NODE": "1", "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen(
-            ["bash", str(REPO / "scripts" / "torchrun.sh"), "experiment=demo", f"data.shards={shard_dir}",
-             f"run_dir={run_dir}", "trainer.accelerator=cpu", f"trainer.max_steps={max_steps}",
-             "trainer.checkpoint_every_n_steps=2", "trainer.log_every_n_steps=1", "trainer.progress_bar=false",
-             "data.num_workers=0"], cwd=REPO, env=env, stdout=logs[node], stderr=subprocess.STDOUT))
+        env = {
+            **os.environ,
+            "WANDB_MODE": "offline",
+            "PYTHONPATH": str(REPO),
+            "PYTHON": sys.executable,
+            "NNODES": "2",
+            "NODE_RANK": str(node),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "GPUS_PER_NODE": "1",
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [
+                    "bash",
+                    str(REPO / "scripts" / "torchrun.sh"),
+                    "experiment=demo",
+                    f"data.shards={shard_dir}",
+                    f"run_dir={run_dir}",
+                    "trainer.accelerator=cpu",
+                    f"trainer.max_steps={max_steps}",
+                    "trainer.checkpoint_every_n_steps=2",
+                    "trainer.log_every_n_steps=1",
+                    "trainer.progress_bar=false",
+                    "data.num_workers=0",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=logs[node],
+                stderr=subprocess.STDOUT,
+            )
+        )
     for p, log in zip(procs, logs):  # output goes to files: a full pipe would block one node inside a collective
         p.wait(timeout=600)
         log.close()

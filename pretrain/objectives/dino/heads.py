@@ -26,8 +26,9 @@ class Prototypes(nn.Module):
 
 
 class DINOHead(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 n_layers: int = 3):
+    def __init__(
+        self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256, n_layers: int = 3
+    ):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers={n_layers}: expected >= 1")

@@ -9,8 +9,9 @@ from voxfm.pretrain.objectives.dino.targets import all_reduced
 from voxfm.pretrain.runtime.distributed import world
 
 
-def dino_loss(student_logits: list[torch.Tensor], teacher_probs: list[torch.Tensor],
-              student_temperature: float = 0.1) -> torch.Tensor:
+def dino_loss(
+    student_logits: list[torch.Tensor], teacher_probs: list[torch.Tensor], student_temperature: float = 0.1
+) -> torch.Tensor:
     """student_logits: one [B, K] per crop (global crops first, then local); teacher_probs: one [B, K] per global
     crop → the mean over every (teacher crop, student crop) pair of different crops of the cross-entropy
     −Σ p_teacher · log softmax(student / τ_s), averaged over the batch."""
@@ -27,8 +28,13 @@ def dino_loss(student_logits: list[torch.Tensor], teacher_probs: list[torch.Tens
     return total / pairs
 
 
-def ibot_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, masks: torch.Tensor,
-              student_temperature: float = 0.1, n_images: int | None = None) -> torch.Tensor:
+def ibot_loss(
+    student_logits: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    masks: torch.Tensor,
+    student_temperature: float = 0.1,
+    n_images: int | None = None,
+) -> torch.Tensor:
     """student_logits, teacher_probs: [B, N, K] patch tokens; masks: bool [B, N], True = hidden from the student;
     n_images: the global crops these rows were picked from (default B; unmasked crops count, as in DINOv2 and iBOT)
     → the cross-entropy on hidden tokens only, averaged within each image, summed, divided by the global batch's

@@ -34,8 +34,9 @@ from voxfm.pretrain.objectives.dino.targets import centred_softmax, sinkhorn_kno
 from voxfm.pretrain.objectives.protocol import ObjectiveDeclaration
 
 
-def hidden_tokens(patches: torch.Tensor, masks: torch.Tensor, n_images: int, per_image: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def hidden_tokens(
+    patches: torch.Tensor, masks: torch.Tensor, n_images: int, per_image: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """patches [B, N, D], masks [B, N] → (the masked images' first `per_image` hidden tokens [n_images, per_image,
     D], their validity [n_images, per_image] (an image may hide fewer), and the picked (rows, positions)). Static
     shapes from the masking's own bounds: no host read, compiles as one graph."""
@@ -52,26 +53,55 @@ class DINOObjective(nn.Module):
     [2B, N] (optional, with "n_masked_images", "max_hidden")} + student backbone → (loss, logs)."""
 
     declaration = ObjectiveDeclaration(
-        backbone="tokens", views=2, mask_cell_is_token=True, masks_if="ibot_weight", trains_decoder=False,
+        backbone="tokens",
+        views=2,
+        mask_cell_is_token=True,
+        masks_if="ibot_weight",
+        trains_decoder=False,
         teacher=True,
-        bounds={"out_dim": {"ge": 2}, "hidden_dim": {"ge": 1}, "bottleneck_dim": {"ge": 1},
-                "patch_out_dim": {"ge": 2}, "student_temperature": {"gt": 0.0}, "teacher_temperature": {"gt": 0.0},
-                "teacher_temperature_start": {"gt": 0.0}, "teacher_warmup_steps": {"ge": 0},
-                "centre_momentum": {"ge": 0.0, "le": 1.0}, "koleo_weight": {"ge": 0.0}, "dino_weight": {"ge": 0.0},
-                "ibot_weight": {"ge": 0.0}, "momentum_start": {"ge": 0.0, "le": 1.0},
-                "momentum_end": {"ge": 0.0, "le": 1.0}},
+        bounds={
+            "out_dim": {"ge": 2},
+            "hidden_dim": {"ge": 1},
+            "bottleneck_dim": {"ge": 1},
+            "patch_out_dim": {"ge": 2},
+            "student_temperature": {"gt": 0.0},
+            "teacher_temperature": {"gt": 0.0},
+            "teacher_temperature_start": {"gt": 0.0},
+            "teacher_warmup_steps": {"ge": 0},
+            "centre_momentum": {"ge": 0.0, "le": 1.0},
+            "koleo_weight": {"ge": 0.0},
+            "dino_weight": {"ge": 0.0},
+            "ibot_weight": {"ge": 0.0},
+            "momentum_start": {"ge": 0.0, "le": 1.0},
+            "momentum_end": {"ge": 0.0, "le": 1.0},
+        },
     )
 
-    def __init__(self, spec: BackboneSpec, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 patch_out_dim: int | None = None, student_temperature: float = 0.1,
-                 teacher_temperature: float = 0.07, teacher_temperature_start: float = 0.04,
-                 teacher_warmup_steps: int = 0, targets: str = "centre", centre_momentum: float = 0.9,
-                 dino_weight: float = 1.0, ibot_weight: float = 1.0, koleo_weight: float = 0.1,
-                 momentum_start: float = 0.992, momentum_end: float = 1.0):
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        patch_out_dim: int | None = None,
+        student_temperature: float = 0.1,
+        teacher_temperature: float = 0.07,
+        teacher_temperature_start: float = 0.04,
+        teacher_warmup_steps: int = 0,
+        targets: str = "centre",
+        centre_momentum: float = 0.9,
+        dino_weight: float = 1.0,
+        ibot_weight: float = 1.0,
+        koleo_weight: float = 0.1,
+        momentum_start: float = 0.992,
+        momentum_end: float = 1.0,
+    ):
         super().__init__()
         if targets not in ("centre", "sinkhorn", "none"):
-            raise ValueError(f"objective.loss.targets={targets!r}; allowed: 'centre', 'sinkhorn', 'none' (no "
-                             "centring: collapses, for testing the alarm)")
+            raise ValueError(
+                f"objective.loss.targets={targets!r}; allowed: 'centre', 'sinkhorn', 'none' (no "
+                "centring: collapses, for testing the alarm)"
+            )
         patch_out_dim = patch_out_dim or out_dim
         self.head = DINOHead(spec.feature_dim, out_dim, hidden_dim, bottleneck_dim)
         self.ibot_head = self.mask_token = None  # ibot_weight=0: the DINO loss alone (no unused parameters for DDP)
@@ -120,8 +150,11 @@ class DINOObjective(nn.Module):
 
     def teacher_names(self) -> list[str]:
         """The teacher's parameter names, in `pairs` order (FP32Teacher's t0, t1, ...)."""
-        modules = {"teacher_backbone": self.teacher_backbone, "teacher_head": self.teacher_head,
-                   "teacher_ibot_head": self.teacher_ibot_head}
+        modules = {
+            "teacher_backbone": self.teacher_backbone,
+            "teacher_head": self.teacher_head,
+            "teacher_ibot_head": self.teacher_ibot_head,
+        }
         return [f"{m}.{n}" for m, module in modules.items() if module is not None for n, _ in module.named_parameters()]
 
     def pairs(self, backbone: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -156,8 +189,9 @@ class DINOObjective(nn.Module):
         return start + (end - start) * progress
 
     @torch.no_grad()
-    def _targets(self, logits: torch.Tensor, centre: torch.Tensor, temperature: torch.Tensor,
-                 valid: torch.Tensor | None = None) -> torch.Tensor:
+    def _targets(
+        self, logits: torch.Tensor, centre: torch.Tensor, temperature: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
         logits = logits.float()
         if self.targets == "sinkhorn":
             return sinkhorn_knopp(logits, temperature, valid=valid)
@@ -176,8 +210,10 @@ class DINOObjective(nn.Module):
         if self.ibot_head is None:
             masks = None
         elif masks is None or batch["n_masked_images"] == 0:
-            raise ValueError("objective.loss.ibot_weight > 0 needs masked global crops: set objective.views.masking "
-                             "(probability > 0), or objective.loss.ibot_weight=0 for the DINO loss alone")
+            raise ValueError(
+                "objective.loss.ibot_weight > 0 needs masked global crops: set objective.views.masking "
+                "(probability > 0), or objective.loss.ibot_weight=0 for the DINO loss alone"
+            )
         with torch.no_grad():
             teacher_cls, teacher_patches = self.teacher_backbone.features(image)
             probs = self._targets(self.teacher_head(teacher_cls), self.centre, temperature)
@@ -192,21 +228,29 @@ class DINOObjective(nn.Module):
         loss = dino_w * distillation + koleo_w * spread
         logs = {"dino_loss": distillation.detach(), "koleo": spread.detach()}
         if masks is not None:
-            hidden, valid, (rows, positions) = hidden_tokens(student_patches, masks, batch["n_masked_images"],
-                                                            batch["max_hidden"])
+            hidden, valid, (rows, positions) = hidden_tokens(
+                student_patches, masks, batch["n_masked_images"], batch["max_hidden"]
+            )
             with torch.no_grad():
                 index = positions.unsqueeze(-1).expand(-1, -1, teacher_patches.shape[-1])
                 targets = teacher_patches[rows].gather(1, index)
                 patch_probs = self._targets(self.teacher_ibot_head(targets), self.patch_centre, temperature, valid)
-            patch_loss = ibot_loss(self.ibot_head(hidden), patch_probs, valid, self.student_temperature,
-                                   n_images=image.shape[0])
+            patch_loss = ibot_loss(
+                self.ibot_head(hidden), patch_probs, valid, self.student_temperature, n_images=image.shape[0]
+            )
             loss = loss + ibot_w * patch_loss
             logs["ibot_loss"] = patch_loss.detach()
         logs["loss"] = loss.detach()
         if batch.get("log_step", True):  # the monitors read values back: logging steps only
             features = torch.cat(crops[:2]).detach()
             mean, std = gram_off_diagonal(features)
-            logs.update(teacher_entropy=normalised_entropy(probs), teacher_information=teacher_information(probs),
-                        effective_rank=effective_rank(features), gram_mean=mean, gram_std=std,
-                        teacher_temperature=temperature, teacher_momentum=self.last_momentum.clone())
+            logs.update(
+                teacher_entropy=normalised_entropy(probs),
+                teacher_information=teacher_information(probs),
+                effective_rank=effective_rank(features),
+                gram_mean=mean,
+                gram_std=std,
+                teacher_temperature=temperature,
+                teacher_momentum=self.last_momentum.clone(),
+            )
         return loss, logs

@@ -30,8 +30,9 @@ def centred_softmax(teacher_logits: torch.Tensor, centre: torch.Tensor, temperat
 
 
 @torch.no_grad()
-def updated_centre(centre: torch.Tensor, teacher_logits: torch.Tensor, momentum: float = 0.9,
-                   valid: torch.Tensor | None = None) -> torch.Tensor:
+def updated_centre(
+    centre: torch.Tensor, teacher_logits: torch.Tensor, momentum: float = 0.9, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """m · centre + (1 − m) · mean of the teacher's logits over the global batch → [1, K]. teacher_logits: [..., K];
     valid: bool [...] (None: all rows), the rows that count (iBOT's hidden tokens, padded to a static shape)."""
     logits = teacher_logits.float().reshape(-1, teacher_logits.shape[-1])
@@ -42,8 +43,9 @@ def updated_centre(centre: torch.Tensor, teacher_logits: torch.Tensor, momentum:
 
 
 @torch.no_grad()
-def sinkhorn_knopp(teacher_logits: torch.Tensor, temperature: float, iterations: int = 3,
-                   valid: torch.Tensor | None = None) -> torch.Tensor:
+def sinkhorn_knopp(
+    teacher_logits: torch.Tensor, temperature: float, iterations: int = 3, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """[..., K] → assignments [..., K]: each sample's row sums to 1 and each prototype receives an equal share of
     the global batch, B_total / K (DINOv2's SinkhornKnopp teacher, with sums all-reduced across ranks). valid: bool
     [...] (None: all rows): the rows that take part; the others come out as zeros."""

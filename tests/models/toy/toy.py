@@ -22,8 +22,12 @@ class ToyAdapter:
     def export_weights(state: dict, backbone, in_channels: int | None) -> tuple[dict, dict]:
         if in_channels not in (None, backbone.kwargs["in_channels"]):
             raise ValueError(f"in_channels={in_channels}: the toy backbone does not inflate channels")
-        return clone_state(state), {"architecture": "toy", "class": backbone.declaration.export_class,
-                                    "kwargs": dict(backbone.kwargs), "kwargs_requires_import": []}
+        return clone_state(state), {
+            "architecture": "toy",
+            "class": backbone.declaration.export_class,
+            "kwargs": dict(backbone.kwargs),
+            "kwargs_requires_import": [],
+        }
 
     @staticmethod
     def segmenter(kwargs: dict, n_classes: int, crop_size, unetr: dict) -> nn.Module:
@@ -46,18 +50,30 @@ class ToyBackbone(nn.Module):
     """x: [B, in_channels, X, Y, Z] (X, Y, Z even) → [B, out_channels, X, Y, Z]."""
 
     declaration = BackboneDeclaration(
-        kind="cnn", architecture="toy", export_class="tests.models.toy.toy.ToyBackbone", formats=("full",),
-        decoder=True, bounds={"in_channels": {"ge": 1}}, rules=("unet_stride",),  # the crop: even
+        kind="cnn",
+        architecture="toy",
+        export_class="tests.models.toy.toy.ToyBackbone",
+        formats=("full",),
+        decoder=True,
+        bounds={"in_channels": {"ge": 1}},
+        rules=("unet_stride",),  # the crop: even
     )
     adapter = ToyAdapter
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, features_per_stage: list[int] = (4, 8)):
         super().__init__()
-        self.kwargs = {"in_channels": in_channels, "out_channels": out_channels,
-                       "features_per_stage": list(features_per_stage)}
+        self.kwargs = {
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "features_per_stage": list(features_per_stage),
+        }
         a, b = features_per_stage
-        self.encoder = nn.ModuleList([nn.Sequential(nn.Conv3d(in_channels, a, 3, padding=1), nn.GELU()),
-                                      nn.Sequential(nn.Conv3d(a, b, 3, stride=2, padding=1), nn.GELU())])
+        self.encoder = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv3d(in_channels, a, 3, padding=1), nn.GELU()),
+                nn.Sequential(nn.Conv3d(a, b, 3, stride=2, padding=1), nn.GELU()),
+            ]
+        )
         self.up = nn.ConvTranspose3d(b, a, 2, stride=2)
         self.head = nn.Conv3d(2 * a, out_channels, 1)
 
