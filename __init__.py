@@ -4,7 +4,7 @@ The repository's root folder is the package `voxfm`: `pretrain/ models/ data/ co
 `voxfm.pretrain`, `voxfm.models`, `voxfm.data`, `voxfm.conf` (pyproject.toml maps `voxfm` to this folder), so
 nothing of voxfm shadows a user's own `models` or `data` package.
 
-The Python API, which the `voxfm` command is a thin layer over (README, "Python API"):
+The Python API; it and the `voxfm` command are thin layers over the same code (README, "Python API"):
 
     voxfm.compose(command, overrides)   the checked config of a command, as the CLI composes it
     voxfm.build_module(cfg)             the LightningModule of a pretrain config, for your own Trainer

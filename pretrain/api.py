@@ -1,4 +1,5 @@
-"""voxfm's Python API: what the `voxfm` command does, as functions (the CLI is a thin layer over them).
+"""voxfm's Python API: what the `voxfm` command does, as functions (both compose and check a command's config the
+same way and call the same code).
 
     cfg = voxfm.compose("pretrain", "experiment=demo", data={"shards": "shards"}, run_dir="run")
     module = voxfm.build_module(cfg)       # the LightningModule, for your own `lightning.Trainer`

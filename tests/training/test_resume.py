@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -21,7 +22,7 @@ from voxfm.pretrain.training.module import step_generator
 DEMOS = {  # experiment → extra overrides (a little more work per step so the kill lands mid-run)
     "demo": ["model.num_layers=4", "data.batch_size=8"],
     "demo_mim": [],
-    "demo_simclr": ["data.batch_size=8"],  # 4 regions of one volume are too few negatives for a stable 40 steps
+    "demo_simclr": ["data.batch_size=16"],  # 4 (or 8) regions are too few negatives for a stable 40 steps
     "demo_mae_contrastive": ["model.num_layers=4"],
     "demo_primus": ["model.eva_depth=4", "data.batch_size=8"],
 }
@@ -125,9 +126,11 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_ends_at_max_steps(tmp_p
     kept = {p.name for p in (run_dir / "checkpoints").iterdir()}  # trainer.keep_last_n=3: the three newest
     assert {f"step{s:06d}.ckpt" for s in (20, 30, 40)} <= kept and "step000010.ckpt" not in kept
 
-    # the loss falls: trained weights beat freshly initialised ones on the same fixed batches
+    # the loss falls: the trained weights beat the run's own initial ones (built as the run built them, from
+    # `seed`) on the same fixed batches
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     cfg = OmegaConf.create(ckpt["voxfm_config"])
+    L.seed_everything(cfg.seed, verbose=False)
     fresh = build_module(cfg)
     trained = build_module(cfg)
     trained.load_state_dict(ckpt["state_dict"])
