@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from voxfm.pretrain.cli.compose import checked_config
 from voxfm.pretrain.errors import ConfigError
@@ -99,20 +99,9 @@ def build_loader(cfg: DictConfig | list[str] | None = None, **keys):
 
 def shard(*overrides: str, **keys) -> dict:
     """`voxfm shard input=... output=...`: NIfTI volumes and DICOM series into shards; its report (report.json)."""
-    from voxfm.data.ingest.run import run_shard
-    from voxfm.pretrain.errors import config_errors
+    from voxfm.pretrain.cli.programs import shard_report
 
-    cfg = compose("shard", *overrides, **keys)
-    with config_errors():
-        return run_shard(
-            cfg.input,
-            cfg.output,
-            OmegaConf.to_container(cfg.preprocess),
-            cfg.shard_max_mb,
-            cfg.codec,
-            cfg.progress,
-            cfg.workers,
-        )
+    return shard_report(compose("shard", *overrides, **keys))
 
 
 def pretrain(*overrides: str, **keys) -> Path:

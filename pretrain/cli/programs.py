@@ -10,22 +10,29 @@ from omegaconf import DictConfig, OmegaConf
 from voxfm.pretrain.errors import OutputWriteError, config_errors
 
 
+def shard_report(cfg: DictConfig) -> dict:
+    """`voxfm shard`'s work on its checked config (the command and `voxfm.shard` alike): the report."""
+    from voxfm.data.ingest.run import run_shard
+
+    # run_shard turns every input's failure into a rejection: a ValueError out of it is about its arguments
+    # (input=, output=, the options), checked in data/, which does not import pretrain/
+    with config_errors():
+        return run_shard(
+            cfg.input,
+            cfg.output,
+            OmegaConf.to_container(cfg.preprocess),
+            cfg.shard_max_mb,
+            cfg.codec,
+            cfg.progress,
+            cfg.workers,
+        )
+
+
 def shard(cfg: DictConfig) -> None:
-    from voxfm.data.ingest.run import WorkerDied, run_shard
+    from voxfm.data.ingest.run import WorkerDied
 
     try:
-        # run_shard turns every input's failure into a rejection: a ValueError out of it is about its arguments
-        # (input=, output=, the options), checked in data/, which does not import pretrain/
-        with config_errors():
-            report = run_shard(
-                cfg.input,
-                cfg.output,
-                OmegaConf.to_container(cfg.preprocess),
-                cfg.shard_max_mb,
-                cfg.codec,
-                cfg.progress,
-                cfg.workers,
-            )
+        report = shard_report(cfg)
     except WorkerDied as err:
         print(f"voxfm shard: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
