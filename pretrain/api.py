@@ -44,13 +44,17 @@ def overrides_of(args: tuple[str, ...], keys: dict) -> list[str]:
 
 
 def _value(value) -> str:
+    """A keyword's value as Hydra reads it back: strings quoted (a path may hold spaces, commas, `=`, quotes or a
+    literal `${`), lists as lists, None as null."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_value(v) for v in value) + "]"
-    return str(value)
+    if isinstance(value, (int, float)):
+        return str(value)
+    return "'" + str(value).replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 def compose(command: str = "pretrain", *overrides: str, **keys) -> DictConfig:
@@ -59,10 +63,11 @@ def compose(command: str = "pretrain", *overrides: str, **keys) -> DictConfig:
     if command == "finetune":  # its experiments live in conf/finetune_experiment/, as on the command line
         overrides = tuple(f"finetune_{o}" if o.startswith("experiment=") else o for o in overrides)
         if "experiment" in keys:
-            keys = {**keys, "finetune_experiment": keys.pop("experiment")}
-    cfg = checked_config(command, overrides_of(tuple(overrides), keys))
-    if cfg is None:
+            keys = dict(keys)
+            keys["finetune_experiment"] = keys.pop("experiment")
+    if "--cfg" in overrides:
         raise ConfigError("--cfg prints a config on the command line; compose() returns it")
+    cfg = checked_config(command, overrides_of(tuple(overrides), keys))
     return cfg
 
 
@@ -135,46 +140,45 @@ PREPROCESSING = ("spacing", "orientation", "axis_order", "normalisation")
 
 
 def load_backbone(export_dir: str | Path) -> Backbone:
-    """The network of a `voxfm export` folder: format=monai builds the exported class (MONAI's ViT, nnU-Net's
-    ResidualEncoderUNet) named in backbone.json, format=full builds voxfm's own backbone from its stored config;
-    both through the allowlist of voxfm's backbones (backbone.json is data), weights loaded strictly. For
-    format=nnunet and nnssl, nnU-Net's own loaders are the way (the export's README.md shows them)."""
+    """The network of a `voxfm export` folder: format=monai (and nnssl, which carries the same backbone.json) builds
+    the exported class (MONAI's ViT, nnU-Net's ResidualEncoderUNet or Primus) that backbone.json names, format=full
+    voxfm's own backbone from its stored config, with the weights of the model it exports (the teacher for
+    self-distillation); both only through allowlists (a file is data: it names, it never imports), weights loaded
+    strictly. For format=nnunet, nnU-Net's own loaders are the way (the export's README.md shows them)."""
     from safetensors.torch import load_file
 
     from voxfm.models.weights import load_strict
-    from voxfm.pretrain.config.renamed import upgraded
     from voxfm.pretrain.errors import config_errors
-    from voxfm.pretrain.export.model_card import SNIPPET_CLASSES
-    from voxfm.pretrain.training.checkpoints import backbone_from_config, check_config_tree
+    from voxfm.pretrain.export.model_card import snippet_classes
+    from voxfm.pretrain.export.run import full_export_backbone
 
     path = Path(export_dir)
-    if (path / "full.json").is_file():
-        meta = _read_json(path / "full.json")
-        check_config_tree(meta, f"{path}/full.json")
-        config = upgraded(meta.get("config") or {})
-        network = backbone_from_config(config.get("model"), f"{path}/full.json: config.model")
-        prefix = "backbone."
-        weights = {
-            k[len(prefix) :]: v for k, v in load_file(str(path / "model.safetensors")).items() if k.startswith(prefix)
-        }
+    if (path / "full.json").is_file() and (path / "model.safetensors").is_file():
+        meta, network, weights = full_export_backbone(path, str(path))
     elif (path / "backbone.json").is_file() and (path / "backbone.safetensors").is_file():
         meta = _read_json(path / "backbone.json")
-        allowed = {name: name for name in SNIPPET_CLASSES}
-        names = [meta.get("class"), *(meta.get("kwargs", {}).get(k) for k in meta.get("kwargs_requires_import", []))]
-        refused = [n for n in names if n is not None and not (isinstance(n, str) and n in allowed)]
-        if refused or not isinstance(meta.get("kwargs"), dict):
+        kwargs, requires = meta.get("kwargs"), meta.get("kwargs_requires_import", [])
+        if not isinstance(kwargs, dict) or not isinstance(requires, list) or not all(k in kwargs for k in requires):
             raise ConfigError(
-                f"{path}/backbone.json names {refused or 'no kwargs'}; voxfm loads only {sorted(allowed)}"
+                f"{path}/backbone.json: kwargs must be a mapping and kwargs_requires_import a list of its keys"
             )
-        kwargs = {k: _class(v) if v and k in meta["kwargs_requires_import"] else v for k, v in meta["kwargs"].items()}
+        allowed = snippet_classes()
+
+        def resolve(name):  # only the classes voxfm exports to, named by their full dotted names
+            if not isinstance(name, str) or name not in allowed:
+                raise ConfigError(f"{path}/backbone.json names {name!r}; voxfm loads only {sorted(allowed)}")
+            return _class(name)
+
+        network_class = resolve(meta.get("class"))
+        kwargs = {k: resolve(v) if k in requires and v is not None else v for k, v in kwargs.items()}
         with config_errors():
-            network = _class(meta["class"])(**kwargs)
+            network = network_class(**kwargs)
         weights = load_file(str(path / "backbone.safetensors"))
     else:
         raise ConfigError(
-            f"{path}: not a `voxfm export` folder of format monai or full (backbone.json + "
-            "backbone.safetensors, or full.json + model.safetensors); nnunet and nnssl exports load "
-            "with nnU-Net's own loaders (see the folder's README.md)"
+            f"{path}: not a `voxfm export` folder of format monai, nnssl or full (backbone.json + "
+            "backbone.safetensors, or full.json + model.safetensors); nnunet exports load with nnU-Net's own loaders "
+            "(see the folder's README.md)"
         )
     with config_errors():
         load_strict(network, weights, str(path))

@@ -226,7 +226,7 @@ def preprocess(volume: Volume, modality: str | None, opts: PreprocessOptions, la
         "original_shape": list(volume.data.shape),
         "dtype": str(image.dtype),
         "affine": np.round(affine, 6).tolist(),
-        "crop": crop,  # undo with data.preprocess.uncrop
+        "crop": crop,  # undo with voxfm.data.ingest.preprocess.uncrop
         "normalisation": norm,
         "foreground_points": foreground_points(mask, offset, opts.n_foreground_points, rng),
     }

@@ -137,7 +137,7 @@ def checked_config(command: str, overrides: list[str]) -> DictConfig | None:
         plain = resolved(cfg)
         validate_command(command, plain)
         if command == "finetune" and plain["backbone"] == "none":  # with an export, its file says the network
-            check_packages({"model": plain["model"]})
+            check_packages({"model": plain["model"]}, try_imports=True)
         return cfg
     missing = missing_keys(cfg)
     if missing:
@@ -147,6 +147,7 @@ def checked_config(command: str, overrides: list[str]) -> DictConfig | None:
     plain = resolved(cfg)
     check_packages(plain)  # first: a quick read of source files, while the shard-set check loads webdataset
     validate_pretrain(plain)  # once per `voxfm pretrain`: run_pretrain is told so
+    check_packages(plain, try_imports=True)  # last: importing an optional package loads torch
     return cfg
 
 

@@ -21,8 +21,8 @@ from voxfm.pretrain.errors import ConfigError
 MISSING = "???"  # OmegaConf's mark of a required value not given
 
 # These repeat tuples of modules that import numpy or torch; tests/cli/test_cli_validation.py keeps them equal.
-Codec = Literal["lz4hc", "zstd"]  # data.payload.CODECS
-Frames = Literal["reject", "first", "all"]  # data.preprocess.FRAMES
+Codec = Literal["lz4hc", "zstd"]  # voxfm.data.ingest.payload.CODECS
+Frames = Literal["reject", "first", "all"]  # voxfm.data.ingest.preprocess.FRAMES
 ExportFormat = Literal["monai", "nnunet", "nnssl", "full"]  # pretrain.export.run.FORMATS
 AttentionBackend = Literal["FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]  # bench BACKENDS
 

@@ -91,6 +91,8 @@ def source_file(module: str) -> Path | None:
         spec = importlib.util.find_spec(module.split(".")[0])
     except (ImportError, ValueError):
         return None
+    if spec is not None and spec.submodule_search_locations is None and "." not in module:  # a single-file module
+        return Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
     for folder in (spec.submodule_search_locations or []) if spec else []:
         base = Path(folder, *module.split(".")[1:])
         for path in (base.with_suffix(".py"), base / "__init__.py"):
@@ -119,8 +121,9 @@ def read_declared(target: str) -> Declared | None:
 
 
 def constructor_defaults(target: str) -> dict:
-    """The literal defaults of any class's constructor (e.g. `data.views.ViewPipeline`), read from its source:
-    a config node completed with them is what the constructor will see, and no default is written twice."""
+    """The literal defaults of any class's constructor (e.g. `voxfm.data.views.pipeline.ViewPipeline`), read from
+    its source: a config node completed with them is what the constructor will see, and no default is written
+    twice."""
     cls = _class_node(target) if isinstance(target, str) else None
     return {k: d for k, (_, d) in _arguments(cls).items() if d is not REQUIRED} if cls is not None else {}
 
@@ -141,7 +144,12 @@ def declared_backbones() -> dict[str, Declared]:
     for module in modules:
         path = source_file(module)
         if path is None:
-            raise ValueError(f"{BACKBONES_ENV}: no module {module!r} (a dotted module that Python can import)")
+            from voxfm.pretrain.errors import ConfigError
+
+            raise ConfigError(
+                f"{BACKBONES_ENV}={os.environ.get(BACKBONES_ENV)!r}: no module {module!r} (a dotted "
+                "module that Python can import)"
+            )
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
             declared = read_declared(f"{module}.{cls.name}")
@@ -155,7 +163,14 @@ def backbone_class_for(architecture: str) -> type:
     among `declared_backbones()`; an unknown name is a ConfigError, never a fallback."""
     from voxfm.pretrain.errors import ConfigError
 
-    targets = {d.declaration.architecture: target for target, d in declared_backbones().items()}
+    targets, seen = {}, declared_backbones()
+    for target, declared in seen.items():
+        other = targets.setdefault(declared.declaration.architecture, target)
+        if other != target:  # a user's backbone must not silently take over another's exports
+            raise ConfigError(
+                f"architecture={declared.declaration.architecture!r} is declared by both {other} and "
+                f"{target}; give each backbone its own (VOXFM_BACKBONES={os.environ.get(BACKBONES_ENV)!r})"
+            )
     if architecture not in targets:
         raise ConfigError(
             f"architecture={architecture!r}: no declared backbone has it; known: {', '.join(sorted(targets))}"

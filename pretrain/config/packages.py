@@ -29,8 +29,10 @@ INSTALL = {
 }
 
 
-def missing_package_errors(cfg: dict, path: str = "") -> list[str]:
-    """One line per `_target_` in the resolved config whose module needs a package that is not installed."""
+def missing_package_errors(cfg: dict, path: str = "", try_imports: bool = False) -> list[str]:
+    """One line per `_target_` in the resolved config whose module needs a package that is not installed; with
+    `try_imports`, also one per optional package (`INSTALL`) that is installed but fails to import (that import
+    loads torch: run it after the config checks)."""
     errors: list[str] = []
     if isinstance(cfg, dict):
         target = cfg.get("_target_")
@@ -38,18 +40,18 @@ def missing_package_errors(cfg: dict, path: str = "") -> list[str]:
             imported = _external_imports(target.rsplit(".", 1)[0])
             for package in sorted({name.split(".")[0] for name in imported} - _installed_set(imported)):
                 errors.append(f"{path or 'config'}._target_={target}: {needs(package)}")
-            for package, err in sorted(_broken(imported).items()):
+            for package, err in sorted(_broken(imported).items() if try_imports else ()):
                 errors.append(f"{path or 'config'}._target_={target}: {needs(package, err)}")
         for key, value in cfg.items():
-            errors += missing_package_errors(value, f"{path}.{key}" if path else str(key))
+            errors += missing_package_errors(value, f"{path}.{key}" if path else str(key), try_imports)
     elif isinstance(cfg, list):
         for i, value in enumerate(cfg):
-            errors += missing_package_errors(value, f"{path}[{i}]")
+            errors += missing_package_errors(value, f"{path}[{i}]", try_imports)
     return errors
 
 
-def check_packages(cfg: dict) -> None:
-    errors = missing_package_errors(cfg)
+def check_packages(cfg: dict, try_imports: bool = False) -> None:
+    errors = missing_package_errors(cfg, try_imports=try_imports)
     if errors:
         raise ConfigError("; ".join(errors))
 
@@ -126,7 +128,6 @@ def _installed(package: str) -> bool:
         return False
 
 
-@cache
 @cache
 def _top_level_imports(module: str) -> tuple[str, ...]:
     """Modules imported by the statements at the top of `module`'s source (not inside functions, `if` or `try`):

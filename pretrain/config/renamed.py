@@ -3,8 +3,9 @@
 voxfm's packages were top-level `pretrain`, `models`, `data` before they moved under the one import root
 `voxfm`: a class path of that time (`models.vit.ViT` in a checkpoint, a run_dir's config.yaml, an export's
 backbone.json or a user's own experiment file) is read as `voxfm.models.vit.ViT`, and a module of the flat `data/`
-of that time under its place now (`data.views.ViewPipeline` → `voxfm.data.views.pipeline.ViewPipeline`). This
-module is the one place that maps old names.
+of that time under its place now (`data.views.ViewPipeline` → `voxfm.data.views.pipeline.ViewPipeline`). Only 0.1's
+own modules are mapped (a table, not a prefix rule), so a user's `models.mynet.MyNet` keeps naming the user's class.
+This module is the one place that maps old names.
 
 `objective.stage` is now `objective.views` (the device-side view pipeline: crops, augmentation, masks; "stage"
 also meant an encoder stage and a Lightning stage), and its class `data.views.ViewStage` is `ViewPipeline`.
@@ -22,8 +23,12 @@ TARGETS = {
     "data.views.ViewStage": "voxfm.data.views.pipeline.ViewPipeline",
     "voxfm.data.views.pipeline.ViewStage": "voxfm.data.views.pipeline.ViewPipeline",
 }
-OLD_ROOTS = ("pretrain", "models", "data")  # the top-level packages of voxfm before `voxfm`
-MODULES = {  # data/ was flat before it was split into ingest/, stream/ and views/
+MODULES = {  # 0.1's modules that a config could name, by their name now (data/ was flat before it was split)
+    **{f"models.{m}": f"voxfm.models.{m}" for m in ("eva", "heads", "mae_decoder", "primus", "resenc", "vit")},
+    **{
+        f"pretrain.objectives.{m}": f"voxfm.pretrain.objectives.{m}"
+        for m in ("mae", "mae_contrastive", "mim", "simclr", "dino.objective", "dino.heads")
+    },
     **{
         f"data.{m}": f"voxfm.data.ingest.{m}"
         for m in ("inputs", "dicom", "volumes", "preprocess", "resample", "payload", "locks", "inspect", "montage")
@@ -76,18 +81,17 @@ def upgraded(config: dict) -> dict:
 
 
 def renamed_target(target):
-    """A `_target_` of an older release (a renamed class, or a module of the old top-level packages) → its name
-    now; any other value unchanged."""
+    """A `_target_` of an older release (a renamed class, or a class in one of 0.1's modules, `MODULES`) → its name
+    now; any other value unchanged: a user's own `models.mynet.MyNet` stays theirs."""
     if not isinstance(target, str):
         return target
     if target in TARGETS:
         notice(target, TARGETS[target])
         return TARGETS[target]
     module, _, name = target.rpartition(".")
-    if module in MODULES or (module.split(".")[0] in OLD_ROOTS and "." in module):
-        new = f"{MODULES[module]}.{name}" if module in MODULES else "voxfm." + target
-        notice(target, new)
-        return new
+    if module in MODULES:
+        notice(target, f"{MODULES[module]}.{name}")
+        return f"{MODULES[module]}.{name}"
     return target
 
 

@@ -10,14 +10,20 @@ from pathlib import Path
 
 from voxfm.pretrain.config.declarations import declared_backbones
 
-# The classes a loading snippet may build: it resolves names from backbone.json through a dict of these (only
-# those the export names), never with `pydoc.locate`, so a tampered backbone.json cannot name another callable.
-SNIPPET_CLASSES = (
-    *(d.declaration.export_class for d in declared_backbones().values()),
+# Besides the declared backbones' export classes, the classes nnU-Net's ResEnc kwargs name.
+LAYER_CLASSES = (
     "torch.nn.modules.conv.Conv3d",
     "torch.nn.modules.instancenorm.InstanceNorm3d",
     "torch.nn.modules.activation.LeakyReLU",
 )
+
+
+def snippet_classes() -> tuple[str, ...]:
+    """The classes a loading snippet (and `voxfm.load_backbone`) may build: names from backbone.json are resolved
+    through a dict of these (only those the export names), never with `pydoc.locate`, so a tampered backbone.json
+    cannot name another callable."""
+    return (*(d.declaration.export_class for d in declared_backbones().values()), *LAYER_CLASSES)
+
 
 LOAD_MONAI = """import json, safetensors.torch
 IMPORTS
@@ -85,11 +91,12 @@ def _normalisation_lines(norm: dict | None) -> list[str]:
 
 def exported_classes(meta: dict) -> list[str]:
     """The dotted class names an export's description names (its class and the kwargs nnU-Net resolves), each
-    one of `SNIPPET_CLASSES`."""
+    one of `snippet_classes()`."""
     names = [meta["class"], *(meta["kwargs"][k] for k in meta["kwargs_requires_import"] if meta["kwargs"][k])]
-    unknown = [n for n in names if n not in SNIPPET_CLASSES]
+    known = snippet_classes()
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"model card: no loading snippet for {unknown}; known classes: {', '.join(SNIPPET_CLASSES)}")
+        raise ValueError(f"model card: no loading snippet for {unknown}; known classes: {', '.join(known)}")
     return list(dict.fromkeys(names))
 
 

@@ -31,6 +31,7 @@ from voxfm.pretrain.export.model_card import write_model_card
 from voxfm.pretrain.export.nnssl import nnssl_checkpoint
 from voxfm.pretrain.training.checkpoints import (
     backbone_arguments,
+    backbone_from_config,
     check_config_tree,
     consolidate_deepspeed,
     find_resume_checkpoint,
@@ -127,6 +128,33 @@ def fp32_teacher(state: dict[str, torch.Tensor], backbone: torch.nn.Module) -> d
     return {name: state[f"{masters}{i}"] for i, (name, _) in enumerate(backbone.named_parameters())}
 
 
+def backbone_state(state: dict[str, torch.Tensor], config: dict, backbone: torch.nn.Module) -> dict:
+    """The weights of the model a stored config exports, from the module's `state`: the EMA teacher where the
+    objective keeps one (self-distillation; its fp32 copies under DeepSpeed bf16), else the backbone."""
+    prefix = teacher_prefix(config) or BACKBONE_PREFIX
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if prefix != BACKBONE_PREFIX:
+        weights.update(fp32_teacher(state, backbone))
+    return weights
+
+
+def full_export_backbone(folder: str | Path, where: str) -> tuple[dict, torch.nn.Module, dict]:
+    """A format=full export → (full.json, the backbone its stored config names, built through the allowlist and
+    never `instantiate`d, the weights of the model it exports: the teacher for self-distillation)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder)
+    try:
+        meta = json.loads((path / "full.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{where}: full.json unreadable ({type(err).__name__}: {err})") from None
+    check_config_tree(meta, f"{where}: full.json")
+    config = upgraded(meta.get("config") if isinstance(meta, dict) and isinstance(meta.get("config"), dict) else {})
+    backbone = backbone_from_config(config.get("model"), f"{where}: full.json: config.model")
+    state = load_file(str(path / "model.safetensors"))
+    return meta, backbone, backbone_state(state, config, backbone)
+
+
 def run_export(checkpoint: str, output: str, in_channels: int | None = None, export_format: str = "monai") -> Path:
     if export_format not in FORMATS:
         raise ConfigError(f"format={export_format!r}; allowed: {', '.join(FORMATS)}")
@@ -161,10 +189,7 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, exp
         write_model_card(out, meta, export_format, backbone_class.adapter)
         return out
     backbone = backbone_class(**backbone_kwargs)  # only to read the architecture's kwargs
-    prefix = teacher_prefix(config) or BACKBONE_PREFIX  # self-distillation: the EMA teacher is the model to keep
-    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    if prefix != BACKBONE_PREFIX:
-        state.update(fp32_teacher(ckpt["state_dict"], backbone))
+    state = backbone_state(ckpt["state_dict"], config, backbone)  # self-distillation: the EMA teacher
     weights, arch = exported_weights(state, backbone, in_channels)
     meta.update(arch, channel_inflation=None if in_channels in (None, 1) else {"from": 1, "to": in_channels})
     if export_format == "nnunet":

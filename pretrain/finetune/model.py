@@ -45,20 +45,12 @@ def read_export(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def _read_full(path: Path, folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """A format=full export: the backbone its stored config names (through the allowlist, never `instantiate`),
-    with the exported backbone weights, described as the family's own export would describe it."""
-    from voxfm.pretrain.config.renamed import upgraded
+    with the weights of the model it exports (the teacher for self-distillation), described as the family's own
+    export would describe it."""
     from voxfm.pretrain.export.formats import exported_weights
-    from voxfm.pretrain.training.checkpoints import backbone_from_config, check_config_tree
+    from voxfm.pretrain.export.run import full_export_backbone
 
-    meta = json.loads((path / "full.json").read_text())
-    check_config_tree(meta, f"backbone={folder}: full.json")
-    config = upgraded(meta.get("config") if isinstance(meta, dict) and isinstance(meta.get("config"), dict) else {})
-    backbone = backbone_from_config(config.get("model"), f"backbone={folder}: full.json: config.model")
-    state = {
-        k[len("backbone.") :]: v
-        for k, v in load_file(str(path / "model.safetensors")).items()
-        if k.startswith("backbone.")
-    }
+    meta, backbone, state = full_export_backbone(path, f"backbone={folder}")
     weights, description = exported_weights(state, backbone, None)
     return {**meta, **description}, weights
 

@@ -149,7 +149,8 @@ def check_config_tree(value, where: str) -> None:
 
 def backbone_arguments(model: dict, where: str) -> tuple[type, dict]:
     """A stored `model` config → (the voxfm backbone class it names, one of `declared_backbones()`: the classes
-    of voxfm's `models` package that declare themselves backbones, nothing else is imported; its plain keyword
+    that declare themselves backbones in voxfm's `models` package or in a module the environment's VOXFM_BACKBONES
+    names, nothing else is imported; its plain keyword
     arguments), or a ConfigError naming the refused key. `where` names the config in errors (e.g.
     "checkpoint=last.ckpt: voxfm_config.model")."""
     if not isinstance(model, dict):

@@ -67,3 +67,40 @@ def test_a_bad_setting_raises_the_clis_config_error(shard_dir):
     assert list(cfg.data.crop_size) == [32, 32, 32] and cfg.trainer.compile is False
     with pytest.raises(ConfigError, match="not a `voxfm export` folder"):
         voxfm.load_backbone("/nonexistent")
+
+
+def test_keywords_are_quoted_and_finetunes_experiment_keyword_is_its_own(shard_dir):
+    import voxfm
+
+    odd = "/tmp/run (1), it's ${not} an=interpolation"
+    assert voxfm.compose("pretrain", experiment="demo", data={"shards": shard_dir}, run_dir=odd).run_dir == odd
+    cfg = voxfm.compose(
+        "finetune", experiment="demo_finetune", backbone="none", data={"shards": shard_dir}, run_dir="/r"
+    )
+    assert cfg.steps == 100  # conf/finetune_experiment/demo_finetune.yaml
+
+
+def test_a_crafted_backbone_json_imports_nothing_it_names(tmp_path):
+    """backbone.json is data: `kwargs_requires_import` as a string (so `in` would match substrings) or a class outside
+    the allowlist is refused before anything is imported or called."""
+    import json
+
+    import voxfm
+    from voxfm.pretrain.errors import ConfigError
+
+    (tmp_path / "backbone.safetensors").write_bytes(b"")
+    resenc = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+    crafted = [
+        {
+            "class": resenc,
+            "kwargs": {"nonlin": "subprocess.getoutput", "nonlin_kwargs": {"cmd": "touch pwned"}},
+            "kwargs_requires_import": "conv_op norm_op nonlin",
+        },
+        {"class": resenc, "kwargs": {"nonlin": "subprocess.getoutput"}, "kwargs_requires_import": ["nonlin"]},
+        {"class": "subprocess.Popen", "kwargs": {"args": ["touch", "pwned"]}, "kwargs_requires_import": []},
+    ]
+    for meta in crafted:
+        (tmp_path / "backbone.json").write_text(json.dumps(meta))
+        with pytest.raises(ConfigError):
+            voxfm.load_backbone(tmp_path)
+    assert not (tmp_path / "pwned").exists() and not (REPO / "pwned").exists()

@@ -257,3 +257,19 @@ def test_a_backbone_package_that_fails_to_import_exits_2_with_the_install_comman
     assert "installed but fails to import (ImportError: operator torchvision::nms does not exist)" in line
     assert "--no-deps dynamic-network-architectures==0.4.4" in line and "Error locating target" not in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_resenc_config_is_refused_before_torch_loads(shard_dir, tmp_path):
+    """Whether nnU-Net's networks import is checked only once the config is valid: that import loads torch."""
+    args = [
+        "pretrain",
+        "model=resenc_tiny",
+        "objective=mim",
+        f"data.shards={shard_dir}",
+        f"run_dir={tmp_path}",
+        "trainer.max_steps=ten",
+    ]
+    code = f"import sys; from voxfm.pretrain.cli.main import main; print(main({args!r}), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "False"], out.stdout + out.stderr
+    assert "trainer.max_steps='ten'" in out.stderr

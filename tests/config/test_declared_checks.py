@@ -32,3 +32,30 @@ def test_declarations_are_read_from_source():
         "voxfm.models.vit.ViT",
     ]
     assert _conforms([8, 16], tuple[int, ...]) and not _conforms(5.0, int | tuple[int, ...])
+
+
+def test_voxfm_backbones_names_single_file_modules_and_refuses_a_taken_architecture(tmp_path, monkeypatch):
+    import sys
+
+    from voxfm.pretrain.config.declarations import backbone_class_for
+    from voxfm.pretrain.errors import ConfigError
+
+    (tmp_path / "mybackbone.py").write_text(
+        "from voxfm.models.spec import BackboneDeclaration\n\n\nclass Mine:\n"
+        "    declaration = BackboneDeclaration(kind='cnn', architecture='vit', export_class='x.Y')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("VOXFM_BACKBONES", "mybackbone")
+    declared_backbones.cache_clear()
+    try:
+        assert "mybackbone.Mine" in declared_backbones()  # a single-file module is found
+        with pytest.raises(ConfigError, match="architecture='vit' is declared by both"):
+            backbone_class_for("vit")  # it may not take over the ViT's exports
+        monkeypatch.setenv("VOXFM_BACKBONES", "no_such_module_here")
+        declared_backbones.cache_clear()
+        with pytest.raises(ConfigError, match="VOXFM_BACKBONES='no_such_module_here': no module"):
+            declared_backbones()
+    finally:
+        monkeypatch.delenv("VOXFM_BACKBONES")
+        declared_backbones.cache_clear()
+        sys.modules.pop("mybackbone", None)

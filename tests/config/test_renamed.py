@@ -40,3 +40,15 @@ def test_a_stored_config_of_the_old_release_upgrades():
     views = {"_target_": "voxfm.data.views.pipeline.ViewPipeline", "n_views": 2}
     assert upgraded(old) == {"objective": {"loss": {"_target_": "x.Y"}, "views": views}, "seed": 0}
     assert ViewStage is ViewPipeline
+
+
+def test_only_the_old_releases_own_modules_are_renamed():
+    from voxfm.pretrain.config.renamed import renamed_target
+
+    assert renamed_target("models.vit.ViT") == "voxfm.models.vit.ViT"
+    assert renamed_target("pretrain.objectives.dino.objective.DINOObjective") == (
+        "voxfm.pretrain.objectives.dino.objective.DINOObjective"
+    )
+    assert renamed_target("data.masking.RandomPatchMasking") == "voxfm.data.views.masking.RandomPatchMasking"
+    for users_own in ("models.mynet.MyNet", "data.myaug.MyAug", "pretrain.mine.Thing", "torch.optim.AdamW"):
+        assert renamed_target(users_own) == users_own  # a project's own `models` package keeps its names

@@ -143,3 +143,21 @@ def test_the_model_cards_loading_snippet_runs_verbatim(run_dir, tmp_path, monkey
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         assert (scope["net"].eval()(x)[0] - ours(x)).abs().max() < 1e-4
+
+
+def test_the_weights_a_stored_config_exports_are_the_teachers_under_self_distillation():
+    from voxfm.pretrain.export.run import backbone_state
+
+    backbone = torch.nn.Linear(2, 2)
+    state = {
+        "backbone.weight": torch.zeros(2, 2),
+        "backbone.bias": torch.zeros(2),
+        "objective.teacher_backbone.weight": torch.ones(2, 2),
+        "objective.teacher_backbone.bias": torch.ones(2),
+    }
+    dino = {"objective": {"loss": {"_target_": "voxfm.pretrain.objectives.dino.objective.DINOObjective"}}}
+    mae = {"objective": {"loss": {"_target_": "voxfm.pretrain.objectives.mae.MAEObjective"}}}
+    assert all(v.eq(1).all() for v in backbone_state(state, dino, backbone).values())  # format=full reads it too
+    assert all(v.eq(0).all() for v in backbone_state(state, mae, backbone).values())
+    masters = {"objective.teacher_fp32.t0": torch.full((2, 2), 2.0), "objective.teacher_fp32.t1": torch.full((2,), 2.0)}
+    assert all(v.eq(2).all() for v in backbone_state({**state, **masters}, dino, backbone).values())  # bf16 runs
