@@ -60,15 +60,9 @@ def _value(value) -> str:
 def compose(command: str = "pretrain", *overrides: str, **keys) -> DictConfig:
     """The config of `command` ("pretrain", "export", "finetune", "shard", "inspect"), composed from `conf/` and
     checked as `voxfm <command>` checks it."""
-    if command == "finetune":  # its experiments live in conf/finetune_experiment/, as on the command line
-        overrides = tuple(f"finetune_{o}" if o.startswith("experiment=") else o for o in overrides)
-        if "experiment" in keys:
-            keys = dict(keys)
-            keys["finetune_experiment"] = keys.pop("experiment")
     if "--cfg" in overrides:
         raise ConfigError("--cfg prints a config on the command line; compose() returns it")
-    cfg = checked_config(command, overrides_of(tuple(overrides), keys))
-    return cfg
+    return checked_config(command, overrides_of(tuple(overrides), keys))
 
 
 def _config(cfg_or_overrides, keys: dict) -> DictConfig:

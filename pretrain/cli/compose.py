@@ -127,7 +127,9 @@ def resolved(cfg: DictConfig) -> dict:
 
 def checked_config(command: str, overrides: list[str]) -> DictConfig | None:
     """The composed config of `command` (`conf/<command>.yaml`, e.g. "pretrain" or "bench/model"), checked against
-    its schema; None after `--cfg` printed it."""
+    its schema; None after `--cfg` printed it. `experiment=` of `finetune` names conf/finetune_experiment/."""
+    if command == "finetune":
+        overrides = [f"finetune_{o}" if o.startswith("experiment=") else o for o in overrides]
     cfg = composed_or_shown(command, overrides)
     if cfg is None:
         return None

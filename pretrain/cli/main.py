@@ -49,8 +49,6 @@ def run(command: str, overrides: list[str]) -> None:
     if command == "bench":
         BENCHES[overrides[0]](overrides[1:])
         return
-    if command == "finetune":  # its experiments live in conf/finetune_experiment/
-        overrides = [f"finetune_{o}" if o.startswith("experiment=") else o for o in overrides]
     cfg = checked_config(command, overrides)
     if cfg is not None:
         PROGRAMS[command](cfg)
