@@ -32,6 +32,8 @@ def phantom(shape: tuple[int, int, int], modality: str, rng: np.random.Generator
         values = np.array([0.0, 300.0, 600.0, 900.0]) * rng.uniform(0.8, 1.2)
         noise = 15.0
     image = values[label] + rng.normal(0.0, noise, shape)
+    if modality != "CT":  # an MR image is a magnitude: never negative, its background noise Rician-like
+        image = np.abs(image)
     dtype = np.int16 if modality == "CT" else np.float32
     return image.astype(dtype), label
 

@@ -1,6 +1,8 @@
-"""What `voxfm shard` is given: a folder or a manifest.csv → inputs (NIfTI files and DICOM series) + ignored files.
+"""What `voxfm shard` is given, as inputs (NIfTI files and DICOM series) + rejected and ignored files: a manifest.csv
+read here, a folder read by its layout (`data/ingest/layouts.py`).
 
-An input is one NIfTI file or one DICOM series (all files of a SeriesInstanceUID, wherever they lie).
+An input is one NIfTI file (or one channel of a 4D one) or one DICOM series (all files of a SeriesInstanceUID,
+wherever they lie).
 Every other file of a folder is listed as ignored, never silently dropped. Content hashes identify
 inputs across reruns (resume) and within a run (duplicates).
 
@@ -16,12 +18,12 @@ import hashlib
 import hmac
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from voxfm.data.ingest.dicom import is_dicom, read_header
 from voxfm.data.ingest.preprocess import MODALITIES
-from voxfm.data.ingest.volumes import RejectedVolume, is_nifti
+from voxfm.data.ingest.volumes import RejectedVolume
 
 MANIFEST_COLUMNS = ("path", "modality", "dataset", "subject", "label")
 DICOM_MODALITIES = {"CT": "CT", "MR": "MR", "PT": "PET"}
@@ -30,21 +32,59 @@ DICOM_MODALITIES = {"CT": "CT", "MR": "MR", "PT": "PET"}
 @dataclass(frozen=True)
 class InputVolume:
     path: str  # the NIfTI file, or the folder that holds a DICOM series
-    modality: str | None = None  # None: inferred from intensities
+    modality: str | None = None  # None: decided from intensities when it is sharded
     dataset: str = ""
     subject: str = ""
     label: str | None = None
     files: tuple[str, ...] = ()  # a DICOM series' files (empty for NIfTI)
     series_uid: str | None = None
     root: str = ""  # the input root: recorded paths are relative to it
+    modality_source: str | None = None  # which evidence gave `modality` (voxfm.data.ingest.modality.SOURCES)
+    frame: int | None = None  # one channel of a 4D file (a Decathlon image): its index
+    layout: str = "plain"  # the layout its dataset was read as (voxfm.data.ingest.layouts.LAYOUTS)
 
 
 @dataclass
 class Discovered:
+    """What the input holds: NIfTI inputs, DICOM files (grouped into series after their headers are read),
+    rejected files with reasons (label maps without their image), ignored files, and the datasets found."""
+
     nifti: list[InputVolume]
     dicom_files: list[tuple[str, InputVolume]]  # (file, template carrying the manifest row's fields)
     ignored: list[str]
     root: str = ""
+    channels: str = "separate"
+    rejected: list[dict] = field(default_factory=list)
+    datasets: dict[str, str] = field(default_factory=dict)  # name → layout
+    notes: list[str] = field(default_factory=list)  # what the run should say once (a damaged dataset.json ...)
+    folders: dict[str, str] = field(default_factory=dict)  # dataset name → its folder: two folders, two names
+    _where: dict = field(default_factory=dict)  # (path, frame) → index in `nifti`, for pairing labels
+
+    def dataset(self, folder: Path, layout: str) -> str:
+        """The name of the dataset in `folder`: its folder's name, or its path under the input root where another
+        folder of that name is a dataset too (two `rawdata/` BIDS roots stay two datasets)."""
+        name = folder.name
+        if self.folders.get(name, str(folder)) != str(folder):
+            name = relative(str(folder), self.root) or name
+        self.folders.setdefault(name, str(folder))
+        self.datasets.setdefault(name, layout)
+        return name
+
+    def add(self, vol: InputVolume) -> None:
+        self._where[(vol.path, vol.frame)] = len(self.nifti)
+        self.nifti.append(replace(vol, root=self.root))
+
+    def pair(self, image: str, label: str, frame: int | None = None) -> None:
+        """`label` is the label map of input `image` (of its channel `frame`); a second one is rejected."""
+        i = self._where[(image, frame)]
+        if self.nifti[i].label not in (None, label):
+            kept, image = relative(self.nifti[i].label, self.root), relative(image, self.root)
+            self.reject(label, f"label map, not an image: a second label map of {image} ({kept} is kept)")
+        else:
+            self.nifti[i] = replace(self.nifti[i], label=label)
+
+    def reject(self, path: str, reason: str) -> None:
+        self.rejected.append({"path": path, "reason": reason})
 
 
 def relative(path: str, root: str) -> str:
@@ -60,7 +100,8 @@ def relative(path: str, root: str) -> str:
 def pseudonym(subject: str, salt: str) -> str:
     """A subject identifier → 16 hex digits of HMAC-SHA256 keyed by the shard set's salt: the same subject
     gives the same pseudonym within a shard set (and when it is extended), nothing readable."""
-    return hmac.new(salt.encode(), subject.encode(), hashlib.sha256).hexdigest()[:16]
+    # surrogateescape: a file name that is not UTF-8 (as Linux allows) still names its subject
+    return hmac.new(salt.encode(), subject.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:16]
 
 
 def stem(path: str) -> str:
@@ -79,16 +120,11 @@ def _modality(value: str, where: str) -> str | None:
     return modality
 
 
-def _scan_folder(folder: Path, template: InputVolume | None, found: Discovered) -> None:
+def _scan_dicom_folder(folder: Path, template: InputVolume, found: Discovered) -> None:
+    """A manifest row naming a folder: its DICOM files are the row's series; every other file is ignored."""
     for p in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if is_nifti(p) and template is None:
-            found.nifti.append(
-                InputVolume(path=str(p.resolve()), dataset=p.parent.name, subject=stem(str(p)), root=found.root)
-            )
-        elif is_dicom(p):
-            found.dicom_files.append(
-                (str(p.resolve()), template or InputVolume(path="", dataset=folder.name, root=found.root))
-            )
+        if is_dicom(p):
+            found.dicom_files.append((str(p.resolve()), template))
         else:
             found.ignored.append(str(p.resolve()))
 
@@ -111,34 +147,20 @@ def read_manifest(path: Path, found: Discovered) -> None:
     for i, row in enumerate(rows, start=2):
         src = resolve(row["path"].strip())
         label = (row.get("label") or "").strip()
+        modality = _modality(row.get("modality") or "", f"input={path} line {i}")
         vol = InputVolume(
             path=src,
-            modality=_modality(row.get("modality") or "", f"input={path} line {i}"),
+            modality=modality,
+            modality_source="manifest" if modality else None,
             dataset=(row.get("dataset") or "").strip() or path.stem,
             subject=(row.get("subject") or "").strip() or stem(src),
             label=resolve(label) if label else None,
             root=found.root,
         )
         if Path(src).is_dir():
-            _scan_folder(Path(src), vol, found)
+            _scan_dicom_folder(Path(src), vol, found)
         else:
-            found.nifti.append(vol)
-
-
-def discover(input_: str) -> Discovered:
-    """A folder (searched recursively) or a .csv manifest → NIfTI inputs, DICOM files, ignored files."""
-    path = Path(input_)
-    found = Discovered([], [], [], root=str(path.resolve().parent if path.suffix == ".csv" else path.resolve()))
-    try:
-        if path.is_file() and path.suffix == ".csv":
-            read_manifest(path, found)
-        elif path.is_dir():
-            _scan_folder(path, None, found)
-        else:
-            raise ValueError(f"input={input_}: expected a folder (NIfTI files, DICOM series) or a manifest .csv")
-    except OSError as err:  # an OSError that reaches `voxfm shard` means its output could not be written
-        raise ValueError(f"input={input_}: cannot be read: {err}") from err
-    return found
+            found.add(vol)
 
 
 def file_hash(path: str) -> str:
@@ -161,22 +183,28 @@ def scan_dicom_file(path: str) -> tuple[dict | None, str, str | None]:
         return None, "", f"unreadable DICOM: {type(err).__name__}: {err}"
 
 
-def group_series(scanned: list[tuple[str, InputVolume, dict, str]]) -> tuple[list[tuple[InputVolume, str]], list[str]]:
+def group_series(
+    scanned: list[tuple[str, InputVolume, dict, str]],
+) -> tuple[list[tuple[InputVolume, str]], list[str], list[dict]]:
     """(file, template, header, hash) of image files → one input per series with its hash (of its files' sorted
-    hashes: names and order do not matter), and the DICOM files that hold no image (reports, structure sets)."""
+    hashes: names and order do not matter), the DICOM files that hold no image (reports, structure sets), and the
+    segmentation objects (Modality SEG: label maps, never images) rejected."""
     series: dict[str, list] = {}
-    no_image = []
+    no_image, rejected = [], []
     for file, template, header, digest in scanned:
         if not header["has_pixels"]:
             no_image.append(file)
-            continue
-        series.setdefault(header["series"], []).append((file, template, header, digest))
+        elif header["modality"] == "SEG":
+            rejected.append({"path": file, "reason": "label map, not an image: a DICOM segmentation (Modality SEG)"})
+        else:
+            series.setdefault(header["series"], []).append((file, template, header, digest))
     inputs = []
     for uid, members in series.items():
         files = sorted(m[0] for m in members)
         template, header = members[0][1], members[0][2]
         folder = os.path.commonpath(files) if len(files) > 1 else str(Path(files[0]).parent)
         subject = template.subject or header["subject"] or Path(folder).name
+        tagged = DICOM_MODALITIES.get(header["modality"])
         vol = replace(
             template,
             path=folder,
@@ -184,10 +212,11 @@ def group_series(scanned: list[tuple[str, InputVolume, dict, str]]) -> tuple[lis
             series_uid=uid,
             subject=subject,
             dataset=template.dataset or Path(folder).name,
-            modality=template.modality or DICOM_MODALITIES.get(header["modality"]),
+            modality=template.modality or tagged,
+            modality_source=template.modality_source or ("dicom" if tagged else None),
         )
         inputs.append((vol, hashlib.sha256("".join(sorted(m[3] for m in members)).encode()).hexdigest()))
-    return sorted(inputs, key=lambda iv: (iv[0].path, iv[0].series_uid or "")), no_image
+    return sorted(inputs, key=lambda iv: (iv[0].path, iv[0].series_uid or "")), no_image, rejected
 
 
 def sample_key(vol: InputVolume, digest: str) -> str:

@@ -1,8 +1,9 @@
 """`voxfm inspect shards=<dir>`: what a shard set holds, and a picture of some of it.
 
-Writes `summary.json` (counts per modality and dataset, spacing and shape distributions, voxels and
-bytes, the rejections and ignored files of its report.json) and `montage.png` (random samples: three
-orthogonal middle slices each, captioned with key, modality, shape and spacing).
+Writes `summary.json` (counts per modality, per way the modality was decided, and per dataset, spacing and shape
+distributions, voxels and bytes, the rejections and ignored files of its report.json) and `montage.png` (random
+samples: three orthogonal middle slices each with its orientation letters and its label map in colour, captioned
+with the input's path, dataset, modality and its source, shape and spacing).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from voxfm.data.ingest import payload
-from voxfm.data.ingest.montage import montage
+from voxfm.data.ingest.montage import Row, montage
 from voxfm.data.ingest.preprocess import normalise
 from voxfm.data.ingest.shard_set import INDEX, REPORT, load_index, read_samples
+from voxfm.data.ingest.tally import source_of
 
 
 def _distribution(values: list[list[float]]) -> dict:
@@ -44,6 +46,7 @@ def summarise(index: dict, report: dict | None) -> dict:
         "bytes": int(sum(s["bytes"] for s in index["shards"])),
         "voxels": int(sum(int(np.prod(s["shape"], dtype=np.int64)) for s in samples)),
         "by_modality": _counts(s["modality"] for s in samples),
+        "by_modality_source": _counts(source_of(s) for s in samples),
         "by_dataset": _counts(s.get("dataset", "") for s in samples),
         "spacing": _distribution([s["spacing"] for s in samples]),
         "original_spacing": _distribution([s["original_spacing"] for s in samples]),
@@ -57,12 +60,39 @@ def summarise(index: dict, report: dict | None) -> dict:
     }
 
 
-def _read(folder: Path, picked: list[dict]) -> list[tuple[dict, np.ndarray]]:
+def _read(folder: Path, picked: list[dict]) -> list[tuple[dict, np.ndarray, np.ndarray | None]]:
+    """(metadata, image [X, Y, Z], label map [X, Y, Z] or None) of each picked sample."""
     out = []
-    for s, parts in read_samples(folder, picked, ("json", "image.b2")):
-        meta = json.loads(parts["json"])
-        out.append((meta | {"key": s["key"]}, payload.decode(parts["image.b2"], meta.get("shape"))))
+    for s, parts in read_samples(folder, picked, ("json", "image.b2", "label.b2")):
+        meta = json.loads(parts["json"]) | {"key": s["key"]}
+        label = parts["label.b2"]
+        out.append(
+            (
+                meta,
+                payload.decode(parts["image.b2"], meta.get("shape")),
+                None if label is None else payload.decode(label, meta.get("shape")),
+            )
+        )
     return out
+
+
+def caption(meta: dict) -> tuple[str, str]:
+    """A montage row's two lines: the input's path under its input root (the key where the metadata has none),
+    then dataset | modality (how it was decided) | shape | spacing | the label's classes."""
+    title = str(meta.get("source_path") or meta["key"])
+    if meta.get("frame") is not None:
+        title += f" (frame {meta['frame']})"
+    source = source_of(meta)
+    details = [
+        str(meta.get("dataset") or "-"),
+        f"{meta['modality']} ({'source not recorded' if source == 'unrecorded' else source})",
+        "x".join(str(n) for n in meta["shape"]) + " voxels",
+        "x".join(f"{v:g}" for v in meta["spacing"]) + " mm",
+    ]
+    if meta.get("label_path"):
+        classes = [c for c in meta.get("label_classes", []) if c != 0]
+        details.append("label " + (",".join(str(c) for c in classes) or "empty"))
+    return title, "  |  ".join(details)
 
 
 def format_summary(summary: dict) -> str:
@@ -71,6 +101,7 @@ def format_summary(summary: dict) -> str:
         f"{summary['n_samples']} samples in {summary['n_shards']} shard(s), {gb:.3f} GB, "
         f"{summary['voxels'] / 1e9:.3f} G voxels",
         f"modalities: {summary['by_modality']}",
+        "modality decided by: " + ", ".join(f"{k} {n}" for k, n in summary["by_modality_source"].items()),
         f"datasets: {summary['by_dataset']}",
         f"spacing (mm) min/median/max: {summary['spacing']['min']} / {summary['spacing']['median']} / "
         f"{summary['spacing']['max']}",
@@ -78,6 +109,14 @@ def format_summary(summary: dict) -> str:
         f"{summary['shape']['max']}",
         f"original orientations: {summary['original_orientation']}",
     ]
+    guessed = summary["by_modality_source"].get("intensities", 0)
+    if guessed:  # first, where it is seen: a wrong guess normalises a volume the wrong way
+        lines.insert(
+            0,
+            f"WARNING: the modality of {guessed} of {summary['n_samples']} samples was guessed from voxel "
+            "intensities, not read from a manifest, DICOM header, dataset.json or BIDS name; check them in "
+            "montage.png, or name it in a manifest's modality column",
+        )
     if summary["rejected_by_reason"] is not None:
         lines.append(f"rejected {summary['n_rejected']}, ignored {summary['n_ignored']} file(s)")
         lines += [f"  {count:>6}  {reason}" for reason, count in summary["rejected_by_reason"].items()]
@@ -100,10 +139,7 @@ def inspect_shards(shards: str, output: str | None, n_samples: int = 8, seed: in
         index["samples"][i]
         for i in sorted(rng.choice(len(index["samples"]), min(n_samples, len(index["samples"])), replace=False))
     ]
-    rows = [
-        (f"{m['key'][:40]}  {m['modality']}  {m['shape']}  {m['spacing']} mm", normalise(vol, m["normalisation"]))
-        for m, vol in _read(folder, picked)
-    ]
+    rows = [Row(*caption(m), normalise(vol, m["normalisation"]), label) for m, vol, label in _read(folder, picked)]
     montage(rows).save(out / "montage.png")
     summary["montage"] = str(out / "montage.png")
     summary["montage_samples"] = [m["key"] for m in picked]

@@ -13,11 +13,14 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
+from voxfm.data.ingest.modality import UNKNOWN, from_intensities, label_like
 from voxfm.data.ingest.resample import resample
 from voxfm.data.ingest.volumes import RejectedVolume, Volume
 
 Modality = Literal["CT", "MR", "PET"]
 MODALITIES: tuple[str, ...] = ("CT", "MR", "PET")
+SHARDED_MODALITIES = (*MODALITIES, UNKNOWN)  # what a sample may record: unknown with unknown_modality=keep
+UNKNOWN_MODALITY = ("reject", "keep")
 FRAMES = ("reject", "first", "all")  # what to do with a 4D series
 FOREGROUND_LEVEL = 0.05  # in normalised [0, 1] units: above air/background for CT and MR alike
 FOREGROUND_STRIDE = 2  # the foreground is found on every 2nd voxel per axis: 8x less work, same boxes and points
@@ -108,9 +111,28 @@ def label_dtype(labels: np.ndarray) -> np.dtype:
     return np.dtype(np.uint8) if labels.min() >= 0 and labels.max() < 256 else np.dtype(np.int32)
 
 
-def infer_modality(data: np.ndarray) -> str:
-    """CT is the only modality with values far below zero (air ≈ -1000 HU)."""
-    return "CT" if float(data.min()) <= -500 else "MR"
+def grid_mismatch(label_shape, label_affine, image_shape, image_affine) -> str:
+    """The reason a label map cannot be the image's: another shape, or the same shape elsewhere in space."""
+    if tuple(label_shape) != tuple(image_shape):
+        return f"label grid {tuple(label_shape)} does not match image grid {tuple(image_shape)}"
+    worst = float(np.abs(np.asarray(label_affine) - np.asarray(image_affine)).max())
+    return f"label grid has the image's shape {tuple(image_shape)} but another affine (differs by up to {worst:.3g})"
+
+
+def decide_modality(volume: Volume, modality: str | None, source: str | None, unknown: str) -> dict:
+    """The sample's modality record: what the evidence said (`source`), or the intensities' verdict; a label map
+    is refused unless a manifest row named its modality, and so is an unknown modality unless `unknown=keep`."""
+    if source != "manifest" and (why := label_like(volume.data)):
+        raise RejectedVolume(f"label map, not an image ({why}); a manifest row with its modality shards it anyway")
+    if modality is not None:
+        return {"modality": modality, "modality_source": source, "modality_inferred": False}
+    modality, evidence = from_intensities(volume.data)
+    if modality is None and unknown != "keep":
+        raise RejectedVolume(
+            f"modality unknown: give it in a manifest (column modality), or unknown_modality=keep ({evidence})"
+        )
+    record = {"modality": modality or UNKNOWN, "modality_source": "intensities", "modality_inferred": True}
+    return record | {"modality_evidence": evidence}
 
 
 def intensity_normalisation(data: np.ndarray, modality: str, opts: PreprocessOptions) -> dict:
@@ -191,15 +213,22 @@ def crop_to_foreground(
     return tuple(slice(int(a), int(b)) for a, b in zip(start, stop)), shifted, record
 
 
-def preprocess(volume: Volume, modality: str | None, opts: PreprocessOptions, label: Volume | None = None):
+def preprocess(
+    volume: Volume,
+    modality: str | None,
+    opts: PreprocessOptions,
+    label: Volume | None = None,
+    modality_source: str | None = None,
+    unknown_modality: str = "reject",
+):
     """Volume (+ optional label map on the same grid) → (image, label, metadata) in RAS at target spacing,
-    cropped to the foreground."""
+    cropped to the foreground. `modality` None: decided from the intensities (`decide_modality`)."""
     if label is not None and (
         label.data.shape != volume.data.shape or not np.allclose(label.affine, volume.affine, atol=1e-3)
     ):
-        raise RejectedVolume(f"label grid {label.data.shape} does not match image grid {volume.data.shape}")
-    modality_inferred = modality is None
-    modality = infer_modality(volume.data) if modality is None else modality
+        raise RejectedVolume(grid_mismatch(label.data.shape, label.affine, volume.data.shape, volume.affine))
+    decided = decide_modality(volume, modality, modality_source if modality else None, unknown_modality)
+    modality = decided["modality"]
     image, affine = resample(volume.data, volume.affine, opts.spacing)
     image = cast_like(image, volume.data.dtype)
     norm = intensity_normalisation(image, modality, opts)
@@ -216,8 +245,7 @@ def preprocess(volume: Volume, modality: str | None, opts: PreprocessOptions, la
     offset = np.array([b.start or 0 for b in box])
     rng = np.random.default_rng(0)  # fixed: the same input always gives the same shard
     meta = {
-        "modality": modality,
-        "modality_inferred": modality_inferred,
+        **decided,
         "orientation": axcodes(affine),
         "original_orientation": axcodes(volume.affine),
         "spacing": voxel_spacing(affine),

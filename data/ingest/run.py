@@ -11,6 +11,7 @@ relative to the input root, and DICOM UIDs only with `preprocess.keep_dicom_uids
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -26,18 +27,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from voxfm.data.ingest import payload
-from voxfm.data.ingest.inputs import (
-    InputVolume,
-    discover,
-    file_hash,
-    group_series,
-    pseudonym,
-    relative,
-    scan_dicom_file,
-)
+from voxfm.data.ingest.inputs import InputVolume, file_hash, group_series, pseudonym, relative, scan_dicom_file
+from voxfm.data.ingest.layouts import discover
 from voxfm.data.ingest.locks import locks_folder
-from voxfm.data.ingest.preprocess import PreprocessOptions
+from voxfm.data.ingest.nnunet import NOT_A_LABEL
+from voxfm.data.ingest.preprocess import UNKNOWN_MODALITY, PreprocessOptions
 from voxfm.data.ingest.shard_set import REPORT, ShardSetWriter, load_index, write_json_atomic
+from voxfm.data.ingest.tally import tally_index
 from voxfm.data.ingest.units import Unit, process_unit
 
 
@@ -96,14 +92,15 @@ def _hash_or_reason(path: str) -> tuple[str, str | None]:
 
 
 def _scan(found, pool, progress: bool) -> tuple[list[tuple[InputVolume, str]], list[dict], list[str]]:
-    """Hash every input (and read DICOM headers): (inputs with hashes, rejections, DICOM files without images)."""
-    inputs, rejected, scanned = [], [], []
+    """Hash every input (and read DICOM headers): (inputs with hashes, rejections, DICOM files without images).
+    One channel of a 4D file is told from the others by its index, hashed in with the file's content."""
+    inputs, rejected, scanned = [], list(found.rejected), []
     n = len(found.nifti) + len(found.dicom_files)
     with tqdm(total=n, desc="scan", unit="file", disable=not progress or n == 0) as bar:
         hashes = _ordered(pool, _hash_or_reason, [v.path for v in found.nifti], 64)
         for vol, (digest, reason) in zip(found.nifti, hashes):
             if reason is None:
-                inputs.append((vol, digest))
+                inputs.append((vol, channel_digest(digest, vol.frame)))
             else:
                 rejected.append({"path": vol.path, "reason": reason})
             bar.update()
@@ -116,26 +113,35 @@ def _scan(found, pool, progress: bool) -> tuple[list[tuple[InputVolume, str]], l
             else:
                 scanned.append((file, template, header, digest))
             bar.update()
-    series, no_image = group_series(scanned)
-    return inputs + series, rejected, no_image
+    series, no_image, segmentations = group_series(scanned)
+    return inputs + series, rejected + segmentations, no_image
 
 
-def _plan(inputs, index: dict) -> tuple[list[Unit], int, list[dict]]:
-    """Drop inputs already sharded (same hash and path) and duplicates (same hash, another path: rejected
-    with the path kept); group the rest by subject."""
-    done = {s["content_hash"]: s["source_path"] for s in index["samples"]}
+def channel_digest(digest: str, frame: int | None) -> str:
+    return digest if frame is None else hashlib.sha256(f"{digest}:channel{frame}".encode()).hexdigest()
+
+
+def _plan(inputs, index: dict) -> tuple[list[Unit], int, list[dict], list[dict]]:
+    """Drop inputs already sharded (same hash and path, or the same file reached from another input root: one
+    path ends the other) and duplicates (same hash, another path: rejected with the path kept); group the rest by
+    subject. A label map found for an input sharded without one in an earlier run is rejected with the reason."""
+    done = {s["content_hash"]: (s["source_path"], s.get("label_path")) for s in index["samples"]}
     units: dict[tuple[str, str], Unit] = {}
-    skipped, duplicates = 0, []
+    skipped, rejected, late_labels = 0, [], []
     for vol, digest in inputs:
         path = relative(vol.path, vol.root)  # as the index records it
-        if done.get(digest) == path:
+        old, old_label = done.get(digest, (None, None))
+        if old is not None and (old == path or path.endswith("/" + old) or old.endswith("/" + path)):
             skipped += 1
-        elif digest in done:
-            duplicates.append({"path": vol.path, "reason": f"duplicate: same content as {done[digest]}"})
+            if vol.label and not old_label:
+                why = f"its image {path} was sharded without a label by an earlier run; shard into a new output"
+                late_labels.append({"path": vol.label, "reason": f"{NOT_A_LABEL}: {why} to pair them"})
+        elif old is not None:
+            rejected.append({"path": vol.path, "reason": f"duplicate: same content as {old}"})
         else:
-            done[digest] = path
+            done[digest] = (path, vol.label)
             units.setdefault((vol.dataset, vol.subject), []).append((vol, digest))
-    return [units[k] for k in sorted(units)], skipped, duplicates
+    return [units[k] for k in sorted(units)], skipped, rejected, late_labels
 
 
 @locks_folder("output", "output")  # one job per shard set: a second exits 2 naming the holder
@@ -147,8 +153,12 @@ def run_shard(
     codec: str = "lz4hc",
     progress: bool = True,
     workers: int = 0,
+    layout: str = "auto",
+    channels: str = "separate",
+    unknown_modality: str = "reject",
 ) -> dict:
-    """Shard every input or reject it with a reason; `workers=0` uses every core."""
+    """Shard every input or reject it with a reason; `workers=0` uses every core. `layout`, `channels`: how the
+    input is read (`data/ingest/layouts.py`); `unknown_modality=keep` shards what no evidence names as "unknown"."""
     opts = PreprocessOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in preprocess.items()})
     if codec not in payload.CODECS:
         raise ValueError(f"codec={codec!r}; allowed: {list(payload.CODECS)}")
@@ -156,8 +166,10 @@ def run_shard(
         raise ValueError(f"shard_max_mb={shard_max_mb!r}: expected a positive size in MB")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers={workers!r}: expected an integer >= 1, or 0 for every core")
+    if unknown_modality not in UNKNOWN_MODALITY:
+        raise ValueError(f"unknown_modality={unknown_modality!r}; allowed: {', '.join(UNKNOWN_MODALITY)}")
     start = time.perf_counter()
-    found = discover(input_path)
+    found = discover(input_path, layout, channels)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     index = load_index(out)
@@ -181,13 +193,14 @@ def run_shard(
         inputs, rejected, no_image = _scan(found, pool, progress)
         inputs = [(replace(vol, subject=pseudonym(vol.subject, salt)), digest) for vol, digest in inputs]
         n_inputs = len(inputs) + len(rejected)  # + files rejected while scanning (damaged DICOM)
-        units, skipped, duplicates = _plan(inputs, index)
-        rejected += duplicates
+        units, skipped, duplicates, late_labels = _plan(inputs, index)
+        n_inputs += len(late_labels)  # a label map left unpaired is a file given and not sharded, as an orphan is
+        rejected += duplicates + late_labels
         writer = ShardSetWriter(out, index, max_bytes=int(shard_max_mb * 2**20))
         sharded = n_samples = 0
         work = sum(len(u) for u in units)
         with tqdm(total=work, desc="shard", unit="vol", disable=not progress or work == 0) as bar:
-            task = _Task(opts, codec)
+            task = _Task(opts, codec, unknown_modality)
             for results in _ordered(pool, task, units, window=2 * n_workers):
                 for vol, _, outcome in results:
                     if isinstance(outcome, str):
@@ -222,7 +235,9 @@ def run_shard(
         "rejected": rejected,
         "n_ignored": len(ignored),
         "ignored": ignored,
+        "notes": [_strip_root(n, found.root) for n in found.notes],  # a damaged dataset.json, a folder link read once
         "n_shards": len(index["shards"]),
+        **tally_index(index, found.datasets),  # the shard set's inputs per dataset, modality and its source
         "workers": n_workers,
         "seconds": round(seconds, 2),
     }
@@ -239,8 +254,8 @@ class _Task:
     """Picklable `process_unit` with its settings bound (for the worker pool). Unlike a `partial`, it looks the
     function up inside the worker, so only the settings travel (and a test can replace it here, in this module)."""
 
-    def __init__(self, opts: PreprocessOptions, codec: str):
-        self.opts, self.codec = opts, codec
+    def __init__(self, opts: PreprocessOptions, codec: str, unknown_modality: str):
+        self.opts, self.codec, self.unknown_modality = opts, codec, unknown_modality
 
     def __call__(self, unit: Unit):
-        return process_unit(unit, self.opts, self.codec)
+        return process_unit(unit, self.opts, self.codec, self.unknown_modality)

@@ -165,6 +165,7 @@ def describe_shard_set(shards: str | Path) -> dict:
             },
             "MR": robust,
             "PET": robust,
+            "unknown": robust,
         },
         "modalities": modalities,
         "datasets": datasets,

@@ -12,13 +12,16 @@ import nibabel as nib
 from voxfm.data.ingest import payload
 from voxfm.data.ingest.inputs import InputVolume, relative, sample_key
 from voxfm.data.ingest.preprocess import PreprocessOptions, check_mb, preprocess
-from voxfm.data.ingest.volumes import RejectedVolume, Volume, load_volume, n_frames
+from voxfm.data.ingest.volumes import RejectedVolume, Volume, check_header, load_volume, n_frames
 
 Unit = list[tuple[InputVolume, str]]  # one subject's inputs with their content hashes
 
 
 def frames_to_shard(vol: InputVolume, mode: str) -> list[int | None]:
-    """None: the input as one 3D volume (a 4D one is then rejected with its reason); else the frame indices."""
+    """None: the input as one 3D volume (a 4D one is then rejected with its reason); else the frame indices (one
+    channel of a 4D Decathlon image: its own)."""
+    if vol.frame is not None:
+        return [vol.frame]
     count = 1 if vol.files else n_frames(vol.path)
     if count == 1 or mode == "reject":
         return [None]
@@ -34,6 +37,16 @@ def _check_nifti_mb(path: str, max_mb: float, frame: int | None) -> None:
     check_mb(img.shape[:3] if frame is not None else img.shape, img.get_data_dtype().itemsize, max_mb)
 
 
+def check_nifti_header(path: str, opts: PreprocessOptions, frame: int | None) -> None:
+    """Every check a NIfTI input's header allows, in the order `read_input` makes them (a dry run's checks)."""
+    _check_nifti_mb(path, opts.max_mb, frame)
+    try:
+        img = nib.load(path)
+    except Exception as err:  # nibabel raises many types for damaged files
+        raise RejectedVolume(f"unreadable: {type(err).__name__}: {err}") from err
+    check_header(img, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy, frame)
+
+
 def read_input(vol: InputVolume, opts: PreprocessOptions, frame: int | None) -> Volume:
     if not vol.files:
         _check_nifti_mb(vol.path, opts.max_mb, frame)
@@ -44,23 +57,29 @@ def read_input(vol: InputVolume, opts: PreprocessOptions, frame: int | None) -> 
 
 
 def shard_one(
-    vol: InputVolume, opts: PreprocessOptions, codec: str, frame: int | None = None
+    vol: InputVolume, opts: PreprocessOptions, codec: str, frame: int | None = None, unknown_modality: str = "reject"
 ) -> tuple[dict[str, bytes], dict]:
     image = read_input(vol, opts, frame)
     try:
         if vol.label:
             _check_nifti_mb(vol.label, opts.max_mb, None)
-        label = load_volume(vol.label, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy) if vol.label else None
+        label = (
+            load_volume(vol.label, opts.max_voxels, opts.spacing_bounds, opts.max_anisotropy, label=True)
+            if vol.label
+            else None
+        )
     except RejectedVolume as err:
         raise RejectedVolume(f"label {relative(vol.label, vol.root)}: {err}") from err
-    img, lab, meta = preprocess(image, vol.modality, opts, label)
+    img, lab, meta = preprocess(image, vol.modality, opts, label, vol.modality_source, unknown_modality)
     files = {"image.b2": payload.encode(img, codec)}
     if lab is not None:
         files["label.b2"] = payload.encode(lab, codec)
     return files, meta
 
 
-def process_unit(unit: Unit, opts: PreprocessOptions, codec: str) -> list[tuple[InputVolume, str, list | str]]:
+def process_unit(
+    unit: Unit, opts: PreprocessOptions, codec: str, unknown_modality: str = "reject"
+) -> list[tuple[InputVolume, str, list | str]]:
     """One subject → per input: its samples [(key, files, meta)] or its rejection reason. Runs in a worker."""
     out = []
     for vol, digest in unit:
@@ -68,7 +87,7 @@ def process_unit(unit: Unit, opts: PreprocessOptions, codec: str) -> list[tuple[
             # every frame of an input is prepared before any is written: an input lands whole or not at all
             samples = []
             for frame in frames_to_shard(vol, opts.frames):
-                files, meta = shard_one(vol, opts, codec, frame)
+                files, meta = shard_one(vol, opts, codec, frame, unknown_modality)
                 meta.update(
                     dataset=vol.dataset,
                     subject=vol.subject,
@@ -76,11 +95,13 @@ def process_unit(unit: Unit, opts: PreprocessOptions, codec: str) -> list[tuple[
                     content_hash=digest,
                     label_path=relative(vol.label, vol.root) if vol.label else None,
                     frame=frame,
+                    layout=vol.layout,
                     n_files=len(vol.files) or 1,
                 )
                 if opts.keep_dicom_uids and vol.series_uid:
                     meta["series_uid"] = vol.series_uid
-                key = sample_key(vol, digest) + ("" if frame is None else f"_f{frame:04d}")
+                split = frame is not None and vol.frame is None  # frames=all/first: the key names the frame
+                key = sample_key(vol, digest) + (f"_f{frame:04d}" if split else "")
                 samples.append((key, files, meta))
             out.append((vol, digest, samples))
         except Exception as err:  # whatever one input raises rejects that input only: the run goes on

@@ -59,8 +59,10 @@ def load_volume(
     spacing_bounds: tuple[float, float] = (0.1, 10.0),
     max_anisotropy: float = 10.0,
     frame: int | None = None,
+    label: bool = False,
 ) -> Volume:
-    """Read one NIfTI volume; raise `RejectedVolume` with a reason for anything unusable.
+    """Read one NIfTI volume; raise `RejectedVolume` with a reason for anything unusable. A `label` map may be
+    constant (all background: a case without the structure).
 
     The header (shape, size, affine, spacing) is checked before any voxel is read, so an absurd header costs
     no memory.
@@ -70,6 +72,20 @@ def load_volume(
         img = nib.load(path)
     except Exception as err:  # nibabel raises many types for damaged files
         raise RejectedVolume(f"unreadable: {type(err).__name__}: {err}") from err
+    shape, frame = check_header(img, max_voxels, spacing_bounds, max_anisotropy, frame)
+    try:
+        # a 4D frame is sliced from the proxy: only that frame's voxels are read
+        data = np.asanyarray(img.dataobj[..., frame] if frame is not None else img.dataobj).reshape(shape)
+    except Exception as err:
+        raise RejectedVolume(f"unreadable voxels: {type(err).__name__}: {err}") from err
+    check_voxels(data, constant_ok=label)
+    return Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), path=path)
+
+
+def check_header(
+    img, max_voxels: int, spacing_bounds: tuple[float, float], max_anisotropy: float, frame: int | None
+) -> tuple[tuple[int, ...], int | None]:
+    """A NIfTI header's checks (no voxel read): the 3D shape to read and the frame, or `RejectedVolume`."""
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape, frame = shape[:3], None
@@ -89,20 +105,14 @@ def load_volume(
     if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
         raise RejectedVolume("invalid affine in header (singular or non-finite)")
     check_spacing(img.affine, spacing_bounds, max_anisotropy)
-    try:
-        # a 4D frame is sliced from the proxy: only that frame's voxels are read
-        data = np.asanyarray(img.dataobj[..., frame] if frame is not None else img.dataobj).reshape(shape)
-    except Exception as err:
-        raise RejectedVolume(f"unreadable voxels: {type(err).__name__}: {err}") from err
-    check_voxels(data)
-    return Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), path=path)
+    return shape, frame
 
 
-def check_voxels(data: np.ndarray) -> None:
-    """Reject voxels no model should see: non-numeric, NaN/Inf, or one constant value."""
+def check_voxels(data: np.ndarray, constant_ok: bool = False) -> None:
+    """Reject voxels no model should see: non-numeric, NaN/Inf, or one constant value (unless `constant_ok`)."""
     if data.dtype.kind not in "iuf":
         raise RejectedVolume(f"unsupported voxel type {data.dtype}")
     if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
         raise RejectedVolume("voxels contain NaN or infinity")
-    if data.min() == data.max():
+    if not constant_ok and data.min() == data.max():
         raise RejectedVolume(f"constant volume (every voxel = {data.min()})")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from voxfm.data.ingest import payload
-from voxfm.data.ingest.preprocess import MODALITIES, normalise
+from voxfm.data.ingest.preprocess import SHARDED_MODALITIES, normalise
 from voxfm.data.stream.crops import padded, random_crop, triple
 from voxfm.data.stream.pool import Volume
 
@@ -30,12 +30,12 @@ def _number(value) -> bool:
 def sample_meta(raw: bytes) -> dict:
     """A sample's JSON, with every field the stream and the training step use checked here, so a damaged sample
     is skipped and counted where it is read, never failing later in collation or a callback: a modality in
-    `MODALITIES`, finite normalisation with low < high, a 3-D shape, foreground points as [x, y, z]."""
+    `SHARDED_MODALITIES`, finite normalisation with low < high, a 3-D shape, foreground points as [x, y, z]."""
     meta = json.loads(raw)
     if not isinstance(meta, dict):
         raise ValueError(f"metadata: expected a JSON object, got {type(meta).__name__}")
-    if not isinstance(meta.get("modality"), str) or meta["modality"] not in MODALITIES:
-        raise ValueError(f"metadata: modality={meta.get('modality')!r}; allowed: {', '.join(MODALITIES)}")
+    if not isinstance(meta.get("modality"), str) or meta["modality"] not in SHARDED_MODALITIES:
+        raise ValueError(f"metadata: modality={meta.get('modality')!r}; allowed: {', '.join(SHARDED_MODALITIES)}")
     norm = meta.get("normalisation")
     low, high = (norm.get("low"), norm.get("high")) if isinstance(norm, dict) else (None, None)
     if not (_number(low) and _number(high) and low < high):

@@ -15,7 +15,8 @@ import nibabel as nib
 import numpy as np
 
 from voxfm.data.ingest import payload
-from voxfm.data.ingest.inputs import discover, file_hash
+from voxfm.data.ingest.inputs import file_hash
+from voxfm.data.ingest.layouts import discover
 from voxfm.data.ingest.preprocess import PreprocessOptions
 from voxfm.data.ingest.units import process_unit
 from voxfm.pretrain.errors import ConfigError

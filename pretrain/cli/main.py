@@ -17,8 +17,9 @@ from voxfm.pretrain.errors import ConfigError, exit_code
 USAGE = """usage: voxfm <command> [key=value ...]     (voxfm --version: the installed version)
 
 commands:
-  shard     input=<dir|manifest.csv> output=<dir> [workers=N]
-                                                     NIfTI volumes, DICOM series -> WebDataset shards
+  shard     input=<dir|manifest.csv> output=<dir> [workers=N] [dry_run=true]
+                                                     NIfTI volumes, DICOM series (nnU-Net, Decathlon, BIDS
+                                                     or plain folders) -> WebDataset shards
   inspect   shards=<dir> [output=<dir>]                counts, spacing/shape distributions, rejections, a montage PNG
   pretrain  experiment=<name> data.shards=<dir> run_dir=<dir>
                                                      train (reruns with the same run_dir resume)

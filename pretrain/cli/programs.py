@@ -11,25 +11,35 @@ from voxfm.pretrain.errors import OutputWriteError, config_errors
 
 
 def shard_report(cfg: DictConfig) -> dict:
-    """`voxfm shard`'s work on its checked config (the command and `voxfm.shard` alike): the report."""
+    """`voxfm shard`'s work on its checked config (the command and `voxfm.shard` alike): the report, or with
+    `dry_run=true` the plan (nothing written)."""
+    from voxfm.data.ingest.plan import plan_shard
     from voxfm.data.ingest.run import run_shard
 
     # run_shard turns every input's failure into a rejection: a ValueError out of it is about its arguments
     # (input=, output=, the options), checked in data/, which does not import pretrain/
     with config_errors():
+        preprocess = OmegaConf.to_container(cfg.preprocess)
+        if cfg.dry_run:
+            return plan_shard(cfg.input, preprocess, cfg.layout, cfg.channels)
         return run_shard(
             cfg.input,
             cfg.output,
-            OmegaConf.to_container(cfg.preprocess),
+            preprocess,
             cfg.shard_max_mb,
             cfg.codec,
             cfg.progress,
             cfg.workers,
+            cfg.layout,
+            cfg.channels,
+            cfg.unknown_modality,
         )
 
 
 def shard(cfg: DictConfig) -> None:
+    from voxfm.data.ingest.plan import format_plan
     from voxfm.data.ingest.run import WorkerDied
+    from voxfm.data.ingest.tally import format_tally, intensities_warning
 
     try:
         report = shard_report(cfg)
@@ -41,15 +51,23 @@ def shard(cfg: DictConfig) -> None:
             f"could not write output={cfg.output}: {err}; the shards published so far are "
             "kept: free space (or fix permissions) and rerun the same command"
         ) from None
+    if cfg.dry_run:
+        print(format_plan(report, cfg.input))
+        return
     print(
         f"sharded {report['n_sharded']}/{report['n_inputs']} inputs ({report['n_skipped']} already done), "
         f"rejected {report['n_rejected']}, ignored {report['n_ignored']} other file(s); {report['n_shards']} "
         f"shard(s) in {cfg.output} ({report['seconds']} s, {report['workers']} worker(s))"
     )
+    print("\n".join(format_tally(report)))
     for r in report["rejected"]:
         print(f"  rejected {r['path']}: {r['reason']}")
     if report["n_ignored"]:
         print(f"  ignored (not an image voxfm reads): {report['n_ignored']}, listed in {cfg.output}/report.json")
+    for note in report["notes"]:
+        print(f"  note: {note}")
+    if warning := intensities_warning(report):
+        print(warning)
 
 
 def pretrain(cfg: DictConfig) -> None:

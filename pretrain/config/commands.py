@@ -23,6 +23,9 @@ MISSING = "???"  # OmegaConf's mark of a required value not given
 # These repeat tuples of modules that import numpy or torch; tests/cli/test_cli_validation.py keeps them equal.
 Codec = Literal["lz4hc", "zstd"]  # voxfm.data.ingest.payload.CODECS
 Frames = Literal["reject", "first", "all"]  # voxfm.data.ingest.preprocess.FRAMES
+Layout = Literal["auto", "nnunet", "msd", "bids", "plain"]  # voxfm.data.ingest.layouts.LAYOUTS
+Channels = Literal["separate", "first"]  # voxfm.data.ingest.layouts.CHANNELS
+UnknownModality = Literal["reject", "keep"]  # voxfm.data.ingest.preprocess.UNKNOWN_MODALITY
 ExportFormat = Literal["monai", "nnunet", "nnssl", "full"]  # pretrain.export.run.FORMATS
 AttentionBackend = Literal["FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]  # bench BACKENDS
 
@@ -52,6 +55,10 @@ class ShardSchema:
     codec: Codec
     progress: bool
     workers: int = field(**bounded(ge=0))
+    layout: Layout
+    channels: Channels
+    unknown_modality: UnknownModality
+    dry_run: bool
     preprocess: PreprocessSchema
 
 

@@ -32,7 +32,12 @@ def nnunet_plans_fragment(
     """What to merge into nnU-Net's plans (a configuration inheriting 3d_fullres) and dataset.json; description:
     the export's (its dotted nnU-Net class and the kwargs nnU-Net imports), kwargs: in nnU-Net's axis order."""
     arch = {k: v for k, v in kwargs.items() if k not in ("input_channels", "num_classes", "deep_supervision")}
-    schemes = {"CT": "CTNormalization", "MR": "ZScoreNormalization", "PET": "ZScoreNormalization"}
+    schemes = {
+        "CT": "CTNormalization",
+        "MR": "ZScoreNormalization",
+        "PET": "ZScoreNormalization",
+        "unknown": "ZScoreNormalization",
+    }
     return {
         "dataset_json": {"overwrite_image_reader_writer": "NibabelIOWithReorient"},
         "plans": {

@@ -108,6 +108,9 @@ def test_each_schema_declares_exactly_the_keys_of_its_yaml(name, overrides):
     [
         (commands.Codec, "voxfm.data.ingest.payload", "CODECS"),
         (commands.Frames, "voxfm.data.ingest.preprocess", "FRAMES"),
+        (commands.Layout, "voxfm.data.ingest.layouts", "LAYOUTS"),
+        (commands.Channels, "voxfm.data.ingest.layouts", "CHANNELS"),
+        (commands.UnknownModality, "voxfm.data.ingest.preprocess", "UNKNOWN_MODALITY"),
         (commands.ExportFormat, "voxfm.pretrain.export.run", "FORMATS"),
         (commands.AttentionBackend, "voxfm.pretrain.bench.attention", "BACKENDS"),
     ],

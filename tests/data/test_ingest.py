@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from voxfm.data.ingest.inputs import discover
+from voxfm.data.ingest.layouts import discover
 from voxfm.data.ingest.run import run_shard
 from voxfm.data.phantoms import phantom
 
@@ -66,10 +66,12 @@ def test_other_settings_into_the_same_output_are_refused(tmp_path, phantom_dir):
 
 
 def test_small_shard_size_splits_into_several_shards(tmp_path, phantom_dir):
+    # 6 phantoms, each beside its <name>_label map: paired, never sharded as images of their own
     report = run_shard(str(phantom_dir), str(tmp_path / "s"), {}, shard_max_mb=0.01, progress=False)
-    assert report["n_sharded"] == 12 and report["n_shards"] > 1
+    assert report["n_sharded"] == 6 and report["n_shards"] > 1
     index = json.loads((tmp_path / "s" / "index.json").read_text())
-    assert sum(s["n_samples"] for s in index["shards"]) == 12
+    assert sum(s["n_samples"] for s in index["shards"]) == 6
+    assert all(s["label_path"] == s["source_path"].replace(".nii.gz", "_label.nii.gz") for s in index["samples"])
 
 
 def test_manifest_columns_are_read_and_checked(tmp_path, phantom_dir):

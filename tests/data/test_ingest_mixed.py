@@ -112,7 +112,7 @@ def test_messy_folder_every_input_sharded_or_rejected_with_its_reason(tmp_path):
     assert peak < 2 * 2**30, f"peak memory {peak / 2**30:.2f} GB"
 
     report = json.loads((out / "report.json").read_text())
-    good = 3 + 3 + 1 + 1 + 1 + 1  # phantoms, their label maps (sharded as images too), coronal, 4D, series, source
+    good = 3 + 1 + 1 + 1 + 1  # phantoms (their label maps paired, not images), coronal, 4D, series, source
     assert report["n_inputs"] == good + len(expected_bad) == report["n_sharded"] + report["n_rejected"]
     assert report["n_sharded"] == good and report["n_new_samples"] == good + 1  # the 4D file gave two frames
     reasons = {Path(r["path"]).name: r["reason"] for r in report["rejected"]}
@@ -123,6 +123,9 @@ def test_messy_folder_every_input_sharded_or_rejected_with_its_reason(tmp_path):
     assert [Path(p).name for p in report["ignored"]] == ["README.txt"]
 
     samples = json.loads((out / "index.json").read_text())["samples"]
+    assert sorted(Path(s["label_path"]).name for s in samples if s["label_path"]) == [
+        f"phantom00{i}_{m}_label.nii.gz" for i, m in enumerate(("ct", "mr", "ct"))
+    ]
     series = next(s for s in samples if s["n_files"] > 1)  # no series UID without preprocess.keep_dicom_uids
     source = next(s for s in samples if Path(s["source_path"]).name == "dicom_source.nii.gz")
 

@@ -113,16 +113,16 @@ def test_a_worker_killed_mid_run_stops_the_run_with_a_reason_and_a_rerun_finishe
         shutil.copy(p, src / p.name)
     real = ingest.process_unit
 
-    def dies_on_the_fourth(unit, opts, codec):  # inherited by the forked workers
+    def dies_on_the_fourth(unit, *settings):  # inherited by the forked workers
         if "phantom002" in unit[0][0].path:
             os._exit(137)  # as the kernel's OOM killer would leave it
-        return real(unit, opts, codec)
+        return real(unit, *settings)
 
     monkeypatch.setattr(ingest, "process_unit", dies_on_the_fourth)
     with pytest.raises(ingest.WorkerDied, match="a worker process died .*phantom002"):
         run_shard(str(src), str(out), {}, shard_max_mb=0.01, progress=False, workers=2)
     monkeypatch.setattr(ingest, "process_unit", real)
     report = run_shard(str(src), str(out), {}, shard_max_mb=0.01, progress=False, workers=2)
-    assert report["n_sharded"] == 12 and report["n_rejected"] == 0
+    assert report["n_sharded"] == 6 and report["n_rejected"] == 0  # 6 phantoms, each with its label map
     hashes = [s["content_hash"] for s in json.loads((out / "index.json").read_text())["samples"]]
-    assert len(hashes) == len(set(hashes)) == 12
+    assert len(hashes) == len(set(hashes)) == 6

@@ -130,6 +130,6 @@ def test_a_second_shard_into_an_output_exits_2_and_the_first_finishes(tmp_path, 
         go.touch()
         stdout, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-3000:]
-    assert "sharded 12/12 inputs" in stdout
+    assert "sharded 6/6 inputs" in stdout  # 6 phantoms, each with its label map
     index = json.loads((out / "index.json").read_text())
-    assert len(index["samples"]) == 12 and sum(s["n_samples"] for s in index["shards"]) == 12
+    assert len(index["samples"]) == 6 and sum(s["n_samples"] for s in index["shards"]) == 6

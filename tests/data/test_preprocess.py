@@ -48,8 +48,8 @@ def test_label_on_another_grid_is_rejected():
 
 def test_normalisation_ct_window_and_mr_percentiles():
     ct = Volume(np.linspace(-2000, 3000, 4096).reshape(16, 16, 16).astype(np.int16), np.eye(4), "ct")
-    _, _, meta = preprocess(ct, None, PreprocessOptions(spacing=(1.0, 1.0, 1.0), **TINY))
-    assert meta["modality"] == "CT" and meta["modality_inferred"]
+    _, _, meta = preprocess(ct, "CT", PreprocessOptions(spacing=(1.0, 1.0, 1.0), **TINY), None, "manifest")
+    assert meta["modality"] == "CT" and meta["modality_source"] == "manifest" and not meta["modality_inferred"]
     assert meta["normalisation"] == {"scheme": "window", "low": -1000.0, "high": 1000.0}
     out = normalise(np.array([-3000, -1000, 0, 1000, 5000], np.int16), meta["normalisation"])
     np.testing.assert_allclose(out, [0, 0, 0.5, 1, 1])
@@ -94,7 +94,8 @@ def test_too_small_after_foreground_crop_is_rejected():
     data = np.zeros((40, 40, 40), np.float32)
     data[20:23, 20:23, 20:23] = 50.0  # a 3-voxel speck
     with pytest.raises(RejectedVolume, match="too small after foreground crop"):
-        preprocess(Volume(data, np.eye(4), "x"), "MR", PreprocessOptions(spacing=(1.0,) * 3, crop_margin_mm=2.0))
+        opts = PreprocessOptions(spacing=(1.0,) * 3, crop_margin_mm=2.0)
+        preprocess(Volume(data, np.eye(4), "x"), "MR", opts, None, "manifest")  # a manifest: no label-map check
 
 
 @pytest.mark.parametrize("shape,reason", [((4, 4, 4, 3), "not a 3D volume"), ((4, 4, 4), "constant volume")])

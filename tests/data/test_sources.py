@@ -11,16 +11,20 @@ from collections import Counter
 import pytest
 
 from voxfm.data.ingest.run import run_shard
+from voxfm.data.phantoms import write_phantoms
 from voxfm.data.stream.batches import collate_regions
 from voxfm.data.stream.regions import RegionStream
 from voxfm.data.stream.sources import epoch_samples
 
 
 @pytest.fixture(scope="module")
-def many_shards(tmp_path_factory, phantom_dir):
-    """The 12 phantom files (images and label maps as volumes), one or two per shard: several shards."""
-    out = tmp_path_factory.mktemp("many")
-    report = run_shard(str(phantom_dir), str(out), {"min_shape": 8}, shard_max_mb=0.02, progress=False, workers=1)
+def many_shards(tmp_path_factory):
+    """12 phantoms, one or two per shard: several shards."""
+    raw, out = tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("many")
+    write_phantoms(raw, n=12, seed=1, shape=(40, 40, 32))
+    for label in raw.glob("*_label.nii.gz"):
+        label.unlink()
+    report = run_shard(str(raw), str(out), {"min_shape": 8}, shard_max_mb=0.02, progress=False, workers=1)
     assert report["n_sharded"] == 12 and report["n_shards"] >= 5
     return out
 

@@ -43,7 +43,7 @@ def cli_shards(tmp_path_factory, phantom_dir):
         text=True,
     )
     assert shard.returncode == 0, shard.stderr[-3000:]
-    assert "sharded 12/12 inputs" in shard.stdout
+    assert "sharded 6/6 inputs" in shard.stdout  # 6 phantoms, each paired with its label map
     return out
 
 
