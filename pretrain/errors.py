@@ -11,6 +11,7 @@ from pathlib import Path
 from voxfm.data.ingest.locks import FolderLocked  # data/ does not import pretrain/; its lock error is mapped here
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on purpose with its state on disk; the same command resumes
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: Ctrl-C, checkpointed; the same command resumes
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,11 @@ class Preempted(Exception):
         )
 
 
+class Interrupted(Preempted):
+    """Ctrl-C (SIGINT) during training: checkpointed at that step as SIGTERM is, exit 130 (128 + SIGINT: the shell's
+    convention for a run the user stopped)."""
+
+
 # The one table of exit codes (README.md, "Exit codes", says the same): exception → (code, the words before its
 # message). An exception maps through its first class (in method resolution order) in the table; any other
 # exception is a crash: its traceback, exit 1.
@@ -53,6 +59,7 @@ EXIT_CODES: dict[type[BaseException], tuple[int, str]] = {
     Diverged: (3, "training diverged"),
     CheckpointWriteError: (4, "error"),
     OutputWriteError: (4, "error"),
+    Interrupted: (INTERRUPTED_EXIT_CODE, ""),
     Preempted: (PREEMPTED_EXIT_CODE, ""),
 }
 

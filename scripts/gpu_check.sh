@@ -101,7 +101,7 @@ start=$(date +%s)
 pretrain_run 60 pretrain trainer.max_steps=$STEPS && echo $(( $(date +%s) - start )) > "$OUT/train_s.txt" \
   && pretrain_run 30 resume trainer.max_steps=$MORE
 cp "$WORK/run/events.jsonl" "$WORK/run/config.yaml" "$OUT/" 2>/dev/null
-cp "$WORK/run/metrics/version_0/metrics.csv" "$OUT/metrics.csv" 2>/dev/null
+cp "$WORK/run/metrics/metrics.csv" "$OUT/metrics.csv" 2>/dev/null
 cp -r "$WORK/run/images" "$OUT/" 2>/dev/null
 
 # DeepSpeed ZeRO-2/3 (bf16 on the GPU) and torch.compile: a short run each, samples/s from their metrics
@@ -110,7 +110,7 @@ for variant in "strategy=deepspeed_zero2" "strategy=deepspeed_zero3" "trainer.co
   T 60 "variant_$name" "$PY" -m voxfm pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_$name" \
     $variant trainer.max_steps=$VSTEPS trainer.log_every_n_steps=5 trainer.checkpoint_every_n_steps=$VSTEPS \
     trainer.progress_bar=false
-  cp "$WORK/run_$name/metrics/version_0/metrics.csv" "$OUT/metrics_$name.csv" 2>/dev/null
+  cp "$WORK/run_$name/metrics/metrics.csv" "$OUT/metrics_$name.csv" 2>/dev/null
 done
 
 # fine-tuning (bf16 on the GPU): a ResEnc pretrained a few steps, exported, then pretrained vs scratch on the

@@ -177,9 +177,8 @@ def run_shard(
     stored = dict(index["config"] or {})
     salt = stored.pop("subject_salt", None) or secrets.token_hex(16)  # once per shard set: pseudonyms stay
     if index["config"] is not None and stored != config:
-        raise ValueError(
-            f"output={output} holds shards made with other settings {stored}; use a new output folder for {config}"
-        )
+        changed = "; ".join(f"{k}: {a} → {b}" for k, a, b in _differences(stored, config))
+        raise ValueError(f"output={output} holds shards made with other settings ({changed}); use a new output folder")
     if not isinstance(salt, str):
         raise ValueError(f"output={output}: index.json config.subject_salt={salt!r}: expected a string")
     index["config"] = {**config, "subject_salt": salt}
@@ -243,6 +242,18 @@ def run_shard(
     }
     write_json_atomic(out / REPORT, report)
     return report
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) for every setting that differs (a key only one side has: `absent`)."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "absent"), new.get(key, "absent")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
 
 
 def _strip_root(reason: str, root: str) -> str:

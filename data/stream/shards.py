@@ -52,7 +52,13 @@ def shard_urls(shards: str | Path) -> list[str]:
             raise ValueError(f"data.shards={shards}: the shard set is empty (see its {REPORT})")
         # absolute: `Path(".") / "pipe:cmd"` is the string "pipe:cmd", which webdataset would run
         return [str(path.absolute() / n) for n in names]
+    if path.is_file() and path.name == INDEX:
+        raise ValueError(f"data.shards={shards}: that is the shard set's index; give its folder: {path.parent}")
     urls = [u for part in str(shards).split("::") for u in braceexpand(part)]  # webdataset's URL list syntax
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    if any(not u.endswith((".tar", ".tar.gz", ".tgz")) and Path(u).is_file() for u in local):
+        wrong = next(u for u in local if not u.endswith((".tar", ".tar.gz", ".tgz")) and Path(u).is_file())
+        raise ValueError(f"data.shards={shards}: {wrong} is no shard (.tar); give a shard set's folder")
     missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
     if missing:
         raise ValueError(f"data.shards={shards}: {len(missing)} of {len(urls)} shard(s) not found, e.g. {missing[0]}")

@@ -1,4 +1,5 @@
-"""Efficiency in the metrics at logging steps: MFU, peak device memory, and the share of time spent waiting for data.
+"""Efficiency in the metrics at logging steps: achieved TFLOP/s, MFU and peak memory (on a GPU), and the share of
+time spent waiting for data.
 
 FLOPs are counted once, on the first batch: the objective's forward under `FlopCounterMode` without gradients
 (x3 for forward + backward, the usual estimate; compiled blocks run eagerly for the count). MFU divides the
@@ -51,7 +52,7 @@ class Efficiency(L.Callback):
         now = time.perf_counter()
         if self.flops_per_step is None:
             self.flops_per_step = self._count_flops(pl_module, batch)
-            if self.peak_tflops is None:
+            if self.peak_tflops is None and pl_module.device.type == "cuda":
                 self.peak_tflops = measured_peak_tflops(pl_module.device)
             if pl_module.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(pl_module.device)
@@ -78,10 +79,9 @@ class Efficiency(L.Callback):
             busy = sum(start.elapsed_time(end) for start, end in self._spans) / 1e3
         else:
             busy = sum(end - start for start, end in self._spans)
-        logs = {
-            "train/data_wait": self._wait / (self._wait + self._host),
-            "train/mfu": self.flops_per_step * len(self._spans) / busy / 1e12 / self.peak_tflops,
-        }
+        tflops = self.flops_per_step * len(self._spans) / busy / 1e12
+        logs = {"train/data_wait": self._wait / (self._wait + self._host), "train/tflops": tflops}
         if device.type == "cuda":  # the allocator's own record: no sync
+            logs["train/mfu"] = tflops / self.peak_tflops  # a CPU has no peak worth the name: no MFU there
             logs["train/peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         return logs

@@ -1,5 +1,6 @@
-"""Reconstruction pictures for masked objectives: original / masked input / reconstruction, three orthogonal
-middle slices each, a few samples across modalities — every K steps under run_dir/images/ and to W&B."""
+"""Reconstruction pictures for masked objectives: input / masked input / reconstruction, three orthogonal middle
+slices each, a few samples across modalities — every K steps and at the last step, under run_dir/images/ and to
+W&B, captioned: the step, each column's view and kind, each row's modality."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from voxfm.data.ingest.montage import middle_slices
 
 KINDS = ("original", "masked", "reconstruction")
+SHOWN = {"original": "input", "masked": "masked", "reconstruction": "output"}
+VIEWS = ("axial", "coronal", "sagittal")
+LINE, LEFT = 14, 30  # caption line height; left margin for each row's modality (pixels)
 MIN_TILE = 96  # pixels: small CPU crops are enlarged (nearest) so a grid stays readable
 
 
@@ -46,6 +50,25 @@ def reconstruction_grid(volumes: dict[str, torch.Tensor], indices: list[int]) ->
     return (grid * 255).round().astype(np.uint8)
 
 
+def captioned(grid: np.ndarray, step: int, modalities: list[str]) -> Image.Image:
+    """The grid under three caption lines (the step and how to read it; each view over its three columns; each
+    column's kind) with each row's modality at its left."""
+    height, width = grid.shape
+    picture = Image.new("L", (LEFT + width, 3 * LINE + height), color=0)
+    picture.paste(Image.fromarray(grid), (LEFT, 3 * LINE))
+    draw = ImageDraw.Draw(picture)
+    draw.text((2, 0), f"step {step}: rows are samples; per view: input | masked input | reconstruction", fill=255)
+    column = width / (len(VIEWS) * len(KINDS))
+    for v, view in enumerate(VIEWS):
+        draw.text((LEFT + v * len(KINDS) * column + 2, LINE), view, fill=255)
+        for k, kind in enumerate(KINDS):
+            draw.text((LEFT + (v * len(KINDS) + k) * column + 2, 2 * LINE), SHOWN[kind], fill=255)
+    row = height / max(len(modalities), 1)
+    for r, modality in enumerate(modalities):
+        draw.text((2, 3 * LINE + r * row + row / 2 - LINE / 2), str(modality)[:5], fill=255)
+    return picture
+
+
 class ReconstructionImages(L.Callback):
     """Every `every_n_steps` on rank 0, for objectives that declare `reconstructs` (`reconstruct(batch, backbone)`)."""
 
@@ -56,7 +79,8 @@ class ReconstructionImages(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         """Every rank reconstructs (under ZeRO-3 a forward pass gathers parameters from all of them); rank 0 writes."""
         step = trainer.global_step
-        if not self.every_n_steps or step % self.every_n_steps:
+        last = trainer.max_steps > 0 and step >= trainer.max_steps
+        if not self.every_n_steps or (step % self.every_n_steps and not last):
             return
         if not pl_module.objective.declaration.reconstructs:
             return
@@ -68,9 +92,10 @@ class ReconstructionImages(L.Callback):
             pl_module.train(was_training)
         if not trainer.is_global_zero:
             return
-        picture = reconstruction_grid(volumes, pick_samples(batch["modality"], self.n_samples))
+        picked = pick_samples(batch["modality"], self.n_samples)
+        picture = reconstruction_grid(volumes, picked)
         self.folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(picture).save(self.folder / f"step{step:06d}.png")
+        captioned(picture, step, [batch["modality"][i] for i in picked]).save(self.folder / f"step{step:06d}.png")
         if self.wandb is not None:
             self.wandb.log_image(
                 key="reconstructions",

@@ -40,10 +40,29 @@ class ProgressBar(TQDMProgressBar):
 
     def get_metrics(self, trainer, pl_module) -> dict:
         shown = super().get_metrics(trainer, pl_module)
+        shown.pop("v_num", None)  # the logger's version: no news at every refresh
         for name, value in trainer.callback_metrics.items():
             if name.startswith("train/"):
                 shown[name.removeprefix("train/")] = float(value)
+        if shown.get("skipped_steps") == 0:  # shown once there is something to say
+            del shown["skipped_steps"]
         return shown
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        """The bar counts optimizer steps out of `trainer.max_steps`, from the step a resumed run starts at: its rate
+        and ETA are this process's, not inflated by the restored steps."""
+        super().on_train_epoch_start(trainer, *_)
+        bar, step = self.train_progress_bar, trainer.global_step
+        bar.reset(total=trainer.max_steps if trainer.max_steps > 0 else None)
+        bar.initial = bar.n = bar.last_print_n = step
+        bar.set_description("step")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        done = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        if self.train_progress_bar is None or not (self._should_update(batch_idx + 1, None) or done):
+            return
+        self.train_progress_bar.n = trainer.global_step
+        self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
 
 
 class DataStats(L.Callback):

@@ -1,4 +1,5 @@
-"""Preemption: SIGTERM or SIGUSR1 → a checkpoint at the next step boundary, a clean exit, a SLURM requeue.
+"""Preemption: SIGTERM or SIGUSR1 → a checkpoint at the next step boundary, a clean exit, a SLURM requeue. Ctrl-C
+(SIGINT) does the same (exit 130, no requeue: the user stopped it); a second Ctrl-C stops at once.
 
 Exit code `pretrain.errors.PREEMPTED_EXIT_CODE` (75, EX_TEMPFAIL: "try again") tells a launcher that the run stopped on
 purpose with its state on disk: the same command resumes from that step. A single process checks its flag every
@@ -15,15 +16,16 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import lightning as L
 
-from voxfm.pretrain.errors import Preempted
+from voxfm.pretrain.errors import Interrupted, Preempted
 from voxfm.pretrain.runtime.logging_steps import is_logging_step
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 def requeue_slurm_job() -> str | None:
@@ -49,6 +51,10 @@ class Preemption(L.Callback):
         self._previous: dict = {}
 
     def _handler(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: at once, without the checkpoint
+        if signum == signal.SIGINT and self.received is None:
+            print("\nCtrl-C: saving a checkpoint at the end of this step (Ctrl-C again stops at once)", file=sys.stderr)
         self.received = signum
 
     def on_train_start(self, trainer, pl_module):
@@ -81,10 +87,10 @@ class Preemption(L.Callback):
         path = self.checkpoint_dir / f"step{step:06d}.ckpt"
         trainer.save_checkpoint(path, weights_only=False)
         signum = self.received if self.received is not None else signal.SIGTERM
-        self.result = Preempted(step, signum, path)
+        self.result = (Interrupted if signum == signal.SIGINT else Preempted)(step, signum, path)
         trainer.should_stop = True
         if trainer.is_global_zero:
-            requeue = requeue_slurm_job()
+            requeue = requeue_slurm_job() if signum != signal.SIGINT else None
             if self.on_event is not None:
                 self.on_event(
                     event="preempted",

@@ -103,11 +103,30 @@ def compose_config(name: str, overrides: list[str]) -> DictConfig:
         raise ConfigError(str(err).splitlines()[0]) from None
 
 
+CFG_FLAGS = ("--cfg", "-c")
+CFG_PARTS = ("job", "all")  # Hydra's `--cfg job`: voxfm has no Hydra runtime config, so both show the job's
+
+
+def _without_cfg_flag(overrides: list[str]) -> tuple[list[str], bool]:
+    kept, shown, i = [], False, 0
+    while i < len(overrides):
+        if overrides[i] in CFG_FLAGS:
+            shown = True
+            i += 2 if i + 1 < len(overrides) and overrides[i + 1] in CFG_PARTS else 1
+            continue
+        kept.append(overrides[i])
+        i += 1
+    return kept, shown
+
+
 def composed_or_shown(name: str, overrides: list[str]) -> DictConfig | None:
-    """`compose_config`, or None after printing it, resolved, when the overrides hold `--cfg`; a value that does not
-    resolve is printed as it is written and then named in a ConfigError (exit 2)."""
-    cfg = compose_config(name, [o for o in overrides if o != "--cfg"])
-    if "--cfg" in overrides:
+    """`compose_config`, or None after printing it, resolved, when the overrides hold `--cfg` (`--cfg job`, as
+    Hydra spells it, too); a value that does not resolve is printed as it is written and then named in a
+    ConfigError (exit 2). OmegaConf drops the YAML's comments: the first line says where they are."""
+    overrides, shown = _without_cfg_flag(overrides)
+    cfg = compose_config(name, overrides)
+    if shown:
+        print(f"# voxfm {name}, composed. What each key means: `voxfm {name} --help`, or the comments in {CONF_DIR}")
         try:
             print(OmegaConf.to_yaml(cfg, resolve=True))
         except OmegaConfBaseException as err:

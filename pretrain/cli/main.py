@@ -6,11 +6,14 @@ a data library is imported; what goes wrong is reported in one line with the exi
 
 from __future__ import annotations
 
+import os
 import sys
 
 from voxfm.pretrain.cli.bench import BENCHES
 from voxfm.pretrain.cli.compose import CONF_DIR, checked_config
+from voxfm.pretrain.cli.help import command_help, wants_help
 from voxfm.pretrain.cli.programs import PROGRAMS
+from voxfm.pretrain.cli.sweep import is_sweep, jobs
 from voxfm.pretrain.config.packages import from_import_error
 from voxfm.pretrain.errors import ConfigError, exit_code
 
@@ -21,6 +24,8 @@ commands:
                                                      NIfTI volumes, DICOM series (nnU-Net, Decathlon, BIDS
                                                      or plain folders) -> WebDataset shards
   inspect   shards=<dir> [output=<dir>]                counts, spacing/shape distributions, rejections, a montage PNG
+  plot      run_dir=<dir>|[<dir>,<dir>] [output=<png>]
+                                                     the metric curves of one run, or several side by side
   pretrain  experiment=<name> data.shards=<dir> run_dir=<dir>
                                                      train (reruns with the same run_dir resume)
   finetune  experiment=<name> backbone=<export|none> data.shards=<dir> run_dir=<dir> [compare_scratch=true]
@@ -35,7 +40,8 @@ commands:
   bench     attention [scale=F]                        SDPA forward + backward per backend at the ViT shapes
   bench     ingest input=<dir|manifest.csv>            voxfm shard's per-volume work vs MONAI's load/orient/resample
 
-Every key of conf/<command>.yaml can be overridden; `voxfm <command> --cfg` prints the composed config.
+Every key of conf/<command>.yaml can be overridden; `voxfm <command> --help` lists them with their defaults,
+`voxfm <command> --cfg` prints the composed config.
 experiments: {experiments}
 """
 
@@ -46,7 +52,26 @@ def _usage() -> str:
     return USAGE.format(experiments=", ".join(experiments))
 
 
+PURPOSES = {
+    "shard": "NIfTI volumes and DICOM series (nnU-Net, Decathlon, BIDS or plain folders, or a manifest) -> shards",
+    "inspect": "what a shard set holds: counts, distributions, rejections, a montage PNG",
+    "plot": "the metric curves of a run (run_dir/metrics.png), or of several runs side by side",
+    "pretrain": "self-supervised pretraining of a backbone on shards (rerunning with the same run_dir resumes)",
+    "finetune": "segmentation fine-tuning of an exported backbone, Dice per class on held-out volumes",
+    "export": "backbone weights + description for MONAI, nnU-Net, nnssl, or voxfm (format=full)",
+    "bench/data": "decode MB/s of shards vs nibabel, regions/s per worker",
+    "bench/model": "voxfm's training step, eager and compiled, vs MONAI's",
+    "bench/loop": "the step bare, in pretrain's loop on the shards, and fed from memory",
+    "bench/attention": "SDPA forward + backward per backend at the ViT shapes",
+    "bench/ingest": "voxfm shard's per-volume work vs MONAI's load/orient/resample",
+}
+
+
 def run(command: str, overrides: list[str]) -> None:
+    name = f"bench/{overrides[0]}" if command == "bench" else command
+    if wants_help(overrides[1:] if command == "bench" else overrides):
+        print(command_help(name, PURPOSES[name]))
+        return
     if command == "bench":
         BENCHES[overrides[0]](overrides[1:])
         return
@@ -56,7 +81,16 @@ def run(command: str, overrides: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # here, where a reader that has gone is caught, not at exit
+        return code
+    except BrokenPipeError:  # `voxfm ... | head`: the reader has gone; end quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit must not fail
+        return 0
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -77,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return exit_code(ConfigError())[0]
+    if is_sweep(overrides) and not wants_help(overrides):
+        return _sweep(command, overrides)
+    return _run_reported(command, overrides)
+
+
+def _run_reported(command: str, overrides: list[str]) -> int:
     try:
         run(command, overrides)
     except Exception as err:
@@ -89,3 +129,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"voxfm {name}: {words + ': ' if words else ''}{err}", file=sys.stderr)
         return code
     return 0
+
+
+def _sweep(command: str, overrides: list[str]) -> int:
+    """Every job of the sweep, one after another; the exit code is the first failed job's (0 if none failed)."""
+    try:
+        todo = jobs(overrides)
+    except ConfigError as err:
+        print(f"voxfm {command}: error: {err}", file=sys.stderr)
+        return exit_code(err)[0]
+    codes = []
+    for i, job in enumerate(todo, start=1):
+        print(f"voxfm: sweep job {i}/{len(todo)}: {' '.join(job)}", flush=True)
+        codes.append(_run_reported(command, job))
+    failed = [(i, c) for i, c in enumerate(codes, start=1) if c]
+    print(f"voxfm: sweep of {len(todo)} job(s): " + (f"failed {failed} (job, exit code)" if failed else "all finished"))
+    return failed[0][1] if failed else 0

@@ -105,4 +105,23 @@ def inspect(cfg: DictConfig) -> None:
     print(f"wrote {summary['montage']} and summary.json beside it")
 
 
-PROGRAMS = {"shard": shard, "pretrain": pretrain, "export": export, "inspect": inspect, "finetune": finetune}
+def plot(cfg: DictConfig) -> None:
+    from pathlib import Path
+
+    from voxfm.pretrain.runtime.curves import plot_runs
+
+    runs = [cfg.run_dir] if isinstance(cfg.run_dir, str) else list(cfg.run_dir)
+    default = Path(runs[0]) / "metrics.png" if len(runs) == 1 else Path("plot.png")
+    with config_errors():  # a run_dir without metrics: named, exit 2
+        out = plot_runs([Path(r) for r in runs], Path(cfg.output) if cfg.output else default)
+    print(f"wrote {out}")
+
+
+PROGRAMS = {
+    "shard": shard,
+    "pretrain": pretrain,
+    "export": export,
+    "inspect": inspect,
+    "finetune": finetune,
+    "plot": plot,
+}

@@ -71,6 +71,12 @@ class InspectSchema:
 
 
 @dataclass
+class PlotSchema:
+    run_dir: str | list[str]
+    output: str | None
+
+
+@dataclass
 class ExportSchema:
     checkpoint: str
     output: str
@@ -166,6 +172,7 @@ class BenchAttentionSchema:
 SCHEMAS: dict[str, type] = {
     "shard": ShardSchema,
     "inspect": InspectSchema,
+    "plot": PlotSchema,
     "export": ExportSchema,
     "finetune": FinetuneSchema,
     "bench/data": BenchDataSchema,

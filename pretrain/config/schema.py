@@ -91,8 +91,9 @@ class WandbSchema:
 
 
 @dataclass
-class LoggerSchema:
-    wandb: WandbSchema | None
+class LoggerSchema:  # every key optional: logger=csv sets none, logger=[wandb,tensorboard] both
+    wandb: WandbSchema | None = None
+    tensorboard: bool = False
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""The README.md every export carries: what the weights saw, how to feed them, how to load them.
+"""The README.md every export carries: Hugging Face front matter, what the weights saw, how to feed them, how to
+load them.
 
-The loading snippet is the first ```python block; tests run it verbatim inside the export folder.
+The loading snippet is the first ```python block and the MONAI preprocessing the second; tests run both verbatim.
 """
 
 from __future__ import annotations
@@ -80,6 +81,48 @@ strictly, but have not run these commands.
    wrote, named here for a 1-channel dataset: one `_Z` more per further channel)"""
 
 
+def front_matter(meta: dict, export_format: str) -> list[str]:
+    """Hugging Face's model card metadata (the YAML block the Hub reads): license, library, tags."""
+    modalities = sorted(m.lower() for m in (meta.get("pretraining_modalities") or {}))
+    tags = ["medical-imaging", "3d", "self-supervised", "voxfm", meta["objective"].lower(), f"format-{export_format}"]
+    return [
+        "---",
+        "license: other  # set the license your pretraining data allows",
+        "library_name: voxfm",
+        "pipeline_tag: image-feature-extraction",
+        "tags:",
+        *(f"- {t}" for t in [*tags, *modalities]),
+        "---",
+        "",
+    ]
+
+
+MONAI_CHAIN = """from monai.transforms import (Compose, EnsureChannelFirstd, LoadImaged, Orientationd,
+                              ScaleIntensityRanged, ScaleIntensityRangePercentilesd, Spacingd)
+def preprocessing(modality):  # "CT", "MR", "PET": as the pretraining volumes were fed, for a dict {"image": path}
+    load = [LoadImaged(keys="image"), EnsureChannelFirstd(keys="image"), Orientationd(keys="image", axcodes="RAS"),
+            Spacingd(keys="image", pixdim=SPACING, mode="bilinear")]
+    if modality == "CT":
+        return Compose(load + [ScaleIntensityRanged(keys="image", a_min=CT_LOW, a_max=CT_HIGH, b_min=0.0, b_max=1.0,
+                                                    clip=True)])
+    return Compose(load + [ScaleIntensityRangePercentilesd(keys="image", lower=P_LOW, upper=P_HIGH, b_min=0.0,
+                                                           b_max=1.0, clip=True)])"""
+
+
+def monai_chain(meta: dict) -> str | None:
+    """The MONAI transforms that reproduce the pretraining input (RAS, the spacing, the intensity mapping)."""
+    norm, spacing = meta.get("normalisation") or {}, meta.get("spacing")
+    if not spacing or "CT" not in norm or "MR" not in norm:
+        return None
+    ct, mr = norm["CT"], norm["MR"]
+    values = {"SPACING": list(spacing), "CT_LOW": ct["low"], "CT_HIGH": ct["high"]}
+    values |= {"P_LOW": mr["percentiles"][0], "P_HIGH": mr["percentiles"][1]}
+    chain = MONAI_CHAIN
+    for key, value in values.items():
+        chain = chain.replace(key, repr(value))
+    return chain
+
+
 def _normalisation_lines(norm: dict | None) -> list[str]:
     if not norm:
         return ["  - not recorded (checkpoint without shard-set metadata)"]
@@ -119,7 +162,9 @@ def write_model_card(out: Path, meta: dict, export_format: str, adapter) -> None
     """adapter: the backbone's (`models/adapters/`), whose notes (class token, other homes) end the card."""
     snippet = loading_snippet(meta, export_format)
     model = meta["config"]["model"]
+    chain = monai_chain(meta)
     lines = [
+        *front_matter(meta, export_format),
         f"# voxfm {meta.get('architecture', '')} backbone — {meta['objective']}, step {meta['step']}",
         "",
         "## Data",
@@ -133,6 +178,7 @@ def write_model_card(out: Path, meta: dict, export_format: str, adapter) -> None
         f"- axis order of the tensor: {meta['axis_order']}",
         "- intensity per modality, mapped to [0, 1]:",
         *_normalisation_lines(meta["normalisation"]),
+        *(['- with MONAI: the transforms under "Preprocessing with MONAI" below'] if chain else []),
         "",
         "## Intended use",
         "Initialisation for 3D segmentation and other dense tasks on CT/MR/PET at the spacing above, by fine-tuning.",
@@ -142,6 +188,10 @@ def write_model_card(out: Path, meta: dict, export_format: str, adapter) -> None
         "```python",
         snippet,
         "```",
+        *(["", "## Preprocessing with MONAI", "```python", chain, "```"] if chain else []),
+        "",
+        f"voxfm {meta.get('voxfm_version')} (git {meta.get('git_revision') or 'unknown'}); the run's whole config is "
+        "in backbone.json.",
     ]
     if export_format == "nnunet":
         lines += [

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from voxfm import __version__
 from voxfm.data.stream.crops import triple
 from voxfm.models.adapters.common import clone_state
 from voxfm.pretrain.config.declarations import read_declared
@@ -86,7 +87,23 @@ def _common_meta(ckpt: dict, ckpt_path: Path, config: dict, data: dict) -> dict:
         "objective": config["objective"]["loss"]["_target_"].rsplit(".", 1)[-1],
         "checkpoint": ckpt_path.name,
         "config": shareable_config(config),
+        "voxfm_version": __version__,
+        "git_revision": git_revision(),
     }
+
+
+def git_revision() -> str | None:
+    """The commit of the voxfm checkout doing the export (an editable install), or None for an installed wheel."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _stored_config(ckpt: dict, ckpt_path: Path) -> tuple[dict, dict]:

@@ -46,7 +46,10 @@ def read_labelled(shards: str) -> list[tuple[dict, np.ndarray, np.ndarray]]:
         image = normalise(payload.decode(parts["image.b2"], meta["shape"]), meta["normalisation"])
         out.append((meta | {"key": s["key"]}, image, payload.decode(parts["label.b2"], meta["shape"])))
     if not out:
-        raise ValueError(f"data.shards={shards}: no sample has a label map (shard a manifest with a `label` column)")
+        raise ValueError(
+            f"data.shards={shards}: no sample has a label map; shard images with their labels (x.nii.gz beside "
+            "x_seg.nii.gz, nnU-Net's labelsTr/, BIDS derivatives, or a manifest's `label` column)"
+        )
     return out
 
 

@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from voxfm.data.stream.crops import triple
-from voxfm.pretrain.errors import ConfigError
+from voxfm.pretrain.errors import ConfigError, config_errors
 from voxfm.pretrain.export.formats import backbone_weights
 from voxfm.pretrain.finetune.labelled import label_values, read_labelled, split, to_labelled
 from voxfm.pretrain.finetune.loop import SegmentationModule, crop_batches, evaluate
@@ -119,7 +119,8 @@ def run_finetune(cfg: DictConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.backbone == "none" and cfg.compare_scratch:
         raise ConfigError("compare_scratch=true compares a pretrained backbone with scratch: set backbone=<export>")
-    samples = read_labelled(cfg.data.shards)
+    with config_errors():  # shards without label maps: named in one line, exit 2
+        samples = read_labelled(cfg.data.shards)
     values = label_values(samples)
     train_raw, val_raw, how = split(samples, cfg.data.val_fraction, cfg.seed, cfg.data.n_train)
     train, val = to_labelled(train_raw, values), to_labelled(val_raw, values)

@@ -13,7 +13,6 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,6 +27,9 @@ from voxfm.pretrain.callbacks.preemption import Preemption
 from voxfm.pretrain.callbacks.retention import Retention
 from voxfm.pretrain.callbacks.teardown import ShutDownProcessGroup
 from voxfm.pretrain.errors import ConfigError, config_errors
+from voxfm.pretrain.runtime.curves import MetricCurves
+from voxfm.pretrain.runtime.loggers import tensorboard_logger, wandb_logger
+from voxfm.pretrain.runtime.metrics_csv import RunCSVLogger
 from voxfm.pretrain.training.checkpoint_io import AtomicCheckpointIO
 from voxfm.pretrain.training.module import PretrainModule
 from voxfm.pretrain.training.speedups import compile_mode, parallelize
@@ -120,16 +122,20 @@ def build_trainer(
     on_gpu: bool,
     preemption: Preemption | None = None,
     load_universal: bool = False,
+    resume_step: int = 0,
 ) -> L.Trainer:
-    """`on_gpu`: `trains_on_gpu(cfg.trainer)`, derived once by the caller (it also decides the loader's pinning)."""
+    """`on_gpu`: `trains_on_gpu(cfg.trainer)`, derived once by the caller (it also decides the loader's pinning);
+    `resume_step`: the step a resumed run starts at (its loggers continue the run's record from there)."""
     t = cfg.trainer
     precision = trainer_precision(cfg)
     # flushed at every logging step, so a killed run loses no metrics it had logged
-    loggers = [CSVLogger(save_dir=str(run_dir), name="metrics", flush_logs_every_n_steps=t.log_every_n_steps)]
+    loggers = [RunCSVLogger(str(run_dir), resume_step, flush_logs_every_n_steps=t.log_every_n_steps)]
     wandb = None
-    if cfg.logger.wandb is not None:
-        wandb = WandbLogger(save_dir=str(run_dir), config=config, **cfg.logger.wandb)
+    if cfg.logger.get("wandb") is not None:
+        wandb = wandb_logger(run_dir, config, dict(cfg.logger.wandb))
         loggers.append(wandb)
+    if cfg.logger.get("tensorboard"):
+        loggers.append(tensorboard_logger(run_dir))
     checkpoints = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
         filename="step{step:06d}",
@@ -164,6 +170,7 @@ def build_trainer(
             ConfigInCheckpoint(config, describe_shard_set(first_shard_set(cfg.data))),
             DataStats(source_names(cfg.data)),
             ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb),
+            MetricCurves(run_dir),
             *([preemption] if preemption is not None else []),
             FinalCheckpoint(run_dir / "checkpoints"),
             Efficiency(t.peak_tflops),
@@ -175,7 +182,7 @@ def build_trainer(
         ],
         plugins=plugins,
         enable_progress_bar=t.progress_bar,
-        enable_model_summary=True,
+        enable_model_summary=False,  # voxfm prints one line instead (runtime/quiet.py model_line)
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,
     )

@@ -32,6 +32,9 @@ from voxfm.pretrain.launch.build import (
     log_event,
     trains_on_gpu,
 )
+from voxfm.pretrain.launch.placement import fit_workers_to_cpu, warn_large_model_on_cpu
+from voxfm.pretrain.runtime.loggers import finish_wandb
+from voxfm.pretrain.runtime.quiet import model_line, quiet_start
 from voxfm.pretrain.training.checkpoints import find_resume_checkpoint, is_deepspeed_checkpoint, load_checkpoint
 from voxfm.pretrain.training.init_from import ContinueFromStep, init_module
 from voxfm.pretrain.training.resume_check import check_resume_config
@@ -68,6 +71,7 @@ def run_pretrain(cfg: DictConfig, validated: bool = False) -> Path:
     has already run `validate_pretrain` on this cfg."""
     if not validated:
         validate_pretrain(OmegaConf.to_container(cfg, resolve=True))
+    quiet_start()
     # torchrun / SLURM / Lightning's DDP launcher start every rank here; one holds the lock for the whole job
     with folder_lock(cfg.run_dir, "run_dir") if is_job_owner() else nullcontext():
         return _train(cfg, Path(cfg.run_dir))
@@ -86,7 +90,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     if is_job_owner():
         write_config(run_dir, cfg)
     L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
+    on_gpu = trains_on_gpu(cfg.trainer)
+    fit_workers_to_cpu(cfg, on_gpu)
     module = build_module(cfg)
+    if launcher_rank() == 0:
+        warn_large_model_on_cpu(module, on_gpu)
+        print(f"voxfm: {model_line(module)}", flush=True)
     if cfg.init_from and resume is None:  # a new run seeded by a format=full export: its weights and step
         resume_step = init_module(module, cfg.init_from, cfg.trainer.max_steps)
         L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
@@ -97,8 +106,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     if universal:  # another world size can resume a DeepSpeed run through DeepSpeed's universal format
         resume = universal_checkpoint(resume, convert=launcher_rank() == 0)
     preemption = Preemption(run_dir / "checkpoints", on_event=partial(log_event, run_dir))  # picklable: ddp_spawn
-    on_gpu = trains_on_gpu(cfg.trainer)
-    trainer = build_trainer(cfg, run_dir, config, on_gpu, preemption, load_universal=universal)
+    trainer = build_trainer(cfg, run_dir, config, on_gpu, preemption, load_universal=universal, resume_step=resume_step)
     if cfg.init_from and resume is None:
         trainer.callbacks.append(ContinueFromStep(resume_step))
     global_batch = cfg.data.batch_size * trainer.world_size * cfg.trainer.accumulate_grad_batches
@@ -156,6 +164,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
             weights_only=True,
         )
     finally:  # also when fit raised (ShutDownProcessGroup covers a finished fit in every rank)
+        finish_wandb(trainer)
         shut_down_process_group()
     if preemption.result is not None:
         raise preemption.result
@@ -164,4 +173,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
         final, step = find_resume_checkpoint(run_dir / "checkpoints")
         log_event(run_dir, event="end", step=step)
         print(f"voxfm: finished at step {step}; latest checkpoint {final}", flush=True)
+        pictures = f", pictures {run_dir / 'images'}/" if (run_dir / "images").is_dir() else ""
+        print(
+            f"voxfm: metrics {run_dir / 'metrics' / 'metrics.csv'} (curves {run_dir / 'metrics.png'}){pictures}; "
+            f"next: voxfm export checkpoint={run_dir} output=<folder>",
+            flush=True,
+        )
     return run_dir / "checkpoints" / "last.ckpt"

@@ -49,9 +49,12 @@ def test_callback_writes_a_png_and_logs_it_to_wandb(tmp_path):
     module.objective, module.backbone = objective, None
     wandb = _Recorder()
     callback = ReconstructionImages(tmp_path / "images", every_n_steps=5, wandb_logger=wandb)
-    for step in (4, 5):
-        trainer = SimpleNamespace(global_step=step, is_global_zero=True)
+    for step in (4, 5, 7):  # every 5 steps, and the last (max_steps=7) too
+        trainer = SimpleNamespace(global_step=step, is_global_zero=True, max_steps=7)
         callback.on_train_batch_end(trainer, module, None, {"modality": ["CT", "MR"]}, 0)
-    assert [p.name for p in (tmp_path / "images").iterdir()] == ["step000005.png"]
-    assert Image.open(tmp_path / "images" / "step000005.png").size[0] > 0
-    assert len(wandb.calls) == 1 and wandb.calls[0]["step"] == 5 and wandb.calls[0]["key"] == "reconstructions"
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["step000005.png", "step000007.png"]
+    picture = np.asarray(Image.open(tmp_path / "images" / "step000005.png"))
+    grid = reconstruction_grid(volumes, [0, 1])
+    assert picture.shape[0] > grid.shape[0] and picture.shape[1] > grid.shape[1]  # room for the captions
+    assert picture[:13].max() > 200  # the caption line is drawn (white text on black)
+    assert len(wandb.calls) == 2 and wandb.calls[0]["step"] == 5 and wandb.calls[0]["key"] == "reconstructions"

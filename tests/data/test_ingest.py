@@ -61,8 +61,11 @@ def test_rerun_skips_finished_work_and_new_inputs_are_appended(tmp_path, phantom
 def test_other_settings_into_the_same_output_are_refused(tmp_path, phantom_dir):
     src = _folder_with_bad_files(tmp_path, phantom_dir)
     run_shard(str(src), str(tmp_path / "s"), {}, progress=False)
-    with pytest.raises(ValueError, match="other settings"):
-        run_shard(str(src), str(tmp_path / "s"), {"spacing": [2.0, 2.0, 2.0]}, progress=False)
+    with pytest.raises(ValueError, match="other settings") as err:
+        run_shard(str(src), str(tmp_path / "s"), {"spacing": [2.0, 2.0, 2.0], "frames": "first"}, progress=False)
+    assert "(preprocess.frames: reject → first; preprocess.spacing: [1.5, 1.5, 1.5] → [2.0, 2.0, 2.0])" in str(
+        err.value
+    )
 
 
 def test_small_shard_size_splits_into_several_shards(tmp_path, phantom_dir):

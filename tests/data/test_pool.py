@@ -181,7 +181,7 @@ def test_a_run_prints_the_loaders_memory_and_logs_the_feed_figures(shard_dir, tm
     out = capsys.readouterr().out
     assert "volume pool ≤ 0.25 GiB per rank (1 worker(s) × ≤ 5 decoded volumes" in out
     assert "each volume read serves 12 regions" in out
-    rows = (tmp_path / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
+    rows = (tmp_path / "metrics" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     logged = [r.split(",") for r in rows[1:] if r.split(",")[header.index("data/regions_per_read")]]
     windows = [

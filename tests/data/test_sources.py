@@ -153,7 +153,7 @@ def test_pretraining_on_two_sources_one_damaged_completes_and_reports_skips_and_
         == 0
     )
     assert "damaged shard read(s) or sample(s)" in capsys.readouterr().out
-    rows = (run / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
+    rows = (run / "metrics" / "metrics.csv").read_text().splitlines()
     column = rows[0].split(",").index("data/skipped_samples")
     skipped = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
     assert skipped and max(skipped) >= 1

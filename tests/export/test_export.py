@@ -161,3 +161,25 @@ def test_the_weights_a_stored_config_exports_are_the_teachers_under_self_distill
     assert all(v.eq(0).all() for v in backbone_state(state, mae, backbone).values())
     masters = {"objective.teacher_fp32.t0": torch.full((2, 2), 2.0), "objective.teacher_fp32.t1": torch.full((2,), 2.0)}
     assert all(v.eq(2).all() for v in backbone_state({**state, **masters}, dino, backbone).values())  # bf16 runs
+
+
+def test_the_card_has_hub_front_matter_and_its_monai_preprocessing_runs_verbatim(run_dir, tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    out = run_export(str(run_dir), str(tmp_path / "export"))
+    card = (out / "README.md").read_text()
+    front = card.split("---\n")[1]
+    assert "license: other" in front and "library_name: voxfm" in front and "- medical-imaging" in front
+    meta = json.loads((out / "backbone.json").read_text())
+    assert meta["voxfm_version"] and "git_revision" in meta
+    chain = card.split("## Preprocessing with MONAI\n```python\n", 1)[1].split("\n```", 1)[0]
+    scope: dict = {}
+    exec(chain, scope)  # noqa: S102 - the card's own lines
+    ct = np.full((40, 36, 20), -1000, np.int16)
+    ct[8:32, 8:28, 4:16] = 40
+    nib.save(nib.Nifti1Image(ct, np.diag([-0.8, -0.8, 2.5, 1.0])), tmp_path / "ct.nii.gz")  # LPS-ish storage
+    image = scope["preprocessing"]("CT")({"image": str(tmp_path / "ct.nii.gz")})["image"]
+    assert [round(float(s), 3) for s in image.pixdim] == meta["spacing"]
+    assert image.min() >= 0 and image.max() <= 1 and abs(float(image.max()) - 0.52) < 0.01  # 40 HU in [-1000, 1000]
+    assert "".join(nib.aff2axcodes(image.affine.numpy())) == "RAS"

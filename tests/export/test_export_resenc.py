@@ -148,7 +148,7 @@ def test_a_full_export_continues_pretraining_from_its_step_with_its_weights(mim_
     run_pretrain(cfg)
     ckpt = torch.load(tmp_path / "new" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 5  # steps 3, 4, 5 after the exported 2
-    rows = (tmp_path / "new" / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
+    rows = (tmp_path / "new" / "metrics" / "metrics.csv").read_text().splitlines()
     steps = [int(r.split(",")[rows[0].split(",").index("step")]) for r in rows[1:]]
     assert min(steps) >= 2 and max(steps) >= 4
     lr = [

@@ -187,7 +187,7 @@ def test_the_probe_logs_downstream_dice_without_changing_the_pretraining_run(lab
     with_probe = pretrain(tmp_path / "probe", probe.replace("+callbacks", "callbacks"))
     out = capsys.readouterr().out
     assert "voxfm: probe at step 2: mean Dice" in out and out.count("voxfm: probe at step") == 2  # steps 2 and 4
-    rows = (tmp_path / "probe" / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
+    rows = (tmp_path / "probe" / "metrics" / "metrics.csv").read_text().splitlines()
     column = rows[0].split(",").index("probe/mean_dice")
     dice = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]
     assert dice and all(0 <= d <= 1 for d in dice)

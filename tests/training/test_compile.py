@@ -69,7 +69,7 @@ def _pretrain_args(experiment, shard_dir, run_dir, compiled: bool, max_steps: in
 
 def _losses(run_dir) -> dict[int, float]:
     rows = []
-    for path in sorted((run_dir / "metrics").glob("version_*/metrics.csv")):
+    for path in sorted((run_dir / "metrics").glob("metrics.csv")):
         with open(path) as f:
             rows += [r for r in csv.DictReader(f) if r.get("train/loss")]
     return {int(r["step"]): float(r["train/loss"]) for r in rows}

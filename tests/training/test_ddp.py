@@ -48,7 +48,7 @@ def test_two_rank_ddp_run_reaches_max_steps(tmp_path, shard_dir, experiment, str
     assert {"step000003.ckpt", "step000006.ckpt"} <= {p.name for p in (run_dir / "checkpoints").iterdir()}
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert [(e["event"], e["step"]) for e in events] == [("start", 0), ("end", 6)]
-    rows = (run_dir / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
+    rows = (run_dir / "metrics" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     steps = {int(r.split(",")[header.index("step")]) for r in rows[1:]}
     assert steps == {1, 3, 5}  # rank 0 logs every 2nd step, once

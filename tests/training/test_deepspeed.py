@@ -145,7 +145,7 @@ def test_zero_bf16_feeds_the_stage_images_to_bf16_weights(tmp_path, shard_dir):
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 2
-    rows = (run_dir / "metrics" / "version_0" / "metrics.csv").read_text().splitlines()
+    rows = (run_dir / "metrics" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     column = header.index("train/loss")
     losses = [float(r.split(",")[column]) for r in rows[1:] if r.split(",")[column]]

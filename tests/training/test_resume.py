@@ -118,11 +118,13 @@ def test_killed_run_resumes_from_its_last_checkpoint_and_ends_at_max_steps(tmp_p
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["start", "resume", "end"]
     assert events[1]["step"] == killed_at and events[2]["step"] == 40
-    # the resumed run logged only steps after the checkpoint: it did not start again from 0
-    rows = (run_dir / "metrics" / "version_1" / "metrics.csv").read_text().splitlines()
+    # one metrics file for both runs, its step column growing: the resumed run did not start again from 0, and the
+    # rows the killed run logged past its checkpoint were dropped, not repeated
+    assert sorted(p.name for p in (run_dir / "metrics").iterdir()) == ["metrics.csv"]
+    rows = (run_dir / "metrics" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     steps = [int(r.split(",")[header.index("step")]) for r in rows[1:]]
-    assert steps and min(steps) >= killed_at and max(steps) == 39
+    assert steps == sorted(steps) and min(steps) < killed_at <= max(steps) == 39
     kept = {p.name for p in (run_dir / "checkpoints").iterdir()}  # trainer.keep_last_n=3: the three newest
     assert {f"step{s:06d}.ckpt" for s in (20, 30, 40)} <= kept and "step000010.ckpt" not in kept
 

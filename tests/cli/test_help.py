@@ -1,0 +1,42 @@
+"""`voxfm <command> --help`: every key of the command's config with its default and comment, from the YAML; piped
+into `head`, the CLI ends quietly."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from voxfm.pretrain.cli.compose import CONF_DIR, load_config
+from voxfm.pretrain.cli.main import main
+
+COMMANDS = ["shard", "inspect", "pretrain", "finetune", "export", "plot"]
+BENCHES = ["data", "model", "loop", "attention", "ingest"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_help_names_every_top_level_key_and_exits_0(command, capsys):
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    keys = load_config(command if command != "finetune" else "finetune", []).keys()
+    missing = [k for k in keys if f"  {k}:" not in text and f"  {k}=" not in text and f"  {k}." not in text]
+    assert not missing, missing
+    assert "example: voxfm " + command in text
+
+
+@pytest.mark.parametrize("bench", BENCHES)
+def test_each_bench_help_names_its_own_keys(bench, capsys):
+    assert main(["bench", bench, "-h"]) == 0
+    text = capsys.readouterr().out
+    own = [line.split(":")[0] for line in (CONF_DIR / "bench" / f"{bench}.yaml").read_text().splitlines()]
+    own = [k for k in own if k and not k.startswith(("#", " ", "-", "defaults"))]
+    assert own and all(f"  {k}:" in text for k in own), own
+
+
+def test_help_piped_into_a_reader_that_leaves_ends_quietly():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voxfm", "pretrain", "--help"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # as `| head -1` does once it has its line
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
