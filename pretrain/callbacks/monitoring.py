@@ -48,10 +48,17 @@ class ProgressBar(TQDMProgressBar):
             del shown["skipped_steps"]
         return shown
 
+    def on_train_start(self, trainer, *_) -> None:
+        super().on_train_start(trainer, *_)
+        self._count_steps(trainer)  # a run resumed mid-epoch gets no epoch start
+
     def on_train_epoch_start(self, trainer, *_) -> None:
+        super().on_train_epoch_start(trainer, *_)
+        self._count_steps(trainer)
+
+    def _count_steps(self, trainer) -> None:
         """The bar counts optimizer steps out of `trainer.max_steps`, from the step a resumed run starts at: its rate
         and ETA are this process's, not inflated by the restored steps."""
-        super().on_train_epoch_start(trainer, *_)
         bar, step = self.train_progress_bar, trainer.global_step
         bar.reset(total=trainer.max_steps if trainer.max_steps > 0 else None)
         bar.initial = bar.n = bar.last_print_n = step

@@ -3,10 +3,15 @@ the pictures a run leaves: its metric curves and captioned reconstructions (the 
 
 import csv
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
 
+from tests.conftest import REPO
+from tests.training.test_faults import ENV
 from voxfm.pretrain.cli.main import main
 
 pytestmark = pytest.mark.slow
@@ -56,3 +61,15 @@ def test_tensorboard_writes_event_files_beside_the_csv(tmp_path, shard_dir):
     _run(shard_dir, tmp_path / "run", 2, "logger=[csv,tensorboard]")
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "run" / "metrics" / "metrics.csv").is_file()
+
+
+def test_a_resumed_runs_bar_counts_to_max_steps_from_where_it_resumed(tmp_path, shard_dir):
+    _run(shard_dir, tmp_path / "run", 2)
+    args = [sys.executable, "-m", "voxfm", "pretrain", "experiment=demo", f"data.shards={shard_dir}"]
+    args += [f"run_dir={tmp_path / 'run'}", "trainer.max_steps=6", "trainer.log_every_n_steps=2"]
+    done = subprocess.run([*args, "data.num_workers=0"], cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    bar = (done.stdout + done.stderr).replace("\r", "\n")
+    assert "2/6 [" in bar and "6/6 [" in bar  # starts at the resumed step, out of max_steps
+    assert re.search(r"4/6 \[00:0\d<00:\d\d", bar)  # elapsed<remaining: an ETA, from this process's own rate
+    assert "v_num" not in bar
