@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 
 from voxfm.data.stream.shards import shard_urls
 
@@ -55,8 +54,16 @@ def parse_sources(shards: str | None, sources: list[dict] | None) -> list[Source
     return [Source(s.name, s.urls, s.weight / total) for s in parsed]
 
 
+def _wds():
+    """webdataset, imported where samples are read: it imports torch, which the config check must not wait for."""
+    import webdataset
+
+    return webdataset
+
+
 def resampled_samples(urls: list[str], seed: int, worker_seed: int, handler: Callable) -> Iterator[dict]:
     """Endless: shards drawn at random with replacement, samples in shard order."""
+    wds = _wds()
     return iter(
         wds.DataPipeline(
             wds.ResampledShards(urls, seed=seed, worker_seed=lambda: worker_seed, deterministic=True),
@@ -70,6 +77,7 @@ def epoch_samples(
 ) -> Iterator[dict]:
     """Passes (endless by default); pass p reads the shards in an order every slot agrees on (seed, p), and
     this slot gets exactly its share of the pass's samples."""
+    wds = _wds()
     for p in itertools.count() if passes is None else range(passes):
         order = [urls[i] for i in np.random.default_rng([seed, p]).permutation(len(urls))]
         if len(order) >= n_slots:

@@ -18,7 +18,8 @@ NOT_A_PRESET = (
     "nnU-Net's pretrained trainers build only the Primus presets (PrimusS/B/M/L: patch 8, no register "
     "tokens) by name; this Primus is given as its class and arguments, which nnU-Net's "
     "`get_network_from_plans` builds but `nnUNetv2_train_pretrained` refuses without a trainer of your own "
-    "(and its loader copies `down_projection` and `eva`, not register tokens)."
+    "(and its loader copies `down_projection` and `eva`, not register tokens). To fine-tune with "
+    "`nnUNetv2_train_pretrained`, pretrain a preset: `model=primus_m` is PrimusM."
 )
 
 

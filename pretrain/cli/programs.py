@@ -82,6 +82,17 @@ def export(cfg: DictConfig) -> None:
 
     out = run_export(cfg.checkpoint, cfg.output, cfg.in_channels, cfg.format)
     print(f"exported ({cfg.format}) to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    if cfg.format == "nnssl":
+        import json
+
+        meta = json.loads((out / "backbone.json").read_text())
+        if meta["nnssl_architecture"]["arch_class_name"] == meta["class"]:  # not one of nnU-Net's named presets
+            print(
+                f"warning: nnU-Net's nnUNetv2_train_pretrained builds only its named presets, and this "
+                f"{meta['class'].rsplit('.', 1)[-1]} is not one: see {out / 'README.md'} (pretrain model=primus_m "
+                "for PrimusM)",
+                file=sys.stderr,
+            )
 
 
 def finetune(cfg: DictConfig) -> None:

@@ -186,10 +186,11 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, exp
     declared = backbone_class.declaration
     architecture = declared.architecture
     if export_format not in declared.formats:
+        routes = {"nnunet": "model=resenc_m or resenc_l", "nnssl": "model=resenc_l, or primus_m for a Primus"}
+        hint = f" (format={export_format} needs a backbone nnU-Net builds: {routes[export_format]})" if (
+            export_format in routes) else ""  # fmt: skip
         raise ConfigError(
-            f"format={export_format}: {config['model']['_target_']} exports as "
-            f"{', '.join(declared.formats)} "
-            "(format=nnunet and nnssl need a backbone that nnU-Net builds, e.g. model=resenc_*)"
+            f"format={export_format}: {config['model']['_target_']} exports as {', '.join(declared.formats)}{hint}"
         )
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)

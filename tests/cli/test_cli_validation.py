@@ -45,6 +45,7 @@ BAD = [  # (argv, the key its one error line starts with)
     (["bench", "loop", "experiment=demo", "shards=/s", "warmup=0"], "warmup=0: expected a value >= 1"),
     (["bench", "attention", "scale=2"], "scale=2: expected a value <= 1.0"),
     (["bench", "attention", "backends=[FLASH]"], "backends=['FLASH']"),
+    (["pretrain", "experiment=demo", "data.shards=/nonexistent", "run_dir=/r"], "invalid configuration: data.shards="),
 ]
 
 

@@ -61,3 +61,13 @@ def test_nnssl_file_of_demo_mim_builds_nnunets_resenc_from_its_kwargs_and_gives_
     assert "nnUNetv2_train_pretrained <ID> 3d_fullres <fold> -p" in (out / "README.md").read_text()
     monkeypatch.chdir(out)
     exec(model_card_snippet(out), {})  # noqa: S102
+
+
+@pytest.mark.slow
+def test_an_nnssl_export_of_a_primus_that_is_no_preset_says_so_at_export(primus_run, tmp_path, capsys):
+    from voxfm.pretrain.cli.main import main
+
+    assert main(["export", f"checkpoint={primus_run}", f"output={tmp_path / 'n'}", "format=nnssl"]) == 0
+    err = capsys.readouterr().err
+    assert "nnUNetv2_train_pretrained builds only its named presets" in err and "model=primus_m" in err
+    assert "`model=primus_m` is PrimusM" in (tmp_path / "n" / "README.md").read_text()
