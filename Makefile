@@ -38,7 +38,7 @@ demo: install   ## demo corpus -> shard -> inspect -> pretrain (tiny ViT MAE, CP
 	@echo "demo outputs:"
 	@echo "  corpus      $(OUT)/raw/manifest.csv"
 	@echo "  shards      $(OUT)/shards  (index.json, report.json, inspect/summary.json, inspect/montage.png)"
-	@echo "  run         $(OUT)/run     (config.yaml, checkpoints/last.ckpt, metrics/, images/, events.jsonl)"
+	@echo "  run         $(OUT)/run     (config.yaml, checkpoints/last.ckpt, metrics/metrics.csv, metrics.png, images/, events.jsonl)"
 	@echo "  export      $(OUT)/export  (backbone.safetensors, backbone.json, README.md model card)"
 
 # DeepSpeed JIT-builds its ops on first use (~1 min each): cached inside the environment, paid once per install
