@@ -36,7 +36,12 @@ def load_config(name: str, overrides: list[str]) -> DictConfig:
     in this release are read under their new names (`pretrain/config/renamed.py`)."""
     overrides = [renamed_override(o) for o in overrides]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides)
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    choices = cfg.hydra.runtime.choices
+    with open_dict(cfg):
+        del cfg["hydra"]
+        if "experiment_name" in cfg and choices.get("experiment") is not None:
+            cfg.experiment_name = choices.get("experiment")  # the recipe's name, for checkpoints and exports
     objective = cfg.get("objective") if "objective" in cfg else None
     if isinstance(objective, DictConfig) and "stage" in objective:  # an experiment file of an older release
         notice("objective.stage", "objective.views")

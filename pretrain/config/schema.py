@@ -151,6 +151,7 @@ class PretrainSchema:
     init_from: str | None
     callbacks: CallbacksSchema
     resume: ResumeSchema
+    experiment_name: str | None  # set by voxfm's compose from experiment=, for checkpoints and exports
 
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}

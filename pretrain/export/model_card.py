@@ -60,9 +60,24 @@ print(plan["architecture_plans"]["arch_class_name"], len(weights), "tensors")"""
 
 LOAD_FULL = """import json, safetensors.torch
 meta = json.load(open("full.json"))  # config, step, data
-state = safetensors.torch.load_file("model.safetensors")  # backbone.* and the objective's heads
-# continue pretraining on new data, fresh optimiser, from meta["step"]:
-#   voxfm pretrain experiment=<same experiment> init_from=<this folder> data.shards=<new shards> run_dir=<new run>"""
+state = safetensors.torch.load_file("model.safetensors")  # backbone.* and the objective's heads"""
+
+
+def continue_command(meta: dict) -> list[str]:
+    """The command that continues this pretraining on new data (format=full): the recipe by name, the three
+    placeholders for the user's folders. A test runs it with the placeholders filled in."""
+    recipe = (
+        f"experiment={meta['experiment']}" if meta.get("experiment") else "<the run's model= and objective= overrides>"
+    )
+    return [
+        "",
+        "## Continue pretraining",
+        "On new data, with a fresh optimiser, from this export's step (its weights and the objective's heads):",
+        "```bash",
+        f"voxfm pretrain {recipe} init_from=<this folder> data.shards=<your shard set> run_dir=<a new run_dir>",
+        "```",
+    ]
+
 
 NNUNET_STEPS = """1. Add `"overwrite_image_reader_writer": "NibabelIOWithReorient"` to your dataset.json (images are
    read in RAS, as in pretraining), then `nnUNetv2_plan_and_preprocess -d <ID> -c 3d_fullres`.
@@ -189,6 +204,8 @@ def write_model_card(out: Path, meta: dict, export_format: str, adapter) -> None
         snippet,
         "```",
         *(["", "## Preprocessing with MONAI", "```python", chain, "```"] if chain else []),
+        "",
+        *(continue_command(meta) if export_format == "full" else []),
         "",
         f"voxfm {meta.get('voxfm_version')} (git {meta.get('git_revision') or 'unknown'}); the run's whole config is "
         "in backbone.json.",

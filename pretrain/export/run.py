@@ -85,6 +85,7 @@ def _common_meta(ckpt: dict, ckpt_path: Path, config: dict, data: dict) -> dict:
         "pretraining_datasets": data.get("datasets"),
         "step": int(ckpt["global_step"]),
         "objective": config["objective"]["loss"]["_target_"].rsplit(".", 1)[-1],
+        "experiment": config.get("experiment_name"),  # the experiment= recipe (None: composed by hand)
         "checkpoint": ckpt_path.name,
         "config": shareable_config(config),
         "voxfm_version": __version__,

@@ -24,6 +24,7 @@ from voxfm.pretrain.errors import ConfigError
 FROZEN = ("model", "objective", "seed", "data.crop_size", "data.region_size")
 FREE = (
     "run_dir",
+    "experiment_name",
     "init_from",
     "resume",
     "logger",

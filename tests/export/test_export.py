@@ -183,3 +183,21 @@ def test_the_card_has_hub_front_matter_and_its_monai_preprocessing_runs_verbatim
     assert [round(float(s), 3) for s in image.pixdim] == meta["spacing"]
     assert image.min() >= 0 and image.max() <= 1 and abs(float(image.max()) - 0.52) < 0.01  # 40 HU in [-1000, 1000]
     assert "".join(nib.aff2axcodes(image.affine.numpy())) == "RAS"
+
+
+@pytest.mark.slow
+def test_the_full_cards_continue_command_runs_as_printed(run_dir, tmp_path, shard_dir):
+    import shlex
+
+    from voxfm.pretrain.cli.main import main
+
+    out = run_export(str(run_dir), str(tmp_path / "full"), export_format="full")
+    assert json.loads((out / "full.json").read_text())["experiment"] == "demo"
+    card = (out / "README.md").read_text()
+    command = card.split("## Continue pretraining\n", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
+    assert command.startswith("voxfm pretrain experiment=demo init_from=<this folder>")
+    filled = command.replace("<this folder>", str(out)).replace("<your shard set>", str(shard_dir))
+    filled = filled.replace("<a new run_dir>", str(tmp_path / "continued"))
+    assert main(shlex.split(filled)[1:]) == 0  # the card's line, its three placeholders filled in
+    events = (tmp_path / "continued" / "events.jsonl").read_text()
+    assert '"event": "start", "step": 6' in events and '"event": "end", "step": 300' in events

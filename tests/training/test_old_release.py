@@ -50,8 +50,10 @@ def test_a_run_dir_of_the_old_release_resumes(tmp_path, shard_dir, capsys):
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events][-2:] == ["resume", "end"] and events[-1]["step"] == 4
     # the old class paths name the same classes: what changed is what this command changed on purpose, and the
-    # logger group's form (0.1's csv wrote `wandb: null`; csv now sets nothing: logger=[csv,wandb] composes)
-    changed = ["data.shards", "logger", "logger.wandb", "resume.allow_changes", "run_dir", "trainer.max_steps"]
+    # logger group's form (0.1's csv wrote `wandb: null`; csv now sets nothing: logger=[csv,wandb] composes) and
+    # the recipe's name, which 0.1 did not record (both free)
+    changed = ["data.shards", "experiment_name", "logger", "logger.wandb", "resume.allow_changes", "run_dir"]
+    changed += ["trainer.max_steps"]
     assert sorted(events[-2]["changes"]) == changed
     assert "_target_: voxfm.models.vit.ViT" in (run / "config.yaml").read_text()
 
