@@ -12,8 +12,9 @@ import sys
 from voxfm.pretrain.cli.bench import BENCHES
 from voxfm.pretrain.cli.compose import CONF_DIR, checked_config
 from voxfm.pretrain.cli.help import command_help, wants_help
+from voxfm.pretrain.cli.launchers import run_submitit, split_launcher
 from voxfm.pretrain.cli.programs import PROGRAMS
-from voxfm.pretrain.cli.sweep import is_sweep, jobs
+from voxfm.pretrain.cli.sweep import is_sweep, jobs, sweep_folder
 from voxfm.pretrain.config.packages import from_import_error
 from voxfm.pretrain.errors import ConfigError, exit_code
 
@@ -132,16 +133,21 @@ def _run_reported(command: str, overrides: list[str]) -> int:
 
 
 def _sweep(command: str, overrides: list[str]) -> int:
-    """Every job of the sweep, one after another; the exit code is the first failed job's (0 if none failed)."""
+    """Every job of the sweep through its launcher (one after another here by default); the exit code is the first
+    failed job's (0 if none failed)."""
     try:
-        todo = jobs(overrides)
+        rest, launcher, settings = split_launcher(overrides)
+        todo = jobs(rest)
+        if launcher != "basic":
+            codes = run_submitit(_run_reported, command, todo, launcher, settings, sweep_folder(todo))
     except ConfigError as err:
         print(f"voxfm {command}: error: {err}", file=sys.stderr)
         return exit_code(err)[0]
-    codes = []
-    for i, job in enumerate(todo, start=1):
-        print(f"voxfm: sweep job {i}/{len(todo)}: {' '.join(job)}", flush=True)
-        codes.append(_run_reported(command, job))
+    if launcher == "basic":
+        codes = []
+        for i, job in enumerate(todo, start=1):
+            print(f"voxfm: sweep job {i}/{len(todo)}: {' '.join(job)}", flush=True)
+            codes.append(_run_reported(command, job))
     failed = [(i, c) for i, c in enumerate(codes, start=1) if c]
     print(f"voxfm: sweep of {len(todo)} job(s): " + (f"failed {failed} (job, exit code)" if failed else "all finished"))
     return failed[0][1] if failed else 0

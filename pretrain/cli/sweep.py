@@ -2,12 +2,14 @@
 this process (Hydra's basic launcher does the same), each in its own run_dir (or output) named after its swept
 values: `run_dir=runs/lr` with `optim.optimizer.lr=1e-3,3e-4` gives runs/lr/optim.optimizer.lr-0.001 and ...-0.0003
 (several swept keys: `a-1__b-2`).
-Rerunning the sweep resumes every job. On a cluster, submit one job per line of `--dry` (see README)."""
+Rerunning the sweep resumes every job. `hydra/launcher=submitit_local|submitit_slurm` runs the jobs elsewhere
+(`pretrain/cli/launchers.py`)."""
 
 from __future__ import annotations
 
 import itertools
 import re
+from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -49,3 +51,9 @@ def jobs(overrides: list[str]) -> list[list[str]]:
         job = [o for o in combination if o.split("=", 1)[0] not in base]
         out.append(job + [f"{key}={folder}/{name}" for key, folder in base.items()])
     return out
+
+
+def sweep_folder(todo: list[list[str]]) -> Path:
+    """The folder the sweep's jobs share (their run_dir's or output's parent): submitit's logs go under it."""
+    last = todo[0][-1]
+    return Path(last.split("=", 1)[1]).parent

@@ -37,12 +37,12 @@ def _run(shard_dir, run_dir, steps, *extra):
 def test_a_run_resumed_twice_keeps_one_metrics_file_and_one_wandb_run(tmp_path, shard_dir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = tmp_path / "run"
-    for steps in (2, 4, 6):
+    for steps in (2, 4, 30):  # a run resumed twice, ending in a 30-step run
         _run(shard_dir, run_dir, steps, "logger=wandb")
     assert sorted(p.name for p in (run_dir / "metrics").iterdir()) == ["metrics.csv"]
     with open(run_dir / "metrics" / "metrics.csv") as f:
         steps = [int(float(r["step"])) for r in csv.DictReader(f)]
-    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == 5
+    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == 29
     run_id = (run_dir / "wandb_id").read_text().strip()
     # offline-run-<time>-<id>[-<n> when two start within a second]
     runs = {p.name.split("-")[3] for p in (run_dir / "wandb").iterdir() if p.name.startswith("offline-run-")}
@@ -50,8 +50,9 @@ def test_a_run_resumed_twice_keeps_one_metrics_file_and_one_wandb_run(tmp_path, 
 
     curves = Image.open(run_dir / "metrics.png")
     assert curves.size[0] > 300 and curves.size[1] > 200
-    # every 4 steps, and each of the three runs' last step (2, 4, 6)
-    assert sorted(p.name for p in (run_dir / "images").iterdir()) == [f"step00000{s}.png" for s in (2, 4, 6)]
+    # every 4 steps, and each of the three runs' last step (2, 4, 30)
+    expected = [f"step{s:06d}.png" for s in (2, *range(4, 29, 4), 30)]
+    assert sorted(p.name for p in (run_dir / "images").iterdir()) == expected
     assert main(["plot", f"run_dir=[{run_dir},{run_dir}]", f"output={tmp_path / 'both.png'}"]) == 0
     assert Image.open(tmp_path / "both.png").size[0] > 300
     assert main(["plot", f"run_dir={tmp_path / 'nowhere'}"]) == 2
