@@ -29,6 +29,11 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, read-only, quota); earlier checkpoints are untouched."""
 
 
+class UnreadableCheckpoints(Exception):
+    """A run_dir holds checkpoints (or a record of progress) and none can be read: the run is refused rather than
+    started again from step 0 over them."""
+
+
 class OutputWriteError(OSError):
     """`voxfm shard` could not write its output (disk full, read-only, quota); shards published before are kept
     and the same command, rerun, continues from them."""
@@ -58,6 +63,7 @@ EXIT_CODES: dict[type[BaseException], tuple[int, str]] = {
     FolderLocked: (2, "error"),  # another voxfm job holds run_dir (or a shard set's output)
     Diverged: (3, "training diverged"),
     CheckpointWriteError: (4, "error"),
+    UnreadableCheckpoints: (4, "error"),
     OutputWriteError: (4, "error"),
     Interrupted: (INTERRUPTED_EXIT_CODE, ""),
     Preempted: (PREEMPTED_EXIT_CODE, ""),

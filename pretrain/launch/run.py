@@ -7,6 +7,7 @@ builders (`launch.build`) and the fit. Nothing under training/, callbacks/ or ob
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import nullcontext
@@ -24,6 +25,7 @@ from voxfm.pretrain.callbacks.preemption import Preemption
 from voxfm.pretrain.callbacks.teardown import shut_down_process_group
 from voxfm.pretrain.config.renamed import renamed_key, upgraded
 from voxfm.pretrain.config.schema import validate_pretrain
+from voxfm.pretrain.errors import UnreadableCheckpoints
 from voxfm.pretrain.launch.build import (
     build_loader,
     build_module,
@@ -65,6 +67,28 @@ def write_config(run_dir: Path, cfg: DictConfig) -> None:
     os.replace(tmp, path)
 
 
+def refuse_a_lost_record(run_dir: Path) -> None:
+    """A run_dir whose events.jsonl says checkpoints were written (an end, a resume, a preemption) but which holds
+    none is refused: training from step 0 there would silently start over a run someone expects to continue."""
+    path = run_dir / "events.jsonl"
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") in ("end", "resume", "preempted"):
+            kept.append(event.get("step") if isinstance(event.get("step"), int) else 0)
+    if kept:
+        raise UnreadableCheckpoints(
+            f"run_dir={run_dir}: events.jsonl records checkpoints up to step {max(kept)} "
+            f"but {run_dir / 'checkpoints'} holds none. Nothing was written: put them back, use another run_dir, or "
+            "delete events.jsonl to start this one over from step 0"
+        )
+
+
 def run_pretrain(cfg: DictConfig, validated: bool = False) -> Path:
     """Train until `trainer.max_steps`; returns the final checkpoint. Same run_dir again = resume. One job per
     run_dir: a second one raises `FolderLocked` (exit 2) naming the holder. `validated=True`: the caller (the CLI)
@@ -81,6 +105,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = OmegaConf.to_container(cfg, resolve=True)
     resume, resume_step = find_resume_checkpoint(run_dir / "checkpoints")
+    if resume is None:
+        refuse_a_lost_record(run_dir)
     changes = {}
     if resume is not None:  # every rank checks (each must stop); nothing is written before this passes
         stored = load_checkpoint(resume, mmap=True).get("voxfm_config")

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from voxfm.pretrain.config.declarations import declared_backbones
-from voxfm.pretrain.errors import ConfigError
+from voxfm.pretrain.errors import ConfigError, UnreadableCheckpoints
 
 PERIODIC = re.compile(r"step(\d+)\.ckpt")
 DEEPSPEED_MODEL_STATES = (
@@ -84,11 +84,13 @@ def consolidate_deepspeed(path: str | Path) -> dict:
     return checkpoint
 
 
-def _readable_step(path: Path) -> int | None:
-    """The checkpoint's global step, without reading its (possibly GB-sized) tensors; None if damaged."""
+def _readable_step(path: Path, failures: list[str]) -> int | None:
+    """The checkpoint's global step, without reading its (possibly GB-sized) tensors; None if damaged (its name and
+    error appended to `failures`)."""
     try:
         return int(load_checkpoint(path, mmap=True)["global_step"])
     except Exception as err:  # a damaged file: say so and fall back to an older one
+        failures.append(f"{path.name} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
         print(f"voxfm: cannot read {path} ({type(err).__name__}: {err}); trying an older checkpoint")
         return None
 
@@ -97,20 +99,28 @@ def find_resume_checkpoint(checkpoint_dir: Path) -> tuple[Path | None, int]:
     """→ (checkpoint to resume from, its global step), or (None, 0) for a fresh run.
 
     The newest readable checkpoint wins: a crash between writing `stepN.ckpt` and refreshing
-    `last.ckpt` leaves the periodic one newer, and a damaged file falls back to the next newest.
+    `last.ckpt` leaves the periodic one newer, and a damaged file falls back to the next newest. A folder whose
+    checkpoints are all unreadable is refused (`UnreadableCheckpoints`, exit 4) rather than started over: a run
+    from step 0 would overwrite them and its retention delete the rest.
     """
     if not checkpoint_dir.is_dir():
         return None, 0
     candidates: list[tuple[int, int, Path]] = []  # (step, prefer last.ckpt on ties, path)
+    failures: list[str] = []
     last = checkpoint_dir / "last.ckpt"
-    if last.exists() and (step := _readable_step(last)) is not None:
+    if last.exists() and (step := _readable_step(last, failures)) is not None:
         candidates.append((step, 1, last))
     for path in checkpoint_dir.glob("step*.ckpt"):
         if match := PERIODIC.fullmatch(path.name):
             candidates.append((int(match.group(1)), 0, path))
     for step, is_last, path in sorted(candidates, reverse=True):
-        if is_last or _readable_step(path) is not None:
+        if is_last or _readable_step(path, failures) is not None:
             return path, step
+    if failures:
+        raise UnreadableCheckpoints(
+            f"{checkpoint_dir} holds {len(failures)} checkpoint(s) and none can be read: {'; '.join(failures)}. "
+            "Nothing was written: fix or move them (a new run then starts from step 0), or use another run_dir"
+        )
     return None, 0
 
 
