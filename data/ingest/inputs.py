@@ -97,6 +97,12 @@ def relative(path: str, root: str) -> str:
         return p.name
 
 
+def strip_root(text: str, root: str) -> str:
+    """A rejection reason or note (which may quote an error naming a file) with the input root's absolute path
+    dropped."""
+    return text.replace(root.rstrip("/") + "/", "") if root else text
+
+
 def pseudonym(subject: str, salt: str) -> str:
     """A subject identifier → 16 hex digits of HMAC-SHA256 keyed by the shard set's salt: the same subject
     gives the same pseudonym within a shard set (and when it is extended), nothing readable."""

@@ -95,12 +95,12 @@ def label_like(data: np.ndarray, max_values: int = 1024, min_equal: float = 0.5)
     values = _sample(data)
     if data.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
         return None
-    distinct = np.unique(values)
+    distinct, counts = np.unique(values, return_counts=True)
     if len(distinct) > max_values:
         return None
     step = max(1, data.shape[1] // 64), max(1, data.shape[2] // 64)  # a few dozen planes: plenty, and fast
     a, b = data[:-1, :: step[0], :: step[1]], data[1:, :: step[0], :: step[1]]
-    background = distinct[np.argmax(np.unique(values, return_counts=True)[1])]
+    background = distinct[np.argmax(counts)]
     inside = (a != background) | (b != background)
     if not inside.any():
         return None

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from voxfm.data.ingest.dicom import read_header
-from voxfm.data.ingest.inputs import group_series, relative
+from voxfm.data.ingest.inputs import group_series, relative, strip_root
 from voxfm.data.ingest.layouts import discover
 from voxfm.data.ingest.preprocess import PreprocessOptions, grid_mismatch
 from voxfm.data.ingest.tally import UNDECIDED, format_tally, intensities_warning, tally
@@ -70,7 +70,6 @@ def plan_shard(input_path: str, preprocess: dict, layout: str = "auto", channels
                 (vol.dataset, vol.modality or UNDECIDED, vol.modality_source or "intensities", bool(vol.label))
             )
     entries += [(v.dataset, v.modality or UNDECIDED, v.modality_source or "intensities", False) for v in series]
-    root = found.root.rstrip("/") + "/"
     return {
         "dry_run": True,
         "n_inputs": len(entries) + len(rejected),
@@ -78,11 +77,11 @@ def plan_shard(input_path: str, preprocess: dict, layout: str = "auto", channels
         **tally(entries, found.datasets),
         "n_rejected": len(rejected),
         "rejected": [
-            {"path": relative(r["path"], found.root), "reason": r["reason"].replace(root, "")} for r in rejected
+            {"path": relative(r["path"], found.root), "reason": strip_root(r["reason"], found.root)} for r in rejected
         ],
         "n_ignored": len(found.ignored) + len(no_image),
         "ignored": [relative(p, found.root) for p in found.ignored + no_image],
-        "notes": [n.replace(root, "") for n in found.notes],
+        "notes": [strip_root(n, found.root) for n in found.notes],
         "seconds": round(time.perf_counter() - start, 2),
     }
 

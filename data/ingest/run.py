@@ -27,7 +27,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from voxfm.data.ingest import payload
-from voxfm.data.ingest.inputs import InputVolume, file_hash, group_series, pseudonym, relative, scan_dicom_file
+from voxfm.data.ingest.inputs import (
+    InputVolume,
+    file_hash,
+    group_series,
+    pseudonym,
+    relative,
+    scan_dicom_file,
+    strip_root,
+)
 from voxfm.data.ingest.layouts import discover
 from voxfm.data.ingest.locks import locks_folder
 from voxfm.data.ingest.nnunet import NOT_A_LABEL
@@ -220,7 +228,7 @@ def run_shard(
     write_json_atomic(out / "index.json", index)
     ignored = [relative(p, found.root) for p in found.ignored + no_image]
     rejected = [
-        {"path": relative(r["path"], found.root), "reason": _strip_root(r["reason"], found.root)} for r in rejected
+        {"path": relative(r["path"], found.root), "reason": strip_root(r["reason"], found.root)} for r in rejected
     ]
     seconds = time.perf_counter() - start
     report = {
@@ -234,7 +242,7 @@ def run_shard(
         "rejected": rejected,
         "n_ignored": len(ignored),
         "ignored": ignored,
-        "notes": [_strip_root(n, found.root) for n in found.notes],  # a damaged dataset.json, a folder link read once
+        "notes": [strip_root(n, found.root) for n in found.notes],  # a damaged dataset.json, a folder link read once
         "n_shards": len(index["shards"]),
         **tally_index(index, found.datasets),  # the shard set's inputs per dataset, modality and its source
         "workers": n_workers,
@@ -254,11 +262,6 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[tuple[str, obje
         elif a != b:
             out.append((f"{prefix}{key}", a, b))
     return out
-
-
-def _strip_root(reason: str, root: str) -> str:
-    """A rejection reason (which may quote an error naming a file) with the input root's absolute path dropped."""
-    return reason.replace(root.rstrip("/") + "/", "") if root else reason
 
 
 class _Task:

@@ -3,17 +3,14 @@ exists, and its data workers are capped at the cores (twelve workers on two core
 
 from __future__ import annotations
 
-import os
 import sys
 
 from omegaconf import DictConfig, open_dict
 
+from voxfm.data.ingest.run import available_cores as cores
+
 LARGE_ON_CPU = 20_000_000  # parameters: above this a CPU step takes tens of seconds (ViT-S has 22 M)
 CPU_TWINS = "experiment=demo, demo_mim, demo_primus, demo_simclr, demo_mae_contrastive or demo_dino"
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def fit_workers_to_cpu(cfg: DictConfig, on_gpu: bool) -> None:
