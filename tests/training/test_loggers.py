@@ -72,5 +72,5 @@ def test_a_resumed_runs_bar_counts_to_max_steps_from_where_it_resumed(tmp_path, 
     assert done.returncode == 0, done.stderr[-2000:]
     bar = (done.stdout + done.stderr).replace("\r", "\n")
     assert "2/6 [" in bar and "6/6 [" in bar  # starts at the resumed step, out of max_steps
-    assert re.search(r"4/6 \[00:0\d<00:\d\d", bar)  # elapsed<remaining: an ETA, from this process's own rate
+    assert re.search(r"4/6 \[\d\d:\d\d<\d\d:\d\d", bar)  # elapsed<remaining: an ETA, from this process's own rate
     assert "v_num" not in bar
