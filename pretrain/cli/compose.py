@@ -103,7 +103,7 @@ def compose_config(name: str, overrides: list[str]) -> DictConfig:
     try:
         return load_config(name, overrides)
     except HydraException as err:
-        raise ConfigError(_explain(err, name, overrides)) from None
+        raise ConfigError(explain(err, name, overrides)) from None
     except OmegaConfBaseException as err:
         raise ConfigError(str(err).splitlines()[0]) from None
 
@@ -149,12 +149,18 @@ def resolved(cfg: DictConfig) -> dict:
         raise ConfigError(str(err).splitlines()[0]) from None
 
 
+def command_overrides(command: str, overrides: list[str]) -> list[str]:
+    """The overrides as conf/<command>.yaml names them: `experiment=` of `finetune` names conf/finetune_experiment/
+    (keys renamed in this release are read under their new names in `load_config`)."""
+    if command == "finetune":
+        return [f"finetune_{o}" if o.startswith("experiment=") else o for o in overrides]
+    return overrides
+
+
 def checked_config(command: str, overrides: list[str]) -> DictConfig | None:
     """The composed config of `command` (`conf/<command>.yaml`, e.g. "pretrain" or "bench/model"), checked against
     its schema; None after `--cfg` printed it. `experiment=` of `finetune` names conf/finetune_experiment/."""
-    if command == "finetune":
-        overrides = [f"finetune_{o}" if o.startswith("experiment=") else o for o in overrides]
-    cfg = composed_or_shown(command, overrides)
+    cfg = composed_or_shown(command, command_overrides(command, overrides))
     if cfg is None:
         return None
     if command != "pretrain":
@@ -177,7 +183,7 @@ def checked_config(command: str, overrides: list[str]) -> DictConfig | None:
     return cfg
 
 
-def _explain(err: HydraException, name: str, overrides: list[str]) -> str:
+def explain(err: HydraException, name: str, overrides: list[str]) -> str:
     """Hydra's message without its search-path dump, plus "did you mean" for a key that does not exist."""
     text = str(err).split("\nConfig search path:")[0].strip()
     match = re.search(r"Could not override '([\w.]+)'", text)

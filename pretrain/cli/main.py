@@ -12,9 +12,10 @@ import sys
 from voxfm.pretrain.cli.bench import BENCHES
 from voxfm.pretrain.cli.compose import CONF_DIR, checked_config
 from voxfm.pretrain.cli.help import command_help, wants_help
-from voxfm.pretrain.cli.launchers import run_submitit, split_launcher
+from voxfm.pretrain.cli.info import command_info, wants_info
+from voxfm.pretrain.cli.launchers import launch, launcher_name, split_launcher
 from voxfm.pretrain.cli.programs import PROGRAMS
-from voxfm.pretrain.cli.sweep import is_sweep, jobs, sweep_folder
+from voxfm.pretrain.cli.sweep import is_sweep, jobs
 from voxfm.pretrain.config.packages import from_import_error
 from voxfm.pretrain.errors import ConfigError, exit_code
 
@@ -42,7 +43,8 @@ commands:
   bench     ingest input=<dir|manifest.csv>            voxfm shard's per-volume work vs MONAI's load/orient/resample
 
 Every key of conf/<command>.yaml can be overridden; `voxfm <command> --help` lists them with their defaults,
-`voxfm <command> --cfg` prints the composed config.
+`voxfm <command> --cfg` prints the composed config, `voxfm <command> --info` the files it comes from and the sweep
+launchers installed (`voxfm <command> -m key=a,b ...` sweeps).
 experiments: {experiments}
 """
 
@@ -72,6 +74,9 @@ def run(command: str, overrides: list[str]) -> None:
     name = f"bench/{overrides[0]}" if command == "bench" else command
     if wants_help(overrides[1:] if command == "bench" else overrides):
         print(command_help(name, PURPOSES[name]))
+        return
+    if wants_info(overrides):
+        print(command_info(name, overrides[1:] if command == "bench" else overrides))
         return
     if command == "bench":
         BENCHES[overrides[0]](overrides[1:])
@@ -113,6 +118,9 @@ def _main(argv: list[str]) -> int:
         )
         return exit_code(ConfigError())[0]
     if is_sweep(overrides) and not wants_help(overrides):
+        if command == "bench":
+            print("voxfm bench: error: -m: benches are not swept; run one bench per setting", file=sys.stderr)
+            return exit_code(ConfigError())[0]
         return _sweep(command, overrides)
     return _run_reported(command, overrides)
 
@@ -133,21 +141,26 @@ def _run_reported(command: str, overrides: list[str]) -> int:
 
 
 def _sweep(command: str, overrides: list[str]) -> int:
-    """Every job of the sweep through its launcher (one after another here by default); the exit code is the first
-    failed job's (0 if none failed)."""
+    """Every job of the sweep through Hydra's launcher plugin (`hydra/launcher=basic` by default: one after another
+    in this process); the exit code is the first failed job's (0 if none failed). Each job's config is checked
+    before any is launched."""
     try:
-        rest, launcher, settings = split_launcher(overrides)
+        rest, hydra_overrides = split_launcher(overrides)
         todo = jobs(rest)
-        if launcher != "basic":
-            codes = run_submitit(_run_reported, command, todo, launcher, settings, sweep_folder(todo))
+        for job in todo:
+            checked_config(command, job)
     except ConfigError as err:
         print(f"voxfm {command}: error: {err}", file=sys.stderr)
         return exit_code(err)[0]
-    if launcher == "basic":
-        codes = []
-        for i, job in enumerate(todo, start=1):
-            print(f"voxfm: sweep job {i}/{len(todo)}: {' '.join(job)}", flush=True)
-            codes.append(_run_reported(command, job))
+    name = launcher_name(hydra_overrides)
+    for i, job in enumerate(todo, start=1):
+        print(f"voxfm: sweep job {i}/{len(todo)} ({name}): {' '.join(job)}", flush=True)
+    try:
+        returned = launch(command, _run_reported, todo, hydra_overrides)
+    except ConfigError as err:
+        print(f"voxfm {command}: error: {err}", file=sys.stderr)
+        return exit_code(err)[0]
+    codes = [r if isinstance(r, int) else 1 for r in returned]
     failed = [(i, c) for i, c in enumerate(codes, start=1) if c]
     print(f"voxfm: sweep of {len(todo)} job(s): " + (f"failed {failed} (job, exit code)" if failed else "all finished"))
     return failed[0][1] if failed else 0

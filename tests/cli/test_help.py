@@ -3,6 +3,7 @@ into `head`, the CLI ends quietly."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,13 @@ def test_help_piped_into_a_reader_that_leaves_ends_quietly():
     proc.stdout.close()  # as `| head -1` does once it has its line
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and b"Traceback" not in err, err.decode()
+
+
+def test_info_names_the_config_folder_each_chosen_file_and_the_launchers(capsys):
+
+    assert main(["pretrain", "--info", "experiment=demo", "model=vit_tiny"]) == 0
+    out = capsys.readouterr().out
+    assert f"config folder: {CONF_DIR}" in out and "overrides: experiment=demo model=vit_tiny" in out
+    chosen = [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("  ") and "=" in line]
+    assert f"{CONF_DIR}/experiment/demo.yaml" in chosen and all(Path(p).is_file() for p in chosen)
+    assert "sweep launchers installed" in out and "basic, submitit_local, submitit_slurm" in out

@@ -37,18 +37,17 @@ def test_two_learning_rates_make_two_finished_run_dirs(tmp_path, shard_dir, caps
         assert find_resume_checkpoint(tmp_path / f"optim.optimizer.lr-{lr}" / "checkpoints")[1] == 3
 
 
-def test_the_launcher_and_its_settings_are_read_as_hydra_spells_them():
-    from voxfm.pretrain.cli.launchers import split_launcher
-    from voxfm.pretrain.errors import ConfigError
-
-    rest, launcher, settings = split_launcher(
-        ["seed=0,1", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "hydra.launcher.nodes=2"]
-    )
-    assert (rest, launcher, settings) == (["seed=0,1"], "submitit_slurm", {"partition": "gpu", "nodes": "2"})
-    with pytest.raises(ConfigError, match="hydra/launcher=joblib: allowed: basic, submitit_local, submitit_slurm"):
-        split_launcher(["hydra/launcher=joblib"])
-    with pytest.raises(ConfigError, match="need hydra/launcher=submitit_local or submitit_slurm"):
-        split_launcher(["hydra.launcher.nodes=2"])
+@pytest.mark.parametrize(
+    "launcher, words",
+    [
+        (["hydra/launcher=joblib_nope"], "Could not find 'hydra/launcher/joblib_nope'"),
+        (["hydra/launcher=submitit_local", "hydra.launcher.bogus=1"], "Could not override 'hydra.launcher.bogus'"),
+    ],
+)
+def test_an_unknown_launcher_or_setting_is_refused_in_one_line_by_hydra(launcher, words, tmp_path, capsys):
+    assert main(["export", "-m", *launcher, "format=monai,nnunet", "checkpoint=x.ckpt", f"output={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow
@@ -57,6 +56,7 @@ def test_submitit_local_runs_each_job_in_its_own_process(tmp_path, shard_dir, ca
     args += ["seed=0,1", f"data.shards={shard_dir}", f"run_dir={tmp_path}", "trainer.max_steps=2"]
     assert main([*args, "trainer.progress_bar=false", "data.num_workers=0"]) == 0
     out = capsys.readouterr().out
-    assert out.count("submitted (submitit_local, id ") == 2 and "sweep of 2 job(s): all finished" in out
+    assert out.count("(submitit_local): ") == 2 and "sweep of 2 job(s): all finished" in out
+    assert (tmp_path / ".submitit").is_dir() and not list(tmp_path.rglob(".hydra"))  # Hydra's plugin ran each job
     for seed in (0, 1):
         assert find_resume_checkpoint(tmp_path / f"seed-{seed}" / "checkpoints")[1] == 2
