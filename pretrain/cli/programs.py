@@ -103,7 +103,10 @@ def finetune(cfg: DictConfig) -> None:
         shard_urls(cfg.data.shards)
     results = run_finetune(cfg)
     print(results_table(results))
-    print(f"wrote {cfg.run_dir}/results.json and results.md")
+    print(
+        f"wrote {cfg.run_dir}/results.json and results.md; metrics {cfg.run_dir}/<arm>/metrics/metrics.csv, "
+        f"checkpoints {cfg.run_dir}/<arm>/checkpoints/ (rerunning the same command resumes an unfinished arm)"
+    )
 
 
 def inspect(cfg: DictConfig) -> None:

@@ -48,7 +48,7 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.step_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch[0].shape[0])
+        self.log("train/loss", loss, batch_size=batch[0].shape[0])  # the bar reads train/ metrics itself
         return loss
 
     def configure_optimizers(self):

@@ -5,6 +5,12 @@ same seed, data and steps) trains with Dice + cross-entropy on random crops, che
 `run_dir/<arm>/` (a rerun resumes), then predicts every validation volume whole with MONAI's sliding-window
 inference and scores it with MONAI's Dice (the step and the scoring: `finetune.loop`, shared with the probe).
 `run_dir/results.json` and `results.md` hold the table.
+
+What `voxfm pretrain` guarantees, fine-tuning keeps: one job per run_dir (its lock), a rerun with a changed recipe
+refused before anything is written (`FROZEN`: the backbone, network, data, seed and optimiser; more steps, logging,
+checkpoint cadence, evaluation settings are free), checkpoints nobody can read (or a record of checkpoints that are
+gone) refused rather than started over, SIGTERM/SIGUSR1/Ctrl-C → a checkpoint at that step and exit 75/130, one
+metrics.csv per arm across resumes, config.yaml and results written atomically, and a quiet start.
 """
 
 from __future__ import annotations
@@ -16,27 +22,65 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
+from voxfm.data.ingest.locks import folder_lock
+from voxfm.data.ingest.safe_files import write_text_atomic
 from voxfm.data.stream.crops import triple
-from voxfm.pretrain.errors import ConfigError, config_errors
+from voxfm.pretrain.callbacks.checkpointing import FinalCheckpoint
+from voxfm.pretrain.callbacks.monitoring import ProgressBar
+from voxfm.pretrain.callbacks.preemption import Preemption
+from voxfm.pretrain.errors import ConfigError, UnreadableCheckpoints, config_errors
 from voxfm.pretrain.export.formats import backbone_weights
 from voxfm.pretrain.finetune.labelled import label_values, read_labelled, split, to_labelled
 from voxfm.pretrain.finetune.loop import SegmentationModule, crop_batches, evaluate
 from voxfm.pretrain.finetune.model import build_segmenter, read_export, segmenter_from_export
+from voxfm.pretrain.launch.run import write_config
+from voxfm.pretrain.runtime.metrics_csv import RunCSVLogger
+from voxfm.pretrain.runtime.quiet import model_line, quiet_start
 from voxfm.pretrain.training.checkpoint_io import AtomicCheckpointIO
-from voxfm.pretrain.training.checkpoints import find_resume_checkpoint
+from voxfm.pretrain.training.checkpoints import find_resume_checkpoint, load_checkpoint
+from voxfm.pretrain.training.resume_check import config_changes, covered
+
+# what a fine-tuning checkpoint was trained with; a rerun that changes any of it is refused
+FROZEN = ("backbone", "model", "data", "seed", "unetr", "freeze_encoder", "lr", "weight_decay", "trainer.precision")
+CONFIG_KEY = "voxfm_finetune_config"  # not pretrain's `voxfm_config`: export refuses a fine-tuning checkpoint
 
 
-def _trainer(cfg: DictConfig, arm_dir: Path) -> L.Trainer:
+class _ConfigInCheckpoint(L.Callback):
+    def __init__(self, config: dict):
+        self.config = config
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint[CONFIG_KEY] = self.config
+
+
+def check_finetune_resume(stored: dict | None, config: dict, checkpoint: Path) -> None:
+    """Refuses, one line per key and before anything is written, a rerun whose recipe differs from the one the
+    checkpoint was trained with (`FROZEN`); other keys may change."""
+    if not isinstance(stored, dict):
+        return  # a checkpoint of an earlier release: nothing to compare
+    refused = [
+        f"{key}: {before!r} → {after!r}"
+        for key, (before, after) in config_changes(stored, config).items()
+        if covered(key, FROZEN)
+    ]
+    if refused:
+        raise ConfigError(
+            f"cannot resume from {checkpoint}: the fine-tuning recipe differs from the one it was trained with; "
+            "nothing was written (use another run_dir):\n  " + "\n  ".join(refused)
+        )
+
+
+def _trainer(cfg: DictConfig, arm_dir: Path, config: dict, resume_step: int, preemption: Preemption) -> L.Trainer:
     t = cfg.trainer
+    bar = [ProgressBar(t.log_every_n_steps)] if t.progress_bar else []
     return L.Trainer(
         max_steps=cfg.steps,
         accelerator=t.accelerator,
         devices=t.devices,
         precision=t.precision or "32-true",
-        logger=CSVLogger(save_dir=str(arm_dir), name="metrics"),
+        logger=RunCSVLogger(str(arm_dir), resume_step, flush_logs_every_n_steps=t.log_every_n_steps),
         log_every_n_steps=t.log_every_n_steps,
         callbacks=[
             ModelCheckpoint(
@@ -46,7 +90,11 @@ def _trainer(cfg: DictConfig, arm_dir: Path) -> L.Trainer:
                 every_n_train_steps=t.checkpoint_every_n_steps,
                 save_top_k=-1,
                 save_last=True,
-            )
+            ),
+            FinalCheckpoint(arm_dir / "checkpoints"),
+            _ConfigInCheckpoint(config),
+            preemption,
+            *bar,
         ],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=t.progress_bar,
@@ -72,17 +120,49 @@ def _network(cfg: DictConfig, arm: str, n_classes: int, crop_size) -> tuple[torc
     return build_segmenter(meta["architecture"], meta["kwargs"], n_classes, crop_size, unetr), meta["architecture"]
 
 
-def run_arm(cfg: DictConfig, arm: str, train, val, n_classes: int, run_dir: Path) -> dict:
+def resume_points(cfg: DictConfig, arms: list[str], run_dir: Path, config: dict) -> dict[str, tuple]:
+    """Each arm's (checkpoint, step) to resume from, every one checked before any arm trains: checkpoints that
+    cannot be read, a results.json that records steps whose checkpoints are gone, or a changed recipe are refused."""
+    recorded = {}
+    if (run_dir / "results.json").is_file():
+        try:
+            recorded = json.loads((run_dir / "results.json").read_text()).get("arms") or {}
+        except (ValueError, AttributeError):
+            recorded = {}
+    points = {}
+    for arm in arms:
+        checkpoints = run_dir / arm / "checkpoints"
+        resume, step = find_resume_checkpoint(checkpoints)  # UnreadableCheckpoints (exit 4) when none reads
+        steps_done = (recorded.get(arm) or {}).get("steps") if isinstance(recorded.get(arm), dict) else None
+        if resume is None and isinstance(steps_done, int) and steps_done > 0:
+            raise UnreadableCheckpoints(
+                f"run_dir={run_dir}: results.json records arm {arm} trained to step {steps_done} but {checkpoints} "
+                "holds no checkpoint. Nothing was written: put them back, use another run_dir, or delete "
+                "results.json to start this one over"
+            )
+        if resume is not None:
+            check_finetune_resume(load_checkpoint(resume, mmap=True).get(CONFIG_KEY), config, resume)
+        points[arm] = (resume, step)
+    return points
+
+
+def run_arm(cfg: DictConfig, arm: str, train, val, n_classes: int, run_dir: Path, point: tuple, config: dict) -> dict:
     crop = triple(cfg.data.crop_size)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     net, architecture = _network(cfg, arm, n_classes, crop)
     module = SegmentationModule(net, cfg.lr, cfg.weight_decay, cfg.freeze_encoder)
     arm_dir = run_dir / arm
-    resume, resume_step = find_resume_checkpoint(arm_dir / "checkpoints")
+    resume, resume_step = point
+    print(f"voxfm: {arm} arm, {model_line(module)}", flush=True)
+    if resume is not None:
+        print(f"voxfm: {arm} arm resuming from {resume} at step {resume_step}", flush=True)
     loader = crop_batches(train, crop, cfg.data.batch_size, cfg.seed + resume_step, cfg.data.foreground_prob)
     start = time.perf_counter()
-    trainer = _trainer(cfg, arm_dir)
+    preemption = Preemption(arm_dir / "checkpoints")
+    trainer = _trainer(cfg, arm_dir, config, resume_step, preemption)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume) if resume else None, weights_only=True)
+    if preemption.result is not None:
+        raise preemption.result
     scores = evaluate(module.net, val, n_classes, crop, cfg.sw_batch_size, cfg.sw_overlap)
     return {
         "architecture": architecture,
@@ -115,17 +195,26 @@ def results_table(results: dict) -> str:
 
 
 def run_finetune(cfg: DictConfig) -> dict:
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Train every arm to `steps` and score it; the same run_dir again resumes. One job per run_dir: a second one
+    raises `FolderLocked` (exit 2) naming the holder."""
     if cfg.backbone == "none" and cfg.compare_scratch:
         raise ConfigError("compare_scratch=true compares a pretrained backbone with scratch: set backbone=<export>")
+    quiet_start()
+    with folder_lock(cfg.run_dir, "run_dir"):
+        return _finetune(cfg, Path(cfg.run_dir))
+
+
+def _finetune(cfg: DictConfig, run_dir: Path) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
     with config_errors():  # shards without label maps: named in one line, exit 2
         samples = read_labelled(cfg.data.shards)
     values = label_values(samples)
     train_raw, val_raw, how = split(samples, cfg.data.val_fraction, cfg.seed, cfg.data.n_train)
     train, val = to_labelled(train_raw, values), to_labelled(val_raw, values)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     arms = ["pretrained", "scratch"] if cfg.compare_scratch else ["scratch" if cfg.backbone == "none" else "pretrained"]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    points = resume_points(cfg, arms, run_dir, config)  # nothing is written before every arm's resume is checked
+    write_config(run_dir, cfg)
     results = {
         "shards": str(cfg.data.shards),
         "backbone": str(cfg.backbone),
@@ -139,7 +228,7 @@ def run_finetune(cfg: DictConfig) -> dict:
         "arms": {},
     }
     for arm in arms:
-        results["arms"][arm] = run_arm(cfg, arm, train, val, len(values), run_dir)
-        (run_dir / "results.json").write_text(json.dumps(results, indent=1))
-    (run_dir / "results.md").write_text(results_table(results))
+        results["arms"][arm] = run_arm(cfg, arm, train, val, len(values), run_dir, points[arm], config)
+        write_text_atomic(run_dir / "results.json", json.dumps(results, indent=1))
+    write_text_atomic(run_dir / "results.md", results_table(results))
     return results

@@ -18,6 +18,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from voxfm.data.ingest.locks import folder_lock
+from voxfm.data.ingest.safe_files import write_text_atomic
 from voxfm.data.stream.device_feed import buffer_count
 from voxfm.data.stream.loader import QUEUED_PER_WORKER
 from voxfm.data.stream.pool import memory_line
@@ -62,9 +63,7 @@ def write_config(run_dir: Path, cfg: DictConfig) -> None:
     if path.exists() and path.read_text() != text:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(path.stat().st_mtime))
         path.rename(run_dir / f"config.{stamp}.yaml")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def refuse_a_lost_record(run_dir: Path) -> None:

@@ -1,0 +1,98 @@
+"""What `voxfm pretrain` guarantees, `voxfm finetune` keeps: its run_dir locked, a changed recipe refused on rerun
+before anything is written, unreadable or lost checkpoints refused rather than started over, Ctrl-C checkpointed at
+that step, one metrics.csv per arm across resumes, a planted link never written through."""
+
+import csv
+import json
+import os
+import signal
+
+import pytest
+
+import voxfm.pretrain.finetune.loop
+from voxfm.data.ingest.locks import folder_lock
+from voxfm.data.ingest.run import run_shard
+from voxfm.pretrain.cli.main import main
+from voxfm.pretrain.training.checkpoints import find_resume_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, phantom_dir):
+    out = tmp_path_factory.mktemp("labelled")
+    rows = ["path,label,subject"] + [
+        f"{p},{str(p).replace('.nii.gz', '_label.nii.gz')},{p.name[:10]}"
+        for p in sorted(phantom_dir.glob("phantom*_??.nii.gz"))[:3]
+    ]
+    (out / "m.csv").write_text("\n".join(rows) + "\n")
+    assert run_shard(str(out / "m.csv"), str(out / "shards"), {}, progress=False)["n_sharded"] == 3
+    return out / "shards"
+
+
+def _finetune(labelled, run, *extra):
+    args = ["finetune", "experiment=demo_finetune", "backbone=none", f"data.shards={labelled}", f"run_dir={run}"]
+    args += ["trainer.progress_bar=false", "trainer.checkpoint_every_n_steps=2", "trainer.log_every_n_steps=1"]
+    return main([*args, "data.batch_size=1", "data.crop_size=[16,16,16]", "sw_batch_size=8", *extra])
+
+
+def _steps(run) -> list[int]:
+    with open(run / "scratch" / "metrics" / "metrics.csv", newline="") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def test_ctrl_c_checkpoints_the_step_and_the_rerun_resumes_into_one_metrics_file(
+    labelled, tmp_path, monkeypatch, capsys
+):
+    run = tmp_path / "run"
+    step_loss = voxfm.pretrain.finetune.loop.SegmentationModule.step_loss
+
+    def ctrl_c_at_step_3(self, batch):
+        if self.trainer is not None and self.trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step_loss(self, batch)
+
+    monkeypatch.setattr(voxfm.pretrain.finetune.loop.SegmentationModule, "step_loss", ctrl_c_at_step_3)
+    assert _finetune(labelled, run, "steps=8") == 130
+    assert "stopped by SIGINT at step 4" in capsys.readouterr().err  # the step it was in, not the last periodic one
+    assert find_resume_checkpoint(run / "scratch" / "checkpoints")[1] == 4 and not (run / "results.json").exists()
+    monkeypatch.setattr(voxfm.pretrain.finetune.loop.SegmentationModule, "step_loss", step_loss)
+
+    assert _finetune(labelled, run, "steps=6") == 0
+    assert "scratch arm resuming from" in capsys.readouterr().out
+    assert json.loads((run / "results.json").read_text())["arms"]["scratch"]["steps"] == 6
+    steps = _steps(run)
+    assert steps == sorted(steps) and steps[-1] == 5 and not list((run / "scratch" / "metrics").glob("version_*"))
+
+    # more steps and another evaluation setting are free; a changed recipe is refused before anything is written
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".voxfm.lock"}
+    assert _finetune(labelled, run, "steps=7", "sw_overlap=0.5", "lr=0.01") == 2
+    err = capsys.readouterr().err
+    assert "lr: 0.003 → 0.01" in err and "nothing was written" in err and "sw_overlap" not in err
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".voxfm.lock"} == before
+
+
+def test_unreadable_or_lost_checkpoints_are_refused_not_started_over(labelled, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _finetune(labelled, run, "steps=2") == 0
+    checkpoints = run / "scratch" / "checkpoints"
+    for ckpt in checkpoints.glob("*.ckpt"):
+        ckpt.write_bytes(b"not a checkpoint")
+    assert _finetune(labelled, run, "steps=4") == 4
+    assert "step000002.ckpt" in capsys.readouterr().err
+    for ckpt in checkpoints.glob("*.ckpt"):
+        ckpt.unlink()
+    assert _finetune(labelled, run, "steps=4") == 4
+    assert "results.json records arm scratch trained to step 2" in capsys.readouterr().err
+
+
+def test_a_second_job_and_a_planted_link_are_refused(labelled, tmp_path, capsys):
+    run = tmp_path / "run"
+    with folder_lock(run, "run_dir"):
+        assert _finetune(labelled, run, "steps=2") == 2
+    assert "in use by another voxfm job" in capsys.readouterr().err
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text("precious\n")
+    (run / "config.yaml.tmp").symlink_to(elsewhere)
+    assert _finetune(labelled, run, "steps=2") == 0
+    assert elsewhere.read_text() == "precious\n" and not (run / "config.yaml").is_symlink()
