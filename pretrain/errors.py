@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from voxfm.data.ingest.locks import FolderLocked  # data/ does not import pretrain/; its lock error is mapped here
+# data/ does not import pretrain/; its lock and link errors are mapped here
+from voxfm.data.ingest.locks import FolderLocked
+from voxfm.data.ingest.safe_files import LinkRefused
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on purpose with its state on disk; the same command resumes
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: Ctrl-C, checkpointed; the same command resumes
@@ -61,6 +63,7 @@ class Interrupted(Preempted):
 EXIT_CODES: dict[type[BaseException], tuple[int, str]] = {
     ConfigError: (2, "error"),
     FolderLocked: (2, "error"),  # another voxfm job holds run_dir (or a shard set's output)
+    LinkRefused: (2, "error"),  # a file voxfm writes in place (lock, events.jsonl, metrics.csv) is a link
     Diverged: (3, "training diverged"),
     CheckpointWriteError: (4, "error"),
     UnreadableCheckpoints: (4, "error"),

@@ -17,6 +17,7 @@ import numpy as np
 from voxfm.data.ingest import payload
 from voxfm.data.ingest.montage import Row, montage
 from voxfm.data.ingest.preprocess import normalise
+from voxfm.data.ingest.safe_files import replacing, write_text_atomic
 from voxfm.data.ingest.shard_set import INDEX, REPORT, load_index, read_samples
 from voxfm.data.ingest.tally import source_of
 
@@ -140,8 +141,9 @@ def inspect_shards(shards: str, output: str | None, n_samples: int = 8, seed: in
         for i in sorted(rng.choice(len(index["samples"]), min(n_samples, len(index["samples"])), replace=False))
     ]
     rows = [Row(*caption(m), normalise(vol, m["normalisation"]), label) for m, vol, label in _read(folder, picked)]
-    montage(rows).save(out / "montage.png")
+    with replacing(out / "montage.png", "wb") as f:
+        montage(rows).save(f, format="PNG")
     summary["montage"] = str(out / "montage.png")
     summary["montage_samples"] = [m["key"] for m in picked]
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return summary

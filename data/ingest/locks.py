@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from voxfm.data.ingest.safe_files import open_no_follow
+
 LOCK_NAME = ".voxfm.lock"
 UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # file systems without flock (some Lustre mounts)
 _held: set[int] = set()  # descriptors of the locks this process holds
@@ -67,7 +69,7 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[Path]:
         raise ValueError(f"{what}={folder}: exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)  # a lock that is a link: LinkRefused
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -32,6 +32,12 @@ def refuse_link(path: Path, err: OSError) -> None:
         ) from None
 
 
+def refuse_a_link(path: str | Path) -> None:
+    """For a file another library opens by name (Lightning's metrics.csv): a link there is refused up front."""
+    if Path(path).is_symlink():
+        refuse_link(Path(path), OSError(errno.ELOOP, "a link"))
+
+
 def open_no_follow(path: str | Path, flags: int, mode: int = 0o644) -> int:
     """`os.open` with `O_NOFOLLOW`: a link at `path` raises `LinkRefused`."""
     path = Path(path)

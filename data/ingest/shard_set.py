@@ -20,6 +20,8 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from voxfm.data.ingest.safe_files import new_temp, write_text_atomic
+
 INDEX = "index.json"
 REPORT = "report.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
@@ -27,9 +29,7 @@ SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar")  # what `voxfm shar
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 def shard_name(name, where: str) -> str:
@@ -98,8 +98,8 @@ class ShardSetWriter:
     def _open(self) -> None:
         name = SHARD_PATTERN.format(len(self.index["shards"]))
         self._name = name
-        self._tmp = self.output / f"{name}.tmp"
-        self._tar = tarfile.open(self._tmp, "w")
+        self._tmp, fd = new_temp(self.output / name)  # never through a link planted at shard-*.tar.tmp
+        self._tar = tarfile.open(fileobj=os.fdopen(fd, "wb"), mode="w")
 
     def add(self, key: str, files: dict[str, bytes], meta: dict) -> None:
         """files: extension → bytes (e.g. {"image.b2": ..., "json": ...})."""
@@ -123,6 +123,7 @@ class ShardSetWriter:
         if self._tar is None:
             return
         self._tar.close()
+        self._tar.fileobj.close()  # given to tarfile, so not closed by it
         os.replace(self._tmp, self.output / self._name)
         self.index["shards"].append({"name": self._name, "n_samples": len(self._pending), "bytes": self._bytes})
         self.index["samples"].extend(self._pending)

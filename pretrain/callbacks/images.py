@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from voxfm.data.ingest.montage import middle_slices
+from voxfm.data.ingest.safe_files import replacing
 
 KINDS = ("original", "masked", "reconstruction")
 SHOWN = {"original": "input", "masked": "masked", "reconstruction": "output"}
@@ -95,7 +96,8 @@ class ReconstructionImages(L.Callback):
         picked = pick_samples(batch["modality"], self.n_samples)
         picture = reconstruction_grid(volumes, picked)
         self.folder.mkdir(parents=True, exist_ok=True)
-        captioned(picture, step, [batch["modality"][i] for i in picked]).save(self.folder / f"step{step:06d}.png")
+        with replacing(self.folder / f"step{step:06d}.png", "wb") as f:
+            captioned(picture, step, [batch["modality"][i] for i in picked]).save(f, format="PNG")
         if self.wandb is not None:
             self.wandb.log_image(
                 key="reconstructions",

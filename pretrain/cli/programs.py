@@ -80,8 +80,8 @@ def pretrain(cfg: DictConfig) -> None:
 def export(cfg: DictConfig) -> None:
     from voxfm.pretrain.export.run import run_export
 
-    out = run_export(cfg.checkpoint, cfg.output, cfg.in_channels, cfg.format)
-    print(f"exported ({cfg.format}) to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    out = run_export(cfg.checkpoint, cfg.output, cfg.in_channels, cfg.format, cfg.overwrite)
+    print(f"exported ({cfg.format}) to {out}: " + ", ".join(sorted(p.name for p in out.iterdir() if p.name[0] != ".")))
     if cfg.format == "nnssl":
         import json
 
@@ -97,7 +97,7 @@ def export(cfg: DictConfig) -> None:
 
 def finetune(cfg: DictConfig) -> None:
     from voxfm.data.stream.shards import shard_urls
-    from voxfm.pretrain.finetune.run import results_table, run_finetune
+    from voxfm.pretrain.launch.finetune import results_table, run_finetune
 
     with config_errors():  # data.shards= names a shard set (data/'s check, before a network is built)
         shard_urls(cfg.data.shards)

@@ -82,6 +82,7 @@ class ExportSchema:
     output: str
     in_channels: int | None = field(**bounded(ge=1))
     format: ExportFormat
+    overwrite: bool
 
 
 @dataclass

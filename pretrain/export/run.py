@@ -30,6 +30,7 @@ from voxfm.pretrain.errors import ConfigError
 from voxfm.pretrain.export.formats import exported_weights, nnunet_plans_fragment
 from voxfm.pretrain.export.model_card import write_model_card
 from voxfm.pretrain.export.nnssl import nnssl_checkpoint
+from voxfm.pretrain.export.swap import source_run, swapped_in
 from voxfm.pretrain.training.checkpoints import (
     backbone_arguments,
     backbone_from_config,
@@ -173,7 +174,11 @@ def full_export_backbone(folder: str | Path, where: str) -> tuple[dict, torch.nn
     return meta, backbone, backbone_state(state, config, backbone)
 
 
-def run_export(checkpoint: str, output: str, in_channels: int | None = None, export_format: str = "monai") -> Path:
+def run_export(
+    checkpoint: str, output: str, in_channels: int | None = None, export_format: str = "monai", overwrite: bool = False
+) -> Path:
+    """Writes the export into `output` (locked, swapped in whole; a folder holding anything but an export of the
+    same run is refused without `overwrite`); returns `output`."""
     if export_format not in FORMATS:
         raise ConfigError(f"format={export_format!r}; allowed: {', '.join(FORMATS)}")
     if in_channels is not None and in_channels < 1:
@@ -193,60 +198,60 @@ def run_export(checkpoint: str, output: str, in_channels: int | None = None, exp
         raise ConfigError(
             f"format={export_format}: {config['model']['_target_']} exports as {', '.join(declared.formats)}{hint}"
         )
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"format": f"voxfm-{export_format}/1", **_common_meta(ckpt, ckpt_path, config, data)}
-    if export_format == "full":
-        if in_channels is not None:
-            raise ConfigError(
-                "in_channels: format=full keeps the pretraining module as it is; inflate in "
-                "format=monai, nnunet or nnssl"
+    if export_format == "full" and in_channels is not None:
+        raise ConfigError(
+            "in_channels: format=full keeps the pretraining module as it is; inflate in format=monai, nnunet or nnssl"
+        )
+    run = source_run(ckpt_path)
+    with swapped_in(output, run, overwrite) as out:  # locked; written beside, then swapped in whole
+        meta = {"format": f"voxfm-{export_format}/1", **_common_meta(ckpt, ckpt_path, config, data)}
+        meta["source_run"] = run  # a digest of the run's folder: which exports may replace which
+        if export_format == "full":
+            save_file(clone_state(ckpt["state_dict"]), str(out / "model.safetensors"))
+            meta["architecture"] = architecture
+            (out / "full.json").write_text(json.dumps(meta, indent=1))
+            write_model_card(out, meta, export_format, backbone_class.adapter)
+            return Path(output)
+        backbone = backbone_class(**backbone_kwargs)  # only to read the architecture's kwargs
+        state = backbone_state(ckpt["state_dict"], config, backbone)  # self-distillation: the EMA teacher
+        weights, arch = exported_weights(state, backbone, in_channels)
+        meta.update(arch, channel_inflation=None if in_channels in (None, 1) else {"from": 1, "to": in_channels})
+        if export_format == "nnunet":
+            weights, kwargs = backbone_class.adapter.nnunet_axes(weights, arch["kwargs"])
+            torch.save(
+                {"network_weights": weights, "voxfm": {k: v for k, v in meta.items() if k != "config"}},
+                out / "nnunet_pretrained.pth",
             )
-        save_file(clone_state(ckpt["state_dict"]), str(out / "model.safetensors"))
-        meta["architecture"] = architecture
-        (out / "full.json").write_text(json.dumps(meta, indent=1))
+            fragment = nnunet_plans_fragment(
+                arch,
+                kwargs,
+                list(triple(config["data"]["crop_size"])),
+                data["spacing"],
+                data["normalisation"],
+                data["modalities"],
+            )
+            (out / "nnunet_plans_fragment.json").write_text(json.dumps(fragment, indent=1))
+            meta["nnunet_kwargs"] = kwargs
+        elif export_format == "nnssl":
+            init_args = {k: meta[k] for k in ("config", "step", "checkpoint")}  # what voxfm pretraining ran with
+            checkpoint = nnssl_checkpoint(
+                backbone_class.adapter,
+                weights,
+                arch,
+                list(triple(config["data"]["crop_size"])),
+                data["spacing"],
+                data["normalisation"],
+                f"voxfm.{meta['objective']}",
+                init_args,
+            )
+            torch.save(checkpoint, out / "checkpoint_final.pth")
+            plan = checkpoint["nnssl_adaptation_plan"]
+            (out / "adaptation_plan.json").write_text(
+                json.dumps({**plan, "trainer_name": checkpoint["trainer_name"]}, indent=1)
+            )
+            meta["nnssl_architecture"] = plan["architecture_plans"]
+        if export_format != "nnunet":  # voxfm's axis order: what `voxfm finetune backbone=<this folder>` reads
+            save_file(weights, str(out / "backbone.safetensors"))
+        (out / "backbone.json").write_text(json.dumps(meta, indent=1))
         write_model_card(out, meta, export_format, backbone_class.adapter)
-        return out
-    backbone = backbone_class(**backbone_kwargs)  # only to read the architecture's kwargs
-    state = backbone_state(ckpt["state_dict"], config, backbone)  # self-distillation: the EMA teacher
-    weights, arch = exported_weights(state, backbone, in_channels)
-    meta.update(arch, channel_inflation=None if in_channels in (None, 1) else {"from": 1, "to": in_channels})
-    if export_format == "nnunet":
-        weights, kwargs = backbone_class.adapter.nnunet_axes(weights, arch["kwargs"])
-        torch.save(
-            {"network_weights": weights, "voxfm": {k: v for k, v in meta.items() if k != "config"}},
-            out / "nnunet_pretrained.pth",
-        )
-        fragment = nnunet_plans_fragment(
-            arch,
-            kwargs,
-            list(triple(config["data"]["crop_size"])),
-            data["spacing"],
-            data["normalisation"],
-            data["modalities"],
-        )
-        (out / "nnunet_plans_fragment.json").write_text(json.dumps(fragment, indent=1))
-        meta["nnunet_kwargs"] = kwargs
-    elif export_format == "nnssl":
-        init_args = {k: meta[k] for k in ("config", "step", "checkpoint")}  # what voxfm pretraining ran with
-        checkpoint = nnssl_checkpoint(
-            backbone_class.adapter,
-            weights,
-            arch,
-            list(triple(config["data"]["crop_size"])),
-            data["spacing"],
-            data["normalisation"],
-            f"voxfm.{meta['objective']}",
-            init_args,
-        )
-        torch.save(checkpoint, out / "checkpoint_final.pth")
-        plan = checkpoint["nnssl_adaptation_plan"]
-        (out / "adaptation_plan.json").write_text(
-            json.dumps({**plan, "trainer_name": checkpoint["trainer_name"]}, indent=1)
-        )
-        meta["nnssl_architecture"] = plan["architecture_plans"]
-    if export_format != "nnunet":  # voxfm's axis order: what `voxfm finetune backbone=<this folder>` reads
-        save_file(weights, str(out / "backbone.safetensors"))
-    (out / "backbone.json").write_text(json.dumps(meta, indent=1))
-    write_model_card(out, meta, export_format, backbone_class.adapter)
-    return out
+        return Path(output)

@@ -1,4 +1,3 @@
-"""Launching a pretraining run: the composition root that builds the module, trainer, callbacks and data from the
-config and starts the fit. Its own package above training/ and callbacks/ (it imports both; neither imports it), so
-the pieces it assembles never reach back up. Named `launch`: `run` already names each program's entry module
-(`export/run.py`, `finetune/run.py`, and `launch/run.py` here)."""
+"""Launching a run: the composition roots that build the module, trainer, callbacks and data from the config and
+start the fit, for pretraining (`run.py`) and fine-tuning (`finetune.py`). Their own package above training/,
+callbacks/ and finetune/ (it imports them; none imports it), so the pieces it assembles never reach back up."""

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from voxfm.data.ingest.safe_files import append_line
 from voxfm.data.ingest.shard_set import describe_shard_set
 from voxfm.data.stream.loader import ThreadLoader
 from voxfm.data.stream.regions import RegionStream, region_loader
@@ -38,8 +39,7 @@ from voxfm.pretrain.training.strategy import build_strategy
 
 def log_event(run_dir: Path, **event) -> None:
     """One JSON line per start / resume / preempted / end in <run_dir>/events.jsonl: the run's history at a glance."""
-    with open(run_dir / "events.jsonl", "a") as f:
-        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **event}) + "\n")
+    append_line(run_dir / "events.jsonl", json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **event}))
 
 
 def first_shard_set(data: DictConfig) -> str:

@@ -18,7 +18,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from voxfm.data.ingest.locks import folder_lock
-from voxfm.data.ingest.safe_files import write_text_atomic
+from voxfm.data.ingest.safe_files import refuse_a_link, write_text_atomic
 from voxfm.data.stream.device_feed import buffer_count
 from voxfm.data.stream.loader import QUEUED_PER_WORKER
 from voxfm.data.stream.pool import memory_line
@@ -113,6 +113,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
             allowed = [renamed_key(k) for k in cfg.resume.allow_changes]
             changes = check_resume_config(upgraded(stored), config, allowed, resume)
     if is_job_owner():
+        for name in ("events.jsonl", "metrics/metrics.csv", "wandb_id"):  # appended to in place: never a link
+            refuse_a_link(run_dir / name)
         write_config(run_dir, cfg)
     L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
     on_gpu = trains_on_gpu(cfg.trainer)

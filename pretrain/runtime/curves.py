@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from pathlib import Path
 
 import lightning as L
 
+from voxfm.data.ingest.safe_files import replacing
 from voxfm.pretrain.runtime.logging_steps import is_logging_step
 
 REDRAW_SECONDS = 30.0  # at most this often during training (a redraw costs ~0.3 s of the main process)
@@ -64,10 +64,9 @@ def plot_runs(run_dirs: list[Path], output: Path) -> Path:
         axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with replacing(output, "wb") as f:
+        fig.savefig(f, dpi=90, format="png")
     plt.close(fig)
-    os.replace(tmp, output)
     return output
 
 

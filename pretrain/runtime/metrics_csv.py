@@ -12,6 +12,8 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from voxfm.data.ingest.safe_files import refuse_a_link, replacing
+
 
 class _AppendingWriter(ExperimentWriter):
     def __init__(self, log_dir: str, resume_step: int):
@@ -19,6 +21,7 @@ class _AppendingWriter(ExperimentWriter):
         self.log_dir, self.metrics_file_path = log_dir, os.path.join(log_dir, self.NAME_METRICS_FILE)
         self._fs = get_filesystem(log_dir)
         os.makedirs(log_dir, exist_ok=True)
+        refuse_a_link(self.metrics_file_path)  # Lightning appends to it by name
         if os.path.isfile(self.metrics_file_path):
             self._keep_rows_before(resume_step)
 
@@ -29,12 +32,10 @@ class _AppendingWriter(ExperimentWriter):
         kept = [r for r in rows if _step(r) < step]
         self.metrics_keys = sorted(header)
         if len(kept) != len(rows):  # rewritten beside, then swapped in: a kill here leaves one whole file
-            tmp = self.metrics_file_path + ".tmp"
-            with open(tmp, "w", newline="") as f:
+            with replacing(self.metrics_file_path) as f:
                 writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
                 writer.writeheader()
                 writer.writerows(kept)
-            os.replace(tmp, self.metrics_file_path)
 
 
 def _step(row: dict) -> float:

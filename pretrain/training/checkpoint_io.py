@@ -1,14 +1,18 @@
 """`AtomicCheckpointIO`: the Lightning checkpoint IO plugin every voxfm trainer uses (pretraining and
-fine-tuning), writing each checkpoint atomically."""
+fine-tuning), writing each checkpoint atomically: streamed by `torch.save` into `<name>.tmp` beside the target
+(created exclusively, never through a link), synced, then renamed. Lightning's own atomic save serialises the
+whole checkpoint into host memory first (one more copy of a 1.2 GB ViT-B checkpoint) and writes it through the
+system temp folder, so a small /tmp failed every save under a message blaming run_dir."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from lightning.fabric.utilities.cloud_io import get_filesystem
+import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from voxfm.data.ingest.safe_files import new_temp
 from voxfm.pretrain.errors import CheckpointWriteError
 
 
@@ -20,8 +24,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         try:
-            get_filesystem(path).makedirs(str(path.parent), exist_ok=True)
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp, fd = new_temp(path)
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, path)
         except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
             tmp.unlink(missing_ok=True)

@@ -198,7 +198,7 @@ def test_the_probe_logs_downstream_dice_without_changing_the_pretraining_run(lab
 def test_either_network_builds_from_random_initialisation(tmp_path):
     from omegaconf import OmegaConf
 
-    from voxfm.pretrain.finetune.run import _network
+    from voxfm.pretrain.launch.finetune import _network
 
     base = load_config("finetune", ["backbone=none", "data.shards=x", f"run_dir={tmp_path}"])
     net, architecture = _network(base, "scratch", 4, [32] * 3)
