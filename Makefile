@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 CONSTRAINTS ?= constraints.txt
+NNUNET_COMMANDS = acvl-utils==0.2.6 batchgeneratorsv2==0.3.6 scikit-image==0.26.0 scikit-learn==1.9.1 scipy==1.17.1 \
+	simpleitk==2.5.7 pandas==3.1.1 seaborn==0.13.2 graphviz==0.21 tifffile==2026.3.3 imagecodecs==2026.3.6 \
+	yacs==0.1.8 connected-components-3d==4.1.1 imageio==2.38.2 joblib==1.6.0 lazy-loader==0.6 narwhals==2.29.0 \
+	threadpoolctl==3.8.0
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 OUT ?= out/demo
@@ -22,6 +26,9 @@ $(BIN)/voxfm: pyproject.toml $(CONSTRAINTS)
 	@# "nnunet"): all without dependencies
 	$(BIN)/pip install --quiet --no-deps -c $(CONSTRAINTS) "dynamic-network-architectures==0.4.4" \
 		"nnunetv2==2.8.1" "batchgenerators==0.25.5" "timm==1.0.22"
+	@# what nnU-Net's own commands import (nnUNetv2_plan_and_preprocess, nnUNetv2_train): a test runs the
+	@# format=nnunet model card's commands as printed; without dependencies, as above
+	$(BIN)/pip install --quiet --no-deps -c $(CONSTRAINTS) $(NNUNET_COMMANDS)
 	@touch $@
 
 install: $(BIN)/voxfm   ## .venv with the CPU torch pin, voxfm (editable) and nnU-Net's networks

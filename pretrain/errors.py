@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 # data/ does not import pretrain/; its lock and link errors are mapped here
-from voxfm.data.ingest.locks import FolderLocked
+from voxfm.data.ingest.locks import FolderLocked, FolderUnwritable
 from voxfm.data.ingest.safe_files import LinkRefused
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on purpose with its state on disk; the same command resumes
@@ -68,6 +68,7 @@ EXIT_CODES: dict[type[BaseException], tuple[int, str]] = {
     CheckpointWriteError: (4, "error"),
     UnreadableCheckpoints: (4, "error"),
     OutputWriteError: (4, "error"),
+    FolderUnwritable: (4, "error"),  # run_dir or output where even the lock cannot be written
     Interrupted: (INTERRUPTED_EXIT_CODE, ""),
     Preempted: (PREEMPTED_EXIT_CODE, ""),
 }

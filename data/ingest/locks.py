@@ -3,8 +3,10 @@
 The kernel releases a flock when its holder's last file descriptor closes, so a job that dies (even by SIGKILL)
 leaves no stale lock: the next job simply takes it. Processes forked while the lock is held (data workers,
 ingest workers) close their copy of the descriptor at once, so the lock lives exactly as long as its holder.
-The file itself stays (removing it would let two jobs lock two different files); its content names the
-holder — host, pid, start time, command — for the message a second job prints.
+The file itself stays (removing it would let two jobs lock two different files: never delete it while its
+holder's pid lives); while held, its content names the holder — host, pid, start time, command — for the
+message a second job prints, and it is emptied on release, so a folder shared afterwards carries no host name or
+command line. A folder where the lock cannot be created (read-only, full) is `FolderUnwritable` (exit 4).
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ class FolderLocked(ValueError):
     """Another job holds the folder's lock (a ValueError: `voxfm` reports it as a bad invocation, exit 2)."""
 
 
+class FolderUnwritable(OSError):
+    """The folder or its lock file cannot be created or written (read-only file system, full disk, permissions)."""
+
+
 def _holder(path: Path) -> str:
     """The lock file's content as words; it can be empty for an instant while a new holder writes it."""
     for _ in range(20):
@@ -54,7 +60,7 @@ def _holder(path: Path) -> str:
         if isinstance(info, dict):
             return (
                 f"host {info.get('host')}, pid {info.get('pid')}, started {info.get('started')}, "
-                f"command: {info.get('command')}"
+                f"command: {info.get('command')}; never delete the lock file while that process lives"
             )
         time.sleep(0.05)
     return "holder unknown (no readable lock content)"
@@ -67,9 +73,12 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[Path]:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{what}={folder}: exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
-    fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)  # a lock that is a link: LinkRefused
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)  # a lock that is a link: LinkRefused
+    except OSError as err:
+        raise FolderUnwritable(f"{what}={folder}: cannot create its lock {path} ({err.strerror or err})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -98,11 +107,16 @@ def folder_lock(folder: str | Path, what: str) -> Iterator[Path]:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except OSError as err:
+            raise FolderUnwritable(f"{what}={folder}: cannot write its lock {path} ({err.strerror or err})") from None
         yield path
     finally:
         _held.discard(fd)
+        with suppress(OSError):
+            os.ftruncate(fd, 0)  # no host name or command line left behind in a folder that travels
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 

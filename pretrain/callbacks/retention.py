@@ -4,6 +4,9 @@
 A checkpoint appears under its final name only once completely written (`AtomicCheckpointIO` and the DeepSpeed
 strategy rename it from `.tmp`), and pruning counts only those, so an older checkpoint goes only when
 `keep_last_n` newer complete ones exist: resume (`find_resume_checkpoint`) always has the newest.
+
+Only what voxfm wrote is deleted: an entry named `stepNNNNNN.ckpt` that is a link, or that does not read as a
+checkpoint of that step (a user's file, a damaged one reported at resume), is left where it is.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import Checkpoint
 
-from voxfm.pretrain.training.checkpoints import PERIODIC
+from voxfm.pretrain.training.checkpoints import PERIODIC, load_checkpoint
 
 
 def to_prune(steps: list[int], keep_last_n: int | None, keep_every_n_steps: int | None) -> set[int]:
@@ -29,7 +32,11 @@ def to_prune(steps: list[int], keep_last_n: int | None, keep_every_n_steps: int 
 def prune_checkpoints(checkpoint_dir: Path, keep_last_n: int | None, keep_every_n_steps: int | None) -> list[Path]:
     """Deletes the periodic checkpoints (files, or DeepSpeed folders and their `.universal` conversions) that
     retention does not keep; → the deleted paths."""
-    periodic = {int(m.group(1)): p for p in checkpoint_dir.glob("step*.ckpt") if (m := PERIODIC.fullmatch(p.name))}
+    periodic = {
+        int(m.group(1)): p
+        for p in checkpoint_dir.glob("step*.ckpt")
+        if (m := PERIODIC.fullmatch(p.name)) and not p.is_symlink() and _is_checkpoint_of(p, int(m.group(1)))
+    }
     deleted = []
     for step in sorted(to_prune(list(periodic), keep_last_n, keep_every_n_steps)):
         path = periodic[step]
@@ -40,6 +47,15 @@ def prune_checkpoints(checkpoint_dir: Path, keep_last_n: int | None, keep_every_
                 target.unlink()
         deleted.append(path)
     return deleted
+
+
+def _is_checkpoint_of(path: Path, step: int) -> bool:
+    """Whether `path` reads as a voxfm checkpoint of `step` (its metadata only: tensors are mapped, not read)."""
+    try:
+        ckpt = load_checkpoint(path, mmap=True)
+    except Exception:
+        return False
+    return isinstance(ckpt, dict) and ckpt.get("global_step") == step and "voxfm_config" in ckpt
 
 
 class Retention(Checkpoint):

@@ -120,6 +120,17 @@ def _device_errors(trainer: dict, strategy: dict, model: Declared, gpus: int) ->
     return errors
 
 
+def _retention_errors(trainer: dict) -> list[str]:
+    """A milestone is a periodic checkpoint kept forever: one only exists where checkpoints are written."""
+    every, keep = trainer["checkpoint_every_n_steps"], trainer.get("keep_every_n_steps")
+    if keep and keep % every:
+        return [
+            f"trainer.keep_every_n_steps={keep}: milestones are kept from the checkpoints written every "
+            f"trainer.checkpoint_every_n_steps={every} steps; make it a multiple of {every}"
+        ]
+    return []
+
+
 def _shard_errors(data: dict) -> list[str]:
     from voxfm.data.stream.sources import parse_sources
 
@@ -156,5 +167,6 @@ def combination_errors(cfg: dict, gpus: int) -> list[str]:
         + _loss_errors(cfg["objective"]["loss"], "objective.loss", crop)
         + _objective_errors(cfg, model, objective)
         + _device_errors(cfg["trainer"], cfg["strategy"], model, gpus)
+        + _retention_errors(cfg["trainer"])
         + _shard_errors(cfg["data"])
     )

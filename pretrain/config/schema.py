@@ -88,6 +88,7 @@ class WandbSchema:
     name: str | None
     group: str | None
     tags: list[str]
+    log_images: bool = False
 
 
 @dataclass

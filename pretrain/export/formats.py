@@ -26,11 +26,19 @@ def backbone_weights(backbone, in_channels: int | None = None) -> tuple[dict, di
     return exported_weights(backbone.state_dict(), backbone, in_channels)
 
 
+PLANS_NAME = "nnUNetPlans_voxfm"  # a plans file of its own: nnU-Net's 3d_fullres plans and data stay as planned
+
+
 def nnunet_plans_fragment(
     description: dict, kwargs: dict, patch_size, spacing, normalisation: dict | None, modalities
 ) -> dict:
-    """What to merge into nnU-Net's plans (a configuration inheriting 3d_fullres) and dataset.json; description:
-    the export's (its dotted nnU-Net class and the kwargs nnU-Net imports), kwargs: in nnU-Net's axis order."""
+    """What to merge into a copy of nnU-Net's plans (`PLANS_NAME`: a configuration inheriting 3d_fullres) and into
+    dataset.json; description: the export's (its dotted nnU-Net class and the kwargs nnU-Net imports), kwargs: in
+    nnU-Net's axis order.
+
+    The plans' `transpose_forward` is pinned to the identity: nnU-Net's planner otherwise puts the coarsest axis
+    first, and the network would see [Y, Z, X] where the weights were transposed for [Z, Y, X]. The configuration's
+    `data_identifier` is its own, so its preprocessed data never overwrite 3d_fullres's."""
     arch = {k: v for k, v in kwargs.items() if k not in ("input_channels", "num_classes", "deep_supervision")}
     schemes = {
         "CT": "CTNormalization",
@@ -41,18 +49,22 @@ def nnunet_plans_fragment(
     return {
         "dataset_json": {"overwrite_image_reader_writer": "NibabelIOWithReorient"},
         "plans": {
+            "plans_name": PLANS_NAME,
+            "transpose_forward": [0, 1, 2],
+            "transpose_backward": [0, 1, 2],
             "configurations": {
                 "3d_fullres_voxfm": {
                     "inherits_from": "3d_fullres",
+                    "data_identifier": f"{PLANS_NAME}_3d_fullres_voxfm",
                     "patch_size": list(reversed(patch_size)),
-                    "spacing": list(reversed(spacing)) if spacing else None,
+                    "spacing": list(reversed(spacing)),
                     "architecture": {
                         "network_class_name": description["class"],
                         "arch_kwargs": arch,
                         "_kw_requires_import": description["kwargs_requires_import"],
                     },
                 }
-            }
+            },
         },
         "normalization_schemes_by_modality": {m: schemes[m] for m in (modalities or {"CT": 0, "MR": 0})},
         "voxfm_normalisation": normalisation,

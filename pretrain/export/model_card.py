@@ -81,9 +81,12 @@ def continue_command(meta: dict) -> list[str]:
 
 NNUNET_STEPS = """1. Add `"overwrite_image_reader_writer": "NibabelIOWithReorient"` to your dataset.json (images are
    read in RAS, as in pretraining), then `nnUNetv2_plan_and_preprocess -d <ID> -c 3d_fullres`.
-2. Merge `plans.configurations.3d_fullres_voxfm` of `nnunet_plans_fragment.json` into
-   `$nnUNet_preprocessed/Dataset<ID>_<name>/nnUNetPlans.json`, then `nnUNetv2_preprocess -d <ID> -c 3d_fullres_voxfm`.
-3. `nnUNetv2_train <ID> 3d_fullres_voxfm <fold> -pretrained_weights nnunet_pretrained.pth`"""
+2. Copy `$nnUNet_preprocessed/Dataset<ID>_<name>/nnUNetPlans.json` to `nnUNetPlans_voxfm.json` beside it and merge
+   `plans` of `nnunet_plans_fragment.json` into the copy (its `plans_name`, `transpose_forward`,
+   `transpose_backward`, and `configurations.3d_fullres_voxfm` added), then
+   `nnUNetv2_preprocess -d <ID> -plans_name nnUNetPlans_voxfm -c 3d_fullres_voxfm`. A plans file of its own: the
+   axis order stays the one these weights were transposed for, and 3d_fullres's data stay as planned.
+3. `nnUNetv2_train <ID> 3d_fullres_voxfm <fold> -p nnUNetPlans_voxfm -pretrained_weights nnunet_pretrained.pth`"""
 
 
 NNSSL_STEPS = """Needs nnU-Net's main branch (pretrained fine-tuning arrived there in July 2026; the 2.8.1 release has

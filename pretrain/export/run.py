@@ -31,19 +31,19 @@ from voxfm.pretrain.export.formats import exported_weights, nnunet_plans_fragmen
 from voxfm.pretrain.export.model_card import write_model_card
 from voxfm.pretrain.export.nnssl import nnssl_checkpoint
 from voxfm.pretrain.export.swap import source_run, swapped_in
+from voxfm.pretrain.runtime.shareable import shareable_config
 from voxfm.pretrain.training.checkpoints import (
     backbone_arguments,
-    backbone_from_config,
     check_config_tree,
     consolidate_deepspeed,
     find_resume_checkpoint,
     is_deepspeed_checkpoint,
     load_checkpoint,
 )
+from voxfm.pretrain.training.sizes import check_shapes, sized
 
 BACKBONE_PREFIX = "backbone."
 FORMATS = ("monai", "nnunet", "nnssl", "full")
-PATH_KEYS = ("run_dir", "init_from", "shards")  # values that are paths whatever they look like
 NO_DATA = {"spacing": None, "orientation": "RAS", "normalisation": None, "modalities": None, "datasets": None}
 
 
@@ -57,23 +57,6 @@ def resolve_checkpoint(checkpoint: str) -> Path:
             f"checkpoint={checkpoint}: no checkpoint there (expected a .ckpt file or folder, or a run_dir)"
         )
     return path
-
-
-def path_name(value: str) -> str:
-    """The last component of a path, URL or `pipe:` command (`/data/ct/shard-{0..9}.tar` → `shard-{0..9}.tar`)."""
-    return value.rstrip("/").rsplit("/", 1)[-1]
-
-
-def shareable_config(config, key: str = ""):
-    """The stored config with no absolute path: values under `PATH_KEYS`, and any string that looks like a
-    path (absolute, `~`, a URL or a `pipe:` command), reduced to their last component."""
-    if isinstance(config, dict):
-        return {k: shareable_config(v, k) for k, v in config.items()}
-    if isinstance(config, list):
-        return [shareable_config(v, key) for v in config]
-    if isinstance(config, str) and (key in PATH_KEYS or config.startswith(("/", "~", "pipe:")) or "://" in config):
-        return path_name(config)
-    return config
 
 
 def _common_meta(ckpt: dict, ckpt_path: Path, config: dict, data: dict) -> dict:
@@ -123,12 +106,40 @@ def _stored_config(ckpt: dict, ckpt_path: Path) -> tuple[dict, dict]:
     loss = config["objective"].get("loss")
     if not isinstance(loss, dict) or not isinstance(loss.get("_target_"), str):
         raise ConfigError(f"checkpoint={ckpt_path}: voxfm_config.objective.loss._target_ is missing or not a string")
+    declared = read_declared(loss["_target_"]) if loss["_target_"].startswith("voxfm.") else None
+    if declared is None or type(declared.declaration).__name__ != "ObjectiveDeclaration":
+        raise ConfigError(
+            f"checkpoint={ckpt_path}: voxfm_config.objective.loss._target_={loss['_target_']!r}: refused; a stored "
+            "config may only name voxfm's objectives"
+        )
+    _check_data_record(stored, ckpt_path)
     if not isinstance(stored, dict) or not isinstance(ckpt.get("global_step"), int):
         raise ConfigError(f"checkpoint={ckpt_path}: voxfm_data must be a mapping and global_step an integer")
     state = ckpt.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"checkpoint={ckpt_path}: state_dict must map names to tensors")
     return config, {**NO_DATA, **stored}
+
+
+def _check_data_record(stored: dict, ckpt_path: Path) -> None:
+    """voxfm_data is what the shard set recorded; each field has the shape voxfm writes, or the export stops here,
+    before anything is written (a model card or plans fragment built from a crafted value would fail half-way)."""
+
+    def number_list(v) -> bool:
+        return isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and 0 < x < 1e6 for x in v)
+
+    shapes = {
+        "spacing": lambda v: v is None or number_list(v),
+        "orientation": lambda v: isinstance(v, str) and len(v) <= 8,
+        "normalisation": lambda v: v is None or isinstance(v, dict),
+        "modalities": lambda v: v is None or (isinstance(v, dict) and all(isinstance(n, int) for n in v.values())),
+        "datasets": lambda v: v is None or isinstance(v, (dict, list)),
+    }
+    for key, fits in shapes.items():
+        if key in stored and not fits(stored[key]):
+            raise ConfigError(
+                f"checkpoint={ckpt_path}: voxfm_data.{key}={stored[key]!r} is not what a shard set records"
+            )
 
 
 def teacher_prefix(config: dict) -> str | None:
@@ -157,11 +168,20 @@ def backbone_state(state: dict[str, torch.Tensor], config: dict, backbone: torch
     return weights
 
 
+def read_safetensors(path: Path, where: str) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a damaged or lying header is a ConfigError naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ConfigError(f"{where}: {path.name} unreadable ({type(err).__name__}: {err})") from None
+
+
 def full_export_backbone(folder: str | Path, where: str) -> tuple[dict, torch.nn.Module, dict]:
     """A format=full export → (full.json, the backbone its stored config names, built through the allowlist and
     never `instantiate`d, the weights of the model it exports: the teacher for self-distillation)."""
-    from safetensors.torch import load_file
-
     path = Path(folder)
     try:
         meta = json.loads((path / "full.json").read_text())
@@ -169,9 +189,12 @@ def full_export_backbone(folder: str | Path, where: str) -> tuple[dict, torch.nn
         raise ConfigError(f"{where}: full.json unreadable ({type(err).__name__}: {err})") from None
     check_config_tree(meta, f"{where}: full.json")
     config = upgraded(meta.get("config") if isinstance(meta, dict) and isinstance(meta.get("config"), dict) else {})
-    backbone = backbone_from_config(config.get("model"), f"{where}: full.json: config.model")
-    state = load_file(str(path / "model.safetensors"))
-    return meta, backbone, backbone_state(state, config, backbone)
+    cls, kwargs = backbone_arguments(config.get("model"), f"{where}: full.json: config.model")
+    described = sized(lambda: cls(**kwargs), f"{where}: full.json: config.model")  # nothing allocated yet
+    state = read_safetensors(path / "model.safetensors", where)
+    weights = backbone_state(state, config, described)
+    check_shapes(described, weights, f"{where}: model.safetensors")
+    return meta, cls(**kwargs), weights
 
 
 def run_export(
@@ -202,6 +225,16 @@ def run_export(
         raise ConfigError(
             "in_channels: format=full keeps the pretraining module as it is; inflate in format=monai, nnunet or nnssl"
         )
+    if export_format == "nnunet" and not data["spacing"]:
+        raise ConfigError(
+            f"format=nnunet: checkpoint={ckpt_path} does not record its shard set's spacing, which nnU-Net's "
+            "plans need; export format=monai (or nnssl) instead"
+        )
+    if export_format != "full":  # the backbone is built: its size first, on the meta device, before anything is written
+        where = f"checkpoint={ckpt_path}: voxfm_config.model"
+        described = sized(lambda: backbone_class(**backbone_kwargs), where)
+        state = backbone_state(ckpt["state_dict"], config, described)  # self-distillation: the EMA teacher
+        check_shapes(described, state, f"checkpoint={ckpt_path}")
     run = source_run(ckpt_path)
     with swapped_in(output, run, overwrite) as out:  # locked; written beside, then swapped in whole
         meta = {"format": f"voxfm-{export_format}/1", **_common_meta(ckpt, ckpt_path, config, data)}
@@ -213,7 +246,6 @@ def run_export(
             write_model_card(out, meta, export_format, backbone_class.adapter)
             return Path(output)
         backbone = backbone_class(**backbone_kwargs)  # only to read the architecture's kwargs
-        state = backbone_state(ckpt["state_dict"], config, backbone)  # self-distillation: the EMA teacher
         weights, arch = exported_weights(state, backbone, in_channels)
         meta.update(arch, channel_inflation=None if in_channels in (None, 1) else {"from": 1, "to": in_channels})
         if export_format == "nnunet":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,11 +41,19 @@ def read_labelled(shards: str) -> list[tuple[dict, np.ndarray, np.ndarray]]:
             "manifest with a `label` column"
         )
     labelled = [s for s in load_index(folder)["samples"] if s.get("label_path")]
-    out = []
+    out, skipped = [], 0
     for s, parts in read_samples(folder, labelled, ("json", "image.b2", "label.b2")):
-        meta = json.loads(parts["json"])
-        image = normalise(payload.decode(parts["image.b2"], meta["shape"]), meta["normalisation"])
-        out.append((meta | {"key": s["key"]}, image, payload.decode(parts["label.b2"], meta["shape"])))
+        try:  # a damaged sample (image or label map) is skipped with its reason, as pretraining's stream does
+            meta = json.loads(parts["json"])
+            image = normalise(payload.decode(parts["image.b2"], meta["shape"]), meta["normalisation"])
+            label = checked_label(payload.decode(parts["label.b2"], meta["shape"]))
+        except (ValueError, TypeError, KeyError) as err:
+            skipped += 1
+            print(f"voxfm: skipped damaged sample {s['key']}: {err}", file=sys.stderr, flush=True)
+            continue
+        out.append((meta | {"key": s["key"]}, image, label))
+    if skipped:
+        print(f"voxfm: warning: {skipped} of {len(labelled)} labelled sample(s) skipped as damaged", file=sys.stderr)
     if not out:
         raise ValueError(
             f"data.shards={shards}: no sample has a label map; shard images with their labels (x.nii.gz beside "
@@ -78,8 +87,24 @@ def split(samples: list, val_fraction: float, seed: int, n_train: int | None) ->
     return (train[:n_train] if n_train else train), val, how
 
 
+MAX_CLASSES = 1000  # more distinct values than this is not a segmentation (an image sharded as a label map?)
+
+
+def checked_label(label: np.ndarray) -> np.ndarray:
+    """A label map holds non-negative whole numbers: NaN, fractions or negatives make it a damaged sample."""
+    if not np.issubdtype(label.dtype, np.integer):
+        if not np.isfinite(label).all() or not np.array_equal(label, np.round(label)):
+            raise ValueError("label map: non-integer or non-finite values")
+    if label.size and label.min() < 0:
+        raise ValueError(f"label map: negative value {label.min()}")
+    return label
+
+
 def label_values(samples: list) -> list[int]:
-    return sorted({int(v) for _, _, label in samples for v in np.unique(label)} | {0})
+    values = sorted({int(v) for _, _, label in samples for v in np.unique(label)} | {0})
+    if len(values) > MAX_CLASSES:
+        raise ValueError(f"the label maps hold {len(values)} distinct values (at most {MAX_CLASSES} classes)")
+    return values
 
 
 def to_labelled(samples: list, values: list[int]) -> list[Labelled]:

@@ -14,13 +14,15 @@ An architecture no declared backbone has is an error, never a fallback.
 from __future__ import annotations
 
 import json
+import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from voxfm.pretrain.config.declarations import backbone_class_for, declared_backbones
 from voxfm.pretrain.errors import ConfigError, config_errors
+from voxfm.pretrain.training.sizes import sized
 
 
 def architectures() -> tuple[str, ...]:
@@ -38,9 +40,22 @@ def read_export(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
             f"backbone={folder}: expected a `voxfm export` folder (backbone.json + "
             "backbone.safetensors, or format=full's full.json + model.safetensors), or backbone=none"
         )
-    meta = json.loads((path / "backbone.json").read_text())
+    try:
+        meta = json.loads((path / "backbone.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"backbone={folder}: backbone.json unreadable ({type(err).__name__}: {err})") from None
     check_export_meta(meta, f"backbone={folder}: backbone.json")
-    return meta, load_file(str(path / "backbone.safetensors"))
+    from voxfm.pretrain.export.run import read_safetensors
+
+    return meta, finite(read_safetensors(path / "backbone.safetensors", f"backbone={folder}"), f"backbone={folder}")
+
+
+def finite(weights: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """Weights with a NaN or an infinity would fine-tune to Dice 0 without a word: refused, naming the tensor."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ConfigError(f"{where}: weight {name} holds non-finite values (NaN or infinity)")
+    return weights
 
 
 def _read_full(path: Path, folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -51,7 +66,7 @@ def _read_full(path: Path, folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
     from voxfm.pretrain.export.run import full_export_backbone
 
     meta, backbone, state = full_export_backbone(path, f"backbone={folder}")
-    weights, description = exported_weights(state, backbone, None)
+    weights, description = exported_weights(finite(state, f"backbone={folder}"), backbone, None)
     return {**meta, **description}, weights
 
 
@@ -81,7 +96,12 @@ def segmenter_with_weights(
 ) -> torch.nn.Module:
     """The segmentation network of an exported backbone (`meta`: architecture and kwargs) with its weights in the
     encoder (and where the family keeps it, the decoder); the pretraining head is replaced by this task's."""
-    net = build_segmenter(meta["architecture"], meta["kwargs"], n_classes, crop_size, unetr)
+    build = partial(build_segmenter, meta["architecture"], meta["kwargs"], n_classes, crop_size, unetr)
+    described = sized(build, what)  # on the meta device: a crafted backbone.json allocates nothing
+    with config_errors(), warnings.catch_warnings():  # keys and shapes against the file's tensors, still on meta
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
+        described.voxfm_adapter.load_pretrained(described, weights, what)
+    net = build()
     with config_errors():  # the export does not fit the network this config builds
         net.voxfm_adapter.load_pretrained(net, weights, what)
     return net

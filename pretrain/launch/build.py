@@ -38,7 +38,12 @@ from voxfm.pretrain.training.strategy import build_strategy
 
 
 def log_event(run_dir: Path, **event) -> None:
-    """One JSON line per start / resume / preempted / end in <run_dir>/events.jsonl: the run's history at a glance."""
+    """One JSON line per start / resume / preempted / end in <run_dir>/events.jsonl: the run's history at a glance.
+    A checkpoint is named relative to run_dir (an init_from export by its folder name): no absolute path, so the
+    run_dir can be shared."""
+    if isinstance(event.get("checkpoint"), str):
+        path, root = Path(event["checkpoint"]).resolve(), Path(run_dir).resolve()
+        event["checkpoint"] = str(path.relative_to(root)) if path.is_relative_to(root) else path.name
     append_line(run_dir / "events.jsonl", json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **event}))
 
 
@@ -130,7 +135,7 @@ def build_trainer(
     precision = trainer_precision(cfg)
     # flushed at every logging step, so a killed run loses no metrics it had logged
     loggers = [RunCSVLogger(str(run_dir), resume_step, flush_logs_every_n_steps=t.log_every_n_steps)]
-    wandb = None
+    wandb, wandb_images = None, bool((cfg.logger.get("wandb") or {}).get("log_images"))
     if cfg.logger.get("wandb") is not None:
         wandb = wandb_logger(run_dir, config, dict(cfg.logger.wandb))
         loggers.append(wandb)
@@ -169,7 +174,7 @@ def build_trainer(
             Throughput(),
             ConfigInCheckpoint(config, describe_shard_set(first_shard_set(cfg.data))),
             DataStats(source_names(cfg.data)),
-            ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb),
+            ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb if wandb_images else None),
             MetricCurves(run_dir),
             *([preemption] if preemption is not None else []),
             FinalCheckpoint(run_dir / "checkpoints"),

@@ -38,6 +38,7 @@ from voxfm.pretrain.finetune.model import build_segmenter, read_export, segmente
 from voxfm.pretrain.launch.run import write_config
 from voxfm.pretrain.runtime.metrics_csv import RunCSVLogger
 from voxfm.pretrain.runtime.quiet import model_line, quiet_start
+from voxfm.pretrain.runtime.shareable import path_name
 from voxfm.pretrain.training.checkpoint_io import AtomicCheckpointIO
 from voxfm.pretrain.training.checkpoints import find_resume_checkpoint, load_checkpoint
 from voxfm.pretrain.training.resume_check import config_changes, covered
@@ -206,9 +207,9 @@ def run_finetune(cfg: DictConfig) -> dict:
 
 def _finetune(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
-    with config_errors():  # shards without label maps: named in one line, exit 2
+    with config_errors():  # shards without label maps, or label maps that are no segmentation: one line, exit 2
         samples = read_labelled(cfg.data.shards)
-    values = label_values(samples)
+        values = label_values(samples)
     train_raw, val_raw, how = split(samples, cfg.data.val_fraction, cfg.seed, cfg.data.n_train)
     train, val = to_labelled(train_raw, values), to_labelled(val_raw, values)
     arms = ["pretrained", "scratch"] if cfg.compare_scratch else ["scratch" if cfg.backbone == "none" else "pretrained"]
@@ -216,8 +217,8 @@ def _finetune(cfg: DictConfig, run_dir: Path) -> dict:
     points = resume_points(cfg, arms, run_dir, config)  # nothing is written before every arm's resume is checked
     write_config(run_dir, cfg)
     results = {
-        "shards": str(cfg.data.shards),
-        "backbone": str(cfg.backbone),
+        "shards": path_name(str(cfg.data.shards)),  # names, not absolute paths: results are made to be shared
+        "backbone": path_name(str(cfg.backbone)),
         "seed": cfg.seed,
         "steps": cfg.steps,
         "split": how,

@@ -26,7 +26,7 @@ from voxfm.pretrain.callbacks.preemption import Preemption
 from voxfm.pretrain.callbacks.teardown import shut_down_process_group
 from voxfm.pretrain.config.renamed import renamed_key, upgraded
 from voxfm.pretrain.config.schema import validate_pretrain
-from voxfm.pretrain.errors import UnreadableCheckpoints
+from voxfm.pretrain.errors import ConfigError, UnreadableCheckpoints
 from voxfm.pretrain.launch.build import (
     build_loader,
     build_module,
@@ -109,9 +109,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     changes = {}
     if resume is not None:  # every rank checks (each must stop); nothing is written before this passes
         stored = load_checkpoint(resume, mmap=True).get("voxfm_config")
-        if stored is not None:
-            allowed = [renamed_key(k) for k in cfg.resume.allow_changes]
-            changes = check_resume_config(upgraded(stored), config, allowed, resume)
+        if not isinstance(stored, dict):  # without it, nothing says the checkpoint fits this config
+            raise ConfigError(
+                f"cannot resume from {resume}: it holds no voxfm_config (not written by voxfm pretrain), so it "
+                "cannot be checked against this config; nothing was written: use another run_dir"
+            )
+        allowed = [renamed_key(k) for k in cfg.resume.allow_changes]
+        changes = check_resume_config(upgraded(stored), config, allowed, resume)
     if is_job_owner():
         for name in ("events.jsonl", "metrics/metrics.csv", "wandb_id"):  # appended to in place: never a link
             refuse_a_link(run_dir / name)

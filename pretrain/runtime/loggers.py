@@ -13,6 +13,8 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
 
+from voxfm.pretrain.runtime.shareable import shareable_config
+
 ID_FILE = "wandb_id"
 
 
@@ -35,8 +37,22 @@ def run_id(run_dir: Path) -> str:
 
 
 def wandb_logger(run_dir: Path, config: dict, settings: dict) -> WandbLogger:
-    settings = {**settings, "name": settings.get("name") or Path(run_dir).resolve().name}
-    logger = WandbLogger(save_dir=str(run_dir), config=config, id=run_id(Path(run_dir)), resume="allow", **settings)
+    """W&B gets the run's metrics and its config with every path reduced to its last component; no command line,
+    host, git state or code (`x_disable_meta`, `disable_git`, `save_code=False`), and no picture of the data
+    unless `logger.wandb.log_images=true` (the README's "Trust and sharing" lists it)."""
+    import wandb
+
+    settings = {k: v for k, v in settings.items() if k != "log_images"}
+    settings["name"] = settings.get("name") or Path(run_dir).resolve().name
+    private = wandb.Settings(x_disable_meta=True, disable_git=True, save_code=False)
+    logger = WandbLogger(
+        save_dir=str(run_dir),
+        config=shareable_config(config),
+        id=run_id(Path(run_dir)),
+        resume="allow",
+        settings=private,
+        **settings,
+    )
     logger._wandb_init.pop("anonymous", None)  # Lightning passes anonymous=None, which wandb warns is deprecated
     return logger
 

@@ -23,6 +23,7 @@ import torch
 
 from voxfm.pretrain.config.declarations import declared_backbones
 from voxfm.pretrain.errors import ConfigError, UnreadableCheckpoints
+from voxfm.pretrain.training.sizes import check_stored_records, sized
 
 PERIODIC = re.compile(r"step(\d+)\.ckpt")
 DEEPSPEED_MODEL_STATES = (
@@ -53,6 +54,7 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
         if not states:
             raise ConfigError(f"{path}: no model-states file in this DeepSpeed checkpoint")
         path = states[0]
+    check_stored_records(path)  # a compressed record could inflate to gigabytes
     return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
 
 
@@ -195,4 +197,5 @@ def backbone_from_config(model: dict, where: str):
     """The backbone a stored config describes; never Hydra's `instantiate`, which would call whatever a crafted
     file names."""
     cls, kwargs = backbone_arguments(model, where)
+    sized(lambda: cls(**kwargs), where)  # its size first, on the meta device
     return cls(**kwargs)

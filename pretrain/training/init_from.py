@@ -38,6 +38,8 @@ def init_module(module, folder: str, max_steps: int) -> int:
     with config_errors():  # the export does not fit this experiment's network
         load_strict(module, state, f"init_from={folder}")
     step = int(meta["step"])
+    if step < 0:
+        raise ConfigError(f"init_from={folder}: full.json's step {step} is negative")
     if step >= max_steps:
         raise ConfigError(f"init_from={folder} is at step {step}: set trainer.max_steps above it to train further")
     return step

@@ -1,6 +1,8 @@
 """Retention: the newest `trainer.keep_last_n` periodic checkpoints plus `keep_every_n_steps` milestones stay,
 `last.ckpt` and half-written `.tmp` files are never touched, and resume still finds the newest."""
 
+import torch
+
 from voxfm.pretrain.callbacks.retention import prune_checkpoints, to_prune
 from voxfm.pretrain.cli.main import main
 from voxfm.pretrain.training.checkpoints import find_resume_checkpoint
@@ -13,12 +15,18 @@ def test_which_steps_go():
     assert to_prune(steps, None, 4) == set() and to_prune([2, 4], 3, 4) == set()
 
 
+def _checkpoint(path, step):
+    torch.save({"global_step": step, "voxfm_config": {}}, path)
+
+
 def test_pruning_leaves_last_tmp_and_other_files(tmp_path):
     for step in range(1, 11):
-        (tmp_path / f"step{step:06d}.ckpt").write_bytes(b"x")
+        _checkpoint(tmp_path / f"step{step:06d}.ckpt", step)
     ds = tmp_path / "step000002.ckpt"  # a DeepSpeed folder and its universal conversion go together
     ds.unlink()
     (ds / "checkpoint").mkdir(parents=True)
+    _checkpoint(ds / "checkpoint" / "mp_rank_00_model_states.pt", 2)
+    (ds / "latest").write_text("checkpoint")
     (tmp_path / "step000002.ckpt.universal").mkdir()
     for name in ("last.ckpt", "step000011.ckpt.tmp", "step000012-v1.ckpt"):
         (tmp_path / name).write_bytes(b"x")
@@ -33,6 +41,23 @@ def test_pruning_leaves_last_tmp_and_other_files(tmp_path):
         "step000011.ckpt.tmp",
         "step000012-v1.ckpt",
     ]
+
+
+def test_only_what_voxfm_wrote_is_pruned(tmp_path):
+    """A user's file under a checkpoint's name, a damaged checkpoint and a link (to a folder) are left alone, and
+    do not count among the newest kept."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "data").mkdir(parents=True)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for step in (1, 2, 3):
+        _checkpoint(folder / f"step{step:06d}.ckpt", step)
+    (folder / "step000004.ckpt").write_text("my notes")
+    (folder / "step000005.ckpt").symlink_to(elsewhere)
+    _checkpoint(folder / "step000006.ckpt", 99)  # its content says another step
+    assert [p.name for p in prune_checkpoints(folder, 2, None)] == ["step000001.ckpt"]
+    assert (folder / "step000004.ckpt").read_text() == "my notes" and (elsewhere / "data").is_dir()
+    assert (folder / "step000006.ckpt").exists()
 
 
 def test_ten_saves_keep_exactly_the_configured_checkpoints(tmp_path, shard_dir):

@@ -133,3 +133,16 @@ def test_a_second_shard_into_an_output_exits_2_and_the_first_finishes(tmp_path, 
     assert "sharded 6/6 inputs" in stdout  # 6 phantoms, each with its label map
     index = json.loads((out / "index.json").read_text())
     assert len(index["samples"]) == 6 and sum(s["n_samples"] for s in index["shards"]) == 6
+
+
+def test_a_released_lock_keeps_no_host_or_command_and_an_unwritable_folder_exits_4(tmp_path, shard_dir, capsys):
+    with folder_lock(tmp_path / "out", "output") as path:
+        held = json.loads(path.read_text())
+        assert held["pid"] == os.getpid() and "command" in held
+        with pytest.raises(FolderLocked, match="never delete the lock file while that process lives"):
+            with folder_lock(tmp_path / "out", "output"):
+                pass
+    assert (tmp_path / "out" / LOCK_NAME).read_text() == ""  # a folder shared afterwards names no host or command
+    args = ["pretrain", "experiment=demo", f"data.shards={shard_dir}", "run_dir=/sys/voxfm-run", "trainer.max_steps=1"]
+    assert main(args) == 4  # /sys cannot take a folder, even for root
+    assert "run_dir=/sys/voxfm-run: cannot create its lock" in capsys.readouterr().err

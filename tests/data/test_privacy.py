@@ -12,7 +12,8 @@ from tests.dicom_series import write_series
 from voxfm.data.ingest.inputs import pseudonym
 from voxfm.data.ingest.run import run_shard
 from voxfm.data.phantoms import phantom
-from voxfm.pretrain.export.run import run_export, shareable_config
+from voxfm.pretrain.export.run import run_export
+from voxfm.pretrain.runtime.shareable import shareable_config
 
 AFFINE = np.diag([-1.2, -0.9, 2.5, 1.0])
 

@@ -2,6 +2,7 @@
 inflation, the full module for further pretraining, and load failures that name every bad key."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -64,7 +65,10 @@ def test_nnunet_format_loads_through_nnunets_own_functions_in_its_axis_order(mim
     assert fragment["dataset_json"] == {"overwrite_image_reader_writer": "NibabelIOWithReorient"}
     config = fragment["plans"]["configurations"]["3d_fullres_voxfm"]
     assert config["spacing"] == [1.5, 1.5, 1.5] and config["inherits_from"] == "3d_fullres"
-    assert "nnUNetv2_train <ID> 3d_fullres_voxfm <fold> -pretrained_weights" in (out / "README.md").read_text()
+    assert (
+        "nnUNetv2_train <ID> 3d_fullres_voxfm <fold> -p nnUNetPlans_voxfm -pretrained_weights"
+        in (out / "README.md").read_text()
+    )
     _run_snippet(out, monkeypatch)  # nnU-Net's get_network_from_plans + load_pretrained_weights (3 classes)
 
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -144,6 +148,11 @@ def test_a_full_export_continues_pretraining_from_its_step_with_its_weights(mim_
     assert all(torch.equal(v, exported[k]) for k, v in module.state_dict().items())  # the exported weights
     with pytest.raises(ValueError, match="set trainer.max_steps above it"):
         init_module(module, str(out), 2)
+    negative = tmp_path / "negative"
+    shutil.copytree(out, negative)
+    (negative / "full.json").write_text(json.dumps({**json.loads((out / "full.json").read_text()), "step": -500}))
+    with pytest.raises(ValueError, match="full.json's step -500 is negative"):  # it would train at negative rates
+        init_module(module, str(negative), 5)
 
     run_pretrain(cfg)
     ckpt = torch.load(tmp_path / "new" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -158,7 +167,7 @@ def test_a_full_export_continues_pretraining_from_its_step_with_its_weights(mim_
     ]
     assert lr[0] == pytest.approx(3e-3 * 3 / 10)  # the warm-up schedule at step 2, not at step 0
     events = [json.loads(line) for line in (tmp_path / "new" / "events.jsonl").read_text().splitlines()]
-    assert events[0]["event"] == "start" and events[0]["step"] == 2 and events[0]["checkpoint"] == str(out)
+    assert events[0]["event"] == "start" and events[0]["step"] == 2 and events[0]["checkpoint"] == out.name
 
 
 def test_init_from_a_mismatched_model_names_the_bad_keys(mim_run, tmp_path, shard_dir):

@@ -35,7 +35,7 @@ def _checkpoint(folder, model: dict):
         "state_dict": {"backbone.norm.weight": torch.ones(48)},
         "voxfm_config": {
             "model": model,
-            "objective": {"loss": {"_target_": "voxfm.pretrain.objectives.mae.MAE"}},
+            "objective": {"loss": {"_target_": "voxfm.pretrain.objectives.mae.MAEObjective"}},
             "data": {"crop_size": [32, 32, 32]},
         },
     }
@@ -74,6 +74,26 @@ def test_every_hydra_key_foreign_target_or_non_plain_argument_is_refused_by_name
         with pytest.raises(ValueError, match=key.replace("[", r"\[").replace("]", r"\]")):
             run_export(str(ckpt), str(tmp_path / export_format), export_format=export_format)
         assert not (tmp_path / export_format).exists()
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda c: c["voxfm_config"]["objective"]["loss"].update(_target_="os.system"), "objective.loss._target_="),
+        (lambda c: c.update(voxfm_data={"spacing": "1.5mm"}), "voxfm_data.spacing='1.5mm' is not what"),
+        (lambda c: c.update(voxfm_data={"modalities": {"CT": "x"}}), "voxfm_data.modalities="),
+    ],
+)
+def test_a_foreign_objective_or_a_crafted_data_record_is_refused_before_writing(tmp_path, edit, words, capsys):
+    ckpt = _checkpoint(tmp_path / "run", VIT)
+    saved = torch.load(ckpt, weights_only=True)
+    edit(saved)
+    torch.save(saved, ckpt)
+    for export_format in ("monai", "full"):
+        assert (
+            main(["export", f"checkpoint={ckpt}", f"output={tmp_path / export_format}", f"format={export_format}"]) == 2
+        )
+        assert words in capsys.readouterr().err and not (tmp_path / export_format).exists()
 
 
 def test_a_plain_stored_config_still_exports(tmp_path):

@@ -96,3 +96,24 @@ def test_a_second_job_and_a_planted_link_are_refused(labelled, tmp_path, capsys)
     (run / "config.yaml.tmp").symlink_to(elsewhere)
     assert _finetune(labelled, run, "steps=2") == 0
     assert elsewhere.read_text() == "precious\n" and not (run / "config.yaml").is_symlink()
+
+
+def test_a_damaged_label_map_is_skipped_with_its_reason(labelled, tmp_path, capsys):
+    import io
+    import shutil
+    import tarfile
+
+    damaged = tmp_path / "shards"
+    shutil.copytree(labelled, damaged)
+    shard = damaged / "shard-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    victim = next(m.name for m, _ in members if m.name.endswith(".label.b2"))
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            data = b"not a label map" if member.name == victim else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    assert _finetune(damaged, tmp_path / "run", "steps=2") == 0
+    err = capsys.readouterr().err
+    assert f"skipped damaged sample {victim.removesuffix('.label.b2')}" in err and "1 of 3 labelled" in err

@@ -64,7 +64,8 @@ def test_a_signal_checkpoints_exits_75_and_the_rerun_continues(tmp_path, shard_d
     assert event["event"] == "preempted" and event["signal"] == signal.Signals(signum).name
     stopped = event["step"]
     assert stopped >= 5 and f"stopped by {signal.Signals(signum).name} at step {stopped}" in err
-    assert load_checkpoint(event["checkpoint"], mmap=True)["global_step"] == stopped
+    assert event["checkpoint"] == f"checkpoints/step{stopped:06d}.ckpt"  # relative to run_dir: shareable
+    assert load_checkpoint(run_dir / event["checkpoint"], mmap=True)["global_step"] == stopped
     assert find_resume_checkpoint(run_dir / "checkpoints")[1] == stopped
 
     rerun = subprocess.run(_cmd(shard_dir, run_dir, stopped + 3), cwd=REPO, env=ENV, capture_output=True, text=True)

@@ -47,6 +47,12 @@ def test_a_run_resumed_twice_keeps_one_metrics_file_and_one_wandb_run(tmp_path, 
     # offline-run-<time>-<id>[-<n> when two start within a second]
     runs = {p.name.split("-")[3] for p in (run_dir / "wandb").iterdir() if p.name.startswith("offline-run-")}
     assert runs == {run_id}, sorted(os.listdir(run_dir / "wandb"))
+    # what W&B keeps: no absolute path, no command line, no picture of the data (log_images is off by default)
+    sent = "".join(
+        p.read_text(errors="replace") for p in (run_dir / "wandb").rglob("*") if p.suffix in (".yaml", ".json")
+    )
+    assert str(tmp_path) not in sent and "sys.argv" not in sent and '"args"' not in sent
+    assert not list((run_dir / "wandb").rglob("media/images/*"))
 
     curves = Image.open(run_dir / "metrics.png")
     assert curves.size[0] > 300 and curves.size[1] > 200

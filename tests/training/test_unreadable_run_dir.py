@@ -48,3 +48,17 @@ def test_a_run_dir_whose_checkpoints_are_gone_is_refused_until_its_record_is_cle
     assert "events.jsonl records checkpoints up to step 2" in capsys.readouterr().err
     os.remove(run_dir / "events.jsonl")  # asked for: start this run_dir over
     assert main(_args(shard_dir, run_dir, 2)) == 0
+
+
+def test_a_checkpoint_without_its_config_is_refused_not_resumed_unchecked(tmp_path, shard_dir, capsys):
+    import torch
+
+    run_dir = tmp_path / "run"
+    assert main(_args(shard_dir, run_dir, 2)) == 0
+    for path in (run_dir / "checkpoints").iterdir():
+        ckpt = torch.load(path, weights_only=True)
+        del ckpt["voxfm_config"]
+        torch.save(ckpt, path)
+    capsys.readouterr()
+    assert main(_args(shard_dir, run_dir, 4)) == 2
+    assert "holds no voxfm_config" in capsys.readouterr().err
