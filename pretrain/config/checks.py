@@ -113,10 +113,31 @@ def _device_errors(trainer: dict, strategy: dict, model: Declared, gpus: int) ->
         errors.append(f"strategy.offload_optimizer=true: needs ZeRO stage 2 or 3, got stage {strategy['stage']}")
     if name != "deepspeed" and set(strategy) - {"name"}:
         errors.append(f"strategy={name}: {sorted(set(strategy) - {'name'})} apply to DeepSpeed only")
+    errors += _gpu_mode_errors(trainer, strategy, on_gpu)
     if name == "deepspeed" and trainer["precision"] == "16-mixed":
         errors.append(
             "trainer.precision=16-mixed with DeepSpeed: use bf16-mixed (voxfm does not configure fp16 loss scaling)"
         )
+    return errors
+
+
+def _gpu_mode_errors(trainer: dict, strategy: dict, on_gpu: bool) -> list[str]:
+    """The opt-in GPU modes, refused before launch where they cannot work."""
+    errors, mode, zero3 = [], trainer.get("compile_mode", "default"), strategy.get("stage") == 3
+    if mode != "default":
+        if not on_gpu:
+            errors.append(
+                f"trainer.compile_mode={mode}: GPU only (inductor's autotuning, CUDA graphs); on a CPU use default"
+            )
+        elif not trainer["compile"]:
+            errors.append(f"trainer.compile_mode={mode}: needs trainer.compile=true")
+        elif strategy["name"] == "deepspeed" and zero3:
+            errors.append(f"trainer.compile_mode={mode}: ZeRO-3 compiles block by block around its hooks; use default")
+    if trainer.get("fp8"):
+        if not on_gpu:
+            errors.append("trainer.fp8=true: FP8 linears need an H100-class GPU (compute capability >= 8.9)")
+        elif strategy["name"] == "deepspeed" and zero3:
+            errors.append("trainer.fp8=true: not with ZeRO-3 (its partitioned weights); use ddp or ZeRO-2")
     return errors
 
 

@@ -59,6 +59,8 @@ class TrainerSchema:
     compile: bool
     activation_checkpointing: bool
     peak_tflops: float | None = field(**bounded(gt=0.0))
+    compile_mode: Literal["default", "max-autotune", "reduce-overhead"] = "default"
+    fp8: bool = False
 
 
 @dataclass

@@ -99,10 +99,11 @@ def build_module(cfg: DictConfig) -> PretrainModule:
     if objective.declaration.teacher:  # a copy of the plain student, before speed-ups wrap its blocks
         objective.attach_teacher(backbone, half_precision_weights=half_precision_weights(cfg))
     mode = compile_mode(cfg.trainer.compile, OmegaConf.to_container(cfg.strategy))
-    parallelize(backbone, cfg.trainer.activation_checkpointing, mode)
+    with config_errors():  # fp8 on a GPU that has none
+        parallelize(backbone, cfg.trainer.activation_checkpointing, mode, fp8=cfg.trainer.get("fp8", False))
     optim = cfg.optim
     with config_errors():  # e.g. optim.freeze_last_layer_steps without a `last_layer` to hold
-        return PretrainModule(
+        module = PretrainModule(
             backbone=backbone,
             objective=objective,
             view_pipeline=views,
@@ -118,6 +119,8 @@ def build_module(cfg: DictConfig) -> PretrainModule:
             weight_decay_end=optim.weight_decay_end,
             freeze_last_layer_steps=optim.freeze_last_layer_steps,
         )
+    module.compiled.mode = cfg.trainer.get("compile_mode", "default")  # torch.compile's mode for the whole step
+    return module
 
 
 def build_trainer(

@@ -65,8 +65,8 @@ class CompiledStep:
     """`wrap(name, fn)` → fn itself when disabled, else its compiled version: one per name (a variant: logging
     step or not, region dtype), made on first use."""
 
-    def __init__(self, enabled: bool = False):
-        self.enabled = enabled
+    def __init__(self, enabled: bool = False, mode: str = "default"):
+        self.enabled, self.mode = enabled, mode  # mode: torch.compile's (max-autotune, reduce-overhead: GPU only)
         self._functions: dict[str, Callable] = {}
         self.compile_seconds: dict[str, float] = {}
 
@@ -74,7 +74,8 @@ class CompiledStep:
         if not self.enabled:
             return fn
         if name not in self._functions:
-            self._functions[name] = self._timed(name, torch.compile(own_code(fn), fullgraph=True, dynamic=False))
+            compiled = torch.compile(own_code(fn), fullgraph=True, dynamic=False, mode=self.mode)
+            self._functions[name] = self._timed(name, compiled)
         return self._functions[name]
 
     def _timed(self, name: str, compiled: Callable) -> Callable:
@@ -89,4 +90,4 @@ class CompiledStep:
         return first_call
 
     def __getstate__(self) -> dict:
-        return {"enabled": self.enabled, "_functions": {}, "compile_seconds": {}}
+        return {"enabled": self.enabled, "mode": self.mode, "_functions": {}, "compile_seconds": {}}

@@ -41,6 +41,7 @@ FREE = (
     "trainer.images_every_n_steps",
     "trainer.max_nonfinite_steps",
     "trainer.compile",
+    "trainer.compile_mode",
     "trainer.activation_checkpointing",
     "trainer.peak_tflops",
     "data.num_workers",
@@ -49,7 +50,13 @@ FREE = (
     "strategy",
 )
 ABSENT = "<absent>"
-ADDED = {"optim.layer_decay": 1.0, "optim.weight_decay_end": None, "optim.freeze_last_layer_steps": 0}
+ADDED = {
+    "optim.layer_decay": 1.0,
+    "optim.weight_decay_end": None,
+    "optim.freeze_last_layer_steps": 0,
+    "trainer.compile_mode": "default",
+    "trainer.fp8": False,
+}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, object]:

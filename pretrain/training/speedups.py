@@ -1,5 +1,6 @@
 """Speed applied from outside the model, in one ordered function (torchtitan's `parallelize` pattern).
 
+0. FP8 linears (`trainer.fp8`, H100-class GPUs): torchao's float8 training swaps eligible nn.Linear layers;
 1. activation checkpointing: each transformer block (ViT) or residual block (ResEnc UNet) recomputes its
    activations in backward instead of keeping them — memory for ~1/3 more compute;
 2. `torch.compile`: `"step"` compiles the whole step — device-side views, backbone, objective and loss — as graphs
@@ -45,11 +46,40 @@ def compile_mode(trainer_compile: bool, strategy: dict) -> str | None:
     return "blocks" if strategy.get("name") == "deepspeed" and strategy.get("stage") == 3 else "step"
 
 
+def fp8_linears(backbone: nn.Module) -> list[str]:
+    """The backbone's linears in FP8 for training (torchao's float8 training, rowwise scaling: an H100-class GPU's
+    FP8 GEMMs). Only layers whose both sizes are multiples of 16 (FP8 GEMM tiles) are swapped; each keeps its
+    parameters (same names, same precision), so checkpoints and exports are unchanged. Returns the swapped names."""
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9):
+        name = torch.cuda.get_device_name()
+        raise ValueError(f"trainer.fp8=true: {name} has no FP8 GEMMs (compute capability >= 8.9: H100, H200, L40S)")
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except ImportError:
+        raise ValueError("trainer.fp8=true needs torchao: pip install torchao") from None
+
+    swapped = []
+
+    def eligible(module: nn.Module, name: str) -> bool:
+        ok = isinstance(module, nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+        if ok:
+            swapped.append(name)
+        return ok
+
+    convert_to_float8_training(
+        backbone, config=Float8LinearConfig.from_recipe_name("rowwise"), module_filter_fn=eligible
+    )
+    return swapped
+
+
 def parallelize(
-    backbone: nn.Module, activation_checkpointing: bool = False, compiled: bool | str | None = None
+    backbone: nn.Module, activation_checkpointing: bool = False, compiled: bool | str | None = None, fp8: bool = False
 ) -> nn.Module:
     """compiled: "blocks" (or True) compiles each repeated block here; "step" is applied by the training module
-    (it compiles the stage and the objective around this backbone), None/False leaves the model eager."""
+    (it compiles the stage and the objective around this backbone), None/False leaves the model eager. fp8: the
+    backbone's linears in FP8 (`fp8_linears`), first, so compile sees the FP8 layers."""
+    if fp8:
+        fp8_linears(backbone)
     per_block = compiled is True or compiled == "blocks"
     blocks = repeated_blocks(backbone) if (activation_checkpointing or per_block) else []
     for block in blocks:

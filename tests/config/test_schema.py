@@ -59,6 +59,9 @@ BAD = [  # (overrides, text the one-line error must contain)
     (["strategy=ddp_spawn"], "ResEnc blocks cannot be pickled"),
     (["data.region_size=[32,32,32]"], "data.region_size=[32, 32, 32]: too small for 2 view(s)"),
     (["model=nope"], "Available options in 'model'"),
+    (["trainer.compile_mode=max-autotune"], "trainer.compile_mode=max-autotune: GPU only"),
+    (["trainer.compile_mode=reduce-overhead"], "trainer.compile_mode=reduce-overhead: GPU only"),
+    (["trainer.fp8=true"], "trainer.fp8=true: FP8 linears need an H100-class GPU"),
     (
         ["trainer.checkpoint_every_n_steps=300", "trainer.keep_every_n_steps=1000"],
         "trainer.keep_every_n_steps=1000: milestones are kept from the checkpoints written every",

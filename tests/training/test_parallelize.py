@@ -46,3 +46,30 @@ def test_compiled_blocks_give_the_same_numbers_and_names():
     (l1, g1), (l2, g2) = _loss_and_grads(plain, x), _loss_and_grads(fast, x)
     assert torch.allclose(l1, l2, rtol=1e-4) and all(torch.allclose(a, b, atol=1e-4) for a, b in zip(g1, g2))
     assert list(plain.state_dict()) == list(fast.state_dict())
+
+
+def test_fp8_swaps_the_tile_sized_linears_and_keeps_every_parameter_name():
+    pytest.importorskip("torchao.float8")
+    from voxfm.pretrain.export.formats import backbone_weights
+    from voxfm.pretrain.training.speedups import fp8_linears
+
+    torch.manual_seed(0)
+    plain = ViT(1, 16, 4, 48, 96, 2, 4)  # hidden 48, MLP 96: multiples of 16
+    converted = ViT(1, 16, 4, 48, 96, 2, 4)
+    converted.load_state_dict(plain.state_dict())
+    swapped = fp8_linears(converted)
+    assert swapped and all(type(converted.get_submodule(n)).__name__ == "Float8Linear" for n in swapped)
+    assert {n for n, m in plain.named_modules() if isinstance(m, torch.nn.Linear)} == set(swapped)
+    assert converted.state_dict().keys() == plain.state_dict().keys()  # checkpoints and exports are unchanged
+    assert all(v.dtype == torch.float32 for v in converted.state_dict().values())  # the weights' own precision
+    exported, _ = backbone_weights(converted)
+    assert exported.keys() == backbone_weights(plain)[0].keys()
+
+
+def test_the_whole_step_is_compiled_in_the_mode_asked(monkeypatch):
+    from voxfm.pretrain.training.compiled_step import CompiledStep
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: modes.append(kwargs["mode"]) or fn)
+    CompiledStep(True, "max-autotune").wrap("step", lambda x: x)
+    assert modes == ["max-autotune"]
