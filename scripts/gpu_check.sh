@@ -113,6 +113,19 @@ for variant in "strategy=deepspeed_zero2" "strategy=deepspeed_zero3" "trainer.co
   cp "$WORK/run_$name/metrics/metrics.csv" "$OUT/metrics_$name.csv" 2>/dev/null
 done
 
+# bf16 against FP8 linears (trainer.fp8, torchao rowwise): 300 compiled steps each, their loss curves side by side
+# (bf16_vs_fp8.png) and samples/s from their metrics; GPU only (a CPU refuses trainer.fp8 before launch)
+if [ "${TINY:-0}" != 1 ]; then
+  for fp8 in false true; do
+    T 120 "fp8_$fp8" "$PY" -m voxfm pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_fp8_$fp8" \
+      trainer.compile=true trainer.fp8=$fp8 trainer.max_steps=300 trainer.log_every_n_steps=10 \
+      trainer.checkpoint_every_n_steps=300 trainer.progress_bar=false trainer.images_every_n_steps=0
+    cp "$WORK/run_fp8_$fp8/metrics/metrics.csv" "$OUT/metrics_fp8_$fp8.csv" 2>/dev/null
+  done
+  "$PY" -m voxfm plot run_dir="[$WORK/run_fp8_false,$WORK/run_fp8_true]" output="$OUT/bf16_vs_fp8.png" \
+    >> "$OUT/fp8_true.txt" 2>&1
+fi
+
 # fine-tuning (bf16 on the GPU): a ResEnc pretrained a few steps, exported, then pretrained vs scratch on the
 # labelled phantoms (finetune_resenc: the full ResEnc-L UNet, 160³)
 T 90 finetune_pretrain "$PY" -m voxfm pretrain "${FT_PRE[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_ft" \

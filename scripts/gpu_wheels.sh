@@ -8,7 +8,7 @@ grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/ex
 PACKAGES=(monai==1.6.1 hydra-core==1.3.8 omegaconf==2.3.1 webdataset==1.0.2
           braceexpand==0.1.7 nibabel==5.4.2 importlib-resources==7.1.0 blosc2==4.14.1 ndindex==1.10.1
           numexpr==2.14.2 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-          dynamic-network-architectures==0.4.4 hjson==3.1.0 pydicom==3.0.2
+          dynamic-network-architectures==0.4.4 hjson==3.1.0 pydicom==3.0.2 torchao==0.18.0
           typing-extensions==4.16.0)  # pydantic needs >= 4.16, newer than some images hold
 PLATFORMS=()
 for n in 2_28 2_27 2_24 2_17 2_5; do PLATFORMS+=(--platform "manylinux_${n}_x86_64"); done
