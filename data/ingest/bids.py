@@ -20,6 +20,7 @@ from pathlib import Path
 from voxfm.data.ingest.inputs import Discovered, InputVolume, stem
 from voxfm.data.ingest.modality import from_bids_suffix
 from voxfm.data.ingest.volumes import is_nifti
+from voxfm.data.ingest.walk import files_under
 
 SEGMENTATION_SUFFIXES = {"dseg", "seg", "mask", "label", "labels"}
 LABEL_SUFFIXES = SEGMENTATION_SUFFIXES | {"probseg", "roi", "defacemask"}  # never images
@@ -38,7 +39,7 @@ def parse(path: Path) -> tuple[dict[str, str], str, list[str]]:
 def read_bids(root: Path, name: str, found: Discovered) -> None:
     images: dict[tuple, list[tuple[str, str]]] = {}  # (sub, ses, datatype) → [(path, suffix)]
     labels, derived = [], []
-    for p in sorted(f for f in root.rglob("*") if f.is_file()):
+    for p in files_under(root, found):
         rel = p.relative_to(root).parts
         if rel[0] == "derivatives":
             derived.append(p)

@@ -3,8 +3,9 @@ read here, a folder read by its layout (`data/ingest/layouts.py`).
 
 An input is one NIfTI file (or one channel of a 4D one) or one DICOM series (all files of a SeriesInstanceUID,
 wherever they lie).
-Every other file of a folder is listed as ignored, never silently dropped. Content hashes identify
-inputs across reruns (resume) and within a run (duplicates).
+Every other file of a folder is listed as ignored, never silently dropped (`data/ingest/walk.py`). Content hashes
+identify inputs across reruns (resume) and within a run (duplicates); a file's identity (size, mtime, inode) is taken
+with its hash and checked again once its voxels are read, so an input is never sharded under another content's hash.
 
 A shard set is made to be shared, so what it records is pseudonymous: a subject is a salted hash of its
 identifier (manifest column, DICOM PatientID or file name; `pseudonym`), and a source path is relative to
@@ -24,6 +25,10 @@ from pathlib import Path
 from voxfm.data.ingest.dicom import is_dicom, read_header
 from voxfm.data.ingest.preprocess import MODALITIES
 from voxfm.data.ingest.volumes import RejectedVolume
+from voxfm.data.ingest.walk import enter, files_under, relative, within
+
+Stamp = tuple[int, int, int, int]  # a file's identity: size, mtime_ns, inode, device
+CHANGED = "changed while being read"
 
 MANIFEST_COLUMNS = ("path", "modality", "dataset", "subject", "label")
 DICOM_MODALITIES = {"CT": "CT", "MR": "MR", "PT": "PET"}
@@ -42,6 +47,7 @@ class InputVolume:
     modality_source: str | None = None  # which evidence gave `modality` (voxfm.data.ingest.modality.SOURCES)
     frame: int | None = None  # one channel of a 4D file (a Decathlon image): its index
     layout: str = "plain"  # the layout its dataset was read as (voxfm.data.ingest.layouts.LAYOUTS)
+    stamps: tuple[tuple[str, Stamp], ...] = ()  # (file, its identity when hashed): checked again once read
 
 
 @dataclass
@@ -58,6 +64,8 @@ class Discovered:
     datasets: dict[str, str] = field(default_factory=dict)  # name → layout
     notes: list[str] = field(default_factory=list)  # what the run should say once (a damaged dataset.json ...)
     folders: dict[str, str] = field(default_factory=dict)  # dataset name → its folder: two folders, two names
+    walked: dict[str, str] = field(default_factory=dict)  # real path of each folder read → the path it was read at
+    output: str = ""  # the real path of the output folder: never read as input
     _where: dict = field(default_factory=dict)  # (path, frame) → index in `nifti`, for pairing labels
 
     def dataset(self, folder: Path, layout: str) -> str:
@@ -87,19 +95,15 @@ class Discovered:
         self.rejected.append({"path": path, "reason": reason})
 
 
-def relative(path: str, root: str) -> str:
-    """`path` as recorded in a shard set: relative to the input root; a path outside it (a manifest row
-    pointing elsewhere) by its name only, so no absolute path (user names, site folders) is ever stored."""
-    p = Path(path)
-    try:
-        return p.relative_to(root).as_posix() if root else p.name
-    except ValueError:
-        return p.name
-
-
-def strip_root(text: str, root: str) -> str:
-    """A rejection reason or note (which may quote an error naming a file) with the input root's absolute path
-    dropped."""
+def strip_root(text: str, root: str, *paths: str | None) -> str:
+    """A rejection reason or note (which may quote an error naming a file) as a shard set records it: each of
+    `paths` (an input, its label; an error may quote them, or what a link of theirs points to outside the root) by
+    its recorded name, then the input root's absolute path dropped."""
+    for path in (p for p in paths if p):
+        forms = {path, os.path.realpath(path)} - {root}
+        for form in sorted(forms, key=len, reverse=True):
+            if not (root and within(form, root)):
+                text = text.replace(form, relative(path, root))
     return text.replace(root.rstrip("/") + "/", "") if root else text
 
 
@@ -127,12 +131,16 @@ def _modality(value: str, where: str) -> str | None:
 
 
 def _scan_dicom_folder(folder: Path, template: InputVolume, found: Discovered) -> None:
-    """A manifest row naming a folder: its DICOM files are the row's series; every other file is ignored."""
-    for p in sorted(p for p in folder.rglob("*") if p.is_file()):
+    """A manifest row naming a folder: its DICOM files are the row's series; every other file is ignored. Its links
+    are followed within the input root, or within the folder itself where it lies outside the root."""
+    real = os.path.realpath(folder)
+    if not enter(folder, found):
+        return
+    for p in files_under(folder, found, bound=found.root if within(real, found.root) else real):
         if is_dicom(p):
-            found.dicom_files.append((str(p.resolve()), template))
+            found.dicom_files.append((str(p), template))
         else:
-            found.ignored.append(str(p.resolve()))
+            found.ignored.append(str(p))
 
 
 def read_manifest(path: Path, found: Discovered) -> None:
@@ -147,8 +155,8 @@ def read_manifest(path: Path, found: Discovered) -> None:
     if unknown:
         raise ValueError(f"input={path}: unknown manifest columns {sorted(unknown)}; allowed: {list(MANIFEST_COLUMNS)}")
 
-    def resolve(p: str) -> str:
-        return str(p if Path(p).is_absolute() else (path.parent / p).resolve())
+    def resolve(p: str) -> str:  # not through links: a row's path is recorded as written, never a link's target
+        return os.path.normpath(os.path.join(found.root, p))
 
     for i, row in enumerate(rows, start=2):
         src = resolve(row["path"].strip())
@@ -169,24 +177,51 @@ def read_manifest(path: Path, found: Discovered) -> None:
             found.add(vol)
 
 
-def file_hash(path: str) -> str:
+def stamp_of(st: os.stat_result) -> Stamp:
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev
+
+
+def hash_file(path: str) -> tuple[str, Stamp]:
+    """(sha256 of the bytes read, the identity of the file they came from); `RejectedVolume` if it was written to
+    while being hashed."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
+        before = stamp_of(os.fstat(f.fileno()))
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+        if stamp_of(os.fstat(f.fileno())) != before:
+            raise RejectedVolume(f"{CHANGED}: written to while it was hashed")
+    return h.hexdigest(), before
 
 
-def scan_dicom_file(path: str) -> tuple[dict | None, str, str | None]:
-    """(header keys or None, content hash, rejection reason or None) of one DICOM file: runs in the pool."""
+def file_hash(path: str) -> str:
+    return hash_file(path)[0]
+
+
+def check_unchanged(vol: InputVolume) -> None:
+    """After `vol` is read: each of its files is still the one hashed (not replaced, not written to since), so the
+    voxels read are the content its hash names; else `RejectedVolume`, and a rerun shards what it holds by then."""
+    for path, stamp in vol.stamps:
+        try:
+            now = stamp_of(os.stat(path))
+        except OSError:
+            now = None
+        if now != stamp:
+            what = f" ({Path(path).name})" if vol.files else ""
+            raise RejectedVolume(f"{CHANGED}: replaced or written to after it was hashed{what}; rerun to shard it")
+
+
+def scan_dicom_file(path: str) -> tuple[dict | None, str, Stamp | None, str | None]:
+    """(header keys or None, content hash, identity, rejection reason or None) of one DICOM file: runs in the pool."""
     try:
-        return read_header(path), file_hash(path), None
+        header = read_header(path)
+        return (header, *hash_file(path), None)
     except RejectedVolume as err:
-        return None, "", str(err)
+        return None, "", None, str(err)
     except OSError as err:
-        return None, "", f"unreadable: {err}"
+        return None, "", None, f"unreadable: {err}"
     except Exception as err:  # one damaged file never stops the scan
-        return None, "", f"unreadable DICOM: {type(err).__name__}: {err}"
+        return None, "", None, f"unreadable DICOM: {type(err).__name__}: {err}"
 
 
 def group_series(

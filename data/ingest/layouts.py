@@ -16,6 +16,7 @@ image and never become images: one without its image is rejected as `label map, 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from voxfm.data.ingest.inputs import Discovered, read_manifest
@@ -27,8 +28,9 @@ CHANNELS = ("separate", "first")  # a case's channels _0000, _0001, ...: one sam
 BIDS_DATATYPES = {"anat", "func", "dwi", "fmap", "perf", "pet", "ct"}
 
 
-def discover(input_: str, layout: str = "auto", channels: str = "separate") -> Discovered:
-    """A folder (searched recursively, read by its layout) or a .csv manifest → inputs, rejected, ignored files."""
+def discover(input_: str, layout: str = "auto", channels: str = "separate", output: str | None = None) -> Discovered:
+    """A folder (searched recursively, read by its layout) or a .csv manifest → inputs, rejected, ignored files.
+    `output`: the shard set's folder, never read as input where it lies inside the input."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}; allowed: {', '.join(LAYOUTS)}")
     if channels not in CHANNELS:
@@ -36,6 +38,8 @@ def discover(input_: str, layout: str = "auto", channels: str = "separate") -> D
     path = Path(input_)
     root = path.resolve().parent if path.suffix == ".csv" else path.resolve()
     found = Discovered([], [], [], root=str(root), channels=channels)
+    found.output = os.path.realpath(output) if output else ""
+    found.walked[str(root)] = str(root)
     try:
         if path.is_file() and path.suffix == ".csv":
             read_manifest(path, found)
@@ -73,11 +77,16 @@ def detect(folder: Path, forced: str | None = None) -> str | None:
 
 
 def _has_datatypes(subject: Path) -> bool:
-    """sub-01/anat/, sub-01/ses-1/func/, ...: a BIDS subject, not any folder whose name starts with sub-."""
-    folders = [p for p in subject.iterdir() if p.is_dir()]
-    return any(p.name in BIDS_DATATYPES for p in folders) or any(
-        p.name.startswith("ses-") and any(q.is_dir() and q.name in BIDS_DATATYPES for q in p.iterdir()) for p in folders
-    )
+    """sub-01/anat/, sub-01/ses-1/func/, ...: a BIDS subject, not any folder whose name starts with sub-. A folder
+    that cannot be listed tells nothing here (the walk rejects it with its reason)."""
+    try:
+        folders = [p for p in subject.iterdir() if p.is_dir()]
+        return any(p.name in BIDS_DATATYPES for p in folders) or any(
+            p.name.startswith("ses-") and any(q.is_dir() and q.name in BIDS_DATATYPES for q in p.iterdir())
+            for p in folders
+        )
+    except OSError:
+        return False
 
 
 def read_dataset_json(folder: Path) -> tuple[dict, str | None]:

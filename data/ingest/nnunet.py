@@ -21,6 +21,7 @@ from pathlib import Path
 from voxfm.data.ingest.inputs import Discovered, InputVolume, stem
 from voxfm.data.ingest.modality import from_name
 from voxfm.data.ingest.volumes import is_nifti, n_frames
+from voxfm.data.ingest.walk import files_under
 
 NNUNET_NAME = re.compile(r"Dataset\d{3}_.+")
 MSD_NAME = re.compile(r"Task\d{2,3}_.+")
@@ -35,15 +36,18 @@ def read_nnunet(folder: Path, name: str, kind: str, meta: dict, found: Discovere
     names = meta.get("channel_names") or meta.get("modality") or {}
     names = {str(k): str(v) for k, v in names.items()} if isinstance(names, dict) else {}
     known = set(IMAGE_FOLDERS) | set(IMAGE_FOLDERS.values())
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and not (p.relative_to(folder).parts[0] in known or p.name == "dataset.json"):
-            if is_nifti(p):
-                where = f"not in imagesTr/, imagesTs/ or labelsTr/ of {name}"
-                found.reject(str(p), f"{where}: the layout does not say what it is (move it, or list it in a manifest)")
-            else:
-                found.ignored.append(str(p))
+    by_folder: dict[str, list[Path]] = {}  # imagesTr, labelsTr ... → the files under it
+    for p in files_under(folder, found):
+        top = p.relative_to(folder).parts
+        if len(top) > 1 and top[0] in known:
+            by_folder.setdefault(top[0], []).append(p)
+        elif is_nifti(p):
+            where = f"not in imagesTr/, imagesTs/ or labelsTr/ of {name}"
+            found.reject(str(p), f"{where}: the layout does not say what it is (move it, or list it in a manifest)")
+        elif p != folder / "dataset.json":
+            found.ignored.append(str(p))
     for images_name, labels_name in IMAGE_FOLDERS.items():
-        images, labels = _files(folder / images_name, found), _files(folder / labels_name, found)
+        images, labels = _nifti(by_folder.get(images_name, []), found), _nifti(by_folder.get(labels_name, []), found)
         channelled = _channelled([stem(str(p)) for p in images], {stem(str(p)) for p in labels}, names)
         cases: dict[str, list[InputVolume]] = {}
         for p in images:
@@ -54,9 +58,8 @@ def read_nnunet(folder: Path, name: str, kind: str, meta: dict, found: Discovere
         _pair_cases(labels, labels_name, cases, found)
 
 
-def _files(folder: Path, found: Discovered) -> list[Path]:
-    """The NIfTI files under `folder` (other files: ignored)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+def _nifti(files: list[Path], found: Discovered) -> list[Path]:
+    """The NIfTI files of `files` (others: ignored)."""
     found.ignored += [str(p) for p in files if not is_nifti(p)]
     return [p for p in files if is_nifti(p)]
 

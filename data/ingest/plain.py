@@ -1,5 +1,6 @@
 """The walk of an input folder, and the plain folders in it: datasets of known layouts are handed to their readers,
-the rest read as plain datasets.
+the rest read as plain datasets (what the walk does with links, unreadable folders and the output folder:
+`data/ingest/walk.py`).
 
 A plain folder is one dataset, named after it (after its parent where its own name says what files are, as
 `images/` does). In a collection (a folder holding datasets of known layouts) each other first-level folder is
@@ -20,6 +21,7 @@ from voxfm.data.ingest.inputs import Discovered, InputVolume, stem
 from voxfm.data.ingest.modality import LABEL_SUFFIXES
 from voxfm.data.ingest.nnunet import IMAGE_FOLDERS, NOT_A_LABEL
 from voxfm.data.ingest.volumes import is_nifti
+from voxfm.data.ingest.walk import enter, listing, readable
 
 LABEL_FOLDERS = {"labels", "labelsTr", "labelsTs", "labelsVal", "masks", "segmentations", "derivatives"}
 LABEL_NAMES = {"label", "labels", "seg", "segmentation", "mask"}  # a file named only so: its folder's image's label
@@ -43,31 +45,23 @@ def read_plain(root: Path, found: Discovered, kind_of: Callable, read: Callable)
         return
     plain: list[Path] = []  # NIfTI and DICOM files outside any dataset of a known layout
     labels: list[Path] = []
-    seen = {root.resolve()}
 
-    def walk(folder: Path) -> None:
-        for p in sorted(folder.iterdir()):
-            if p.is_dir() and p.resolve() in seen:
-                found.notes.append(f"{p}: a symbolic link to a folder already read, not read again")
-            elif p.is_dir() and (kind := kind_of(p)) is not None:
-                seen.add(p.resolve())
-                read(p, kind)
-            elif p.is_dir():
-                seen.add(p.resolve())
-                walk(p)
-            elif not p.exists():  # a broken symbolic link
-                if is_nifti(p):
-                    found.reject(str(p), "unreadable: a symbolic link to nothing")
+    def walk(entries: list[Path]) -> None:
+        for p in entries:
+            if not p.is_dir():
+                if is_nifti(p) and is_label_name(p, root):
+                    labels.append(p)
+                elif is_nifti(p) or is_dicom(p):
+                    plain.append(p)
                 else:
                     found.ignored.append(str(p))
-            elif is_nifti(p) and is_label_name(p, root):
-                labels.append(p)
-            elif is_nifti(p) or is_dicom(p):
-                plain.append(p)
-            else:
-                found.ignored.append(str(p))
+            elif enter(p, found) and readable(p, found):  # before its layout is looked at
+                if (kind := kind_of(p)) is not None:
+                    read(p, kind)
+                else:
+                    walk(listing(p, found) or [])
 
-    walk(root)
+    walk(listing(root, found) or [])
     collection = bool(found.datasets)  # datasets of known layouts were found: each first-level folder is one
     images: dict[Path, list[Path]] = {}  # every plain image, by its path without extension
     for p in plain:

@@ -53,18 +53,21 @@ def _dicom_headers(found) -> tuple[list, list[dict], list[str]]:
     return [vol for vol, _ in series], rejected + segmentations, no_image
 
 
-def plan_shard(input_path: str, preprocess: dict, layout: str = "auto", channels: str = "separate") -> dict:
-    """What `run_shard` would do with these settings, from layouts and headers; writes nothing."""
+def plan_shard(
+    input_path: str, preprocess: dict, layout: str = "auto", channels: str = "separate", output: str | None = None
+) -> dict:
+    """What `run_shard` would do with these settings, from layouts and headers; writes nothing. `output`: the shard
+    set's folder, not read as input where it lies inside the input."""
     start = time.perf_counter()
     opts = PreprocessOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in preprocess.items()})
-    found = discover(input_path, layout, channels)
+    found = discover(input_path, layout, channels, output)
     series, rejected, no_image = _dicom_headers(found)
     rejected = list(found.rejected) + rejected
     entries = []
     for vol in found.nifti:
         reason = _header_reason(vol, opts)
         if reason is not None:
-            rejected.append({"path": vol.path, "reason": reason})
+            rejected.append({"path": vol.path, "reason": reason, "label": vol.label})
         else:
             entries.append(
                 (vol.dataset, vol.modality or UNDECIDED, vol.modality_source or "intensities", bool(vol.label))
@@ -77,7 +80,11 @@ def plan_shard(input_path: str, preprocess: dict, layout: str = "auto", channels
         **tally(entries, found.datasets),
         "n_rejected": len(rejected),
         "rejected": [
-            {"path": relative(r["path"], found.root), "reason": strip_root(r["reason"], found.root)} for r in rejected
+            {
+                "path": relative(r["path"], found.root),
+                "reason": strip_root(r["reason"], found.root, r["path"], r.get("label")),
+            }
+            for r in rejected
         ],
         "n_ignored": len(found.ignored) + len(no_image),
         "ignored": [relative(p, found.root) for p in found.ignored + no_image],

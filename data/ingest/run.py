@@ -3,7 +3,8 @@
 Work runs in `workers` processes, one subject (all its volumes) per task (`process_unit`, `data/ingest/units.py`);
 results are written in a fixed order, and a shard only ends between subjects, so a subject's volumes share a shard.
 A shard is published (renamed) before the index names it: killed at any moment, a rerun redoes only inputs the
-index does not hold (by content hash), and every good volume ends in the shards exactly once.
+index does not hold (by content hash), and every good volume ends in the shards exactly once. The workers never
+outlive the command, and SIGTERM stops it with exit 75 (`data/ingest/workers.py`).
 
 A shard set is shared: it records subjects as salted hashes (one salt per set, in index.json's config), paths
 relative to the input root, and DICOM UIDs only with `preprocess.keep_dicom_uids=true`.
@@ -13,15 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, replace
-from multiprocessing import get_context
 from pathlib import Path
 
 from tqdm import tqdm
@@ -29,8 +24,9 @@ from tqdm import tqdm
 from voxfm.data.ingest import payload
 from voxfm.data.ingest.inputs import (
     InputVolume,
-    file_hash,
+    Stamp,
     group_series,
+    hash_file,
     pseudonym,
     relative,
     scan_dicom_file,
@@ -43,14 +39,10 @@ from voxfm.data.ingest.preprocess import UNKNOWN_MODALITY, PreprocessOptions
 from voxfm.data.ingest.shard_set import REPORT, ShardSetWriter, load_index, write_json_atomic
 from voxfm.data.ingest.tally import tally_index
 from voxfm.data.ingest.units import Unit, process_unit
-
-
-class WorkerDied(RuntimeError):
-    """A worker process vanished (killed for memory, most likely); finished shards are kept."""
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from voxfm.data.ingest.volumes import RejectedVolume
+from voxfm.data.ingest.workers import ShardStopped as ShardStopped  # re-exported: callers catch them from here
+from voxfm.data.ingest.workers import WorkerDied as WorkerDied
+from voxfm.data.ingest.workers import available_cores, ordered, sigterm_stops, worker_pool
 
 
 def reason_counts(rejected: list[dict]) -> dict[str, int]:
@@ -62,66 +54,41 @@ def reason_counts(rejected: list[dict]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _init_worker() -> None:
-    import blosc2
-
-    blosc2.set_nthreads(1)  # one core per worker: `workers` is the parallelism
-
-
-def _ordered(pool: ProcessPoolExecutor | None, fn: Callable, items: Iterable, window: int) -> Iterator:
-    """fn over items in order, at most `window` in flight (bounded memory); in this process without a pool."""
-    if pool is None:
-        yield from map(fn, items)
-        return
-    pending: deque = deque()
+def _hash_or_reason(path: str) -> tuple[str, Stamp | None, str | None]:
     try:
-        for item in items:
-            pending.append((item, pool.submit(fn, item)))
-            if len(pending) >= window:
-                yield pending[0][1].result()
-                pending.popleft()
-        while pending:
-            yield pending[0][1].result()
-            pending.popleft()
-    except BrokenProcessPool as err:
-        # the pool does not say which task died, and every unfinished one fails alike: name all in flight
-        what = "; ".join(", ".join(v.path for v, _ in i[:3]) if isinstance(i, list) else str(i) for i, _ in pending)
-        raise WorkerDied(
-            f"a worker process died (killed for lack of memory?) while working on one of: {what}; "
-            "finished shards are kept: rerun the same command to continue, with fewer workers="
-        ) from err
-
-
-def _hash_or_reason(path: str) -> tuple[str, str | None]:
-    try:
-        return file_hash(path), None
+        return (*hash_file(path), None)
+    except RejectedVolume as err:
+        return "", None, str(err)
     except OSError as err:
-        return "", f"unreadable: {err}"
+        return "", None, f"unreadable: {err}"
 
 
 def _scan(found, pool, progress: bool) -> tuple[list[tuple[InputVolume, str]], list[dict], list[str]]:
     """Hash every input (and read DICOM headers): (inputs with hashes, rejections, DICOM files without images).
-    One channel of a 4D file is told from the others by its index, hashed in with the file's content."""
-    inputs, rejected, scanned = [], list(found.rejected), []
+    One channel of a 4D file is told from the others by its index, hashed in with the file's content. Each input
+    carries its files' identities from the hashing, checked again once it is read (`inputs.check_unchanged`)."""
+    inputs, rejected, scanned, stamps = [], list(found.rejected), [], {}
     n = len(found.nifti) + len(found.dicom_files)
     with tqdm(total=n, desc="scan", unit="file", disable=not progress or n == 0) as bar:
-        hashes = _ordered(pool, _hash_or_reason, [v.path for v in found.nifti], 64)
-        for vol, (digest, reason) in zip(found.nifti, hashes):
+        hashes = ordered(pool, _hash_or_reason, [v.path for v in found.nifti], 64)
+        for vol, (digest, stamp, reason) in zip(found.nifti, hashes):
             if reason is None:
-                inputs.append((vol, channel_digest(digest, vol.frame)))
+                inputs.append((replace(vol, stamps=((vol.path, stamp),)), channel_digest(digest, vol.frame)))
             else:
                 rejected.append({"path": vol.path, "reason": reason})
             bar.update()
         paths = [f for f, _ in found.dicom_files]
-        for (file, template), (header, digest, reason) in zip(
-            found.dicom_files, _ordered(pool, scan_dicom_file, paths, 64)
+        for (file, template), (header, digest, stamp, reason) in zip(
+            found.dicom_files, ordered(pool, scan_dicom_file, paths, 64)
         ):
             if reason is not None:
                 rejected.append({"path": file, "reason": reason})
             else:
                 scanned.append((file, template, header, digest))
+                stamps[file] = stamp
             bar.update()
     series, no_image, segmentations = group_series(scanned)
+    series = [(replace(v, stamps=tuple((f, stamps[f]) for f in v.files)), digest) for v, digest in series]
     return inputs + series, rejected + segmentations, no_image
 
 
@@ -153,6 +120,7 @@ def _plan(inputs, index: dict) -> tuple[list[Unit], int, list[dict], list[dict]]
 
 
 @locks_folder("output", "output")  # one job per shard set: a second exits 2 naming the holder
+@sigterm_stops()  # SIGTERM: the workers killed, the shards published so far kept, exit 75
 def run_shard(
     input_path: str,
     output: str,
@@ -177,7 +145,7 @@ def run_shard(
     if unknown_modality not in UNKNOWN_MODALITY:
         raise ValueError(f"unknown_modality={unknown_modality!r}; allowed: {', '.join(UNKNOWN_MODALITY)}")
     start = time.perf_counter()
-    found = discover(input_path, layout, channels)
+    found = discover(input_path, layout, channels, output)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     index = load_index(out)
@@ -191,12 +159,7 @@ def run_shard(
         raise ValueError(f"output={output}: index.json config.subject_salt={salt!r}: expected a string")
     index["config"] = {**config, "subject_salt": salt}
     n_workers = workers or available_cores()
-    pool = (
-        ProcessPoolExecutor(n_workers, mp_context=get_context("fork"), initializer=_init_worker)
-        if n_workers > 1
-        else None
-    )
-    try:
+    with worker_pool(n_workers) as pool:
         inputs, rejected, no_image = _scan(found, pool, progress)
         inputs = [(replace(vol, subject=pseudonym(vol.subject, salt)), digest) for vol, digest in inputs]
         n_inputs = len(inputs) + len(rejected)  # + files rejected while scanning (damaged DICOM)
@@ -208,10 +171,10 @@ def run_shard(
         work = sum(len(u) for u in units)
         with tqdm(total=work, desc="shard", unit="vol", disable=not progress or work == 0) as bar:
             task = _Task(opts, codec, unknown_modality)
-            for results in _ordered(pool, task, units, window=2 * n_workers):
+            for results in ordered(pool, task, units, window=2 * n_workers):
                 for vol, _, outcome in results:
                     if isinstance(outcome, str):
-                        rejected.append({"path": vol.path, "reason": outcome})
+                        rejected.append({"path": vol.path, "reason": outcome, "label": vol.label})
                         continue
                     for key, files, meta in outcome:
                         # the index stays light: foreground points travel only inside the sample
@@ -222,13 +185,12 @@ def run_shard(
                 writer.end_group()
                 bar.update(len(results))
         writer.flush()
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
     write_json_atomic(out / "index.json", index)
-    ignored = [relative(p, found.root) for p in found.ignored + no_image]
+    root = found.root
+    ignored = [relative(p, root) for p in found.ignored + no_image]
     rejected = [
-        {"path": relative(r["path"], found.root), "reason": strip_root(r["reason"], found.root)} for r in rejected
+        {"path": relative(r["path"], root), "reason": strip_root(r["reason"], root, r["path"], r.get("label"))}
+        for r in rejected
     ]
     seconds = time.perf_counter() - start
     report = {
@@ -242,7 +204,7 @@ def run_shard(
         "rejected": rejected,
         "n_ignored": len(ignored),
         "ignored": ignored,
-        "notes": [strip_root(n, found.root) for n in found.notes],  # a damaged dataset.json, a folder link read once
+        "notes": [strip_root(n, root) for n in found.notes],  # a damaged dataset.json, a folder link read once
         "n_shards": len(index["shards"]),
         **tally_index(index, found.datasets),  # the shard set's inputs per dataset, modality and its source
         "workers": n_workers,

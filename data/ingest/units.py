@@ -2,7 +2,8 @@
 
 `process_unit` runs in a worker process (`data/ingest/run.py` hands it out and writes what it returns): each input
 is read (NIfTI within its byte budget before any voxel is read, or a DICOM series), preprocessed and encoded, every
-frame of it before any is written, and whatever one input raises rejects that input only.
+frame of it before any is written, and whatever one input raises rejects that input only. Once read, its files must
+still be the ones hashed (`inputs.check_unchanged`): an input is never sharded under another content's hash.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import nibabel as nib
 
 from voxfm.data.ingest import payload
-from voxfm.data.ingest.inputs import InputVolume, relative, sample_key
+from voxfm.data.ingest.inputs import InputVolume, check_unchanged, relative, sample_key
 from voxfm.data.ingest.preprocess import PreprocessOptions, check_mb, preprocess
 from voxfm.data.ingest.volumes import RejectedVolume, Volume, check_header, load_volume, n_frames
 
@@ -103,6 +104,7 @@ def process_unit(
                 split = frame is not None and vol.frame is None  # frames=all/first: the key names the frame
                 key = sample_key(vol, digest) + (f"_f{frame:04d}" if split else "")
                 samples.append((key, files, meta))
+            check_unchanged(vol)  # the voxels read are the content `digest` names
             out.append((vol, digest, samples))
         except Exception as err:  # whatever one input raises rejects that input only: the run goes on
             out.append((vol, digest, rejection_reason(err)))

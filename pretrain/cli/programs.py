@@ -21,7 +21,7 @@ def shard_report(cfg: DictConfig) -> dict:
     with config_errors():
         preprocess = OmegaConf.to_container(cfg.preprocess)
         if cfg.dry_run:
-            return plan_shard(cfg.input, preprocess, cfg.layout, cfg.channels)
+            return plan_shard(cfg.input, preprocess, cfg.layout, cfg.channels, output=cfg.output)
         return run_shard(
             cfg.input,
             cfg.output,
