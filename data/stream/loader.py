@@ -19,6 +19,7 @@ import torch
 from voxfm.data.stream.batches import collate_regions
 from voxfm.data.stream.device_feed import DeviceFeed, PinnedBuffers, buffer_count, collate_into
 from voxfm.data.stream.regions import QUEUED_PER_WORKER, RegionStream, check_group
+from voxfm.data.stream.skips import UnreadableShards
 
 _RUNNING: dict[int, tuple[threading.Event, list[threading.Thread]]] = {}
 
@@ -107,6 +108,8 @@ class ThreadLoader:
         try:
             while True:
                 item = out.get()
+                if isinstance(item, UnreadableShards):  # says all there is (the shards); the thread adds nothing
+                    raise item
                 if isinstance(item, BaseException):
                     raise RuntimeError(f"a data-loader thread failed: {type(item).__name__}: {item}") from item
                 yield item

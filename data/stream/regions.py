@@ -4,12 +4,12 @@ Each data-loader worker on each rank draws shards at random with replacement (`R
 from a seed that mixes (seed, rank, worker), so the stream is infinite, differs per rank and
 worker, and needs no shared filesystem listing beyond the shard URLs; or, with `resampled=False`,
 reads exact passes split by (rank, worker). Several shard sets mix by weight (`data/stream/sources.py`).
-A truncated shard or a damaged sample is skipped with a warning and counted, never fatal. Workers decode whole
-volumes (blosc2) and cut **regions** in the stored dtype (int16 for CT), each with its volume's normalisation
-record (`data/stream/samples.py`): `data.regions_per_volume` from each volume read, spread over many batches by a
-pool of decoded volumes (`data/stream/pool.py`, `data.pool_gib`), and collate them into batches
-(`data/stream/batches.py`). Views, normalisation and augmentation happen later, batched on the training device
-(`data/views/pipeline.py`): a CPU core only decodes and copies.
+A truncated shard or a damaged sample is skipped with a warning and counted (`data/stream/skips.py`); only a set
+with nothing usable stops the run. Workers decode whole volumes (blosc2) and cut **regions** in the stored dtype
+(int16 for CT), each with its volume's normalisation record (`data/stream/samples.py`): `data.regions_per_volume`
+from each volume read, spread over many batches by a pool of decoded volumes (`data/stream/pool.py`,
+`data.pool_gib`), and collate them into batches (`data/stream/batches.py`). Views, normalisation and augmentation
+happen later, batched on the training device (`data/views/pipeline.py`): a CPU core only decodes and copies.
 """
 
 from __future__ import annotations
@@ -28,34 +28,11 @@ from voxfm.data.stream.batches import collate_regions
 from voxfm.data.stream.crops import random_crop, triple
 from voxfm.data.stream.pool import FeedCounters, Volume, VolumePool, sample_bytes
 from voxfm.data.stream.samples import load_volume, region_record
+from voxfm.data.stream.skips import SkipCounter
 from voxfm.data.stream.sources import epoch_samples, mix, parse_sources, resampled_samples
 
 log = logging.getLogger("voxfm.data")
-MAX_SKIPPED_IN_A_ROW = 1000  # nothing but damaged data this long: the shard set itself is unusable
 QUEUED_PER_WORKER = 4  # batches a loader keeps ready per worker
-
-
-class SkipCounter:
-    """Counts damaged shards/samples a worker skipped; gives up only when nothing readable comes at all."""
-
-    def __init__(self):
-        self.count, self.in_a_row = 0, 0
-
-    def skip(self, err: BaseException) -> bool:
-        self.count += 1
-        self.in_a_row += 1
-        log.warning(
-            "voxfm: skipped damaged data (%d so far in this worker): %s: %s", self.count, type(err).__name__, err
-        )
-        if self.in_a_row >= MAX_SKIPPED_IN_A_ROW:
-            raise RuntimeError(
-                f"{self.in_a_row} damaged shards/samples in a row and nothing readable: check the "
-                f"shard set (last error: {type(err).__name__}: {err})"
-            ) from err
-        return True  # webdataset: continue with the next sample
-
-    def ok(self) -> None:
-        self.in_a_row = 0
 
 
 class RegionStream(IterableDataset):
@@ -95,6 +72,9 @@ class RegionStream(IterableDataset):
         self.regions_per_volume, self.foreground_prob = regions_per_volume, foreground_prob
         self.shuffle_buffer, self.seed, self.resampled = shuffle_buffer, seed, resampled
         self.pool_gib, self.pool_volumes, self.group = pool_gib, pool_volumes, group
+        counts = [s.n_samples for s in self.sources]
+        self.distinct = None if None in counts else sum(counts)  # distinct volumes, where the index says
+        self._fit_pool_to_the_set()
         if pool_gib == 0 and shuffle_buffer < 4 * regions_per_volume:
             log.warning(
                 "voxfm: without a volume pool (data.pool_gib=0) each volume's %d regions are mixed by a "
@@ -103,6 +83,23 @@ class RegionStream(IterableDataset):
                 regions_per_volume,
                 shuffle_buffer,
             )
+
+    def _fit_pool_to_the_set(self) -> None:
+        """A set of fewer volumes than a pool (or a batch) repeats volumes in every batch: said once, here. The pool
+        then holds at most that many, not copies of them read again (a one-volume set filled it with 48)."""
+        size, what = (self.pool_volumes, "data.pool_volumes") if self.pool_gib > 0 else (self.group, "a batch")
+        if self.distinct is None or self.distinct >= size:
+            return
+        log.warning(
+            "voxfm: the shard set has %d distinct volume(s), fewer than %s (%d): batches will repeat volumes (each "
+            "draws from at most %d)%s",
+            self.distinct,
+            what,
+            size,
+            self.distinct,
+            f"; each data worker's pool holds at most {self.distinct}" if self.pool_gib > 0 else "",
+        )
+        self.pool_volumes = min(self.pool_volumes, self.distinct)
 
     @staticmethod
     def _rank_world() -> tuple[int, int]:
@@ -150,12 +147,13 @@ class RegionStream(IterableDataset):
         slot, n_slots = rank * n_workers + worker, world * n_workers
         worker_seed = (self.seed * 1_000_003 + rank) * 1_009 + worker
         streams = [
-            resampled_samples(s.urls, self.seed, worker_seed + 7919 * i, skips.skip)
+            resampled_samples(s.urls, self.seed, worker_seed + 7919 * i, skips.skip, on_shard=skips.opened)
             if self.resampled
-            else epoch_samples(s.urls, self.seed + 7919 * i, slot, n_slots, skips.skip)
+            else epoch_samples(s.urls, self.seed + 7919 * i, slot, n_slots, skips.skip, on_shard=skips.opened)
             for i, s in enumerate(self.sources)
         ]
-        return mix(streams, [s.weight for s in self.sources], np.random.default_rng([self.seed, rank, worker, 1]))
+        mixed = mix(streams, [s.weight for s in self.sources], np.random.default_rng([self.seed, rank, worker, 1]))
+        return _arriving(mixed, skips)
 
     def worker_stream(self, worker: int, n_workers: int = 1, counters: FeedCounters | None = None) -> Iterator[dict]:
         """The infinite region stream of data worker `worker` (a loader process or thread) on this rank; `counters`
@@ -186,7 +184,8 @@ class RegionStream(IterableDataset):
 
     def _pool_filled(self, worker: int, n: int, held_bytes: int) -> None:
         log.info("voxfm: data worker %d holds %d decoded volumes (%.2f GiB)", worker, n, held_bytes / 2**30)
-        if n < self.group:
+        whole_set = self.distinct is not None and n >= self.distinct  # its size was warned about at the start
+        if n < self.group and not whole_set:
             log.warning(
                 "voxfm: data worker %d's pool holds %d volumes, fewer than a batch (%d): a batch draws from "
                 "at most %d distinct volumes; raise data.pool_gib (or data.pool_volumes)",
@@ -199,6 +198,13 @@ class RegionStream(IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         return self.worker_stream(info.id if info else 0, info.num_workers if info else 1)
+
+
+def _arriving(samples: Iterator[tuple[int, dict]], skips: SkipCounter) -> Iterator[tuple[int, dict]]:
+    """`samples`, telling `skips` each one arrived (after the exact passes' share of this worker: what it gets)."""
+    for pair in samples:
+        skips.arrived()
+        yield pair
 
 
 def check_group(stream: RegionStream, batch_size: int) -> None:

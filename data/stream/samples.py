@@ -1,9 +1,10 @@
 """One webdataset sample → a decoded volume and the regions cut from it, in a data-loader worker.
 
-A sample's metadata is checked where it is read (`sample_meta`), so a damaged sample is skipped and counted by the
-stream (`data/stream/regions.py`) rather than failing later. The volume stays in its stored dtype (int16 for CT),
-padded to at least the region size; each region is a view of it with its volume's normalisation record
-(`region_record`), copied once when its batch is stacked (`data/stream/batches.py`).
+A sample's metadata is checked where it is read (`sample_meta`), a float volume's voxels once it is decoded
+(`check_finite`), so a damaged sample is skipped and counted by the stream (`data/stream/regions.py`) rather than
+failing later. The volume stays in its stored dtype (int16 for CT), padded to at least the region size; each region
+is a view of it with its volume's normalisation record (`region_record`), copied once when its batch is stacked
+(`data/stream/batches.py`).
 """
 
 from __future__ import annotations
@@ -55,11 +56,23 @@ def sample_meta(raw: bytes) -> dict:
     return meta
 
 
+def check_finite(vol: np.ndarray) -> None:
+    """A float volume with a NaN or ±inf voxel is refused: each region cut from it would make its batch's loss
+    non-finite for as long as the pool holds it (skipped steps, then `Diverged`), on every rerun. Once per decoded
+    volume, one pass without a temporary: NaN and ±inf survive a float64 sum, which a float16/32 volume cannot
+    overflow."""
+    if vol.dtype.kind == "f" and not np.isfinite(vol.sum(dtype=np.float64)):
+        bad = vol.size - np.count_nonzero(np.isfinite(vol))
+        raise ValueError(f"non-finite voxels: {bad} of {vol.size} are NaN or ±inf")
+
+
 def decode_volume(sample: dict, max_sample_mb: float = payload.MAX_SAMPLE_MB) -> tuple[np.ndarray, dict]:
     """Raw webdataset sample → (volume [X, Y, Z] in its stored dtype, checked metadata); the payload is checked
-    against the metadata's shape and the byte budget before it is decoded."""
+    against the metadata's shape and the byte budget before it is decoded, its voxels (`check_finite`) after."""
     meta = sample_meta(sample["json"])
-    return payload.decode(sample["image.b2"], meta["shape"], max_sample_mb), meta
+    vol = payload.decode(sample["image.b2"], meta["shape"], max_sample_mb)
+    check_finite(vol)
+    return vol, meta
 
 
 def decode_sample(sample: dict, max_sample_mb: float = payload.MAX_SAMPLE_MB) -> tuple[np.ndarray, dict]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxfm.data.stream.shards import shard_urls
+from voxfm.data.stream.shards import shard_set
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Source:
     name: str
     urls: list[str]
     weight: float
+    n_samples: int | None = None  # as its index.json lists them; None without one (a brace pattern, pipe:)
 
 
 def _name(shards: str) -> str:
@@ -37,7 +38,8 @@ def parse_sources(shards: str | None, sources: list[dict] | None) -> list[Source
     if bool(shards) == bool(sources):
         raise ValueError("set exactly one of data.shards=<shard set> or data.sources=[{shards: ..., weight: ...}, ...]")
     if shards:
-        return [Source(_name(shards), shard_urls(shards), 1.0)]
+        urls, n_samples = shard_set(shards)
+        return [Source(_name(shards), urls, 1.0, n_samples)]
     parsed = []
     for i, src in enumerate(sources):
         unknown = set(src) - {"shards", "weight", "name"}
@@ -46,12 +48,13 @@ def parse_sources(shards: str | None, sources: list[dict] | None) -> list[Source
         weight = float(src.get("weight", 1.0))
         if not weight > 0:
             raise ValueError(f"data.sources[{i}].weight={weight}: expected > 0")
-        parsed.append(Source(str(src.get("name") or _name(src["shards"])), shard_urls(src["shards"]), weight))
+        urls, n_samples = shard_set(src["shards"])
+        parsed.append(Source(str(src.get("name") or _name(src["shards"])), urls, weight, n_samples))
     names = [s.name for s in parsed]
     if len(set(names)) != len(names):
         raise ValueError(f"data.sources: names {names} repeat; give each source its own `name`")
     total = sum(s.weight for s in parsed)
-    return [Source(s.name, s.urls, s.weight / total) for s in parsed]
+    return [Source(s.name, s.urls, s.weight / total, s.n_samples) for s in parsed]
 
 
 def _wds():
@@ -61,19 +64,41 @@ def _wds():
     return webdataset
 
 
-def resampled_samples(urls: list[str], seed: int, worker_seed: int, handler: Callable) -> Iterator[dict]:
+def _opening(on_shard: Callable[[str], None] | None) -> Callable:
+    """A pipeline stage that calls `on_shard(url)` as each shard is opened: an empty shard brings no sample and no
+    error, so only this tells a set of empty shards from a slow one."""
+
+    def stage(shards: Iterator[dict]) -> Iterator[dict]:
+        for shard in shards:
+            if on_shard is not None:
+                on_shard(shard["url"])
+            yield shard
+
+    return stage
+
+
+def resampled_samples(
+    urls: list[str], seed: int, worker_seed: int, handler: Callable, on_shard: Callable[[str], None] | None = None
+) -> Iterator[dict]:
     """Endless: shards drawn at random with replacement, samples in shard order."""
     wds = _wds()
     return iter(
         wds.DataPipeline(
             wds.ResampledShards(urls, seed=seed, worker_seed=lambda: worker_seed, deterministic=True),
+            _opening(on_shard),
             wds.tarfile_to_samples(handler=handler),
         )
     )
 
 
 def epoch_samples(
-    urls: list[str], seed: int, slot: int, n_slots: int, handler: Callable, passes: int | None = None
+    urls: list[str],
+    seed: int,
+    slot: int,
+    n_slots: int,
+    handler: Callable,
+    passes: int | None = None,
+    on_shard: Callable[[str], None] | None = None,
 ) -> Iterator[dict]:
     """Passes (endless by default); pass p reads the shards in an order every slot agrees on (seed, p), and
     this slot gets exactly its share of the pass's samples."""
@@ -82,10 +107,12 @@ def epoch_samples(
         order = [urls[i] for i in np.random.default_rng([seed, p]).permutation(len(urls))]
         if len(order) >= n_slots:
             yield from wds.DataPipeline(
-                wds.SimpleShardList(order[slot::n_slots]), wds.tarfile_to_samples(handler=handler)
+                wds.SimpleShardList(order[slot::n_slots]), _opening(on_shard), wds.tarfile_to_samples(handler=handler)
             )
         else:
-            samples = wds.DataPipeline(wds.SimpleShardList(order), wds.tarfile_to_samples(handler=handler))
+            samples = wds.DataPipeline(
+                wds.SimpleShardList(order), _opening(on_shard), wds.tarfile_to_samples(handler=handler)
+            )
             yield from itertools.islice(samples, slot, None, n_slots)
 
 
