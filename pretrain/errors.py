@@ -11,6 +11,7 @@ from pathlib import Path
 # data/ does not import pretrain/; its lock and link errors are mapped here
 from voxfm.data.ingest.locks import FolderLocked, FolderUnwritable
 from voxfm.data.ingest.safe_files import LinkRefused
+from voxfm.data.stream.skips import UnreadableShards
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped on purpose with its state on disk; the same command resumes
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: Ctrl-C, checkpointed; the same command resumes
@@ -64,6 +65,7 @@ EXIT_CODES: dict[type[BaseException], tuple[int, str]] = {
     ConfigError: (2, "error"),
     FolderLocked: (2, "error"),  # another voxfm job holds run_dir (or a shard set's output)
     LinkRefused: (2, "error"),  # a file voxfm writes in place (lock, events.jsonl, metrics.csv) is a link
+    UnreadableShards: (2, "error"),  # a shard set with nothing usable: only damaged data, or no sample at all
     Diverged: (3, "training diverged"),
     CheckpointWriteError: (4, "error"),
     UnreadableCheckpoints: (4, "error"),

@@ -9,6 +9,7 @@ with the input's path, dataset, modality and its source, shape and spacing).
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 from voxfm.data.ingest import payload
 from voxfm.data.ingest.montage import Row, montage
 from voxfm.data.ingest.preprocess import normalise
-from voxfm.data.ingest.safe_files import replacing, write_text_atomic
+from voxfm.data.ingest.safe_files import refuse_linked_folders, replacing, write_text_atomic
 from voxfm.data.ingest.shard_set import INDEX, REPORT, load_index, read_samples
 from voxfm.data.ingest.tally import source_of
 
@@ -134,6 +135,8 @@ def inspect_shards(shards: str, output: str | None, n_samples: int = 8, seed: in
     report = json.loads((folder / REPORT).read_text()) if (folder / REPORT).exists() else None
     summary = summarise(index, report)
     out = Path(output) if output else folder / "inspect"
+    if Path(os.path.abspath(out)).is_relative_to(os.path.abspath(folder)):  # inside a received shard set: no link
+        refuse_linked_folders(folder, [os.path.relpath(os.path.abspath(out), os.path.abspath(folder))])
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     picked = [

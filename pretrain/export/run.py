@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from voxfm import __version__
+from voxfm.data.ingest.safe_files import read_small_text
 from voxfm.data.stream.crops import triple
 from voxfm.models.adapters.common import clone_state
 from voxfm.pretrain.config.declarations import read_declared
@@ -39,6 +40,7 @@ from voxfm.pretrain.training.checkpoints import (
     find_resume_checkpoint,
     is_deepspeed_checkpoint,
     load_checkpoint,
+    read_safetensors,
 )
 from voxfm.pretrain.training.sizes import check_shapes, sized
 
@@ -168,23 +170,12 @@ def backbone_state(state: dict[str, torch.Tensor], config: dict, backbone: torch
     return weights
 
 
-def read_safetensors(path: Path, where: str) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors; a damaged or lying header is a ConfigError naming the file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ConfigError(f"{where}: {path.name} unreadable ({type(err).__name__}: {err})") from None
-
-
 def full_export_backbone(folder: str | Path, where: str) -> tuple[dict, torch.nn.Module, dict]:
     """A format=full export → (full.json, the backbone its stored config names, built through the allowlist and
     never `instantiate`d, the weights of the model it exports: the teacher for self-distillation)."""
     path = Path(folder)
     try:
-        meta = json.loads((path / "full.json").read_text())
+        meta = json.loads(read_small_text(path / "full.json"))
     except (OSError, ValueError) as err:
         raise ConfigError(f"{where}: full.json unreadable ({type(err).__name__}: {err})") from None
     check_config_tree(meta, f"{where}: full.json")

@@ -13,6 +13,7 @@ folder, never the path itself: exports are made to be shared.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -25,6 +26,11 @@ from voxfm.data.ingest.locks import LOCK_NAME, folder_lock
 from voxfm.pretrain.errors import ConfigError, OutputWriteError
 
 METADATA = ("backbone.json", "full.json")
+EXPORT_FILES = {  # every name an export of any format writes
+    LOCK_NAME, "README.md", "backbone.json", "backbone.safetensors", "full.json", "model.safetensors",
+    "nnunet_pretrained.pth", "nnunet_plans_fragment.json", "checkpoint_final.pth", "adaptation_plan.json",
+}  # fmt: skip
+RENAME_EXCHANGE = 2  # renameat2's flag: two paths swap places in one step
 
 
 def source_run(checkpoint: Path) -> str:
@@ -49,10 +55,10 @@ def check_replaceable(out: Path, run: str, overwrite: bool) -> None:
     present = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
     if not present or overwrite:
         return
-    recorded = _recorded_run(out)
-    if recorded == run:
+    recorded, foreign = _recorded_run(out), [name for name in present if name not in EXPORT_FILES]
+    if recorded == run and not foreign:
         return
-    what = "an export of another run" if recorded else f"other files ({', '.join(present[:4])})"
+    what = f"other files ({', '.join(foreign[:4])})" if foreign else "an export of another run (or an unreadable one)"
     raise ConfigError(
         f"output={out} holds {what}; nothing was written: choose another output, or overwrite=true to replace "
         "everything in it"
@@ -83,9 +89,11 @@ def swapped_in(output: str | Path, run: str, overwrite: bool) -> Iterator[Path]:
                     shutil.rmtree(new, ignore_errors=True)
                     raise
                 _publish(new)
-                os.rename(out, old)
-                os.rename(new, out)
-            shutil.rmtree(old, ignore_errors=True)
+                if not _exchange(new, out):  # no renameat2 here: two renames (a kill between them is undone above)
+                    os.rename(out, old)
+                    os.rename(new, out)
+                    new = old
+            shutil.rmtree(new, ignore_errors=True)  # the previous export, swapped out
     except OSError as err:
         if isinstance(err, OutputWriteError):
             raise
@@ -93,6 +101,25 @@ def swapped_in(output: str | Path, run: str, overwrite: bool) -> Iterator[Path]:
             f"cannot write the export to {out} ({type(err).__name__}: {err}); the previous content of "
             f"{out} is unchanged: free space or fix permissions, then rerun"
         ) from err
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """`a` and `b` swap places in one step (Linux renameat2 RENAME_EXCHANGE): `b` is never absent. False where the
+    C library or file system cannot."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP if hasattr(errno, "ENOTSUP") else errno.EINVAL):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _publish(folder: Path) -> None:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
+from voxfm.data.ingest.safe_files import read_small_text
 from voxfm.pretrain.config.declarations import backbone_class_for, declared_backbones
 from voxfm.pretrain.errors import ConfigError, config_errors
-from voxfm.pretrain.training.sizes import sized
+from voxfm.pretrain.training.sizes import check_arguments, sized
 
 
 def architectures() -> tuple[str, ...]:
@@ -41,11 +42,11 @@ def read_export(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
             "backbone.safetensors, or format=full's full.json + model.safetensors), or backbone=none"
         )
     try:
-        meta = json.loads((path / "backbone.json").read_text())
+        meta = json.loads(read_small_text(path / "backbone.json"))
     except (OSError, ValueError) as err:
         raise ConfigError(f"backbone={folder}: backbone.json unreadable ({type(err).__name__}: {err})") from None
     check_export_meta(meta, f"backbone={folder}: backbone.json")
-    from voxfm.pretrain.export.run import read_safetensors
+    from voxfm.pretrain.training.checkpoints import read_safetensors
 
     return meta, finite(read_safetensors(path / "backbone.safetensors", f"backbone={folder}"), f"backbone={folder}")
 
@@ -79,6 +80,7 @@ def check_export_meta(meta, where: str) -> None:
         raise ConfigError(f"{where}: architecture={got!r}; allowed: {', '.join(known)}")
     if not isinstance(meta.get("kwargs"), dict):
         raise ConfigError(f"{where}: kwargs is missing or not a mapping")
+    check_arguments(meta["kwargs"], f"{where}: kwargs")
 
 
 def build_segmenter(architecture: str, kwargs: dict, n_classes: int, crop_size, unetr: dict) -> torch.nn.Module:

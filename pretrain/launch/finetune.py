@@ -15,6 +15,7 @@ metrics.csv per arm across resumes, config.yaml and results written atomically, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from voxfm.data.ingest.locks import folder_lock
-from voxfm.data.ingest.safe_files import write_text_atomic
+from voxfm.data.ingest.safe_files import read_small_text, refuse_linked_folders, write_text_atomic
 from voxfm.data.stream.crops import triple
 from voxfm.pretrain.callbacks.checkpointing import FinalCheckpoint
 from voxfm.pretrain.callbacks.monitoring import ProgressBar
@@ -45,6 +46,7 @@ from voxfm.pretrain.training.resume_check import config_changes, covered
 
 # what a fine-tuning checkpoint was trained with; a rerun that changes any of it is refused
 FROZEN = ("backbone", "model", "data", "seed", "unetr", "freeze_encoder", "lr", "weight_decay", "trainer.precision")
+MOVABLE = ("data.shards",)  # the shard set may move: data.digest says whether it still holds the same samples
 CONFIG_KEY = "voxfm_finetune_config"  # not pretrain's `voxfm_config`: export refuses a fine-tuning checkpoint
 
 
@@ -59,12 +61,15 @@ class _ConfigInCheckpoint(L.Callback):
 def check_finetune_resume(stored: dict | None, config: dict, checkpoint: Path) -> None:
     """Refuses, one line per key and before anything is written, a rerun whose recipe differs from the one the
     checkpoint was trained with (`FROZEN`); other keys may change."""
-    if not isinstance(stored, dict):
-        return  # a checkpoint of an earlier release: nothing to compare
+    if not isinstance(stored, dict):  # without it, nothing says the checkpoint fits this recipe
+        raise ConfigError(
+            f"cannot resume from {checkpoint}: it holds no {CONFIG_KEY} (not written by voxfm finetune), so it "
+            "cannot be checked against this recipe; nothing was written: use another run_dir"
+        )
     refused = [
         f"{key}: {before!r} → {after!r}"
         for key, (before, after) in config_changes(stored, config).items()
-        if covered(key, FROZEN)
+        if covered(key, FROZEN) and key not in MOVABLE
     ]
     if refused:
         raise ConfigError(
@@ -86,6 +91,7 @@ def _trainer(cfg: DictConfig, arm_dir: Path, config: dict, resume_step: int, pre
         callbacks=[
             ModelCheckpoint(
                 dirpath=str(arm_dir / "checkpoints"),
+                enable_version_counter=False,  # one job per run_dir (its lock): never a `last-v1.ckpt`
                 filename="step{step:06d}",
                 auto_insert_metric_name=False,
                 every_n_train_steps=t.checkpoint_every_n_steps,
@@ -124,18 +130,20 @@ def _network(cfg: DictConfig, arm: str, n_classes: int, crop_size) -> tuple[torc
 def resume_points(cfg: DictConfig, arms: list[str], run_dir: Path, config: dict) -> dict[str, tuple]:
     """Each arm's (checkpoint, step) to resume from, every one checked before any arm trains: checkpoints that
     cannot be read, a results.json that records steps whose checkpoints are gone, or a changed recipe are refused."""
-    recorded = {}
-    if (run_dir / "results.json").is_file():
-        try:
-            recorded = json.loads((run_dir / "results.json").read_text()).get("arms") or {}
-        except (ValueError, AttributeError):
-            recorded = {}
+    recorded = _recorded_arms(run_dir)
     points = {}
     for arm in arms:
+        refuse_linked_folders(run_dir, (arm, f"{arm}/checkpoints", f"{arm}/metrics"))
         checkpoints = run_dir / arm / "checkpoints"
         resume, step = find_resume_checkpoint(checkpoints)  # UnreadableCheckpoints (exit 4) when none reads
-        steps_done = (recorded.get(arm) or {}).get("steps") if isinstance(recorded.get(arm), dict) else None
-        if resume is None and isinstance(steps_done, int) and steps_done > 0:
+        steps_done = recorded.get(arm, {}).get("steps", 0) if recorded is not None else None
+        if resume is None and recorded is None:
+            raise UnreadableCheckpoints(
+                f"run_dir={run_dir}: results.json cannot be read as voxfm finetune writes it, so whether arm {arm} "
+                "trained cannot be told, and it holds no checkpoint. Nothing was written: use another run_dir, or "
+                "delete results.json to start this one over"
+            )
+        if resume is None and not (isinstance(steps_done, (int, float)) and steps_done <= 0):
             raise UnreadableCheckpoints(
                 f"run_dir={run_dir}: results.json records arm {arm} trained to step {steps_done} but {checkpoints} "
                 "holds no checkpoint. Nothing was written: put them back, use another run_dir, or delete "
@@ -145,6 +153,21 @@ def resume_points(cfg: DictConfig, arms: list[str], run_dir: Path, config: dict)
             check_finetune_resume(load_checkpoint(resume, mmap=True).get(CONFIG_KEY), config, resume)
         points[arm] = (resume, step)
     return points
+
+
+def _recorded_arms(run_dir: Path) -> dict | None:
+    """results.json's record per arm ({} when there is none), or None when the file is there but unreadable or not
+    what voxfm finetune writes (then it cannot say whether an arm has trained)."""
+    path = run_dir / "results.json"
+    if not path.exists() and not path.is_symlink():
+        return {}
+    try:
+        arms = json.loads(read_small_text(path)).get("arms")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(arms, dict) or not all(isinstance(a, dict) for a in arms.values()):
+        return None
+    return arms
 
 
 def run_arm(cfg: DictConfig, arm: str, train, val, n_classes: int, run_dir: Path, point: tuple, config: dict) -> dict:
@@ -214,6 +237,10 @@ def _finetune(cfg: DictConfig, run_dir: Path) -> dict:
     train, val = to_labelled(train_raw, values), to_labelled(val_raw, values)
     arms = ["pretrained", "scratch"] if cfg.compare_scratch else ["scratch" if cfg.backbone == "none" else "pretrained"]
     config = OmegaConf.to_container(cfg, resolve=True)
+    # what the shard set holds, not where: the same path with other data is another recipe (sample keys carry
+    # each volume's content hash)
+    keys = "\n".join(sorted(meta["key"] for meta, _, _ in samples))
+    config["data"]["digest"] = hashlib.sha256(keys.encode()).hexdigest()[:16]
     points = resume_points(cfg, arms, run_dir, config)  # nothing is written before every arm's resume is checked
     write_config(run_dir, cfg)
     results = {

@@ -18,7 +18,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from voxfm.data.ingest.locks import folder_lock
-from voxfm.data.ingest.safe_files import refuse_a_link, write_text_atomic
+from voxfm.data.ingest.safe_files import refuse_a_link, refuse_linked_folders, write_text_atomic
 from voxfm.data.stream.device_feed import buffer_count
 from voxfm.data.stream.loader import QUEUED_PER_WORKER
 from voxfm.data.stream.pool import memory_line
@@ -117,6 +117,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
         allowed = [renamed_key(k) for k in cfg.resume.allow_changes]
         changes = check_resume_config(upgraded(stored), config, allowed, resume)
     if is_job_owner():
+        refuse_linked_folders(run_dir, ("checkpoints", "metrics", "images", "tensorboard", "wandb"))
         for name in ("events.jsonl", "metrics/metrics.csv", "wandb_id"):  # appended to in place: never a link
             refuse_a_link(run_dir / name)
         write_config(run_dir, cfg)

@@ -23,7 +23,7 @@ import torch
 
 from voxfm.pretrain.config.declarations import declared_backbones
 from voxfm.pretrain.errors import ConfigError, UnreadableCheckpoints
-from voxfm.pretrain.training.sizes import check_stored_records, sized
+from voxfm.pretrain.training.sizes import check_arguments, check_stored_records, sized
 
 PERIODIC = re.compile(r"step(\d+)\.ckpt")
 DEEPSPEED_MODEL_STATES = (
@@ -190,6 +190,7 @@ def backbone_arguments(model: dict, where: str) -> tuple[type, dict]:
             raise ConfigError(f"{where}.{key}: not an argument of {target} (allowed: {', '.join(allowed)})")
         check_plain(value, f"{where}.{key}")
         kwargs[key] = value
+    check_arguments(kwargs, where)
     return cls, kwargs
 
 
@@ -199,3 +200,14 @@ def backbone_from_config(model: dict, where: str):
     cls, kwargs = backbone_arguments(model, where)
     sized(lambda: cls(**kwargs), where)  # its size first, on the meta device
     return cls(**kwargs)
+
+
+def read_safetensors(path: Path, where: str) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a damaged or lying header is a ConfigError naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ConfigError(f"{where}: {path.name} unreadable ({type(err).__name__}: {err})") from None

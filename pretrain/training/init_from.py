@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 import lightning as L
-from safetensors.torch import load_file
 
+from voxfm.data.ingest.safe_files import read_small_text
 from voxfm.models.weights import load_strict
 from voxfm.pretrain.errors import ConfigError, config_errors
 
@@ -25,11 +25,16 @@ def read_full_export(folder: str) -> tuple[dict, dict]:
             f"init_from={folder}: expected an export made with `voxfm export format=full` "
             "(full.json + model.safetensors)"
         )
-    meta = json.loads((path / "full.json").read_text())
+    try:
+        meta = json.loads(read_small_text(path / "full.json"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"init_from={folder}: full.json unreadable ({type(err).__name__}: {err})") from None
     # full.json is data: only its step is read (the module is built from this run's own config)
     if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or isinstance(meta["step"], bool):
         raise ConfigError(f"init_from={folder}: full.json must be a mapping with an integer step")
-    return meta, load_file(str(path / "model.safetensors"))
+    from voxfm.pretrain.training.checkpoints import read_safetensors
+
+    return meta, read_safetensors(path / "model.safetensors", f"init_from={folder}")
 
 
 def init_module(module, folder: str, max_steps: int) -> int:

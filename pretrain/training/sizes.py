@@ -20,6 +20,31 @@ from voxfm.pretrain.errors import ConfigError
 MAX_PARAMETERS = 4_000_000_000  # 16 GB of fp32 weights: 4x the largest 3D backbone published; raise it here
 
 
+COUNTS = ("layers", "depth", "blocks", "heads", "stages")  # argument names that count repeated modules
+MAX_COUNT, MAX_NUMBER, MAX_LIST = 1024, 1_000_000, 64
+
+
+def check_arguments(kwargs: dict, where: str) -> None:
+    """Before anything is built, even on the meta device (building 200,000 blocks takes minutes and gigabytes of
+    Python objects): a count of repeated modules above `MAX_COUNT`, any number above `MAX_NUMBER` and any list
+    longer than `MAX_LIST` are refused."""
+
+    def numbers(value):
+        if isinstance(value, list):
+            if len(value) > MAX_LIST:
+                raise ConfigError(f"{where}: a list of {len(value)} values (at most {MAX_LIST})")
+            for v in value:
+                yield from numbers(v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield value
+
+    for key, value in kwargs.items():
+        limit = MAX_COUNT if any(word in str(key).lower() for word in COUNTS) else MAX_NUMBER
+        for number in numbers(value):
+            if abs(number) > limit:
+                raise ConfigError(f"{where}.{key}={number}: refused before building (at most {limit:,})")
+
+
 def sized(build: Callable[[], torch.nn.Module], where: str) -> torch.nn.Module:
     """`build()` on the meta device, refused when it cannot be built or holds more than `MAX_PARAMETERS`."""
     try:

@@ -97,3 +97,21 @@ def test_a_checkpoint_with_compressed_records_is_refused_unread(mim_run, tmp_pat
             dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
     assert main(["export", f"checkpoint={bomb}", f"output={tmp_path / 'out'}"]) == 2
     assert "holds compressed records" in capsys.readouterr().err
+
+
+def test_a_count_of_blocks_or_a_huge_sidecar_is_refused_before_anything_is_built(
+    mim_run, export, labelled, tmp_path, capsys
+):
+    import torch
+
+    ckpt = load_checkpoint(mim_run / "checkpoints" / "last.ckpt")
+    ckpt["voxfm_config"]["model"]["n_blocks_per_stage"] = [200000, 1, 1]  # minutes of module building, even on meta
+    torch.save(ckpt, tmp_path / "deep.ckpt")
+    assert main(["export", f"checkpoint={tmp_path / 'deep.ckpt'}", f"output={tmp_path / 'out'}"]) == 2
+    assert "n_blocks_per_stage=200000: refused before building (at most 1,024)" in capsys.readouterr().err
+    sparse = tmp_path / "sparse"
+    shutil.copytree(export, sparse)
+    with open(sparse / "backbone.json", "r+b") as f:
+        f.truncate(2**30)  # a gigabyte that takes no disk
+    assert _finetune(labelled, sparse, tmp_path / "run") == 2
+    assert "1024 MiB; voxfm reads such a file only up to 64 MiB" in capsys.readouterr().err

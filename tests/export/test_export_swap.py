@@ -37,7 +37,7 @@ def test_another_runs_export_or_a_users_files_are_refused_unless_overwrite(mim_r
     assert _export(mim_run, out) == 0
     before = _files(out)
     assert _export(primus_run, out, "format=full") == 2
-    assert "holds an export of another run; nothing was written" in capsys.readouterr().err
+    assert "holds an export of another run (or an unreadable one); nothing was written" in capsys.readouterr().err
     assert _files(out) == before
     assert _export(primus_run, out, "format=full", "overwrite=true") == 0
     assert json.loads((out / "full.json").read_text())["architecture"] == "primus"
@@ -71,3 +71,11 @@ def test_an_export_killed_midway_leaves_the_previous_one_and_a_second_export_wai
     assert _files(out) == before
     assert _export(mim_run, out, "format=full") == 0 and (out / "full.json").exists()
     assert not (tmp_path / ".export.voxfm-new").exists()
+
+
+def test_the_same_runs_export_beside_a_users_files_is_refused_too(mim_run, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert _export(mim_run, out) == 0
+    (out / "notes.txt").write_text("mine")
+    assert _export(mim_run, out, "format=full") == 2
+    assert "holds other files (notes.txt)" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"

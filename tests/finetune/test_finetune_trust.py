@@ -5,6 +5,7 @@ that step, one metrics.csv per arm across resumes, a planted link never written 
 import csv
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -117,3 +118,42 @@ def test_a_damaged_label_map_is_skipped_with_its_reason(labelled, tmp_path, caps
     assert _finetune(damaged, tmp_path / "run", "steps=2") == 0
     err = capsys.readouterr().err
     assert f"skipped damaged sample {victim.removesuffix('.label.b2')}" in err and "1 of 3 labelled" in err
+
+
+def test_a_record_that_cannot_be_read_a_checkpoint_without_its_recipe_or_other_data_are_refused(
+    labelled, phantom_dir, tmp_path, capsys
+):
+    import torch
+
+    run = tmp_path / "run"
+    assert _finetune(labelled, run, "steps=2") == 0
+    assert not list((run / "scratch" / "checkpoints").glob("*-v*.ckpt"))
+    assert _finetune(labelled, run, "steps=4") == 0  # resumed: still no Lightning -vN names
+    assert not list((run / "scratch" / "checkpoints").glob("*-v*.ckpt"))
+
+    moved = tmp_path / "moved"  # the same samples elsewhere: the shard set may move
+    shutil.copytree(labelled, moved)
+    assert _finetune(moved, run, "steps=5") == 0
+    other = tmp_path / "other"  # other samples under the same path: another recipe
+    shutil.copytree(labelled, other)
+    rows = ["path,label,subject"] + [
+        f"{p},{str(p).replace('.nii.gz', '_label.nii.gz')},{p.name[:10]}"
+        for p in sorted(phantom_dir.glob("phantom*_??.nii.gz"))[3:6]
+    ]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    shutil.rmtree(other)
+    assert run_shard(str(tmp_path / "m.csv"), str(other), {}, progress=False)["n_sharded"] == 3
+    capsys.readouterr()
+    assert _finetune(other, run, "steps=6") == 2
+    assert "data.digest:" in capsys.readouterr().err
+
+    for ckpt in (run / "scratch" / "checkpoints").glob("*.ckpt"):
+        stored = torch.load(ckpt, weights_only=True)
+        del stored["voxfm_finetune_config"]
+        torch.save(stored, ckpt)
+    assert _finetune(labelled, run, "steps=6") == 2
+    assert "holds no voxfm_finetune_config" in capsys.readouterr().err
+    shutil.rmtree(run / "scratch" / "checkpoints")
+    (run / "results.json").write_text('{"arms": ')  # cut short
+    assert _finetune(labelled, run, "steps=6") == 4
+    assert "results.json cannot be read" in capsys.readouterr().err

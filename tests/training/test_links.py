@@ -2,6 +2,8 @@
 never makes voxfm write somewhere else: temp files are created anew beside their target (a link there is removed,
 its target untouched), and a file voxfm writes in place (the lock, events.jsonl) that is a link is refused."""
 
+import os
+
 import pytest
 
 from voxfm.pretrain.cli.main import main
@@ -83,3 +85,23 @@ def test_checkpoints_stream_beside_their_target_not_through_memory_or_the_temp_f
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-temp-folder"))  # a /tmp that cannot take it
     assert _pretrain(shard_dir, tmp_path / "run") == 0
     assert written and io.BytesIO not in written  # no whole-checkpoint copy in host memory
+
+
+@pytest.mark.parametrize("folder", ["images", "metrics", "checkpoints"])
+def test_a_folder_planted_as_a_link_is_refused(shard_dir, tmp_path, folder, capsys):
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "step000001.png").write_text("precious\n")
+    run.mkdir()
+    (run / folder).symlink_to(elsewhere)
+    assert _pretrain(shard_dir, run) == 2
+    assert f"{run / folder} is a symbolic link" in capsys.readouterr().err
+    assert [p.name for p in elsewhere.iterdir()] == ["step000001.png"]
+
+
+def test_a_lock_with_a_second_name_elsewhere_is_refused(shard_dir, tmp_path, victim, capsys):
+    run, mtime = tmp_path / "run", victim.stat().st_mtime_ns
+    run.mkdir()
+    os.link(victim, run / ".voxfm.lock")  # a hard link: O_NOFOLLOW does not see it
+    assert _pretrain(shard_dir, run) == 2
+    assert "is not a plain file of its own" in capsys.readouterr().err and _untouched(victim, mtime)
