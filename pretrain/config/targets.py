@@ -77,12 +77,21 @@ class AdamWSchema:
     amsgrad: bool
 
 
+@dataclass
+class GramAnchoringSchema:
+    weight: float = field(**bounded(ge=0.0))
+    start_step: int = field(**bounded(ge=0))
+    refresh_every: int | None = field(**bounded(ge=1))
+    teacher_scale: int = field(**bounded(ge=1))
+
+
 TARGETS: dict[str, type] = {
     "voxfm.data.views.pipeline.ViewPipeline": ViewPipelineSchema,
     "voxfm.data.views.augment.IntensityAugment": AugmentSchema,
     "voxfm.data.views.masking.RandomPatchMasking": MaskingSchema,
     "voxfm.data.views.multicrop.MultiCropPipeline": MultiCropSchema,
     "voxfm.data.views.masking.BlockMasking": BlockMaskingSchema,
+    "voxfm.pretrain.objectives.dino.gram.GramAnchoring": GramAnchoringSchema,
     "torch.optim.AdamW": AdamWSchema,
     "torch.optim.Adam": AdamWSchema,
 }

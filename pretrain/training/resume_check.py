@@ -56,6 +56,12 @@ ADDED = {
     "optim.freeze_last_layer_steps": 0,
     "trainer.compile_mode": "default",
     "trainer.fp8": False,
+    # objective=dino's Gram anchoring, off (at weight 0 the other keys change nothing)
+    "objective.loss.gram._target_": "voxfm.pretrain.objectives.dino.gram.GramAnchoring",
+    "objective.loss.gram.weight": 0.0,
+    "objective.loss.gram.start_step": 0,
+    "objective.loss.gram.refresh_every": None,
+    "objective.loss.gram.teacher_scale": 1,
 }
 
 

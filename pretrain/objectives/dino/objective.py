@@ -10,6 +10,9 @@ objective, so it is saved with the checkpoint and restored on resume; `update_te
 after every optimiser step at the scheduled momentum (`ema.teacher_momentum`), and the export takes its backbone.
 The backbone gives `features(x, masks, mask_token) -> (class token, patch tokens)` on crops of any size its patch
 divides (ViT: class token + interpolated positions; Primus: first register token + RoPE on the crop's grid).
+
+`gram` (DINOv3's Gram anchoring, `gram.py`, off unless its weight is > 0) adds a loss that holds the student's patch
+similarities on the global crops close to those of a frozen snapshot of the EMA teacher, refreshed on a schedule.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from torch import nn
 
 from voxfm.models.spec import BackboneSpec
 from voxfm.pretrain.objectives.dino.ema import FP32Teacher, ema_update, teacher_momentum
+from voxfm.pretrain.objectives.dino.gram import GramAnchoring
 from voxfm.pretrain.objectives.dino.heads import DINOHead
 from voxfm.pretrain.objectives.dino.koleo import koleo
 from voxfm.pretrain.objectives.dino.losses import dino_loss, ibot_loss
 from voxfm.pretrain.objectives.dino.monitors import (
     effective_rank,
+    far_patch_similarity,
     gram_off_diagonal,
     normalised_entropy,
     teacher_information,
@@ -95,6 +100,7 @@ class DINOObjective(nn.Module):
         koleo_weight: float = 0.1,
         momentum_start: float = 0.992,
         momentum_end: float = 1.0,
+        gram: GramAnchoring | None = None,
     ):
         super().__init__()
         if targets not in ("centre", "sinkhorn", "none"):
@@ -121,6 +127,8 @@ class DINOObjective(nn.Module):
         self.teacher_fp32: FP32Teacher | None = None  # half-precision weights only (see `attach_teacher`)
         self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
         self.teacher_ibot_head = None if self.ibot_head is None else copy.deepcopy(self.ibot_head).requires_grad_(False)
+        self.gram = gram if gram is not None and gram.weight > 0 else None  # weight 0: no Gram teacher, no state
+        self.patch_size = tuple(spec.patch_size)  # the token grid of a crop, for the dense-feature monitor
 
     def attach_teacher(self, backbone: nn.Module, half_precision_weights: bool = False) -> None:
         """The teacher's backbone: a copy of the freshly built student (the same start, as in DINO).
@@ -132,6 +140,8 @@ class DINOObjective(nn.Module):
             self.teacher_ibot_head.load_state_dict(self.ibot_head.state_dict())
         if half_precision_weights:
             self.teacher_fp32 = FP32Teacher(self.pairs(backbone)[0])
+        if self.gram is not None:
+            self.gram.attach(self.teacher_backbone)
 
     def train(self, mode: bool = True) -> DINOObjective:
         super().train(mode)
@@ -147,6 +157,8 @@ class DINOObjective(nn.Module):
                 state_dict[prefix + name] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._steps = int(self.teacher_steps)  # a resumed run continues the schedules (one read, at load)
+        if self.gram is not None:  # its snapshot and refresh step load with its own state, after this
+            self.gram.active = self._steps >= self.gram.start_step
 
     def teacher_names(self) -> list[str]:
         """The teacher's parameter names, in `pairs` order (FP32Teacher's t0, t1, ...)."""
@@ -169,7 +181,8 @@ class DINOObjective(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, backbone: nn.Module, total_steps: int) -> float:
-        """teacher ← m·teacher + (1−m)·student for the backbone and both heads; → m."""
+        """teacher ← m·teacher + (1−m)·student for the backbone and both heads, then the Gram teacher's snapshot
+        when this step is one of its refresh steps; → m."""
         momentum = self.momentum(total_steps)
         if self.teacher_fp32 is None:
             ema_update(*self.pairs(backbone), momentum)
@@ -178,6 +191,8 @@ class DINOObjective(nn.Module):
         self.last_momentum.fill_(momentum)  # a kernel argument, not a copy: no sync
         self._steps += 1
         self.teacher_steps += 1
+        if self.gram is not None:
+            self.gram.at_step(self.teacher_backbone, self._steps)
         return momentum
 
     def _teacher_temperature(self) -> torch.Tensor:
@@ -240,6 +255,10 @@ class DINOObjective(nn.Module):
             )
             loss = loss + ibot_w * patch_loss
             logs["ibot_loss"] = patch_loss.detach()
+        if self.gram is not None and self.gram.active:
+            anchored = self.gram(image, student_patches)
+            loss = loss + self.gram.weight * anchored
+            logs["gram_loss"] = anchored.detach()
         logs["loss"] = loss.detach()
         if batch.get("log_step", True):  # the monitors read values back: logging steps only
             features = torch.cat(crops[:2]).detach()
@@ -252,5 +271,15 @@ class DINOObjective(nn.Module):
                 gram_std=std,
                 teacher_temperature=temperature,
                 teacher_momentum=self.last_momentum.clone(),
+                far_patch_similarity=far_patch_similarity(
+                    student_patches.detach(), self._grid(image), None if masks is None else ~masks
+                ),
             )
+            if self.gram is not None:
+                logs["gram_weight"] = self.gram.weight if self.gram.active else 0.0
+                logs["gram_refresh_step"] = self.gram.refreshed_at.float()  # -1: no snapshot yet
         return loss, logs
+
+    def _grid(self, image: torch.Tensor) -> tuple[int, ...]:
+        """The token grid of crops [B, C, *S]: S / patch."""
+        return tuple(s // p for s, p in zip(image.shape[2:], self.patch_size))
