@@ -27,7 +27,7 @@ from voxfm.data.stream.crops import triple
 from voxfm.models.adapters.common import clone_state
 from voxfm.pretrain.config.declarations import read_declared
 from voxfm.pretrain.config.renamed import upgraded
-from voxfm.pretrain.errors import ConfigError
+from voxfm.pretrain.errors import ConfigError, UnreadableCheckpoints
 from voxfm.pretrain.export.formats import exported_weights, nnunet_plans_fragment
 from voxfm.pretrain.export.model_card import write_model_card
 from voxfm.pretrain.export.nnssl import nnssl_checkpoint
@@ -199,7 +199,13 @@ def run_export(
         raise ConfigError(f"in_channels={in_channels}: expected >= 1")
     ckpt_path = resolve_checkpoint(checkpoint)
     # a DeepSpeed folder is consolidated from every rank's shard into the same fp32 weights a DDP run has
-    ckpt = consolidate_deepspeed(ckpt_path) if is_deepspeed_checkpoint(ckpt_path) else load_checkpoint(ckpt_path)
+    try:
+        ckpt = consolidate_deepspeed(ckpt_path) if is_deepspeed_checkpoint(ckpt_path) else load_checkpoint(ckpt_path)
+    except ConfigError:
+        raise
+    except Exception as err:  # truncated, a lying record, DeepSpeed's own errors on a damaged folder: one line
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise UnreadableCheckpoints(f"checkpoint={ckpt_path} cannot be read ({type(err).__name__}: {first})") from None
     config, data = _stored_config(ckpt, ckpt_path)
     # checked before anything is written, for every format; built from the allowlist, never `instantiate`d
     backbone_class, backbone_kwargs = backbone_arguments(config["model"], f"checkpoint={ckpt_path}: voxfm_config.model")

@@ -115,3 +115,11 @@ def test_a_count_of_blocks_or_a_huge_sidecar_is_refused_before_anything_is_built
         f.truncate(2**30)  # a gigabyte that takes no disk
     assert _finetune(labelled, sparse, tmp_path / "run") == 2
     assert "1024 MiB; voxfm reads such a file only up to 64 MiB" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_given_to_export_is_one_line_exit_4(mim_run, tmp_path, capsys):
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes((mim_run / "checkpoints" / "last.ckpt").read_bytes()[:5000])
+    assert main(["export", f"checkpoint={cut}", f"output={tmp_path / 'out'}"]) == 4
+    err = capsys.readouterr().err
+    assert f"checkpoint={cut} cannot be read" in err and len(err.strip().splitlines()) == 1
