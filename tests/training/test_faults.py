@@ -9,12 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 import voxfm.pretrain.launch.run
 from tests.conftest import REPO
@@ -145,16 +145,22 @@ def test_k_consecutive_nan_steps_exit_3_with_the_step_and_the_last_good_checkpoi
 
 
 def test_a_full_disk_keeps_the_earlier_checkpoint_and_says_so(tmp_path, shard_dir, monkeypatch, capsys):
-    original = TorchCheckpointIO.save_checkpoint
+    import voxfm.pretrain.training.checkpoint_io as checkpoint_io
 
-    def full_disk(self, checkpoint, path, storage_options=None):
-        if "step000004" in str(path):
-            with open(path, "wb") as f:
-                f.write(b"partial")
+    made, new_temp, save = [], checkpoint_io.new_temp, torch.save
+
+    def recording(path):  # the checkpoint being written: torch.save is handed its open temp file
+        made.append(Path(path))
+        return new_temp(path)
+
+    def full_disk(obj, f, *args, **kwargs):
+        if made and "step000004" in made[-1].name:
+            f.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return original(self, checkpoint, path, storage_options)
+        return save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", full_disk)
+    monkeypatch.setattr(checkpoint_io, "new_temp", recording)
+    monkeypatch.setattr(checkpoint_io.torch, "save", full_disk)
     run_dir = tmp_path / "run"
     args = [
         "pretrain",
