@@ -8,6 +8,9 @@ step (collective for DeepSpeed too); reading its result is a host sync, so they 
 preempted multi-rank job stops within `trainer.log_every_n_steps` steps (keep the signal's grace time above that).
 Lightning's own handling is replaced: it raises at the next step without a checkpoint, and its SLURM
 auto-requeue (switched off in `build_trainer`) would write a second, differently named checkpoint.
+Before the first step (the first batch is fetched before `on_train_start`: a slow or empty data source) there is
+nothing new to save: a signal then stops the run at once, with the same exit code; its checkpoints are those on
+disk already.
 """
 
 from __future__ import annotations
@@ -49,19 +52,37 @@ class Preemption(L.Callback):
         self.received: int | None = None
         self.result: Preempted | None = None
         self._previous: dict = {}
+        self._step: int | None = None  # the step training started at; None while the first batch is fetched
+        self._start_step = 0
 
     def _handler(self, signum, frame) -> None:
         if signum == signal.SIGINT and self.received == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: at once, without the checkpoint
+        if self._step is None:  # no step has run: nothing to save, stop now (a data wait may never end)
+            self.received = signum
+            raise (Interrupted if signum == signal.SIGINT else Preempted)(
+                self._start_step, signum, "none new: stopped before its first step"
+            )
         if signum == signal.SIGINT and self.received is None:
             print("\nCtrl-C: saving a checkpoint at the end of this step (Ctrl-C again stops at once)", file=sys.stderr)
         self.received = signum
 
-    def on_train_start(self, trainer, pl_module):
-        # after Lightning registered its handlers, so these replace them for the training loop
+    def _install(self) -> None:
         if threading.current_thread() is threading.main_thread():
             for signum in SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handler)
+                previous = signal.signal(signum, self._handler)
+                self._previous.setdefault(signum, previous)
+
+    def on_fit_start(self, trainer, pl_module):
+        # before the first batch is fetched; Lightning then composes its own SIGTERM notice with this handler
+        self._start_step, self._step = trainer.global_step, None
+        self._install()
+
+    def on_train_start(self, trainer, pl_module):
+        # after Lightning registered its handlers, so these replace them for the training loop
+        self._step = trainer.global_step
+        self._install()
+        if threading.current_thread() is threading.main_thread():
             self._drop_lightning_sigterm_broadcast(trainer)
 
     def _drop_lightning_sigterm_broadcast(self, trainer) -> None:
@@ -99,6 +120,9 @@ class Preemption(L.Callback):
                     checkpoint=str(path),
                     requeue=requeue,
                 )
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.on_train_end(trainer, pl_module)  # the process's own handlers back, however the fit ended
 
     def on_train_end(self, trainer, pl_module):
         for signum, handler in self._previous.items():

@@ -166,8 +166,8 @@ def test_empty_shards_the_index_does_not_reveal_stop_the_run_naming_them(shard_d
 
 @pytest.mark.slow
 def test_sigterm_while_the_stream_waits_for_a_first_sample_ends_the_run(shard_dir, tmp_path):
-    """SIGTERM sent while the run waits for its first batch from empty shards: the process ends, it does not spin.
-    (It ends because the wait is bounded; `Preemption` still acts only at a step boundary.)"""
+    """SIGTERM sent while the run waits for its first batch from empty shards: the process ends, it does not spin
+    (`Preemption` stops a run that has not stepped yet at once; the wait is bounded besides)."""
     shards = _shard_set(shard_dir, tmp_path / "empty", [], n_samples=3)
     log = open(tmp_path / "run.log", "w")  # a file: a pipe nobody reads while polling could fill and stall the run
     out = tmp_path / "run.out"

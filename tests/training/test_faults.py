@@ -74,6 +74,25 @@ def test_a_signal_checkpoints_exits_75_and_the_rerun_continues(tmp_path, shard_d
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt", mmap=True)["global_step"] == stopped + 3
 
 
+def test_a_signal_before_the_first_step_stops_a_run_whose_data_never_comes(tmp_path, shard_dir):
+    """The first batch is fetched before any step: a shard that takes minutes to arrive (here a `pipe:` that sleeps)
+    must not make SIGTERM wait for it."""
+    slow = f"data.shards='pipe:sleep 300; cat {shard_dir / 'shard-000000.tar'}'"
+    cmd = [a if not a.startswith("data.shards=") else slow for a in _cmd(shard_dir, tmp_path / "run", 4)]
+    out = tmp_path / "run.out"
+    with open(out, "w") as stdout:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=stdout, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while "global batch" not in out.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)  # the data wait starts right after this line
+        time.sleep(1)
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    assert proc.returncode == 75 and time.time() - sent < 60, out.read_text()[-2000:]
+    assert "stopped by SIGTERM at step 0; checkpoint none new: stopped before its first step" in out.read_text()
+
+
 def _poisoned_run(monkeypatch, run_dir, shard_dir, nan_steps, max_steps, k=10, extra=()):
     """`voxfm pretrain` (exit code) with a NaN loss at `nan_steps`; logging every 4 steps, so a NaN step that is no
     logging step is decided on the device alone. Returns (exit code, module, weights at the start of each step)."""
