@@ -39,7 +39,8 @@ def sample_meta(raw: bytes) -> dict:
         raise ValueError(f"metadata: modality={meta.get('modality')!r}; allowed: {', '.join(SHARDED_MODALITIES)}")
     norm = meta.get("normalisation")
     low, high = (norm.get("low"), norm.get("high")) if isinstance(norm, dict) else (None, None)
-    if not (_number(low) and _number(high) and low < high):
+    # in float32, as the step computes (x - low) / (high - low): a window narrower than float32 can tell is 0/0
+    if not (_number(low) and _number(high) and np.float32(low) < np.float32(high)):
         raise ValueError(f"metadata: normalisation low={low!r}, high={high!r}; expected finite numbers, low < high")
     shape = meta.get("shape")
     if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(n, int) and n >= 1 for n in shape)):

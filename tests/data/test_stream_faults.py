@@ -86,6 +86,14 @@ def test_a_float_volume_with_non_finite_voxels_is_refused_where_it_is_decoded(sh
 
 
 @pytest.mark.slow
+def test_a_normalisation_window_float32_cannot_tell_apart_is_refused():
+    from voxfm.data.stream.samples import sample_meta
+
+    meta = {"modality": "CT", "normalisation": {"low": -1000.0, "high": -999.99999}, "shape": [4, 4, 4]}
+    with pytest.raises(ValueError, match="expected finite numbers, low < high"):  # (x - low) / (high - low) = 0/0
+        sample_meta(json.dumps(meta).encode())
+
+
 def test_a_nan_sample_is_skipped_and_counted_instead_of_stopping_the_run(shard_dir, tmp_path, capsys, caplog):
     """Two samples, one with NaN voxels, held in every batch: before, every step was non-finite and the run stopped
     as diverged (exit 3), on every rerun. Now that sample is skipped with its reason and the run completes."""
