@@ -148,8 +148,11 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
         if resume:
             print(f"voxfm: resuming from {resume} at step {resume_step}", flush=True)
         elif cfg.init_from:
+            resized = getattr(module, "init_resized", None) or {}
             print(
-                f"voxfm: starting from {cfg.init_from} at step {resume_step} (its weights, a fresh optimiser)",
+                f"voxfm: starting from {cfg.init_from} at step {resume_step} (its weights, a fresh optimiser"
+                + (f"; position tables resized for the new crop: {', '.join(resized)}" if resized else "")
+                + ")",
                 flush=True,
             )
         pinned = on_gpu and cfg.data.loader == "thread"
@@ -187,6 +190,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
             global_batch=global_batch,
             lr=lr,
             **({"changes": changes} if changes else {}),
+            **({"resized": module.init_resized} if getattr(module, "init_resized", None) else {}),
         )
     try:
         trainer.fit(

@@ -37,9 +37,43 @@ def read_full_export(folder: str) -> tuple[dict, dict]:
     return meta, read_safetensors(path / "model.safetensors", f"init_from={folder}")
 
 
+def resized_positions(module, state: dict, meta: dict) -> dict[str, list]:
+    """A run at a larger (or smaller) crop than the export's — the high-resolution stage of self-distillation: each
+    ViT position table whose token grid changed is made for the new grid, in place in `state`. A fixed (sincos)
+    table is this module's own; a learned one is interpolated trilinearly from the export's grid. → {key: [old
+    shape, new shape]}, recorded in events.jsonl. (Primus has no position table to resize: its RoPE is computed for
+    whatever grid it is given.)"""
+    import torch.nn.functional as F
+
+    from voxfm.data.stream.crops import triple
+
+    backbone, own, changed = module.backbone, module.state_dict(), {}
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    crop, patch = (config.get("data") or {}).get("crop_size"), (config.get("model") or {}).get("patch_size")
+    if not hasattr(backbone, "grid") or crop is None or patch is None:
+        return changed
+    grid_old = [c // p for c, p in zip(triple(crop), triple(patch))]
+    for key, old in list(state.items()):
+        new = own.get(key)
+        if not key.endswith("position_embeddings") or new is None or new.shape == old.shape or old.dim() != 3:
+            continue
+        if getattr(backbone, "pos_embed_type", None) == "sincos":
+            state[key] = new.clone()  # fixed: computed for the new grid, nothing learned to carry over
+        elif old.shape[1] == grid_old[0] * grid_old[1] * grid_old[2]:
+            table = old.reshape(1, *grid_old, old.shape[-1]).permute(0, 4, 1, 2, 3).float()
+            table = F.interpolate(table, size=tuple(backbone.grid), mode="trilinear", align_corners=False)
+            state[key] = table.permute(0, 2, 3, 4, 1).reshape(new.shape).to(old.dtype)
+        else:
+            continue  # load_strict names the mismatch
+        changed[key] = [list(old.shape), list(new.shape)]
+    return changed
+
+
 def init_module(module, folder: str, max_steps: int) -> int:
-    """Loads the export into `module`; returns the step to continue from."""
+    """Loads the export into `module` (position tables resized for a new crop: `resized_positions`, kept in
+    `module.init_resized`); returns the step to continue from."""
     meta, state = read_full_export(folder)
+    module.init_resized = resized_positions(module, state, meta)
     with config_errors():  # the export does not fit this experiment's network
         load_strict(module, state, f"init_from={folder}")
     step = int(meta["step"])
