@@ -20,10 +20,13 @@ HOLD = """
 import os, sys, time
 from voxfm.data.ingest.locks import folder_lock
 with folder_lock(sys.argv[1], "output"):
+    ready, tell = os.pipe()
     child = os.fork()  # a forked worker outliving its parent must not keep the lock
     if child == 0:
+        os.write(tell, b"x")  # its fork hook has run: its copy of the lock is closed
         time.sleep(600)
         os._exit(0)
+    os.read(ready, 1)
     print(child, flush=True)
     time.sleep(600)
 """
