@@ -50,7 +50,7 @@ def sized(build: Callable[[], torch.nn.Module], where: str) -> torch.nn.Module:
     try:
         with torch.device("meta"):
             net = build()
-    except (TypeError, ValueError, RuntimeError, AssertionError, OverflowError, MemoryError) as err:
+    except (TypeError, ValueError, KeyError, RuntimeError, AssertionError, OverflowError, MemoryError) as err:
         raise ConfigError(f"{where}: the network it describes cannot be built ({type(err).__name__}: {err})") from None
     count = sum(p.numel() for p in net.parameters())
     if count > MAX_PARAMETERS:

@@ -54,6 +54,8 @@ def _edited(export, tmp_path, edit) -> str:
         (lambda m: m["kwargs"].update(features_per_stage=[320000] * 3), "G parameters (voxfm builds at most 4 G)"),
         (lambda m: m["kwargs"].update(features_per_stage=[16, 32, 64]), "does not fit"),
         (lambda m: m["kwargs"].update(features_per_stage=[8, 16]), "cannot be built"),
+        (lambda m: m["kwargs"].pop("features_per_stage"), "cannot be built (KeyError: 'features_per_stage')"),
+        (lambda m: m["kwargs"].update(kernel_sizes="x"), "cannot be built"),
     ],
 )
 def test_a_crafted_backbone_json_is_refused_before_anything_is_built(export, labelled, tmp_path, edit, words, capsys):
