@@ -93,7 +93,12 @@ def build_module(cfg: DictConfig) -> PretrainModule:
         if cfg.data.region_size is not None:
             views.check_region(cfg.data.region_size)
         backbone = instantiate(cfg.model)
-        objective = instantiate(cfg.objective.loss)(backbone.spec)
+        loss = instantiate(cfg.objective.loss)
+        if isinstance(loss.keywords.get("teacher"), str):  # objective=distill: its frozen teacher, read here
+            from voxfm.pretrain.launch.teacher import load_teacher
+
+            loss.keywords["teacher"] = load_teacher(loss.keywords["teacher"])
+        objective = loss(backbone.spec)
     if not objective.declaration.trains_decoder and backbone.declaration.decoder:
         backbone.freeze_decoder()  # unused by the loss: frozen, so DDP needs no unused-parameter search
     if objective.declaration.teacher:  # a copy of the plain student, before speed-ups wrap its blocks

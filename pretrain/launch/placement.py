@@ -10,7 +10,10 @@ from omegaconf import DictConfig, open_dict
 from voxfm.data.ingest.run import available_cores as cores
 
 LARGE_ON_CPU = 20_000_000  # parameters: above this a CPU step takes tens of seconds (ViT-S has 22 M)
-CPU_TWINS = "experiment=demo, demo_mim, demo_primus, demo_simclr, demo_mae_contrastive, demo_dino or demo_dino_gram"
+CPU_TWINS = (
+    "experiment=demo, demo_mim, demo_primus, demo_simclr, demo_mae_contrastive, demo_dino, demo_dino_gram "
+    "or demo_distill"
+)
 
 
 def fit_workers_to_cpu(cfg: DictConfig, on_gpu: bool) -> None:

@@ -30,6 +30,9 @@ def test_experiments_listed():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(experiment):
     cfg = load_config("pretrain", [f"experiment={experiment}", "data.shards=/x", "run_dir=/y"])
+    if "objective.loss.teacher" in missing_keys(cfg):  # distillation: the teacher is the user's own export
+        assert missing_keys(cfg) == ["objective.loss.teacher"]  # its builds: tests/objectives/test_distill.py
+        return
     assert missing_keys(cfg) == []
     module = build_module(cfg)  # at the experiment's real size
     stage = module.view_pipeline
@@ -60,7 +63,8 @@ def test_experiment_composes_and_instantiates(experiment):
     if experiment == "mae_primus_m":
         assert module.backbone.patch_size == (8, 8, 8) and module.backbone.grid == (20, 20, 20)
     if experiment.startswith("dino_"):  # 2 global 96³ + 8 local 48³ crops, a class token, 65,536 prototypes each
-        assert stage.n_views == 2 and stage.n_local == 8 and stage.local_size == (48, 48, 48)
+        local = (64, 64, 64) if experiment.endswith("_hires") else (48, 48, 48)  # the stage at 160³ global crops
+        assert stage.n_views == 2 and stage.n_local == 8 and stage.local_size == local
         assert module.backbone.pooled is not None and module.objective.head.last_layer.weight.shape[0] == 65536
         assert module.objective.teacher_backbone is not None
     if experiment == "dino_vit_b":
@@ -119,6 +123,7 @@ def test_every_model_objective_pair_composes_and_resolves_or_is_refused_in_one_l
     for model in MODELS:
         for objective in OBJECTIVES:
             args = [f"model={model}", f"objective={objective}", f"data.shards={shard_dir}", "run_dir=/y"]
+            args += ["objective.loss.teacher=/teacher"] if objective == "distill" else []  # read when built
             try:
                 cfg = resolved(checked_config("pretrain", args))
             except ConfigError as err:
@@ -133,9 +138,9 @@ def test_every_model_objective_pair_composes_and_resolves_or_is_refused_in_one_l
     refused = sorted(pair for pair, outcome in outcomes.items() if outcome == "refused")
     assert refused == sorted(
         [(m, "mim") for m in MODELS if not m.startswith("resenc")]
-        + [(m, o) for m in MODELS if m.startswith("resenc") for o in ("dino", "mae", "mae_contrastive")]
+        + [(m, o) for m in MODELS if m.startswith("resenc") for o in ("dino", "distill", "mae", "mae_contrastive")]
     )
-    assert len(outcomes) == len(MODELS) * len(OBJECTIVES) == 50
+    assert len(outcomes) == len(MODELS) * len(OBJECTIVES) == 60
 
 
 @pytest.mark.slow
