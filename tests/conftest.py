@@ -18,6 +18,30 @@ def phantom_dir(tmp_path_factory) -> Path:
     return out
 
 
+def labelled_shards(phantoms: list[Path], out: Path) -> Path:
+    """`voxfm shard` of these phantom images with their label maps (0 background, 1 body, 2 organ, 3 lesion), one
+    subject each, from a manifest in `out`; returns the shard set, out/shards."""
+    from voxfm.data.ingest.run import run_shard
+
+    rows = ["path,label,subject"] + [
+        f"{p},{str(p).replace('.nii.gz', '_label.nii.gz')},{p.name[:10]}" for p in phantoms
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "m.csv").write_text("\n".join(rows) + "\n")
+    assert run_shard(str(out / "m.csv"), str(out / "shards"), {}, progress=False)["n_sharded"] == len(phantoms)
+    return out / "shards"
+
+
+def phantom_images(phantom_dir: Path) -> list[Path]:
+    return sorted(phantom_dir.glob("phantom*_??.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, phantom_dir) -> Path:
+    """Three phantoms sharded with their label maps (tests/finetune/test_finetune.py uses all six, its own)."""
+    return labelled_shards(phantom_images(phantom_dir)[:3], tmp_path_factory.mktemp("labelled"))
+
+
 @pytest.fixture(scope="session")
 def shard_dir(tmp_path_factory, phantom_dir) -> Path:
     """Phantoms (labels excluded) sharded once for the whole session."""

@@ -170,9 +170,10 @@ def backbone_state(state: dict[str, torch.Tensor], config: dict, backbone: torch
     return weights
 
 
-def full_export_backbone(folder: str | Path, where: str) -> tuple[dict, torch.nn.Module, dict]:
-    """A format=full export → (full.json, the backbone its stored config names, built through the allowlist and
-    never `instantiate`d, the weights of the model it exports: the teacher for self-distillation)."""
+def full_export_parts(folder: str | Path, where: str) -> tuple[dict, dict, dict, torch.nn.Module, dict]:
+    """A format=full export → (full.json, its stored config under today's names, every weight of
+    model.safetensors, the backbone that config names — sized on the meta device, built through the allowlist,
+    never `instantiate`d — and the weights of the model it exports: the teacher for self-distillation)."""
     path = Path(folder)
     try:
         meta = json.loads(read_small_text(path / "full.json"))
@@ -185,7 +186,13 @@ def full_export_backbone(folder: str | Path, where: str) -> tuple[dict, torch.nn
     state = read_safetensors(path / "model.safetensors", where)
     weights = backbone_state(state, config, described)
     check_shapes(described, weights, f"{where}: model.safetensors")
-    return meta, cls(**kwargs), weights
+    return meta, config, state, cls(**kwargs), weights
+
+
+def full_export_backbone(folder: str | Path, where: str) -> tuple[dict, torch.nn.Module, dict]:
+    """`full_export_parts` without the config and the whole state: (full.json, the backbone, its weights)."""
+    meta, _, _, backbone, weights = full_export_parts(folder, where)
+    return meta, backbone, weights
 
 
 def run_export(

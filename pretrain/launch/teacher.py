@@ -5,20 +5,15 @@ DINO / iBOT heads sized from the run's stored `objective.loss`, and its last run
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from voxfm.data.ingest.safe_files import read_small_text
 from voxfm.pretrain.config.declarations import read_declared
-from voxfm.pretrain.config.renamed import upgraded
 from voxfm.pretrain.errors import ConfigError
-from voxfm.pretrain.export.run import backbone_state
+from voxfm.pretrain.export.run import full_export_parts
 from voxfm.pretrain.objectives.dino.heads import DINOHead
 from voxfm.pretrain.objectives.distill import FrozenTeacher
-from voxfm.pretrain.training.checkpoints import backbone_arguments, check_config_tree, read_safetensors
-from voxfm.pretrain.training.sizes import check_shapes, sized
 
 HEADS = {"head": "objective.teacher_head.", "ibot_head": "objective.teacher_ibot_head."}
 
@@ -39,12 +34,7 @@ def load_teacher(folder: str | Path) -> FrozenTeacher:
     path = Path(folder)
     if not (path / "full.json").is_file() or not (path / "model.safetensors").is_file():
         raise ConfigError(f"{where}: expected a `voxfm export format=full` folder (full.json, model.safetensors)")
-    try:
-        meta = json.loads(read_small_text(path / "full.json"))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{where}: full.json unreadable ({type(err).__name__}: {err})") from None
-    check_config_tree(meta, f"{where}: full.json")
-    config = upgraded(meta.get("config") if isinstance(meta, dict) and isinstance(meta.get("config"), dict) else {})
+    meta, config, state, backbone, weights = full_export_parts(path, where)  # checked, sized, never instantiated
     loss = (config.get("objective") or {}).get("loss") or {}
     target = loss.get("_target_")
     declared = read_declared(target) if isinstance(target, str) else None
@@ -53,13 +43,7 @@ def load_teacher(folder: str | Path) -> FrozenTeacher:
             f"{where}: an export of objective={str(target).rsplit('.', 1)[-1]}, which keeps no EMA teacher and "
             "heads; distillation needs the format=full export of a self-distillation run (objective=dino)"
         )
-    cls, kwargs = backbone_arguments(config.get("model"), f"{where}: full.json: config.model")
-    described = sized(lambda: cls(**kwargs), f"{where}: full.json: config.model")  # nothing allocated yet
-    state = read_safetensors(path / "model.safetensors", where)
-    weights = backbone_state(state, config, described)  # the EMA teacher (its fp32 copies for a bf16 run)
-    check_shapes(described, weights, f"{where}: model.safetensors")
-    backbone = cls(**kwargs)
-    backbone.load_state_dict(weights, strict=True)
+    backbone.load_state_dict(weights, strict=True)  # the EMA teacher (its fp32 copies for a bf16 run)
     out_dim = loss.get("out_dim", 65536)
     head = _head(state, HEADS["head"], backbone.spec.feature_dim, loss, out_dim, where)
     ibot_head = None

@@ -8,23 +8,10 @@ import zipfile
 
 import pytest
 
-from voxfm.data.ingest.run import run_shard
 from voxfm.pretrain.cli.main import main
 from voxfm.pretrain.training.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory, phantom_dir):
-    out = tmp_path_factory.mktemp("labelled")
-    rows = ["path,label,subject"] + [
-        f"{p},{str(p).replace('.nii.gz', '_label.nii.gz')},{p.name[:10]}"
-        for p in sorted(phantom_dir.glob("phantom*_??.nii.gz"))[:3]
-    ]
-    (out / "m.csv").write_text("\n".join(rows) + "\n")
-    assert run_shard(str(out / "m.csv"), str(out / "shards"), {}, progress=False)["n_sharded"] == 3
-    return out / "shards"
 
 
 @pytest.fixture(scope="module")

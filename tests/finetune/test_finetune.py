@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from tests.conftest import labelled_shards, phantom_images
 from voxfm.data.ingest.run import run_shard
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.cli.main import main
@@ -28,14 +29,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory, phantom_dir):
     """The six phantoms with their label maps (0 background, 1 body, 2 organ, 3 lesion), one subject each."""
-    out = tmp_path_factory.mktemp("labelled")
-    rows = ["path,label,subject"] + [
-        f"{p},{str(p).replace('.nii.gz', '_label.nii.gz')},{p.name[:10]}"
-        for p in sorted(phantom_dir.glob("phantom*_??.nii.gz"))
-    ]
-    (out / "m.csv").write_text("\n".join(rows) + "\n")
-    assert run_shard(str(out / "m.csv"), str(out / "shards"), {}, progress=False)["n_sharded"] == 6
-    return out / "shards"
+    return labelled_shards(phantom_images(phantom_dir), tmp_path_factory.mktemp("labelled"))
 
 
 @pytest.fixture(scope="module")

@@ -11,24 +11,12 @@ import signal
 import pytest
 
 import voxfm.pretrain.finetune.loop
+from tests.conftest import labelled_shards, phantom_images
 from voxfm.data.ingest.locks import folder_lock
-from voxfm.data.ingest.run import run_shard
 from voxfm.pretrain.cli.main import main
 from voxfm.pretrain.training.checkpoints import find_resume_checkpoint
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory, phantom_dir):
-    out = tmp_path_factory.mktemp("labelled")
-    rows = ["path,label,subject"] + [
-        f"{p},{str(p).replace('.nii.gz', '_label.nii.gz')},{p.name[:10]}"
-        for p in sorted(phantom_dir.glob("phantom*_??.nii.gz"))[:3]
-    ]
-    (out / "m.csv").write_text("\n".join(rows) + "\n")
-    assert run_shard(str(out / "m.csv"), str(out / "shards"), {}, progress=False)["n_sharded"] == 3
-    return out / "shards"
 
 
 def _finetune(labelled, run, *extra):
@@ -101,7 +89,6 @@ def test_a_second_job_and_a_planted_link_are_refused(labelled, tmp_path, capsys)
 
 def test_a_damaged_label_map_is_skipped_with_its_reason(labelled, tmp_path, capsys):
     import io
-    import shutil
     import tarfile
 
     damaged = tmp_path / "shards"
@@ -134,15 +121,7 @@ def test_a_record_that_cannot_be_read_a_checkpoint_without_its_recipe_or_other_d
     moved = tmp_path / "moved"  # the same samples elsewhere: the shard set may move
     shutil.copytree(labelled, moved)
     assert _finetune(moved, run, "steps=5") == 0
-    other = tmp_path / "other"  # other samples under the same path: another recipe
-    shutil.copytree(labelled, other)
-    rows = ["path,label,subject"] + [
-        f"{p},{str(p).replace('.nii.gz', '_label.nii.gz')},{p.name[:10]}"
-        for p in sorted(phantom_dir.glob("phantom*_??.nii.gz"))[3:6]
-    ]
-    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    shutil.rmtree(other)
-    assert run_shard(str(tmp_path / "m.csv"), str(other), {}, progress=False)["n_sharded"] == 3
+    other = labelled_shards(phantom_images(phantom_dir)[3:6], tmp_path / "other")  # other samples: another recipe
     capsys.readouterr()
     assert _finetune(other, run, "steps=6") == 2
     assert "data.digest:" in capsys.readouterr().err
