@@ -87,13 +87,12 @@ def build_loader(cfg: DictConfig | list[str] | None = None, **keys):
     from hydra.utils import instantiate
 
     from voxfm.pretrain.errors import config_errors
-    from voxfm.pretrain.launch.build import build_loader as loader
-    from voxfm.pretrain.launch.build import build_stream, trains_on_gpu
+    from voxfm.pretrain.launch.build import build_feed, trains_on_gpu
 
     cfg = _config(cfg, keys)
     with config_errors():
         region_size = cfg.data.region_size or instantiate(cfg.objective.views).region_size_needed()
-    return loader(build_stream(cfg.data, region_size, seed=cfg.seed), cfg.data, trains_on_gpu(cfg.trainer))
+    return build_feed(cfg.data, region_size, cfg.seed, trains_on_gpu(cfg.trainer))
 
 
 def shard(*overrides: str, **keys) -> dict:

@@ -176,3 +176,13 @@ def memory_line(
         f"volumes within {pool_gib / workers:.2f} GiB each), each volume read serves {regions_per_volume} regions; "
         f"overhead ≤ ~3 volumes per worker being read or spent (≤ {max_sample_mb:g} MB each) + {queued}"
     )
+
+
+def device_pool_line(budget_bytes: float, max_volumes: int, regions_per_volume: int, n_workers: int, gpu: bool) -> str:
+    """The device pool's line at the start (data/stream/device_pool.py): what it may hold, and what the host keeps."""
+    where = "GPU" if gpu else "CPU (the training device)"
+    return (
+        f"data: device pool ≤ {budget_bytes / 2**30:.3g} GiB on the {where} (≤ {max_volumes} decoded volumes, each "
+        f"serving {regions_per_volume} regions cut on the device); the host keeps ≤ 2 decoded volumes per worker "
+        f"({max(n_workers, 1)} worker(s)) on their way{' in pinned memory' if gpu else ''}"
+    )

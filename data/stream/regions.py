@@ -54,6 +54,7 @@ class RegionStream(IterableDataset):
         pool_gib: float = 0.0,
         pool_volumes: int = 48,
         group: int = 32,
+        device_pool_volumes: int | None = None,
     ):
         if regions_per_volume < 1:
             raise ValueError(f"data.regions_per_volume={regions_per_volume}: expected >= 1")
@@ -72,10 +73,11 @@ class RegionStream(IterableDataset):
         self.regions_per_volume, self.foreground_prob = regions_per_volume, foreground_prob
         self.shuffle_buffer, self.seed, self.resampled = shuffle_buffer, seed, resampled
         self.pool_gib, self.pool_volumes, self.group = pool_gib, pool_volumes, group
+        self.device_pool_volumes = device_pool_volumes  # set: volumes go to a device pool, not the host's
         counts = [s.n_samples for s in self.sources]
         self.distinct = None if None in counts else sum(counts)  # distinct volumes, where the index says
         self._fit_pool_to_the_set()
-        if pool_gib == 0 and shuffle_buffer < 4 * regions_per_volume:
+        if pool_gib == 0 and device_pool_volumes is None and shuffle_buffer < 4 * regions_per_volume:
             log.warning(
                 "voxfm: without a volume pool (data.pool_gib=0) each volume's %d regions are mixed by a "
                 "shuffle buffer of only %d: a batch draws from few volumes; lower data.regions_per_volume or "
@@ -87,7 +89,12 @@ class RegionStream(IterableDataset):
     def _fit_pool_to_the_set(self) -> None:
         """A set of fewer volumes than a pool (or a batch) repeats volumes in every batch: said once, here. The pool
         then holds at most that many, not copies of them read again (a one-volume set filled it with 48)."""
-        size, what = (self.pool_volumes, "data.pool_volumes") if self.pool_gib > 0 else (self.group, "a batch")
+        if self.device_pool_volumes is not None:
+            size, what, held = self.device_pool_volumes, "data.device_pool_volumes", "the device pool"
+        elif self.pool_gib > 0:
+            size, what, held = self.pool_volumes, "data.pool_volumes", "each data worker's pool"
+        else:
+            size, what, held = self.group, "a batch", ""
         if self.distinct is None or self.distinct >= size:
             return
         log.warning(
@@ -97,9 +104,11 @@ class RegionStream(IterableDataset):
             what,
             size,
             self.distinct,
-            f"; each data worker's pool holds at most {self.distinct}" if self.pool_gib > 0 else "",
+            f"; {held} holds at most {self.distinct}" if held else "",
         )
         self.pool_volumes = min(self.pool_volumes, self.distinct)
+        if self.device_pool_volumes is not None:
+            self.device_pool_volumes = min(self.device_pool_volumes, self.distinct)
 
     @staticmethod
     def _rank_world() -> tuple[int, int]:
@@ -155,13 +164,21 @@ class RegionStream(IterableDataset):
         mixed = mix(streams, [s.weight for s in self.sources], np.random.default_rng([self.seed, rank, worker, 1]))
         return _arriving(mixed, skips)
 
+    def volumes(
+        self, worker: int, n_workers: int = 1, counters: FeedCounters | None = None, skips: SkipCounter | None = None
+    ) -> Iterator[Volume]:
+        """The decoded volumes of data worker `worker` on this rank, damaged samples skipped and counted in `skips`:
+        what the device pool (`data/stream/device_pool.py`) takes; `counters` (optional) is updated as it goes."""
+        skips = skips if skips is not None else SkipCounter()
+        return self._volumes(self.samples(worker, n_workers, skips), skips, counters or FeedCounters())
+
     def worker_stream(self, worker: int, n_workers: int = 1, counters: FeedCounters | None = None) -> Iterator[dict]:
         """The infinite region stream of data worker `worker` (a loader process or thread) on this rank; `counters`
         (optional) is updated as it goes."""
         rank, _ = self._rank_world()
         key = [self.seed, rank, worker]
         rng, skips, counters = np.random.default_rng(key), SkipCounter(), counters or FeedCounters()
-        volumes = self._volumes(self.samples(worker, n_workers, skips), skips, counters)
+        volumes = self.volumes(worker, n_workers, counters, skips)
         if self.pool_gib > 0:
             pool = VolumePool(
                 volumes,

@@ -30,7 +30,7 @@ from voxfm.data.stream.device_feed import DeviceFeed, PinnedBuffers
 from voxfm.pretrain.bench.feed import StepWindow, TimedFeed, peak_rss_gib, reset_peak_rss
 from voxfm.pretrain.bench.model import significant, voxfm_step
 from voxfm.pretrain.callbacks.checkpointing import FinalCheckpoint
-from voxfm.pretrain.launch.build import build_loader, build_module, build_stream, build_trainer, trains_on_gpu
+from voxfm.pretrain.launch.build import build_feed, build_module, build_trainer, trains_on_gpu
 from voxfm.pretrain.runtime.timing import time_call, timer_name
 from voxfm.pretrain.training.module import PretrainModule
 
@@ -40,7 +40,7 @@ ROWS = ("bare", "loop", "synthetic")
 def real_batches(cfg: DictConfig, module: PretrainModule, on_gpu: bool) -> Iterable[dict]:
     """`voxfm pretrain`'s loader on `cfg.data`, its stream built as `pretrain.launch.run._train` builds it."""
     region_size = cfg.data.region_size or module.view_pipeline.region_size_needed()
-    return build_loader(build_stream(cfg.data, region_size, seed=cfg.seed), cfg.data, on_gpu)
+    return build_feed(cfg.data, region_size, cfg.seed, on_gpu)
 
 
 def repeated(batch: dict) -> Iterable[dict]:

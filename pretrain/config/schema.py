@@ -32,6 +32,8 @@ class DataSchema:
     regions_per_volume: int = field(**bounded(ge=1))
     pool_gib: float = field(**bounded(ge=0.0))
     pool_volumes: int = field(**bounded(ge=1))
+    device_pool_gib: float | None = field(**bounded(ge=0.0))
+    device_pool_volumes: int = field(**bounded(ge=1))
     foreground_prob: float = field(**bounded(ge=0.0, le=1.0))
     shuffle_buffer: int = field(**bounded(ge=1))
     batch_size: int = field(**bounded(ge=1))

@@ -5,6 +5,7 @@ run from them; `voxfm bench loop` and the Python API build the same pieces."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -201,8 +202,9 @@ def build_trainer(
     )
 
 
-def build_stream(data: DictConfig, region_size, seed: int) -> RegionStream:
-    """The region stream `data` describes; `seed` already includes the resume step."""
+def build_stream(data: DictConfig, region_size, seed: int, device_pool: bool = False) -> RegionStream:
+    """The region stream `data` describes; `seed` already includes the resume step; `device_pool`: its volumes go
+    to a device pool (`build_loader`)."""
     return RegionStream(
         data.shards,
         region_size,
@@ -216,7 +218,58 @@ def build_stream(data: DictConfig, region_size, seed: int) -> RegionStream:
         pool_gib=data.pool_gib,
         pool_volumes=data.pool_volumes,
         group=data.batch_size,
+        device_pool_volumes=data.device_pool_volumes if device_pool else None,
     )
+
+
+def build_feed(data: DictConfig, region_size, seed: int, on_gpu: bool):
+    """The stream and loader `voxfm pretrain` trains from (`build_stream` + `build_loader`), device pool included."""
+    device_pool = bool(device_pool_budget(data, on_gpu))
+    return build_loader(build_stream(data, region_size, seed, device_pool=device_pool), data, on_gpu)
+
+
+def device_pool_budget(data: DictConfig, on_gpu: bool) -> float:
+    """Bytes of the device pool `data.device_pool_gib` asks for (0: the host pool): null is min(16 GiB, a quarter of
+    the GPU's memory) on a GPU with thread workers, else 0. Refused in one line when the device has less free memory
+    than that (the GPU's free memory; a CPU's available memory), or with worker processes."""
+    gib = data.get("device_pool_gib")
+    if gib == 0 or (gib is None and (not on_gpu or data.loader != "thread")):  # null: the device pool where it can be
+        return 0.0
+    if data.loader != "thread":
+        raise ConfigError(
+            f"data.device_pool_gib={gib:g} needs data.loader=thread "
+            "(worker processes cannot hand decoded volumes to the device pool); use data.loader=thread, or "
+            "data.device_pool_gib=0 for the host pool"
+        )
+    free, where = free_device_bytes(on_gpu)
+    if gib is None:  # what suits an 80 GB card, and a smaller or busier one too
+        return min(16 * 2**30, torch.cuda.get_device_properties(local_gpu()).total_memory / 4, free / 2)
+    if gib * 2**30 > free:
+        raise ConfigError(
+            f"data.device_pool_gib={gib:g}: {where} has only {free / 2**30:.1f} GiB free; lower "
+            "data.device_pool_gib (0: the host pool, data.pool_gib)"
+        )
+    return gib * 2**30
+
+
+def local_gpu() -> int:
+    """The GPU this process will train on, before training has chosen it: its local rank's (torchrun, SLURM,
+    Lightning's launchers set LOCAL_RANK / SLURM_LOCALID), else 0."""
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
+
+
+def free_device_bytes(on_gpu: bool) -> tuple[float, str]:
+    """(free bytes, what they are of): the current GPU's free memory, or the memory this machine has available."""
+    if on_gpu:
+        gpu = local_gpu()
+        return torch.cuda.mem_get_info(gpu)[0], f"GPU {gpu} (the training device)"
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        free = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # not Linux: what the OS calls available pages
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return free, "the CPU (the training device)"
 
 
 def trains_on_gpu(trainer: DictConfig) -> bool:
@@ -225,7 +278,14 @@ def trains_on_gpu(trainer: DictConfig) -> bool:
 
 
 def build_loader(stream: RegionStream, data: DictConfig, on_gpu: bool):
-    """`on_gpu`: the thread loader hands over device batches (pinned buffers, copies one batch ahead)."""
+    """`on_gpu`: the thread loader hands over device batches (pinned buffers, copies one batch ahead). With a device
+    pool (`data.device_pool_gib`, `device_pool_budget`) the regions are cut on the training device instead."""
+    budget = device_pool_budget(data, on_gpu)
+    if budget:
+        from voxfm.data.stream.device_pool import DevicePoolLoader
+
+        device = torch.device("cuda" if on_gpu else "cpu")  # which GPU: the rank's, once training has set it
+        return DevicePoolLoader(stream, data.batch_size, data.num_workers, device, budget)
     if data.loader == "thread":
         return ThreadLoader(stream, data.batch_size, data.num_workers, pin_memory=on_gpu)
     if data.loader == "process":

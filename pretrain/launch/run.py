@@ -21,7 +21,7 @@ from voxfm.data.ingest.locks import folder_lock
 from voxfm.data.ingest.safe_files import refuse_a_link, refuse_linked_folders, write_text_atomic
 from voxfm.data.stream.device_feed import buffer_count
 from voxfm.data.stream.loader import QUEUED_PER_WORKER
-from voxfm.data.stream.pool import memory_line
+from voxfm.data.stream.pool import device_pool_line, memory_line
 from voxfm.pretrain.callbacks.preemption import Preemption
 from voxfm.pretrain.callbacks.teardown import shut_down_process_group
 from voxfm.pretrain.config.renamed import renamed_key, upgraded
@@ -32,6 +32,7 @@ from voxfm.pretrain.launch.build import (
     build_module,
     build_stream,
     build_trainer,
+    device_pool_budget,
     log_event,
     trains_on_gpu,
 )
@@ -116,13 +117,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
             )
         allowed = [renamed_key(k) for k in cfg.resume.allow_changes]
         changes = check_resume_config(upgraded(stored), config, allowed, resume)
+    on_gpu = trains_on_gpu(cfg.trainer)
+    pool_bytes = device_pool_budget(cfg.data, on_gpu)  # a pool the device cannot hold: refused before writing
     if is_job_owner():
         refuse_linked_folders(run_dir, ("checkpoints", "metrics", "images", "tensorboard", "wandb"))
         for name in ("events.jsonl", "metrics/metrics.csv", "wandb_id"):  # appended to in place: never a link
             refuse_a_link(run_dir / name)
         write_config(run_dir, cfg)
     L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
-    on_gpu = trains_on_gpu(cfg.trainer)
     fit_workers_to_cpu(cfg, on_gpu)
     module = build_module(cfg)
     if launcher_rank() == 0:
@@ -133,7 +135,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
         L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
     # A resumed run draws fresh regions (seeded by the resume step) rather than replaying the first ones.
     region_size = cfg.data.region_size or module.view_pipeline.region_size_needed()
-    stream = build_stream(cfg.data, region_size, seed=cfg.seed + resume_step)
+    stream = build_stream(cfg.data, region_size, seed=cfg.seed + resume_step, device_pool=bool(pool_bytes))
     universal = bool(resume and is_deepspeed_checkpoint(resume) and cfg.strategy.get("universal_checkpoint"))
     if universal:  # another world size can resume a DeepSpeed run through DeepSpeed's universal format
         resume = universal_checkpoint(resume, convert=launcher_rank() == 0)
@@ -161,21 +163,22 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
             if pinned
             else QUEUED_PER_WORKER * max(cfg.data.num_workers, 1) + cfg.data.num_workers
         )
-        print(
-            "voxfm: "
-            + memory_line(
-                cfg.data.pool_gib,
-                cfg.data.pool_volumes,
-                cfg.data.regions_per_volume,
-                cfg.data.num_workers,
-                cfg.data.batch_size,
+        d = cfg.data
+        if pool_bytes:
+            line = device_pool_line(pool_bytes, stream.device_pool_volumes, d.regions_per_volume, d.num_workers, on_gpu)
+        else:
+            line = memory_line(
+                d.pool_gib,
+                d.pool_volumes,
+                d.regions_per_volume,
+                d.num_workers,
+                d.batch_size,
                 stream.region_size,
                 batches,
                 pinned,
-                cfg.data.max_sample_mb,
-            ),
-            flush=True,
-        )
+                d.max_sample_mb,
+            )
+        print(f"voxfm: {line}", flush=True)
         print(
             f"voxfm: {trainer.world_size} rank(s), global batch {global_batch} regions, peak lr {lr:.3g} "
             f"(optim.lr_scaling={cfg.optim.lr_scaling})",
