@@ -48,15 +48,16 @@ class WorkerState:
     reads: int = 0
 
 
-def host_tensor(array: np.ndarray, pin: bool) -> torch.Tensor:
-    """A decoded volume as a tensor the device copy reads: pinned (one copy) on CUDA, else the array itself. uint16
-    and uint32 widen (torch cannot promote them in a batch)."""
+def host_tensor(array: np.ndarray, stage: bool, pin: bool) -> torch.Tensor:
+    """A decoded volume as a tensor the device copy reads: `stage`d, copied once into a fresh tensor (`pin`ned: the
+    CUDA path, whose copy to the device must read page-locked memory), else the array itself. uint16 and uint32 widen
+    (torch cannot promote them in a batch)."""
     wide = UNPROMOTABLE.get(array.dtype)
     if wide is not None:
         array = array.astype(wide)
-    if not pin:
+    if not stage:
         return torch.from_numpy(np.ascontiguousarray(array))
-    host = torch.empty(array.shape, dtype=torch.from_numpy(array[:0, :0, :0]).dtype, pin_memory=True)
+    host = torch.empty(array.shape, dtype=torch.from_numpy(array[:0, :0, :0]).dtype, pin_memory=pin)
     np.copyto(host.numpy(), array)
     return host
 
@@ -65,13 +66,13 @@ class VolumeFeed:
     """Decoded volumes (array: a host tensor, see `host_tensor`) of `n_workers` worker threads (0: the caller's
     thread), taken in turn; each comes with its worker's `WorkerState`."""
 
-    def __init__(self, stream: RegionStream, n_workers: int, pin: bool):
-        self.stream, self.n_workers, self.pin = stream, n_workers, pin
+    def __init__(self, stream: RegionStream, n_workers: int, stage: bool, pin: bool):
+        self.stream, self.n_workers, self.stage, self.pin = stream, n_workers, stage, pin
 
     def _worker(self, worker: int) -> Iterator[tuple[Volume, WorkerState]]:
         counters, skips = FeedCounters(), SkipCounter()
         for volume in self.stream.volumes(worker, max(self.n_workers, 1), counters, skips):
-            volume.array = host_tensor(volume.array, self.pin)
+            volume.array = host_tensor(volume.array, self.stage, self.pin)
             yield volume, WorkerState(skips.count, counters.read_bytes, counters.reads)
 
     def __iter__(self) -> Iterator[tuple[Volume, WorkerState]]:
@@ -169,7 +170,9 @@ class DevicePoolFigures:
 
 class DevicePoolLoader:
     """Batches {"region": [B, 1, *R] on `device`, "low", "high": [B] on `device`, bookkeeping as `collate_regions`}
-    cut from a pool of decoded volumes on `device` within `budget_bytes` (at most `max_volumes`)."""
+    cut from a pool of decoded volumes on `device` within `budget_bytes` (at most `max_volumes`; default: the
+    stream's `device_pool_volumes`). `stage`: volumes are copied into a fresh host tensor before they go (default:
+    on CUDA, where that tensor is pinned); the meta device (`voxfm bench data`) then counts every host cost."""
 
     def __init__(
         self,
@@ -179,6 +182,7 @@ class DevicePoolLoader:
         device: torch.device,
         budget_bytes: float,
         max_volumes: int | None = None,
+        stage: bool | None = None,
     ):
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"data.batch_size={batch_size}, data.num_workers={num_workers}: expected >= 1 and >= 0")
@@ -187,6 +191,7 @@ class DevicePoolLoader:
         self.max_volumes = max_volumes or stream.device_pool_volumes or stream.pool_volumes
         if stream.distinct is not None:  # a small set: no copies of its volumes (said once by the stream)
             self.max_volumes = min(self.max_volumes, stream.distinct)
+        self.stage = self.device.type == "cuda" if stage is None else stage  # the bench stages on the meta device
         self.figures = DevicePoolFigures()
 
     def __iter__(self) -> Iterator[dict]:
@@ -195,7 +200,7 @@ class DevicePoolLoader:
             self.device = torch.device("cuda", torch.cuda.current_device())
         to_device = ToDevice(self.device)
         states: dict[int, WorkerState] = {}
-        feed = iter(VolumeFeed(self.stream, self.num_workers, pin=self.device.type == "cuda"))
+        feed = iter(VolumeFeed(self.stream, self.num_workers, self.stage, pin=self.device.type == "cuda"))
 
         def on_device() -> Iterator[Volume]:
             for n, (volume, state) in enumerate(feed):
