@@ -12,8 +12,12 @@ body CT) instead of the region's own (1.77 MB for 96³ int16); the host's work p
 a decode plus a slice and its launch.
 
 The pool takes volumes from the workers in turn (worker 0, 1, ..., 0, ...), never as they happen to arrive, and
-draws its picks from a generator of (seed, rank): the batches are a pure function of (seed, rank, resume step),
-however the workers' threads are scheduled. With a CPU as the device the same code runs (the volumes stay where
+draws its picks from a generator of (seed, rank): the batches are a pure function of (seed, rank), however the
+workers' threads are scheduled. Each batch carries the state that rebuilds the pool after it (`feed_state`: the
+volumes held, their regions left and their samples' positions in the workers' streams, the pool's generator); a
+checkpoint keeps the last trained batch's (`pretrain/callbacks/feed_state.py`), and a resumed run re-reads the held
+volumes (each worker's stream restarted at its oldest one, data/stream/sources.py) and draws exactly the batches the
+uninterrupted run would have. With a CPU as the device the same code runs (the volumes stay where
 they were decoded), which is what the tests and the CPU twins exercise; the meta device measures the host's share
 alone (`voxfm bench data`).
 """
@@ -21,115 +25,17 @@ alone (`voxfm bench data`).
 from __future__ import annotations
 
 import functools
-import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from voxfm.data.stream.loader import _RUNNING
-from voxfm.data.stream.pool import FeedCounters, Volume, VolumePool
+from voxfm.data.stream.pool import Volume, VolumePool
 from voxfm.data.stream.regions import RegionStream
-from voxfm.data.stream.samples import UNPROMOTABLE
-from voxfm.data.stream.skips import SkipCounter, UnreadableShards
+from voxfm.data.stream.volume_feed import VolumeFeed, WorkerState
 
-QUEUED_VOLUMES = 2  # decoded volumes each worker keeps ready (on CUDA: in pinned memory)
-_END = object()
-
-
-@dataclass
-class WorkerState:
-    """What one worker had read and skipped when it handed over a volume (its counters, as Python values)."""
-
-    skipped: int = 0
-    read_bytes: int = 0
-    reads: int = 0
-
-
-def host_tensor(array: np.ndarray, stage: bool, pin: bool) -> torch.Tensor:
-    """A decoded volume as a tensor the device copy reads: `stage`d, copied once into a fresh tensor (`pin`ned: the
-    CUDA path, whose copy to the device must read page-locked memory), else the array itself. uint16 and uint32 widen
-    (torch cannot promote them in a batch)."""
-    wide = UNPROMOTABLE.get(array.dtype)
-    if wide is not None:
-        array = array.astype(wide)
-    if not stage:
-        return torch.from_numpy(np.ascontiguousarray(array))
-    host = torch.empty(array.shape, dtype=torch.from_numpy(array[:0, :0, :0]).dtype, pin_memory=pin)
-    np.copyto(host.numpy(), array)
-    return host
-
-
-class VolumeFeed:
-    """Decoded volumes (array: a host tensor, see `host_tensor`) of `n_workers` worker threads (0: the caller's
-    thread), taken in turn; each comes with its worker's `WorkerState`."""
-
-    def __init__(self, stream: RegionStream, n_workers: int, stage: bool, pin: bool):
-        self.stream, self.n_workers, self.stage, self.pin = stream, n_workers, stage, pin
-
-    def _worker(self, worker: int) -> Iterator[tuple[Volume, WorkerState]]:
-        counters, skips = FeedCounters(), SkipCounter()
-        for volume in self.stream.volumes(worker, max(self.n_workers, 1), counters, skips):
-            volume.array = host_tensor(volume.array, self.stage, self.pin)
-            yield volume, WorkerState(skips.count, counters.read_bytes, counters.reads)
-
-    def __iter__(self) -> Iterator[tuple[Volume, WorkerState]]:
-        if self.n_workers == 0:
-            yield from self._worker(0)
-            return
-        queues = [queue.Queue(maxsize=QUEUED_VOLUMES) for _ in range(self.n_workers)]
-        stop = threading.Event()
-
-        def offer(q: queue.Queue, item) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def work(worker: int) -> None:
-            try:
-                for item in self._worker(worker):
-                    if not offer(queues[worker], item):
-                        return
-                offer(queues[worker], _END)
-            except BaseException as err:  # surfaced in the training thread, not lost in a worker
-                offer(queues[worker], err)
-
-        threads = [
-            threading.Thread(target=work, args=(i,), daemon=True, name=f"voxfm-volumes-{i}")
-            for i in range(self.n_workers)
-        ]
-        for t in threads:
-            t.start()
-        _RUNNING[id(stop)] = (stop, threads)
-        try:
-            yield from _in_turn(queues)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(timeout=10)
-            _RUNNING.pop(id(stop), None)
-
-
-def _in_turn(queues: list[queue.Queue]) -> Iterator:
-    """Items from each queue in turn, skipping queues whose worker ended; a worker's error is raised here."""
-    live = list(range(len(queues)))
-    while live:
-        for worker in list(live):
-            item = queues[worker].get()
-            if item is _END:
-                live.remove(worker)
-                continue
-            if isinstance(item, UnreadableShards):
-                raise item
-            if isinstance(item, BaseException):
-                raise RuntimeError(f"a data-loader thread failed: {type(item).__name__}: {item}") from item
-            yield item
+STATE_VERSION = 1
 
 
 class ToDevice:
@@ -183,6 +89,7 @@ class DevicePoolLoader:
         budget_bytes: float,
         max_volumes: int | None = None,
         stage: bool | None = None,
+        resume: dict[int, dict] | None = None,
     ):
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"data.batch_size={batch_size}, data.num_workers={num_workers}: expected >= 1 and >= 0")
@@ -193,23 +100,17 @@ class DevicePoolLoader:
             self.max_volumes = min(self.max_volumes, stream.distinct)
         self.stage = self.device.type == "cuda" if stage is None else stage  # the bench stages on the meta device
         self.figures = DevicePoolFigures()
+        self.resume = resume  # rank → the state `feed_state` saved: the stream goes on from there
 
     def __iter__(self) -> Iterator[dict]:
         rank, _ = self.stream._rank_world()
         if self.device.type == "cuda" and self.device.index is None:  # the rank's GPU, chosen by now
             self.device = torch.device("cuda", torch.cuda.current_device())
+        saved = (self.resume or {}).get(rank)
+        workers = max(self.num_workers, 1)
         to_device = ToDevice(self.device)
-        states: dict[int, WorkerState] = {}
-        feed = iter(VolumeFeed(self.stream, self.num_workers, self.stage, pin=self.device.type == "cuda"))
-
-        def on_device() -> Iterator[Volume]:
-            for n, (volume, state) in enumerate(feed):
-                states[n % max(self.num_workers, 1)] = state
-                volume.array = to_device(volume.array)
-                yield volume
-
         pool = VolumePool(
-            on_device(),
+            iter(()),
             self.stream.region_size,
             self.stream.regions_per_volume,
             self.budget,
@@ -217,15 +118,49 @@ class DevicePoolLoader:
             self.stream.foreground_prob,
             np.random.default_rng([self.stream.seed, rank, 2]),
         )
+        feed = VolumeFeed(
+            self.stream, self.num_workers, self.stage, self.device.type == "cuda", saved and replay_starts(saved)
+        )
+        last: dict[int, tuple[int, dict | None]] = {}  # worker → (its count of volumes taken - 1, last one's position)
+        states: dict[int, WorkerState] = {}
+        held, taken = (None, 0) if saved is None else (self._replay(saved, feed, pool, to_device, last), saved["taken"])
+
+        def taking() -> Iterator[Volume]:
+            for n, (worker, volume, state) in enumerate(feed.in_turn(first=taken % workers), start=taken):
+                states[worker], last[worker] = state, (n // workers, volume.position)
+                volume.ordinal, volume.array = n, to_device(volume.array)
+                yield volume
+
+        pool.volumes = taking()
         try:
-            for group in pool.groups(self.batch_size):
+            for group in pool.groups(self.batch_size, held=held):
                 self.figures.regions += len(group)
                 self.figures.sent_bytes, self.figures.held_bytes = to_device.sent, pool.held_bytes
-                yield self._batch(group, states)
+                batch = self._batch(group, states)
+                batch["_feed_state"] = feed_state(self.stream.seed, workers, pool, last)
+                yield batch
         finally:
-            close = getattr(feed, "close", None)
-            if close is not None:
-                close()
+            feed.close()
+
+    def _replay(self, saved: dict, feed: VolumeFeed, pool: VolumePool, to_device, last: dict) -> list[Volume]:
+        """Re-reads the volumes the saved pool held (each worker's stream restarted at its oldest one) and sets the
+        pool's generator as it was: the pool goes on as if never stopped."""
+        workers = saved["workers"]
+        keep = {ordinal: uses for ordinal, uses, _ in saved["held"]}
+        found: dict[int, Volume] = {}
+        for worker, (first, final) in replay_plan(saved).items():
+            for index in range(first, final + 1):
+                item = feed.take(worker)
+                if item is None:
+                    raise RuntimeError(f"data worker {worker}'s stream ended while replaying the saved device pool")
+                volume, _ = item
+                last[worker] = (index, volume.position)
+                ordinal = index * workers + worker
+                if ordinal in keep:
+                    volume.ordinal, volume.uses_left, volume.array = ordinal, keep[ordinal], to_device(volume.array)
+                    found[ordinal] = volume
+        pool.rng.bit_generator.state = saved["rng"]
+        return [found[ordinal] for ordinal, _, _ in saved["held"]]
 
     def _batch(self, group: list[tuple[torch.Tensor, Volume]], states: dict[int, WorkerState]) -> dict:
         regions = [region for region, _ in group]
@@ -245,3 +180,42 @@ class DevicePoolLoader:
             "read_bytes": sum(s.read_bytes for s in states.values()),
             "reads": sum(s.reads for s in states.values()),
         }
+
+
+def feed_state(seed: int, workers: int, pool: VolumePool, last: dict[int, tuple[int, dict | None]]) -> dict:
+    """What rebuilds the pool after this batch (small, JSON- and `torch.load(weights_only=True)`-safe): the volumes it
+    holds with their regions left and their samples' positions, the volumes taken so far, each worker's last one,
+    and the pool's generator."""
+    return {
+        "version": STATE_VERSION,
+        "seed": seed,
+        "workers": workers,
+        "taken": 1 + max((index * workers + w for w, (index, _) in last.items()), default=-1),
+        "held": [[v.ordinal, v.uses_left, v.position] for v in pool.held if v.uses_left > 0],
+        "last": [[w, index, position] for w, (index, position) in sorted(last.items())],
+        "rng": pool.rng.bit_generator.state,
+    }
+
+
+def replay_plan(saved: dict) -> dict[int, tuple[int, int]]:
+    """worker → (index of its first volume to re-read, index of its last taken one): from its oldest held volume (or
+    its last taken one) to its last taken one."""
+    workers, taken = saved["workers"], saved["taken"]
+    plan = {}
+    for w in range(workers):
+        final = (taken - 1 - w) // workers if taken > w else -1
+        mine = [ordinal // workers for ordinal, _, _ in saved["held"] if ordinal % workers == w]
+        lasts = [index for worker, index, _ in saved["last"] if worker == w]
+        first = min(mine) if mine else (lasts[0] if lasts else final + 1)
+        if final >= first:
+            plan[w] = (first, final)
+    return plan
+
+
+def replay_starts(saved: dict) -> dict[int, dict]:
+    """worker → the position its stream restarts at (its first volume to re-read, `replay_plan`); a worker that
+    had nothing taken starts at the beginning."""
+    workers = saved["workers"]
+    positions = {ordinal: position for ordinal, _, position in saved["held"]}
+    positions |= {index * workers + w: position for w, index, position in saved["last"]}
+    return {w: positions[first * workers + w] for w, (first, _) in replay_plan(saved).items()}

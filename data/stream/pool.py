@@ -41,6 +41,8 @@ class Volume:
     source: int = 0
     key: str = ""  # where it was read from (shard URL and sample key): a batch's distinct volumes are distinct keys
     uses_left: int = 0
+    position: dict | None = None  # its sample's place in its worker's stream: the stream restarts there
+    ordinal: int = -1  # the device pool's count of volumes taken before it
 
 
 @dataclass
@@ -140,9 +142,13 @@ class VolumePool:
             volume.uses_left -= 1
         return out
 
-    def groups(self, n: int) -> Iterator[list[tuple[np.ndarray, Volume]]]:
-        """Groups of `n` until the samples end and the pool is spent (never, for the endless training streams)."""
-        self._first_fill()
+    def groups(self, n: int, held: list[Volume] | None = None) -> Iterator[list[tuple[np.ndarray, Volume]]]:
+        """Groups of `n` until the samples end and the pool is spent (never, for the endless training streams).
+        `held`: the volumes (uses left set) a pool held when it was saved, in its order: that pool goes on."""
+        if held is None:
+            self._first_fill()
+        else:
+            self.held = held
         while group := self.group(n):
             yield group
 

@@ -1,6 +1,6 @@
 """The region stream: shards into training regions with webdataset, and its data loader.
 
-Each data-loader worker on each rank draws shards at random with replacement (`ResampledShards`)
+Each data-loader worker on each rank draws shards at random with replacement (`resampled_samples`)
 from a seed that mixes (seed, rank, worker), so the stream is infinite, differs per rank and
 worker, and needs no shared filesystem listing beyond the shard URLs; or, with `resampled=False`,
 reads exact passes split by (rank, worker). Several shard sets mix by weight (`data/stream/sources.py`).
@@ -134,6 +134,7 @@ class RegionStream(IterableDataset):
                 )
                 continue
             skips.ok()
+            volume.position = sample.get("__position__")
             yield volume
 
     def _records(
@@ -149,28 +150,42 @@ class RegionStream(IterableDataset):
                 "reads": counters.reads,
             }
 
-    def samples(self, worker: int, n_workers: int = 1, skips: SkipCounter | None = None) -> Iterator[tuple[int, dict]]:
-        """(source index, raw sample) for data worker `worker` of `n_workers` on this rank."""
+    def samples(
+        self, worker: int, n_workers: int = 1, skips: SkipCounter | None = None, start: dict | None = None
+    ) -> Iterator[tuple[int, dict]]:
+        """(source index, raw sample) for data worker `worker` of `n_workers` on this rank; each sample carries its
+        `__position__` in the mixed stream (data/stream/sources.py), and `start=` one restarts the stream there."""
         rank, world = self._rank_world()
         skips = skips or SkipCounter()
         slot, n_slots = rank * n_workers + worker, world * n_workers
         worker_seed = (self.seed * 1_000_003 + rank) * 1_009 + worker
+        starts = start["sources"] if start else [None] * len(self.sources)
         streams = [
-            resampled_samples(s.urls, self.seed, worker_seed + 7919 * i, skips.skip, on_shard=skips.opened)
+            resampled_samples(
+                s.urls, self.seed, worker_seed + 7919 * i, skips.skip, on_shard=skips.opened, start=starts[i]
+            )
             if self.resampled
-            else epoch_samples(s.urls, self.seed + 7919 * i, slot, n_slots, skips.skip, on_shard=skips.opened)
+            else epoch_samples(
+                s.urls, self.seed + 7919 * i, slot, n_slots, skips.skip, on_shard=skips.opened, start=starts[i]
+            )
             for i, s in enumerate(self.sources)
         ]
-        mixed = mix(streams, [s.weight for s in self.sources], np.random.default_rng([self.seed, rank, worker, 1]))
-        return _arriving(mixed, skips)
+        rng = np.random.default_rng([self.seed, rank, worker, 1])
+        return _arriving(mix(streams, [s.weight for s in self.sources], rng, start=start), skips)
 
     def volumes(
-        self, worker: int, n_workers: int = 1, counters: FeedCounters | None = None, skips: SkipCounter | None = None
+        self,
+        worker: int,
+        n_workers: int = 1,
+        counters: FeedCounters | None = None,
+        skips: SkipCounter | None = None,
+        start: dict | None = None,
     ) -> Iterator[Volume]:
-        """The decoded volumes of data worker `worker` on this rank, damaged samples skipped and counted in `skips`:
-        what the device pool (`data/stream/device_pool.py`) takes; `counters` (optional) is updated as it goes."""
+        """The decoded volumes of data worker `worker` on this rank, damaged samples skipped and counted in `skips`,
+        each with its sample's `position` (`start=` one restarts there): what the device pool
+        (`data/stream/device_pool.py`) takes; `counters` (optional) is updated as it goes."""
         skips = skips if skips is not None else SkipCounter()
-        return self._volumes(self.samples(worker, n_workers, skips), skips, counters or FeedCounters())
+        return self._volumes(self.samples(worker, n_workers, skips, start), skips, counters or FeedCounters())
 
     def worker_stream(self, worker: int, n_workers: int = 1, counters: FeedCounters | None = None) -> Iterator[dict]:
         """The infinite region stream of data worker `worker` (a loader process or thread) on this rank; `counters`

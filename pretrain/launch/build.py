@@ -5,7 +5,6 @@ run from them; `voxfm bench loop` and the Python API build the same pieces."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from functools import partial
 from pathlib import Path
@@ -23,12 +22,14 @@ from voxfm.data.stream.loader import ThreadLoader
 from voxfm.data.stream.regions import RegionStream, region_loader
 from voxfm.pretrain.callbacks.checkpointing import ConfigInCheckpoint, FinalCheckpoint
 from voxfm.pretrain.callbacks.efficiency import Efficiency
+from voxfm.pretrain.callbacks.feed_state import FeedState
 from voxfm.pretrain.callbacks.images import ReconstructionImages
 from voxfm.pretrain.callbacks.monitoring import DataStats, ProgressBar, Throughput
 from voxfm.pretrain.callbacks.preemption import Preemption
 from voxfm.pretrain.callbacks.retention import Retention
 from voxfm.pretrain.callbacks.teardown import ShutDownProcessGroup
 from voxfm.pretrain.errors import ConfigError, config_errors
+from voxfm.pretrain.launch.device_budget import device_pool_budget
 from voxfm.pretrain.runtime.curves import MetricCurves
 from voxfm.pretrain.runtime.loggers import tensorboard_logger, wandb_logger
 from voxfm.pretrain.runtime.metrics_csv import RunCSVLogger
@@ -183,6 +184,7 @@ def build_trainer(
             Throughput(),
             ConfigInCheckpoint(config, describe_shard_set(first_shard_set(cfg.data))),
             DataStats(source_names(cfg.data)),
+            FeedState(),
             ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb if wandb_images else None),
             MetricCurves(run_dir),
             *([preemption] if preemption is not None else []),
@@ -228,64 +230,21 @@ def build_feed(data: DictConfig, region_size, seed: int, on_gpu: bool):
     return build_loader(build_stream(data, region_size, seed, device_pool=device_pool), data, on_gpu)
 
 
-def device_pool_budget(data: DictConfig, on_gpu: bool) -> float:
-    """Bytes of the device pool `data.device_pool_gib` asks for (0: the host pool): null is min(16 GiB, a quarter of
-    the GPU's memory) on a GPU with thread workers, else 0. Refused in one line when the device has less free memory
-    than that (the GPU's free memory; a CPU's available memory), or with worker processes."""
-    gib = data.get("device_pool_gib")
-    if gib == 0 or (gib is None and (not on_gpu or data.loader != "thread")):  # null: the device pool where it can be
-        return 0.0
-    if data.loader != "thread":
-        raise ConfigError(
-            f"data.device_pool_gib={gib:g} needs data.loader=thread "
-            "(worker processes cannot hand decoded volumes to the device pool); use data.loader=thread, or "
-            "data.device_pool_gib=0 for the host pool"
-        )
-    free, where = free_device_bytes(on_gpu)
-    if gib is None:  # what suits an 80 GB card, and a smaller or busier one too
-        return min(16 * 2**30, torch.cuda.get_device_properties(local_gpu()).total_memory / 4, free / 2)
-    if gib * 2**30 > free:
-        raise ConfigError(
-            f"data.device_pool_gib={gib:g}: {where} has only {free / 2**30:.1f} GiB free; lower "
-            "data.device_pool_gib (0: the host pool, data.pool_gib)"
-        )
-    return gib * 2**30
-
-
-def local_gpu() -> int:
-    """The GPU this process will train on, before training has chosen it: its local rank's (torchrun, SLURM,
-    Lightning's launchers set LOCAL_RANK / SLURM_LOCALID), else 0."""
-    return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
-
-
-def free_device_bytes(on_gpu: bool) -> tuple[float, str]:
-    """(free bytes, what they are of): the current GPU's free memory, or the memory this machine has available."""
-    if on_gpu:
-        gpu = local_gpu()
-        return torch.cuda.mem_get_info(gpu)[0], f"GPU {gpu} (the training device)"
-    try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f)
-        free = int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):  # not Linux: what the OS calls available pages
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return free, "the CPU (the training device)"
-
-
 def trains_on_gpu(trainer: DictConfig) -> bool:
     """The one test of whether a run trains on a GPU: `trainer.accelerator` says so, or is `auto` with one visible."""
     return trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
 
 
-def build_loader(stream: RegionStream, data: DictConfig, on_gpu: bool):
+def build_loader(stream: RegionStream, data: DictConfig, on_gpu: bool, replay: dict[int, dict] | None = None):
     """`on_gpu`: the thread loader hands over device batches (pinned buffers, copies one batch ahead). With a device
-    pool (`data.device_pool_gib`, `device_pool_budget`) the regions are cut on the training device instead."""
+    pool (`data.device_pool_gib`, `device_pool_budget`) the regions are cut on the training device instead, and
+    `replay` (rank → the pool's saved state, `pretrain/callbacks/feed_state.py`) makes it go on where it stopped."""
     budget = device_pool_budget(data, on_gpu)
     if budget:
         from voxfm.data.stream.device_pool import DevicePoolLoader
 
         device = torch.device("cuda" if on_gpu else "cpu")  # which GPU: the rank's, once training has set it
-        return DevicePoolLoader(stream, data.batch_size, data.num_workers, device, budget)
+        return DevicePoolLoader(stream, data.batch_size, data.num_workers, device, budget, resume=replay)
     if data.loader == "thread":
         return ThreadLoader(stream, data.batch_size, data.num_workers, pin_memory=on_gpu)
     if data.loader == "process":

@@ -22,6 +22,8 @@ from voxfm.data.ingest.safe_files import refuse_a_link, refuse_linked_folders, w
 from voxfm.data.stream.device_feed import buffer_count
 from voxfm.data.stream.loader import QUEUED_PER_WORKER
 from voxfm.data.stream.pool import device_pool_line, memory_line
+from voxfm.pretrain.callbacks.feed_state import KEY as FEED_KEY
+from voxfm.pretrain.callbacks.feed_state import saved_feed
 from voxfm.pretrain.callbacks.preemption import Preemption
 from voxfm.pretrain.callbacks.teardown import shut_down_process_group
 from voxfm.pretrain.config.renamed import renamed_key, upgraded
@@ -32,10 +34,10 @@ from voxfm.pretrain.launch.build import (
     build_module,
     build_stream,
     build_trainer,
-    device_pool_budget,
     log_event,
     trains_on_gpu,
 )
+from voxfm.pretrain.launch.device_budget import device_pool_budget
 from voxfm.pretrain.launch.placement import fit_workers_to_cpu, warn_large_model_on_cpu
 from voxfm.pretrain.runtime.loggers import finish_wandb
 from voxfm.pretrain.runtime.quiet import model_line, quiet_start
@@ -107,9 +109,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     resume, resume_step = find_resume_checkpoint(run_dir / "checkpoints")
     if resume is None:
         refuse_a_lost_record(run_dir)
-    changes = {}
+    changes, feed_record = {}, None
     if resume is not None:  # every rank checks (each must stop); nothing is written before this passes
-        stored = load_checkpoint(resume, mmap=True).get("voxfm_config")
+        checkpoint = load_checkpoint(resume, mmap=True)
+        stored, feed_record = checkpoint.get("voxfm_config"), checkpoint.get(FEED_KEY)
         if not isinstance(stored, dict):  # without it, nothing says the checkpoint fits this config
             raise ConfigError(
                 f"cannot resume from {resume}: it holds no voxfm_config (not written by voxfm pretrain), so it "
@@ -133,9 +136,6 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     if cfg.init_from and resume is None:  # a new run seeded by a format=full export: its weights and step
         resume_step = init_module(module, cfg.init_from, cfg.trainer.max_steps)
         L.seed_everything(cfg.seed + resume_step, workers=True, verbose=False)
-    # A resumed run draws fresh regions (seeded by the resume step) rather than replaying the first ones.
-    region_size = cfg.data.region_size or module.view_pipeline.region_size_needed()
-    stream = build_stream(cfg.data, region_size, seed=cfg.seed + resume_step, device_pool=bool(pool_bytes))
     universal = bool(resume and is_deepspeed_checkpoint(resume) and cfg.strategy.get("universal_checkpoint"))
     if universal:  # another world size can resume a DeepSpeed run through DeepSpeed's universal format
         resume = universal_checkpoint(resume, convert=launcher_rank() == 0)
@@ -143,6 +143,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     trainer = build_trainer(cfg, run_dir, config, on_gpu, preemption, load_universal=universal, resume_step=resume_step)
     if cfg.init_from and resume is None:
         trainer.callbacks.append(ContinueFromStep(resume_step))
+    # A resumed run with the device pool goes on with the batches the uninterrupted run would have drawn (the pool's
+    # state in the checkpoint); otherwise it draws fresh regions, seeded by the resume step.
+    region_size = cfg.data.region_size or module.view_pipeline.region_size_needed()
+    replay, why = saved_feed(feed_record, trainer.world_size, cfg.data.num_workers) if pool_bytes else (None, "")
+    if resume and pool_bytes and replay is None and trainer.is_global_zero:
+        print(f"voxfm: the device pool draws fresh batches, seeded by the resume step: {why}", flush=True)
+    seed = replay[0]["seed"] if replay else cfg.seed + resume_step
+    stream = build_stream(cfg.data, region_size, seed=seed, device_pool=bool(pool_bytes))
     global_batch = cfg.data.batch_size * trainer.world_size * cfg.trainer.accumulate_grad_batches
     module.lr_scale = lr_scale(cfg.optim.lr_scaling, global_batch, cfg.optim.reference_batch)
     lr = float(cfg.optim.optimizer.lr) * module.lr_scale
@@ -198,7 +206,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     try:
         trainer.fit(
             module,
-            train_dataloaders=build_loader(stream, cfg.data, on_gpu),
+            train_dataloaders=build_loader(stream, cfg.data, on_gpu, replay),
             ckpt_path=str(resume) if resume else None,
             weights_only=True,
         )

@@ -2,6 +2,9 @@
 however the worker threads run, host-to-device bytes per region, distinct volumes per batch, damaged samples
 skipped and counted, source weights kept, and a pool the device cannot hold refused before a run writes anything."""
 
+import csv
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +102,35 @@ def test_demo_recipes_train_resume_and_export_with_the_device_pool(experiment, s
     assert main(["export", f"checkpoint={run_dir}", f"output={tmp_path / 'export'}"]) == 0
     backbone = voxfm.load_backbone(tmp_path / "export")
     assert sum(p.numel() for p in backbone.network.parameters()) > 0
+
+
+@pytest.mark.parametrize("workers,resampled", [(2, True), (1, False), (0, True)])
+def test_a_loader_restarted_from_a_batch_state_draws_what_the_uninterrupted_one_drew(small_set, workers, resampled):
+    states, prints = [], []
+    for batch, _ in zip(loader(small_set, workers=workers, resampled=resampled, per_volume=6), range(120)):
+        states.append(batch["_feed_state"])
+        prints += fingerprints([batch], 1)
+    for k in (0, 17, 64):
+        resumed = loader(small_set, workers=workers, resampled=resampled, per_volume=6)
+        torch.save({"state": states[k]}, buffer := io.BytesIO())  # as a checkpoint keeps it
+        resumed.resume = {0: torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)["state"]}
+        assert fingerprints(resumed, 120 - k - 1) == prints[k + 1 :], k
+
+
+def losses(run_dir) -> dict[int, str]:
+    rows = list(csv.DictReader(open(run_dir / "metrics" / "metrics.csv")))
+    return {int(r["step"]): r["train/loss"] for r in rows if r.get("train/loss")}
+
+
+def test_a_run_stopped_and_resumed_trains_on_the_batches_of_the_uninterrupted_run(shard_dir, tmp_path, capsys):
+    common = ["pretrain", "experiment=demo", f"data.shards={shard_dir}", "data.device_pool_gib=0.25"]
+    common += ["data.num_workers=2", "trainer.log_every_n_steps=1", "trainer.checkpoint_every_n_steps=3"]
+    assert main([*common, f"run_dir={tmp_path / 'whole'}", "trainer.max_steps=6"]) == 0
+    assert main([*common, f"run_dir={tmp_path / 'parts'}", "trainer.max_steps=3"]) == 0
+    assert main([*common, f"run_dir={tmp_path / 'parts'}", "trainer.max_steps=6"]) == 0
+    assert "draws fresh batches" not in capsys.readouterr().out
+    whole, parts = losses(tmp_path / "whole"), losses(tmp_path / "parts")
+    assert len(whole) >= 5 and parts == whole  # the same batches and views: the same losses, step by step
+    assert main([*common, f"run_dir={tmp_path / 'parts'}", "trainer.max_steps=7", "data.num_workers=1"]) == 0
+    out = capsys.readouterr().out
+    assert "the device pool draws fresh batches, seeded by the resume step: it was saved with 2 data worker(s)" in out
