@@ -4,6 +4,7 @@ skipped and counted, source weights kept, and a pool the device cannot hold refu
 
 import csv
 import io
+import re
 
 import numpy as np
 import pytest
@@ -87,6 +88,7 @@ def test_a_pool_larger_than_the_device_is_refused_before_the_run_writes(tmp_path
     assert "needs data.loader=thread" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["demo", "demo_mim"])
 def test_demo_recipes_train_resume_and_export_with_the_device_pool(experiment, shard_dir, tmp_path, capsys):
     import voxfm
@@ -122,6 +124,7 @@ def losses(run_dir) -> dict[int, str]:
     return {int(r["step"]): r["train/loss"] for r in rows if r.get("train/loss")}
 
 
+@pytest.mark.slow
 def test_a_run_stopped_and_resumed_trains_on_the_batches_of_the_uninterrupted_run(shard_dir, tmp_path, capsys):
     common = ["pretrain", "experiment=demo", f"data.shards={shard_dir}", "data.device_pool_gib=0.25"]
     common += ["data.num_workers=2", "trainer.log_every_n_steps=1", "trainer.checkpoint_every_n_steps=3"]
@@ -134,3 +137,14 @@ def test_a_run_stopped_and_resumed_trains_on_the_batches_of_the_uninterrupted_ru
     assert main([*common, f"run_dir={tmp_path / 'parts'}", "trainer.max_steps=7", "data.num_workers=1"]) == 0
     out = capsys.readouterr().out
     assert "the device pool draws fresh batches, seeded by the resume step: it was saved with 2 data worker(s)" in out
+
+
+@pytest.mark.slow
+def test_a_run_on_damaged_samples_completes_with_its_skips_counted(small_set, tmp_path, capsys):
+    argv = ["pretrain", "experiment=demo", f"data.shards='{small_set}'", f"run_dir={tmp_path / 'run'}"]
+    argv += ["data.device_pool_gib=0.25", "data.device_pool_volumes=16", "data.resampled=false"]
+    argv += ["data.regions_per_volume=1", "trainer.max_steps=12"]
+    assert main(argv) == 0  # 12 steps of 4 regions, one per volume: the pass over the damaged shard is read
+    out = capsys.readouterr().out
+    skipped = re.search(r"rank 0 skipped (\d+) damaged shard read\(s\) or sample\(s\)", out)
+    assert "finished at step 12" in out and skipped and int(skipped.group(1)) >= 2  # each pass reads both again

@@ -55,7 +55,9 @@ def test_two_rank_ddp_run_reaches_max_steps(tmp_path, shard_dir, experiment, str
 
 
 def test_a_two_rank_ddp_checkpoint_resumes_on_one_process(tmp_path, shard_dir):
-    """World size 2 → 1: a DDP checkpoint holds the whole model and optimiser, so any world size resumes it."""
+    """World size 2 → 1: a DDP checkpoint holds the whole model and optimiser, so any world size resumes it. With
+    the device pool, each rank's pool state is in the checkpoint (gathered); one process cannot replay two ranks'
+    streams, and says so."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO), "MASTER_PORT": str(free_port())}
     base = [
@@ -68,6 +70,7 @@ def test_a_two_rank_ddp_checkpoint_resumes_on_one_process(tmp_path, shard_dir):
         f"run_dir={run_dir}",
         "trainer.checkpoint_every_n_steps=2",
         "data.num_workers=0",
+        "data.device_pool_gib=0.25",
         "trainer.progress_bar=false",
         "trainer.accelerator=cpu",
     ]
@@ -80,6 +83,8 @@ def test_a_two_rank_ddp_checkpoint_resumes_on_one_process(tmp_path, shard_dir):
         timeout=600,
     )
     assert two.returncode == 0, two.stderr[-3000:]
+    states = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["voxfm_feed"]
+    assert len(states["states"]) == 2 and states["states"][0]["held"] != states["states"][1]["held"]
     one = subprocess.run(
         [*base, "trainer.max_steps=6", "trainer.devices=1"],
         cwd=REPO,
@@ -90,4 +95,5 @@ def test_a_two_rank_ddp_checkpoint_resumes_on_one_process(tmp_path, shard_dir):
     )
     assert one.returncode == 0, one.stderr[-3000:]
     assert "at step 4" in one.stdout and "1 rank(s)" in one.stdout
+    assert "draws fresh batches, seeded by the resume step: the checkpoint holds 2 rank state(s)" in one.stdout
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 6
