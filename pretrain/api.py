@@ -111,12 +111,19 @@ def pretrain(*overrides: str, **keys) -> Path:
     return Path(cfg.run_dir)
 
 
-def export(checkpoint: str | Path, output: str | Path, format: str = "monai", in_channels: int | None = None):  # noqa: A002, E501
-    """`voxfm export checkpoint=... output=... format=...`: the export folder."""
+def export(
+    checkpoint: str | Path,
+    output: str | Path,
+    format: str = "monai",  # noqa: A002
+    in_channels: int | None = None,
+    student: str | None = None,
+):
+    """`voxfm export checkpoint=... output=... format=... [student=<name>]`: the export folder."""
     from voxfm.pretrain.export.run import run_export
 
-    cfg = compose("export", checkpoint=str(checkpoint), output=str(output), format=format, in_channels=in_channels)
-    return run_export(cfg.checkpoint, cfg.output, cfg.in_channels, cfg.format)
+    keys = dict(checkpoint=str(checkpoint), output=str(output), format=format, in_channels=in_channels, student=student)
+    cfg = compose("export", **keys)
+    return run_export(cfg.checkpoint, cfg.output, cfg.in_channels, cfg.format, student=cfg.student)
 
 
 @dataclass

@@ -32,7 +32,7 @@ commands:
                                                      train (reruns with the same run_dir resume)
   finetune  experiment=<name> backbone=<export|none> data.shards=<dir> run_dir=<dir> [compare_scratch=true]
                                                      segmentation fine-tune, Dice per class on held-out volumes
-  export    checkpoint=<ckpt|run_dir> output=<dir> [format=monai|nnunet|nnssl|full] [in_channels=N]
+  export    checkpoint=<ckpt|run_dir> output=<dir> [format=monai|nnunet|nnssl|full] [in_channels=N] [student=<name>]
                                                      backbone.safetensors + backbone.json for MONAI
   bench     data shards=<dir> [experiment=<name>]      decode MB/s of shards vs nibabel, regions/s per worker
   bench     model experiment=<name> [steps=N]          voxfm's training step, eager and compiled, vs MONAI's

@@ -80,8 +80,12 @@ def pretrain(cfg: DictConfig) -> None:
 def export(cfg: DictConfig) -> None:
     from voxfm.pretrain.export.run import run_export
 
-    out = run_export(cfg.checkpoint, cfg.output, cfg.in_channels, cfg.format, cfg.overwrite)
-    print(f"exported ({cfg.format}) to {out}: " + ", ".join(sorted(p.name for p in out.iterdir() if p.name[0] != ".")))
+    out = run_export(cfg.checkpoint, cfg.output, cfg.in_channels, cfg.format, cfg.overwrite, cfg.student)
+    who = f", student {cfg.student}" if cfg.student else ""
+    print(
+        f"exported ({cfg.format}{who}) to {out}: "
+        + ", ".join(sorted(p.name for p in out.iterdir() if p.name[0] != "."))
+    )
     if cfg.format == "nnssl":
         import json
 

@@ -83,6 +83,7 @@ class ExportSchema:
     in_channels: int | None = field(**bounded(ge=1))
     format: ExportFormat
     overwrite: bool
+    student: str | None
 
 
 @dataclass

@@ -259,7 +259,10 @@ def check_value(value: dict, annotation, path: str) -> list[str]:
             ]
         return check_node(value, declared_schema(declared), path)
     nested = [a for a in (annotation, *typing.get_args(annotation)) if dataclasses.is_dataclass(a)]
-    return check_node(value, nested[0], path) if nested else []
+    if nested:
+        return check_node(value, nested[0], path)
+    named = value and all(isinstance(v, dict) and "_target_" in v for v in value.values())
+    return [e for k, v in value.items() for e in check_value(v, Any, f"{path}.{k}")] if named else []  # students
 
 
 def validate_pretrain(cfg: dict) -> None:

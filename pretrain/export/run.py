@@ -160,10 +160,13 @@ def fp32_teacher(state: dict[str, torch.Tensor], backbone: torch.nn.Module) -> d
     return {name: state[f"{masters}{i}"] for i, (name, _) in enumerate(backbone.named_parameters())}
 
 
-def backbone_state(state: dict[str, torch.Tensor], config: dict, backbone: torch.nn.Module) -> dict:
+def backbone_state(
+    state: dict[str, torch.Tensor], config: dict, backbone: torch.nn.Module, student: str | None = None
+) -> dict:
     """The weights of the model a stored config exports, from the module's `state`: the EMA teacher where the
-    objective keeps one (self-distillation; its fp32 copies under DeepSpeed bf16), else the backbone."""
-    prefix = teacher_prefix(config) or BACKBONE_PREFIX
+    objective keeps one (self-distillation; its fp32 copies under DeepSpeed bf16), a distillation run's `student`
+    where named, else the backbone."""
+    prefix = f"objective.students.{student}.backbone." if student else teacher_prefix(config) or BACKBONE_PREFIX
     weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if prefix != BACKBONE_PREFIX:
         weights.update(fp32_teacher(state, backbone))
@@ -195,11 +198,30 @@ def full_export_backbone(folder: str | Path, where: str) -> tuple[dict, torch.nn
     return meta, backbone, weights
 
 
+def student_config(config: dict, student: str | None, where: str, export_format: str) -> dict:
+    """The stored config with `model` replaced by the named student of a distillation run (`objective.loss.students`,
+    built there as `model` is), so that the export is that student's; the config itself without `student`."""
+    if not student:
+        return config
+    students = config["objective"]["loss"].get("students") or {}
+    if export_format == "full":
+        raise ConfigError(f"student={student}: format=full keeps the whole module, every student in it")
+    if not isinstance(students, dict) or student not in students or not isinstance(students[student], dict):
+        named = ", ".join(students) if isinstance(students, dict) and students else "none"
+        raise ConfigError(f"student={student}: {where} has no such student (objective.loss.students: {named})")
+    return {**config, "model": students[student]}
+
+
 def run_export(
-    checkpoint: str, output: str, in_channels: int | None = None, export_format: str = "monai", overwrite: bool = False
+    checkpoint: str,
+    output: str,
+    in_channels: int | None = None,
+    export_format: str = "monai",
+    overwrite: bool = False,
+    student: str | None = None,
 ) -> Path:
     """Writes the export into `output` (locked, swapped in whole; a folder holding anything but an export of the
-    same run is refused without `overwrite`); returns `output`."""
+    same run is refused without `overwrite`); returns `output`. `student`: a distillation run's other student."""
     if export_format not in FORMATS:
         raise ConfigError(f"format={export_format!r}; allowed: {', '.join(FORMATS)}")
     if in_channels is not None and in_channels < 1:
@@ -214,6 +236,7 @@ def run_export(
         first = str(err).splitlines()[0] if str(err) else ""
         raise UnreadableCheckpoints(f"checkpoint={ckpt_path} cannot be read ({type(err).__name__}: {first})") from None
     config, data = _stored_config(ckpt, ckpt_path)
+    config = student_config(config, student, f"checkpoint={ckpt_path}", export_format)
     # checked before anything is written, for every format; built from the allowlist, never `instantiate`d
     backbone_class, backbone_kwargs = backbone_arguments(config["model"], f"checkpoint={ckpt_path}: voxfm_config.model")
     declared = backbone_class.declaration
@@ -237,12 +260,14 @@ def run_export(
     if export_format != "full":  # the backbone is built: its size first, on the meta device, before anything is written
         where = f"checkpoint={ckpt_path}: voxfm_config.model"
         described = sized(lambda: backbone_class(**backbone_kwargs), where)
-        state = backbone_state(ckpt["state_dict"], config, described)  # self-distillation: the EMA teacher
+        state = backbone_state(ckpt["state_dict"], config, described, student)  # self-distillation: the EMA teacher
         check_shapes(described, state, f"checkpoint={ckpt_path}")
     run = source_run(ckpt_path)
     with swapped_in(output, run, overwrite) as out:  # locked; written beside, then swapped in whole
         meta = {"format": f"voxfm-{export_format}/1", **_common_meta(ckpt, ckpt_path, config, data)}
         meta["source_run"] = run  # a digest of the run's folder: which exports may replace which
+        if student:
+            meta["student"] = student
         if export_format == "full":
             save_file(clone_state(ckpt["state_dict"]), str(out / "model.safetensors"))
             meta["architecture"] = architecture

@@ -107,7 +107,8 @@ def build_module(cfg: DictConfig) -> PretrainModule:
         objective.attach_teacher(backbone, half_precision_weights=half_precision_weights(cfg))
     mode = compile_mode(cfg.trainer.compile, OmegaConf.to_container(cfg.strategy))
     with config_errors():  # fp8 on a GPU that has none
-        parallelize(backbone, cfg.trainer.activation_checkpointing, mode, fp8=cfg.trainer.get("fp8", False))
+        for network in (backbone, *getattr(objective, "extra_backbones", list)()):  # distillation's other students
+            parallelize(network, cfg.trainer.activation_checkpointing, mode, fp8=cfg.trainer.get("fp8", False))
     optim = cfg.optim
     with config_errors():  # e.g. optim.freeze_last_layer_steps without a `last_layer` to hold
         module = PretrainModule(

@@ -65,10 +65,22 @@ def _grid(spec: BackboneSpec) -> str:
     return f"crop {crop}, patch {list(spec.patch_size)}: {'×'.join(map(str, spec.grid))} tokens"
 
 
+class Student(nn.Module):
+    """One more student of the same pass: its backbone and its own DINO / iBOT heads (`ibot_head` None at
+    ibot_weight=0)."""
+
+    def __init__(self, backbone: nn.Module, head: DINOHead, ibot_head: DINOHead | None):
+        super().__init__()
+        self.backbone, self.head, self.ibot_head = backbone, head, ibot_head
+
+
 class DistillObjective(nn.Module):
     """batch {"image": [2B, C, *S] (two global crops, view-major), "local": [n·B, C, *s] (optional)} + student
     backbone → (loss, logs). teacher: a format=full export of objective=dino; targets: "sinkhorn" | "centre";
-    hidden_dim, bottleneck_dim: the student's heads (None: the teacher's); their prototypes are the teacher's."""
+    hidden_dim, bottleneck_dim: the students' heads (None: the teacher's); their prototypes are the teacher's.
+    students: more students by name (their backbones, built from `model`-like configs by `build_module`), trained
+    in the same pass on the same teacher forward, each with heads of its own; the loss is the sum of all students'
+    (`model` is the first, the one `voxfm export` takes unless `student=<name>`)."""
 
     declaration = ObjectiveDeclaration(
         backbone="tokens",
@@ -98,6 +110,7 @@ class DistillObjective(nn.Module):
         koleo_weight: float = 0.1,
         hidden_dim: int | None = None,
         bottleneck_dim: int | None = None,
+        students: dict | None = None,
     ):
         super().__init__()
         if targets not in TARGETS:
@@ -105,30 +118,47 @@ class DistillObjective(nn.Module):
         if not isinstance(teacher, FrozenTeacher):  # the config holds the export's path; build_module reads it
             raise ValueError(f"objective.loss.teacher={teacher}: build the objective through voxfm's build_module")
         self.teacher = teacher
-        ours, theirs = spec, self.teacher.backbone.spec
-        if (tuple(ours.grid), tuple(ours.patch_size)) != (tuple(theirs.grid), tuple(theirs.patch_size)):
-            raise ValueError(
-                f"objective.loss.teacher: the teacher's token grid ({_grid(theirs)}) is not the "
-                f"student's ({_grid(ours)}); distillation needs the same data.crop_size and model.patch_size"
-            )
         if ibot_weight > 0 and self.teacher.ibot_head is None:
             raise ValueError(
                 f"objective.loss.ibot_weight={ibot_weight}: the teacher has no iBOT head (its run had "
                 "ibot_weight=0); set objective.loss.ibot_weight=0"
             )
-        first = self.teacher.head.mlp[0]
-        hidden_dim = hidden_dim or first.out_features
-        bottleneck_dim = bottleneck_dim or self.teacher.head.last_layer.weight.shape[1]
-        self.head = DINOHead(spec.feature_dim, self.teacher.head.last_layer.weight.shape[0], hidden_dim, bottleneck_dim)
-        self.ibot_head = None  # ibot_weight=0: no unused parameters for DDP
-        if ibot_weight > 0:
-            k = self.teacher.ibot_head.last_layer.weight.shape[0]
-            self.ibot_head = DINOHead(spec.feature_dim, k, hidden_dim, bottleneck_dim)
+        self.hidden_dim = hidden_dim or self.teacher.head.mlp[0].out_features
+        self.bottleneck_dim = bottleneck_dim or self.teacher.head.last_layer.weight.shape[1]
+        self.head, self.ibot_head = self._heads(spec, "model", ibot_weight > 0)
+        self.students = nn.ModuleDict()
+        for name, backbone in (students or {}).items():
+            if not isinstance(backbone, nn.Module) or not hasattr(backbone, "features"):
+                raise ValueError(
+                    f"objective.loss.students.{name}: expected a token backbone (a ViT or Primus) built by voxfm's "
+                    "build_module, e.g. +model@objective.loss.students.{name}=vit_tiny"
+                )
+            self.students[name] = Student(backbone, *self._heads(backbone.spec, f"students.{name}", ibot_weight > 0))
         self.targets, self.student_temperature = targets, student_temperature
         self.teacher_temperature = teacher_temperature
         self.weights = (dino_weight, ibot_weight, koleo_weight)
         # the teacher is read from its export, never from a checkpoint: out of every state_dict
         self.register_state_dict_post_hook(_without_teacher)
+
+    def _heads(self, spec: BackboneSpec, who: str, ibot: bool) -> tuple[DINOHead, DINOHead | None]:
+        """A student's new heads over the teacher's prototypes (no iBOT head at ibot_weight=0: no unused parameters
+        for DDP), once its token grid is checked against the teacher's."""
+        theirs = self.teacher.backbone.spec
+        if (tuple(spec.grid), tuple(spec.patch_size)) != (tuple(theirs.grid), tuple(theirs.patch_size)):
+            raise ValueError(
+                f"objective.loss.teacher: the teacher's token grid ({_grid(theirs)}) is not the student's "
+                f"({who}: {_grid(spec)}); distillation needs the same data.crop_size and patch size"
+            )
+        prototypes = self.teacher.head.last_layer.weight.shape[0]
+        head = DINOHead(spec.feature_dim, prototypes, self.hidden_dim, self.bottleneck_dim)
+        if not ibot:
+            return head, None
+        k = self.teacher.ibot_head.last_layer.weight.shape[0]
+        return head, DINOHead(spec.feature_dim, k, self.hidden_dim, self.bottleneck_dim)
+
+    def extra_backbones(self) -> list[nn.Module]:
+        """The backbones of the students beside `model` (layer-wise lr decay and speed-ups apply to them too)."""
+        return [student.backbone for student in self.students.values()]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """A checkpoint holds no teacher: the one read from its export stands in for its keys (a strict load)."""
@@ -151,30 +181,52 @@ class DistillObjective(nn.Module):
                 "objective=distill distils unmasked crops (DINOv2 sec. 5): set objective.views.masking=null"
             )
         image = batch["image"]
-        with torch.no_grad():
+        with torch.no_grad():  # one teacher forward for every student
             teacher_cls, teacher_patches = self.teacher(image)
             probs = self._probs(teacher_cls, self.teacher.centre)
+            patch_probs = None
+            if self.ibot_head is not None:
+                patch_probs = self._probs(teacher_patches, self.teacher.patch_centre)
+        loss, logs = self._student(batch, backbone, self.head, self.ibot_head, probs, patch_probs)
+        for name, student in self.students.items():
+            extra, extra_logs = self._student(
+                batch, student.backbone, student.head, student.ibot_head, probs, patch_probs
+            )
+            loss = loss + extra
+            logs |= {f"{name}/{k}": v for k, v in extra_logs.items()}
+        logs["loss"] = loss.detach()
+        if batch.get("log_step", True):
+            logs["teacher_entropy"] = normalised_entropy(probs)
+        return loss, logs
+
+    def _student(
+        self,
+        batch: dict,
+        backbone: nn.Module,
+        head: DINOHead,
+        ibot_head: DINOHead | None,
+        probs: torch.Tensor,
+        patch_probs: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, dict]:
+        """One student's loss on the teacher's targets: DINO on class tokens (local crops too), iBOT on every patch
+        token of the global crops, KoLeo on its global class tokens."""
+        image = batch["image"]
         student_cls, student_patches = backbone.features(image)
         crops = list(student_cls.chunk(2))
         if batch.get("local") is not None:
             crops += list(backbone.features(batch["local"])[0].chunk(batch["n_local"]))
-        logits = self.head(torch.cat(crops)).split([c.shape[0] for c in crops])
+        logits = head(torch.cat(crops)).split([c.shape[0] for c in crops])
         distillation = dino_loss(list(logits), list(probs.chunk(2)), self.student_temperature)
         spread = sum(koleo(c) for c in crops[:2])  # summed over the two global crops, as DINO's objective does
         dino_w, ibot_w, koleo_w = self.weights
         loss = dino_w * distillation + koleo_w * spread
         logs = {"dino_loss": distillation.detach(), "koleo": spread.detach()}
-        if self.ibot_head is not None:
-            with torch.no_grad():
-                patch_probs = self._probs(teacher_patches, self.teacher.patch_centre)
+        if ibot_head is not None:
             every = torch.ones(student_patches.shape[:2], dtype=torch.bool, device=image.device)
-            patch_loss = ibot_loss(self.ibot_head(student_patches), patch_probs, every, self.student_temperature)
+            patch_loss = ibot_loss(ibot_head(student_patches), patch_probs, every, self.student_temperature)
             loss = loss + ibot_w * patch_loss
             logs["ibot_loss"] = patch_loss.detach()
-        logs["loss"] = loss.detach()
-        if batch.get("log_step", True):
-            logs["teacher_entropy"] = normalised_entropy(probs)
-        return loss, logs
+        return loss, {**logs, "loss": loss.detach()}
 
 
 def _without_teacher(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:

@@ -219,7 +219,8 @@ class PretrainModule(L.LightningModule):
         more); fused unless optim.fused=false or fp16. A group's base lr = optimiser lr × lr_scale × its layer
         multiplier; one LambdaLR gives every group the warm-up + cosine, a held last layer 0 before that."""
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        groups = param_groups(named, self.backbone, self.layer_decay, self.freeze_last_layer_steps > 0)
+        more = getattr(self.objective, "extra_backbones", list)()  # objective=distill's other students
+        groups = param_groups(named, self.backbone, self.layer_decay, self.freeze_last_layer_steps > 0, more)
         extra = {"fused": True} if self._use_fused() else {}
         if self.lr_scale != 1.0:  # optim.lr_scaling, set by run_pretrain once the world size is known
             extra["lr"] = self.optimizer_factory.keywords["lr"] * self.lr_scale

@@ -70,12 +70,22 @@ def param_groups(
     backbone: nn.Module,
     layer_decay: float = 1.0,
     freeze_last_layer: bool = False,
+    more: list[nn.Module] = (),
 ) -> list[Group]:
     """named: the trainable (name, parameter) pairs of the whole module, backbone included. Groups ordered by (last
-    layer apart, layer id, decay before no decay); with an option on, empty groups are left out."""
+    layer apart, layer id, decay before no decay); with an option on, empty groups are left out. `more`: other
+    backbones inside the module (distillation's other students), layer-decayed like `backbone`: the same depth."""
     if not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay={layer_decay}: expected 0 < layer_decay <= 1 (1 = off)")
     ids, depth = layer_ids(backbone) if layer_decay != 1.0 else ({}, 0)
+    for other in more if layer_decay != 1.0 else ():
+        their_ids, their_depth = layer_ids(other)
+        if their_depth != depth:
+            raise ValueError(
+                f"layer_decay={layer_decay}: the students have {depth} and {their_depth} blocks; layer-wise decay "
+                "needs one depth for all (or optim.layer_decay=1)"
+            )
+        ids |= their_ids
     # the two full-rate groups always exist: with every option off they are the only ones, as before
     groups = {(False, depth + 1, False): Group([], decay=True), (False, depth + 1, True): Group([], decay=False)}
     for name, p in named:

@@ -1,6 +1,6 @@
 """objective=distill: a frozen teacher from a format=full export of a DINO run, a smaller student that learns its
-targets. The teacher takes no gradient, never changes and is never saved; the student's loss falls; the run exports
-the student; a teacher on another token grid is refused in one line."""
+targets. The teacher takes no gradient, never changes and is never saved; two students learn in one pass and each
+exports with its model card; a teacher on another token grid is refused in one line."""
 
 import csv
 import json
@@ -61,32 +61,44 @@ def test_the_teacher_takes_no_gradient_never_changes_and_is_never_saved(teacher,
     fresh.load_state_dict(state, strict=True)  # a checkpoint without the teacher loads strictly: it is read again
 
 
-@pytest.mark.slow
-def test_the_students_loss_falls_and_the_run_exports_the_student(teacher, shard_dir, tmp_path, monkeypatch):
-    run, out = tmp_path / "distill", tmp_path / "export"
-    steps = ["trainer.max_steps=100", "trainer.log_every_n_steps=1", "data.batch_size=2"]
-    assert main(_distill(teacher, shard_dir, run, *steps, "objective.views.n_local=0")) == 0  # < 40 s on 2 cores
-    with open(run / "metrics" / "metrics.csv") as f:
-        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
-    assert len(losses) == 100
-    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    assert last < first - 0.1, (first, last)
+SMALL = ["+model@objective.loss.students.small=vit_tiny", "objective.loss.students.small.hidden_size=36",
+         "objective.loss.students.small.mlp_dim=72", "+objective.loss.students.small.class_token=true"]  # fmt: skip
 
-    assert main(["export", f"checkpoint={run}", f"output={out}"]) == 0
-    meta = json.loads((out / "backbone.json").read_text())
-    assert meta["kwargs"]["hidden_size"] == 48 and meta["objective"] == "DistillObjective"  # vit_tiny, not the teacher
+
+@pytest.mark.slow
+def test_two_students_learn_in_one_pass_and_each_exports_with_its_model_card(teacher, shard_dir, tmp_path, monkeypatch):
+    run = tmp_path / "distill"
+    steps = ["trainer.max_steps=100", "trainer.log_every_n_steps=1", "data.batch_size=2"]
+    assert main(_distill(teacher, shard_dir, run, *steps, *SMALL, "objective.views.n_local=0")) == 0  # ~50 s
+    with open(run / "metrics" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(rows) == 100
+    for key in ("train/dino_loss", "train/small/dino_loss"):  # `model` (vit_tiny, 48 wide) and `small` (36 wide)
+        losses = [float(r[key]) for r in rows]
+        first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+        assert last < first - 0.1, (key, first, last)
+    total = [float(r["train/loss"]) - float(r["train/small/loss"]) for r in rows[:3]]
+    assert all(t > 0 for t in total)  # the loss is both students'
+
     from safetensors.torch import load_file
 
     from voxfm.pretrain.training.checkpoints import load_checkpoint
 
-    exported = load_file(str(out / "backbone.safetensors"))
     state = load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
     assert not any(k.startswith("objective.teacher.") for k in state)
-    assert torch.equal(exported["blocks.0.attn.qkv.weight"], state["backbone.blocks.0.attn.qkv.weight"])
-    monkeypatch.chdir(out)
-    scope: dict = {}
-    exec(model_card_snippet(out), scope)  # noqa: S102 - the card's own lines, as a user would paste them
-    assert scope["net"].eval()(torch.zeros(1, 1, 32, 32, 32))[0].shape == (1, 64, 48)
+    for student, width, prefix in ((None, 48, "backbone."), ("small", 36, "objective.students.small.backbone.")):
+        out = tmp_path / f"export_{student}"
+        assert main(["export", f"checkpoint={run}", f"output={out}", *([f"student={student}"] if student else [])]) == 0
+        meta = json.loads((out / "backbone.json").read_text())
+        assert meta["kwargs"]["hidden_size"] == width and meta["objective"] == "DistillObjective"
+        assert meta.get("student") == student
+        exported = load_file(str(out / "backbone.safetensors"))
+        assert torch.equal(exported["blocks.0.attn.qkv.weight"], state[prefix + "blocks.0.attn.qkv.weight"])
+        monkeypatch.chdir(out)
+        scope: dict = {}
+        exec(model_card_snippet(out), scope)  # noqa: S102 - the card's own lines, as a user would paste them
+        assert scope["net"].eval()(torch.zeros(1, 1, 32, 32, 32))[0].shape == (1, 64, width)
+    assert main(["export", f"checkpoint={run}", f"output={tmp_path / 'x'}", "student=large"]) == 2
 
 
 def test_a_teacher_on_another_token_grid_is_refused_in_one_line(teacher, shard_dir, capsys):
@@ -117,3 +129,17 @@ def test_the_gpu_recipe_distils_a_dino_vit_b_teacher_into_a_vit_s_on_its_token_g
     for key in ("data.crop_size", "model.patch_size"):  # the teacher's token grid
         group, name = key.split(".")
         assert cfg[group][name] == dino[group][name], key
+
+
+def test_other_students_are_optimised_with_layer_decay_and_must_share_its_depth(teacher, shard_dir):
+    args = _distill(teacher, shard_dir, "/y", *SMALL, "optim.layer_decay=0.5")[1:]
+    module = build_module(load_config("pretrain", args))
+    small = module.objective.students["small"]
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert {id(p) for p in small.parameters() if p.requires_grad} <= set(lr_of)  # its backbone and heads learn
+    first, last = small.backbone.repeated_blocks()[0], small.backbone.repeated_blocks()[-1]
+    assert lr_of[id(next(first.parameters()))] < lr_of[id(next(last.parameters()))]  # decayed by depth, as `model`
+    deeper = build_module(load_config("pretrain", [*args, "objective.loss.students.small.num_layers=3"]))
+    with pytest.raises(ValueError, match="the students have 2 and 3 blocks"):
+        deeper.configure_optimizers()
