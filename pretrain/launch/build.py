@@ -22,6 +22,7 @@ from voxfm.data.stream.loader import ThreadLoader
 from voxfm.data.stream.regions import RegionStream, region_loader
 from voxfm.pretrain.callbacks.checkpointing import ConfigInCheckpoint, FinalCheckpoint
 from voxfm.pretrain.callbacks.efficiency import Efficiency
+from voxfm.pretrain.callbacks.features import FeaturePictures
 from voxfm.pretrain.callbacks.feed_state import FeedState
 from voxfm.pretrain.callbacks.images import ReconstructionImages
 from voxfm.pretrain.callbacks.monitoring import DataStats, ProgressBar, Throughput
@@ -187,6 +188,7 @@ def build_trainer(
             DataStats(source_names(cfg.data)),
             FeedState(),
             ReconstructionImages(run_dir / "images", t.images_every_n_steps, wandb if wandb_images else None),
+            FeaturePictures(run_dir / "images", t.images_every_n_steps, wandb if wandb_images else None),
             MetricCurves(run_dir),
             *([preemption] if preemption is not None else []),
             FinalCheckpoint(run_dir / "checkpoints"),

@@ -6,10 +6,12 @@ the dense-feature monitor against its definition; a stored config without `gram`
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from PIL import Image
 
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.cli.main import main
@@ -230,7 +232,7 @@ def test_a_run_stopped_between_refreshes_resumes_with_its_gram_teacher(shard_dir
         f"run_dir={tmp_path}",
         "data.num_workers=0",
         "trainer.progress_bar=false",
-        "trainer.images_every_n_steps=0",
+        "trainer.images_every_n_steps=2",
         "trainer.log_every_n_steps=1",
         "trainer.checkpoint_every_n_steps=2",
     ]
@@ -254,6 +256,10 @@ def test_a_run_stopped_between_refreshes_resumes_with_its_gram_teacher(shard_dir
     assert [s for s in gram if gram[s].get("train/gram_loss")] == [2, 3]
     assert [float(gram[s]["train/gram_refresh_step"]) for s in gram] == [-1, -1, 2, 2]
     assert all(0 < float(r["train/far_patch_similarity"]) <= 1 for r in gram.values())
+    pictures = sorted(p.name for p in (tmp_path / "images").glob("features_step*.png"))
+    assert pictures == ["features_step000002.png", "features_step000003.png", "features_step000004.png"]
+    picture = np.asarray(Image.open(tmp_path / "images" / pictures[0]))
+    assert picture.ndim == 3 and picture.shape[2] == 3 and len(np.unique(picture.reshape(-1, 3), axis=0)) > 16
 
 
 @pytest.mark.slow
