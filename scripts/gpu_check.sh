@@ -7,8 +7,10 @@
 # wheels on the lent machine first. Steps run most important first, each under the time left: the batch-1024
 # ViT-B MAE step (eager and compiled beside MONAI, with a kernel profile), the SDPA backend microbenchmark, the
 # rest of the workloads in README's Design section, pretrain's loop beside its bare step and an in-memory feed
-# (bench loop, once the phantoms are sharded), pretraining + resume, then DeepSpeed ZeRO-2/3, torch.compile,
-# a fine-tune (pretrained vs scratch), the other bench models and the data bench. steps.txt says how each step ended.
+# (bench loop, once the phantoms are sharded: mae_vit_b at per-GPU batch 1024 and 256, each with the device pool
+# and with the host path), the data bench (host-cut vs device-cut feed: CPU cores per GPU), pretraining + resume,
+# then DeepSpeed ZeRO-2/3, torch.compile, a fine-tune (pretrained vs scratch) and the other bench models.
+# steps.txt says how each step ended.
 set -uo pipefail
 OUT=${OUT:?set OUT to a writable folder}
 PY=${PYTHON:-python}
@@ -22,7 +24,12 @@ if [ "${TINY:-0}" = 1 ]; then
   LARGE=("demo:data.batch_size=2 profile=10 compile=true")  # inductor on CPU: tens of seconds, so only here
   BENCH_ARGS=(warmup=1 steps=2 compile=false)
   ATTENTION_ARGS=(warmup=1 steps=3)                     # CPU: shapes scaled down (conf/bench/attention.yaml)
-  LOOP=("demo" "demo_mim"); LOOP_ARGS=(warmup=2 steps=10)
+  LOOP=("demo_b4_device_pool experiment=demo data.device_pool_gib=1"  # the batch-1024/256 pairs, at demo's 4 and 2
+        "demo_b4_host experiment=demo data.device_pool_gib=0"
+        "demo_b2_device_pool experiment=demo data.batch_size=2 data.device_pool_gib=1"
+        "demo_b2_host experiment=demo data.batch_size=2 data.device_pool_gib=0"
+        "demo_mim experiment=demo_mim")
+  LOOP_ARGS=(warmup=2 steps=10)
 else
   EXP=(experiment=mae_vit_b data.num_workers=12); STEPS=200; MORE=220; VSTEPS=60; N=32; SHAPE=160
   FT_PRE=(experiment=mim_resenc_l data.num_workers=12); FT=(experiment=finetune_resenc); FT_STEPS=50
@@ -38,8 +45,15 @@ else
          "mim_resenc_l:data.crop_size=[128,128,128] data.batch_size=4")
   BENCH_ARGS=(warmup=3 steps=10)
   ATTENTION_ARGS=()
-  # the experiments' own batch and 12 data workers; warm-up past compilation and the first logging step's graph
-  LOOP=("mae_vit_b" "mim_resenc_l"); LOOP_ARGS=(warmup=10 steps=30)
+  # "name overrides...": mae_vit_b at per-GPU batch 1024 (the issue's loop / bare ≥ 0.95) and 256, regions cut on
+  # the device (a 16 GiB device pool) and on the host (data.device_pool_gib=0), then mim_resenc_l at its own batch;
+  # 12 data workers (the experiments'); warm-up past compilation and the first logging step's graph
+  LOOP=("mae_vit_b_b1024_device_pool experiment=mae_vit_b data.batch_size=1024 data.device_pool_gib=16"
+        "mae_vit_b_b1024_host experiment=mae_vit_b data.batch_size=1024 data.device_pool_gib=0"
+        "mae_vit_b_b256_device_pool experiment=mae_vit_b data.batch_size=256 data.device_pool_gib=16"
+        "mae_vit_b_b256_host experiment=mae_vit_b data.batch_size=256 data.device_pool_gib=0"
+        "mim_resenc_l experiment=mim_resenc_l")
+  LOOP_ARGS=(warmup=10 steps=30)
 fi
 
 # T NEED NAME CMD...: CMD under the time left, output to $OUT/NAME.txt, its ending to steps.txt;
@@ -90,9 +104,13 @@ wait $sharding || { echo "sharding the phantoms failed: see shard.txt"; "$PY" "$
 T 30 device_feed "$PY" scripts/check_device_feed.py "$WORK/shards"
 
 # pretrain's loop with the real loader on the phantoms, beside its bare step and an in-memory feed
-for exp in "${LOOP[@]}"; do
-  T 90 "bench_loop_$exp" "$PY" -m voxfm bench loop experiment="$exp" shards="$WORK/shards" "${LOOP_ARGS[@]}"
+for spec in "${LOOP[@]}"; do
+  read -r -a loop <<< "$spec"
+  T 90 "bench_loop_${loop[0]}" "$PY" -m voxfm bench loop "${loop[@]:1}" shards="$WORK/shards" "${LOOP_ARGS[@]}"
 done
+
+# the feed's host cost on this machine's cores: regions cut on the host vs on the device (the meta device)
+T 20 bench_data "$PY" -m voxfm bench data shards="$WORK/shards"
 
 # pretraining and its resume
 pretrain_run() { T "$1" "$2" "$PY" -m voxfm pretrain "${EXP[@]}" data.shards="$WORK/shards" run_dir="$WORK/run" \
@@ -137,5 +155,4 @@ T 90 finetune_pretrain "$PY" -m voxfm pretrain "${FT_PRE[@]}" data.shards="$WORK
   && cp "$WORK/finetune/results.json" "$WORK/finetune/results.md" "$OUT/"
 
 bench "${BENCH[@]}"
-T 20 bench_data "$PY" -m voxfm bench data shards="$WORK/shards"
 "$PY" "$(dirname "$0")/gpu_table.py" "$OUT"

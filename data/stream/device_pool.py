@@ -31,28 +31,42 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from voxfm.data.stream.device_feed import PinnedBuffers
 from voxfm.data.stream.pool import Volume, VolumePool
 from voxfm.data.stream.regions import RegionStream
-from voxfm.data.stream.volume_feed import VolumeFeed, WorkerState
+from voxfm.data.stream.volume_feed import MAX_COPYING, VolumeFeed, WorkerState, staging_count
 
 STATE_VERSION = 1
 
 
 class ToDevice:
-    """Host volume → device tensor. CUDA: copied on a side stream, the compute stream waits on the device; the
-    pinned host copy is released once its copy has finished. CPU: the host tensor itself. Counts the bytes sent."""
+    """A volume's host tensor → its device tensor; the volume's staging buffer goes back to `buffers` once its copy is
+    done. CUDA: copied on a side stream, the compute stream waits on the device (no host sync); beyond `MAX_COPYING`
+    copies in flight the host waits for the oldest. CPU: the host tensor itself. Counts the bytes sent."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, device: torch.device, buffers: PinnedBuffers | None):
+        self.device, self.buffers = device, buffers
         self.sent = 0
         self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self.copying: list[tuple[torch.cuda.Event, torch.Tensor]] = []
+        self.copying: list[tuple[torch.cuda.Event, torch.Tensor | None]] = []
 
-    def __call__(self, host: torch.Tensor) -> torch.Tensor:
+    def _give(self, staging: torch.Tensor | None) -> None:
+        if staging is not None and self.buffers is not None:
+            self.buffers.give(staging)
+
+    def __call__(self, volume: Volume) -> torch.Tensor:
+        host, staging = volume.array, volume.staging
+        volume.staging = None
         self.sent += host.nbytes
         if self.side is None:
-            return host if self.device.type == "cpu" else host.to(self.device)
-        self.copying = [(done, h) for done, h in self.copying if not done.query()]  # their copies still running
+            moved = host if self.device.type == "cpu" else host.to(self.device)
+            if self.device.type != "cpu":  # a synchronous copy (the meta device): the buffer is free again
+                self._give(staging)
+            return moved
+        while self.copying and (self.copying[0][0].query() or len(self.copying) >= MAX_COPYING):
+            done, buffer = self.copying.pop(0)
+            done.synchronize()  # at once when its copy has finished
+            self._give(buffer)
         with torch.cuda.stream(self.side):
             moved = host.to(self.device, non_blocking=True)
             done = torch.cuda.Event()
@@ -60,7 +74,7 @@ class ToDevice:
         compute = torch.cuda.current_stream(self.device)
         compute.wait_event(done)
         moved.record_stream(compute)  # made on the side stream, read and freed on the compute stream
-        self.copying.append((done, host))
+        self.copying.append((done, staging))
         return moved
 
 
@@ -77,8 +91,9 @@ class DevicePoolFigures:
 class DevicePoolLoader:
     """Batches {"region": [B, 1, *R] on `device`, "low", "high": [B] on `device`, bookkeeping as `collate_regions`}
     cut from a pool of decoded volumes on `device` within `budget_bytes` (at most `max_volumes`; default: the
-    stream's `device_pool_volumes`). `stage`: volumes are copied into a fresh host tensor before they go (default:
-    on CUDA, where that tensor is pinned); the meta device (`voxfm bench data`) then counts every host cost."""
+    stream's `device_pool_volumes`). `stage`: volumes are copied into reused staging buffers before they go (default:
+    on CUDA, where they are pinned; never on a CPU, whose pool holds the host tensors); the meta device
+    (`voxfm bench data`) then counts every host cost."""
 
     def __init__(
         self,
@@ -98,7 +113,8 @@ class DevicePoolLoader:
         self.max_volumes = max_volumes or stream.device_pool_volumes or stream.pool_volumes
         if stream.distinct is not None:  # a small set: no copies of its volumes (said once by the stream)
             self.max_volumes = min(self.max_volumes, stream.distinct)
-        self.stage = self.device.type == "cuda" if stage is None else stage  # the bench stages on the meta device
+        stage = self.device.type == "cuda" if stage is None else stage  # the bench stages on the meta device
+        self.stage = stage and self.device.type != "cpu"  # on a CPU the pool holds the host tensors themselves
         self.figures = DevicePoolFigures()
         self.resume = resume  # rank → the state `feed_state` saved: the stream goes on from there
 
@@ -108,7 +124,9 @@ class DevicePoolLoader:
             self.device = torch.device("cuda", torch.cuda.current_device())
         saved = (self.resume or {}).get(rank)
         workers = max(self.num_workers, 1)
-        to_device = ToDevice(self.device)
+        pin = self.device.type == "cuda"
+        buffers = PinnedBuffers(staging_count(self.num_workers), pin=pin) if self.stage else None
+        to_device = ToDevice(self.device, buffers)
         pool = VolumePool(
             iter(()),
             self.stream.region_size,
@@ -118,9 +136,7 @@ class DevicePoolLoader:
             self.stream.foreground_prob,
             np.random.default_rng([self.stream.seed, rank, 2]),
         )
-        feed = VolumeFeed(
-            self.stream, self.num_workers, self.stage, self.device.type == "cuda", saved and replay_starts(saved)
-        )
+        feed = VolumeFeed(self.stream, self.num_workers, buffers, saved and replay_starts(saved))
         last: dict[int, tuple[int, dict | None]] = {}  # worker → (its count of volumes taken - 1, last one's position)
         states: dict[int, WorkerState] = {}
         held, taken = (None, 0) if saved is None else (self._replay(saved, feed, pool, to_device, last), saved["taken"])
@@ -128,7 +144,7 @@ class DevicePoolLoader:
         def taking() -> Iterator[Volume]:
             for n, (worker, volume, state) in enumerate(feed.in_turn(first=taken % workers), start=taken):
                 states[worker], last[worker] = state, (n // workers, volume.position)
-                volume.ordinal, volume.array = n, to_device(volume.array)
+                volume.ordinal, volume.array = n, to_device(volume)
                 yield volume
 
         pool.volumes = taking()
@@ -157,8 +173,10 @@ class DevicePoolLoader:
                 last[worker] = (index, volume.position)
                 ordinal = index * workers + worker
                 if ordinal in keep:
-                    volume.ordinal, volume.uses_left, volume.array = ordinal, keep[ordinal], to_device(volume.array)
+                    volume.ordinal, volume.uses_left, volume.array = ordinal, keep[ordinal], to_device(volume)
                     found[ordinal] = volume
+                else:  # spent before the save: read again only to reach the next one
+                    to_device._give(volume.staging)
         pool.rng.bit_generator.state = saved["rng"]
         return [found[ordinal] for ordinal, _, _ in saved["held"]]
 

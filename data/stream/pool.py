@@ -43,6 +43,7 @@ class Volume:
     uses_left: int = 0
     position: dict | None = None  # its sample's place in its worker's stream: the stream restarts there
     ordinal: int = -1  # the device pool's count of volumes taken before it
+    staging: object = None  # the device pool's staging buffer of its host copy, until the copy to the device is done
 
 
 @dataclass

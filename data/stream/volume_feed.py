@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from voxfm.data.stream.device_feed import PinnedBuffers
 from voxfm.data.stream.loader import _RUNNING
 from voxfm.data.stream.pool import FeedCounters, Volume
 from voxfm.data.stream.regions import RegionStream
@@ -36,28 +37,49 @@ class WorkerState:
     reads: int = 0
 
 
-def host_tensor(array: np.ndarray, stage: bool, pin: bool) -> torch.Tensor:
-    """A decoded volume as a tensor the device copy reads: `stage`d, copied once into a fresh tensor (`pin`ned: the
-    CUDA path, whose copy to the device must read page-locked memory), else the array itself. uint16 and uint32 widen
-    (torch cannot promote them in a batch)."""
+def staging_count(n_workers: int) -> int:
+    """Staging buffers a feed needs never to wait on itself: per worker the volumes queued and the one being
+    filled, the one the pool is taking, and the copies still running (`ToDevice.MAX_COPYING`)."""
+    return max(n_workers, 1) * (QUEUED_VOLUMES + 1) + 1 + MAX_COPYING
+
+
+MAX_COPYING = 2  # volume copies to the device in flight; the pool waits for the oldest beyond that
+
+
+def host_tensor(
+    array: np.ndarray, buffers: PinnedBuffers | None, stop: threading.Event | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """A decoded volume as (the tensor the device copy reads, its staging buffer): with `buffers`, copied once into a
+    reused buffer of theirs (pinned on CUDA: the device copy reads page-locked memory; reused: no fresh pages and no
+    pinned allocation per volume), which goes back once the copy is done; else the array itself. uint16 and uint32
+    widen (torch cannot promote them in a batch). None when `stop` is set while waiting for a buffer."""
     wide = UNPROMOTABLE.get(array.dtype)
     if wide is not None:
         array = array.astype(wide)
-    if not stage:
-        return torch.from_numpy(np.ascontiguousarray(array))
-    host = torch.empty(array.shape, dtype=torch.from_numpy(array[:0, :0, :0]).dtype, pin_memory=pin)
+    if buffers is None:
+        return torch.from_numpy(np.ascontiguousarray(array)), None
+    dtype = torch.from_numpy(array[:0, :0, :0]).dtype
+    buffer = buffers.take(array.nbytes, stop)
+    if buffer is None:
+        return None
+    host = buffer[: array.nbytes].view(dtype).view(array.shape)
     np.copyto(host.numpy(), array)
-    return host
+    return host, buffer
 
 
 class VolumeFeed:
-    """Decoded volumes (array: a host tensor, see `host_tensor`) of `n_workers` worker threads (0: the caller's
-    thread), each with its worker's `WorkerState`; worker w's stream starts at `starts[w]` where given."""
+    """Decoded volumes (array: a host tensor, staged in one of `buffers` where given: see `host_tensor`) of
+    `n_workers` worker threads (0: the caller's thread), each with its worker's `WorkerState`; worker w's stream
+    starts at `starts[w]` where given."""
 
     def __init__(
-        self, stream: RegionStream, n_workers: int, stage: bool, pin: bool, starts: dict[int, dict] | None = None
+        self,
+        stream: RegionStream,
+        n_workers: int,
+        buffers: PinnedBuffers | None,
+        starts: dict[int, dict] | None = None,
     ):
-        self.stream, self.n_workers, self.stage, self.pin = stream, n_workers, stage, pin
+        self.stream, self.n_workers, self.buffers = stream, n_workers, buffers
         self.starts = starts or {}
         self.stop = threading.Event()
         self.queues: list[queue.Queue] = []
@@ -70,7 +92,10 @@ class VolumeFeed:
         counters, skips = FeedCounters(), SkipCounter()
         n = max(self.n_workers, 1)
         for volume in self.stream.volumes(worker, n, counters, skips, start=self.starts.get(worker)):
-            volume.array = host_tensor(volume.array, self.stage, self.pin)
+            staged = host_tensor(volume.array, self.buffers, self.stop)
+            if staged is None:  # stopped while waiting for a staging buffer
+                return
+            volume.array, volume.staging = staged
             yield volume, WorkerState(skips.count, counters.read_bytes, counters.reads)
 
     def _offer(self, q: queue.Queue, item) -> bool:

@@ -8,7 +8,9 @@ regions it serves from the pool in the stored dtype, write them in batches of `B
 run's pinned buffers, data/stream/device_feed.py) — next to the former CPU path that cut 16 float32-normalised crops per
 read, and turns regions/s into CPU cores per GPU at `GPU_SAMPLES_PER_S` one-view samples/s. The loader lines run
 the real stream (volume pool on) through each loader, hand-over included; on a machine without CUDA their batches
-are fresh tensors (first-touch page faults included).
+are fresh tensors (first-touch page faults included). The last table puts the host-cut feed (the thread loader's
+line) beside the device-cut one (the device pool on the meta device): host CPU per region, host-to-device bytes,
+shard reads and the device pool's bytes (pretrain/bench/device_cut.py).
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from voxfm.data.stream.loader import ThreadLoader
 from voxfm.data.stream.regions import RegionStream, region_loader
 from voxfm.data.stream.samples import load_volume, region_record
 from voxfm.data.stream.shards import shard_urls
+from voxfm.pretrain.bench.device_cut import GPU_SAMPLES_PER_S, bench_cut_paths, format_cut_paths
 from voxfm.pretrain.errors import ConfigError
 from voxfm.pretrain.runtime.timing import best_time, time_call
 
-GPU_SAMPLES_PER_S = 9000  # ViT-B MAE 96³ on one H100: the goal (README, Design)
 BATCH = 32  # regions per batch: mae_vit_b's per-GPU batch
 FORMER_REGIONS_PER_READ = 16  # before the volume pool
 
@@ -119,7 +121,8 @@ def bench_loader(
 def bench_data(
     shards: str, max_samples: int = 16, repeats: int = 3, region_size=(96, 96, 96), regions_per_volume: int = 200
 ) -> dict:
-    """→ {"formats": {name: {"mb_per_s_per_core", "ratio", "speedup"}}, ...} for the payload codecs and nibabel."""
+    """→ {"formats": {name: {"mb_per_s_per_core", "ratio", "speedup"}}, ...} for the payload codecs and nibabel,
+    "worker": one worker's and the loaders' rates, "cut_paths": {"host_cut", "device_cut"} (`bench_cut_paths`)."""
     samples = read_payloads(shards, max_samples)
     if not samples:
         raise ConfigError(f"shards={shards}: no samples to benchmark")
@@ -143,11 +146,15 @@ def bench_data(
         worker = bench_worker(samples, region_size, regions_per_volume, repeats)
     finally:
         blosc2.set_nthreads(previous_threads)
-    for loader in ("thread", "process"):
-        rate, last = bench_loader(shards, region_size, regions_per_volume, loader)
-        worker[f"{loader}_distinct_volumes_per_batch"] = last["volumes"]
-        worker[f"{loader}_regions_per_s"] = round(rate, 1)
-        worker[f"{loader}_cores_per_gpu"] = round(GPU_SAMPLES_PER_S / rate, 1)
+    paths = bench_cut_paths(shards, region_size, regions_per_volume, BATCH)  # the thread loader is the host cut
+    host = paths["host_cut"]
+    worker["thread_distinct_volumes_per_batch"] = host["distinct_volumes_per_batch"]
+    worker["thread_regions_per_s"] = host["regions_per_s"]
+    worker["thread_cores_per_gpu"] = round(GPU_SAMPLES_PER_S / host["regions_per_s"], 1)
+    rate, last = bench_loader(shards, region_size, regions_per_volume, "process")
+    worker["process_distinct_volumes_per_batch"] = last["volumes"]
+    worker["process_regions_per_s"] = round(rate, 1)
+    worker["process_cores_per_gpu"] = round(GPU_SAMPLES_PER_S / rate, 1)
     mb = raw_bytes / 1e6
     nib_rate = mb / seconds["nibabel .nii.gz"]
     formats = {
@@ -164,6 +171,7 @@ def bench_data(
         "shard_codec": _shard_codec(shards),
         "formats": formats,
         "worker": worker,
+        "cut_paths": paths,
     }
 
 
@@ -193,5 +201,6 @@ def format_data_bench(result: dict) -> str:
         f"  {'former path: 16 float32 crops per read, in the worker':<52}{w['float_crops_per_s_per_worker']:>10}"
         f"{round(GPU_SAMPLES_PER_S / w['float_crops_per_s_per_worker'], 1):>15}",
         f"  (cores per GPU at {GPU_SAMPLES_PER_S} one-view samples/s)",
+        *format_cut_paths(result["cut_paths"], w["regions_per_volume"], BATCH),
     ]
     return "\n".join(lines)

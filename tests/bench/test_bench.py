@@ -34,8 +34,11 @@ def test_data_bench_reports_regions_per_worker_and_cores_per_gpu(shard_dir):
     assert w["regions_per_s_per_worker"] > 0 and w["float_crops_per_s_per_worker"] > 0
     assert w["cores_per_gpu"] == round(9000 / w["regions_per_s_per_worker"], 1)
     assert w["thread_regions_per_s"] > 0 and w["process_regions_per_s"] > 0
+    paths = result["cut_paths"]  # the thread loader's line is the host-cut path, beside the device-cut one
+    assert w["thread_regions_per_s"] == paths["host_cut"]["regions_per_s"]
+    assert all(paths[p]["cpu_ms_per_region"] > 0 and paths[p]["h2d_mb_per_region"] > 0 for p in paths)
     table = format_data_bench(result)
-    assert "cores per GPU" in table and "data.loader=thread" in table
+    assert "cores per GPU" in table and "data.loader=thread" in table and "device-cut" in table
 
 
 def _json_line(out: str) -> dict:
