@@ -9,7 +9,7 @@ import tempfile
 
 from omegaconf import DictConfig
 
-from voxfm.pretrain.cli.compose import checked_config, compose_config
+from voxfm.pretrain.cli.compose import checked_config, compose_config, missing_keys
 from voxfm.pretrain.config.commands import BenchLoopSchema, BenchModelSchema
 from voxfm.pretrain.errors import ConfigError
 
@@ -73,6 +73,9 @@ def bench_model(overrides: list[str]) -> None:
     if cfg is None:
         return
     pretrain = compose_config("pretrain", ["data.shards=unused", "run_dir=unused", *rest])
+    missing = missing_keys(pretrain)  # e.g. objective=distill's teacher: its format=full export
+    if missing:
+        raise ConfigError("missing required setting(s): " + ", ".join(f"{k}=..." for k in missing))
     from voxfm.pretrain.bench.model import bench_model, format_model_bench
 
     result = bench_model(pretrain, cfg.warmup, cfg.steps, cfg.profile, cfg.compile)

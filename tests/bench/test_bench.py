@@ -121,9 +121,12 @@ def test_model_bench_profiles_the_step_on_request(capsys):
     assert len(rows) == 5 and any("aten::mm" in r or "aten::addmm" in r for r in rows)
 
 
-def test_model_bench_needs_an_experiment(capsys):
+def test_model_bench_needs_an_experiment_and_its_required_settings(capsys):
     assert main(["bench", "model"]) == 2
     assert "experiment=..." in capsys.readouterr().err
+    assert main(["bench", "model", "experiment=demo_distill"]) == 2  # distillation's teacher: one line, no traceback
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("missing required setting(s): objective.loss.teacher=...") and "\n" not in err
 
 
 def test_ingest_bench_times_voxfm_and_monai_on_the_same_files(phantom_dir, capsys):
