@@ -9,7 +9,8 @@
 # rest of the workloads in README's Design section, pretrain's loop beside its bare step and an in-memory feed
 # (bench loop, once the phantoms are sharded: mae_vit_b at per-GPU batch 1024 and 256, each with the device pool
 # and with the host path), the data bench (host-cut vs device-cut feed: CPU cores per GPU), pretraining + resume,
-# then DeepSpeed ZeRO-2/3, torch.compile, a fine-tune (pretrained vs scratch) and the other bench models.
+# then DeepSpeed ZeRO-2/3, torch.compile, a fine-tune (pretrained vs scratch), the other bench models, and Gram
+# anchoring and distillation (issue 29).
 # steps.txt says how each step ended.
 set -uo pipefail
 OUT=${OUT:?set OUT to a writable folder}
@@ -30,6 +31,8 @@ if [ "${TINY:-0}" = 1 ]; then
         "demo_b2_host experiment=demo data.batch_size=2 data.device_pool_gib=0"
         "demo_mim experiment=demo_mim")
   LOOP_ARGS=(warmup=2 steps=10)
+  GRAM=("demo_dino_gram:objective.loss.gram.start_step=0"); TEACHER=(experiment=demo_dino data.num_workers=1)
+  STUDENT=demo_distill
 else
   EXP=(experiment=mae_vit_b data.num_workers=12); STEPS=200; MORE=220; VSTEPS=60; N=32; SHAPE=160
   FT_PRE=(experiment=mim_resenc_l data.num_workers=12); FT=(experiment=finetune_resenc); FT_STEPS=50
@@ -54,6 +57,8 @@ else
         "mae_vit_b_b256_host experiment=mae_vit_b data.batch_size=256 data.device_pool_gib=0"
         "mim_resenc_l experiment=mim_resenc_l")
   LOOP_ARGS=(warmup=10 steps=30)
+  GRAM=("dino_vit_b_gram:objective.loss.gram.start_step=0"); TEACHER=(experiment=dino_vit_b data.num_workers=12)
+  STUDENT=distill_vit_s
 fi
 
 # T NEED NAME CMD...: CMD under the time left, output to $OUT/NAME.txt, its ending to steps.txt;
@@ -155,4 +160,12 @@ T 90 finetune_pretrain "$PY" -m voxfm pretrain "${FT_PRE[@]}" data.shards="$WORK
   && cp "$WORK/finetune/results.json" "$WORK/finetune/results.md" "$OUT/"
 
 bench "${BENCH[@]}"
+
+# DINOv3's additions beside mae_vit_b and dino_vit_b: Gram anchoring on from the first step, and distillation into
+# a ViT-S from a dino_vit_b teacher (a 2-step run's format=full export: its weights do not change a step's time)
+bench "${GRAM[@]}"
+T 60 distill_teacher "$PY" -m voxfm pretrain "${TEACHER[@]}" data.shards="$WORK/shards" run_dir="$WORK/run_teacher" \
+    trainer.max_steps=2 trainer.progress_bar=false trainer.images_every_n_steps=0 \
+  && T 40 distill_teacher "$PY" -m voxfm export checkpoint="$WORK/run_teacher" output="$WORK/teacher" format=full \
+  && bench "$STUDENT:objective.loss.teacher=$WORK/teacher"
 "$PY" "$(dirname "$0")/gpu_table.py" "$OUT"
