@@ -33,10 +33,10 @@ import torch
 
 from voxfm.data.stream.device_feed import PinnedBuffers
 from voxfm.data.stream.pool import Volume, VolumePool
+from voxfm.data.stream.pool_state import feed_state, replay_plan, replay_starts, stream_signature
 from voxfm.data.stream.regions import RegionStream
+from voxfm.data.stream.skips import UnreadableShards
 from voxfm.data.stream.volume_feed import MAX_COPYING, VolumeFeed, WorkerState, staging_count
-
-STATE_VERSION = 1
 
 
 class ToDevice:
@@ -136,24 +136,27 @@ class DevicePoolLoader:
             self.stream.foreground_prob,
             np.random.default_rng([self.stream.seed, rank, 2]),
         )
+        signature = stream_signature(self.stream.sources, self.stream.resampled)
         feed = VolumeFeed(self.stream, self.num_workers, buffers, saved and replay_starts(saved))
-        last: dict[int, tuple[int, dict | None]] = {}  # worker → (its count of volumes taken - 1, last one's position)
-        states: dict[int, WorkerState] = {}
-        held, taken = (None, 0) if saved is None else (self._replay(saved, feed, pool, to_device, last), saved["taken"])
+        try:  # the workers stop however this ends: a replay that fails included
+            last: dict[int, tuple[int, dict | None]] = {}  # worker → (its volumes taken - 1, the last one's position)
+            states: dict[int, WorkerState] = {}
+            held, taken = (
+                (None, 0) if saved is None else (self._replay(saved, feed, pool, to_device, last), saved["taken"])
+            )
 
-        def taking() -> Iterator[Volume]:
-            for n, (worker, volume, state) in enumerate(feed.in_turn(first=taken % workers), start=taken):
-                states[worker], last[worker] = state, (n // workers, volume.position)
-                volume.ordinal, volume.array = n, to_device(volume)
-                yield volume
+            def taking() -> Iterator[Volume]:
+                for n, (worker, volume, state) in enumerate(feed.in_turn(first=taken % workers), start=taken):
+                    states[worker], last[worker] = state, (n // workers, volume.position)
+                    volume.ordinal, volume.array = n, to_device(volume)
+                    yield volume
 
-        pool.volumes = taking()
-        try:
+            pool.volumes = taking()
             for group in pool.groups(self.batch_size, held=held):
                 self.figures.regions += len(group)
                 self.figures.sent_bytes, self.figures.held_bytes = to_device.sent, pool.held_bytes
                 batch = self._batch(group, states)
-                batch["_feed_state"] = feed_state(self.stream.seed, workers, pool, last)
+                batch["_feed_state"] = feed_state(self.stream.seed, workers, signature, pool, last)
                 yield batch
         finally:
             feed.close()
@@ -162,7 +165,7 @@ class DevicePoolLoader:
         """Re-reads the volumes the saved pool held (each worker's stream restarted at its oldest one) and sets the
         pool's generator as it was: the pool goes on as if never stopped."""
         workers = saved["workers"]
-        keep = {ordinal: uses for ordinal, uses, _ in saved["held"]}
+        keep = {ordinal: (uses, key) for ordinal, uses, _, key in saved["held"]}
         found: dict[int, Volume] = {}
         for worker, (first, final) in replay_plan(saved).items():
             for index in range(first, final + 1):
@@ -173,12 +176,18 @@ class DevicePoolLoader:
                 last[worker] = (index, volume.position)
                 ordinal = index * workers + worker
                 if ordinal in keep:
-                    volume.ordinal, volume.uses_left, volume.array = ordinal, keep[ordinal], to_device(volume)
+                    uses, key = keep[ordinal]
+                    if volume.key != key:
+                        raise UnreadableShards(
+                            f"resuming the device pool: data worker {worker} read {volume.key} where the checkpoint's "
+                            f"pool held {key}: the shard set changed since; resume with its shards as they were"
+                        )
+                    volume.ordinal, volume.uses_left, volume.array = ordinal, uses, to_device(volume)
                     found[ordinal] = volume
                 else:  # spent before the save: read again only to reach the next one
                     to_device._give(volume.staging)
         pool.rng.bit_generator.state = saved["rng"]
-        return [found[ordinal] for ordinal, _, _ in saved["held"]]
+        return [found[ordinal] for ordinal, *_ in saved["held"]]
 
     def _batch(self, group: list[tuple[torch.Tensor, Volume]], states: dict[int, WorkerState]) -> dict:
         regions = [region for region, _ in group]
@@ -198,42 +207,3 @@ class DevicePoolLoader:
             "read_bytes": sum(s.read_bytes for s in states.values()),
             "reads": sum(s.reads for s in states.values()),
         }
-
-
-def feed_state(seed: int, workers: int, pool: VolumePool, last: dict[int, tuple[int, dict | None]]) -> dict:
-    """What rebuilds the pool after this batch (small, JSON- and `torch.load(weights_only=True)`-safe): the volumes it
-    holds with their regions left and their samples' positions, the volumes taken so far, each worker's last one,
-    and the pool's generator."""
-    return {
-        "version": STATE_VERSION,
-        "seed": seed,
-        "workers": workers,
-        "taken": 1 + max((index * workers + w for w, (index, _) in last.items()), default=-1),
-        "held": [[v.ordinal, v.uses_left, v.position] for v in pool.held if v.uses_left > 0],
-        "last": [[w, index, position] for w, (index, position) in sorted(last.items())],
-        "rng": pool.rng.bit_generator.state,
-    }
-
-
-def replay_plan(saved: dict) -> dict[int, tuple[int, int]]:
-    """worker → (index of its first volume to re-read, index of its last taken one): from its oldest held volume (or
-    its last taken one) to its last taken one."""
-    workers, taken = saved["workers"], saved["taken"]
-    plan = {}
-    for w in range(workers):
-        final = (taken - 1 - w) // workers if taken > w else -1
-        mine = [ordinal // workers for ordinal, _, _ in saved["held"] if ordinal % workers == w]
-        lasts = [index for worker, index, _ in saved["last"] if worker == w]
-        first = min(mine) if mine else (lasts[0] if lasts else final + 1)
-        if final >= first:
-            plan[w] = (first, final)
-    return plan
-
-
-def replay_starts(saved: dict) -> dict[int, dict]:
-    """worker → the position its stream restarts at (its first volume to re-read, `replay_plan`); a worker that
-    had nothing taken starts at the beginning."""
-    workers = saved["workers"]
-    positions = {ordinal: position for ordinal, _, position in saved["held"]}
-    positions |= {index * workers + w: position for w, index, position in saved["last"]}
-    return {w: positions[first * workers + w] for w, (first, _) in replay_plan(saved).items()}

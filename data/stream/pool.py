@@ -185,11 +185,18 @@ def memory_line(
     )
 
 
-def device_pool_line(budget_bytes: float, max_volumes: int, regions_per_volume: int, n_workers: int, gpu: bool) -> str:
-    """The device pool's line at the start (data/stream/device_pool.py): what it may hold, and what the host keeps."""
-    where = "GPU" if gpu else "CPU (the training device)"
+def device_pool_line(
+    budget_bytes: float, max_volumes: int, regions_per_volume: int, n_workers: int, gpu: bool, staging: int
+) -> str:
+    """The device pool's line at the start (data/stream/device_pool.py): what it may hold, and what the host keeps:
+    on a GPU `staging` reused pinned buffers (each a decoded volume's bytes rounded up to a power of two)."""
+    if not gpu:
+        return (
+            f"data: device pool ≤ {budget_bytes / 2**30:.3g} GiB on the CPU (the training device; ≤ {max_volumes} "
+            f"decoded volumes, each serving {regions_per_volume} regions); {max(n_workers, 1)} worker(s) decoding"
+        )
     return (
-        f"data: device pool ≤ {budget_bytes / 2**30:.3g} GiB on the {where} (≤ {max_volumes} decoded volumes, each "
-        f"serving {regions_per_volume} regions cut on the device); the host keeps ≤ 2 decoded volumes per worker "
-        f"({max(n_workers, 1)} worker(s)) on their way{' in pinned memory' if gpu else ''}"
+        f"data: device pool ≤ {budget_bytes / 2**30:.3g} GiB on the GPU (≤ {max_volumes} decoded volumes, each "
+        f"serving {regions_per_volume} regions cut on the device); the host stages volumes in ≤ {staging} reused "
+        f"pinned buffers ({max(n_workers, 1)} worker(s); each a volume's bytes rounded up to a power of two)"
     )

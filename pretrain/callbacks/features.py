@@ -10,6 +10,7 @@ is the one the run exports: the EMA teacher where the objective keeps one, else 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +21,8 @@ from PIL import Image, ImageDraw
 from voxfm.data.ingest.montage import middle_slices
 from voxfm.data.ingest.safe_files import replacing
 from voxfm.pretrain.callbacks.images import LINE, MIN_TILE, pick_samples
+
+log = logging.getLogger("voxfm")
 
 
 def pca_colours(patches: torch.Tensor) -> torch.Tensor:
@@ -96,6 +99,9 @@ class FeaturePictures(L.Callback):
         finally:
             network.train(was_training)
         if not trainer.is_global_zero:
+            return
+        if not torch.isfinite(patches).all():  # a step the non-finite guard skips: no picture, never a crash
+            log.warning("voxfm: no feature picture at step %d: the features are not finite", step)
             return
         picture = feature_grid(images, pca_colours(patches), tuple(network.spec.patch_size))
         self.folder.mkdir(parents=True, exist_ok=True)

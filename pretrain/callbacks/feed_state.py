@@ -14,9 +14,10 @@ import logging
 import lightning as L
 import torch
 
+from voxfm.data.stream.pool_state import state_problem
+
 log = logging.getLogger("voxfm")
 KEY = "voxfm_feed"
-FIELDS = {"version": int, "seed": int, "workers": int, "taken": int, "held": list, "last": list, "rng": dict}
 
 
 class FeedState(L.Callback):
@@ -36,20 +37,22 @@ class FeedState(L.Callback):
             checkpoint[KEY] = {"states": states}
 
 
-def saved_feed(record, world_size: int, num_workers: int) -> tuple[dict[int, dict] | None, str]:
+def saved_feed(
+    record, world_size: int, num_workers: int, signature: str, n_sources: int, resampled: bool, max_reread: int
+) -> tuple[dict[int, dict] | None, str]:
     """(rank → saved device-pool state, "") when a checkpoint's `voxfm_feed` record is one this run can replay (its
-    stream then takes the saved seed), else (None, why not)."""
+    stream then takes the saved seed), else (None, why not): every rank's state is checked in full first
+    (data/stream/pool_state.py `state_problem`)."""
     if record is None:
         return None, "the checkpoint holds no device-pool state (saved by the host path or an older voxfm)"
     states = record.get("states") if isinstance(record, dict) else None
     if not isinstance(states, list) or len(states) != world_size:
         have = len(states) if isinstance(states, list) else "no"
         return None, f"the checkpoint holds {have} rank state(s) of the device pool, this run has {world_size} rank(s)"
+    workers = max(num_workers, 1)
     for rank, state in enumerate(states):
-        if not isinstance(state, dict) or any(not isinstance(state.get(k), t) for k, t in FIELDS.items()):
-            return None, f"rank {rank}'s device-pool state in the checkpoint is damaged"
-        if state["workers"] != max(num_workers, 1):
-            return None, f"it was saved with {state['workers']} data worker(s), this run has {max(num_workers, 1)}"
+        if problem := state_problem(state, workers, signature, n_sources, resampled, max_reread):
+            return None, f"rank {rank}'s device-pool state: {problem}"
     if len({state["seed"] for state in states}) != 1:
         return None, "its ranks' device-pool states disagree on the seed"
     return dict(enumerate(states)), ""

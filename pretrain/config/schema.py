@@ -261,8 +261,15 @@ def check_value(value: dict, annotation, path: str) -> list[str]:
     nested = [a for a in (annotation, *typing.get_args(annotation)) if dataclasses.is_dataclass(a)]
     if nested:
         return check_node(value, nested[0], path)
-    named = value and all(isinstance(v, dict) and "_target_" in v for v in value.values())
-    return [e for k, v in value.items() for e in check_value(v, Any, f"{path}.{k}")] if named else []  # students
+    if not any(isinstance(v, dict) and "_target_" in v for v in value.values()):
+        return []
+    errors = []  # named nodes (objective=distill's students): each one a node of its own
+    for key, node in value.items():
+        if isinstance(node, dict) and "_target_" in node:
+            errors += check_value(node, Any, f"{path}.{key}")
+        else:
+            errors.append(f"{path}.{key}={node!r}: expected a node with a _target_ (e.g. a model config)")
+    return errors
 
 
 def validate_pretrain(cfg: dict) -> None:

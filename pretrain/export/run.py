@@ -238,7 +238,10 @@ def run_export(
     config, data = _stored_config(ckpt, ckpt_path)
     config = student_config(config, student, f"checkpoint={ckpt_path}", export_format)
     # checked before anything is written, for every format; built from the allowlist, never `instantiate`d
-    backbone_class, backbone_kwargs = backbone_arguments(config["model"], f"checkpoint={ckpt_path}: voxfm_config.model")
+    model_key = f"objective.loss.students.{student}" if student else "model"  # what an error names
+    backbone_class, backbone_kwargs = backbone_arguments(
+        config["model"], f"checkpoint={ckpt_path}: voxfm_config.{model_key}"
+    )
     declared = backbone_class.declaration
     architecture = declared.architecture
     if export_format not in declared.formats:
@@ -258,7 +261,7 @@ def run_export(
             "plans need; export format=monai (or nnssl) instead"
         )
     if export_format != "full":  # the backbone is built: its size first, on the meta device, before anything is written
-        where = f"checkpoint={ckpt_path}: voxfm_config.model"
+        where = f"checkpoint={ckpt_path}: voxfm_config.{model_key}"
         described = sized(lambda: backbone_class(**backbone_kwargs), where)
         state = backbone_state(ckpt["state_dict"], config, described, student)  # self-distillation: the EMA teacher
         check_shapes(described, state, f"checkpoint={ckpt_path}")

@@ -23,7 +23,7 @@ from voxfm.data.stream.regions import RegionStream, region_loader
 from voxfm.pretrain.callbacks.checkpointing import ConfigInCheckpoint, FinalCheckpoint
 from voxfm.pretrain.callbacks.efficiency import Efficiency
 from voxfm.pretrain.callbacks.features import FeaturePictures
-from voxfm.pretrain.callbacks.feed_state import FeedState
+from voxfm.pretrain.callbacks.feed_state import FeedState, saved_feed
 from voxfm.pretrain.callbacks.images import ReconstructionImages
 from voxfm.pretrain.callbacks.monitoring import DataStats, ProgressBar, Throughput
 from voxfm.pretrain.callbacks.preemption import Preemption
@@ -102,13 +102,20 @@ def build_module(cfg: DictConfig) -> PretrainModule:
 
             loss.keywords["teacher"] = load_teacher(loss.keywords["teacher"])
         objective = loss(backbone.spec)
+    others = getattr(objective, "extra_backbones", list)()  # objective=distill's other students
+    depths = {len(b.repeated_blocks()) for b in (backbone, *others)}
+    if others and cfg.optim.layer_decay != 1.0 and len(depths) > 1:  # refused now, not inside the fit
+        raise ConfigError(
+            f"optim.layer_decay={cfg.optim.layer_decay}: the students have {sorted(depths)} blocks; layer-wise decay "
+            "needs one depth for all students (or optim.layer_decay=1)"
+        )
     if not objective.declaration.trains_decoder and backbone.declaration.decoder:
         backbone.freeze_decoder()  # unused by the loss: frozen, so DDP needs no unused-parameter search
     if objective.declaration.teacher:  # a copy of the plain student, before speed-ups wrap its blocks
         objective.attach_teacher(backbone, half_precision_weights=half_precision_weights(cfg))
     mode = compile_mode(cfg.trainer.compile, OmegaConf.to_container(cfg.strategy))
     with config_errors():  # fp8 on a GPU that has none
-        for network in (backbone, *getattr(objective, "extra_backbones", list)()):  # distillation's other students
+        for network in (backbone, *others):
             parallelize(network, cfg.trainer.activation_checkpointing, mode, fp8=cfg.trainer.get("fp8", False))
     optim = cfg.optim
     with config_errors():  # e.g. optim.freeze_last_layer_steps without a `last_layer` to hold
@@ -238,11 +245,29 @@ def trains_on_gpu(trainer: DictConfig) -> bool:
     return trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and torch.cuda.is_available())
 
 
-def build_loader(stream: RegionStream, data: DictConfig, on_gpu: bool, replay: dict[int, dict] | None = None):
+def replayable(record, data: DictConfig, world_size: int) -> tuple[dict[int, dict] | None, str]:
+    """A checkpoint's device-pool record checked against this run's stream (`saved_feed`): (rank → state, "") or
+    (None, why it cannot replay)."""
+    from voxfm.data.stream.pool_state import stream_signature
+    from voxfm.data.stream.sources import parse_sources
+
+    sources = parse_sources(data.shards, OmegaConf.to_container(data.sources) if data.sources else None)
+    signature = stream_signature(sources, data.resampled)
+    max_reread = 4 * data.device_pool_volumes + 64  # a pool's worth and its spent neighbours, with room
+    return saved_feed(record, world_size, data.num_workers, signature, len(sources), data.resampled, max_reread)
+
+
+def build_loader(
+    stream: RegionStream,
+    data: DictConfig,
+    on_gpu: bool,
+    replay: dict[int, dict] | None = None,
+    pool_bytes: float | None = None,
+):
     """`on_gpu`: the thread loader hands over device batches (pinned buffers, copies one batch ahead). With a device
     pool (`data.device_pool_gib`, `device_pool_budget`) the regions are cut on the training device instead, and
     `replay` (rank → the pool's saved state, `pretrain/callbacks/feed_state.py`) makes it go on where it stopped."""
-    budget = device_pool_budget(data, on_gpu)
+    budget = device_pool_budget(data, on_gpu) if pool_bytes is None else pool_bytes  # the run's, decided once
     if budget:
         from voxfm.data.stream.device_pool import DevicePoolLoader
 

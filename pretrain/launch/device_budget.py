@@ -13,9 +13,10 @@ from voxfm.pretrain.errors import ConfigError
 
 
 def device_pool_budget(data: DictConfig, on_gpu: bool) -> float:
-    """Bytes of the device pool `data.device_pool_gib` asks for (0: the host pool): null is min(16 GiB, a quarter of
-    the GPU's memory) on a GPU with thread workers, else 0. Refused in one line when the device has less free memory
-    than that (the GPU's free memory; a CPU's available memory), or with worker processes."""
+    """Bytes of the device pool `data.device_pool_gib` asks for (0: the host pool): null is min(8 GiB, an eighth of
+    the GPU's memory, a quarter of its free memory) on a GPU with thread workers, else 0. Refused in one line when
+    the device has less free memory than a number asks for (the GPU's free memory; a CPU's available memory), or
+    with worker processes."""
     gib = data.get("device_pool_gib")
     if gib == 0 or (gib is None and (not on_gpu or data.loader != "thread")):  # null: the device pool where it can be
         return 0.0
@@ -26,8 +27,8 @@ def device_pool_budget(data: DictConfig, on_gpu: bool) -> float:
             "data.device_pool_gib=0 for the host pool"
         )
     free, where = free_device_bytes(on_gpu)
-    if gib is None:  # what suits an 80 GB card, and a smaller or busier one too
-        return min(16 * 2**30, torch.cuda.get_device_properties(local_gpu()).total_memory / 4, free / 2)
+    if gib is None:  # 8 GiB on an 80 GB card (400 volumes of a 1.5 mm body CT); less on a smaller or busier one
+        return min(8 * 2**30, torch.cuda.get_device_properties(local_gpu()).total_memory / 8, free / 4)
     if gib * 2**30 > free:
         raise ConfigError(
             f"data.device_pool_gib={gib:g}: {where} has only {free / 2**30:.1f} GiB free; lower "

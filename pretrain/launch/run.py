@@ -22,8 +22,8 @@ from voxfm.data.ingest.safe_files import refuse_a_link, refuse_linked_folders, w
 from voxfm.data.stream.device_feed import buffer_count
 from voxfm.data.stream.loader import QUEUED_PER_WORKER
 from voxfm.data.stream.pool import device_pool_line, memory_line
+from voxfm.data.stream.volume_feed import staging_count
 from voxfm.pretrain.callbacks.feed_state import KEY as FEED_KEY
-from voxfm.pretrain.callbacks.feed_state import saved_feed
 from voxfm.pretrain.callbacks.preemption import Preemption
 from voxfm.pretrain.callbacks.teardown import shut_down_process_group
 from voxfm.pretrain.config.renamed import renamed_key, upgraded
@@ -35,6 +35,7 @@ from voxfm.pretrain.launch.build import (
     build_stream,
     build_trainer,
     log_event,
+    replayable,
     trains_on_gpu,
 )
 from voxfm.pretrain.launch.device_budget import device_pool_budget
@@ -146,7 +147,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     # A resumed run with the device pool goes on with the batches the uninterrupted run would have drawn (the pool's
     # state in the checkpoint); otherwise it draws fresh regions, seeded by the resume step.
     region_size = cfg.data.region_size or module.view_pipeline.region_size_needed()
-    replay, why = saved_feed(feed_record, trainer.world_size, cfg.data.num_workers) if pool_bytes else (None, "")
+    replay, why = replayable(feed_record, cfg.data, trainer.world_size) if pool_bytes else (None, "")
     if resume and pool_bytes and replay is None and trainer.is_global_zero:
         print(f"voxfm: the device pool draws fresh batches, seeded by the resume step: {why}", flush=True)
     seed = replay[0]["seed"] if replay else cfg.seed + resume_step
@@ -173,7 +174,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
         )
         d = cfg.data
         if pool_bytes:
-            line = device_pool_line(pool_bytes, stream.device_pool_volumes, d.regions_per_volume, d.num_workers, on_gpu)
+            staging = staging_count(d.num_workers)
+            line = device_pool_line(
+                pool_bytes, stream.device_pool_volumes, d.regions_per_volume, d.num_workers, on_gpu, staging
+            )
         else:
             line = memory_line(
                 d.pool_gib,
@@ -206,7 +210,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Path:
     try:
         trainer.fit(
             module,
-            train_dataloaders=build_loader(stream, cfg.data, on_gpu, replay),
+            train_dataloaders=build_loader(stream, cfg.data, on_gpu, replay, pool_bytes),
             ckpt_path=str(resume) if resume else None,
             weights_only=True,
         )

@@ -46,6 +46,8 @@ FREE = (
     "trainer.peak_tflops",
     "data.num_workers",
     "data.loader",
+    "data.device_pool_gib",  # where decoded volumes wait and regions are cut (an old GPU run resumes with the pool)
+    "data.device_pool_volumes",
     "data.max_sample_mb",
     "strategy",
 )
@@ -56,8 +58,6 @@ ADDED = {
     "optim.freeze_last_layer_steps": 0,
     "trainer.compile_mode": "default",
     "trainer.fp8": False,
-    "data.device_pool_gib": None,  # null: on a CPU the host pool, as before; on a GPU the device pool (issue 27)
-    "data.device_pool_volumes": 1024,
     # objective=dino's Gram anchoring, off (at weight 0 the other keys change nothing)
     "objective.loss.gram._target_": "voxfm.pretrain.objectives.dino.gram.GramAnchoring",
     "objective.loss.gram.weight": 0.0,

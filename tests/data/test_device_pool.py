@@ -134,9 +134,17 @@ def test_a_run_stopped_and_resumed_trains_on_the_batches_of_the_uninterrupted_ru
     assert "draws fresh batches" not in capsys.readouterr().out
     whole, parts = losses(tmp_path / "whole"), losses(tmp_path / "parts")
     assert len(whole) >= 5 and parts == whole  # the same batches and views: the same losses, step by step
-    assert main([*common, f"run_dir={tmp_path / 'parts'}", "trainer.max_steps=7", "data.num_workers=1"]) == 0
+    for path in (tmp_path / "parts" / "checkpoints").glob("*.ckpt"):  # a crafted pool state: refused, not run
+        ckpt = torch.load(path, weights_only=True)
+        ckpt["voxfm_feed"]["states"][0]["held"][0] = ckpt["voxfm_feed"]["states"][0]["held"][0][:2]
+        torch.save(ckpt, path)
+    assert main([*common, f"run_dir={tmp_path / 'parts'}", "trainer.max_steps=7"]) == 0
+    assert "draws fresh batches, seeded by the resume step: rank 0's device-pool state: it is damaged" in (
+        capsys.readouterr().out
+    )
+    assert main([*common, f"run_dir={tmp_path / 'parts'}", "trainer.max_steps=8", "data.num_workers=1"]) == 0
     out = capsys.readouterr().out
-    assert "the device pool draws fresh batches, seeded by the resume step: it was saved with 2 data worker(s)" in out
+    assert "draws fresh batches, seeded by the resume step: rank 0's device-pool state: it was saved with 2 data" in out
 
 
 @pytest.mark.slow

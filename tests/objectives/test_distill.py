@@ -13,6 +13,7 @@ from tests.exports import model_card_snippet
 from tests.objectives.helpers import smooth_regions, staged
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.cli.main import main
+from voxfm.pretrain.errors import ConfigError
 from voxfm.pretrain.launch.build import build_module
 
 TEACHER = ["model.hidden_size=24", "model.mlp_dim=96"]  # not vit_tiny's 48: exports tell them apart
@@ -140,6 +141,13 @@ def test_other_students_are_optimised_with_layer_decay_and_must_share_its_depth(
     assert {id(p) for p in small.parameters() if p.requires_grad} <= set(lr_of)  # its backbone and heads learn
     first, last = small.backbone.repeated_blocks()[0], small.backbone.repeated_blocks()[-1]
     assert lr_of[id(next(first.parameters()))] < lr_of[id(next(last.parameters()))]  # decayed by depth, as `model`
-    deeper = build_module(load_config("pretrain", [*args, "objective.loss.students.small.num_layers=3"]))
-    with pytest.raises(ValueError, match="the students have 2 and 3 blocks"):
-        deeper.configure_optimizers()
+    with pytest.raises(ConfigError, match=r"the students have \[2, 3\] blocks"):  # before any run writes
+        build_module(load_config("pretrain", [*args, "objective.loss.students.small.num_layers=3"]))
+
+
+def test_a_student_that_is_no_model_config_is_refused_before_anything_is_built(teacher, shard_dir, capsys):
+    typo = [*SMALL, "+objective.loss.students.small.hiden_size=8", "+objective.loss.students.junk.x=1"]
+    assert main(_distill(teacher, shard_dir, "/y", *typo)) == 2
+    err = capsys.readouterr().err
+    assert "objective.loss.students.junk=" in err and "expected a node with a _target_" in err
+    assert "objective.loss.students.small.hiden_size: unknown key" in err  # still checked beside the junk
