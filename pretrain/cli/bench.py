@@ -67,12 +67,20 @@ def bench_data(overrides: list[str]) -> None:
 
 
 def bench_model(overrides: list[str]) -> None:
-    """`warmup`/`steps`/`profile`/`compile` go to conf/bench/model.yaml; `experiment=` and every other override
-    shape the experiment's pretrain config."""
+    """`warmup`/`steps`/`profile`/`compile`/`predict`/`gpus` go to conf/bench/model.yaml; `experiment=` and every
+    other override shape the experiment's pretrain config. `predict=<card>` counts the step on the CPU and
+    predicts that card's time (`pretrain/bench/predict.py`) instead of timing it."""
     experiment, cfg, rest = checked_bench("bench/model", BENCH_MODEL_KEYS, overrides)
     if cfg is None:
         return
     pretrain = compose_config("pretrain", ["data.shards=unused", "run_dir=unused", *rest])
+    if cfg.predict is not None:
+        from voxfm.pretrain.bench.predict import format_prediction, predict
+
+        result = predict(pretrain, cfg.predict, cfg.gpus)
+        print(json.dumps({"experiment": experiment, **result}))
+        print(format_prediction(result, experiment))
+        return
     missing = missing_keys(pretrain)  # e.g. objective=distill's teacher: its format=full export
     if missing:
         raise ConfigError("missing required setting(s): " + ", ".join(f"{k}=..." for k in missing))

@@ -28,6 +28,7 @@ Channels = Literal["separate", "first"]  # voxfm.data.ingest.layouts.CHANNELS
 UnknownModality = Literal["reject", "keep"]  # voxfm.data.ingest.preprocess.UNKNOWN_MODALITY
 ExportFormat = Literal["monai", "nnunet", "nnssl", "full"]  # pretrain.export.run.FORMATS
 AttentionBackend = Literal["FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]  # bench BACKENDS
+PredictCard = Literal["h100", "h200"]  # voxfm.pretrain.bench.roofline.CARDS
 
 
 @dataclass
@@ -153,6 +154,8 @@ class BenchModelSchema:
     steps: int = field(**bounded(ge=1))
     profile: int = field(**bounded(ge=0))
     compile: bool
+    predict: PredictCard | None
+    gpus: int = field(**bounded(ge=1))
 
 
 @dataclass

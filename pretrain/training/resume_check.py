@@ -58,6 +58,8 @@ ADDED = {
     "optim.freeze_last_layer_steps": 0,
     "trainer.compile_mode": "default",
     "trainer.fp8": False,
+    "data.device_pool_gib": None,  # the default (free to change: on a GPU an old run resumes with the device pool)
+    "data.device_pool_volumes": 1024,
     # objective=dino's Gram anchoring, off (at weight 0 the other keys change nothing)
     "objective.loss.gram._target_": "voxfm.pretrain.objectives.dino.gram.GramAnchoring",
     "objective.loss.gram.weight": 0.0,
