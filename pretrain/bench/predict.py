@@ -182,14 +182,11 @@ def format_prediction(result: dict, experiment: str) -> str:
     return "\n".join(lines)
 
 
-def recount(row: Row) -> Row:
+def recount(row: Row, cfg) -> Row:
     """`row` with its work counted again on today's code (after a change to the step or the counter; then refit
-    and write CALIBRATION and EFFICIENCY in roofline.py)."""
-    from voxfm.pretrain.cli.compose import compose_config
-
-    cfg = compose_config(
-        "pretrain", ["data.shards=unused", "run_dir=unused", f"experiment={row.experiment}", *row.overrides]
-    )
+    and write CALIBRATION and EFFICIENCY in roofline.py). `cfg`: the row's pretrain config, composed by the caller
+    (bench imports no CLI): `voxfm.compose("pretrain", "data.shards=unused", "run_dir=unused",
+    f"experiment={row.experiment}", *row.overrides)`."""
     work, views, _ = count_work(cfg, reference=row.who != "voxfm")
     return dataclasses.replace(
         row,
