@@ -31,6 +31,7 @@ from voxfm.pretrain.errors import ConfigError, UnreadableCheckpoints
 from voxfm.pretrain.export.formats import exported_weights, nnunet_plans_fragment
 from voxfm.pretrain.export.model_card import write_model_card
 from voxfm.pretrain.export.nnssl import nnssl_checkpoint
+from voxfm.pretrain.export.students import student_config
 from voxfm.pretrain.export.swap import source_run, swapped_in
 from voxfm.pretrain.runtime.shareable import shareable_config
 from voxfm.pretrain.training.checkpoints import (
@@ -196,20 +197,6 @@ def full_export_backbone(folder: str | Path, where: str) -> tuple[dict, torch.nn
     """`full_export_parts` without the config and the whole state: (full.json, the backbone, its weights)."""
     meta, _, _, backbone, weights = full_export_parts(folder, where)
     return meta, backbone, weights
-
-
-def student_config(config: dict, student: str | None, where: str, export_format: str) -> dict:
-    """The stored config with `model` replaced by the named student of a distillation run (`objective.loss.students`,
-    built there as `model` is), so that the export is that student's; the config itself without `student`."""
-    if not student:
-        return config
-    students = config["objective"]["loss"].get("students") or {}
-    if export_format == "full":
-        raise ConfigError(f"student={student}: format=full keeps the whole module, every student in it")
-    if not isinstance(students, dict) or student not in students or not isinstance(students[student], dict):
-        named = ", ".join(students) if isinstance(students, dict) and students else "none"
-        raise ConfigError(f"student={student}: {where} has no such student (objective.loss.students: {named})")
-    return {**config, "model": students[student]}
 
 
 def run_export(
