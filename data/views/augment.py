@@ -1,9 +1,9 @@
 """Batched intensity augmentation on the training device: gamma, scale/shift, Gaussian noise.
 
-Each sample draws its own parameters from the caller's generator; a transform that is not applied
+Each sample draws its own parameters from the caller's `CounterRandom`; a transform that is not applied
 to a sample gets its identity parameters, so the whole batch is one chain of elementwise ops
-(no per-sample branches, no host sync) that compiles; Gaussian noise is drawn and added only for the samples
-that get it (a full-volume draw for every sample was most of the stage's memory traffic). Spatial flips and
+(no per-sample branches, no host sync) that compiles, the Gaussian noise's draw included (it fuses into the
+kernel that writes the views: no pass of its own). Spatial flips and
 rotations are folded into the crop's gather indices instead (`data/views/pipeline.py`): they cost nothing there.
 """
 
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _draw(n: int, g: torch.Generator, lo: float, hi: float) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=g, device=g.device)
+from voxfm.data.views.counter_random import CounterRandom
 
 
 class IntensityAugment:
@@ -40,49 +38,33 @@ class IntensityAugment:
         self.scale_prob, self.scale_range, self.shift_range = scale_prob, tuple(scale_range), tuple(shift_range)
         self.noise_prob, self.noise_std = noise_prob, noise_std
 
-    def parameters(self, n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        """Per-sample parameters [n] each (identity where a transform is not drawn)."""
+    def parameters(self, n: int, rng: CounterRandom) -> dict[str, torch.Tensor]:
+        """Per-sample parameters [n] each (identity where a transform is not drawn), and "noise" [n] bool: which
+        samples get Gaussian noise."""
 
-        def apply(p: float) -> torch.Tensor:
-            return torch.rand(n, generator=g, device=g.device) < p
+        def draw(low: float, high: float) -> torch.Tensor:
+            return low + (high - low) * rng.rand(n)
 
-        gamma = torch.where(apply(self.gamma_prob), _draw(n, g, *self.gamma_range), 1.0)
-        scaled = apply(self.scale_prob)
-        scale = torch.where(scaled, _draw(n, g, *self.scale_range), 1.0)
-        shift = torch.where(scaled, _draw(n, g, *self.shift_range), 0.0)
-        return {"gamma": gamma, "scale": scale, "shift": shift}
-
-    def noise(self, shape: tuple[int, ...], g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Gaussian noise for the samples that get it, drawn for those alone: (rows [k] long, values
-        [k, *shape[1:]] already scaled by noise_std) on g's device, or None when no sample does. Which samples is
-        decided on the host, from a CPU generator seeded by g's seed (so still a function of (seed, step, rank)):
-        k is then a Python int, known without reading a device tensor."""
-        if self.noise_prob <= 0 or self.noise_std <= 0:
-            return None
-        host = torch.Generator().manual_seed(g.initial_seed() + 0x5EED)
-        rows = (torch.rand(shape[0], generator=host) < self.noise_prob).nonzero().flatten()
-        if rows.numel() == 0:
-            return None
-        if g.device.type == "cuda":  # a pinned, asynchronous copy: a pageable one waits for the queue
-            rows = rows.pin_memory()
-        rows = rows.to(g.device, non_blocking=True)
-        values = torch.randn((rows.shape[0], *shape[1:]), generator=g, device=g.device).mul_(self.noise_std)
-        return rows, values
+        gamma = torch.where(rng.rand(n) < self.gamma_prob, draw(*self.gamma_range), 1.0)
+        scaled = rng.rand(n) < self.scale_prob
+        scale = torch.where(scaled, draw(*self.scale_range), 1.0)
+        shift = torch.where(scaled, draw(*self.shift_range), 0.0)
+        return {"gamma": gamma, "scale": scale, "shift": shift, "noise": rng.rand(n) < self.noise_prob}
 
     @staticmethod
     def apply(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
         """x: [B, C, X, Y, Z] float in [0, 1], p from `parameters` → x ** gamma * scale + shift. Pure: compiles."""
-        p = {k: v.view(-1, 1, 1, 1, 1).to(x.dtype) for k, v in p.items()}
+        p = {k: p[k].view(-1, 1, 1, 1, 1).to(x.dtype) for k in ("gamma", "scale", "shift")}
         return x.clamp_min(0.0).pow(p["gamma"]) * p["scale"] + p["shift"]
 
-    @staticmethod
-    def add_noise(x: torch.Tensor, noise: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """Adds `noise` from `noise()` to its rows of x, in place: only those samples are read and written."""
-        if noise is not None:
-            rows, values = noise
-            x.index_add_(0, rows, values.to(x.dtype))
-        return x
+    def add_noise(self, x: torch.Tensor, flags: torch.Tensor, rng: CounterRandom) -> torch.Tensor:
+        """x + N(0, noise_std²) on the samples whose flag is set. Drawn for every voxel: compiled, the draw fuses
+        into the kernel that writes x (no extra pass); eager, it is a few full-size passes."""
+        if self.noise_prob <= 0 or self.noise_std <= 0:
+            return x
+        noise = rng.randn(*x.shape).mul_(self.noise_std).to(x.dtype)
+        return torch.where(flags.view(-1, *([1] * (x.dim() - 1))), x + noise, x)
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """x: [B, C, X, Y, Z] float in [0, 1] → augmented x (same shape)."""
-        return self.add_noise(self.apply(x, self.parameters(x.shape[0], g)), self.noise(tuple(x.shape), g))
+    def __call__(self, x: torch.Tensor, p: dict[str, torch.Tensor], rng: CounterRandom) -> torch.Tensor:
+        """x: [B, C, X, Y, Z] float in [0, 1], p from `parameters(B, rng)` → augmented x (same shape)."""
+        return self.add_noise(self.apply(x, p), p["noise"], rng)

@@ -1,5 +1,5 @@
 """Per-sample random masks over a grid of patches (ViT tokens) or cubes (CNN masked modelling),
-drawn on the training device with an explicit generator."""
+drawn on the training device from a `CounterRandom` (inside the views' compiled graph)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ import math
 import torch
 
 from voxfm.data.stream.crops import triple
+from voxfm.data.views.counter_random import CounterRandom, as_key
+
+
+def _random(key) -> CounterRandom:
+    return key if isinstance(key, CounterRandom) else CounterRandom(as_key(key))
 
 
 class RandomPatchMasking:
@@ -33,20 +38,22 @@ class RandomPatchMasking:
             raise ValueError(f"mask_ratio={self.mask_ratio} leaves no visible or no hidden patch of {n_patches}")
         return n_masked
 
-    def noise(self, batch_size: int, spatial: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
-        """The random draw behind a mask: [B, N] uniform numbers (eager: compiled code takes no generator)."""
+    def noise(self, batch_size: int, spatial: tuple[int, int, int], rng: CounterRandom) -> torch.Tensor:
+        """The random draw behind a mask: [B, N] sort keys, distinct within a row (no ties to break)."""
         g = self.grid(tuple(spatial))
-        return torch.rand(batch_size, g[0] * g[1] * g[2], generator=generator, device=generator.device)
+        return rng.ranking_keys(batch_size, g[0] * g[1] * g[2])
 
     def from_noise(self, noise: torch.Tensor) -> torch.Tensor:
-        """noise: [B, N] → mask [B, N] bool, True = hidden: the n_masked cells of lowest noise in each row.
+        """noise: [B, N] (sort keys or numbers) → mask [B, N] bool, True = hidden: the n_masked cells of lowest noise
+        in each row.
         A pure function of its input, so it compiles with the rest of the stage."""
         ranks = noise.argsort(dim=1).argsort(dim=1)  # rank of each patch's noise within its sample
         return ranks < self.n_masked(noise.shape[1])
 
-    def __call__(self, batch_size: int, spatial: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
-        """→ mask [B, N] bool over the raster-ordered grid of `spatial // patch_size`, True = hidden."""
-        return self.from_noise(self.noise(batch_size, spatial, generator))
+    def __call__(self, batch_size: int, spatial: tuple[int, int, int], key) -> torch.Tensor:
+        """→ mask [B, N] bool over the raster-ordered grid of `spatial // patch_size`, True = hidden. key: a key
+        tensor, a seeded generator or a `CounterRandom`."""
+        return self.from_noise(self.noise(batch_size, spatial, _random(key)))
 
 
 class BlockMasking:
@@ -54,7 +61,7 @@ class BlockMasking:
     a ratio drawn per image from `ratio_range` is hidden (the last box may pass it by less than one box); each
     image is masked with `probability`, else not at all (iBOT masks half the student's global crops).
 
-    On the training device and without a host sync: `noise` draws every box of every image eagerly (a fixed number,
+    On the training device and without a host sync: `noise` draws every box of every image (a fixed number,
     enough for the largest ratio), `from_noise` finds for each token the first box that covers it and keeps the
     boxes up to the one that reaches the image's target — a pure function of the draws, compiled with the views.
     Exactly round(probability · n) images of a batch are masked (as DINOv2's collate does), so the objective picks
@@ -102,17 +109,17 @@ class BlockMasking:
         n = math.prod(grid)
         return min(n, round(self.ratio_range[1] * n) + math.prod(self.sides(grid)[1]) - 1)
 
-    def noise(self, n: int, spatial: tuple[int, int, int], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def noise(self, n: int, spatial: tuple[int, int, int], rng: CounterRandom) -> dict[str, torch.Tensor]:
         """Every random number behind `n` masks: box sides and corners [n, K, 3], ratios [n], masked or not [n]."""
         grid = self.grid(tuple(spatial))
-        k, dev = self.boxes(grid), generator.device
+        k, dev = self.boxes(grid), rng.device
         low, high = (torch.tensor(v, device=dev) for v in self.sides(grid))
-        sides = low + (torch.rand(n, k, 3, generator=generator, device=dev) * (high - low + 1)).long()
+        sides = low + (rng.rand(n, k, 3) * (high - low + 1)).long()
         room = torch.tensor(grid, device=dev) - sides + 1
-        corners = (torch.rand(n, k, 3, generator=generator, device=dev) * room).long()
+        corners = (rng.rand(n, k, 3) * room).long()
         a, b = self.ratio_range
-        ratio = a + (b - a) * torch.rand(n, generator=generator, device=dev)
-        masked = torch.rand(n, generator=generator, device=dev).argsort() < self.n_masked_images(n)
+        ratio = a + (b - a) * rng.rand(n)
+        masked = rng.ranking_keys(1, n)[0].argsort() < self.n_masked_images(n)
         return {"sides": sides, "corners": corners, "ratio": ratio, "masked": masked}
 
     def from_noise(self, noise: dict[str, torch.Tensor], grid: tuple[int, int, int]) -> torch.Tensor:
@@ -137,5 +144,5 @@ class BlockMasking:
         hidden = (first <= last[:, None]) & (first < k)  # never a token no box covers (boxes that fall short)
         return hidden & (target > 0)[:, None] & noise["masked"][:, None]
 
-    def __call__(self, n: int, spatial: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
-        return self.from_noise(self.noise(n, spatial, generator), self.grid(tuple(spatial)))
+    def __call__(self, n: int, spatial: tuple[int, int, int], key) -> torch.Tensor:
+        return self.from_noise(self.noise(n, spatial, _random(key)), self.grid(tuple(spatial)))

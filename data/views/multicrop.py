@@ -1,12 +1,13 @@
-"""Self-distillation's views, cut on the training device: 2 global and N local crops of each region (DINO's
-multi-crop), resized, flipped, rotated, normalised, augmented, and iBOT's block masks on the global crops.
+"""Self-distillation's views, cut on the training device: 2 global and N local crops of each region (DINO's multi-
+crop), resized, flipped, rotated, normalised, augmented, and iBOT's block masks on the global crops.
 
 A crop covers a box of its own shape, `scale`^(1/3) of the largest such box in the region (scale: a fraction of its
 volume, drawn per crop), placed at random inside the region, with flips of each RAS axis and a 90° rotation in one
-plane. All of that is one affine map per crop, drawn eagerly (`draw`); the pure part (`apply`) turns the maps into
-sampling grids and reads every crop of one size with one trilinear `grid_sample` over the batch — the views of
-each region are laid side by side along the grid's first axis, so the region is not copied per view. Crops of
-different sizes are batched per size (global, local): no padding. Axes are the volume's RAS axes ([B, C, X, Y, Z]).
+plane. All of that is one affine map per crop, drawn from the step's key (`draw`, inside `apply`, so in the views'
+compiled graph); `apply` turns the maps into sampling grids and reads every crop of one size with one trilinear
+`grid_sample` over the batch — the views of each region are laid side by side along the grid's first axis, so the
+region is not copied per view. Crops of different sizes are batched per size (global, local): no padding. Axes are
+the volume's RAS axes ([B, C, X, Y, Z]).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from voxfm.data.stream.crops import triple
 from voxfm.data.views.augment import IntensityAugment
+from voxfm.data.views.counter_random import CounterRandom, as_key
 from voxfm.data.views.masking import BlockMasking
 
 
@@ -26,22 +28,22 @@ def crop_maps(
     flip_prob: float,
     rotate_prob: float,
     plane: tuple[int, int] | None,
-    g: torch.Generator,
+    rng: CounterRandom,
     size: tuple[int, int, int] = (1, 1, 1),
 ) -> torch.Tensor:
     """→ [n, 3, 4] affine maps (grid_sample's convention: output coordinates in [-1, 1] → input coordinates, axes
     in (Z, Y, X) order) of n random crops of a region of size `region`, each a box of the crop's shape `size` (the
     largest that fits, scaled by `scale`^(1/3)), so every axis is resampled by the same factor."""
-    dev = g.device
-    fraction = (scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=g, device=dev)) ** (1 / 3)
+    dev = rng.device
+    fraction = (scale[0] + (scale[1] - scale[0]) * rng.rand(n)) ** (1 / 3)
     extent = torch.tensor(region, device=dev, dtype=torch.float32)
     shape = torch.tensor(size, device=dev, dtype=torch.float32)
     fit = (extent / shape).min()  # region voxels per crop voxel of the largest box of that shape
     half = fraction[:, None] * fit * shape / extent  # [n, 3] half-extent along each input axis (1: the whole axis)
-    centre = (2 * torch.rand(n, 3, generator=g, device=dev) - 1) * (1 - half)
-    flips = torch.rand(n, 3, generator=g, device=dev) < flip_prob
+    centre = (2 * rng.rand(n, 3) - 1) * (1 - half)
+    flips = rng.rand(n, 3) < flip_prob
     sign = 1.0 - 2.0 * flips.float()  # [n, 3] per output axis
-    transpose = torch.rand(n, generator=g, device=dev) < (rotate_prob if plane is not None else 0.0)
+    transpose = rng.rand(n) < (rotate_prob if plane is not None else 0.0)
     perm = torch.eye(3, device=dev).repeat(n, 1, 1)  # [n, in, out]: output axis `out` reads input axis `in`
     if plane is not None:
         p, q = plane
@@ -117,25 +119,26 @@ class MultiCropPipeline:
         if any(h < n for h, n in zip(have, self.crop_size)):
             raise ValueError(f"data.region_size={list(have)} is smaller than the global crop {list(self.crop_size)}")
 
-    def draw(self, b: int, region: tuple[int, int, int], g: torch.Generator, channels: int = 1) -> dict:
-        """Every random number of a batch of `b` regions, eagerly: the crops' affine maps, intensity parameters
-        and noise per crop, the masks' boxes."""
-        geometry = (self.flip_prob, self.rotate_prob, self.rotate_plane, g)
+    def draw(self, b: int, region: tuple[int, int, int], rng: CounterRandom) -> dict:
+        """Every random number of a batch of `b` regions: the crops' affine maps, intensity parameters and noise
+        flags per crop, the masks' boxes."""
+        geometry = (self.flip_prob, self.rotate_prob, self.rotate_plane, rng)
         draws = {
             "global_maps": crop_maps(2 * b, region, self.global_scale, *geometry, size=self.crop_size),
             "local_maps": crop_maps(self.n_local * b, region, self.local_scale, *geometry, size=self.local_size),
         }
         if self.augment is not None:
-            for name, n, size in (("global", 2 * b, self.crop_size), ("local", self.n_local * b, self.local_size)):
-                draws[f"{name}_intensity"] = self.augment.parameters(n, g)
-                draws[f"{name}_noise"] = self.augment.noise((n, channels, *size), g)
+            for name, n in (("global", 2 * b), ("local", self.n_local * b)):
+                draws[f"{name}_intensity"] = self.augment.parameters(n, rng)
         if self.masking is not None:
-            draws["mask_noise"] = self.masking.noise(2 * b, self.crop_size, g)
+            draws["mask_noise"] = self.masking.noise(2 * b, self.crop_size, rng)
         return draws
 
-    def apply(self, region: torch.Tensor, low: torch.Tensor, high: torch.Tensor, draws: dict) -> dict:
-        """The deterministic part (compiled under trainer.compile): region [B, C, *R], low/high [B] → {"image",
-        "local", "masks"}."""
+    def apply(self, region: torch.Tensor, low: torch.Tensor, high: torch.Tensor, key: torch.Tensor) -> dict:
+        """The whole stage, random draws included (compiled under trainer.compile): region [B, C, *R], low/high [B],
+        the step's key (0-d int64) → {"image", "local", "masks"}."""
+        rng = CounterRandom(key)
+        draws = self.draw(region.shape[0], tuple(region.shape[2:]), rng)
         span = (high - low).view(-1, 1, 1, 1, 1)
         x = ((region.float() - low.view(-1, 1, 1, 1, 1)) / span).clamp(0.0, 1.0)
         out = {"image": sample_crops(x, draws["global_maps"], self.crop_size)}
@@ -144,21 +147,16 @@ class MultiCropPipeline:
         if self.augment is not None:
             for name, key in (("global", "image"), ("local", "local")):
                 if key in out:
-                    out[key] = self.augment.apply(out[key], draws[f"{name}_intensity"])
+                    out[key] = self.augment(out[key], draws[f"{name}_intensity"], rng)
         if self.masking is not None:
             out["masks"] = self.masking.from_noise(draws["mask_noise"], self.masking.grid(self.crop_size))
         return out
 
-    def __call__(self, batch: dict, g: torch.Generator, apply=None) -> dict:
+    def __call__(self, batch: dict, key, apply=None) -> dict:
+        """batch → batch with views. key: the step's key tensor (or a seeded `torch.Generator`, for tests)."""
         region = batch["region"]
         self.check_region(region.shape[2:])
-        draws = self.draw(region.shape[0], tuple(region.shape[2:]), g, channels=region.shape[1])
-        noise = {name: draws.pop(f"{name}_noise", None) for name in ("global", "local")}  # eager, as in ViewPipeline
-        out = {**batch, **(apply or self.apply)(region, batch["low"], batch["high"], draws)}
-        if self.augment is not None:
-            out["image"] = self.augment.add_noise(out["image"], noise["global"])
-            if "local" in out:
-                out["local"] = self.augment.add_noise(out["local"], noise["local"])
+        out = {**batch, **(apply or self.apply)(region, batch["low"], batch["high"], as_key(key))}
         out["n_views"], out["n_local"] = self.n_views, self.n_local
         if self.masking is not None:  # Python ints: the objective picks masked images and tokens with static shapes
             out["n_masked_images"] = self.masking.n_masked_images(out["masks"].shape[0])

@@ -1,8 +1,8 @@
 """Views cut on the training device: crop, flip/rotate, normalise, augment and mask whole batches.
 
-CPU workers deliver regions in their stored dtype (`data/stream/regions.py`). Here, per sample and from one
-generator seeded by (seed, step, rank): a crop offset (two offsets whose crops overlap by a set
-fraction, for contrastive learning), flips of each RAS axis and a 90° rotation in one RAS plane.
+CPU workers deliver regions in their stored dtype (`data/stream/regions.py`). Here, per sample and from the
+step's key, a function of (seed, step, rank) (`counter_random.py`): a crop offset (two offsets whose crops
+overlap by a set fraction, for contrastive learning), flips of each RAS axis and a 90° rotation in one RAS plane.
 All of that is folded into the gather indices of a single indexing op, so a batch of views costs
 one read of its voxels; normalisation and intensity augmentation follow as elementwise ops.
 Axes are the volume's RAS axes ([B, C, X=R, Y=A, Z=S] after `voxfm shard`).
@@ -14,12 +14,8 @@ import torch
 
 from voxfm.data.stream.crops import triple, view_shift
 from voxfm.data.views.augment import IntensityAugment
+from voxfm.data.views.counter_random import CounterRandom, as_key
 from voxfm.data.views.masking import RandomPatchMasking
-
-
-def _randint(n: int, high: int, g: torch.Generator) -> torch.Tensor:
-    """n integers uniform in [0, high] on the generator's device (high is a Python int: no sync)."""
-    return torch.randint(0, high + 1, (n,), generator=g, device=g.device)
 
 
 def crop_views(
@@ -110,59 +106,61 @@ class ViewPipeline:
                 f"{list(self.crop_size)} with overlap {self.overlap} need at least {list(need)}"
             )
 
-    def offsets(self, b: int, region: tuple[int, int, int], g: torch.Generator) -> torch.Tensor:
+    def offsets(self, b: int, region: tuple[int, int, int], rng: CounterRandom) -> torch.Tensor:
         """→ [V, B, 3] crop corners inside the region."""
         slack = [r - c - s for r, c, s in zip(region, self.crop_size, self.shift)]
-        low = torch.stack([_randint(b, s, g) for s in slack], dim=1)  # [B, 3]
+        low = torch.stack([rng.randint(s, b) for s in slack], dim=1)  # [B, 3]
         if self.n_views == 1:
             return low[None]
         high = torch.stack([low[:, axis] + s for axis, s in enumerate(self.shift)], dim=1)  # no host-to-device copy
-        first_is_low = torch.rand(b, 3, generator=g, device=g.device) < 0.5
+        first_is_low = rng.rand(b, 3) < 0.5
         return torch.stack([torch.where(first_is_low, low, high), torch.where(first_is_low, high, low)])
 
-    def draw(self, b: int, region: tuple[int, int, int], g: torch.Generator, channels: int = 1) -> dict:
-        """Every random number of a batch of `b` regions, in one eager pass over the generator (compiled code
-        takes no generator): offsets [V, B, 3], flips [V·B, 3], transpose [V·B], intensity parameters [V·B],
-        mask noise [V·B, N], and the Gaussian noise of the samples that get it (applied eagerly, see `__call__`)."""
+    def draw(self, b: int, region: tuple[int, int, int], rng: CounterRandom) -> dict:
+        """Every random number of a batch of `b` regions: offsets [V, B, 3], flips [V·B, 3], transpose [V·B],
+        intensity parameters and noise flags [V·B], mask noise [V·B, N]. Pure tensor ops on the key: inside `apply`,
+        so they run in the views' compiled graph."""
         vb = self.n_views * b
         draws = {
-            "offsets": self.offsets(b, region, g),
-            "flips": torch.rand(vb, 3, generator=g, device=g.device) < self.flip_prob,
-            "transpose": torch.rand(vb, generator=g, device=g.device) < self.rotate_prob,
+            "offsets": self.offsets(b, region, rng),
+            "flips": rng.rand(vb, 3) < self.flip_prob,
+            "transpose": rng.rand(vb) < self.rotate_prob,
         }
         if self.rotate_plane is None:
             draws["transpose"] = torch.zeros_like(draws["transpose"])
         if self.augment is not None:
-            draws["intensity"] = self.augment.parameters(vb, g)
-            draws["noise"] = self.augment.noise((vb, channels, *self.crop_size), g)
+            draws["intensity"] = self.augment.parameters(vb, rng)
         if self.masking is not None:
-            draws["mask_noise"] = self.masking.noise(vb, self.crop_size, g)
+            draws["mask_noise"] = self.masking.noise(vb, self.crop_size, rng)
         return draws
 
-    def apply(self, region: torch.Tensor, low: torch.Tensor, high: torch.Tensor, draws: dict) -> dict:
-        """The deterministic part, a pure function of its tensors (compiled as one graph under trainer.compile):
-        region [B, C, *R] stored dtype, low/high [B] → {"image": [V·B, C, *crop] float, "mask": [V·B, N]}."""
+    def apply(self, region: torch.Tensor, low: torch.Tensor, high: torch.Tensor, key: torch.Tensor) -> dict:
+        """The whole stage as a pure function of its tensors (one compiled graph under trainer.compile): region
+        [B, C, *R] stored dtype, low/high [B], the step's key (0-d int64, `counter_random.step_key`) → {"image":
+        [V·B, C, *crop] float, "offsets": [V, B, 3], "mask": [V·B, N]}. Random numbers are drawn here too."""
+        rng = CounterRandom(key)
+        draws = self.draw(region.shape[0], tuple(region.shape[2:]), rng)
         offsets = draws["offsets"].flatten(0, 1)  # [V·B, 3], view-major like the images
         crop = crop_views(
             region, offsets, self.crop_size, draws["flips"], draws["transpose"], self.rotate_plane or (0, 1)
         )
         low, high = low.repeat(self.n_views).view(-1, 1, 1, 1, 1), high.repeat(self.n_views).view(-1, 1, 1, 1, 1)
         x = ((crop.float() - low) / (high - low)).clamp(0.0, 1.0)
-        out = {"image": x if self.augment is None else self.augment.apply(x, draws["intensity"])}
+        out = {
+            "image": x if self.augment is None else self.augment(x, draws["intensity"], rng),
+            "offsets": draws["offsets"],
+        }
         if self.masking is not None:
             out["mask"] = self.masking.from_noise(draws["mask_noise"])
         return out
 
-    def __call__(self, batch: dict, g: torch.Generator, apply=None) -> dict:
-        """batch → batch with views; `apply` replaces `self.apply` (the training module passes its compiled one)."""
+    def __call__(self, batch: dict, key, apply=None) -> dict:
+        """batch → batch with views. key: the step's key tensor (or a seeded `torch.Generator`, for tests); `apply`
+        replaces `self.apply` (the training module passes its compiled one)."""
         region = batch["region"]
         self.check_region(region.shape[2:])
-        draws = self.draw(region.shape[0], tuple(region.shape[2:]), g, channels=region.shape[1])
-        noise = draws.pop("noise", None)  # applied eagerly, to its rows only: not an input of the pure part
-        out = {**batch, **(apply or self.apply)(region, batch["low"], batch["high"], draws)}
-        if self.augment is not None:
-            out["image"] = self.augment.add_noise(out["image"], noise)
-        out["offsets"], out["n_views"] = draws["offsets"], self.n_views
+        out = {**batch, **(apply or self.apply)(region, batch["low"], batch["high"], as_key(key))}
+        out["n_views"] = self.n_views
         if self.masking is not None:
             n = out["mask"].shape[1]
             out["n_visible"] = n - self.masking.n_masked(n)  # a Python int: objectives slice without a host sync

@@ -19,10 +19,10 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
+from voxfm.data.views.counter_random import step_key
 from voxfm.pretrain.bench.reference import reference_step
 from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.runtime.timing import measured_peak_tflops, sync, time_call, timer_name
-from voxfm.pretrain.training.module import step_generator
 
 COLUMNS = ("eager", "compiled")
 
@@ -70,7 +70,7 @@ def voxfm_step(cfg, device: torch.device, autocast, compiled: bool, batch: dict 
     counter = iter(range(1 << 62))
 
     def views():
-        batch = module.views(regions, step_generator(device, cfg.seed, next(counter), 0))
+        batch = module.views(regions, step_key(device, cfg.seed, next(counter), 0))
         return {**batch, "log_step": False}
 
     def step():

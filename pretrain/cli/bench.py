@@ -67,9 +67,10 @@ def bench_data(overrides: list[str]) -> None:
 
 
 def bench_model(overrides: list[str]) -> None:
-    """`warmup`/`steps`/`profile`/`compile`/`predict`/`gpus` go to conf/bench/model.yaml; `experiment=` and every
-    other override shape the experiment's pretrain config. `predict=<card>` counts the step on the CPU and
-    predicts that card's time (`pretrain/bench/predict.py`) instead of timing it."""
+    """`warmup`/`steps`/`profile`/`compile`/`predict`/`gpus`/`kernels` go to conf/bench/model.yaml; `experiment=`
+    and every other override shape the experiment's pretrain config. `predict=<card>` counts the step on the CPU and
+    predicts that card's time (`pretrain/bench/predict.py`) instead of timing it; `kernels=true` counts what the
+    compiled step launches (`pretrain/bench/kernels.py`)."""
     experiment, cfg, rest = checked_bench("bench/model", BENCH_MODEL_KEYS, overrides)
     if cfg is None:
         return
@@ -84,6 +85,13 @@ def bench_model(overrides: list[str]) -> None:
     missing = missing_keys(pretrain)  # e.g. objective=distill's teacher: its format=full export
     if missing:
         raise ConfigError("missing required setting(s): " + ", ".join(f"{k}=..." for k in missing))
+    if cfg.kernels:
+        from voxfm.pretrain.bench.kernels import count_kernels, format_kernels
+
+        result = count_kernels(pretrain, steps=cfg.steps)
+        print(json.dumps({"experiment": experiment, **result}))
+        print(format_kernels(result, experiment))
+        return
     from voxfm.pretrain.bench.model import bench_model, format_model_bench
 
     result = bench_model(pretrain, cfg.warmup, cfg.steps, cfg.profile, cfg.compile)

@@ -156,6 +156,7 @@ class BenchModelSchema:
     compile: bool
     predict: PredictCard | None
     gpus: int = field(**bounded(ge=1))
+    kernels: bool
 
 
 @dataclass

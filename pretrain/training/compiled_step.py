@@ -1,13 +1,13 @@
-"""The training step compiled as a whole (`trainer.compile=true`): the device-side views' deterministic part in one
+"""The training step compiled as a whole (`trainer.compile=true`): the device-side views (their random draws too) in one
 graph, objective + backbone + loss in another (its backward compiled with it), each with `fullgraph=True`, so a
 graph break is an error, not a silent slowdown.
 
-Random numbers are drawn eagerly before the views' graph (`ViewPipeline.draw`): compiled code takes no explicit
-generator, and views must stay a pure function of (seed, step, rank). Objectives compute some figures only on
-logging steps (`batch["log_step"]`), and a shard set may mix int16 and float32 regions: each such variant is a
-named function of its own, compiled once when it first occurs, so switching between them is not a
-recompilation. Compiled functions are made on first use in each process and never pickled (ddp_spawn pickles
-the module before its children start).
+Random numbers are drawn inside the views' graph, hashed from the step's key (`data/views/counter_random.py`):
+compiled code takes no generator, and views stay a pure function of (seed, step, rank). Objectives compute some
+figures only on logging steps (`batch["log_step"]`), and a shard set may mix int16 and float32 regions: each such
+variant is a named function of its own, compiled once when it first occurs, so switching between them is not a
+recompilation. Compiled functions are made on first use in each process and never pickled (ddp_spawn pickles the
+module before its children start).
 """
 
 from __future__ import annotations

@@ -10,18 +10,12 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 
+from voxfm.data.views.counter_random import step_key
 from voxfm.pretrain.errors import Diverged
 from voxfm.pretrain.runtime.logging_steps import is_logging_step
 from voxfm.pretrain.training.compiled_step import CompiledStep, objective_inputs
 from voxfm.pretrain.training.param_groups import LAST_LAYER, param_groups
 from voxfm.pretrain.training.schedule import cosine, held_until, warmup_cosine
-
-
-def step_generator(device: torch.device, seed: int, step: int, rank: int) -> torch.Generator:
-    """A generator that is a pure function of (seed, step, rank): views and masks replay exactly after a resume."""
-    g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
-    return g
 
 
 def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
@@ -33,7 +27,8 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
 
 class PretrainModule(L.LightningModule):
     """view_pipeline: the device-side views the objective's config chooses (crops, augmentation, masks):
-    `view_pipeline(batch, generator) -> batch`. objective: `objective(batch, backbone) -> (loss, logs)`.
+    `view_pipeline(batch, key) -> batch` (key: the step's 0-d int64 tensor, `data/views/counter_random.py`).
+    objective: `objective(batch, backbone) -> (loss, logs)`.
     DINOv2's optimisation recipe, each off by default: layer_decay (< 1: layer-wise lr decay,
     `pretrain/training/param_groups.py`), weight_decay_end (weight decay cosine from the optimiser's to this over
     total_steps), freeze_last_layer_steps (parameters named `last_layer` stay still for that many steps)."""
@@ -42,7 +37,7 @@ class PretrainModule(L.LightningModule):
         self,
         backbone: nn.Module,
         objective: nn.Module,
-        view_pipeline: Callable[[dict, torch.Generator], dict],
+        view_pipeline: Callable[[dict, torch.Tensor], dict],
         optimizer: Callable[..., torch.optim.Optimizer],
         warmup_steps: int,
         total_steps: int,
@@ -95,15 +90,16 @@ class PretrainModule(L.LightningModule):
         conversion, so that conversion runs again on its output: DeepSpeed bf16 keeps bf16 weights and takes
         bf16 inputs (under autocast, the DDP case, the conversion changes nothing)."""
         if self.trainer.training:
-            g = step_generator(batch["region"].device, self.seed, self.global_step, self.global_rank)
-            batch = self.trainer.precision_plugin.convert_input(self.views(batch, g))
+            key = step_key(batch["region"].device, self.seed, self.global_step, self.global_rank)
+            batch = self.trainer.precision_plugin.convert_input(self.views(batch, key))
             batch["log_step"] = is_logging_step(self.trainer)  # figures only logging steps need (a Python bool)
         return batch
 
-    def views(self, batch: dict, g: torch.Generator) -> dict:
-        """The device-side views: random numbers drawn eagerly from g, the rest compiled under trainer.compile."""
+    def views(self, batch: dict, key: torch.Tensor) -> dict:
+        """The device-side views, random numbers included (drawn from the step's `key`): one graph under
+        trainer.compile, no eager kernel."""
         name = f"the views ({str(batch['region'].dtype).removeprefix('torch.')} regions)"
-        return self.view_pipeline(batch, g, apply=self.compiled.wrap(name, self.view_pipeline.apply))
+        return self.view_pipeline(batch, key, apply=self.compiled.wrap(name, self.view_pipeline.apply))
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """objective + backbone → (loss, logs), compiled under trainer.compile (one graph per `log_step` value)."""

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from voxfm.data.views.augment import IntensityAugment
+from voxfm.data.views.counter_random import CounterRandom, as_key
 from voxfm.data.views.masking import BlockMasking
 from voxfm.data.views.multicrop import MultiCropPipeline, crop_maps, sample_crops
 
@@ -21,7 +22,7 @@ def _regions(b=3, size=24):
 
 def test_a_crop_at_scale_one_is_the_region_and_flips_and_rotations_are_exact():
     x = torch.rand(3, 1, 8, 8, 8)
-    g = torch.Generator().manual_seed(1)
+    g = CounterRandom(as_key(1))
     plain = sample_crops(x, crop_maps(6, (8, 8, 8), (1.0, 1.0), 0.0, 0.0, None, g), (8, 8, 8))
     assert torch.allclose(plain, x.repeat(2, 1, 1, 1, 1), atol=1e-6)  # view-major: rows i and 3 + i are region i
     flipped = sample_crops(x, crop_maps(3, (8, 8, 8), (1.0, 1.0), 1.0, 0.0, None, g), (8, 8, 8))
@@ -32,7 +33,7 @@ def test_a_crop_at_scale_one_is_the_region_and_flips_and_rotations_are_exact():
 
 def test_channels_stay_with_their_image_and_a_box_crop_keeps_its_shape():
     x = torch.rand(2, 3, 8, 8, 8)
-    g = torch.Generator().manual_seed(5)
+    g = CounterRandom(as_key(5))
     crops = sample_crops(x, crop_maps(4, (8, 8, 8), (1.0, 1.0), 0.0, 0.0, None, g), (8, 8, 8))
     assert torch.allclose(crops, x.repeat(2, 1, 1, 1, 1), atol=1e-6)  # every channel of image i in row i
     ramp = torch.arange(16.0).view(1, 1, 16, 1, 1).expand(1, 1, 16, 16, 16).contiguous()
@@ -42,7 +43,7 @@ def test_channels_stay_with_their_image_and_a_box_crop_keeps_its_shape():
 
 def test_a_smaller_scale_reads_a_sub_cube_resampled_to_the_crop():
     ramp = torch.arange(32.0).view(1, 1, 32, 1, 1).expand(1, 1, 32, 32, 32).contiguous()  # value = X index
-    g = torch.Generator().manual_seed(2)
+    g = CounterRandom(as_key(2))
     crops = sample_crops(ramp, crop_maps(1, (32, 32, 32), (0.125, 0.125), 0.0, 0.0, None, g), (8, 8, 8))
     steps = crops[0, 0, 1:, 0, 0] - crops[0, 0, :-1, 0, 0]
     assert torch.allclose(steps, torch.full_like(steps, 2.0), atol=1e-4)  # side 16 voxels → 8: two voxels a step

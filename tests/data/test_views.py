@@ -1,16 +1,16 @@
-"""Device-side views: overlap on coordinates, replay from the generator, flips/rotations in the RAS frame."""
+"""Device-side views: overlap on coordinates, replay from the step's key, flips/rotations in the RAS frame."""
 
 import pytest
 import torch
 
 from voxfm.data.views.augment import IntensityAugment
+from voxfm.data.views.counter_random import CounterRandom, step_key
 from voxfm.data.views.masking import RandomPatchMasking
 from voxfm.data.views.pipeline import ViewPipeline, crop_views
-from voxfm.pretrain.training.module import step_generator
 
 
 def _g(step=0):
-    return step_generator(torch.device("cpu"), seed=0, step=step, rank=0)
+    return step_key(torch.device("cpu"), seed=0, step=step, rank=0)
 
 
 def _batch(b=6, size=48, dtype=torch.int16):
@@ -27,7 +27,7 @@ def _batch(b=6, size=48, dtype=torch.int16):
 def test_two_views_overlap_by_the_configured_fraction(overlap):
     stage = ViewPipeline(24, n_views=2, overlap=overlap)
     region = stage.region_size_needed()
-    offsets = stage.offsets(64, region, _g())  # [2, B, 3]
+    offsets = stage.offsets(64, region, CounterRandom(_g()))  # [2, B, 3]
     shared = (24 - (offsets[0] - offsets[1]).abs()).clamp_min(0).prod(dim=1) / 24**3
     assert torch.allclose(shared, torch.full_like(shared, overlap), atol=0.04)
     assert (offsets >= 0).all() and (offsets + 24 <= torch.tensor(region)).all()
@@ -35,7 +35,7 @@ def test_two_views_overlap_by_the_configured_fraction(overlap):
     assert ((offsets[0] < offsets[1]).any(0) & (offsets[0] > offsets[1]).any(0)).all()
 
 
-def test_same_generator_same_views_and_masks():
+def test_same_key_same_views_and_masks():
     stage = ViewPipeline(
         16, n_views=2, overlap=0.5, augment=IntensityAugment(), masking=RandomPatchMasking(0.75, patch_size=8)
     )
@@ -90,8 +90,10 @@ def test_crop_reads_the_offset_window_and_normalises():
 
 def test_intensity_augmentation_is_per_sample_and_identity_when_off():
     x = torch.rand(8, 1, 4, 4, 4)
-    assert torch.equal(IntensityAugment(gamma_prob=0, scale_prob=0, noise_prob=0)(x, _g()), x)
-    p = IntensityAugment(gamma_prob=1, scale_prob=1, noise_prob=0).parameters(8, _g())
+    off = IntensityAugment(gamma_prob=0, scale_prob=0, noise_prob=0)
+    rng = CounterRandom(_g())
+    assert torch.equal(off(x, off.parameters(8, rng), rng), x)
+    p = IntensityAugment(gamma_prob=1, scale_prob=1, noise_prob=0).parameters(8, CounterRandom(_g()))
     assert p["gamma"].unique().numel() == 8 and ((p["scale"] >= 0.9) & (p["scale"] <= 1.1)).all()
 
 
@@ -108,17 +110,22 @@ def test_bad_view_settings_fail_fast():
         ViewPipeline(16, masking=RandomPatchMasking(0.5, patch_size=5))
 
 
-def test_noise_is_drawn_only_for_the_samples_that_get_it_and_replays():
-    x = torch.rand(16, 1, 4, 4, 4)
+def test_noise_goes_to_the_samples_drawn_for_it_with_its_spread_and_replays():
+    x = torch.full((64, 1, 8, 8, 8), 0.5)
     augment = IntensityAugment(gamma_prob=0, scale_prob=0, noise_prob=0.5, noise_std=0.1)
-    rows, values = augment.noise(tuple(x.shape), _g())
-    assert 0 < rows.numel() < 16 and values.shape == (rows.numel(), 1, 4, 4, 4)  # drawn for those rows alone
-    out = augment(x.clone(), _g())
-    noisy = (out != x).flatten(1).any(1)
-    assert noisy.nonzero().flatten().tolist() == rows.tolist()
-    assert torch.equal(augment(x.clone(), _g()), out) and not torch.equal(augment(x.clone(), _g(1)), out)
-    assert augment.noise(tuple(x.shape), _g()) is not None
-    assert IntensityAugment(noise_prob=0).noise((4, 1), _g()) is None
+
+    def noisy(key):
+        rng = CounterRandom(key)
+        p = augment.parameters(64, rng)
+        return p["noise"], augment(x, p, rng)
+
+    flags, out = noisy(_g())
+    assert 16 < int(flags.sum()) < 48
+    assert torch.equal((out != x).flatten(1).any(1), flags)  # the samples drawn for noise, and those alone
+    delta = (out - x)[flags]
+    assert abs(float(delta.mean())) < 0.005 and abs(float(delta.std()) - 0.1) < 0.005  # N(0, noise_std²)
+    assert torch.equal(noisy(_g())[1], out) and not torch.equal(noisy(_g(1))[1], out)
+    assert torch.equal(IntensityAugment(noise_prob=0).add_noise(x, flags, CounterRandom(_g())), x)
 
 
 def test_all_views_come_from_one_draw_and_a_pure_apply():
@@ -130,12 +137,13 @@ def test_all_views_come_from_one_draw_and_a_pure_apply():
         masking=RandomPatchMasking(0.75, patch_size=8),
     )
     batch = _batch(b=3, size=stage.region_size_needed()[0])
-    draws = stage.draw(3, stage.region_size_needed(), _g(5))
+    draws = stage.draw(3, stage.region_size_needed(), CounterRandom(_g(5)))
     assert draws["offsets"].shape == (2, 3, 3) and draws["flips"].shape == (6, 3)
     assert draws["mask_noise"].shape == (6, 8)
-    applied = stage.apply(batch["region"], batch["low"], batch["high"], draws)
+    applied = stage.apply(batch["region"], batch["low"], batch["high"], _g(5))  # draws, then cuts, from the key
     called = stage(batch, _g(5))
     assert torch.equal(applied["image"], called["image"]) and torch.equal(applied["mask"], called["mask"])
+    assert torch.equal(called["offsets"], draws["offsets"])
     # view v of sample i is row v * B + i: the second views are cut from the same regions as the first
     first = crop_views(batch["region"], draws["offsets"][1], (16, 16, 16), draws["flips"][3:], draws["transpose"][3:])
     normalised = ((first.float() + 1000) / 2000).clamp(0, 1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from voxfm.data.views.counter_random import step_key
 from voxfm.data.views.pipeline import ViewPipeline
-from voxfm.pretrain.training.module import step_generator
 
 
 def smooth_regions(b: int, size: int, seed: int = 0) -> dict:
@@ -43,7 +43,7 @@ def move_zero_initialised_norms(net: torch.nn.Module) -> None:
 
 
 def staged(stage: ViewPipeline, regions: dict, step: int = 0) -> dict:
-    return stage(regions, step_generator(torch.device("cpu"), seed=0, step=step, rank=0))
+    return stage(regions, step_key(torch.device("cpu"), seed=0, step=step, rank=0))
 
 
 def assert_gradients_reach(loss: torch.Tensor, *modules: torch.nn.Module, skip: tuple[str, ...] = ()) -> None:

@@ -7,11 +7,11 @@ import os
 import torch
 
 from tests.exports import model_card_snippet
+from voxfm.data.views.counter_random import step_key
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.cli.main import main
 from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.training.checkpoints import load_checkpoint
-from voxfm.pretrain.training.module import step_generator
 
 
 def _module(seed: int = 0):
@@ -27,7 +27,7 @@ def _batch(module):
         "low": torch.full((4,), -1000.0),
         "high": torch.full((4,), 1000.0),
     }
-    return module.view_pipeline(regions, step_generator(torch.device("cpu"), 0, 0, 0))
+    return module.view_pipeline(regions, step_key(torch.device("cpu"), 0, 0, 0))
 
 
 def test_the_student_gets_every_gradient_the_teacher_none_and_the_loss_is_deterministic():

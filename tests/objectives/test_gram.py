@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from PIL import Image
 
+from voxfm.data.views.counter_random import step_key
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.cli.main import main
 from voxfm.pretrain.config.schema import validate_pretrain
@@ -20,7 +21,6 @@ from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.objectives.dino.gram import gram_loss
 from voxfm.pretrain.objectives.dino.monitors import far_patch_similarity
 from voxfm.pretrain.training.checkpoints import load_checkpoint
-from voxfm.pretrain.training.module import step_generator
 from voxfm.pretrain.training.resume_check import check_resume_config
 
 
@@ -41,7 +41,7 @@ def _batch(module, step: int = 0):
         "low": torch.full((2,), -1000.0),
         "high": torch.full((2,), 1000.0),
     }
-    return module.view_pipeline(regions, step_generator(torch.device("cpu"), 0, step, 0))
+    return module.view_pipeline(regions, step_key(torch.device("cpu"), 0, step, 0))
 
 
 def _moved(module, scale: float = 0.05) -> None:

@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from tests.objectives.helpers import assert_gradients_reach, overfit, smooth_regions, staged
+from voxfm.data.views.counter_random import step_key
 from voxfm.data.views.masking import RandomPatchMasking
 from voxfm.data.views.pipeline import ViewPipeline
 from voxfm.models.vit import ViT
 from voxfm.pretrain.objectives.mae import MAEObjective, patchify, patchify_at, unpatchify, visible_ids
-from voxfm.pretrain.training.module import step_generator
 
 
 def test_patchify_follows_the_token_order_of_the_patch_embedding():
@@ -23,9 +23,9 @@ def test_patchify_follows_the_token_order_of_the_patch_embedding():
 
 def test_masks_hide_the_same_count_per_sample_and_replay_from_the_seed():
     masking = RandomPatchMasking(0.75, patch_size=4)
-    m1 = masking(4, (16, 16, 16), step_generator(torch.device("cpu"), seed=0, step=5, rank=0))
-    m2 = masking(4, (16, 16, 16), step_generator(torch.device("cpu"), seed=0, step=5, rank=0))
-    m3 = masking(4, (16, 16, 16), step_generator(torch.device("cpu"), seed=0, step=6, rank=0))
+    m1 = masking(4, (16, 16, 16), step_key(torch.device("cpu"), seed=0, step=5, rank=0))
+    m2 = masking(4, (16, 16, 16), step_key(torch.device("cpu"), seed=0, step=5, rank=0))
+    m3 = masking(4, (16, 16, 16), step_key(torch.device("cpu"), seed=0, step=6, rank=0))
     assert m1.dtype == torch.bool and m1.shape == (4, 64)
     assert (m1.sum(1) == 48).all()
     assert torch.equal(m1, m2) and not torch.equal(m1, m3)

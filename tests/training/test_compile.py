@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from tests.conftest import REPO
+from voxfm.data.views.counter_random import step_key
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.launch.run import run_pretrain
-from voxfm.pretrain.training.module import step_generator
 
 TWINS = ["demo", "demo_mim", "demo_simclr", "demo_mae_contrastive", "demo_primus"]
 
@@ -38,16 +38,16 @@ def test_stage_and_objective_trace_as_one_graph(experiment, log_step):
     module = build_module(cfg)
     regions = _regions(module, 2)
     views = module.view_pipeline
-    draws = views.draw(2, views.region_size_needed(), step_generator(torch.device("cpu"), 0, 3, 0))
+    key = step_key(torch.device("cpu"), 0, 3, 0)
     constants = {"n_views": module.view_pipeline.n_views, "log_step": log_step}
     if module.view_pipeline.masking is not None:
-        n = draws["mask_noise"].shape[1]
+        n = views(regions, key)["mask"].shape[1]
         constants["n_visible"] = n - module.view_pipeline.masking.n_masked(n)
 
-    def step(region, low, high, draws):
-        return module._objective({**module.view_pipeline.apply(region, low, high, draws), **constants})
+    def step(region, low, high, key):  # random draws included
+        return module._objective({**module.view_pipeline.apply(region, low, high, key), **constants})
 
-    explanation = torch._dynamo.explain(step)(regions["region"], regions["low"], regions["high"], draws)
+    explanation = torch._dynamo.explain(step)(regions["region"], regions["low"], regions["high"], key)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
 

@@ -15,9 +15,9 @@ from omegaconf import OmegaConf
 
 from tests.conftest import REPO
 from voxfm.data.stream.regions import RegionStream, region_loader
+from voxfm.data.views.counter_random import step_key
 from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.training.checkpoints import load_checkpoint
-from voxfm.pretrain.training.module import step_generator
 
 DEMOS = {  # experiment → extra overrides (a little more work per step so the kill lands mid-run)
     "demo": ["model.num_layers=4", "data.batch_size=8"],
@@ -82,7 +82,7 @@ def _mean_loss(module, cfg, shards, n_batches=6) -> float:
     with torch.no_grad():
         for i, batch in zip(range(n_batches), region_loader(stream, cfg.data.batch_size, 0)):
             loss, _ = module.objective(
-                module.view_pipeline(batch, step_generator(torch.device("cpu"), 99, i, 0)), module.backbone
+                module.view_pipeline(batch, step_key(torch.device("cpu"), 99, i, 0)), module.backbone
             )
             losses.append(loss.item())
     return sum(losses) / len(losses)
