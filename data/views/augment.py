@@ -42,14 +42,16 @@ class IntensityAugment:
         """Per-sample parameters [n] each (identity where a transform is not drawn), and "noise" [n] bool: which
         samples get Gaussian noise."""
 
-        def draw(low: float, high: float) -> torch.Tensor:
-            return low + (high - low) * rng.rand(n)
+        u = rng.rand(n, 6)  # one draw, a column per number
 
-        gamma = torch.where(rng.rand(n) < self.gamma_prob, draw(*self.gamma_range), 1.0)
-        scaled = rng.rand(n) < self.scale_prob
-        scale = torch.where(scaled, draw(*self.scale_range), 1.0)
-        shift = torch.where(scaled, draw(*self.shift_range), 0.0)
-        return {"gamma": gamma, "scale": scale, "shift": shift, "noise": rng.rand(n) < self.noise_prob}
+        def draw(column: int, low: float, high: float) -> torch.Tensor:
+            return low + (high - low) * u[:, column]
+
+        gamma = torch.where(u[:, 0] < self.gamma_prob, draw(1, *self.gamma_range), 1.0)
+        scaled = u[:, 2] < self.scale_prob
+        scale = torch.where(scaled, draw(3, *self.scale_range), 1.0)
+        shift = torch.where(scaled, draw(4, *self.shift_range), 0.0)
+        return {"gamma": gamma, "scale": scale, "shift": shift, "noise": u[:, 5] < self.noise_prob}
 
     @staticmethod
     def apply(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:

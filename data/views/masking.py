@@ -97,7 +97,7 @@ class BlockMasking:
         """Boxes drawn per image: three times the expected number that covers the largest ratio (random boxes
         cover 1 − exp(−k·v/N) of N tokens), so falling short is vanishingly rare (and only ever hides fewer)."""
         low, high = self.sides(grid)
-        mean_volume = math.prod((lo + hi) / 2 for lo, hi in zip(low, high))
+        mean_volume = math.prod([(lo + hi) / 2 for lo, hi in zip(low, high)])  # a list: the views' graph traces it
         n = math.prod(grid)
         return max(4, math.ceil(3 * -math.log(1 - self.ratio_range[1]) * n / mean_volume))
 
@@ -113,7 +113,7 @@ class BlockMasking:
         """Every random number behind `n` masks: box sides and corners [n, K, 3], ratios [n], masked or not [n]."""
         grid = self.grid(tuple(spatial))
         k, dev = self.boxes(grid), rng.device
-        low, high = (torch.tensor(v, device=dev) for v in self.sides(grid))
+        low, high = [torch.tensor(v, device=dev) for v in self.sides(grid)]
         sides = low + (rng.rand(n, k, 3) * (high - low + 1)).long()
         room = torch.tensor(grid, device=dev) - sides + 1
         corners = (rng.rand(n, k, 3) * room).long()

@@ -35,15 +35,16 @@ def crop_maps(
     in (Z, Y, X) order) of n random crops of a region of size `region`, each a box of the crop's shape `size` (the
     largest that fits, scaled by `scale`^(1/3)), so every axis is resampled by the same factor."""
     dev = rng.device
-    fraction = (scale[0] + (scale[1] - scale[0]) * rng.rand(n)) ** (1 / 3)
+    u = rng.rand(n, 8)  # scale, centre (3), flips (3), transpose: one draw
+    fraction = (scale[0] + (scale[1] - scale[0]) * u[:, 0]) ** (1 / 3)
     extent = torch.tensor(region, device=dev, dtype=torch.float32)
     shape = torch.tensor(size, device=dev, dtype=torch.float32)
     fit = (extent / shape).min()  # region voxels per crop voxel of the largest box of that shape
     half = fraction[:, None] * fit * shape / extent  # [n, 3] half-extent along each input axis (1: the whole axis)
-    centre = (2 * rng.rand(n, 3) - 1) * (1 - half)
-    flips = rng.rand(n, 3) < flip_prob
+    centre = (2 * u[:, 1:4] - 1) * (1 - half)
+    flips = u[:, 4:7] < flip_prob
     sign = 1.0 - 2.0 * flips.float()  # [n, 3] per output axis
-    transpose = rng.rand(n) < (rotate_prob if plane is not None else 0.0)
+    transpose = u[:, 7] < (rotate_prob if plane is not None else 0.0)
     perm = torch.eye(3, device=dev).repeat(n, 1, 1)  # [n, in, out]: output axis `out` reads input axis `in`
     if plane is not None:
         p, q = plane
@@ -136,7 +137,7 @@ class MultiCropPipeline:
 
     def apply(self, region: torch.Tensor, low: torch.Tensor, high: torch.Tensor, key: torch.Tensor) -> dict:
         """The whole stage, random draws included (compiled under trainer.compile): region [B, C, *R], low/high [B],
-        the step's key (0-d int64) → {"image", "local", "masks"}."""
+        the step's key ([STREAMS] int64) → {"image", "local", "masks"}."""
         rng = CounterRandom(key)
         draws = self.draw(region.shape[0], tuple(region.shape[2:]), rng)
         span = (high - low).view(-1, 1, 1, 1, 1)

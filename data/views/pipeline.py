@@ -14,7 +14,7 @@ import torch
 
 from voxfm.data.stream.crops import triple, view_shift
 from voxfm.data.views.augment import IntensityAugment
-from voxfm.data.views.counter_random import CounterRandom, as_key
+from voxfm.data.views.counter_random import CounterRandom, as_key, uniform_int
 from voxfm.data.views.masking import RandomPatchMasking
 
 
@@ -109,11 +109,12 @@ class ViewPipeline:
     def offsets(self, b: int, region: tuple[int, int, int], rng: CounterRandom) -> torch.Tensor:
         """→ [V, B, 3] crop corners inside the region."""
         slack = [r - c - s for r, c, s in zip(region, self.crop_size, self.shift)]
-        low = torch.stack([rng.randint(s, b) for s in slack], dim=1)  # [B, 3]
+        u = rng.rand(b, 6)  # corners, then which view comes first, per axis
+        low = torch.stack([uniform_int(u[:, axis], s) for axis, s in enumerate(slack)], dim=1)  # [B, 3]
         if self.n_views == 1:
             return low[None]
         high = torch.stack([low[:, axis] + s for axis, s in enumerate(self.shift)], dim=1)  # no host-to-device copy
-        first_is_low = rng.rand(b, 3) < 0.5
+        first_is_low = u[:, 3:] < 0.5
         return torch.stack([torch.where(first_is_low, low, high), torch.where(first_is_low, high, low)])
 
     def draw(self, b: int, region: tuple[int, int, int], rng: CounterRandom) -> dict:
@@ -121,10 +122,11 @@ class ViewPipeline:
         intensity parameters and noise flags [V·B], mask noise [V·B, N]. Pure tensor ops on the key: inside `apply`,
         so they run in the views' compiled graph."""
         vb = self.n_views * b
+        u = rng.rand(vb, 4)  # flips of each axis, transpose
         draws = {
             "offsets": self.offsets(b, region, rng),
-            "flips": rng.rand(vb, 3) < self.flip_prob,
-            "transpose": rng.rand(vb) < self.rotate_prob,
+            "flips": u[:, :3] < self.flip_prob,
+            "transpose": u[:, 3] < self.rotate_prob,
         }
         if self.rotate_plane is None:
             draws["transpose"] = torch.zeros_like(draws["transpose"])
@@ -136,7 +138,7 @@ class ViewPipeline:
 
     def apply(self, region: torch.Tensor, low: torch.Tensor, high: torch.Tensor, key: torch.Tensor) -> dict:
         """The whole stage as a pure function of its tensors (one compiled graph under trainer.compile): region
-        [B, C, *R] stored dtype, low/high [B], the step's key (0-d int64, `counter_random.step_key`) → {"image":
+        [B, C, *R] stored dtype, low/high [B], the step's key ([STREAMS] int64, `counter_random.step_key`) → {"image":
         [V·B, C, *crop] float, "offsets": [V, B, 3], "mask": [V·B, N]}. Random numbers are drawn here too."""
         rng = CounterRandom(key)
         draws = self.draw(region.shape[0], tuple(region.shape[2:]), rng)

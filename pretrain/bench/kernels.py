@@ -1,10 +1,13 @@
 """`voxfm bench model experiment=<name> kernels=true`: what one compiled training step launches, counted on this
-machine (no GPU needed), in the precision a GPU trains in (bf16 autocast; fp32 with `precision=fp32`).
+machine (no GPU needed), in the precision a GPU trains in (bf16 autocast).
 
 - **Generated kernels and their bytes**, inductor's own count: every graph of the step (the views; objective +
   backbone + loss, forward and backward) is lowered here with the FX graph and AOT autograd caches off, and
   inductor's `count_bytes` (the bytes each fused kernel reads and writes, read through its `inductor_metrics` log)
-  is summed per graph. A GPU lowers the same graphs into the same fusions; tile shapes and GEMM templates differ.
+  is summed per graph, generated kernels apart from library calls (GEMMs, attention: their operands' bytes).
+  Counted at the batch and at twice it: the slope is the bytes per view (what a large GPU batch pays), the rest
+  is fixed per step (mostly the weights' bf16 casts, which a small batch makes look large).
+  A GPU lowers the same graphs into the same fusions; tile shapes and GEMM templates differ.
 - **Eager ops outside the graphs**, per step: a dispatch mode that steps aside while a compiled graph runs sees
   every other op of the step (the backward's extern GEMMs included, the optimiser, bookkeeping); random-number and
   dtype-cast ops among them are listed by name — the goal is none.
@@ -13,11 +16,13 @@ machine (no GPU needed), in the precision a GPU trains in (bf16 autocast; fp32 w
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import re
 from collections import Counter
 
 import torch
+from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from voxfm.pretrain.bench.model import voxfm_step
@@ -64,16 +69,20 @@ def outside_modes(fn):
 
 
 class GraphBytes(logging.Handler):
-    """Collects inductor's per-graph `num_bytes_accessed` from its metrics log."""
+    """Collects inductor's per-graph bytes from its metrics log: (generated kernels', library calls') — GEMMs,
+    convolutions and attention are library calls ("extern kernels"), the rest inductor generates."""
 
     def __init__(self):
         super().__init__(logging.INFO)
-        self.graphs: list[int] = []
+        self.graphs: list[tuple[int, int]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         args = record.args
-        if isinstance(args, dict) and "num_bytes_accessed" in args:
-            self.graphs.append(int(args["num_bytes_accessed"]))
+        if isinstance(args, dict) and "nodes_num_elem" in args:
+            split = [0, 0]
+            for node, words in args["nodes_num_elem"]:  # count_bytes' bytes // 4 per scheduler node
+                split[type(node).__name__.startswith("ExternKernel")] += 4 * words
+            self.graphs.append((split[0], split[1]))
 
 
 @contextlib.contextmanager
@@ -98,22 +107,31 @@ def inductor_bytes():
         log.propagate = propagate
 
 
-def count_kernels(cfg, steps: int = 2, precision: str = "bf16") -> dict:
-    """→ the compiled step's generated kernels and bytes (per graph, in total, per view) and the eager ops per step
-    outside the graphs, on the CPU."""
+def _compiled_bytes(cfg, autocast) -> tuple[list[tuple[int, int]], int, int, object, object]:
+    """Compiles one step of `cfg` from scratch → ((generated, library) bytes per graph, generated kernels, views per
+    step, step, module)."""
     from torch._inductor import metrics
-
-    device = torch.device("cpu")
-
-    def autocast():
-        on = precision == "bf16"
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=on)
 
     torch._dynamo.reset()  # graphs compiled earlier in this process would be reused, not lowered and counted
     with inductor_bytes() as graphs:
-        step, _, views, module = voxfm_step(cfg, device, autocast, compiled=True)
+        step, _, views, module = voxfm_step(cfg, torch.device("cpu"), autocast, compiled=True)
         step()  # compiles every graph, the backward's included
-        generated = metrics.generated_kernel_count
+        return graphs.graphs, metrics.generated_kernel_count, views, step, module
+
+
+def count_kernels(cfg, steps: int = 2, precision: str = "bf16") -> dict:
+    """→ the compiled step's generated kernels and bytes per graph at the configured batch, the bytes per view and
+    the fixed bytes (weights, optimiser-free bookkeeping: what does not grow with the batch) from the line through
+    that batch and twice it, and the eager ops per step outside the graphs, on the CPU."""
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    batch = cfg.data.batch_size
+    double = copy.deepcopy(cfg)
+    OmegaConf.update(double, "data.batch_size", 2 * batch)
+    graphs2, _, views2, _, _ = _compiled_bytes(double, autocast)
+    graphs, kernels, views, step, module = _compiled_bytes(cfg, autocast)
     wrap = module.compiled.wrap
     module.compiled.wrap = lambda name, fn: outside_modes(wrap(name, fn))
     step()  # a second step first: the optimiser's state is made at the first
@@ -121,17 +139,24 @@ def count_kernels(cfg, steps: int = 2, precision: str = "bf16") -> dict:
     with counter:
         for _ in range(steps):
             step()
-    total = sum(graphs.graphs)
+    (generated, extern), (generated2, extern2) = (tuple(map(sum, zip(*g))) for g in (graphs, graphs2))
+
+    def per_view(one: int, two: int) -> float:
+        return (two - one) / (views2 - views)
+
     return {
         "device": "cpu (inductor)",
         "precision": "bf16-mixed" if precision == "bf16" else "fp32",
-        "batch": cfg.data.batch_size,
+        "batch": batch,
         "views_per_step": views,
-        "graphs": len(graphs.graphs),
-        "generated_kernels": generated,
-        "bytes_per_graph_mb": [round(b / 1e6, 1) for b in graphs.graphs],
-        "bytes_mb": round(total / 1e6, 1),
-        "bytes_per_view_mb": round(total / views / 1e6, 2),
+        "graphs": len(graphs),
+        "generated_kernels": kernels,
+        "generated_mb_per_graph": [round(g / 1e6, 1) for g, _ in graphs],
+        "generated_mb": round(generated / 1e6, 1),
+        "library_mb": round(extern / 1e6, 1),
+        "generated_mb_per_view": round(per_view(generated, generated2) / 1e6, 2),
+        "library_mb_per_view": round(per_view(extern, extern2) / 1e6, 2),
+        "generated_fixed_mb": round((generated - per_view(generated, generated2) * views) / 1e6, 1),
         "eager_ops_per_step": round(counter.ops / steps, 1),
         "eager_random_or_cast_per_step": round(sum(counter.random_or_cast.values()) / steps, 1),
         "eager_random_or_cast": {k: v / steps for k, v in counter.random_or_cast.items()},
@@ -141,13 +166,17 @@ def count_kernels(cfg, steps: int = 2, precision: str = "bf16") -> dict:
 def format_kernels(result: dict, experiment: str) -> str:
     rc = result["eager_random_or_cast"]
     listed = ", ".join(f"{k} {v:g}" for k, v in sorted(rc.items(), key=lambda kv: -kv[1])) or "none"
+    b = result["batch"]
     return "\n".join(
         [
             f"{experiment}: the compiled step's kernels, {result['device']}, {result['precision']}, "
-            f"batch {result['batch']} ({result['views_per_step']} views)",
-            f"  generated kernels      {result['generated_kernels']} in {result['graphs']} graphs",
-            f"  bytes they move        {result['bytes_mb']} MB ({result['bytes_per_view_mb']} MB per view); "
-            f"per graph {result['bytes_per_graph_mb']}",
+            f"batch {b} ({result['views_per_step']} views)",
+            f"  generated kernels      {result['generated_kernels']} in {result['graphs']} graphs, moving "
+            f"{result['generated_mb']} MB per step (per graph {result['generated_mb_per_graph']})",
+            f"                         = {result['generated_mb_per_view']} MB per view (from batch {b} and {2 * b}) + "
+            f"{result['generated_fixed_mb']} MB fixed (the weights' casts, ...)",
+            f"  library calls (GEMMs, attention) {result['library_mb']} MB per step, "
+            f"{result['library_mb_per_view']} MB per view",
             f"  eager ops per step     {result['eager_ops_per_step']:g} outside the graphs",
             f"  random/cast among them {result['eager_random_or_cast_per_step']:g}: {listed}",
         ]

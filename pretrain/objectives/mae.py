@@ -109,10 +109,12 @@ class MAEObjective(nn.Module):
         return (target - mean) / std, mean, std
 
     def _squared_error(self, x: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, X, Y, Z], pred: [B, n, P] at positions ids: [B, n] → squared error [B, n, P] in fp32. A bf16
-        prediction is promoted inside the subtraction: no separate fp32 copy of it."""
+        """x: [B, C, X, Y, Z], pred: [B, n, P] at positions ids: [B, n] → squared error [B, n, P] in fp32. The
+        target is normalised in fp32 and rounded once to the prediction's dtype (bf16 under autocast: what the
+        backward keeps of it is half the bytes); the difference and its square, where the loss accumulates, are
+        fp32, and a bf16 prediction is promoted inside the subtraction (no separate fp32 copy of it)."""
         target, _, _ = self._normalise(patchify_at(x, self.patch_size, ids).float())
-        return (pred - target).pow(2)
+        return (pred - target.to(pred.dtype).float()).pow(2)
 
     def reconstruction_loss(self, batch: dict, latent: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """latent [B, n_visible, C] and ids [B, N] from `encode_visible` → (loss, logs). The decoder's blocks see

@@ -27,7 +27,7 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
 
 class PretrainModule(L.LightningModule):
     """view_pipeline: the device-side views the objective's config chooses (crops, augmentation, masks):
-    `view_pipeline(batch, key) -> batch` (key: the step's 0-d int64 tensor, `data/views/counter_random.py`).
+    `view_pipeline(batch, key) -> batch` (key: the step's [STREAMS] int64 tensor, `data/views/counter_random.py`).
     objective: `objective(batch, backbone) -> (loss, logs)`.
     DINOv2's optimisation recipe, each off by default: layer_decay (< 1: layer-wise lr decay,
     `pretrain/training/param_groups.py`), weight_decay_end (weight decay cosine from the optimiser's to this over

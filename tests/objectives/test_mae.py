@@ -135,6 +135,23 @@ def test_decoder_keeps_the_autocast_dtype():
     assert loss.dtype == torch.float32  # the error itself is taken in fp32
 
 
+def test_a_bf16_target_leaves_the_loss_and_its_gradient_within_bf16_rounding():
+    """Under autocast the target is rounded once to bf16 (half the bytes the backward keeps); against the fp32
+    target the loss and the prediction's gradient move by far less than bf16's own rounding of the prediction."""
+    _, obj, _, _ = _setup()
+    batch = _hand_made_batch()
+    ids = torch.arange(64).repeat(4, 1)
+    pred = torch.randn(4, 64, 64, generator=torch.Generator().manual_seed(2)).bfloat16().requires_grad_()
+    loss = obj._squared_error(batch["image"], pred, ids).mean()
+    target, _, _ = obj._normalise(patchify_at(batch["image"], obj.patch_size, ids).float())
+    reference = (pred.float() - target).pow(2).mean()  # the fp32 target, as before
+    assert abs(float(loss - reference)) < 1e-3 * float(reference)
+    (grad,), (ref_grad,) = torch.autograd.grad(loss, pred), torch.autograd.grad(reference, pred)
+    assert torch.allclose(grad.float(), ref_grad.float(), rtol=2e-2, atol=1e-6)
+    fp32 = pred.detach().float()
+    assert torch.equal(obj._squared_error(batch["image"], fp32, ids), (fp32 - target).pow(2))  # fp32: unchanged
+
+
 @pytest.mark.parametrize("log_step", [True, False])
 def test_objective_forward_compiles_without_graph_breaks(log_step):
     vit, obj, _, _ = _setup()

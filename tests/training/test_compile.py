@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
@@ -50,6 +51,18 @@ def test_stage_and_objective_trace_as_one_graph(experiment, log_step):
     explanation = torch._dynamo.explain(step)(regions["region"], regions["low"], regions["high"], key)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("experiment", ["demo", "demo_simclr", "demo_mim", "demo_dino", "demo_dino_hires"])
+def test_every_view_pipeline_traces_as_one_graph_random_draws_included(experiment):
+    """The views' random numbers are drawn inside their graph (`data/views/counter_random.py`): the whole stage of
+    each kind — one view and masks, two overlapping views, multi-crop with iBOT's block masks — traces whole."""
+    cfg = load_config("pretrain", [f"experiment={experiment}", "data.shards=/x", "run_dir=/y"])
+    views = build_module(cfg).view_pipeline
+    regions = _regions(types.SimpleNamespace(view_pipeline=views), 2)
+    key = step_key(torch.device("cpu"), 0, 3, 0)
+    explanation = torch._dynamo.explain(views.apply)(regions["region"], regions["low"], regions["high"], key)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
 
 
 def _pretrain_args(experiment, shard_dir, run_dir, compiled: bool, max_steps: int, log_every: int = 1) -> list[str]:
