@@ -137,7 +137,7 @@ class MultiCropPipeline:
 
     def apply(self, region: torch.Tensor, low: torch.Tensor, high: torch.Tensor, key: torch.Tensor) -> dict:
         """The whole stage, random draws included (compiled under trainer.compile): region [B, C, *R], low/high [B],
-        the step's key ([STREAMS] int64) → {"image", "local", "masks"}."""
+        the step's keys ([STREAMS, 2] int64) → {"image", "local", "masks"}."""
         rng = CounterRandom(key)
         draws = self.draw(region.shape[0], tuple(region.shape[2:]), rng)
         span = (high - low).view(-1, 1, 1, 1, 1)
@@ -146,9 +146,9 @@ class MultiCropPipeline:
         if self.n_local:
             out["local"] = sample_crops(x, draws["local_maps"], self.local_size)
         if self.augment is not None:
-            for name, key in (("global", "image"), ("local", "local")):
-                if key in out:
-                    out[key] = self.augment(out[key], draws[f"{name}_intensity"], rng)
+            for name, crops in (("global", "image"), ("local", "local")):
+                if crops in out:
+                    out[crops] = self.augment(out[crops], draws[f"{name}_intensity"], rng)
         if self.masking is not None:
             out["masks"] = self.masking.from_noise(draws["mask_noise"], self.masking.grid(self.crop_size))
         return out

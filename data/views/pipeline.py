@@ -138,8 +138,9 @@ class ViewPipeline:
 
     def apply(self, region: torch.Tensor, low: torch.Tensor, high: torch.Tensor, key: torch.Tensor) -> dict:
         """The whole stage as a pure function of its tensors (one compiled graph under trainer.compile): region
-        [B, C, *R] stored dtype, low/high [B], the step's key ([STREAMS] int64, `counter_random.step_key`) → {"image":
-        [V·B, C, *crop] float, "offsets": [V, B, 3], "mask": [V·B, N]}. Random numbers are drawn here too."""
+        [B, C, *R] stored dtype, low/high [B], the step's keys ([STREAMS, 2] int64, `counter_random.step_key`) →
+        {"image": [V·B, C, *crop] float, "offsets": [V, B, 3], "mask": [V·B, N]}. Random numbers are drawn here
+        too."""
         rng = CounterRandom(key)
         draws = self.draw(region.shape[0], tuple(region.shape[2:]), rng)
         offsets = draws["offsets"].flatten(0, 1)  # [V·B, 3], view-major like the images

@@ -4,7 +4,8 @@ machine (no GPU needed), in the precision a GPU trains in (bf16 autocast).
 - **Generated kernels and their bytes**, inductor's own count: every graph of the step (the views; objective +
   backbone + loss, forward and backward) is lowered here with the FX graph and AOT autograd caches off, and
   inductor's `count_bytes` (the bytes each fused kernel reads and writes, read through its `inductor_metrics` log)
-  is summed per graph, generated kernels apart from library calls (GEMMs, attention: their operands' bytes).
+  is summed per graph, generated kernels apart from library calls (GEMMs, attention and the ops inductor leaves to
+  aten, such as sort and grid_sample: their operands' bytes).
   Counted at the batch and at twice it: the slope is the bytes per view (what a large GPU batch pays), the rest
   is fixed per step (mostly the weights' bf16 casts, which a small batch makes look large).
   A GPU lowers the same graphs into the same fusions; tile shapes and GEMM templates differ.
@@ -27,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 
 from voxfm.pretrain.bench.model import voxfm_step
 
-RANDOM = re.compile(r"rand|normal|uniform|bernoulli|random_|exponential|multinomial|geometric|cauchy")
+RANDOM = re.compile(r"rand|normal|uniform|bernoulli|dropout|random_|exponential|multinomial|geometric|cauchy")
 
 
 def _is_cast(func, args, kwargs) -> bool:
@@ -70,7 +71,8 @@ def outside_modes(fn):
 
 class GraphBytes(logging.Handler):
     """Collects inductor's per-graph bytes from its metrics log: (generated kernels', library calls') — GEMMs,
-    convolutions and attention are library calls ("extern kernels"), the rest inductor generates."""
+    convolutions, attention and the ops inductor leaves to aten (sort, grid_sample) are library calls ("extern
+    kernels"), the rest inductor generates."""
 
     def __init__(self):
         super().__init__(logging.INFO)
@@ -175,8 +177,8 @@ def format_kernels(result: dict, experiment: str) -> str:
             f"{result['generated_mb']} MB per step (per graph {result['generated_mb_per_graph']})",
             f"                         = {result['generated_mb_per_view']} MB per view (from batch {b} and {2 * b}) + "
             f"{result['generated_fixed_mb']} MB fixed (the weights' casts, ...)",
-            f"  library calls (GEMMs, attention) {result['library_mb']} MB per step, "
-            f"{result['library_mb_per_view']} MB per view",
+            f"  library calls          {result['library_mb']} MB per step, {result['library_mb_per_view']} MB per view "
+            "(GEMMs, attention, aten fallbacks such as sort)",
             f"  eager ops per step     {result['eager_ops_per_step']:g} outside the graphs",
             f"  random/cast among them {result['eager_random_or_cast_per_step']:g}: {listed}",
         ]

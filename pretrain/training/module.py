@@ -27,7 +27,7 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
 
 class PretrainModule(L.LightningModule):
     """view_pipeline: the device-side views the objective's config chooses (crops, augmentation, masks):
-    `view_pipeline(batch, key) -> batch` (key: the step's [STREAMS] int64 tensor, `data/views/counter_random.py`).
+    `view_pipeline(batch, key) -> batch` (key: the step's [STREAMS, 2] int64 keys, `data/views/counter_random.py`).
     objective: `objective(batch, backbone) -> (loss, logs)`.
     DINOv2's optimisation recipe, each off by default: layer_decay (< 1: layer-wise lr decay,
     `pretrain/training/param_groups.py`), weight_decay_end (weight decay cosine from the optimiser's to this over
@@ -90,10 +90,19 @@ class PretrainModule(L.LightningModule):
         conversion, so that conversion runs again on its output: DeepSpeed bf16 keeps bf16 weights and takes
         bf16 inputs (under autocast, the DDP case, the conversion changes nothing)."""
         if self.trainer.training:
-            key = step_key(batch["region"].device, self.seed, self.global_step, self.global_rank)
+            key = step_key(batch["region"].device, self.seed, self.global_step, self.global_rank, self._micro_batch())
             batch = self.trainer.precision_plugin.convert_input(self.views(batch, key))
             batch["log_step"] = is_logging_step(self.trainer)  # figures only logging steps need (a Python bool)
         return batch
+
+    def _micro_batch(self) -> int:
+        """Which micro-batch of an accumulated optimiser step this batch is (0 without accumulation): each gets views
+        of its own. Lightning counts a batch as ready after its transfer, so the count is that of the batches
+        before it; checkpoints fall on optimiser-step boundaries, where it is a multiple of the accumulation."""
+        accumulate = self.trainer.accumulate_grad_batches
+        if accumulate == 1:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.total.ready % accumulate
 
     def views(self, batch: dict, key: torch.Tensor) -> dict:
         """The device-side views, random numbers included (drawn from the step's `key`): one graph under

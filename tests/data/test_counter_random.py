@@ -28,7 +28,23 @@ def test_streams_keys_and_steps_differ_and_replay():
     assert torch.equal(b.rand(1000), first) and torch.equal(b.rand(1000), second)  # the same sequence replays
     assert abs(float(torch.corrcoef(torch.stack([first, second]))[0, 1])) < 0.1
     assert len({key_of(s, t, r) for s in range(3) for t in range(50) for r in range(4)}) == 600
+    assert key_of(0, 5, 1) == key_of(0, 5, 1, micro=0) != key_of(0, 5, 1, micro=1)  # micro-batches: views of their own
+    assert max(key_of(0, t, r) for t in range(100) for r in range(8)) >= 1 << 32  # 64-bit keys
     assert not torch.equal(CounterRandom(as_key(2)).rand(1000), first)
+
+
+def test_streams_are_different_functions_not_one_sequence_shifted():
+    """Two streams with the same outer key (the same Weyl sequence) but different inner keys share no run of values;
+    with the inner key equal too they would be one sequence."""
+    key = as_key(7)
+    same_outer = key.clone()
+    same_outer[0, 1] ^= 0x1234
+    a, b = CounterRandom(key).bits(4096), CounterRandom(same_outer).bits(4096)
+    assert int((a == b).sum()) <= 1
+    shifted = key.clone()
+    shifted[0, 0] = (key[0, 0] + 0x61C88647 * 5) & 0xFFFFFFFF  # the outer key of the sequence moved 5 places on
+    c = CounterRandom(shifted).bits(4096)
+    assert torch.equal(c[:-5], a[5:])  # the shift the inner key breaks: same inner key, same values, shifted
 
 
 def test_compiled_draws_are_the_eager_bits():

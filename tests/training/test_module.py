@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from voxfm.data.views.counter_random import step_key
 from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.launch.run import run_pretrain
@@ -80,3 +81,27 @@ def test_nonfinite_runs_between_two_checks_are_caught_and_skips_survive_a_resume
     resumed.on_load_checkpoint(checkpoint)
     _counted(resumed, [1])
     assert checkpoint["voxfm_skipped_steps"] == 8 and resumed.skipped_steps == 9
+
+
+def test_each_micro_batch_of_an_accumulated_step_gets_views_of_its_own():
+    """The step's keys come from (seed, step, rank, micro-batch): with accumulation the micro-batches of one optimiser
+    step are cut differently; without it the keys are (seed, step, rank)'s, as before."""
+    module = build_module(load_config("pretrain", ["experiment=demo", "data.shards=/x", "run_dir=/y"]))
+
+    def micro(accumulate: int, ready: int) -> int:
+        progress = SimpleNamespace(total=SimpleNamespace(ready=ready))
+        module._trainer = SimpleNamespace(
+            accumulate_grad_batches=accumulate,
+            fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+        )
+        return module._micro_batch()
+
+    try:
+        assert [micro(2, ready) for ready in range(4)] == [0, 1, 0, 1]
+        assert micro(1, 5) == 0
+    finally:
+        module._trainer = None
+    size = module.view_pipeline.region_size_needed()
+    batch = {"region": torch.zeros(2, 1, *size), "low": torch.zeros(2), "high": torch.ones(2)}
+    first, second = (module.view_pipeline(batch, step_key(torch.device("cpu"), 0, 4, 0, m))["mask"] for m in (0, 1))
+    assert not torch.equal(first, second)
