@@ -149,8 +149,8 @@ def load_backbone(export_dir: str | Path) -> Backbone:
 
     from voxfm.models.weights import load_strict
     from voxfm.pretrain.errors import config_errors
+    from voxfm.pretrain.export.full import full_export_backbone
     from voxfm.pretrain.export.model_card import snippet_classes
-    from voxfm.pretrain.export.run import full_export_backbone
 
     path = Path(export_dir)
     if (path / "full.json").is_file() and (path / "model.safetensors").is_file():

@@ -64,7 +64,7 @@ def _read_full(path: Path, folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
     with the weights of the model it exports (the teacher for self-distillation), described as the family's own
     export would describe it."""
     from voxfm.pretrain.export.formats import exported_weights
-    from voxfm.pretrain.export.run import full_export_backbone
+    from voxfm.pretrain.export.full import full_export_backbone
 
     meta, backbone, state = full_export_backbone(path, f"backbone={folder}")
     weights, description = exported_weights(finite(state, f"backbone={folder}"), backbone, None)

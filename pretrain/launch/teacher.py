@@ -11,7 +11,7 @@ import torch
 
 from voxfm.pretrain.config.declarations import read_declared
 from voxfm.pretrain.errors import ConfigError
-from voxfm.pretrain.export.run import full_export_parts
+from voxfm.pretrain.export.full import full_export_parts
 from voxfm.pretrain.objectives.dino.heads import DINOHead
 from voxfm.pretrain.objectives.distill import FrozenTeacher
 
