@@ -135,9 +135,17 @@ class MultiCropPipeline:
             draws["mask_noise"] = self.masking.noise(2 * b, self.crop_size, rng)
         return draws
 
-    def apply(self, region: torch.Tensor, low: torch.Tensor, high: torch.Tensor, key: torch.Tensor) -> dict:
+    def apply(
+        self,
+        region: torch.Tensor,
+        low: torch.Tensor,
+        high: torch.Tensor,
+        key: torch.Tensor,
+        dtype: torch.dtype = torch.float32,
+    ) -> dict:
         """The whole stage, random draws included (compiled under trainer.compile): region [B, C, *R], low/high [B],
-        the step's keys ([STREAMS, 2] int64) → {"image", "local", "masks"}."""
+        the step's keys ([STREAMS, 2] int64) → {"image", "local", "masks"}, the crops computed in fp32 and
+        written in `dtype` (see `ViewPipeline.apply`)."""
         rng = CounterRandom(key)
         draws = self.draw(region.shape[0], tuple(region.shape[2:]), rng)
         span = (high - low).view(-1, 1, 1, 1, 1)
@@ -149,15 +157,19 @@ class MultiCropPipeline:
             for name, crops in (("global", "image"), ("local", "local")):
                 if crops in out:
                     out[crops] = self.augment(out[crops], draws[f"{name}_intensity"], rng)
+        for crops in ("image", "local"):
+            if crops in out:
+                out[crops] = out[crops].to(dtype)
         if self.masking is not None:
             out["masks"] = self.masking.from_noise(draws["mask_noise"], self.masking.grid(self.crop_size))
         return out
 
-    def __call__(self, batch: dict, key, apply=None) -> dict:
-        """batch → batch with views. key: the step's key tensor (or a seeded `torch.Generator`, for tests)."""
+    def __call__(self, batch: dict, key, apply=None, dtype: torch.dtype = torch.float32) -> dict:
+        """batch → batch with views. key: the step's key tensor (or a seeded `torch.Generator`, for tests); dtype:
+        the crops' (`pretrain.training.module.view_dtype`)."""
         region = batch["region"]
         self.check_region(region.shape[2:])
-        out = {**batch, **(apply or self.apply)(region, batch["low"], batch["high"], as_key(key))}
+        out = {**batch, **(apply or self.apply)(region, batch["low"], batch["high"], as_key(key), dtype)}
         out["n_views"], out["n_local"] = self.n_views, self.n_local
         if self.masking is not None:  # Python ints: the objective picks masked images and tokens with static shapes
             out["n_masked_images"] = self.masking.n_masked_images(out["masks"].shape[0])

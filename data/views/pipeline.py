@@ -136,11 +136,19 @@ class ViewPipeline:
             draws["mask_noise"] = self.masking.noise(vb, self.crop_size, rng)
         return draws
 
-    def apply(self, region: torch.Tensor, low: torch.Tensor, high: torch.Tensor, key: torch.Tensor) -> dict:
+    def apply(
+        self,
+        region: torch.Tensor,
+        low: torch.Tensor,
+        high: torch.Tensor,
+        key: torch.Tensor,
+        dtype: torch.dtype = torch.float32,
+    ) -> dict:
         """The whole stage as a pure function of its tensors (one compiled graph under trainer.compile): region
         [B, C, *R] stored dtype, low/high [B], the step's keys ([STREAMS, 2] int64, `counter_random.step_key`) →
-        {"image": [V·B, C, *crop] float, "offsets": [V, B, 3], "mask": [V·B, N]}. Random numbers are drawn here
-        too."""
+        {"image": [V·B, C, *crop] `dtype`, "offsets": [V, B, 3], "mask": [V·B, N]}. Random numbers are drawn here
+        too. The image is computed in fp32 and rounded once to `dtype` as it is written (bf16 when the step
+        trains in bf16: half the bytes for the views to write and for every reader of the image)."""
         rng = CounterRandom(key)
         draws = self.draw(region.shape[0], tuple(region.shape[2:]), rng)
         offsets = draws["offsets"].flatten(0, 1)  # [V·B, 3], view-major like the images
@@ -149,20 +157,19 @@ class ViewPipeline:
         )
         low, high = low.repeat(self.n_views).view(-1, 1, 1, 1, 1), high.repeat(self.n_views).view(-1, 1, 1, 1, 1)
         x = ((crop.float() - low) / (high - low)).clamp(0.0, 1.0)
-        out = {
-            "image": x if self.augment is None else self.augment(x, draws["intensity"], rng),
-            "offsets": draws["offsets"],
-        }
+        image = x if self.augment is None else self.augment(x, draws["intensity"], rng)
+        out = {"image": image.to(dtype), "offsets": draws["offsets"]}
         if self.masking is not None:
             out["mask"] = self.masking.from_noise(draws["mask_noise"])
         return out
 
-    def __call__(self, batch: dict, key, apply=None) -> dict:
+    def __call__(self, batch: dict, key, apply=None, dtype: torch.dtype = torch.float32) -> dict:
         """batch → batch with views. key: the step's key tensor (or a seeded `torch.Generator`, for tests); `apply`
-        replaces `self.apply` (the training module passes its compiled one)."""
+        replaces `self.apply` (the training module passes its compiled one); dtype: the image's
+        (`pretrain.training.module.view_dtype`)."""
         region = batch["region"]
         self.check_region(region.shape[2:])
-        out = {**batch, **(apply or self.apply)(region, batch["low"], batch["high"], as_key(key))}
+        out = {**batch, **(apply or self.apply)(region, batch["low"], batch["high"], as_key(key), dtype)}
         out["n_views"] = self.n_views
         if self.masking is not None:
             n = out["mask"].shape[1]

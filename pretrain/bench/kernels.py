@@ -109,14 +109,14 @@ def inductor_bytes():
         log.propagate = propagate
 
 
-def _compiled_bytes(cfg, autocast) -> tuple[list[tuple[int, int]], int, int, object, object]:
+def _compiled_bytes(cfg, autocast, dtype) -> tuple[list[tuple[int, int]], int, int, object, object]:
     """Compiles one step of `cfg` from scratch → ((generated, library) bytes per graph, generated kernels, views per
     step, step, module)."""
     from torch._inductor import metrics
 
     torch._dynamo.reset()  # graphs compiled earlier in this process would be reused, not lowered and counted
     with inductor_bytes() as graphs:
-        step, _, views, module = voxfm_step(cfg, torch.device("cpu"), autocast, compiled=True)
+        step, _, views, module = voxfm_step(cfg, torch.device("cpu"), autocast, compiled=True, dtype=dtype)
         step()  # compiles every graph, the backward's included
         return graphs.graphs, metrics.generated_kernel_count, views, step, module
 
@@ -129,11 +129,13 @@ def count_kernels(cfg, steps: int = 2, precision: str = "bf16") -> dict:
     def autocast():
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # the views', as training's `view_dtype`
+
     batch = cfg.data.batch_size
     double = copy.deepcopy(cfg)
     OmegaConf.update(double, "data.batch_size", 2 * batch)
-    graphs2, _, views2, _, _ = _compiled_bytes(double, autocast)
-    graphs, kernels, views, step, module = _compiled_bytes(cfg, autocast)
+    graphs2, _, views2, _, _ = _compiled_bytes(double, autocast, dtype)
+    graphs, kernels, views, step, module = _compiled_bytes(cfg, autocast, dtype)
     wrap = module.compiled.wrap
     module.compiled.wrap = lambda name, fn: outside_modes(wrap(name, fn))
     step()  # a second step first: the optimiser's state is made at the first

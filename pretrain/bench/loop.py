@@ -32,7 +32,7 @@ from voxfm.pretrain.bench.model import significant, voxfm_step
 from voxfm.pretrain.callbacks.checkpointing import FinalCheckpoint
 from voxfm.pretrain.launch.build import build_feed, build_module, build_trainer, trains_on_gpu
 from voxfm.pretrain.runtime.timing import time_call, timer_name
-from voxfm.pretrain.training.module import PretrainModule
+from voxfm.pretrain.training.module import PretrainModule, view_dtype
 
 ROWS = ("bare", "loop", "synthetic")
 
@@ -105,7 +105,9 @@ def bench_loop(cfg: DictConfig, warmup: int = 5, steps: int = 20) -> dict:
     del trainer
     _free(device)
     per_row = reset_peak_rss()
-    step, _, views, _ = voxfm_step(cfg, device, plugin.forward_context, bool(cfg.trainer.compile), batch)
+    step, _, views, _ = voxfm_step(
+        cfg, device, plugin.forward_context, bool(cfg.trainer.compile), batch, view_dtype(precision)
+    )
     seconds = time_call(step, device, warmup=warmup, steps=steps)
     bare = {
         "samples_per_s": significant(views / seconds),

@@ -54,10 +54,18 @@ def _regions(cfg, module, device: torch.device) -> dict:
     }
 
 
-def voxfm_step(cfg, device: torch.device, autocast, compiled: bool, batch: dict | None = None):
+def voxfm_step(
+    cfg,
+    device: torch.device,
+    autocast,
+    compiled: bool,
+    batch: dict | None = None,
+    dtype: torch.dtype = torch.float32,
+):
     """→ (step, views-only call, views per step, module) with `trainer.compile=compiled`, on `batch` (a collated
-    batch of regions, moved to the device once) or a synthetic one. Each call is a new training step (its own
-    generator, as in training) and not a logging step."""
+    batch of regions, moved to the device once) or a synthetic one, views in `dtype` (training's `view_dtype`
+    of its precision). Each call is a new training step (its own generator, as in training) and not a logging
+    step."""
     cfg = copy.deepcopy(cfg)
     OmegaConf.update(cfg, "trainer.compile", compiled)
     module = build_module(cfg).to(device)
@@ -70,7 +78,7 @@ def voxfm_step(cfg, device: torch.device, autocast, compiled: bool, batch: dict 
     counter = iter(range(1 << 62))
 
     def views():
-        batch = module.views(regions, step_key(device, cfg.seed, next(counter), 0))
+        batch = module.views(regions, step_key(device, cfg.seed, next(counter), 0), dtype)
         return {**batch, "log_step": False}
 
     def step():
@@ -108,11 +116,18 @@ def _measure(step, views: int, device: torch.device, warmup: int, steps: int, ce
 
 
 def measure_voxfm(
-    cfg, device: torch.device, autocast, compiled: bool, warmup: int, steps: int, ceiling: float
+    cfg,
+    device: torch.device,
+    autocast,
+    compiled: bool,
+    warmup: int,
+    steps: int,
+    ceiling: float,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[dict, int]:
     """→ (the figures of voxfm's step, views per step); a compiled step warms up at least twice, so a
     recompilation on the second call (new generator, optimiser state) stays out of the timing too."""
-    step, views_only, views, module = voxfm_step(cfg, device, autocast, compiled)
+    step, views_only, views, module = voxfm_step(cfg, device, autocast, compiled, dtype=dtype)
     row = _measure(step, views, device, max(warmup, 2) if compiled else warmup, steps, ceiling)
     row["views_ms"] = round(time_call(views_only, device, warmup=1, steps=steps) * 1e3, 2)
     row["compile_s"] = round(sum(module.compiled.compile_seconds.values()), 1) if compiled else None
@@ -151,10 +166,12 @@ def bench_model(cfg, warmup: int = 2, steps: int = 5, profile: int = 0, compiled
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the views', as training's `view_dtype`
+
     ceiling = measured_peak_tflops(device)
     rows: dict[str, dict | None] = dict.fromkeys(COLUMNS)
     for column in COLUMNS if compiled else COLUMNS[:1]:  # one module at a time on the device
-        rows[column], views = measure_voxfm(cfg, device, autocast, column == "compiled", warmup, steps, ceiling)
+        rows[column], views = measure_voxfm(cfg, device, autocast, column == "compiled", warmup, steps, ceiling, dtype)
     module = build_module(cfg)  # eager, on the host: the reference reads its shapes
     ref_step, ref_name, note = reference_step(module, float(cfg.optim.optimizer.lr), device, autocast, views)
     theirs = None
@@ -170,7 +187,7 @@ def bench_model(cfg, warmup: int = 2, steps: int = 5, profile: int = 0, compiled
             torch.cuda.empty_cache()
         column = "compiled" if compiled else "eager"
         table = f"profile of voxfm's {column} step, " + profile_table(
-            voxfm_step(cfg, device, autocast, compiled)[0], device, profile
+            voxfm_step(cfg, device, autocast, compiled, dtype=dtype)[0], device, profile
         )
     best = rows["compiled"] or rows["eager"]
     return {

@@ -36,7 +36,8 @@ class Efficiency(L.Callback):
     def _count_flops(self, pl_module, batch) -> float:
         counter = FlopCounterMode(display=False)
         eager = torch.compiler.set_stance("force_eager") if hasattr(torch.compiler, "set_stance") else nullcontext()
-        with torch.no_grad(), counter, eager:
+        # under the step's own precision context: the views come in its half type (`view_dtype`), as autocast wants
+        with torch.no_grad(), counter, eager, pl_module.trainer.precision_plugin.forward_context():
             pl_module.objective(batch, pl_module.backbone)
         return BACKWARD_FACTOR * counter.get_total_flops()
 

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from voxfm.data.ingest.montage import middle_slices
 from voxfm.data.ingest.safe_files import replacing
-from voxfm.pretrain.callbacks.images import LINE, MIN_TILE, pick_samples
+from voxfm.pretrain.callbacks.images import LINE, MIN_TILE, in_weights_dtype, pick_samples
 
 log = logging.getLogger("voxfm")
 
@@ -90,7 +90,7 @@ class FeaturePictures(L.Callback):
             return
         n = batch["image"].shape[0] // batch.get("n_views", 1)  # view-major: rows 0..n-1 are the first views
         picked = pick_samples(list(batch.get("modality", ["?"] * n))[:n], self.n_samples)
-        images = batch["image"][picked]
+        images = in_weights_dtype(batch["image"][picked], network)
         was_training = network.training
         network.eval()
         try:

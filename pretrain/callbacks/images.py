@@ -21,6 +21,14 @@ LINE, LEFT = 14, 30  # caption line height; left margin for each row's modality 
 MIN_TILE = 96  # pixels: small CPU crops are enlarged (nearest) so a grid stays readable
 
 
+def in_weights_dtype(images: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
+    """The views come in the step's half type under a half precision (`view_dtype`), while a picture's forward runs
+    outside autocast, on the weights as they are: the images in the weights' dtype (fp32 under bf16-mixed, bf16
+    for DeepSpeed's bf16 weights, which take them as they come)."""
+    weight = next(network.parameters(), None)
+    return images if weight is None else images.to(weight.dtype)
+
+
 def pick_samples(modalities: list[str], n: int) -> list[int]:
     """Up to n indices, one per modality first (CT, MR, PET alike), then in order."""
     first: dict[str, int] = {}
@@ -88,7 +96,10 @@ class ReconstructionImages(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            volumes = pl_module.objective.reconstruct(batch, pl_module.backbone)
+            inputs = dict(batch)
+            if "image" in batch:
+                inputs["image"] = in_weights_dtype(batch["image"], pl_module.backbone)
+            volumes = pl_module.objective.reconstruct(inputs, pl_module.backbone)
         finally:
             pl_module.train(was_training)
         if not trainer.is_global_zero:

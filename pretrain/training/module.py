@@ -25,6 +25,17 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(optimizer, torch.optim.Adam) and all(g.get("fused") for g in optimizer.param_groups)
 
 
+def view_dtype(precision: str) -> torch.dtype:
+    """The dtype the views are written in for a trainer precision ("bf16-mixed", "16-true", "32-true", ...): the
+    half type a half-precision step computes its first layer in (autocast or DeepSpeed would round the image to it
+    there anyway), fp32 otherwise. The views compute in fp32 and round once, as they write."""
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return torch.float32
+
+
 class PretrainModule(L.LightningModule):
     """view_pipeline: the device-side views the objective's config chooses (crops, augmentation, masks):
     `view_pipeline(batch, key) -> batch` (key: the step's [STREAMS, 2] int64 keys, `data/views/counter_random.py`).
@@ -87,11 +98,12 @@ class PretrainModule(L.LightningModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Views, augmentation and masks are drawn here, on the training device, so the objective is a pure
         function of its batch. The view pipeline makes float images from int16 regions after Lightning's own input
-        conversion, so that conversion runs again on its output: DeepSpeed bf16 keeps bf16 weights and takes
-        bf16 inputs (under autocast, the DDP case, the conversion changes nothing)."""
+        conversion, in the precision's half type (`view_dtype`); that conversion runs again on its output, for the
+        precisions `view_dtype` leaves in fp32 (64-true)."""
         if self.trainer.training:
             key = step_key(batch["region"].device, self.seed, self.global_step, self.global_rank, self._micro_batch())
-            batch = self.trainer.precision_plugin.convert_input(self.views(batch, key))
+            views = self.views(batch, key, view_dtype(str(self.trainer.precision)))
+            batch = self.trainer.precision_plugin.convert_input(views)
             batch["log_step"] = is_logging_step(self.trainer)  # figures only logging steps need (a Python bool)
         return batch
 
@@ -104,11 +116,11 @@ class PretrainModule(L.LightningModule):
             return 0
         return self.trainer.fit_loop.epoch_loop.batch_progress.total.ready % accumulate
 
-    def views(self, batch: dict, key: torch.Tensor) -> dict:
-        """The device-side views, random numbers included (drawn from the step's `key`): one graph under
-        trainer.compile, no eager kernel."""
+    def views(self, batch: dict, key: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict:
+        """The device-side views, random numbers included (drawn from the step's `key`), images in `dtype`: one
+        graph under trainer.compile, no eager kernel."""
         name = f"the views ({str(batch['region'].dtype).removeprefix('torch.')} regions)"
-        return self.view_pipeline(batch, key, apply=self.compiled.wrap(name, self.view_pipeline.apply))
+        return self.view_pipeline(batch, key, apply=self.compiled.wrap(name, self.view_pipeline.apply), dtype=dtype)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """objective + backbone → (loss, logs), compiled under trainer.compile (one graph per `log_step` value)."""

@@ -66,6 +66,10 @@ def test_the_pipeline_batches_per_size_masks_the_global_crops_and_replays_from_i
     assert all(torch.equal(out[k], again[k]) for k in ("image", "local", "masks"))
     other = views(_regions(), torch.Generator().manual_seed(4))
     assert not torch.equal(out["image"], other["image"])
+    half = views(_regions(), torch.Generator().manual_seed(3), dtype=torch.bfloat16)  # a bf16 step's crops
+    assert half["image"].dtype == half["local"].dtype == torch.bfloat16
+    assert all(torch.equal(half[k], out[k].bfloat16()) for k in ("image", "local"))  # fp32, rounded once
+    assert torch.equal(half["masks"], out["masks"])
 
 
 def test_bad_settings_fail_with_the_key_named():

@@ -47,6 +47,18 @@ def test_same_key_same_views_and_masks():
     assert a["mask"].shape == (12, 8) and (a["mask"].sum(1) == 6).all() and a["n_visible"] == 2
 
 
+def test_half_precision_views_are_the_fp32_views_rounded_once():
+    """Under a half precision the views are written in its half type (half the bytes for them and every reader):
+    computed in fp32, augmentation and noise included, and rounded once, so they equal the fp32 views rounded."""
+    stage = ViewPipeline(16, augment=IntensityAugment(noise_prob=1.0), masking=RandomPatchMasking(0.75, patch_size=8))
+    batch = _batch(size=stage.region_size_needed()[0])
+    full = stage(batch, _g(5))
+    for dtype in (torch.bfloat16, torch.float16):
+        half = stage(batch, _g(5), dtype=dtype)
+        assert half["image"].dtype == dtype and torch.equal(half["image"], full["image"].to(dtype))
+        assert torch.equal(half["mask"], full["mask"]) and torch.equal(half["offsets"], full["offsets"])
+
+
 def _asymmetric(size=8):
     """A marker only at the right (high x), anterior (high y), superior (high z) corner, a ramp along x."""
     v = torch.zeros(1, 1, size, size, size)

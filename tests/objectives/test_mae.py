@@ -152,6 +152,22 @@ def test_a_bf16_target_leaves_the_loss_and_its_gradient_within_bf16_rounding():
     assert torch.equal(obj._squared_error(batch["image"], fp32, ids), (fp32 - target).pow(2))  # fp32: unchanged
 
 
+def test_a_bf16_image_leaves_the_bf16_step_loss_and_gradients_within_bf16_rounding():
+    """A bf16 step's views come in bf16 (`view_dtype`): the patch embedding rounds the image to bf16 under autocast
+    anyway, so only the target moves, by the image's rounding. The loss and every gradient stay within tolerance
+    of the same step on the fp32 image."""
+    vit, obj, stage, regions = _setup()
+    batch = staged(stage, regions, step=3)
+    results = []
+    for image in (batch["image"], batch["image"].bfloat16()):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = obj({**batch, "image": image, "log_step": False}, vit)
+        results.append((loss, _grads(loss, vit, obj)))
+    (loss, grads), (half_loss, half_grads) = results
+    assert abs(float(half_loss - loss)) < 1e-2 * float(loss)
+    assert all((half_grads[k] - grads[k]).abs().max() < 2e-2 * grads[k].abs().max() for k in grads)
+
+
 @pytest.mark.parametrize("log_step", [True, False])
 def test_objective_forward_compiles_without_graph_breaks(log_step):
     vit, obj, _, _ = _setup()

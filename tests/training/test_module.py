@@ -10,11 +10,12 @@ from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.launch.run import run_pretrain
 from voxfm.pretrain.training.checkpoints import load_checkpoint
-from voxfm.pretrain.training.module import skips_on_device
+from voxfm.pretrain.training.module import skips_on_device, view_dtype
 
 
 def test_fused_adamw_clips_gradients_under_bf16_mixed(tmp_path, shard_dir):
-    """Lightning refuses to clip for a fused optimiser under mixed precision; voxfm clips itself (no scaler in bf16)."""
+    """Lightning refuses to clip for a fused optimiser under mixed precision; voxfm clips itself (no scaler in bf16).
+    The views come in bf16 there, and the reconstruction pictures (outside autocast, fp32 weights) still draw."""
     cfg = load_config(
         "pretrain",
         [
@@ -26,14 +27,21 @@ def test_fused_adamw_clips_gradients_under_bf16_mixed(tmp_path, shard_dir):
             "optim.fused=true",
             "trainer.gradient_clip_val=1.0",
             "trainer.progress_bar=false",
-            "trainer.images_every_n_steps=0",
+            "trainer.images_every_n_steps=2",
             "data.num_workers=0",
         ],
     )
     run_pretrain(cfg)
     ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 2
+    assert (tmp_path / "images" / "step000002.png").stat().st_size > 0
     assert all(group["fused"] for group in ckpt["optimizer_states"][0]["param_groups"])
+
+
+def test_views_come_in_the_half_type_a_half_precision_computes_in():
+    assert view_dtype("bf16-mixed") == view_dtype("bf16-true") == view_dtype("bf16") == torch.bfloat16
+    assert view_dtype("16-mixed") == view_dtype("16-true") == torch.float16
+    assert view_dtype("32-true") == view_dtype("64-true") == view_dtype("transformer-engine") == torch.float32
 
 
 def test_no_weight_decay_on_norms_biases_and_mask_tokens():
