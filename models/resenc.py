@@ -128,11 +128,11 @@ class ResEncUNet(ResidualEncoderUNet):
         any voxel of the cell is hidden, so nothing computed from hidden voxels reaches a visible cell."""
         keep = None
         if visible is not None:
-            x = x * visible
+            x = x * visible.to(x.dtype)
             keep = visible
         x = self.encoder.stem(x)
         if keep is not None:
-            x = x * keep
+            x = x * keep.to(x.dtype)  # 0/1: exact in any dtype, and a bf16 autocast stream stays bf16
         skips = []
         for stage in self.encoder.stages:
             for block in stage.blocks:
@@ -140,7 +140,7 @@ class ResEncUNet(ResidualEncoderUNet):
                 if keep is not None:
                     if keep.shape[2:] != x.shape[2:]:
                         keep = -F.adaptive_max_pool3d(-keep, x.shape[2:])  # min-pool: hidden if any voxel hidden
-                    x = x * keep
+                    x = x * keep.to(x.dtype)
             skips.append(x)
         return skips
 

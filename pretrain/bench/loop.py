@@ -24,6 +24,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.plugins.precision import MixedPrecision
 from omegaconf import DictConfig, OmegaConf
 
 from voxfm.data.stream.device_feed import DeviceFeed, PinnedBuffers
@@ -105,9 +106,10 @@ def bench_loop(cfg: DictConfig, warmup: int = 5, steps: int = 20) -> dict:
     del trainer
     _free(device)
     per_row = reset_peak_rss()
-    step, _, views, _ = voxfm_step(
-        cfg, device, plugin.forward_context, bool(cfg.trainer.compile), batch, view_dtype(precision)
-    )
+    # half views where autocast takes them; true-half and DeepSpeed precisions convert the module and the batch,
+    # which this bare step does not (it runs their fp32 module as it is)
+    dtype = view_dtype(precision) if isinstance(plugin, MixedPrecision) else torch.float32
+    step, _, views, _ = voxfm_step(cfg, device, plugin.forward_context, bool(cfg.trainer.compile), batch, dtype)
     seconds = time_call(step, device, warmup=warmup, steps=steps)
     bare = {
         "samples_per_s": significant(views / seconds),

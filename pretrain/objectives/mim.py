@@ -50,6 +50,7 @@ class MIMObjective(nn.Module):
         dense = []
         for skip, token in zip(skips, self.mask_tokens):
             keep = -F.adaptive_max_pool3d(-visible, skip.shape[2:])  # 1 where the whole cell is visible
+            keep = keep.to(skip.dtype)  # 0/1, exact: the autocast stream keeps its dtype
             dense.append(skip * keep + token.to(skip.dtype) * (1 - keep))
         return backbone.decode(dense), visible
 

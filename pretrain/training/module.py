@@ -26,19 +26,22 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def view_dtype(precision: str) -> torch.dtype:
-    """The dtype the views are written in for a trainer precision ("bf16-mixed", "16-true", "32-true", ...): the
-    half type a half-precision step computes its first layer in (autocast or DeepSpeed would round the image to it
-    there anyway), fp32 otherwise. The views compute in fp32 and round once, as they write."""
-    if precision.startswith("bf16"):
-        return torch.bfloat16
-    if precision.startswith("16"):
+    """The dtype the views are written in for a trainer precision ("bf16-mixed", "16-true", "32-true", ...): fp16 for
+    every half precision, fp32 otherwise. fp16, not bf16, even for a bf16 step: the same two bytes, but a step 8x
+    finer (about 1 HU of a 2000-HU window near its middle, the int16 source's own step, where bf16 rounds to 8 HU);
+    a per-patch standardised target (MAE's norm_pix_loss) divides that rounding by each patch's own spread, which
+    is a few HU in soft tissue. The views compute in fp32 and round once as they write; under autocast the first
+    layer rounds to the step's half type inside its graph, and plugins that compute in bf16 without autocast
+    (DeepSpeed, bf16-true) convert the batch themselves."""
+    if precision.startswith(("bf16", "16")):
         return torch.float16
     return torch.float32
 
 
 class PretrainModule(L.LightningModule):
     """view_pipeline: the device-side views the objective's config chooses (crops, augmentation, masks):
-    `view_pipeline(batch, key) -> batch` (key: the step's [STREAMS, 2] int64 keys, `data/views/counter_random.py`).
+    `view_pipeline(batch, key, apply=None, dtype=torch.float32) -> batch` (key: the step's [STREAMS, 2] int64 keys,
+    `data/views/counter_random.py`; `apply`: its own `apply`, compiled under trainer.compile; dtype: `view_dtype`).
     objective: `objective(batch, backbone) -> (loss, logs)`.
     DINOv2's optimisation recipe, each off by default: layer_decay (< 1: layer-wise lr decay,
     `pretrain/training/param_groups.py`), weight_decay_end (weight decay cosine from the optimiser's to this over
@@ -48,7 +51,7 @@ class PretrainModule(L.LightningModule):
         self,
         backbone: nn.Module,
         objective: nn.Module,
-        view_pipeline: Callable[[dict, torch.Tensor], dict],
+        view_pipeline: Callable[..., dict],
         optimizer: Callable[..., torch.optim.Optimizer],
         warmup_steps: int,
         total_steps: int,

@@ -152,20 +152,39 @@ def test_a_bf16_target_leaves_the_loss_and_its_gradient_within_bf16_rounding():
     assert torch.equal(obj._squared_error(batch["image"], fp32, ids), (fp32 - target).pow(2))  # fp32: unchanged
 
 
-def test_a_bf16_image_leaves_the_bf16_step_loss_and_gradients_within_bf16_rounding():
-    """A bf16 step's views come in bf16 (`view_dtype`): the patch embedding rounds the image to bf16 under autocast
-    anyway, so only the target moves, by the image's rounding. The loss and every gradient stay within tolerance
-    of the same step on the fp32 image."""
+def test_fp16_views_leave_the_bf16_step_loss_and_gradients_within_rounding():
+    """A half-precision step's views come in fp16 (`view_dtype`): the patch embedding rounds the image to bf16 under
+    autocast anyway, so only the target moves, by the image's fp16 rounding. The loss and every gradient stay within
+    tolerance of the same step on the fp32 image."""
     vit, obj, stage, regions = _setup()
     batch = staged(stage, regions, step=3)
     results = []
-    for image in (batch["image"], batch["image"].bfloat16()):
+    for image in (batch["image"], batch["image"].half()):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss, _ = obj({**batch, "image": image, "log_step": False}, vit)
         results.append((loss, _grads(loss, vit, obj)))
     (loss, grads), (half_loss, half_grads) = results
     assert abs(float(half_loss - loss)) < 1e-2 * float(loss)
     assert all((half_grads[k] - grads[k]).abs().max() < 2e-2 * grads[k].abs().max() for k in grads)
+
+
+def test_fp16_views_keep_a_low_contrast_patch_target_where_bf16_would_not():
+    """Soft tissue in a CT window of 2000 HU: patches a few HU apart. The per-patch standardised target divides the
+    image's rounding by the patch's spread: from fp16 views (about 1 HU steps there) it stays within a few percent
+    of the fp32 target, from bf16 views (8 HU steps) it would be mostly rounding noise."""
+    _, obj, _, _ = _setup()
+    hu = 40 + torch.randint(-5, 6, (2, 1, 16, 16, 16), generator=torch.Generator().manual_seed(0))
+    stage = ViewPipeline(16, flip_prob=0.0, rotate_prob=0.0, masking=RandomPatchMasking(0.75, patch_size=4))
+    batch = {"region": hu.to(torch.int16), "low": torch.full((2,), -1000.0), "high": torch.full((2,), 1000.0)}
+    ids = torch.arange(64).repeat(2, 1)
+
+    def target(dtype: torch.dtype) -> torch.Tensor:
+        image = stage(batch, step_key(torch.device("cpu"), 0, 0, 0), dtype=dtype)["image"]
+        return obj._normalise(patchify_at(image, obj.patch_size, ids).float())[0]
+
+    exact = target(torch.float32)
+    error = {dtype: float((target(dtype) - exact).pow(2).mean().sqrt()) for dtype in (torch.float16, torch.bfloat16)}
+    assert error[torch.float16] < 0.05 < 0.3 < error[torch.bfloat16], error
 
 
 @pytest.mark.parametrize("log_step", [True, False])

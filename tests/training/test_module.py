@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
 from voxfm.data.views.counter_random import step_key
 from voxfm.pretrain.cli.compose import load_config
@@ -15,7 +16,7 @@ from voxfm.pretrain.training.module import skips_on_device, view_dtype
 
 def test_fused_adamw_clips_gradients_under_bf16_mixed(tmp_path, shard_dir):
     """Lightning refuses to clip for a fused optimiser under mixed precision; voxfm clips itself (no scaler in bf16).
-    The views come in bf16 there, and the reconstruction pictures (outside autocast, fp32 weights) still draw."""
+    The views come in fp16 there, and the reconstruction pictures (outside autocast, fp32 weights) still draw."""
     cfg = load_config(
         "pretrain",
         [
@@ -38,10 +39,34 @@ def test_fused_adamw_clips_gradients_under_bf16_mixed(tmp_path, shard_dir):
     assert all(group["fused"] for group in ckpt["optimizer_states"][0]["param_groups"])
 
 
-def test_views_come_in_the_half_type_a_half_precision_computes_in():
-    assert view_dtype("bf16-mixed") == view_dtype("bf16-true") == view_dtype("bf16") == torch.bfloat16
-    assert view_dtype("16-mixed") == view_dtype("16-true") == torch.float16
+def test_a_half_precision_step_gets_fp16_views_and_a_full_precision_one_fp32():
+    """fp16 for every half precision, bf16 steps included (two bytes, 8x finer than bf16: see `view_dtype`), through
+    the module's own hook; Lightning's input conversion leaves them as they are under autocast."""
+    assert view_dtype("bf16-mixed") == view_dtype("bf16-true") == view_dtype("16-mixed") == torch.float16
     assert view_dtype("32-true") == view_dtype("64-true") == view_dtype("transformer-engine") == torch.float32
+    module = build_module(load_config("pretrain", ["experiment=demo", "data.shards=/x", "run_dir=/y"]))
+    size = module.view_pipeline.region_size_needed()
+    batch = {"region": torch.randint(-1000, 1000, (2, 1, *size), dtype=torch.int16)}
+    batch |= {"low": torch.full((2,), -1000.0), "high": torch.full((2,), 1000.0)}
+    dtypes = {}
+    for precision, plugin in (("bf16-mixed", MixedPrecision("bf16-mixed", "cpu")), ("32-true", Precision())):
+        module._trainer = SimpleNamespace(
+            training=True,
+            precision=precision,
+            precision_plugin=plugin,
+            global_step=3,
+            global_rank=0,
+            accumulate_grad_batches=1,
+            log_every_n_steps=50,
+            should_stop=False,
+            fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=3)),
+        )
+        try:
+            dtypes[precision] = module.on_after_batch_transfer(dict(batch), 0)["image"]
+        finally:
+            module._trainer = None
+    assert dtypes["bf16-mixed"].dtype == torch.float16 and dtypes["32-true"].dtype == torch.float32
+    assert torch.equal(dtypes["bf16-mixed"], dtypes["32-true"].half())  # the same views, rounded once
 
 
 def test_no_weight_decay_on_norms_biases_and_mask_tokens():

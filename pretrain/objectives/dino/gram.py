@@ -101,7 +101,8 @@ class GramAnchoring(nn.Module):
         """image [B, C, *S] → the Gram teacher's patch features [B, N, D] on the student's grid S / patch."""
         scale = self.teacher_scale
         if scale > 1:
-            image = F.interpolate(image, scale_factor=scale, mode="trilinear", align_corners=False)
+            # in fp32: the views may come in fp16 (`view_dtype`); the teacher's first layer rounds once after this
+            image = F.interpolate(image.float(), scale_factor=scale, mode="trilinear", align_corners=False)
         patches = self.teacher.features(image)[1]
         if scale > 1:
             grid = [s // p for s, p in zip(image.shape[2:], self.patch_size)]
