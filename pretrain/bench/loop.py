@@ -92,6 +92,13 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def bare_view_dtype(plugin, precision: str) -> torch.dtype:
+    """The views' dtype for the bare step: training's (`view_dtype`) where autocast takes half views; fp32 for
+    true-half and DeepSpeed precisions, which convert the module and the batch — what the bare step, which runs
+    their module in fp32 as it is, does not."""
+    return view_dtype(precision) if isinstance(plugin, MixedPrecision) else torch.float32
+
+
 def bench_loop(cfg: DictConfig, warmup: int = 5, steps: int = 20) -> dict:
     """cfg: a `voxfm pretrain` config (one device; `run_dir` a scratch folder) → the figures of the three rows."""
     run_dir, on_gpu = Path(cfg.run_dir), trains_on_gpu(cfg.trainer)
@@ -106,9 +113,7 @@ def bench_loop(cfg: DictConfig, warmup: int = 5, steps: int = 20) -> dict:
     del trainer
     _free(device)
     per_row = reset_peak_rss()
-    # half views where autocast takes them; true-half and DeepSpeed precisions convert the module and the batch,
-    # which this bare step does not (it runs their fp32 module as it is)
-    dtype = view_dtype(precision) if isinstance(plugin, MixedPrecision) else torch.float32
+    dtype = bare_view_dtype(plugin, precision)
     step, _, views, _ = voxfm_step(cfg, device, plugin.forward_context, bool(cfg.trainer.compile), batch, dtype)
     seconds = time_call(step, device, warmup=warmup, steps=steps)
     bare = {

@@ -8,8 +8,20 @@ import torch
 
 from tests.conftest import REPO
 from voxfm.pretrain.bench.feed import FeedMark, TimedFeed, feed_figures
-from voxfm.pretrain.bench.loop import ROWS, format_loop_bench
+from voxfm.pretrain.bench.loop import ROWS, bare_view_dtype, format_loop_bench
 from voxfm.pretrain.cli.main import main
+
+
+def test_the_bare_step_takes_half_views_only_where_autocast_does():
+    """True-half and DeepSpeed precisions convert the module and the batch, which the bare step does not: it runs
+    their module in fp32, so fp16 views would meet fp32 weights outside autocast."""
+    from lightning.pytorch.plugins.precision import DeepSpeedPrecision, HalfPrecision, MixedPrecision, Precision
+
+    assert bare_view_dtype(MixedPrecision("bf16-mixed", "cpu"), "bf16-mixed") == torch.float16
+    assert bare_view_dtype(MixedPrecision("16-mixed", "cpu"), "16-mixed") == torch.float16
+    assert bare_view_dtype(HalfPrecision("bf16-true"), "bf16-true") == torch.float32
+    assert bare_view_dtype(DeepSpeedPrecision("bf16-mixed"), "bf16-mixed") == torch.float32
+    assert bare_view_dtype(Precision(), "32-true") == torch.float32
 
 
 def _batch(worker: int, read_bytes: int | None = None, reads: int = 0, b: int = 2) -> dict:

@@ -65,6 +65,24 @@ def test_every_view_pipeline_traces_as_one_graph_random_draws_included(experimen
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
 
 
+@pytest.mark.slow
+def test_compiled_half_precision_views_are_the_eager_fp32_views_rounded_once():
+    """Under a half precision the views graph writes fp16 (`view_dtype`): computed in fp32 inside the graph, noise
+    included, and rounded once as written: bit for bit the eager fp32 views rounded."""
+    cfg = load_config("pretrain", ["experiment=demo", "data.shards=/x", "run_dir=/y"])
+    views = build_module(cfg).view_pipeline
+    regions = _regions(types.SimpleNamespace(view_pipeline=views), 4)
+    torch._dynamo.reset()
+    compiled = torch.compile(views.apply, fullgraph=True, dynamic=False)
+    for step in range(3):
+        key = step_key(torch.device("cpu"), 0, step, 0)
+        half = views(regions, key, apply=compiled, dtype=torch.float16)
+        full = views(regions, key)
+        assert half["image"].dtype == torch.float16 and torch.equal(half["image"], full["image"].half())
+        assert torch.equal(half["mask"], full["mask"])
+    torch._dynamo.reset()
+
+
 def _pretrain_args(experiment, shard_dir, run_dir, compiled: bool, max_steps: int, log_every: int = 1) -> list[str]:
     return [
         f"experiment={experiment}",
