@@ -153,12 +153,10 @@ class MultiCropPipeline:
         out = {"image": sample_crops(x, draws["global_maps"], self.crop_size)}
         if self.n_local:
             out["local"] = sample_crops(x, draws["local_maps"], self.local_size)
-        if self.augment is not None:
-            for name, crops in (("global", "image"), ("local", "local")):
-                if crops in out:
-                    out[crops] = self.augment(out[crops], draws[f"{name}_intensity"], rng)
-        for crops in ("image", "local"):
+        for name, crops in (("global", "image"), ("local", "local")):
             if crops in out:
+                if self.augment is not None:
+                    out[crops] = self.augment(out[crops], draws[f"{name}_intensity"], rng)
                 out[crops] = out[crops].to(dtype)
         if self.masking is not None:
             out["masks"] = self.masking.from_noise(draws["mask_noise"], self.masking.grid(self.crop_size))

@@ -147,8 +147,8 @@ class ViewPipeline:
         """The whole stage as a pure function of its tensors (one compiled graph under trainer.compile): region
         [B, C, *R] stored dtype, low/high [B], the step's keys ([STREAMS, 2] int64, `counter_random.step_key`) →
         {"image": [V·B, C, *crop] `dtype`, "offsets": [V, B, 3], "mask": [V·B, N]}. Random numbers are drawn here
-        too. The image is computed in fp32 and rounded once to `dtype` as it is written (bf16 when the step
-        trains in bf16: half the bytes for the views to write and for every reader of the image)."""
+        too. The image is computed in fp32 and rounded once to `dtype` as it is written (fp16 under a half precision,
+        `view_dtype`: half the bytes for the views to write and for every reader of the image)."""
         rng = CounterRandom(key)
         draws = self.draw(region.shape[0], tuple(region.shape[2:]), rng)
         offsets = draws["offsets"].flatten(0, 1)  # [V·B, 3], view-major like the images

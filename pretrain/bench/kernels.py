@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from voxfm.pretrain.bench.model import voxfm_step
+from voxfm.pretrain.training.module import view_dtype
 
 RANDOM = re.compile(r"rand|normal|uniform|bernoulli|dropout|random_|exponential|multinomial|geometric|cauchy")
 
@@ -129,7 +130,7 @@ def count_kernels(cfg, steps: int = 2, precision: str = "bf16") -> dict:
     def autocast():
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # the views', as training's `view_dtype`
+    dtype = view_dtype("bf16-mixed" if precision == "bf16" else "32-true")  # the views', as training writes them
 
     batch = cfg.data.batch_size
     double = copy.deepcopy(cfg)

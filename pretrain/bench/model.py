@@ -23,6 +23,7 @@ from voxfm.data.views.counter_random import step_key
 from voxfm.pretrain.bench.reference import reference_step
 from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.runtime.timing import measured_peak_tflops, sync, time_call, timer_name
+from voxfm.pretrain.training.module import view_dtype
 
 COLUMNS = ("eager", "compiled")
 
@@ -166,7 +167,7 @@ def bench_model(cfg, warmup: int = 2, steps: int = 5, profile: int = 0, compiled
     def autocast():
         return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the views', as training's `view_dtype`
+    dtype = view_dtype("bf16-mixed" if device.type == "cuda" else "32-true")  # the views', as training writes them
 
     ceiling = measured_peak_tflops(device)
     rows: dict[str, dict | None] = dict.fromkeys(COLUMNS)

@@ -101,8 +101,8 @@ class PretrainModule(L.LightningModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Views, augmentation and masks are drawn here, on the training device, so the objective is a pure
         function of its batch. The view pipeline makes float images from int16 regions after Lightning's own input
-        conversion, in the precision's half type (`view_dtype`); that conversion runs again on its output, for the
-        precisions `view_dtype` leaves in fp32 (64-true)."""
+        conversion, in fp16 under a half precision (`view_dtype`); that conversion runs again on its output, for the
+        precisions that compute without autocast (DeepSpeed's and bf16-true's bf16 weights, 64-true)."""
         if self.trainer.training:
             key = step_key(batch["region"].device, self.seed, self.global_step, self.global_rank, self._micro_batch())
             views = self.views(batch, key, view_dtype(str(self.trainer.precision)))
