@@ -36,27 +36,28 @@ class MAEDecoder(nn.Module):
         self.apply(_init_weights)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def mix(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
-        """latent: [B, n_visible, C_enc] for the token positions ids_keep: [B, n_visible] → every position after the
-        blocks [B, N, hidden] (scatter: static shapes, no host sync). The fp32 mask token and position embedding
-        are cast to the activation dtype so a bf16 autocast stream stays bf16."""
+    def mix(self, latent: torch.Tensor, ids: torch.Tensor, hidden_only: bool = False) -> torch.Tensor:
+        """latent: [B, n_visible, C_enc] of the positions ids[:, :n_visible]; ids: [B, N] every position, the visible
+        ones first (`visible_then_hidden`) → the tokens after the blocks in the order of ids, [B, N, hidden]; with
+        `hidden_only` those of ids[:, n_visible:] alone, [B, N - n_visible, hidden]: the last block attends from
+        every token but computes only the hidden ones (attention is indifferent to the tokens' order, each carries
+        its position). Static shapes, no host sync. The fp32 mask token and position embedding are cast to the
+        activation dtype so a bf16 autocast stream stays bf16."""
+        if ids.shape[1] != self.n_tokens:
+            raise ValueError(f"the decoder takes every position's id: got {ids.shape[1]} of {self.n_tokens}")
         visible = self.proj(latent)
-        b, _, c = visible.shape
-        tokens = self.mask_token.to(visible.dtype).expand(b, self.n_tokens, c)
-        tokens = tokens.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, c), visible)
-        tokens = tokens + self.position_embeddings.to(visible.dtype)
-        for block in self.blocks:
+        b, n_visible, c = visible.shape
+        hidden = self.mask_token.to(visible.dtype).expand(b, self.n_tokens - n_visible, c)
+        tokens = torch.cat([visible, hidden], dim=1) + self.position_embeddings[0].to(visible.dtype)[ids]
+        for block in self.blocks[:-1]:
             tokens = block(tokens)
-        return tokens
+        return self.blocks[-1](tokens, n_visible if hidden_only else 0)
 
-    def predict(self, tokens: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens: [B, N, hidden] from `mix` → voxels [B, N, patch_voxels]; with ids [B, n] only those positions,
-        [B, n, patch_voxels] (the loss needs the hidden ones alone: the head and norm run on n of N tokens)."""
-        if ids is not None:
-            tokens = tokens.gather(1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    def predict(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: [B, n, hidden] from `mix` → voxels [B, n, patch_voxels]."""
         return self.pred(self.norm(tokens))
 
-    def forward(self, latent: torch.Tensor, ids_keep: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """latent [B, n_visible, C_enc] at ids_keep [B, n_visible] → predictions [B, N, patch_voxels] for every
-        position, or [B, n, patch_voxels] for the positions ids [B, n]."""
-        return self.predict(self.mix(latent, ids_keep), ids)
+    def forward(self, latent: torch.Tensor, ids: torch.Tensor, hidden_only: bool = False) -> torch.Tensor:
+        """latent [B, n_visible, C_enc] of the positions ids[:, :n_visible], ids [B, N] → predictions in the order of
+        ids, [B, N, patch_voxels], or for the hidden positions ids[:, n_visible:] alone (`mix`)."""
+        return self.predict(self.mix(latent, ids, hidden_only))

@@ -41,12 +41,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(hidden_size, hidden_size * 3, bias=qkv_bias)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [B, N, C] → [B, N, C]."""
+    def forward(self, x: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """x: [B, N, C] → [B, N - first, C]: every token is a key and a value, the tokens from `first` on alone are
+        queries (the others' outputs would not be used)."""
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)  # [B, heads, N, C/heads]
-        return self.out_proj(x.transpose(1, 2).reshape(b, n, c))
+        if first:
+            q = q[:, :, first:]
+        x = F.scaled_dot_product_attention(q, k, v)  # [B, heads, N - first, C/heads]
+        return self.out_proj(x.transpose(1, 2).reshape(b, n - first, c))
 
 
 class LayerNorm(nn.LayerNorm):
@@ -95,8 +98,11 @@ class Block(nn.Module):
         self.mlp = MLP(hidden_size, mlp_dim)
         self.drop_path_rate = drop_path_rate
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_rate, self.training)
+    def forward(self, x: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """x: [B, N, C] → [B, N - first, C]: the tokens from `first` on, having attended to every token (a last
+        block whose earlier tokens' outputs go unused skips their projection, MLP and norms)."""
+        branch = self.attn(self.norm1(x), first)
+        x = (x[:, first:] if first else x) + drop_path(branch, self.drop_path_rate, self.training)
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from voxfm.models.mae_decoder import MAEDecoder
 from voxfm.models.spec import BackboneSpec
@@ -28,15 +29,21 @@ def unpatchify(
     return x.reshape(b, channels, g0 * p0, g1 * p1, g2 * p2)
 
 
-def patchify_at(x: torch.Tensor, patch_size: tuple[int, int, int], ids: torch.Tensor) -> torch.Tensor:
-    """x: [B, C, X, Y, Z], ids: [B, n] raster positions → `patchify(x)` at those positions, [B, n, p0*p1*p2*C]:
-    only those patches are copied out of the volume."""
+def patches_at(x: torch.Tensor, patch_size: tuple[int, int, int], ids: torch.Tensor) -> torch.Tensor:
+    """x: [B, C, X, Y, Z], ids: [B, n] raster positions → those patches, [B, n, p0, p1, p2, C] (a gather that a
+    compiled consumer reads in place, along the volume's own contiguous rows)."""
     b, c, nx, ny, nz = x.shape
     p0, p1, p2 = patch_size
     grid = (nx // p0, ny // p1, nz // p2)
     view = x.reshape(b, c, grid[0], p0, grid[1], p1, grid[2], p2).permute(0, 2, 4, 6, 3, 5, 7, 1)  # no copy
     rows = torch.arange(b, device=x.device).unsqueeze(1)
-    return view[(rows, *torch.unravel_index(ids, grid))].reshape(b, ids.shape[1], -1)
+    return view[rows, ids // (grid[1] * grid[2]), ids // grid[2] % grid[1], ids % grid[2]]
+
+
+def patchify_at(x: torch.Tensor, patch_size: tuple[int, int, int], ids: torch.Tensor) -> torch.Tensor:
+    """x: [B, C, X, Y, Z], ids: [B, n] raster positions → `patchify(x)` at those positions, [B, n, p0*p1*p2*C]:
+    only those patches are copied out of the volume."""
+    return patches_at(x, patch_size, ids).flatten(2)
 
 
 def visible_then_hidden(mask: torch.Tensor) -> torch.Tensor:
@@ -55,6 +62,38 @@ def n_visible_of(batch: dict) -> int:
     if "n_visible" in batch:
         return int(batch["n_visible"])
     return int((~batch["mask"][0]).sum())
+
+
+def standardised(patches: torch.Tensor, dims: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """patches: [B, n, ...] fp32 → (each patch standardised by the mean and variance of its last `dims` dimensions,
+    mean, std), the statistics keeping those dimensions as 1."""
+    var, mean = torch.var_mean(patches, dim=tuple(range(-dims, 0)), keepdim=True)
+    std = (var + 1e-6).sqrt()
+    return (patches - mean) / std, mean, std
+
+
+def patch_target(x: torch.Tensor, patch_size: tuple[int, int, int], ids: torch.Tensor, norm_pix: bool) -> torch.Tensor:
+    """x: [B, C, X, Y, Z], ids: [B, n] → the fp32 target of those patches (standardised with `norm_pix`),
+    [B, n, p0, p1, p2, C]: unflattened, so a compiled kernel reads each patch along the volume's contiguous rows
+    (flattened, the CPU backend tiles across patches and writes the error out before reducing it)."""
+    patches = patches_at(x, patch_size, ids).float()
+    return standardised(patches, dims=4)[0] if norm_pix else patches
+
+
+def squared_error(x: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor, patch_size, norm_pix: bool) -> torch.Tensor:
+    """x: [B, C, X, Y, Z], pred: [B, n, P] at positions ids: [B, n] → the mean squared error against `patch_target`,
+    in fp32 (a bf16 prediction is promoted inside the subtraction); the mean per patch, then over patches (all have
+    as many voxels)."""
+    target = patch_target(x, patch_size, ids, norm_pix)
+    return (pred.float().view(target.shape) - target).pow(2).mean(dim=(-4, -3, -2, -1)).mean()
+
+
+def patch_error(x: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor, patch_size, norm_pix: bool) -> torch.Tensor:
+    """`squared_error`, recomputed in the backward (activation checkpointing): the backward reads the prediction and
+    the image's patches again rather than a stored target or fp32 error (a compiled step keeps neither)."""
+    if not (torch.is_grad_enabled() and pred.requires_grad):
+        return squared_error(x, pred, ids, patch_size, norm_pix)
+    return checkpoint(squared_error, x, pred, ids, patch_size, norm_pix, use_reentrant=False)
 
 
 class MAEObjective(nn.Module):
@@ -101,37 +140,25 @@ class MAEObjective(nn.Module):
         # only the visible patches are embedded and encoded, each at its own position (RoPE backbones need ids)
         return backbone.encode(backbone.embed(batch["image"], ids_keep), ids_keep), ids
 
-    def _normalise(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """target: [B, n, P] fp32 → (target in the loss's space, mean [B, n, 1], std [B, n, 1])."""
-        if not self.norm_pix_loss:
-            return target, torch.zeros_like(target[..., :1]), torch.ones_like(target[..., :1])
-        mean, std = target.mean(dim=-1, keepdim=True), (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
-        return (target - mean) / std, mean, std
-
-    def _squared_error(self, x: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, X, Y, Z], pred: [B, n, P] at positions ids: [B, n] → squared error [B, n, P] in fp32. The
-        target is normalised in fp32 and rounded once to the prediction's dtype (bf16 under autocast: what the
-        backward keeps of it is half the bytes); the difference and its square, where the loss accumulates, are
-        fp32, and a bf16 prediction is promoted inside the subtraction (no separate fp32 copy of it)."""
-        target, _, _ = self._normalise(patchify_at(x, self.patch_size, ids).float())
-        return (pred - target.to(pred.dtype).float()).pow(2)
+    def patch_error(self, x: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """x: [B, C, X, Y, Z], pred: [B, n, P] at positions ids: [B, n] → the mean squared error (`patch_error`)."""
+        return patch_error(x, pred, ids, self.patch_size, self.norm_pix_loss)
 
     def reconstruction_loss(self, batch: dict, latent: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """latent [B, n_visible, C] and ids [B, N] from `encode_visible` → (loss, logs). The decoder's blocks see
-        every token (MAE's design); its norm and head, the target and the error only the N - n_visible hidden
-        ones, since only they count. `visible_loss`, a diagnostic, is computed on logging steps alone
-        (`batch["log_step"]`, a Python bool; absent = True)."""
+        every token (MAE's design); its last block, norm and head compute the N - n_visible hidden ones alone, since
+        only they count. `visible_loss`, a diagnostic, is computed on logging steps alone (`batch["log_step"]`, a
+        Python bool; absent = True), when the decoder predicts every position."""
         n_visible = latent.shape[1]
-        ids_keep, ids_hidden = ids[:, :n_visible], ids[:, n_visible:]
         log_visible = batch.get("log_step", True)
         # one call of the decoder's own forward (DeepSpeed ZeRO-3 gathers a module's weights around its forward)
-        pred = self.decoder(latent, ids_keep, ids if log_visible else ids_hidden)
-        loss = self._squared_error(batch["image"], pred[:, -ids_hidden.shape[1] :], ids_hidden).mean()
+        pred = self.decoder(latent, ids, hidden_only=not log_visible)  # in the order of ids: visible, then hidden
+        hidden = pred[:, n_visible:] if log_visible else pred
+        loss = self.patch_error(batch["image"], hidden, ids[:, n_visible:])
         logs = {"loss": loss.detach()}
         if log_visible:
             with torch.no_grad():
-                visible = pred[:, :n_visible].detach()
-                logs["visible_loss"] = self._squared_error(batch["image"], visible, ids_keep).mean()
+                logs["visible_loss"] = self.patch_error(batch["image"], pred[:, :n_visible], ids[:, :n_visible])
         return loss, logs
 
     def forward(self, batch: dict, backbone: nn.Module) -> tuple[torch.Tensor, dict]:
@@ -145,9 +172,10 @@ class MAEObjective(nn.Module):
         them); visible ones are the input."""
         x = batch["image"].float()
         latent, ids = self.encode_visible(batch, backbone)
-        pred = self.decoder(latent, ids[:, : latent.shape[1]]).float()
+        pred = self.decoder(latent, ids).float()  # in the order of ids → raster order:
+        pred = torch.empty_like(pred).scatter_(1, ids.unsqueeze(-1).expand_as(pred), pred)
         patches = patchify(x, self.patch_size)
-        _, mean, std = self._normalise(patches)
+        _, mean, std = standardised(patches) if self.norm_pix_loss else (None, 0.0, 1.0)
         hidden = batch["mask"].unsqueeze(-1).float()
         recon = patches * (1 - hidden) + (pred * std + mean) * hidden
         shape = (self.patch_size, self.grid, self.in_channels)
