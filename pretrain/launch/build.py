@@ -131,6 +131,7 @@ def build_module(cfg: DictConfig) -> PretrainModule:
             fused=optim.fused,
             max_nonfinite_steps=cfg.trainer.max_nonfinite_steps,
             compile_step=mode == "step",
+            compile_views=mode is not None,  # "blocks" too: the views hold no parameters for ZeRO-3 to gather
             layer_decay=optim.layer_decay,
             weight_decay_end=optim.weight_decay_end,
             freeze_last_layer_steps=optim.freeze_last_layer_steps,

@@ -60,12 +60,16 @@ class PretrainModule(L.LightningModule):
         fused: bool | None = None,
         max_nonfinite_steps: int = 10,
         compile_step: bool = False,
+        compile_views: bool | None = None,
         layer_decay: float = 1.0,
         weight_decay_end: float | None = None,
         freeze_last_layer_steps: int = 0,
     ):
         super().__init__()
-        self.compiled = CompiledStep(compile_step)  # the whole step (pretrain/training/compiled_step.py)
+        # the whole step (pretrain/training/compiled_step.py); the views alone where the model compiles block by
+        # block (DeepSpeed ZeRO-3): eager, their counter-based random numbers would cost a kernel per operation
+        self.compiled = CompiledStep(compile_step or bool(compile_views))
+        self.compile_objective = compile_step
         self.max_nonfinite_steps = max_nonfinite_steps
         self.lr_scale = 1.0
         # non-finite steps: flags and counters stay on the device, read at logging steps (`_check_nonfinite`)
@@ -128,6 +132,8 @@ class PretrainModule(L.LightningModule):
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """objective + backbone → (loss, logs), compiled under trainer.compile (one graph per `log_step` value)."""
         inputs = objective_inputs(batch)
+        if not self.compile_objective:
+            return self._objective(inputs)
         name = "objective + backbone" + (" (logging steps)" if inputs.get("log_step", True) else "")
         return self.compiled.wrap(name, self._objective)(inputs)
 

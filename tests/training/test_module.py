@@ -138,3 +138,25 @@ def test_each_micro_batch_of_an_accumulated_step_gets_views_of_its_own():
     batch = {"region": torch.zeros(2, 1, *size), "low": torch.zeros(2), "high": torch.ones(2)}
     first, second = (module.view_pipeline(batch, step_key(torch.device("cpu"), 0, 4, 0, m))["mask"] for m in (0, 1))
     assert not torch.equal(first, second)
+
+
+def test_under_zero3_the_blocks_compile_apart_and_the_views_still_as_one_graph(monkeypatch):
+    """ZeRO-3 gathers parameters around each module's forward, which a whole-step graph cannot hold: the backbone
+    compiles block by block and the objective runs eagerly, but the views (no parameters) compile as one graph —
+    eager, their counter-based random numbers would launch a kernel per operation over every voxel."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # nothing is lowered: which parts, is the test
+    overrides = ["experiment=demo", "data.shards=/x", "run_dir=/y", "trainer.compile=true"]
+    module = build_module(load_config("pretrain", [*overrides, "strategy=deepspeed_zero3"]))
+    assert module.compiled.enabled and not module.compile_objective
+    names = []
+    monkeypatch.setattr(module.compiled, "wrap", lambda name, fn: names.append(name) or fn)
+    regions = {
+        "region": torch.zeros(2, 1, 40, 40, 40, dtype=torch.int16),
+        "low": torch.full((2,), -1000.0),
+        "high": torch.full((2,), 1000.0),
+    }
+    batch = module.views(regions, step_key(torch.device("cpu"), 0, 0, 0))
+    module.loss({**batch, "log_step": False})
+    assert names == ["the views (int16 regions)"]
+    whole = build_module(load_config("pretrain", overrides))
+    assert whole.compiled.enabled and whole.compile_objective  # DDP / one device: the whole step
