@@ -5,7 +5,8 @@
    activations in backward instead of keeping them — memory for ~1/3 more compute;
 2. `torch.compile`: `"step"` compiles the whole step — device-side views, backbone, objective and loss — as graphs
    without breaks (`pretrain/training/compiled_step.py`, applied by the training module); `"blocks"` compiles each
-   repeated block alone, for DeepSpeed ZeRO-3, whose parameter gathering hooks a whole-step graph cannot hold
+   repeated block alone, for DeepSpeed ZeRO-3, whose parameter gathering hooks a whole-step graph cannot hold; each
+   block is then a ZeRO-3 leaf, gathering its own parameters, so no hook breaks the block's graph
    (cuDNN autotuning, `cudnn.benchmark`, is on for every GPU run: `build_trainer`);
 3. the distribution strategy is Lightning's (`pretrain/training/strategy.py`).
 Both steps patch the blocks in place, so parameter names — and the MONAI / nnU-Net exports — are unchanged.
@@ -85,6 +86,17 @@ def parallelize(
     for block in blocks:
         if activation_checkpointing:
             _checkpointed_forward(block)
+        if compiled == "blocks":
+            _zero3_leaf(block)
         if per_block:
             block.compile()
     return backbone
+
+
+def _zero3_leaf(block: nn.Module) -> None:
+    """ZeRO-3 gathers the block's parameters once, in the block's own forward hook, and hooks none of its submodules.
+    The compiled block then traces its body as one graph. With a hook on every submodule it broke at each one, and
+    the Linear forward they share recompiled for each shape until dynamo's limit, then ran eagerly."""
+    from deepspeed.utils import set_z3_leaf_module  # DeepSpeed is imported only where ZeRO-3 runs
+
+    set_z3_leaf_module(block, True)

@@ -192,3 +192,27 @@ def test_zero2_dino_teacher_follows_the_whole_student(tmp_path, shard_dir):
         if k.startswith("objective.teacher_backbone.")
     }
     assert student.keys() == teacher.keys() and all(torch.equal(teacher[k], v) for k, v in student.items())
+
+
+def test_zero3_compiles_each_block_whole_and_the_views_as_one_graph(tmp_path, shard_dir):
+    """Under ZeRO-3 the blocks compile one by one (its parameter hooks break a whole-step graph), each a ZeRO-3 leaf
+    that gathers its own parameters: no hook sits inside a block, so no block's forward breaks into pieces and
+    nothing reaches dynamo's recompile limit (with hooks on every Linear both happened, and the rest ran eagerly).
+    The views, which hold no parameters, compile as one graph."""
+    env = {**ENV, "MASTER_PORT": str(free_port()), "TORCH_LOGS": "graph_breaks,recompiles"}
+    cmd = [
+        *_cmd(3, shard_dir, tmp_path / "run"),
+        "trainer.devices=1",
+        "trainer.max_steps=3",
+        "trainer.compile=true",
+        "trainer.activation_checkpointing=true",
+        "trainer.images_every_n_steps=2",
+        "model.num_layers=2",
+    ]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "torch.compile of the views" in log
+    assert "recompile_limit" not in log
+    split = [line for line in log.splitlines() if "torch_dynamo_resume_in" in line and str(REPO / "models") in line]
+    assert not split, split[:3]

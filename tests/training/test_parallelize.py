@@ -39,6 +39,25 @@ def test_activation_checkpointing_changes_memory_not_numbers(kind):
     assert list(plain.state_dict()) == list(fast.state_dict())  # exports keep MONAI / nnU-Net names
 
 
+@pytest.mark.parametrize("kind", list(MAKERS))
+def test_under_zero3_each_compiled_block_is_a_leaf_that_gathers_its_own_parameters(kind):
+    """ZeRO-3 hooks every submodule unless a module is marked a leaf. A hook inside a compiled block broke its graph
+    at every Linear, and the Linear forward they share then recompiled per shape until dynamo's limit (eager from
+    there on, seen in a ZeRO-3 run on the CPU). As leaves, the block gathers its parameters in its own hook and its
+    body traces whole. Only the "blocks" mode (ZeRO-3) marks them."""
+    from deepspeed.utils.z3_leaf_module import z3_leaf_module
+
+    _, zero3 = _pair(kind, compiled="blocks")
+    _, whole_step = _pair(kind, compiled="step")
+    assert all(z3_leaf_module(block) for block in repeated_blocks(zero3))
+    assert not any(z3_leaf_module(module) for module in whole_step.modules())
+    assert not any(
+        z3_leaf_module(module)
+        for module in repeated_blocks(zero3)[0].modules()
+        if module is not repeated_blocks(zero3)[0]
+    )
+
+
 @pytest.mark.slow
 def test_compiled_blocks_give_the_same_numbers_and_names():
     plain, fast = _pair("vit", compiled=True, activation_checkpointing=True)
