@@ -24,6 +24,8 @@ class MAEDecoder(nn.Module):
         problem = decoder_fits(hidden_size, num_heads)
         if problem:
             raise ValueError(problem)
+        if num_layers < 1:
+            raise ValueError(f"the MAE decoder needs at least one block; got num_layers={num_layers}")
         self.n_tokens = grid[0] * grid[1] * grid[2]
         self.proj = nn.Linear(encoder_hidden, hidden_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size))

@@ -80,7 +80,9 @@ def patch_target(x: torch.Tensor, patch_size: tuple[int, int, int], ids: torch.T
     return standardised(patches, dims=4)[0] if norm_pix else patches
 
 
-def squared_error(x: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor, patch_size, norm_pix: bool) -> torch.Tensor:
+def squared_error(
+    x: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor, patch_size: tuple[int, int, int], norm_pix: bool
+) -> torch.Tensor:
     """x: [B, C, X, Y, Z], pred: [B, n, P] at positions ids: [B, n] → the mean squared error against `patch_target`,
     in fp32 (a bf16 prediction is promoted inside the subtraction); the mean per patch, then over patches (all have
     as many voxels)."""
@@ -88,12 +90,15 @@ def squared_error(x: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor, patch_
     return (pred.float().view(target.shape) - target).pow(2).mean(dim=(-4, -3, -2, -1)).mean()
 
 
-def patch_error(x: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor, patch_size, norm_pix: bool) -> torch.Tensor:
+def patch_error(
+    x: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor, patch_size: tuple[int, int, int], norm_pix: bool
+) -> torch.Tensor:
     """`squared_error`, recomputed in the backward (activation checkpointing): the backward reads the prediction and
     the image's patches again rather than a stored target or fp32 error (a compiled step keeps neither)."""
     if not (torch.is_grad_enabled() and pred.requires_grad):
         return squared_error(x, pred, ids, patch_size, norm_pix)
-    return checkpoint(squared_error, x, pred, ids, patch_size, norm_pix, use_reentrant=False)
+    # nothing random inside: no generator state to keep for the recomputation
+    return checkpoint(squared_error, x, pred, ids, patch_size, norm_pix, use_reentrant=False, preserve_rng_state=False)
 
 
 class MAEObjective(nn.Module):
@@ -140,10 +145,6 @@ class MAEObjective(nn.Module):
         # only the visible patches are embedded and encoded, each at its own position (RoPE backbones need ids)
         return backbone.encode(backbone.embed(batch["image"], ids_keep), ids_keep), ids
 
-    def patch_error(self, x: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """x: [B, C, X, Y, Z], pred: [B, n, P] at positions ids: [B, n] → the mean squared error (`patch_error`)."""
-        return patch_error(x, pred, ids, self.patch_size, self.norm_pix_loss)
-
     def reconstruction_loss(self, batch: dict, latent: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """latent [B, n_visible, C] and ids [B, N] from `encode_visible` → (loss, logs). The decoder's blocks see
         every token (MAE's design); its last block, norm and head compute the N - n_visible hidden ones alone, since
@@ -154,11 +155,14 @@ class MAEObjective(nn.Module):
         # one call of the decoder's own forward (DeepSpeed ZeRO-3 gathers a module's weights around its forward)
         pred = self.decoder(latent, ids, hidden_only=not log_visible)  # in the order of ids: visible, then hidden
         hidden = pred[:, n_visible:] if log_visible else pred
-        loss = self.patch_error(batch["image"], hidden, ids[:, n_visible:])
+        loss = patch_error(batch["image"], hidden, ids[:, n_visible:], self.patch_size, self.norm_pix_loss)
         logs = {"loss": loss.detach()}
         if log_visible:
             with torch.no_grad():
-                logs["visible_loss"] = self.patch_error(batch["image"], pred[:, :n_visible], ids[:, :n_visible])
+                visible = pred[:, :n_visible]
+                logs["visible_loss"] = squared_error(
+                    batch["image"], visible, ids[:, :n_visible], self.patch_size, self.norm_pix_loss
+                )
         return loss, logs
 
     def forward(self, batch: dict, backbone: nn.Module) -> tuple[torch.Tensor, dict]:

@@ -60,7 +60,7 @@ class PretrainModule(L.LightningModule):
         fused: bool | None = None,
         max_nonfinite_steps: int = 10,
         compile_step: bool = False,
-        compile_views: bool | None = None,
+        compile_views: bool = False,
         layer_decay: float = 1.0,
         weight_decay_end: float | None = None,
         freeze_last_layer_steps: int = 0,
@@ -68,7 +68,7 @@ class PretrainModule(L.LightningModule):
         super().__init__()
         # the whole step (pretrain/training/compiled_step.py); the views alone where the model compiles block by
         # block (DeepSpeed ZeRO-3): eager, their counter-based random numbers would cost a kernel per operation
-        self.compiled = CompiledStep(compile_step or bool(compile_views))
+        self.compiled = CompiledStep(compile_step or compile_views)  # the views compile under either flag
         self.compile_objective = compile_step
         self.max_nonfinite_steps = max_nonfinite_steps
         self.lr_scale = 1.0
@@ -130,7 +130,8 @@ class PretrainModule(L.LightningModule):
         return self.view_pipeline(batch, key, apply=self.compiled.wrap(name, self.view_pipeline.apply), dtype=dtype)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
-        """objective + backbone → (loss, logs), compiled under trainer.compile (one graph per `log_step` value)."""
+        """objective + backbone → (loss, logs), compiled under trainer.compile (one graph per `log_step` value), except
+        under ZeRO-3, whose blocks compile one by one (`compile_step` false): eager there."""
         inputs = objective_inputs(batch)
         if not self.compile_objective:
             return self._objective(inputs)

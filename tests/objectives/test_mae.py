@@ -8,6 +8,7 @@ from voxfm.data.views.pipeline import ViewPipeline
 from voxfm.models.vit import ViT
 from voxfm.pretrain.objectives.mae import (
     MAEObjective,
+    patch_error,
     patch_target,
     patchify,
     patchify_at,
@@ -147,7 +148,7 @@ def test_decoder_keeps_the_autocast_dtype():
 
 
 def test_the_patch_error_keeps_no_target_and_its_gradient_is_autograds_through_the_fp32_target():
-    """`PatchError` computes the target again in its backward instead of keeping it: nothing target-sized is saved
+    """`patch_error` computes the target again in its backward instead of keeping it: nothing target-sized is saved
     beyond the prediction and the image the step has anyway, and the loss and gradient equal autograd's through
     the fp32 target."""
     _, obj, _, _ = _setup()
@@ -156,7 +157,7 @@ def test_the_patch_error_keeps_no_target_and_its_gradient_is_autograds_through_t
     pred = torch.randn(4, 48, 64, generator=torch.Generator().manual_seed(2)).bfloat16().requires_grad_()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        loss = obj.patch_error(batch["image"], pred, ids)
+        loss = patch_error(batch["image"], pred, ids, obj.patch_size, norm_pix=True)
     assert {t.data_ptr() for t in saved} == {pred.data_ptr(), batch["image"].data_ptr(), ids.data_ptr()}
     target = patch_target(batch["image"], obj.patch_size, ids, norm_pix=True).flatten(2)
     reference = (pred.float() - target).pow(2).mean()
