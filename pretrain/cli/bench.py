@@ -74,6 +74,9 @@ def bench_model(overrides: list[str]) -> None:
     experiment, cfg, rest = checked_bench("bench/model", BENCH_MODEL_KEYS, overrides)
     if cfg is None:
         return
+    from voxfm.pretrain.runtime.quiet import quiet_start
+
+    quiet_start()  # known third-party noise, as a run filters it (inductor's CPU notes among it)
     pretrain = compose_config("pretrain", ["data.shards=unused", "run_dir=unused", *rest])
     if cfg.predict is not None:
         from voxfm.pretrain.bench.predict import format_prediction, predict
