@@ -36,7 +36,7 @@ from voxfm.pretrain.runtime.loggers import tensorboard_logger, wandb_logger
 from voxfm.pretrain.runtime.metrics_csv import RunCSVLogger
 from voxfm.pretrain.training.checkpoint_io import AtomicCheckpointIO
 from voxfm.pretrain.training.module import PretrainModule
-from voxfm.pretrain.training.speedups import compile_mode, parallelize
+from voxfm.pretrain.training.speedups import compile_mode, objective_blocks, parallelize, report_blocks
 from voxfm.pretrain.training.strategy import build_strategy
 
 
@@ -117,6 +117,9 @@ def build_module(cfg: DictConfig) -> PretrainModule:
     with config_errors():  # fp8 on a GPU that has none
         for network in (backbone, *others):
             parallelize(network, cfg.trainer.activation_checkpointing, mode, fp8=cfg.trainer.get("fp8", False))
+    if mode == "blocks":  # the objective's own blocks (the MAE decoder's) too; the views compile in the module
+        compiled_blocks = objective_blocks(objective, mode)
+        report_blocks(sum(len(n.repeated_blocks()) for n in (backbone, *others)), len(compiled_blocks))
     optim = cfg.optim
     with config_errors():  # e.g. optim.freeze_last_layer_steps without a `last_layer` to hold
         module = PretrainModule(

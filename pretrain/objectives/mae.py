@@ -137,6 +137,10 @@ class MAEObjective(nn.Module):
         )
         self.norm_pix_loss = norm_pix_loss
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The decoder's blocks: compiled one by one under ZeRO-3 (`pretrain/training/speedups.py`)."""
+        return list(self.decoder.blocks)
+
     def encode_visible(self, batch: dict, backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """→ latent [B, n_visible, C] of the visible tokens and ids [B, N] (`visible_then_hidden`): the visible
         positions ids[:, :n_visible], then the hidden ones."""

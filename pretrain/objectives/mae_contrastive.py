@@ -76,6 +76,10 @@ class MAEContrastiveObjective(nn.Module):
         """The MAE decoder (for benchmarks that build the same shapes elsewhere)."""
         return self.mae.decoder
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The MAE decoder's blocks (`MAEObjective.repeated_blocks`)."""
+        return self.mae.repeated_blocks()
+
     @torch.no_grad()
     def reconstruct(self, batch: dict, backbone: nn.Module) -> dict[str, torch.Tensor]:
         return self.mae.reconstruct(batch, backbone)

@@ -6,7 +6,8 @@
 2. `torch.compile`: `"step"` compiles the whole step — device-side views, backbone, objective and loss — as graphs
    without breaks (`pretrain/training/compiled_step.py`, applied by the training module); `"blocks"` compiles each
    repeated block alone, for DeepSpeed ZeRO-3, whose parameter gathering hooks a whole-step graph cannot hold; each
-   block is then a ZeRO-3 leaf, gathering its own parameters, so no hook breaks the block's graph
+   block is then a ZeRO-3 leaf, gathering its own parameters, so no hook breaks the block's graph; the blocks an
+   objective holds (the MAE decoder's) compile the same way (`objective_blocks`)
    (cuDNN autotuning, `cudnn.benchmark`, is on for every GPU run: `build_trainer`);
 3. the distribution strategy is Lightning's (`pretrain/training/strategy.py`).
 Both steps patch the blocks in place, so parameter names — and the MONAI / nnU-Net exports — are unchanged.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import types
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -89,8 +91,32 @@ def parallelize(
         if compiled == "blocks":
             _zero3_leaf(block)
         if per_block:
-            block.compile()
+            _compile_forward(block)
     return backbone
+
+
+def objective_blocks(objective: nn.Module, compiled: str | None) -> list[nn.Module]:
+    """Under "blocks" the objective's own repeated blocks (`repeated_blocks()`, where it has one: the MAE decoder's)
+    compile one by one as ZeRO-3 leaves, as the backbone's do; under "step" the objective is inside the step's graph.
+    Returns the blocks compiled."""
+    if compiled != "blocks":
+        return []
+    blocks = getattr(objective, "repeated_blocks", list)()
+    for block in blocks:
+        _zero3_leaf(block)
+        _compile_forward(block)
+    return blocks
+
+
+@rank_zero_only
+def report_blocks(backbone: int, objective: int) -> None:
+    print(f"voxfm: torch.compile block by block (ZeRO-3): {backbone} backbone blocks, {objective} objective blocks")
+
+
+def _compile_forward(block: nn.Module) -> None:
+    """The block's forward compiles, not its call: ZeRO-3's gathering hooks stay eager. `nn.Module.compile` would trace
+    them too, and they recompile for every block (a guard on each one's id) until dynamo's limit."""
+    block.forward = torch.compile(block.forward)
 
 
 def _zero3_leaf(block: nn.Module) -> None:

@@ -198,7 +198,7 @@ def test_zero3_compiles_each_block_whole_and_the_views_as_one_graph(tmp_path, sh
     """Under ZeRO-3 the blocks compile one by one (its parameter hooks break a whole-step graph), each a ZeRO-3 leaf
     that gathers its own parameters: no hook sits inside a block, so no block's forward breaks into pieces and
     nothing reaches dynamo's recompile limit (with hooks on every Linear both happened, and the rest ran eagerly).
-    The views, which hold no parameters, compile as one graph."""
+    The MAE decoder's blocks compile the same way; the views, which hold no parameters, compile as one graph."""
     env = {**ENV, "MASTER_PORT": str(free_port()), "TORCH_LOGS": "graph_breaks,recompiles"}
     cmd = [
         *_cmd(3, shard_dir, tmp_path / "run"),
@@ -213,6 +213,7 @@ def test_zero3_compiles_each_block_whole_and_the_views_as_one_graph(tmp_path, sh
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     assert "torch.compile of the views" in log
+    assert "block by block (ZeRO-3): 2 backbone blocks, 1 objective blocks" in log, log[-3000:]
     assert "recompile_limit" not in log
     split = [line for line in log.splitlines() if "torch_dynamo_resume_in" in line and str(REPO / "models") in line]
     assert not split, split[:3]
