@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from voxfm.pretrain.bench.model import voxfm_step
-from voxfm.pretrain.training.module import view_dtype
+from voxfm.pretrain.training.precision import view_dtype
 
 RANDOM = re.compile(r"rand|normal|uniform|bernoulli|dropout|random_|exponential|multinomial|geometric|cauchy")
 

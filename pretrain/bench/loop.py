@@ -33,7 +33,8 @@ from voxfm.pretrain.bench.model import significant, voxfm_step
 from voxfm.pretrain.callbacks.checkpointing import FinalCheckpoint
 from voxfm.pretrain.launch.build import build_feed, build_module, build_trainer, trains_on_gpu
 from voxfm.pretrain.runtime.timing import time_call, timer_name
-from voxfm.pretrain.training.module import PretrainModule, view_dtype
+from voxfm.pretrain.training.module import PretrainModule
+from voxfm.pretrain.training.precision import view_dtype
 
 ROWS = ("bare", "loop", "synthetic")
 

@@ -23,7 +23,7 @@ from voxfm.data.views.counter_random import step_key
 from voxfm.pretrain.bench.reference import reference_step
 from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.runtime.timing import measured_peak_tflops, sync, time_call, timer_name
-from voxfm.pretrain.training.module import view_dtype
+from voxfm.pretrain.training.precision import view_dtype
 
 COLUMNS = ("eager", "compiled")
 

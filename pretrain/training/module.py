@@ -15,6 +15,7 @@ from voxfm.pretrain.errors import Diverged
 from voxfm.pretrain.runtime.logging_steps import is_logging_step
 from voxfm.pretrain.training.compiled_step import CompiledStep, objective_inputs
 from voxfm.pretrain.training.param_groups import LAST_LAYER, param_groups
+from voxfm.pretrain.training.precision import convert_views, view_dtype
 from voxfm.pretrain.training.schedule import cosine, held_until, warmup_cosine
 
 
@@ -23,19 +24,6 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     `_fused_adam`); foreach and single-tensor Adam refuse it, other optimisers ignore it. Asked of the optimiser, not
     the config: a resumed checkpoint's param groups bring their own `fused`."""
     return isinstance(optimizer, torch.optim.Adam) and all(g.get("fused") for g in optimizer.param_groups)
-
-
-def view_dtype(precision: str) -> torch.dtype:
-    """The dtype the views are written in for a trainer precision ("bf16-mixed", "16-true", "32-true", ...): fp16 for
-    every half precision, fp32 otherwise. fp16, not bf16, even for a bf16 step: the same two bytes, but a step 8x
-    finer (about 1 HU of a 2000-HU window near its middle, the int16 source's own step, where bf16 rounds to 8 HU);
-    a per-patch standardised target (MAE's norm_pix_loss) divides that rounding by each patch's own spread, which
-    is a few HU in soft tissue. The views compute in fp32 and round once as they write; under autocast the first
-    layer rounds to the step's half type inside its graph, and plugins that compute in bf16 without autocast
-    (DeepSpeed, bf16-true) convert the batch themselves."""
-    if precision.startswith(("bf16", "16")):
-        return torch.float16
-    return torch.float32
 
 
 class PretrainModule(L.LightningModule):
@@ -106,11 +94,12 @@ class PretrainModule(L.LightningModule):
         """Views, augmentation and masks are drawn here, on the training device, so the objective is a pure
         function of its batch. The view pipeline makes float images from int16 regions after Lightning's own input
         conversion, in fp16 under a half precision (`view_dtype`); that conversion runs again on its output, for the
-        precisions that compute without autocast (DeepSpeed's and bf16-true's bf16 weights, 64-true)."""
+        precisions that compute without autocast (DeepSpeed's and bf16-true's bf16 weights, 64-true), the image
+        excepted (`convert_views`: targets are computed from it)."""
         if self.trainer.training:
             key = step_key(batch["region"].device, self.seed, self.global_step, self.global_rank, self._micro_batch())
             views = self.views(batch, key, view_dtype(str(self.trainer.precision)))
-            batch = self.trainer.precision_plugin.convert_input(views)
+            batch = convert_views(self.trainer.precision_plugin, views, self)
             batch["log_step"] = is_logging_step(self.trainer)  # figures only logging steps need (a Python bool)
         return batch
 

@@ -11,7 +11,8 @@ from voxfm.pretrain.cli.compose import load_config
 from voxfm.pretrain.launch.build import build_module
 from voxfm.pretrain.launch.run import run_pretrain
 from voxfm.pretrain.training.checkpoints import load_checkpoint
-from voxfm.pretrain.training.module import skips_on_device, view_dtype
+from voxfm.pretrain.training.module import skips_on_device
+from voxfm.pretrain.training.precision import view_dtype
 
 
 def test_fused_adamw_clips_gradients_under_bf16_mixed(tmp_path, shard_dir):
@@ -67,6 +68,40 @@ def test_a_half_precision_step_gets_fp16_views_and_a_full_precision_one_fp32():
             module._trainer = None
     assert dtypes["bf16-mixed"].dtype == torch.float16 and dtypes["32-true"].dtype == torch.float32
     assert torch.equal(dtypes["bf16-mixed"], dtypes["32-true"].half())  # the same views, rounded once
+
+
+def test_without_autocast_the_image_keeps_its_fp16_views_and_the_first_conv_casts_it():
+    """bf16-true (as DeepSpeed's bf16) converts the batch to its bf16 weights; the image keeps the views' fp16, which
+    the objective's targets are computed from, and the backbone's patch conv casts it to bf16 as it reads it."""
+    from lightning.pytorch.plugins.precision import HalfPrecision
+
+    module = build_module(load_config("pretrain", ["experiment=demo", "data.shards=/x", "run_dir=/y"]))
+    plugin = HalfPrecision("bf16-true")
+    module = plugin.convert_module(module)
+    size = module.view_pipeline.region_size_needed()
+    batch = {"region": torch.randint(-1000, 1000, (2, 1, *size), dtype=torch.int16)}
+    batch |= {"low": torch.full((2,), -1000.0), "high": torch.full((2,), 1000.0)}
+    module._trainer = SimpleNamespace(
+        training=True,
+        precision="bf16-true",
+        precision_plugin=plugin,
+        global_step=3,
+        global_rank=0,
+        accumulate_grad_batches=1,
+        log_every_n_steps=50,
+        should_stop=False,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=3)),
+    )
+    seen = []
+    conv = module.backbone.patch_embedding.patch_embeddings
+    conv.register_forward_hook(lambda _, args, out: seen.append((args[0].dtype, out.dtype)))
+    try:
+        views = module.on_after_batch_transfer(dict(batch), 0)
+        loss, _ = module.loss(views)
+    finally:
+        module._trainer = None
+    assert views["image"].dtype == torch.float16  # Lightning's conversion alone would have made it bf16
+    assert seen == [(torch.bfloat16, torch.bfloat16)] and torch.isfinite(loss)
 
 
 def test_no_weight_decay_on_norms_biases_and_mask_tokens():

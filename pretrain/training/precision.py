@@ -1,0 +1,56 @@
+"""The dtypes of a step's inputs: the views' (`view_dtype`) and what Lightning's input conversion may do to them.
+
+Precisions that compute without autocast (DeepSpeed's bf16, bf16-true, 64-true) convert the batch to the weights'
+dtype. The image is kept in the views' dtype (`convert_views`): objectives compute targets from it (MAE's per-patch
+standardised patches, MIM's voxels), and bf16 rounds 8x coarser than the views' fp16 (about 8 HU near a CT window's
+middle against 1). The convolutions that take the image (every backbone's patch conv or stem is a Conv3d) cast it
+to their weights' dtype as they read it (`cast_conv_inputs`), applied from outside, as the speed-ups are.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def view_dtype(precision: str) -> torch.dtype:
+    """The dtype the views are written in for a trainer precision ("bf16-mixed", "16-true", "32-true", ...): fp16 for
+    every half precision, fp32 otherwise. fp16, not bf16, even for a bf16 step: the same two bytes, but a step 8x
+    finer (about 1 HU of a 2000-HU window near its middle, the int16 source's own step, where bf16 rounds to 8 HU);
+    a per-patch standardised target (MAE's norm_pix_loss) divides that rounding by each patch's own spread, which
+    is a few HU in soft tissue. The views compute in fp32 and round once as they write; under autocast the first
+    layer rounds to the step's half type inside its graph; under the precisions that compute without autocast the
+    first convolution casts it (`convert_views`)."""
+    if precision.startswith(("bf16", "16")):
+        return torch.float16
+    return torch.float32
+
+
+def convert_views(plugin, views: dict, module: nn.Module) -> dict:
+    """Lightning's input conversion (`plugin.convert_input`) of the views, except for the image, which keeps the views'
+    dtype; where the conversion would have changed it, `module`'s convolutions cast their input (`cast_conv_inputs`,
+    installed once)."""
+    batch = plugin.convert_input(views)
+    if batch["image"].dtype != views["image"].dtype:
+        batch["image"] = views["image"]
+        cast_conv_inputs(module)
+    return batch
+
+
+def cast_conv_inputs(module: nn.Module) -> int:
+    """A forward pre-hook on each Conv3d of `module` (once per convolution) that casts a floating input to the
+    weight's dtype; a no-op where they match. Returns the number of hooks added."""
+    added = 0
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv3d) and not getattr(conv, "_voxfm_casts_input", False):
+            conv.register_forward_pre_hook(_to_weight_dtype)
+            conv._voxfm_casts_input = True
+            added += 1
+    return added
+
+
+def _to_weight_dtype(conv: nn.Conv3d, args: tuple) -> tuple | None:
+    x = args[0]
+    if x.is_floating_point() and x.dtype != conv.weight.dtype:
+        return (x.to(conv.weight.dtype), *args[1:])
+    return None
