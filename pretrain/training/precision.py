@@ -33,7 +33,9 @@ def convert_views(plugin, views: dict, module: nn.Module) -> dict:
     batch = plugin.convert_input(views)
     if batch["image"].dtype != views["image"].dtype:
         batch["image"] = views["image"]
-        cast_conv_inputs(module)
+        if not getattr(module, "_voxfm_convs_cast", False):  # once: not a walk over the modules every step
+            cast_conv_inputs(module)
+            module._voxfm_convs_cast = True
     return batch
 
 

@@ -113,9 +113,20 @@ def report_blocks(backbone: int, objective: int) -> None:
     print(f"voxfm: torch.compile block by block (ZeRO-3): {backbone} backbone blocks, {objective} objective blocks")
 
 
+_compiled_blocks = 0
+
+
 def _compile_forward(block: nn.Module) -> None:
     """The block's forward compiles, not its call: ZeRO-3's gathering hooks stay eager. `nn.Module.compile` would trace
-    them too, and they recompile for every block (a guard on each one's id) until dynamo's limit."""
+    them too, and they recompile for every block (a guard on each one's id) until dynamo's limit.
+    The blocks share one forward function, but each may still need graphs of its own: its stochastic-depth rate is
+    a constant dynamo guards on, times grad / no-grad, and the MAE decoder's last block takes the hidden tokens
+    alone. Dynamo's limit per function (8) would leave the deeper blocks eager, so it grows with the blocks
+    compiled, 4 each."""
+    global _compiled_blocks
+    _compiled_blocks += 1
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 4 * _compiled_blocks)
     block.forward = torch.compile(block.forward)
 
 
