@@ -36,6 +36,7 @@ from voxfm.pretrain.runtime.loggers import tensorboard_logger, wandb_logger
 from voxfm.pretrain.runtime.metrics_csv import RunCSVLogger
 from voxfm.pretrain.training.checkpoint_io import AtomicCheckpointIO
 from voxfm.pretrain.training.module import PretrainModule
+from voxfm.pretrain.training.precision import plugin_for
 from voxfm.pretrain.training.speedups import compile_mode, objective_blocks, parallelize, report_blocks
 from voxfm.pretrain.training.strategy import build_strategy
 
@@ -174,6 +175,9 @@ def build_trainer(
         enable_version_counter=False,  # one job per run_dir (its lock): never a `last-v1.ckpt` beside last.ckpt
     )
     plugins = [AtomicCheckpointIO()]
+    plugin = plugin_for(precision, deepspeed=cfg.strategy.name == "deepspeed")
+    if plugin is not None:  # Lightning takes the precision from the plugin then (both at once is refused)
+        plugins.append(plugin)
     if SLURMEnvironment.detect():  # voxfm's Preemption callback checkpoints and requeues, not Lightning's
         plugins.append(SLURMEnvironment(auto_requeue=False))
     if on_gpu:  # a pretraining run's shapes never change: cuDNN picks its fastest convolutions once
@@ -186,7 +190,7 @@ def build_trainer(
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=build_strategy(OmegaConf.to_container(cfg.strategy), on_gpu, load_universal),
-        precision=precision,
+        precision=None if plugin is not None else precision,
         gradient_clip_val=t.gradient_clip_val,
         accumulate_grad_batches=t.accumulate_grad_batches,
         log_every_n_steps=t.log_every_n_steps,

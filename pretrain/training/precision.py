@@ -4,13 +4,47 @@ Precisions that compute without autocast (DeepSpeed's bf16, bf16-true, 64-true) 
 dtype. The image is kept in the views' dtype (`convert_views`): objectives compute targets from it (MAE's per-patch
 standardised patches, MIM's voxels), and bf16 rounds 8x coarser than the views' fp16 (about 8 HU near a CT window's
 middle against 1). The convolutions that take the image (every backbone's patch conv or stem is a Conv3d) cast it
-to their weights' dtype as they read it (`cast_conv_inputs`), applied from outside, as the speed-ups are.
+to their weights' dtype as they read it (`cast_conv_inputs`), applied from outside, as the speed-ups are. The
+regions' batch the loader yields is not converted at all (`plugin_for`): its intensity windows stay fp32 (bf16
+would move an MR window's percentile bounds by up to 0.4%); the views make their own floats from them.
 """
 
 from __future__ import annotations
 
 import torch
+from lightning.pytorch.plugins.precision import DeepSpeedPrecision, HalfPrecision
 from torch import nn
+
+_UNIFIED = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}  # Lightning's short names
+
+
+class _RegionsAsTheyAre:
+    """For the precision plugins that convert the batch: the loader's regions (a batch with no "image" yet) pass as
+    they are; the views' output is converted by `convert_views`."""
+
+    def convert_input(self, data):
+        if isinstance(data, dict) and "region" in data and "image" not in data:
+            return data
+        return super().convert_input(data)
+
+
+class ViewsDeepSpeedPrecision(_RegionsAsTheyAre, DeepSpeedPrecision):
+    pass
+
+
+class ViewsHalfPrecision(_RegionsAsTheyAre, HalfPrecision):
+    pass
+
+
+def plugin_for(precision: str, deepspeed: bool) -> DeepSpeedPrecision | HalfPrecision | None:
+    """The precision plugin of a run whose precision converts the batch (DeepSpeed's, bf16-true), which Lightning
+    then takes instead of `Trainer(precision=...)`; None where Lightning's own (autocast or none) converts nothing."""
+    precision = _UNIFIED.get(precision, precision)
+    if deepspeed:
+        return ViewsDeepSpeedPrecision(precision)
+    if precision in ("bf16-true", "16-true"):
+        return ViewsHalfPrecision(precision)
+    return None
 
 
 def view_dtype(precision: str) -> torch.dtype:

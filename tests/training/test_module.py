@@ -72,15 +72,22 @@ def test_a_half_precision_step_gets_fp16_views_and_a_full_precision_one_fp32():
 
 def test_without_autocast_the_image_keeps_its_fp16_views_and_the_first_conv_casts_it():
     """bf16-true (as DeepSpeed's bf16) converts the batch to its bf16 weights; the image keeps the views' fp16, which
-    the objective's targets are computed from, and the backbone's patch conv casts it to bf16 as it reads it."""
-    from lightning.pytorch.plugins.precision import HalfPrecision
+    the objective's targets are computed from, and the backbone's patch conv casts it to bf16 as it reads it. The
+    loader's regions pass unconverted: an MR window's bounds stay fp32 (bf16 would round 1234.5 to 1232)."""
+    from lightning.pytorch.plugins.precision import DeepSpeedPrecision
 
+    from voxfm.pretrain.training.precision import plugin_for
+
+    assert plugin_for("bf16-mixed", deepspeed=False) is None and plugin_for("32", deepspeed=False) is None
+    assert isinstance(plugin_for("bf16", deepspeed=True), DeepSpeedPrecision)
     module = build_module(load_config("pretrain", ["experiment=demo", "data.shards=/x", "run_dir=/y"]))
-    plugin = HalfPrecision("bf16-true")
+    plugin = plugin_for("bf16-true", deepspeed=False)
     module = plugin.convert_module(module)
     size = module.view_pipeline.region_size_needed()
-    batch = {"region": torch.randint(-1000, 1000, (2, 1, *size), dtype=torch.int16)}
-    batch |= {"low": torch.full((2,), -1000.0), "high": torch.full((2,), 1000.0)}
+    raw = {"region": torch.randint(-1000, 1000, (2, 1, *size), dtype=torch.int16)}
+    raw |= {"low": torch.full((2,), 0.0), "high": torch.full((2,), 1234.5)}
+    batch = plugin.convert_input(raw)  # as Lightning's loop does before the transfer
+    assert batch["high"].dtype == torch.float32 and batch["high"][0] == 1234.5
     module._trainer = SimpleNamespace(
         training=True,
         precision="bf16-true",
@@ -101,6 +108,7 @@ def test_without_autocast_the_image_keeps_its_fp16_views_and_the_first_conv_cast
     finally:
         module._trainer = None
     assert views["image"].dtype == torch.float16  # Lightning's conversion alone would have made it bf16
+    assert views["low"].dtype == torch.bfloat16  # the rest of the views' output is converted
     assert seen == [(torch.bfloat16, torch.bfloat16)] and torch.isfinite(loss)
 
 
