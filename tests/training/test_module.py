@@ -40,6 +40,21 @@ def test_fused_adamw_clips_gradients_under_bf16_mixed(tmp_path, shard_dir):
     assert all(group["fused"] for group in ckpt["optimizer_states"][0]["param_groups"])
 
 
+def _training(precision: str, plugin) -> SimpleNamespace:
+    """What `on_after_batch_transfer` reads of a trainer at training step 3, rank 0."""
+    return SimpleNamespace(
+        training=True,
+        precision=precision,
+        precision_plugin=plugin,
+        global_step=3,
+        global_rank=0,
+        accumulate_grad_batches=1,
+        log_every_n_steps=50,
+        should_stop=False,
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=3)),
+    )
+
+
 def test_a_half_precision_step_gets_fp16_views_and_a_full_precision_one_fp32():
     """fp16 for every half precision, bf16 steps included (two bytes, 8x finer than bf16: see `view_dtype`), through
     the module's own hook; Lightning's input conversion leaves them as they are under autocast."""
@@ -51,17 +66,7 @@ def test_a_half_precision_step_gets_fp16_views_and_a_full_precision_one_fp32():
     batch |= {"low": torch.full((2,), -1000.0), "high": torch.full((2,), 1000.0)}
     dtypes = {}
     for precision, plugin in (("bf16-mixed", MixedPrecision("bf16-mixed", "cpu")), ("32-true", Precision())):
-        module._trainer = SimpleNamespace(
-            training=True,
-            precision=precision,
-            precision_plugin=plugin,
-            global_step=3,
-            global_rank=0,
-            accumulate_grad_batches=1,
-            log_every_n_steps=50,
-            should_stop=False,
-            fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=3)),
-        )
+        module._trainer = _training(precision, plugin)
         try:
             dtypes[precision] = module.on_after_batch_transfer(dict(batch), 0)["image"]
         finally:
@@ -88,17 +93,7 @@ def test_without_autocast_the_image_keeps_its_fp16_views_and_the_first_conv_cast
     raw |= {"low": torch.full((2,), 0.0), "high": torch.full((2,), 1234.5)}
     batch = plugin.convert_input(raw)  # as Lightning's loop does before the transfer
     assert batch["high"].dtype == torch.float32 and batch["high"][0] == 1234.5
-    module._trainer = SimpleNamespace(
-        training=True,
-        precision="bf16-true",
-        precision_plugin=plugin,
-        global_step=3,
-        global_rank=0,
-        accumulate_grad_batches=1,
-        log_every_n_steps=50,
-        should_stop=False,
-        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=3)),
-    )
+    module._trainer = _training("bf16-true", plugin)
     seen = []
     conv = module.backbone.patch_embedding.patch_embeddings
     conv.register_forward_hook(lambda _, args, out: seen.append((args[0].dtype, out.dtype)))
