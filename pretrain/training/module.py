@@ -94,7 +94,7 @@ class PretrainModule(L.LightningModule):
         """Views, augmentation and masks are drawn here, on the training device, so the objective is a pure
         function of its batch. The view pipeline makes float images from int16 regions after Lightning's own input
         conversion, in fp16 under a half precision (`view_dtype`); that conversion runs again on its output, for the
-        precisions that compute without autocast (DeepSpeed's and bf16-true's bf16 weights, 64-true), the image
+        precisions that compute without autocast (DeepSpeed's and bf16-true's bf16 weights), the image
         excepted (`convert_views`: targets are computed from it)."""
         if self.trainer.training:
             key = step_key(batch["region"].device, self.seed, self.global_step, self.global_rank, self._micro_batch())

@@ -1,6 +1,6 @@
 """The dtypes of a step's inputs: the views' (`view_dtype`) and what Lightning's input conversion may do to them.
 
-Precisions that compute without autocast (DeepSpeed's bf16, bf16-true, 64-true) convert the batch to the weights'
+Precisions that compute without autocast (DeepSpeed's bf16, bf16-true) convert the batch to the weights'
 dtype. The image is kept in the views' dtype (`convert_views`): objectives compute targets from it (MAE's per-patch
 standardised patches, MIM's voxels), and bf16 rounds 8x coarser than the views' fp16 (about 8 HU near a CT window's
 middle against 1). The convolutions that take the image (every backbone's patch conv or stem is a Conv3d) cast it
