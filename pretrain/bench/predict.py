@@ -157,6 +157,7 @@ def predict(cfg, card: str, gpus: int = 8) -> dict:
         "gpu_hours": significant(hours * gpus),
         "efficiency": dataclasses.asdict(EFFICIENCY),
         "leave_one_out": calibration_error(),
+        "card_measured": any(row.card == card for row in CALIBRATION),  # False: no row of this card checks it
     }
 
 
@@ -164,7 +165,7 @@ def format_prediction(result: dict, experiment: str) -> str:
     b, loo = result["breakdown_ms"], result["leave_one_out"]
     lines = [
         f"{experiment}: predicted on the CPU for one {result['card']}, bf16, eager step; batch "
-        f"{result['batch_size']} ({result['views_per_step']} views)",
+        f"{result['batch_size']} ({result['views_per_step']} view{'s' if result['views_per_step'] != 1 else ''})",
         f"  step {result['step_ms']:,.1f} ms, {result['samples_per_s']:,.1f} samples/s, {result['tflop_per_step']} "
         f"TFLOP/step, MFU {result['mfu']:.1%} of the {result['matmul_ceiling_tflop_per_s']:g} TFLOP/s matmul ceiling",
         f"  GEMM {b['gemm']:.1f} ms + conv {b['conv']:.1f} + attention {b['attention']:.1f} + memory {b['memory']:.1f} "
@@ -174,6 +175,17 @@ def format_prediction(result: dict, experiment: str) -> str:
         f"  calibration: leave-one-out error over {loo['rows']} measured GPU steps (H200, eager, older code) mean "
         f"{loo['mean_abs']:.0%}, rms {loo['rms']:.0%}, worst {loo['max_abs']:.0%} ({loo['worst']})",
     ]
+    bound = [k for k in ("conv", "attention") if result["efficiency"][k] >= 1.0 and b[k] > 0]
+    if bound:
+        lines.append(
+            f"  {' and '.join(bound)} ms: {'lower bounds' if len(bound) > 1 else 'a lower bound'} (the fit put the "
+            "efficiency at the data sheet's peak: the rows cannot tell that time from the memory term's)"
+        )
+    if not result["card_measured"]:
+        lines.append(
+            f"  no {result['card']} step is measured yet: this is the H200's fitted efficiencies at this card's "
+            "peaks, unchecked"
+        )
     if result["compiled_recipe"]:
         lines.append(
             "  the recipe compiles (trainer.compile=true): this is its eager step, as the calibration measured; "

@@ -76,6 +76,8 @@ def bench_model(overrides: list[str]) -> None:
         return
     from voxfm.pretrain.runtime.quiet import quiet_start
 
+    if cfg.predict is not None and cfg.kernels:
+        raise ConfigError(f"predict={cfg.predict} and kernels=true: one at a time (each is a bench of its own)")
     quiet_start()  # known third-party noise, as a run filters it (inductor's CPU notes among it)
     pretrain = compose_config("pretrain", ["data.shards=unused", "run_dir=unused", *rest])
     if cfg.predict is not None:

@@ -35,7 +35,9 @@ commands:
   export    checkpoint=<ckpt|run_dir> output=<dir> [format=monai|nnunet|nnssl|full] [in_channels=N] [student=<name>]
                                                      backbone.safetensors + backbone.json for MONAI
   bench     data shards=<dir> [experiment=<name>]      decode MB/s of shards vs nibabel, regions/s per worker
-  bench     model experiment=<name> [steps=N]          voxfm's training step, eager and compiled, vs MONAI's
+  bench     model experiment=<name> [steps=N] [predict=h100|h200] [kernels=true]
+                                                     voxfm's training step, eager and compiled, vs MONAI's; or a
+                                                     GPU's step predicted here; or the compiled step's kernels
   bench     loop experiment=<name> shards=<dir> [steps=N]
                                                      that step bare, in pretrain's loop on the shards, and fed
                                                      from memory: samples/s, data wait, shard GB/s, host RSS
@@ -53,6 +55,15 @@ def _usage() -> str:
     experiments = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
     experiments += sorted(p.stem for p in (CONF_DIR / "finetune_experiment").glob("*.yaml"))
     return USAGE.format(experiments=", ".join(experiments))
+
+
+def _bench_usage() -> str:
+    lines = USAGE.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("  bench"))
+    last = max(i for i, line in enumerate(lines) if line.startswith("  bench"))
+    last += next(i for i, line in enumerate(lines[last + 1 :]) if not line.startswith(" " * 20))  # its continuation
+    benches = "\n".join(lines[first : last + 1])
+    return f"usage: voxfm bench <name> [key=value ...]\n\n{benches}\n\n`voxfm bench <name> --help` lists its keys."
 
 
 PURPOSES = {
@@ -109,6 +120,9 @@ def _main(argv: list[str]) -> int:
     if command not in (*PROGRAMS, "bench"):
         print(f"voxfm: unknown command {command!r}; choose from {[*PROGRAMS, 'bench']}\n\n{_usage()}", file=sys.stderr)
         return exit_code(ConfigError())[0]
+    if command == "bench" and overrides[:1] in (["-h"], ["--help"]):
+        print(_bench_usage())
+        return 0
     if command == "bench" and (not overrides or overrides[0] not in BENCHES):
         print(
             f"voxfm bench: say what to benchmark, one of {list(BENCHES)}: `voxfm bench data shards=<dir>`, "

@@ -126,9 +126,8 @@ def _gpu_mode_errors(trainer: dict, strategy: dict, on_gpu: bool) -> list[str]:
     errors, mode, zero3 = [], trainer.get("compile_mode", "default"), strategy.get("stage") == 3
     if mode != "default":
         if not on_gpu:
-            errors.append(
-                f"trainer.compile_mode={mode}: GPU only (inductor's autotuning, CUDA graphs); on a CPU use default"
-            )
+            what = {"max-autotune": "inductor's GEMM autotuning and CUDA graphs", "reduce-overhead": "CUDA graphs"}
+            errors.append(f"trainer.compile_mode={mode}: GPU only ({what.get(mode, 'CUDA')}); on a CPU use default")
         elif not trainer["compile"]:
             errors.append(f"trainer.compile_mode={mode}: needs trainer.compile=true")
         elif strategy["name"] == "deepspeed" and zero3:

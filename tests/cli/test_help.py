@@ -34,6 +34,24 @@ def test_each_bench_help_names_its_own_keys(bench, capsys):
     assert own and all(f"  {k}:" in text for k in own), own
 
 
+def test_bench_help_lists_every_bench_and_a_comment_carried_to_its_next_line_is_kept(capsys):
+    assert main(["bench", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(f"bench     {b}" in text for b in BENCHES) and "predict=h100|h200" in text and "kernels=true" in text
+    assert main(["bench"]) == 2  # no bench named: a usage error, not help
+    capsys.readouterr()
+    assert main(["bench", "model", "--help"]) == 0
+    text = capsys.readouterr().out.splitlines()
+    kernels = next(i for i, line in enumerate(text) if line.startswith("  kernels:"))
+    assert "eager ops outside its graphs" in text[kernels + 1]  # the YAML comment's second line
+
+
+def test_predict_and_kernels_together_are_refused_in_one_line(capsys):
+    assert main(["bench", "model", "experiment=demo", "predict=h200", "kernels=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "one at a time" in err[0]
+
+
 def test_help_piped_into_a_reader_that_leaves_ends_quietly():
     proc = subprocess.Popen(
         [sys.executable, "-m", "voxfm", "pretrain", "--help"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
