@@ -32,14 +32,15 @@ def _options(group: str) -> list[str]:
 
 def _keys(lines: list[str], prefix: str = "") -> list[str]:
     """`key: default   comment` per key of a YAML file's lines (nested keys indented; `_target_`-like keys not)."""
-    out, skip_below, after_key = [], None, False
+    out, skip_below, comment_at = [], None, None
     for line in lines:
         key = KEY.match(line)
-        continued = line[:1].isspace() and line.lstrip().startswith("#")  # an indented comment under a key's
-        if continued and after_key:
+        # a comment-only line whose "#" sits under the previous key's comment continues it; any other (a section
+        # header) does not
+        if comment_at is not None and line.lstrip().startswith("#") and line.index("#") == comment_at:
             out.append(f"  {'':<40} {line.lstrip('# ').rstrip()}")
             continue
-        after_key = False
+        comment_at = None
         if key is None or line.lstrip().startswith(("#", "-")):
             continue
         depth = len(key["indent"]) // 2
@@ -51,7 +52,7 @@ def _keys(lines: list[str], prefix: str = "") -> list[str]:
         value = key["value"].strip() or ("(group)" if not key["comment"] else "")
         shown = f"{'  ' * depth}{prefix if depth == 0 else ''}{key['key']}: {value}"
         out.append(f"  {shown:<40} {key['comment'] or ''}".rstrip())
-        after_key = bool(key["comment"])
+        comment_at = line.index("#") if key["comment"] else None
     return out
 
 

@@ -62,11 +62,11 @@ def view_dtype(precision: str) -> torch.dtype:
 
 def convert_views(plugin, views: dict, module: nn.Module) -> dict:
     """Lightning's input conversion (`plugin.convert_input`) of the views, except for the image, which keeps the views'
-    dtype; where the conversion would have changed it, `module`'s convolutions cast their input (`cast_conv_inputs`,
-    installed once)."""
-    batch = plugin.convert_input(views)
-    if batch["image"].dtype != views["image"].dtype:
-        batch["image"] = views["image"]
+    dtype, and the regions they were cut from (not copied: nothing reads them after the views); where the conversion
+    would have changed the image, `module`'s convolutions cast their input (`cast_conv_inputs`, installed once)."""
+    kept = {k: views[k] for k in ("image", "region") if k in views}  # the regions: read by nothing after the views
+    batch = plugin.convert_input({k: v for k, v in views.items() if k not in kept}) | kept
+    if plugin.convert_input(views["image"][:0]).dtype != views["image"].dtype:
         if not getattr(module, "_voxfm_convs_cast", False):  # once: not a walk over the modules every step
             cast_conv_inputs(module)
             module._voxfm_convs_cast = True

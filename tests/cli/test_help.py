@@ -46,6 +46,14 @@ def test_bench_help_lists_every_bench_and_a_comment_carried_to_its_next_line_is_
     assert "eager ops outside its graphs" in text[kernels + 1]  # the YAML comment's second line
 
 
+def test_only_a_comment_aligned_under_a_keys_comment_continues_it():
+    from voxfm.pretrain.cli.help import _keys
+
+    lines = ["loss:", "  a: 1       # first half", "             # second half", "  # a section header", "  b: 2"]
+    shown = _keys(lines)
+    assert shown[2].split() == ["second", "half"] and len(shown) == 4 and "header" not in " ".join(shown)
+
+
 def test_predict_and_kernels_together_are_refused_in_one_line(capsys):
     assert main(["bench", "model", "experiment=demo", "predict=h200", "kernels=true"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

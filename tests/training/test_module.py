@@ -107,6 +107,25 @@ def test_without_autocast_the_image_keeps_its_fp16_views_and_the_first_conv_cast
     assert seen == [(torch.bfloat16, torch.bfloat16)] and torch.isfinite(loss)
 
 
+def test_runs_whose_precision_converts_the_batch_get_the_plugin_that_leaves_the_regions_alone(tmp_path, shard_dir):
+    """DeepSpeed and bf16-true take voxfm's precision plugin (`plugin_for`); autocast runs keep Lightning's own. The
+    trainer's precision string, which the views' dtype is read from, is the same either way."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from voxfm.pretrain.launch.build import build_trainer
+    from voxfm.pretrain.training.precision import ViewsDeepSpeedPrecision, ViewsHalfPrecision
+
+    expected = {
+        ("strategy=deepspeed_zero2", "trainer.precision=bf16"): (ViewsDeepSpeedPrecision, "bf16-mixed"),
+        ("strategy=auto", "trainer.precision=bf16-true"): (ViewsHalfPrecision, "bf16-true"),
+        ("strategy=auto", "trainer.precision=bf16-mixed"): (MixedPrecision, "bf16-mixed"),
+    }
+    for overrides, (plugin, precision) in expected.items():
+        base = ["experiment=demo", f"data.shards={shard_dir}", f"run_dir={tmp_path}", "trainer.accelerator=cpu"]
+        trainer = build_trainer(load_config("pretrain", [*base, *overrides]), tmp_path, {}, on_gpu=False)
+        assert type(trainer.precision_plugin) is plugin and trainer.precision == precision, overrides
+
+
 def test_no_weight_decay_on_norms_biases_and_mask_tokens():
     cfg = load_config("pretrain", ["experiment=demo_mim", "data.shards=/x", "run_dir=/y"])
     module = build_module(cfg)
