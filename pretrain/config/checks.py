@@ -98,7 +98,29 @@ def _objective_errors(cfg: dict, model: Declared, objective: Declared) -> list[s
     return errors
 
 
-def _device_errors(trainer: dict, strategy: dict, model: Declared, gpus: int) -> list[str]:
+def _cpu_bf16_weight_errors(trainer: dict, strategy: dict, model: Declared, loss: dict) -> list[str]:
+    """bf16 weights (DeepSpeed's bf16, bf16-true) on a CPU, where PyTorch has no bf16 `avg_pool3d`: refused for what
+    pools in the weights' dtype (autocast's bf16-mixed pools in fp32)."""
+    precision = str(trainer.get("precision"))
+    if not (precision == "bf16-true" or (strategy["name"] == "deepspeed" and precision.startswith("bf16"))):
+        return []
+    pooling = ["ResEnc's pooled shortcuts"] if model.declaration.kind == "cnn" else []
+    gram = loss.get("gram") or {}
+    if gram.get("weight", 0) > 0 and gram.get("teacher_scale", 1) > 1:
+        pooling.append("the Gram teacher's pooled features (objective.loss.gram.teacher_scale > 1)")
+    if not pooling:
+        return []
+    if strategy["name"] == "deepspeed":
+        what, instead = f"trainer.precision={precision} with DeepSpeed", "32-true, or strategy=ddp with bf16-mixed"
+    else:
+        what, instead = f"trainer.precision={precision}", "bf16-mixed or 32-true"
+    return [
+        f"{what} on a CPU: the weights are bf16, so {' and '.join(pooling)} would pool in bf16, which PyTorch has "
+        f"no CPU kernel for; on a CPU use {instead} (a GPU runs it as it is)"
+    ]
+
+
+def _device_errors(trainer: dict, strategy: dict, model: Declared, gpus: int, loss: dict) -> list[str]:
     errors = []
     accelerator, devices, name = trainer["accelerator"], trainer["devices"], strategy["name"]
     if accelerator in ("gpu", "cuda") and gpus == 0:
@@ -114,6 +136,8 @@ def _device_errors(trainer: dict, strategy: dict, model: Declared, gpus: int) ->
     if name != "deepspeed" and set(strategy) - {"name"}:
         errors.append(f"strategy={name}: {sorted(set(strategy) - {'name'})} apply to DeepSpeed only")
     errors += _gpu_mode_errors(trainer, strategy, on_gpu)
+    if not on_gpu:
+        errors += _cpu_bf16_weight_errors(trainer, strategy, model, loss)
     if name == "deepspeed" and trainer["precision"] == "16-mixed":
         errors.append(
             "trainer.precision=16-mixed with DeepSpeed: use bf16-mixed (voxfm does not configure fp16 loss scaling)"
@@ -186,7 +210,7 @@ def combination_errors(cfg: dict, gpus: int) -> list[str]:
         + _model_errors(model, cfg["model"], crop)
         + _loss_errors(cfg["objective"]["loss"], "objective.loss", crop)
         + _objective_errors(cfg, model, objective)
-        + _device_errors(cfg["trainer"], cfg["strategy"], model, gpus)
+        + _device_errors(cfg["trainer"], cfg["strategy"], model, gpus, cfg["objective"]["loss"])
         + _retention_errors(cfg["trainer"])
         + _shard_errors(cfg["data"])
     )

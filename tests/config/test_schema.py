@@ -76,6 +76,29 @@ def test_a_bad_setting_fails_with_one_line_naming_it(overrides, expected, shard_
     assert expected in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "experiment,overrides,expected",
+    [
+        ("demo_mim", ["strategy=deepspeed_zero2", "trainer.precision=bf16-mixed"], "with DeepSpeed on a CPU"),
+        ("demo_mim", ["trainer.precision=bf16-true"], "ResEnc's pooled shortcuts"),
+        (
+            "demo_dino_gram",
+            ["trainer.precision=bf16-true", "objective.loss.gram.teacher_scale=2"],
+            "the Gram teacher's pooled features",
+        ),
+    ],
+)
+def test_bf16_weights_on_a_cpu_are_refused_where_something_would_pool_in_bf16(
+    experiment, overrides, expected, shard_dir, capsys
+):
+    """PyTorch has no bf16 `avg_pool3d` on the CPU: a run would fail at its first step. The ViT runs of DeepSpeed's
+    bf16 (tests/training/test_deepspeed.py) and autocast's bf16-mixed pool nothing in bf16 and are not refused."""
+    args = [f"experiment={experiment}", f"data.shards={shard_dir}", "run_dir=/y", "trainer.accelerator=cpu"]
+    assert main(["pretrain", *args, *overrides]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "pool in bf16, which PyTorch has no CPU kernel for" in err and len(err.splitlines()) == 1
+
+
 def test_validation_happens_before_torch_or_lightning_is_imported(shard_dir):
     args = ["pretrain", "experiment=demo", f"data.shards={shard_dir}", "run_dir=/y", "trainer.max_steps=ten"]
     code = (
