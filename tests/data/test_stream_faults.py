@@ -179,10 +179,15 @@ def test_sigterm_while_the_stream_waits_for_a_first_sample_ends_the_run(shard_di
     shards = _shard_set(shard_dir, tmp_path / "empty", [], n_samples=3)
     log = open(tmp_path / "run.log", "w")  # a file: a pipe nobody reads while polling could fill and stall the run
     out = tmp_path / "run.out"
+    # the empty-read bound lifted (thread workers share the module): only the signal can end this wait. Left at
+    # 1,000 reads, a loaded machine sometimes reached it (exit 2) before the signal arrived
+    args = _subprocess(shards, tmp_path / "run", "data.num_workers=1", "data.loader=thread")[3:]
+    unbounded = (
+        "import voxfm.data.stream.skips as skips; skips.MAX_SKIPPED_IN_A_ROW = 10**12; "
+        f"from voxfm.pretrain.cli.main import main; raise SystemExit(main({args!r}))"
+    )
     with open(out, "w") as stdout:
-        proc = subprocess.Popen(
-            _subprocess(shards, tmp_path / "run", "data.num_workers=1"), cwd=REPO, env=ENV, stdout=stdout, stderr=log
-        )
+        proc = subprocess.Popen([sys.executable, "-c", unbounded], cwd=REPO, env=ENV, stdout=stdout, stderr=log)
         deadline = time.monotonic() + TIMEOUT_S
         while "global batch" not in out.read_text() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)  # the data wait starts right after this line
