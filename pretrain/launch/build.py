@@ -119,7 +119,7 @@ def build_module(cfg: DictConfig) -> PretrainModule:
         for network in (backbone, *others):
             parallelize(network, cfg.trainer.activation_checkpointing, mode, fp8=cfg.trainer.get("fp8", False))
     if mode == "blocks":  # the objective's own blocks (the MAE decoder's) too; the views compile in the module
-        compiled_blocks = objective_blocks(objective, mode)
+        compiled_blocks = objective_blocks(objective)
         report_blocks(sum(len(n.repeated_blocks()) for n in (backbone, *others)), len(compiled_blocks))
     optim = cfg.optim
     with config_errors():  # e.g. optim.freeze_last_layer_steps without a `last_layer` to hold

@@ -66,10 +66,11 @@ def convert_views(plugin, views: dict, module: nn.Module) -> dict:
     would have changed the image, `module`'s convolutions cast their input (`cast_conv_inputs`, installed once)."""
     kept = {k: views[k] for k in ("image", "region") if k in views}  # the regions: read by nothing after the views
     batch = plugin.convert_input({k: v for k, v in views.items() if k not in kept}) | kept
+    if getattr(module, "_voxfm_convs_cast", False):  # decided at the first batch: nothing to do on every step
+        return batch
     if plugin.convert_input(views["image"][:0]).dtype != views["image"].dtype:
-        if not getattr(module, "_voxfm_convs_cast", False):  # once: not a walk over the modules every step
-            cast_conv_inputs(module)
-            module._voxfm_convs_cast = True
+        cast_conv_inputs(module)
+    module._voxfm_convs_cast = True
     return batch
 
 

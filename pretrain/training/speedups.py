@@ -95,12 +95,10 @@ def parallelize(
     return backbone
 
 
-def objective_blocks(objective: nn.Module, compiled: str | None) -> list[nn.Module]:
-    """Under "blocks" the objective's own repeated blocks (`repeated_blocks()`, where it has one: the MAE decoder's)
-    compile one by one as ZeRO-3 leaves, as the backbone's do; under "step" the objective is inside the step's graph.
-    Returns the blocks compiled."""
-    if compiled != "blocks":
-        return []
+def objective_blocks(objective: nn.Module) -> list[nn.Module]:
+    """For "blocks": the objective's own repeated blocks (`repeated_blocks()`, where it has one: the MAE decoder's)
+    compile one by one as ZeRO-3 leaves, as the backbone's do (under "step" the objective is inside the step's
+    graph). Returns the blocks compiled."""
     blocks = getattr(objective, "repeated_blocks", list)()
     for block in blocks:
         _zero3_leaf(block)
