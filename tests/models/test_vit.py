@@ -1,9 +1,10 @@
 import pytest
 import torch
 from monai.networks.nets import ViT as MonaiViT
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from voxfm.models.vit import ViT
-from voxfm.models.vit_blocks import LayerNorm
+from voxfm.models.vit_blocks import FoldedBiasLinear, LayerNorm
 
 
 def tiny(**kw):
@@ -116,3 +117,49 @@ def test_embedding_only_some_positions_equals_embedding_all_then_picking(channel
         grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and "patch_embedding.patch_embeddings.weight" in grads[1]
     assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-4, rtol=1e-4) for k in grads[0])
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_folded_bias_linear_is_nn_linear_whose_backward_sums_no_gradient_outside_its_gemms():
+    """The MLP's first layer (and the decoder's qkv) take the bias gradient from the weight gradient's GEMM: the same
+    outputs and gradients as nn.Linear, same parameter names, and no reduction of its own over the output gradient
+    (the pass over the 4×-wide hidden activations it saves)."""
+    torch.manual_seed(0)
+    ours, ref = FoldedBiasLinear(48, 96).double(), torch.nn.Linear(48, 96).double()
+    ref.load_state_dict(ours.state_dict())
+    assert list(ours.state_dict()) == ["weight", "bias"]
+    x = torch.randn(2, 5, 48, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, 5, 96, dtype=torch.float64)
+    grads, backward_ops = [], []
+    for layer in (ours, ref):
+        y = layer(x)
+        with _Ops() as ops:
+            y.backward(dy)
+        backward_ops.append(ops.names)
+        grads.append((y.detach(), x.grad.clone(), layer.weight.grad, layer.bias.grad))
+        x.grad = None
+    for a, b in zip(*grads):
+        assert a.shape == b.shape and (a - b).abs().max() < 1e-12
+    assert not any(n.startswith("sum") for n in backward_ops[0]) and any(n.startswith("sum") for n in backward_ops[1])
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))  # no gradient to compute: nn.Linear itself
+
+    ours, ref = ours.float(), ref.float()  # bf16 autocast, as a GPU trains: bf16 out, fp32 parameter gradients
+    for layer in (ours, ref):
+        layer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x.detach().float())
+        assert y.dtype == torch.bfloat16
+        y.float().pow(2).sum().backward()
+    assert ours.bias.grad.dtype == torch.float32
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=0.02, atol=0.02 * q.grad.abs().max().item())
