@@ -66,7 +66,8 @@ class LayerNorm(nn.LayerNorm):
 
 class _BiasGradInGemm(torch.autograd.Function):
     """y = x W^T + b, whose backward takes b's gradient from the weight gradient's GEMM: x is saved with FOLD
-    columns of ones, so dy^T [x | 1] gives [dW | db] in one GEMM instead of a kernel of its own re-reading dy."""
+    columns of ones, so dy^T [x | 1] gives [dW | db] in one GEMM instead of a kernel of its own re-reading dy.
+    Traced into a compiled step only (`FoldedBiasLinear`)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -85,19 +86,22 @@ class _BiasGradInGemm(torch.autograd.Function):
 
 
 class FoldedBiasLinear(nn.Linear):
-    """`nn.Linear` whose bias gradient comes out of its weight gradient's GEMM while it trains: the input is kept
-    with FOLD columns of ones (written by the kernel that writes the input, a LayerNorm's, when compiled), so
-    dy^T [x | 1] = [dW | db]. That saves the kernel of its own that would read the whole output gradient again to
-    sum it over the rows (for the MLP's first layer a pass over its 4×-wide hidden activations per block). The
-    forward and the input's gradient are the plain GEMMs; the weight gradient's has FOLD more columns (1% of
-    its FLOPs at width 768; FOLD = 8 keeps the rows 16-byte aligned). Same parameters and names, the same maths
-    (the bias gradient is a sum of the same products in another order). Without a gradient to compute
-    (inference, export, frozen layers) it is `nn.Linear`."""
+    """`nn.Linear` whose bias gradient comes out of its weight gradient's GEMM in a compiled step: the input is kept
+    with FOLD columns of ones, written by the kernel that writes the input (a LayerNorm's), so dy^T [x | 1] =
+    [dW | db]. That saves the kernel of its own that would read the whole output gradient again to sum it over the
+    rows (for the MLP's first layer a pass over its 4×-wide hidden activations per block). The forward and the
+    input's gradient are the plain GEMMs; the weight gradient's has FOLD more columns (1% of its FLOPs at width
+    768; FOLD = 8 keeps the rows 16-byte aligned). Same parameters and names, the same maths (the bias gradient
+    is a sum of the same products in another order). Run eagerly, the padding would be kernels of its own, and
+    without a gradient to compute (inference, export, frozen layers) there is nothing to save: `nn.Linear`."""
 
     FOLD = 8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bias is None or not (torch.is_grad_enabled() and self.bias.requires_grad and self.weight.requires_grad):
+        needs = (
+            torch.is_grad_enabled() and self.bias is not None and self.bias.requires_grad and self.weight.requires_grad
+        )
+        if not (needs and torch.compiler.is_compiling()):
             return super().forward(x)
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype

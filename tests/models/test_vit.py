@@ -129,33 +129,37 @@ class _Ops(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_folded_bias_linear_is_nn_linear_whose_backward_sums_no_gradient_outside_its_gemms():
-    """The MLP's first layer (and the decoder's qkv) take the bias gradient from the weight gradient's GEMM: the same
-    outputs and gradients as nn.Linear, same parameter names, and no reduction of its own over the output gradient
-    (the pass over the 4×-wide hidden activations it saves)."""
+def test_folded_bias_linear_is_nn_linear_whose_compiled_backward_sums_no_gradient_outside_its_gemms():
+    """The MLP's first layer (and the decoder's qkv) take the bias gradient from the weight gradient's GEMM in a
+    compiled step: the same outputs and gradients as nn.Linear, same parameter names, and no reduction of its own
+    over the output gradient (the pass over the 4×-wide hidden activations it saves). Eagerly it is nn.Linear."""
     torch.manual_seed(0)
     ours, ref = FoldedBiasLinear(48, 96).double(), torch.nn.Linear(48, 96).double()
     ref.load_state_dict(ours.state_dict())
     assert list(ours.state_dict()) == ["weight", "bias"]
     x = torch.randn(2, 5, 48, dtype=torch.float64, requires_grad=True)
     dy = torch.randn(2, 5, 96, dtype=torch.float64)
-    grads, backward_ops = [], []
-    for layer in (ours, ref):
+    traced = torch.compile(ours, backend="aot_eager", fullgraph=True)  # the graphs run op by op: ops can be seen
+    results, backward_ops = [], []
+    for layer in (traced, ours, ref):
         y = layer(x)
         with _Ops() as ops:
             y.backward(dy)
         backward_ops.append(ops.names)
-        grads.append((y.detach(), x.grad.clone(), layer.weight.grad, layer.bias.grad))
+        params = layer.parameters()
+        results.append((y.detach(), x.grad, *(p.grad for p in params)))
         x.grad = None
-    for a, b in zip(*grads):
-        assert a.shape == b.shape and (a - b).abs().max() < 1e-12
-    assert not any(n.startswith("sum") for n in backward_ops[0]) and any(n.startswith("sum") for n in backward_ops[1])
-    with torch.no_grad():
-        assert torch.equal(ours(x), ref(x))  # no gradient to compute: nn.Linear itself
-
-    ours, ref = ours.float(), ref.float()  # bf16 autocast, as a GPU trains: bf16 out, fp32 parameter gradients
-    for layer in (ours, ref):
         layer.zero_grad(set_to_none=True)
+    for a, b in zip(results[0], results[2]):
+        assert a.shape == b.shape and (a - b).abs().max() < 1e-12
+    assert all(torch.equal(a, b) for a, b in zip(results[1], results[2]))  # eagerly: nn.Linear's own ops
+    assert "mm.default" in backward_ops[0] and not any(n.startswith("sum") for n in backward_ops[0])
+    assert any(n.startswith("sum") for n in backward_ops[2])
+    with torch.no_grad():
+        assert torch.equal(traced(x), ref(x))  # no gradient to compute: nn.Linear itself
+
+    traced, ref = torch.compile(ours.float(), backend="aot_eager"), ref.float()
+    for layer in (traced, ref):  # bf16 autocast, as a GPU trains: bf16 out, fp32 parameter gradients
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = layer(x.detach().float())
         assert y.dtype == torch.bfloat16
