@@ -64,14 +64,16 @@ class LayerNorm(nn.LayerNorm):
             return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
 
 
+FOLD = 8  # columns of ones beside a folded linear's input: 8 keeps bf16 rows 16-byte aligned for the GEMMs
+
+
 class _BiasGradInGemm(torch.autograd.Function):
-    """y = x W^T + b, whose backward takes b's gradient from the weight gradient's GEMM: x is saved with FOLD
-    columns of ones, so dy^T [x | 1] gives [dW | db] in one GEMM instead of a kernel of its own re-reading dy.
-    Traced into a compiled step only (`FoldedBiasLinear`)."""
+    """x [..., K], weight [O, K], bias [O] → x W^T + b [..., O]; x is saved with FOLD columns of ones, so the weight
+    gradient's GEMM dy^T [x | 1] [O, K + FOLD] also gives the bias gradient (its column K)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        padded = F.pad(x, (0, FoldedBiasLinear.FOLD), value=1.0)  # written by x's own kernel when compiled
+        padded = F.pad(x, (0, FOLD), value=1.0)  # written by x's own kernel when compiled
         ctx.save_for_backward(padded, weight)
         rows = padded.reshape(-1, padded.shape[-1])[:, : x.shape[-1]]  # 2-D: the bias stays in the GEMM (addmm)
         return torch.addmm(bias, rows, weight.t()).view(*x.shape[:-1], weight.shape[0])
@@ -80,33 +82,35 @@ class _BiasGradInGemm(torch.autograd.Function):
     def backward(ctx, dy: torch.Tensor):
         padded, weight = ctx.saved_tensors
         k = weight.shape[1]
-        dx = dy @ weight
-        both = dy.reshape(-1, dy.shape[-1]).t() @ padded.reshape(-1, padded.shape[-1])  # [N, K + FOLD]
-        return dx, both[:, :k], both[:, k]
+        both = dy.reshape(-1, dy.shape[-1]).t() @ padded.reshape(-1, padded.shape[-1])  # [O, K + FOLD]
+        return dy @ weight, both[:, :k], both[:, k]
+
+
+def _autocast(t: torch.Tensor, device: str) -> torch.Tensor:
+    """t as autocast would hand it to a GEMM: fp32/fp16/bf16 in the autocast dtype; as it is without autocast."""
+    if torch.is_autocast_enabled(device) and t.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        return t.to(torch.get_autocast_dtype(device))
+    return t
 
 
 class FoldedBiasLinear(nn.Linear):
-    """`nn.Linear` whose bias gradient comes out of its weight gradient's GEMM in a compiled step: the input is kept
-    with FOLD columns of ones, written by the kernel that writes the input (a LayerNorm's), so dy^T [x | 1] =
-    [dW | db]. That saves the kernel of its own that would read the whole output gradient again to sum it over the
-    rows (for the MLP's first layer a pass over its 4×-wide hidden activations per block). The forward and the
-    input's gradient are the plain GEMMs; the weight gradient's has FOLD more columns (1% of its FLOPs at width
-    768; FOLD = 8 keeps the rows 16-byte aligned). Same parameters and names, the same maths (the bias gradient
-    is a sum of the same products in another order). Run eagerly, the padding would be kernels of its own, and
-    without a gradient to compute (inference, export, frozen layers) there is nothing to save: `nn.Linear`."""
-
-    FOLD = 8
+    """`nn.Linear` whose bias gradient comes out of its weight gradient's GEMM when it trains in a compiled step.
+    The input is kept with FOLD columns of ones, written by the kernel that writes the input (a LayerNorm's), so
+    dy^T [x | 1] = [dW | db], and no kernel reads the whole output gradient again to sum it over the rows: for the
+    MLP's first linear, a pass over its 4×-wide hidden gradient per block. The forward and the input's gradient are
+    the plain GEMMs; the weight gradient's has FOLD more columns (1% of its FLOPs at width 768). Same parameters,
+    names and maths (the bias gradient sums the same products in another order). Otherwise `nn.Linear`: eagerly
+    (the padding would be kernels of their own), in eval mode (inference, an eval model's `torch.export`), without a
+    gradient to compute (frozen layers), and under `trainer.fp8` (torchao's Float8Linear replaces it)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        needs = (
-            torch.is_grad_enabled() and self.bias is not None and self.bias.requires_grad and self.weight.requires_grad
-        )
-        if not (needs and torch.compiler.is_compiling()):
+        trains = self.training and torch.is_grad_enabled() and self.weight.requires_grad
+        if not (trains and self.bias is not None and self.bias.requires_grad and torch.compiler.is_compiling()):
             return super().forward(x)
         device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        with torch.autocast(device, enabled=False):  # cast here, as autocast would: the backward runs in dtype
-            return _BiasGradInGemm.apply(x.to(dtype), self.weight.to(dtype), self.bias.to(dtype))
+        x, weight, bias = (_autocast(t, device) for t in (x, self.weight, self.bias))
+        with torch.autocast(device, enabled=False):  # cast above as autocast would: the backward runs in that dtype
+            return _BiasGradInGemm.apply(x, weight, bias)
 
 
 class MLP(nn.Module):

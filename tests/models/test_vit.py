@@ -157,13 +157,23 @@ def test_folded_bias_linear_is_nn_linear_whose_compiled_backward_sums_no_gradien
     assert any(n.startswith("sum") for n in backward_ops[2])
     with torch.no_grad():
         assert torch.equal(traced(x), ref(x))  # no gradient to compute: nn.Linear itself
+    ours.eval()
+    y = traced(x)
+    with _Ops() as ops:
+        y.sum().backward()
+    assert any(n.startswith("sum") for n in ops.names)  # in eval mode (inference, exports): nn.Linear too
+    ours.train()
+    ours.zero_grad(set_to_none=True)
 
     traced, ref = torch.compile(ours.float(), backend="aot_eager"), ref.float()
     for layer in (traced, ref):  # bf16 autocast, as a GPU trains: bf16 out, fp32 parameter gradients
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = layer(x.detach().float())
         assert y.dtype == torch.bfloat16
-        y.float().pow(2).sum().backward()
+        loss = y.float().pow(2).sum()
+        with _Ops() as ops:
+            loss.backward()
+        assert any(n.startswith("sum") for n in ops.names) == (layer is ref)
     assert ours.bias.grad.dtype == torch.float32
     for p, q in zip(ours.parameters(), ref.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=0.02, atol=0.02 * q.grad.abs().max().item())
